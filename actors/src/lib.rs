@@ -1,0 +1,1 @@
+//! cpm-actors (being built).

@@ -76,15 +76,22 @@ impl Params {
 
     /// Sets (or adds) a parameter.
     pub fn set(&mut self, name: &str, value: Option<Bytes>) {
-        match self.0.iter_mut().find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes())) {
+        match self
+            .0
+            .iter_mut()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
+        {
             Some(p) => p.1 = value,
-            None => self.0.push((Bytes::copy_from_slice(name.as_bytes()), value)),
+            None => self
+                .0
+                .push((Bytes::copy_from_slice(name.as_bytes()), value)),
         }
     }
 
     /// Removes a parameter.
     pub fn remove(&mut self, name: &str) {
-        self.0.retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes()));
+        self.0
+            .retain(|(n, _)| !n.eq_ignore_ascii_case(name.as_bytes()));
     }
 
     /// Whether there are no parameters.
@@ -116,7 +123,9 @@ mod tests {
 
     #[test]
     fn parses_params() {
-        let p = Params::parse(&Bytes::from_static(b";branch=z9hG4bK1 ; rport;received=1.2.3.4;x=\"a;b\""));
+        let p = Params::parse(&Bytes::from_static(
+            b";branch=z9hG4bK1 ; rport;received=1.2.3.4;x=\"a;b\"",
+        ));
         assert_eq!(&p.value("BRANCH").unwrap()[..], b"z9hG4bK1");
         assert_eq!(p.get("rport"), Some(None));
         assert_eq!(&p.value("x").unwrap()[..], b"\"a;b\"");

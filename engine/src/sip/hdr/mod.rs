@@ -53,6 +53,9 @@ impl Message {
 
     /// Every Via value, top first.
     pub fn vias(&self) -> Result<Vec<Via>, HeaderError> {
-        self.headers.values(&HeaderName::Via).map(|v| Via::parse(&v)).collect()
+        self.headers
+            .values(&HeaderName::Via)
+            .map(|v| Via::parse(&v))
+            .collect()
     }
 }

@@ -83,7 +83,9 @@ impl Via {
             while i < raw.len() && raw[i].is_ascii_digit() {
                 i += 1;
             }
-            let p = std::str::from_utf8(&raw[ps..i]).ok().and_then(|s| s.parse::<u16>().ok());
+            let p = std::str::from_utf8(&raw[ps..i])
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok());
             port = Some(p.ok_or(E)?);
             while i < raw.len() && is_ws(raw[i]) {
                 i += 1;
@@ -93,7 +95,13 @@ impl Via {
             return Err(E);
         }
         let params = Params::parse(&raw.slice(i..));
-        Ok(Via { protocol, transport, host, port, params })
+        Ok(Via {
+            protocol,
+            transport,
+            host,
+            port,
+            params,
+        })
     }
 
     /// The branch parameter.
@@ -103,7 +111,8 @@ impl Via {
 
     /// Whether the branch carries the RFC 3261 magic cookie.
     pub fn is_rfc3261_branch(&self) -> bool {
-        self.branch().is_some_and(|b| b.starts_with(MAGIC_COOKIE.as_bytes()))
+        self.branch()
+            .is_some_and(|b| b.starts_with(MAGIC_COOKIE.as_bytes()))
     }
 
     /// The `received` parameter.
@@ -114,7 +123,8 @@ impl Via {
     /// `rport`: `None` if absent, `Some(None)` if requested without a value (RFC 3581 §3).
     pub fn rport(&self) -> Option<Option<u16>> {
         self.params.get("rport").map(|v| {
-            v.and_then(|p| std::str::from_utf8(p).ok()).and_then(|s| s.parse().ok())
+            v.and_then(|p| std::str::from_utf8(p).ok())
+                .and_then(|s| s.parse().ok())
         })
     }
 
@@ -169,7 +179,10 @@ mod tests {
 
     #[test]
     fn parses_spaced_and_ipv6() {
-        let v = Via::parse(&Bytes::from_static(b"SIP / 2.0 / TCP [2001:db8::9:1] : 5060 ;branch=z9hG4bKx")).unwrap();
+        let v = Via::parse(&Bytes::from_static(
+            b"SIP / 2.0 / TCP [2001:db8::9:1] : 5060 ;branch=z9hG4bKx",
+        ))
+        .unwrap();
         assert_eq!(&v.protocol[..], b"SIP / 2.0");
         assert_eq!(&v.host[..], b"[2001:db8::9:1]");
         assert_eq!(v.port, Some(5060));

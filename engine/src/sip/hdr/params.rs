@@ -43,6 +43,9 @@ impl Params {
             return Err(err);
         }
         let body = raw.slice(1..);
+        if body.is_empty() {
+            return Err(err);
+        }
         let mut out = Params(Vec::new());
         for (s, e) in split_params(&body) {
             let p = trim(&body.slice(s..e));

@@ -11,6 +11,7 @@
 //!
 //! Every wait is bounded; everything listens on 127.0.0.1 only.
 
+pub mod check;
 pub mod cpmd;
 pub mod http;
 pub mod netns;
@@ -19,7 +20,28 @@ pub mod ua;
 pub mod util;
 pub mod wire;
 
+pub use check::{assert_echoes, assert_status};
 pub use cpmd::Cpmd;
 pub use ua::{Received, Transport, Ua};
 pub use util::TempDir;
 pub use wire::{header, header_values, reason, Req};
+
+/// Declares a `#[test]` per transport for each listed `fn name(t: Transport)`: `name::udp` and
+/// `name::tcp`.
+#[macro_export]
+macro_rules! over_udp_and_tcp {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn udp() {
+                    super::$name($crate::Transport::Udp)
+                }
+                #[test]
+                fn tcp() {
+                    super::$name($crate::Transport::Tcp)
+                }
+            }
+        )*
+    };
+}

@@ -320,6 +320,19 @@ impl Ua {
     /// skipped). `None` on timeout or when the connection was closed.
     pub fn recv_raw(&mut self, timeout: Duration) -> Option<(Bytes, SocketAddr)> {
         let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.recv_frame(left)? {
+                (Frame::Message(m), from) => return Some((m, from)),
+                (Frame::KeepAlive, _) => continue,
+            }
+        }
+    }
+
+    /// The next frame: a datagram (UDP; a datagram of only CRLFs is a keep-alive), or one
+    /// frame of the TCP stream. `None` on timeout or when the connection was closed.
+    pub fn recv_frame(&mut self, timeout: Duration) -> Option<(Frame, SocketAddr)> {
+        let deadline = Instant::now() + timeout;
         let server = self.server;
         match &mut self.conn {
             Conn::Udp(s) => {
@@ -330,7 +343,12 @@ impl Ua {
                         .filter(|d| !d.is_zero())?;
                     s.set_read_timeout(Some(left)).expect("set_read_timeout");
                     match s.recv_from(&mut buf) {
-                        Ok((n, from)) => return Some((Bytes::copy_from_slice(&buf[..n]), from)),
+                        Ok((n, from)) if buf[..n].iter().all(|&c| c == b'\r' || c == b'\n') => {
+                            return Some((Frame::KeepAlive, from))
+                        }
+                        Ok((n, from)) => {
+                            return Some((Frame::Message(Bytes::copy_from_slice(&buf[..n])), from))
+                        }
                         Err(e)
                             if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) =>
                         {
@@ -347,10 +365,8 @@ impl Ua {
                 buf,
                 closed,
             } => loop {
-                while let Some(frame) = next_frame(buf) {
-                    if let Frame::Message(m) = frame {
-                        return Some((m, server));
-                    }
+                if let Some(frame) = next_frame(buf) {
+                    return Some((frame, server));
                 }
                 if *closed {
                     return None;
@@ -428,13 +444,26 @@ impl Ua {
     /// (RFC 3261 §17.1.2.2; for INVITE, §17.1.1.2: only until a provisional response).
     /// Requests received meanwhile are queued for [`Ua::recv_request`].
     pub fn try_request(&mut self, req: &Req, timeout: Duration) -> Option<Message> {
+        self.send_req(req);
+        self.wait_final(req, timeout, self.transport == Transport::Udp)
+    }
+
+    /// Waits for the final response to `req`, already sent, without retransmitting it.
+    pub fn await_final(&mut self, req: &Req, timeout: Duration) -> Option<Message> {
+        self.wait_final(req, timeout, false)
+    }
+
+    fn wait_final(
+        &mut self,
+        req: &Req,
+        timeout: Duration,
+        mut retransmit: bool,
+    ) -> Option<Message> {
         let bytes = req.to_bytes();
         let branch = req.branch();
         let deadline = Instant::now() + timeout;
         let mut interval = T1;
         let mut next_retransmit = Instant::now() + interval;
-        let mut retransmit = self.transport == Transport::Udp;
-        self.send(&bytes);
         let mut queued = Vec::new();
         let result = loop {
             let now = Instant::now();

@@ -162,7 +162,10 @@ impl Headers {
 
     /// Every line with this name, whole.
     pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a Bytes> + 'a {
-        self.0.iter().filter(move |h| &h.name == name).map(|h| &h.value)
+        self.0
+            .iter()
+            .filter(move |h| &h.name == name)
+            .map(|h| &h.value)
     }
 
     /// Every value of this header: lines in order, and for list headers
@@ -170,13 +173,8 @@ impl Headers {
     /// Commas inside quoted strings and `<...>` do not split. Elements are slices, not copies.
     pub fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = Bytes> + 'a {
         let list = name.is_list();
-        self.get_all(name).flat_map(move |v| {
-            if list {
-                split_list(v)
-            } else {
-                vec![v.clone()]
-            }
-        })
+        self.get_all(name)
+            .flat_map(move |v| if list { split_list(v) } else { vec![v.clone()] })
     }
 
     /// Number of lines with this name.
@@ -186,12 +184,21 @@ impl Headers {
 
     /// Appends a line.
     pub fn push(&mut self, name: HeaderName, value: impl Into<Bytes>) {
-        self.0.push(Header { name, value: value.into() });
+        self.0.push(Header {
+            name,
+            value: value.into(),
+        });
     }
 
     /// Inserts a line before every other (as a proxy adds its Via).
     pub fn push_front(&mut self, name: HeaderName, value: impl Into<Bytes>) {
-        self.0.insert(0, Header { name, value: value.into() });
+        self.0.insert(
+            0,
+            Header {
+                name,
+                value: value.into(),
+            },
+        );
     }
 
     /// Removes every line with this name; returns how many were removed.
@@ -339,10 +346,15 @@ impl Message {
     /// Replaces the body, and sets Content-Length (and Content-Type when given) to match.
     pub fn set_body(&mut self, body: Bytes, content_type: Option<&str>) {
         if let Some(ct) = content_type {
-            self.headers.set(HeaderName::ContentType, Bytes::copy_from_slice(ct.as_bytes()));
+            self.headers.set(
+                HeaderName::ContentType,
+                Bytes::copy_from_slice(ct.as_bytes()),
+            );
         }
-        self.headers
-            .set(HeaderName::ContentLength, Bytes::from(body.len().to_string()));
+        self.headers.set(
+            HeaderName::ContentLength,
+            Bytes::from(body.len().to_string()),
+        );
         self.body = body;
     }
 
@@ -350,14 +362,22 @@ impl Message {
     pub fn write_to(&self, out: &mut BytesMut) {
         out.reserve(self.encoded_len_hint());
         match &self.start {
-            StartLine::Request { method, uri, version } => {
+            StartLine::Request {
+                method,
+                uri,
+                version,
+            } => {
                 out.put_slice(method.as_str().as_bytes());
                 out.put_u8(b' ');
                 out.put_slice(uri);
                 out.put_u8(b' ');
                 out.put_slice(version);
             }
-            StartLine::Response { version, code, reason } => {
+            StartLine::Response {
+                version,
+                code,
+                reason,
+            } => {
                 out.put_slice(version);
                 out.put_u8(b' ');
                 let mut d = [0u8; 3];
@@ -548,7 +568,11 @@ pub fn parse(buf: Bytes) -> Result<Message, ParseError> {
         Some(n) => rest.slice(..n),
         None => rest,
     };
-    Ok(Message { start, headers, body })
+    Ok(Message {
+        start,
+        headers,
+        body,
+    })
 }
 
 /// The declared Content-Length, if any; several lines must agree.
@@ -625,13 +649,24 @@ fn parse_start_line(line: &Bytes) -> Result<StartLine, ParseError> {
         if !(100..=699).contains(&code) {
             return Err(ParseError::BadStatusCode);
         }
-        let reason = if rest.len() > 4 { line.slice(sp + 5..) } else { Bytes::new() };
-        return Ok(StartLine::Response { version, code, reason });
+        let reason = if rest.len() > 4 {
+            line.slice(sp + 5..)
+        } else {
+            Bytes::new()
+        };
+        return Ok(StartLine::Response {
+            version,
+            code,
+            reason,
+        });
     }
     // Method SP Request-URI SP SIP-Version. Split at the first and the last space so that a
     // Request-URI containing whitespace still yields a request (answered 400 by validation).
     let first = memchr(b' ', line).ok_or(ParseError::BadStartLine)?;
-    let last = line.iter().rposition(|&c| c == b' ').ok_or(ParseError::BadStartLine)?;
+    let last = line
+        .iter()
+        .rposition(|&c| c == b' ')
+        .ok_or(ParseError::BadStartLine)?;
     if first == 0 || last <= first {
         return Err(ParseError::BadStartLine);
     }
@@ -668,7 +703,11 @@ impl Iterator for LineIter<'_> {
             None => (self.buf.len(), self.buf.len()),
         };
         self.pos = next;
-        let e = if e > s && self.buf[e - 1] == b'\r' { e - 1 } else { e };
+        let e = if e > s && self.buf[e - 1] == b'\r' {
+            e - 1
+        } else {
+            e
+        };
         Some((s, e))
     }
 }
@@ -721,7 +760,10 @@ v=0\n";
         let vias: Vec<_> = m.headers.values(&HeaderName::Via).collect();
         assert_eq!(vias.len(), 2);
         assert_eq!(&vias[1][..], b"SIP/2.0/TCP b;branch=z9hG4bK2");
-        assert_eq!(&m.headers.get(&HeaderName::Subject).unwrap()[..], b"one two");
+        assert_eq!(
+            &m.headers.get(&HeaderName::Subject).unwrap()[..],
+            b"one two"
+        );
     }
 
     #[test]
@@ -734,20 +776,30 @@ v=0\n";
 
     #[test]
     fn response_and_content_length_rules() {
-        let m = parse(Bytes::from_static(b"SIP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nabcdef")).unwrap();
+        let m = parse(Bytes::from_static(
+            b"SIP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nabcdef",
+        ))
+        .unwrap();
         assert_eq!(m.status(), Some(200));
         assert_eq!(&m.body[..], b"ab");
         assert_eq!(
-            parse(Bytes::from_static(b"SIP/2.0 200 OK\r\nContent-Length: 20\r\n\r\nab")),
+            parse(Bytes::from_static(
+                b"SIP/2.0 200 OK\r\nContent-Length: 20\r\n\r\nab"
+            )),
             Err(ParseError::ContentLengthExceedsMessage)
         );
         assert_eq!(
             parse(Bytes::from_static(b"SIP/2.0 2000 OK\r\n\r\n")),
             Err(ParseError::BadStatusCode)
         );
-        assert_eq!(parse(Bytes::from_static(b"garbage")), Err(ParseError::Incomplete));
         assert_eq!(
-            parse(Bytes::from_static(b"INVITE sip:a SIP/2.0\r\nNoColon\r\n\r\n")),
+            parse(Bytes::from_static(b"garbage")),
+            Err(ParseError::Incomplete)
+        );
+        assert_eq!(
+            parse(Bytes::from_static(
+                b"INVITE sip:a SIP/2.0\r\nNoColon\r\n\r\n"
+            )),
             Err(ParseError::BadHeaderLine)
         );
         let m = parse(Bytes::from_static(b"SIP/2.0 100 \r\n\r\n")).unwrap();
@@ -757,7 +809,8 @@ v=0\n";
     #[test]
     fn headers_editing() {
         let mut m = parse(Bytes::from_static(INVITE)).unwrap();
-        m.headers.push_front(HeaderName::Via, "SIP/2.0/UDP proxy;branch=z9hG4bKp");
+        m.headers
+            .push_front(HeaderName::Via, "SIP/2.0/UDP proxy;branch=z9hG4bKp");
         assert_eq!(m.headers.count(&HeaderName::Via), 2);
         m.headers.set(HeaderName::MaxForwards, "69");
         assert_eq!(&m.headers.get(&HeaderName::MaxForwards).unwrap()[..], b"69");

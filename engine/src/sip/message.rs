@@ -524,6 +524,35 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 /// bytes are discarded; when it asks for more bytes than there are, the message is rejected.
 /// When absent, the body is the rest of the buffer.
 pub fn parse(buf: Bytes) -> Result<Message, ParseError> {
+    let (start, headers, body_start) = parse_head_parts(&buf)?;
+    let rest = buf.slice(body_start.min(buf.len())..);
+    let body = match content_length(&headers)? {
+        Some(n) if n > rest.len() => return Err(ParseError::ContentLengthExceedsMessage),
+        Some(n) => rest.slice(..n),
+        None => rest,
+    };
+    Ok(Message {
+        start,
+        headers,
+        body,
+    })
+}
+
+/// Parses the start line and the headers only, with an empty body and Content-Length not
+/// checked. For answering a request whose body cannot be delimited (a bad or too large
+/// Content-Length, RFC 3261 §18.3) with a 400 instead of dropping it; see
+/// [`crate::sip::validate::reject_unparsable`].
+pub fn parse_head(buf: Bytes) -> Result<Message, ParseError> {
+    let (start, headers, _) = parse_head_parts(&buf)?;
+    Ok(Message {
+        start,
+        headers,
+        body: Bytes::new(),
+    })
+}
+
+/// Start line, headers, and the index of the first body byte.
+fn parse_head_parts(buf: &Bytes) -> Result<(StartLine, Headers, usize), ParseError> {
     // Leading CRLFs are keep-alives or junk between messages (RFC 3261 §7.5).
     let mut skip = 0;
     while skip < buf.len() && (buf[skip] == b'\r' || buf[skip] == b'\n') {
@@ -582,18 +611,7 @@ pub fn parse(buf: Bytes) -> Result<Message, ParseError> {
         headers.push(finish_header(&head, c));
     }
 
-    let headers = Headers(headers);
-    let rest = buf.slice(body_start.min(buf.len())..);
-    let body = match content_length(&headers)? {
-        Some(n) if n > rest.len() => return Err(ParseError::ContentLengthExceedsMessage),
-        Some(n) => rest.slice(..n),
-        None => rest,
-    };
-    Ok(Message {
-        start,
-        headers,
-        body,
-    })
+    Ok((start, Headers(headers), body_start))
 }
 
 /// The declared Content-Length, if any; several lines must agree.
@@ -681,10 +699,16 @@ fn parse_start_line(line: &Bytes) -> Result<StartLine, ParseError> {
             reason,
         });
     }
-    // Method SP Request-URI SP SIP-Version. Split at the first and the last space so that a
-    // Request-URI containing whitespace still yields a request (answered 400 by validation).
+    // Method SP Request-URI SP SIP-Version. Split at the first space and at the space before
+    // the last word, so that a Request-URI containing whitespace (RFC 4475 §3.1.2.8, §3.1.2.9)
+    // or a line ending in whitespace (§3.1.2.10, kept in `version`) still yields a request
+    // that validation answers with a 400 instead of being dropped.
     let first = memchr(b' ', line).ok_or(ParseError::BadStartLine)?;
-    let last = line
+    let mut end = line.len();
+    while end > 0 && is_ws(line[end - 1]) {
+        end -= 1;
+    }
+    let last = line[..end]
         .iter()
         .rposition(|&c| c == b' ')
         .ok_or(ParseError::BadStartLine)?;

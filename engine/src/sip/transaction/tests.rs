@@ -1269,3 +1269,41 @@ fn many_transactions_of_every_kind_all_end() {
     }
     s.assert_empty();
 }
+
+#[test]
+fn the_machines_work_on_their_own() {
+    let t0 = Instant::now();
+    let cfg = TimerConfig {
+        t1: ms(100),
+        ..TimerConfig::default()
+    };
+    let invite = request("INVITE", ";branch=z9hG4bKu1");
+    let (mut c, first) = InviteClient::start(invite.clone(), false, cfg, t0);
+    assert_eq!(first.send, Some(invite.to_bytes()));
+    assert_eq!(c.timer(Timer::A), Some(t0 + ms(100)));
+    assert_eq!(c.timer(Timer::B), Some(t0 + ms(6400)));
+    assert!(c.handle_response(&reply(&invite, 100, "x"), t0).to_tu);
+    assert_eq!(c.poll_timeout(), None);
+
+    let (mut srv, trying) = InviteServer::start(&invite, false, cfg, true, t0);
+    assert_eq!(
+        trying.send.map(|b| parse(b).unwrap().status()),
+        Some(Some(100))
+    );
+    assert_eq!(srv.respond(&invite, t0), Err(TxError::NotAResponse));
+    let busy = srv.respond(&reply(&invite, 486, "t"), t0).unwrap();
+    assert!(busy.send.is_some() && !busy.retransmission);
+    assert_eq!(srv.timer(Timer::G), Some(t0 + ms(100)));
+    assert_eq!(srv.timer(Timer::H), Some(t0 + ms(6400)));
+    let g = srv.handle_timeout(t0 + ms(100));
+    assert!(g.retransmission && g.send == busy.send);
+    assert_eq!(srv.timer(Timer::G), Some(t0 + ms(300)));
+    assert_eq!(srv.handle_ack(t0 + ms(150)), AckDisposition::Confirmed);
+    assert_eq!(srv.handle_ack(t0 + ms(160)), AckDisposition::Absorbed);
+    assert_eq!(srv.poll_timeout(), Some(t0 + ms(150) + cfg.t4));
+
+    let mut n = NonInviteServer::start(false, cfg, t0);
+    assert_eq!(n.handle_retransmission(t0), Actions::default());
+    assert!(n.handle_transport_error().failed == Some(Failure::Transport));
+    assert_eq!(n.state(), NonInviteServerState::Terminated);
+}

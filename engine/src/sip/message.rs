@@ -162,7 +162,10 @@ impl Headers {
 
     /// Every line with this name, whole.
     pub fn get_all<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = &'a Bytes> + 'a {
-        self.0.iter().filter(move |h| &h.name == name).map(|h| &h.value)
+        self.0
+            .iter()
+            .filter(move |h| &h.name == name)
+            .map(|h| &h.value)
     }
 
     /// Every value of this header: lines in order, and for list headers
@@ -170,13 +173,8 @@ impl Headers {
     /// Commas inside quoted strings and `<...>` do not split. Elements are slices, not copies.
     pub fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = Bytes> + 'a {
         let list = name.is_list();
-        self.get_all(name).flat_map(move |v| {
-            if list {
-                split_list(v)
-            } else {
-                vec![v.clone()]
-            }
-        })
+        self.get_all(name)
+            .flat_map(move |v| if list { split_list(v) } else { vec![v.clone()] })
     }
 
     /// Number of lines with this name.
@@ -186,12 +184,21 @@ impl Headers {
 
     /// Appends a line.
     pub fn push(&mut self, name: HeaderName, value: impl Into<Bytes>) {
-        self.0.push(Header { name, value: value.into() });
+        self.0.push(Header {
+            name,
+            value: value.into(),
+        });
     }
 
     /// Inserts a line before every other (as a proxy adds its Via).
     pub fn push_front(&mut self, name: HeaderName, value: impl Into<Bytes>) {
-        self.0.insert(0, Header { name, value: value.into() });
+        self.0.insert(
+            0,
+            Header {
+                name,
+                value: value.into(),
+            },
+        );
     }
 
     /// Removes every line with this name; returns how many were removed.
@@ -228,6 +235,27 @@ impl Headers {
             }
             None => false,
         }
+    }
+
+    /// Removes the first *value* of a list header (RFC 3261 §7.3.1): the first element of the
+    /// first line, or the whole line when it holds one element. A proxy removes its own Via
+    /// from a response this way (§16.7 step 3).
+    pub fn remove_first_value(&mut self, name: &HeaderName) -> Option<Bytes> {
+        let pos = self.0.iter().position(|h| &h.name == name)?;
+        let mut elems = split_list(&self.0[pos].value);
+        if elems.len() <= 1 {
+            return Some(self.0.remove(pos).value);
+        }
+        let first = elems.remove(0);
+        let mut rest = BytesMut::with_capacity(self.0[pos].value.len());
+        for (i, e) in elems.iter().enumerate() {
+            if i > 0 {
+                rest.put_slice(b", ");
+            }
+            rest.put_slice(e);
+        }
+        self.0[pos].value = rest.freeze();
+        Some(first)
     }
 
     /// Removes the first line with this name and returns its value.
@@ -339,10 +367,15 @@ impl Message {
     /// Replaces the body, and sets Content-Length (and Content-Type when given) to match.
     pub fn set_body(&mut self, body: Bytes, content_type: Option<&str>) {
         if let Some(ct) = content_type {
-            self.headers.set(HeaderName::ContentType, Bytes::copy_from_slice(ct.as_bytes()));
+            self.headers.set(
+                HeaderName::ContentType,
+                Bytes::copy_from_slice(ct.as_bytes()),
+            );
         }
-        self.headers
-            .set(HeaderName::ContentLength, Bytes::from(body.len().to_string()));
+        self.headers.set(
+            HeaderName::ContentLength,
+            Bytes::from(body.len().to_string()),
+        );
         self.body = body;
     }
 
@@ -350,14 +383,22 @@ impl Message {
     pub fn write_to(&self, out: &mut BytesMut) {
         out.reserve(self.encoded_len_hint());
         match &self.start {
-            StartLine::Request { method, uri, version } => {
+            StartLine::Request {
+                method,
+                uri,
+                version,
+            } => {
                 out.put_slice(method.as_str().as_bytes());
                 out.put_u8(b' ');
                 out.put_slice(uri);
                 out.put_u8(b' ');
                 out.put_slice(version);
             }
-            StartLine::Response { version, code, reason } => {
+            StartLine::Response {
+                version,
+                code,
+                reason,
+            } => {
                 out.put_slice(version);
                 out.put_u8(b' ');
                 let mut d = [0u8; 3];
@@ -483,6 +524,35 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 /// bytes are discarded; when it asks for more bytes than there are, the message is rejected.
 /// When absent, the body is the rest of the buffer.
 pub fn parse(buf: Bytes) -> Result<Message, ParseError> {
+    let (start, headers, body_start) = parse_head_parts(&buf)?;
+    let rest = buf.slice(body_start.min(buf.len())..);
+    let body = match content_length(&headers)? {
+        Some(n) if n > rest.len() => return Err(ParseError::ContentLengthExceedsMessage),
+        Some(n) => rest.slice(..n),
+        None => rest,
+    };
+    Ok(Message {
+        start,
+        headers,
+        body,
+    })
+}
+
+/// Parses the start line and the headers only, with an empty body and Content-Length not
+/// checked. For answering a request whose body cannot be delimited (a bad or too large
+/// Content-Length, RFC 3261 §18.3) with a 400 instead of dropping it; see
+/// [`crate::sip::validate::reject_unparsable`].
+pub fn parse_head(buf: Bytes) -> Result<Message, ParseError> {
+    let (start, headers, _) = parse_head_parts(&buf)?;
+    Ok(Message {
+        start,
+        headers,
+        body: Bytes::new(),
+    })
+}
+
+/// Start line, headers, and the index of the first body byte.
+fn parse_head_parts(buf: &Bytes) -> Result<(StartLine, Headers, usize), ParseError> {
     // Leading CRLFs are keep-alives or junk between messages (RFC 3261 §7.5).
     let mut skip = 0;
     while skip < buf.len() && (buf[skip] == b'\r' || buf[skip] == b'\n') {
@@ -541,14 +611,7 @@ pub fn parse(buf: Bytes) -> Result<Message, ParseError> {
         headers.push(finish_header(&head, c));
     }
 
-    let headers = Headers(headers);
-    let rest = buf.slice(body_start.min(buf.len())..);
-    let body = match content_length(&headers)? {
-        Some(n) if n > rest.len() => return Err(ParseError::ContentLengthExceedsMessage),
-        Some(n) => rest.slice(..n),
-        None => rest,
-    };
-    Ok(Message { start, headers, body })
+    Ok((start, Headers(headers), body_start))
 }
 
 /// The declared Content-Length, if any; several lines must agree.
@@ -625,13 +688,30 @@ fn parse_start_line(line: &Bytes) -> Result<StartLine, ParseError> {
         if !(100..=699).contains(&code) {
             return Err(ParseError::BadStatusCode);
         }
-        let reason = if rest.len() > 4 { line.slice(sp + 5..) } else { Bytes::new() };
-        return Ok(StartLine::Response { version, code, reason });
+        let reason = if rest.len() > 4 {
+            line.slice(sp + 5..)
+        } else {
+            Bytes::new()
+        };
+        return Ok(StartLine::Response {
+            version,
+            code,
+            reason,
+        });
     }
-    // Method SP Request-URI SP SIP-Version. Split at the first and the last space so that a
-    // Request-URI containing whitespace still yields a request (answered 400 by validation).
+    // Method SP Request-URI SP SIP-Version. Split at the first space and at the space before
+    // the last word, so that a Request-URI containing whitespace (RFC 4475 §3.1.2.8, §3.1.2.9)
+    // or a line ending in whitespace (§3.1.2.10, kept in `version`) still yields a request
+    // that validation answers with a 400 instead of being dropped.
     let first = memchr(b' ', line).ok_or(ParseError::BadStartLine)?;
-    let last = line.iter().rposition(|&c| c == b' ').ok_or(ParseError::BadStartLine)?;
+    let mut end = line.len();
+    while end > 0 && is_ws(line[end - 1]) {
+        end -= 1;
+    }
+    let last = line[..end]
+        .iter()
+        .rposition(|&c| c == b' ')
+        .ok_or(ParseError::BadStartLine)?;
     if first == 0 || last <= first {
         return Err(ParseError::BadStartLine);
     }
@@ -668,7 +748,11 @@ impl Iterator for LineIter<'_> {
             None => (self.buf.len(), self.buf.len()),
         };
         self.pos = next;
-        let e = if e > s && self.buf[e - 1] == b'\r' { e - 1 } else { e };
+        let e = if e > s && self.buf[e - 1] == b'\r' {
+            e - 1
+        } else {
+            e
+        };
         Some((s, e))
     }
 }
@@ -721,7 +805,10 @@ v=0\n";
         let vias: Vec<_> = m.headers.values(&HeaderName::Via).collect();
         assert_eq!(vias.len(), 2);
         assert_eq!(&vias[1][..], b"SIP/2.0/TCP b;branch=z9hG4bK2");
-        assert_eq!(&m.headers.get(&HeaderName::Subject).unwrap()[..], b"one two");
+        assert_eq!(
+            &m.headers.get(&HeaderName::Subject).unwrap()[..],
+            b"one two"
+        );
     }
 
     #[test]
@@ -734,20 +821,30 @@ v=0\n";
 
     #[test]
     fn response_and_content_length_rules() {
-        let m = parse(Bytes::from_static(b"SIP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nabcdef")).unwrap();
+        let m = parse(Bytes::from_static(
+            b"SIP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nabcdef",
+        ))
+        .unwrap();
         assert_eq!(m.status(), Some(200));
         assert_eq!(&m.body[..], b"ab");
         assert_eq!(
-            parse(Bytes::from_static(b"SIP/2.0 200 OK\r\nContent-Length: 20\r\n\r\nab")),
+            parse(Bytes::from_static(
+                b"SIP/2.0 200 OK\r\nContent-Length: 20\r\n\r\nab"
+            )),
             Err(ParseError::ContentLengthExceedsMessage)
         );
         assert_eq!(
             parse(Bytes::from_static(b"SIP/2.0 2000 OK\r\n\r\n")),
             Err(ParseError::BadStatusCode)
         );
-        assert_eq!(parse(Bytes::from_static(b"garbage")), Err(ParseError::Incomplete));
         assert_eq!(
-            parse(Bytes::from_static(b"INVITE sip:a SIP/2.0\r\nNoColon\r\n\r\n")),
+            parse(Bytes::from_static(b"garbage")),
+            Err(ParseError::Incomplete)
+        );
+        assert_eq!(
+            parse(Bytes::from_static(
+                b"INVITE sip:a SIP/2.0\r\nNoColon\r\n\r\n"
+            )),
             Err(ParseError::BadHeaderLine)
         );
         let m = parse(Bytes::from_static(b"SIP/2.0 100 \r\n\r\n")).unwrap();
@@ -757,7 +854,8 @@ v=0\n";
     #[test]
     fn headers_editing() {
         let mut m = parse(Bytes::from_static(INVITE)).unwrap();
-        m.headers.push_front(HeaderName::Via, "SIP/2.0/UDP proxy;branch=z9hG4bKp");
+        m.headers
+            .push_front(HeaderName::Via, "SIP/2.0/UDP proxy;branch=z9hG4bKp");
         assert_eq!(m.headers.count(&HeaderName::Via), 2);
         m.headers.set(HeaderName::MaxForwards, "69");
         assert_eq!(&m.headers.get(&HeaderName::MaxForwards).unwrap()[..], b"69");
@@ -765,5 +863,22 @@ v=0\n";
         let again = parse(m.to_bytes()).unwrap();
         assert_eq!(&again.body[..], b"hello");
         assert_eq!(again.headers.count(&HeaderName::Via), 2);
+    }
+
+    #[test]
+    fn remove_first_value_of_a_list_line() {
+        let mut m = parse(Bytes::from_static(
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\nVia: SIP/2.0/UDP c\r\n\r\n",
+        ))
+        .unwrap();
+        let top = m.headers.remove_first_value(&HeaderName::Via).unwrap();
+        assert_eq!(&top[..], b"SIP/2.0/UDP a;branch=z9hG4bK1");
+        let rest: Vec<_> = m.headers.values(&HeaderName::Via).collect();
+        assert_eq!(rest.len(), 2);
+        assert_eq!(&rest[0][..], b"SIP/2.0/UDP b;branch=z9hG4bK2");
+        m.headers.remove_first_value(&HeaderName::Via);
+        m.headers.remove_first_value(&HeaderName::Via);
+        assert_eq!(m.headers.count(&HeaderName::Via), 0);
+        assert!(m.headers.remove_first_value(&HeaderName::Via).is_none());
     }
 }

@@ -142,10 +142,22 @@ mod tests {
 
     #[test]
     fn compact_and_case_insensitive() {
-        assert_eq!(HeaderName::from_bytes(&Bytes::from_static(b"v")), HeaderName::Via);
-        assert_eq!(HeaderName::from_bytes(&Bytes::from_static(b"VIA")), HeaderName::Via);
-        assert_eq!(HeaderName::from_bytes(&Bytes::from_static(b"call-id")), HeaderName::CallId);
-        assert_eq!(HeaderName::from_bytes(&Bytes::from_static(b"i")), HeaderName::CallId);
+        assert_eq!(
+            HeaderName::from_bytes(&Bytes::from_static(b"v")),
+            HeaderName::Via
+        );
+        assert_eq!(
+            HeaderName::from_bytes(&Bytes::from_static(b"VIA")),
+            HeaderName::Via
+        );
+        assert_eq!(
+            HeaderName::from_bytes(&Bytes::from_static(b"call-id")),
+            HeaderName::CallId
+        );
+        assert_eq!(
+            HeaderName::from_bytes(&Bytes::from_static(b"i")),
+            HeaderName::CallId
+        );
         assert_eq!(
             HeaderName::from_bytes(&Bytes::from_static(b"X-Foo")),
             HeaderName::Other(Bytes::from_static(b"X-Foo"))

@@ -6,6 +6,11 @@ use bytes::Bytes;
 
 use super::{HeaderError, Params};
 use crate::sip::message::{is_ws, trim};
+use crate::sip::uri::{Host, HostKind};
+
+fn host_kind_of(host: &Bytes) -> Option<HostKind> {
+    Host::parse(host).ok().map(|h| h.kind)
+}
 
 /// The RFC 3261 magic cookie every compliant branch starts with (§8.1.1.7).
 pub const MAGIC_COOKIE: &str = "z9hG4bK";
@@ -83,7 +88,9 @@ impl Via {
             while i < raw.len() && raw[i].is_ascii_digit() {
                 i += 1;
             }
-            let p = std::str::from_utf8(&raw[ps..i]).ok().and_then(|s| s.parse::<u16>().ok());
+            let p = std::str::from_utf8(&raw[ps..i])
+                .ok()
+                .and_then(|s| s.parse::<u16>().ok());
             port = Some(p.ok_or(E)?);
             while i < raw.len() && is_ws(raw[i]) {
                 i += 1;
@@ -92,8 +99,17 @@ impl Via {
         if i < raw.len() && raw[i] != b';' {
             return Err(E);
         }
-        let params = Params::parse(&raw.slice(i..));
-        Ok(Via { protocol, transport, host, port, params })
+        if host_kind_of(&host).is_none() {
+            return Err(E);
+        }
+        let params = Params::parse_strict(&raw.slice(i..), "Via")?;
+        Ok(Via {
+            protocol,
+            transport,
+            host,
+            port,
+            params,
+        })
     }
 
     /// The branch parameter.
@@ -101,9 +117,13 @@ impl Via {
         self.params.value("branch")
     }
 
-    /// Whether the branch carries the RFC 3261 magic cookie.
+    /// Whether the branch carries the RFC 3261 magic cookie *and* an identifier after it.
+    /// A bare `z9hG4bK` (RFC 4475 §3.2.1) identifies nothing, so such a request falls back to
+    /// RFC 2543 transaction matching (RFC 3261 §17.2.3) instead of colliding with every other
+    /// request that does the same.
     pub fn is_rfc3261_branch(&self) -> bool {
-        self.branch().is_some_and(|b| b.starts_with(MAGIC_COOKIE.as_bytes()))
+        self.branch()
+            .is_some_and(|b| b.len() > MAGIC_COOKIE.len() && b.starts_with(MAGIC_COOKIE.as_bytes()))
     }
 
     /// The `received` parameter.
@@ -114,7 +134,8 @@ impl Via {
     /// `rport`: `None` if absent, `Some(None)` if requested without a value (RFC 3581 §3).
     pub fn rport(&self) -> Option<Option<u16>> {
         self.params.get("rport").map(|v| {
-            v.and_then(|p| std::str::from_utf8(p).ok()).and_then(|s| s.parse().ok())
+            v.and_then(|p| std::str::from_utf8(p).ok())
+                .and_then(|s| s.parse().ok())
         })
     }
 
@@ -169,12 +190,31 @@ mod tests {
 
     #[test]
     fn parses_spaced_and_ipv6() {
-        let v = Via::parse(&Bytes::from_static(b"SIP / 2.0 / TCP [2001:db8::9:1] : 5060 ;branch=z9hG4bKx")).unwrap();
+        let v = Via::parse(&Bytes::from_static(
+            b"SIP / 2.0 / TCP [2001:db8::9:1] : 5060 ;branch=z9hG4bKx",
+        ))
+        .unwrap();
         assert_eq!(&v.protocol[..], b"SIP / 2.0");
         assert_eq!(&v.host[..], b"[2001:db8::9:1]");
         assert_eq!(v.port, Some(5060));
         assert!(Via::parse(&Bytes::from_static(b"SIP/2.0/UDP")).is_err());
         assert!(Via::parse(&Bytes::from_static(b"garbage")).is_err());
         assert!(Via::parse(&Bytes::from_static(b"SIP/2.0/UDP host:99999")).is_err());
+        // RFC 4475 §3.1.2.1: empty parameters; a bad host.
+        assert!(Via::parse(&Bytes::from_static(b"SIP/2.0/UDP 192.0.2.15;;")).is_err());
+        assert!(Via::parse(&Bytes::from_static(
+            b"SIP/2.0/UDP bad_host-.x;branch=z9hG4bK1"
+        ))
+        .is_err());
+        // RFC 5118 §4.5: received may be an unbracketed IPv6 address.
+        let v = Via::parse(&Bytes::from_static(
+            b"SIP/2.0/UDP [2001:db8::9:1];received=2001:db8::9:255;branch=z9hG4bKas3",
+        ))
+        .unwrap();
+        assert_eq!(&v.received().unwrap()[..], b"2001:db8::9:255");
+        // RFC 4475 §3.2.1: the cookie alone is no RFC 3261 branch.
+        let bare =
+            Via::parse(&Bytes::from_static(b"SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK")).unwrap();
+        assert!(!bare.is_rfc3261_branch());
     }
 }

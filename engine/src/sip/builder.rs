@@ -138,24 +138,6 @@ fn with_tag(value: &Bytes, tag: &str) -> Bytes {
     out.freeze()
 }
 
-/// The sequence number and method of a CSeq value (RFC 3261 §20.16), `None` if malformed.
-pub fn parse_cseq(value: &Bytes) -> Option<(u32, Method)> {
-    let v = trim(value);
-    let end = v.iter().position(|&c| is_ws(c))?;
-    let digits = &v[..end];
-    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let num = digits.iter().try_fold(0u32, |a, &c| {
-        a.checked_mul(10)?.checked_add(u32::from(c - b'0'))
-    })?;
-    let method = trim(&v.slice(end..));
-    if method.is_empty() || method.iter().any(|&c| is_ws(c)) {
-        return None;
-    }
-    Some((num, Method::from_bytes(&method)))
-}
-
 /// The header parameters of a name-addr or addr-spec value (From, To, Contact, ...): those after
 /// the closing `>`, or, without `<>`, after the addr-spec, whose first `;` starts them
 /// (RFC 3261 §20.10). URI parameters inside `<>` and quoted display names are skipped.
@@ -429,32 +411,6 @@ v=0\n";
         assert_eq!(get(&c, HeaderName::CSeq), b"314159 CANCEL");
         assert_eq!(c.headers.count(&HeaderName::Route), 2);
         assert!(c.body.is_empty());
-    }
-
-    #[test]
-    fn cseq_parsing() {
-        assert_eq!(
-            parse_cseq(&Bytes::from_static(b"314159 INVITE")),
-            Some((314159, Method::Invite))
-        );
-        assert_eq!(
-            parse_cseq(&Bytes::from_static(b" 1 \t ACK ")),
-            Some((1, Method::Ack))
-        );
-        assert_eq!(
-            parse_cseq(&Bytes::from_static(b"4294967295 BYE")),
-            Some((u32::MAX, Method::Bye))
-        );
-        for bad in [
-            &b"4294967296 BYE"[..],
-            b"INVITE",
-            b"12",
-            b"-1 BYE",
-            b"1 A B",
-            b"x1 BYE",
-        ] {
-            assert_eq!(parse_cseq(&Bytes::copy_from_slice(bad)), None, "{:?}", bad);
-        }
     }
 
     #[test]

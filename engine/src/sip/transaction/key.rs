@@ -6,7 +6,7 @@ use std::hash::{Hash, Hasher};
 use bytes::Bytes;
 
 use super::TxError;
-use crate::sip::builder::{parse_cseq, tag_of};
+use crate::sip::builder::tag_of;
 use crate::sip::hdr::{HeaderError, Via};
 use crate::sip::{HeaderName, Message, Method};
 
@@ -33,7 +33,7 @@ impl ClientKey {
     pub(crate) fn of_response(resp: &Message) -> Option<(ClientKey, Via)> {
         let via = resp.top_via().ok()?;
         let branch = via.branch()?.clone();
-        let (_, method) = parse_cseq(resp.headers.get(&HeaderName::CSeq)?)?;
+        let method = resp.cseq().ok()?.method;
         Some((ClientKey { branch, method }, via))
     }
 }
@@ -107,11 +107,7 @@ impl ServerKey {
             .call_id()
             .cloned()
             .ok_or(HeaderError::Missing("Call-ID"))?;
-        let cseq_raw = req
-            .headers
-            .get(&HeaderName::CSeq)
-            .ok_or(HeaderError::Missing("CSeq"))?;
-        let (cseq, _) = parse_cseq(cseq_raw).ok_or(HeaderError::Malformed("CSeq"))?;
+        let cseq = req.cseq()?.seq;
         let uri = req.request_uri().cloned().ok_or(TxError::NotARequest)?;
         Ok(ServerKey::Rfc2543 {
             uri,

@@ -1,4 +1,4 @@
-//! The signaling manager's decision [30]: which controller serves a request (CPM.md §3 step 2,
+//! The signaling manager's decision \[30\]: which controller serves a request (CPM.md §3 step 2,
 //! §4), as a pure function of the message and the configuration.
 //!
 //! [`classify`] looks at the method, the Request-URI, the To tag, and the Event, Refer-To,
@@ -35,22 +35,22 @@ use crate::sip::{Message, Method};
 pub enum ServiceType {
     /// REGISTER, and `reg` event subscriptions: the registrar (CM-1).
     Registration,
-    /// A pager-mode MESSAGE (RFC 3428): the message controller [31].
+    /// A pager-mode MESSAGE (RFC 3428): the message controller \[31\].
     PagerMessage,
-    /// A MESSAGE within a session: the session controller [32] passes it to [31].
+    /// A MESSAGE within a session: the session controller \[32\] passes it to \[31\].
     SessionMessage,
     /// An INVITE setting up an MSRP session for one large message (OMA SIMPLE IM / CPM "large
-    /// message mode", feature tag `+g.oma.sip-im.large-message`): [31] over a session.
+    /// message mode", feature tag `+g.oma.sip-im.large-message`): \[31\] over a session.
     LargeMessage,
-    /// A 1-to-1 session: INVITE, re-INVITE, ACK, BYE, CANCEL, UPDATE, PRACK, INFO, REFER: [32].
+    /// A 1-to-1 session: INVITE, re-INVITE, ACK, BYE, CANCEL, UPDATE, PRACK, INFO, REFER: \[32\].
     Session,
     /// The conference factory, a conference focus, or the `conference` event package.
     Conference,
-    /// Network-side storage: requests to the storage URI, REFER to record a session: [33].
+    /// Network-side storage: requests to the storage URI, REFER to record a session: \[33\].
     Storage,
-    /// A third-party application's address: the application controller [34].
+    /// A third-party application's address: the application controller \[34\].
     ThirdPartyApplication,
-    /// A non-CPM system (SMS, MMS, e-mail, PSTN) through an interworking function [19].
+    /// A non-CPM system (SMS, MMS, e-mail, PSTN) through an interworking function \[19\].
     Interworking,
     /// Presence and XDM change notification: PUBLISH/SUBSCRIBE/NOTIFY for `presence`,
     /// `presence.winfo`, `xcap-diff` (PRS-1/2, CM-2).

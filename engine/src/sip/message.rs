@@ -237,6 +237,27 @@ impl Headers {
         }
     }
 
+    /// Removes the first *value* of a list header (RFC 3261 §7.3.1): the first element of the
+    /// first line, or the whole line when it holds one element. A proxy removes its own Via
+    /// from a response this way (§16.7 step 3).
+    pub fn remove_first_value(&mut self, name: &HeaderName) -> Option<Bytes> {
+        let pos = self.0.iter().position(|h| &h.name == name)?;
+        let mut elems = split_list(&self.0[pos].value);
+        if elems.len() <= 1 {
+            return Some(self.0.remove(pos).value);
+        }
+        let first = elems.remove(0);
+        let mut rest = BytesMut::with_capacity(self.0[pos].value.len());
+        for (i, e) in elems.iter().enumerate() {
+            if i > 0 {
+                rest.put_slice(b", ");
+            }
+            rest.put_slice(e);
+        }
+        self.0[pos].value = rest.freeze();
+        Some(first)
+    }
+
     /// Removes the first line with this name and returns its value.
     pub fn remove_first(&mut self, name: &HeaderName) -> Option<Bytes> {
         let pos = self.0.iter().position(|h| &h.name == name)?;
@@ -503,6 +524,35 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 /// bytes are discarded; when it asks for more bytes than there are, the message is rejected.
 /// When absent, the body is the rest of the buffer.
 pub fn parse(buf: Bytes) -> Result<Message, ParseError> {
+    let (start, headers, body_start) = parse_head_parts(&buf)?;
+    let rest = buf.slice(body_start.min(buf.len())..);
+    let body = match content_length(&headers)? {
+        Some(n) if n > rest.len() => return Err(ParseError::ContentLengthExceedsMessage),
+        Some(n) => rest.slice(..n),
+        None => rest,
+    };
+    Ok(Message {
+        start,
+        headers,
+        body,
+    })
+}
+
+/// Parses the start line and the headers only, with an empty body and Content-Length not
+/// checked. For answering a request whose body cannot be delimited (a bad or too large
+/// Content-Length, RFC 3261 §18.3) with a 400 instead of dropping it; see
+/// [`crate::sip::validate::reject_unparsable`].
+pub fn parse_head(buf: Bytes) -> Result<Message, ParseError> {
+    let (start, headers, _) = parse_head_parts(&buf)?;
+    Ok(Message {
+        start,
+        headers,
+        body: Bytes::new(),
+    })
+}
+
+/// Start line, headers, and the index of the first body byte.
+fn parse_head_parts(buf: &Bytes) -> Result<(StartLine, Headers, usize), ParseError> {
     // Leading CRLFs are keep-alives or junk between messages (RFC 3261 §7.5).
     let mut skip = 0;
     while skip < buf.len() && (buf[skip] == b'\r' || buf[skip] == b'\n') {
@@ -561,18 +611,7 @@ pub fn parse(buf: Bytes) -> Result<Message, ParseError> {
         headers.push(finish_header(&head, c));
     }
 
-    let headers = Headers(headers);
-    let rest = buf.slice(body_start.min(buf.len())..);
-    let body = match content_length(&headers)? {
-        Some(n) if n > rest.len() => return Err(ParseError::ContentLengthExceedsMessage),
-        Some(n) => rest.slice(..n),
-        None => rest,
-    };
-    Ok(Message {
-        start,
-        headers,
-        body,
-    })
+    Ok((start, Headers(headers), body_start))
 }
 
 /// The declared Content-Length, if any; several lines must agree.
@@ -660,10 +699,16 @@ fn parse_start_line(line: &Bytes) -> Result<StartLine, ParseError> {
             reason,
         });
     }
-    // Method SP Request-URI SP SIP-Version. Split at the first and the last space so that a
-    // Request-URI containing whitespace still yields a request (answered 400 by validation).
+    // Method SP Request-URI SP SIP-Version. Split at the first space and at the space before
+    // the last word, so that a Request-URI containing whitespace (RFC 4475 §3.1.2.8, §3.1.2.9)
+    // or a line ending in whitespace (§3.1.2.10, kept in `version`) still yields a request
+    // that validation answers with a 400 instead of being dropped.
     let first = memchr(b' ', line).ok_or(ParseError::BadStartLine)?;
-    let last = line
+    let mut end = line.len();
+    while end > 0 && is_ws(line[end - 1]) {
+        end -= 1;
+    }
+    let last = line[..end]
         .iter()
         .rposition(|&c| c == b' ')
         .ok_or(ParseError::BadStartLine)?;
@@ -818,5 +863,22 @@ v=0\n";
         let again = parse(m.to_bytes()).unwrap();
         assert_eq!(&again.body[..], b"hello");
         assert_eq!(again.headers.count(&HeaderName::Via), 2);
+    }
+
+    #[test]
+    fn remove_first_value_of_a_list_line() {
+        let mut m = parse(Bytes::from_static(
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\nVia: SIP/2.0/UDP c\r\n\r\n",
+        ))
+        .unwrap();
+        let top = m.headers.remove_first_value(&HeaderName::Via).unwrap();
+        assert_eq!(&top[..], b"SIP/2.0/UDP a;branch=z9hG4bK1");
+        let rest: Vec<_> = m.headers.values(&HeaderName::Via).collect();
+        assert_eq!(rest.len(), 2);
+        assert_eq!(&rest[0][..], b"SIP/2.0/UDP b;branch=z9hG4bK2");
+        m.headers.remove_first_value(&HeaderName::Via);
+        m.headers.remove_first_value(&HeaderName::Via);
+        assert_eq!(m.headers.count(&HeaderName::Via), 0);
+        assert!(m.headers.remove_first_value(&HeaderName::Via).is_none());
     }
 }

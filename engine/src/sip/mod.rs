@@ -15,5 +15,5 @@ pub mod transaction;
 pub mod uri;
 pub mod validate;
 
-pub use message::{parse, Header, Headers, Message, Method, ParseError, StartLine};
+pub use message::{parse, parse_head, Header, Headers, Message, Method, ParseError, StartLine};
 pub use name::HeaderName;

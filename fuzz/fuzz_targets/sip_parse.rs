@@ -5,12 +5,19 @@
 //! - printing then parsing gives the same message, and printing is idempotent;
 //! - the body is exactly Content-Length bytes when Content-Length is a plain number;
 //! - request/response accessors agree;
-//! - `top_via` is the first of `vias`, and a parsed Via prints back to the same Via.
+//! - `top_via` is the first of `vias`, and a parsed Via prints back to the same Via;
+//! - a parsed CSeq prints back to the same CSeq;
+//! - every parsed URI (Request-URI, From, To, Contact, Route, Record-Route) is equivalent to
+//!   itself (RFC 3261 §19.1.4), and its address-of-record is canonical: it parses, and gives
+//!   itself back (the registrar's binding key must be stable).
+//!
+//! Every other typed accessor is called for its no-panic guarantee only.
 
 #![no_main]
 
 use bytes::Bytes;
-use cpm_engine::sip::hdr::Via;
+use cpm_engine::sip::hdr::{CSeq, NameAddr, Via};
+use cpm_engine::sip::uri::Uri;
 use cpm_engine::sip::{self, HeaderName, Message};
 use libfuzzer_sys::fuzz_target;
 
@@ -22,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
     body_matches_content_length(&m);
     start_line_accessors(&m);
     vias(&m);
+    typed_headers(&m);
 });
 
 fn round_trip(m: &Message) {
@@ -86,5 +94,66 @@ fn vias(m: &Message) {
                 Err(e) => panic!("Via {raw:?} printed as {printed:?} does not parse: {e}"),
             }
         }
+    }
+}
+
+fn typed_headers(m: &Message) {
+    if let Ok(cseq) = m.cseq() {
+        let printed = Bytes::from(cseq.to_string());
+        assert_eq!(
+            CSeq::parse(&printed).as_ref(),
+            Ok(&cseq),
+            "CSeq printed as {printed:?}"
+        );
+    }
+    if let Some(Ok(uri)) = m.request_uri().map(Uri::parse) {
+        uri_properties(&uri);
+    }
+    let mut addrs: Vec<NameAddr> = [m.from(), m.to()].into_iter().flatten().collect();
+    addrs.extend(m.routes().into_iter().flatten());
+    addrs.extend(m.record_routes().into_iter().flatten());
+    addrs.extend(m.referred_by().ok().flatten());
+    for a in &addrs {
+        uri_properties(&a.uri);
+        let _ = (a.tag(), a.display_name(), a.to_string());
+    }
+    for c in m.contacts().into_iter().flatten() {
+        if let Some(uri) = c.uri() {
+            uri_properties(uri);
+        }
+        let _ = (
+            c.expires(),
+            c.q(),
+            c.instance(),
+            c.reg_id(),
+            c.feature_params().count(),
+        );
+    }
+    let _ = (
+        m.max_forwards(),
+        m.expires(),
+        m.min_expires(),
+        m.content_type(),
+    );
+    let _ = (
+        m.require(),
+        m.proxy_require(),
+        m.supported(),
+        m.unsupported(),
+    );
+    let _ = (
+        m.event(),
+        m.refer_to(),
+        m.accept_contacts(),
+        m.reject_contacts(),
+    );
+}
+
+fn uri_properties(uri: &Uri) {
+    assert!(uri.equivalent(uri), "URI not equivalent to itself: {uri:?}");
+    let Some(aor) = uri.aor() else { return };
+    match Uri::parse(&Bytes::from(aor.clone())) {
+        Ok(again) => assert_eq!(again.aor(), Some(aor), "AOR not canonical: {uri:?}"),
+        Err(e) => panic!("AOR {aor:?} of {uri:?} does not parse: {e}"),
     }
 }

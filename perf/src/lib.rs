@@ -9,7 +9,7 @@
 pub mod ezk;
 
 use bytes::Bytes;
-use cpm_engine::sip::{HeaderName, Message};
+use cpm_engine::sip::Message;
 
 /// A typical INVITE with an SDP offer, as a UA sends it to its proxy (895 bytes).
 pub const INVITE: &[u8] = b"INVITE sip:bob@biloxi.example.com SIP/2.0\r\n\
@@ -76,46 +76,24 @@ pub struct ProxyKeys {
     pub to_tag: Option<Bytes>,
 }
 
-/// Reads [`ProxyKeys`] with our parser's accessors; `None` if one is missing or malformed.
-///
-/// Only Via has a typed view on main so far; CSeq and the tags are read with the small helpers
-/// below until `sip::hdr` has CSeq/From/To types.
+/// Reads [`ProxyKeys`] with our parser's typed accessors (`sip::hdr`); `None` if one is
+/// missing or malformed. From and To are parsed whole (URI included), as ezk's `FromTo` does.
 pub fn proxy_keys(m: &Message) -> Option<ProxyKeys> {
     let via = m.top_via().ok()?;
-    let branch = via.branch()?.clone();
-    let call_id = m.call_id()?.clone();
-    let cseq = m.headers.get(&HeaderName::CSeq)?;
-    let num_end = cseq
-        .iter()
-        .position(|c| !c.is_ascii_digit())
-        .unwrap_or(cseq.len());
-    let cseq = std::str::from_utf8(&cseq[..num_end]).ok()?.parse().ok()?;
-    let from_tag = tag_param(m.headers.get(&HeaderName::From)?)?;
-    let to_tag = tag_param(m.headers.get(&HeaderName::To)?);
     Some(ProxyKeys {
-        branch,
-        call_id,
-        cseq,
-        from_tag,
-        to_tag,
+        branch: via.branch()?.clone(),
+        call_id: m.call_id()?.clone(),
+        cseq: m.cseq().ok()?.seq,
+        from_tag: m.from().ok()?.tag()?.clone(),
+        to_tag: m.to().ok()?.tag().cloned(),
     })
-}
-
-/// The `tag` parameter of a From/To value: searched after the closing `>` of a name-addr, or
-/// after the first `;` of an addr-spec (RFC 3261 §20.20, §20.39).
-fn tag_param(v: &Bytes) -> Option<Bytes> {
-    let params_from = match v.iter().rposition(|&c| c == b'>') {
-        Some(gt) => gt + 1,
-        None => v.iter().position(|&c| c == b';')?,
-    };
-    let params = cpm_engine::sip::hdr::Params::parse(&v.slice(params_from..));
-    params.value("tag").cloned()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use bytes::BytesMut;
+    use cpm_engine::sip::HeaderName;
 
     #[test]
     fn consts_are_the_advertised_size_and_frame_exactly() {
@@ -163,14 +141,5 @@ mod tests {
             assert_eq!(ezk::proxy_keys(&again), ezk::proxy_keys(&theirs), "{name}");
             assert_eq!(again.body, theirs.body, "{name}");
         }
-    }
-
-    #[test]
-    fn tag_param_forms() {
-        let t = |s: &'static str| tag_param(&Bytes::from_static(s.as_bytes()));
-        assert_eq!(t("<sip:a@b;tag=no>;tag=yes").as_deref(), Some(&b"yes"[..]));
-        assert_eq!(t("sip:a@b;tag=x;y=1").as_deref(), Some(&b"x"[..]));
-        assert_eq!(t("<sip:a@b;tag=no>"), None);
-        assert_eq!(t("sip:a@b"), None);
     }
 }

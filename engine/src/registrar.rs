@@ -16,7 +16,9 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 
-use crate::sip::hdr::Params;
+use crate::sip::hdr::{Contact, HeaderError, Params};
+use crate::sip::uri::Uri;
+use crate::sip::Message;
 
 /// An address-of-record in its canonical form (RFC 3261 §10.3 step 5: `sip:user@domain`
 /// without parameters), the key of the binding table.
@@ -27,6 +29,11 @@ impl Aor {
     /// Wraps an already canonical AOR.
     pub fn new(canonical: impl Into<Bytes>) -> Aor {
         Aor(canonical.into())
+    }
+
+    /// The canonical AOR of a URI (the To URI of a REGISTER), per [`Uri::aor`].
+    pub fn from_uri(uri: &Uri) -> Option<Aor> {
+        uri.aor().map(|a| Aor(Bytes::from(a)))
     }
 
     /// The AOR's bytes.
@@ -73,9 +80,9 @@ pub struct ContactReq {
     pub uri: Bytes,
     /// The `expires` contact parameter, if any.
     pub expires: Option<u32>,
-    /// The `q` parameter in thousandths (0..=1000), if any; see [`parse_q`].
+    /// The `q` parameter in thousandths (0..=1000), if any.
     pub q: Option<u16>,
-    /// The `+sip.instance` parameter (RFC 5626 §4.1), quotes included, if any.
+    /// The `+sip.instance` parameter (RFC 5626 §4.1) without its quotes, if any.
     pub instance: Option<Bytes>,
     /// The `reg-id` parameter (RFC 5626 §4.2), if any.
     pub reg_id: Option<u32>,
@@ -116,6 +123,51 @@ pub struct RegisterRequest {
     pub transport: Option<Bytes>,
 }
 
+impl RegisterRequest {
+    /// Extracts the request from a REGISTER (Contact, Expires, Call-ID, CSeq; RFC 3261
+    /// §10.2). A malformed header is a 400 with [`HeaderError::reason`].
+    pub fn from_message(
+        msg: &Message,
+        source: Option<SocketAddr>,
+        transport: Option<Bytes>,
+    ) -> Result<RegisterRequest, HeaderError> {
+        let call_id = msg
+            .call_id()
+            .cloned()
+            .ok_or(HeaderError::Missing("Call-ID"))?;
+        let mut wildcard = false;
+        let mut contacts = Vec::new();
+        for c in msg.contacts()? {
+            let Contact::Addr(addr) = &c else {
+                wildcard = true;
+                continue;
+            };
+            let mut params = addr.params.clone();
+            for known in ["expires", "q", "+sip.instance", "reg-id"] {
+                params.remove(known);
+            }
+            contacts.push(ContactReq {
+                uri: Bytes::from(addr.uri.to_string()),
+                expires: c.expires(),
+                q: c.q(),
+                instance: c.instance(),
+                reg_id: c.reg_id(),
+                params,
+            });
+        }
+        // A `*` beside other contacts is refused by `Message::contacts` already (400).
+        Ok(RegisterRequest {
+            wildcard,
+            contacts,
+            expires: msg.expires()?,
+            call_id,
+            cseq: msg.cseq()?.seq,
+            source,
+            transport,
+        })
+    }
+}
+
 /// One binding of an AOR to a contact (RFC 3261 §10.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Binding {
@@ -125,7 +177,7 @@ pub struct Binding {
     pub expires_at: Instant,
     /// The q value in thousandths, if the client gave one.
     pub q: Option<u16>,
-    /// `+sip.instance`, if any.
+    /// `+sip.instance` without its quotes, if any.
     pub instance: Option<Bytes>,
     /// `reg-id`, if any.
     pub reg_id: Option<u32>,
@@ -163,8 +215,9 @@ impl Binding {
             s.push_str(&format_q(q));
         }
         if let Some(i) = &self.instance {
-            s.push_str(";+sip.instance=");
+            s.push_str(";+sip.instance=\"");
             s.push_str(&String::from_utf8_lossy(i));
+            s.push('"');
         }
         if let Some(r) = self.reg_id {
             s.push_str(&format!(";reg-id={r}"));
@@ -188,28 +241,11 @@ impl Binding {
     }
 }
 
-/// RFC 3261 §19.1.4 equality of two contact URIs.
+/// RFC 3261 §19.1.4 equivalence of two contact URIs; byte equality if one does not parse.
 fn same_uri(a: &Bytes, b: &Bytes) -> bool {
-    a == b
-}
-
-/// Parses a `qvalue` (RFC 3261 §25.1: `0[.ddd]` or `1[.000]`) into thousandths.
-pub fn parse_q(v: &[u8]) -> Option<u16> {
-    let (int, frac) = match v.iter().position(|&c| c == b'.') {
-        Some(p) => (&v[..p], &v[p + 1..]),
-        None => (v, &b""[..]),
-    };
-    if frac.len() > 3 || !frac.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    let mut thousandths = 0u16;
-    for i in 0..3 {
-        thousandths = thousandths * 10 + frac.get(i).map_or(0, |d| u16::from(d - b'0'));
-    }
-    match int {
-        b"0" => Some(thousandths),
-        b"1" if thousandths == 0 => Some(1000),
-        _ => None,
+    match (Uri::parse(a), Uri::parse(b)) {
+        (Ok(x), Ok(y)) => x.equivalent(&y),
+        _ => a == b,
     }
 }
 
@@ -778,7 +814,7 @@ mod tests {
         let mut r = reg();
         let t0 = Instant::now();
         let mut a = req("c1", 1, &[("sip:a@10.0.0.1:5060", None)], None);
-        a.contacts[0].instance = Some(Bytes::from_static(b"\"<urn:uuid:1>\""));
+        a.contacts[0].instance = Some(Bytes::from_static(b"<urn:uuid:1>"));
         a.contacts[0].reg_id = Some(1);
         r.apply(&alice(), &a, t0).unwrap();
         // Same instance and reg-id from a new address (another Call-ID): replaced, not added.
@@ -793,17 +829,107 @@ mod tests {
     }
 
     #[test]
-    fn qvalues() {
-        assert_eq!(parse_q(b"0.5"), Some(500));
-        assert_eq!(parse_q(b"0.005"), Some(5));
-        assert_eq!(parse_q(b"1"), Some(1000));
-        assert_eq!(parse_q(b"1.000"), Some(1000));
-        assert_eq!(parse_q(b"0"), Some(0));
-        for bad in [&b"1.5"[..], b"2", b"0.1234", b"", b".5", b"0.x"] {
-            assert_eq!(parse_q(bad), None, "{:?}", bad);
-        }
+    fn from_register_message() {
+        let raw = "REGISTER sip:example.com SIP/2.0\r\n\
+Via: SIP/2.0/UDP 192.0.2.4:5060;branch=z9hG4bKnashds7\r\n\
+To: Bob <sip:Bob@EXAMPLE.com:5060>\r\n\
+From: Bob <sip:Bob@example.com>;tag=456248\r\n\
+Call-ID: 843817637684230@998sdasdh09\r\n\
+CSeq: 1826 REGISTER\r\n\
+Contact: <sip:bob@192.0.2.4;transport=udp>;expires=7200;+sip.instance=\"<urn:uuid:1>\";reg-id=1;+g.oma.sip-im\r\n\
+m: \"Desk\" <sip:bob@198.51.100.2>;q=0.5\r\n\
+Expires: 120\r\n\
+Content-Length: 0\r\n\r\n";
+        let m = crate::sip::parse(Bytes::from(raw)).unwrap();
+        let aor = Aor::from_uri(&m.to().unwrap().uri).unwrap();
+        assert_eq!(aor.to_string(), "sip:Bob@example.com");
+        let src: SocketAddr = "192.0.2.4:5060".parse().unwrap();
+        let rq =
+            RegisterRequest::from_message(&m, Some(src), Some(Bytes::from_static(b"UDP"))).unwrap();
+        assert!(!rq.wildcard);
+        assert_eq!(
+            (rq.cseq, rq.expires, &rq.call_id[..]),
+            (1826, Some(120), &b"843817637684230@998sdasdh09"[..])
+        );
+        let c = &rq.contacts[0];
+        assert_eq!(&c.uri[..], b"sip:bob@192.0.2.4;transport=udp");
+        assert_eq!((c.expires, c.q, c.reg_id), (Some(7200), None, Some(1)));
+        assert_eq!(c.instance.as_deref(), Some(&b"<urn:uuid:1>"[..]));
+        assert_eq!(c.params.len(), 1, "only the feature tag is left");
+        assert_eq!(rq.contacts[1].q, Some(500));
+
+        let mut r = reg();
+        let t0 = Instant::now();
+        let out = r.apply(&aor, &rq, t0).unwrap();
+        assert_eq!(
+            out[0].contact_value(t0),
+            "<sip:bob@192.0.2.4;transport=udp>;+sip.instance=\"<urn:uuid:1>\";reg-id=1;+g.oma.sip-im;expires=3600"
+        );
+        assert_eq!(
+            out[1].contact_value(t0),
+            "<sip:bob@198.51.100.2>;q=0.5;expires=120"
+        );
+
+        // Wildcard with another contact: a malformed Contact, 400.
+        let bad = raw.replace("m: ", "m: *, ");
+        let m = crate::sip::parse(Bytes::from(bad)).unwrap();
+        assert_eq!(
+            RegisterRequest::from_message(&m, None, None),
+            Err(HeaderError::Malformed("Contact"))
+        );
+        let star = raw.replace("m: \"Desk\" <sip:bob@198.51.100.2>;q=0.5", "m: *").replace("Contact: <sip:bob@192.0.2.4;transport=udp>;expires=7200;+sip.instance=\"<urn:uuid:1>\";reg-id=1;+g.oma.sip-im\r\n", "");
+        let m = crate::sip::parse(Bytes::from(star)).unwrap();
+        let rq = RegisterRequest::from_message(&m, None, None).unwrap();
+        assert!(rq.wildcard && rq.contacts.is_empty());
+        assert_eq!(
+            r.apply(&aor, &rq, t0),
+            Err(RegisterError::BadWildcard),
+            "Expires: 120 with *"
+        );
+    }
+
+    #[test]
+    fn contacts_match_by_uri_equivalence() {
+        let mut r = reg();
+        let t0 = Instant::now();
+        r.apply(
+            &alice(),
+            &req(
+                "c1",
+                1,
+                &[("sip:alice@HOST.example.com;transport=TCP", None)],
+                None,
+            ),
+            t0,
+        )
+        .unwrap();
+        // Host case and parameter value case do not matter (RFC 3261 §19.1.4); user case does.
+        let out = r
+            .apply(
+                &alice(),
+                &req(
+                    "c1",
+                    2,
+                    &[("sip:alice@host.example.com;transport=tcp", Some(0))],
+                    None,
+                ),
+                t0,
+            )
+            .unwrap();
+        assert!(out.is_empty());
+        r.apply(&alice(), &req("c1", 3, &[("sip:alice@h", None)], None), t0)
+            .unwrap();
+        let out = r
+            .apply(&alice(), &req("c1", 4, &[("sip:ALICE@h", None)], None), t0)
+            .unwrap();
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn qvalue_format() {
         assert_eq!(format_q(500), "0.5");
         assert_eq!(format_q(5), "0.005");
+        assert_eq!(format_q(0), "0");
         assert_eq!(format_q(1000), "1");
     }
 }

@@ -22,6 +22,8 @@ use std::fmt::{self, Write as _};
 use md5::Md5;
 use sha2::{Digest as _, Sha256};
 
+use crate::sip::{HeaderName, Message};
+
 /// A digest algorithm (RFC 7616 §3.3 `algorithm`; SHA-256 for SIP: RFC 8760 §2.2).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -177,15 +179,18 @@ pub struct AuthParam {
     pub quoted: bool,
 }
 
-/// Splits `Scheme name=value, name="value", ...` into the scheme and its parameters.
-fn parse_auth(raw: &[u8]) -> Result<(String, Vec<AuthParam>), DigestError> {
+/// Splits `Digest name=value, name="value", ...` into its parameters; another scheme is
+/// [`DigestError::NotDigest`] whatever follows it (e.g. a `Basic` token68).
+fn parse_auth(raw: &[u8]) -> Result<Vec<AuthParam>, DigestError> {
     let mut i = 0;
     skip_lws(raw, &mut i);
     let scheme = take_token(raw, &mut i);
     if scheme.is_empty() {
         return Err(DigestError::Syntax("no scheme"));
     }
-    let scheme = utf8(scheme)?;
+    if !scheme.eq_ignore_ascii_case(b"Digest") {
+        return Err(DigestError::NotDigest);
+    }
     let mut params: Vec<AuthParam> = Vec::new();
     skip_lws(raw, &mut i);
     while i < raw.len() {
@@ -232,7 +237,7 @@ fn parse_auth(raw: &[u8]) -> Result<(String, Vec<AuthParam>), DigestError> {
             Some(_) => return Err(DigestError::Syntax("expected ','")),
         }
     }
-    Ok((scheme, params))
+    Ok(params)
 }
 
 fn is_lws(c: u8) -> bool {
@@ -317,14 +322,6 @@ fn take(params: &mut Vec<AuthParam>, name: &str) -> Option<String> {
     Some(params.remove(pos).value)
 }
 
-fn check_scheme(scheme: &str) -> Result<(), DigestError> {
-    if scheme.eq_ignore_ascii_case("Digest") {
-        Ok(())
-    } else {
-        Err(DigestError::NotDigest)
-    }
-}
-
 /// A `Digest` challenge: the value of WWW-Authenticate or Proxy-Authenticate
 /// (RFC 3261 §22.4, §25.1 `challenge`; RFC 7616 §3.3).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -350,8 +347,7 @@ pub struct Challenge {
 impl Challenge {
     /// Parses a WWW-Authenticate / Proxy-Authenticate value.
     pub fn parse(raw: &[u8]) -> Result<Challenge, DigestError> {
-        let (scheme, mut p) = parse_auth(raw)?;
-        check_scheme(&scheme)?;
+        let mut p = parse_auth(raw)?;
         let realm = take(&mut p, "realm").ok_or(DigestError::Missing("realm"))?;
         let nonce = take(&mut p, "nonce").ok_or(DigestError::Missing("nonce"))?;
         let stale = match take(&mut p, "stale") {
@@ -447,8 +443,7 @@ pub struct Credentials {
 impl Credentials {
     /// Parses an Authorization / Proxy-Authorization value.
     pub fn parse(raw: &[u8]) -> Result<Credentials, DigestError> {
-        let (scheme, mut p) = parse_auth(raw)?;
-        check_scheme(&scheme)?;
+        let mut p = parse_auth(raw)?;
         let nc = match take(&mut p, "nc") {
             None => None,
             Some(v) => Some(parse_nc(&v).ok_or(DigestError::BadValue("nc"))?),
@@ -516,6 +511,32 @@ impl fmt::Display for Credentials {
         }
         f.write_str(&s)
     }
+}
+
+/// The credentials for `realm` among a request's Authorization headers (Proxy-Authorization
+/// with `proxy`): a request may carry one per realm (RFC 3261 §22.3). Other schemes and other
+/// realms are skipped; a malformed Digest value is an error only if none matches.
+pub fn find_credentials(
+    msg: &Message,
+    proxy: bool,
+    realm: &str,
+) -> Result<Option<Credentials>, DigestError> {
+    let name = if proxy {
+        HeaderName::ProxyAuthorization
+    } else {
+        HeaderName::Authorization
+    };
+    let mut first_err = None;
+    for v in msg.headers.get_all(&name) {
+        match Credentials::parse(v) {
+            Ok(c) if c.realm == realm => return Ok(Some(c)),
+            Ok(_) | Err(DigestError::NotDigest) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    first_err.map_or(Ok(None), Err)
 }
 
 /// What the server knows about a user's password.
@@ -1343,6 +1364,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(sess.verify(&c, "INVITE", &pw, t0), Verdict::Ok);
+    }
+
+    #[test]
+    fn credentials_in_a_request() {
+        let s = server();
+        let ch = s.challenge(Algorithm::Sha256, 1000, 1, false);
+        let c = respond(&ch, "alice", "pw", "REGISTER", "sip:example.com", "c", 1).unwrap();
+        let raw = format!(
+            "REGISTER sip:example.com SIP/2.0\r\nAuthorization: Basic QWxhZGRpbjpvcGVu\r\n\
+             Authorization: Digest username=\"alice\", realm=\"other.net\", nonce=\"n\", uri=\"sip:x\", response=\"r\"\r\n\
+             Authorization: {c}\r\nProxy-Authorization: Digest realm=\r\nContent-Length: 0\r\n\r\n"
+        );
+        let m = crate::sip::parse(bytes::Bytes::from(raw)).unwrap();
+        let found = find_credentials(&m, false, "example.com").unwrap().unwrap();
+        assert_eq!(found, c);
+        assert_eq!(
+            s.verify(&found, "REGISTER", &UserSecret::Password("pw".into()), 1000),
+            Verdict::Ok
+        );
+        assert_eq!(find_credentials(&m, false, "nowhere"), Ok(None));
+        assert_eq!(
+            Credentials::parse(b"Basic QWxhZGRpbjpvcGVu"),
+            Err(DigestError::NotDigest)
+        );
+        assert!(find_credentials(&m, true, "example.com").is_err());
     }
 
     #[test]

@@ -237,6 +237,27 @@ impl Headers {
         }
     }
 
+    /// Removes the first *value* of a list header (RFC 3261 §7.3.1): the first element of the
+    /// first line, or the whole line when it holds one element. A proxy removes its own Via
+    /// from a response this way (§16.7 step 3).
+    pub fn remove_first_value(&mut self, name: &HeaderName) -> Option<Bytes> {
+        let pos = self.0.iter().position(|h| &h.name == name)?;
+        let mut elems = split_list(&self.0[pos].value);
+        if elems.len() <= 1 {
+            return Some(self.0.remove(pos).value);
+        }
+        let first = elems.remove(0);
+        let mut rest = BytesMut::with_capacity(self.0[pos].value.len());
+        for (i, e) in elems.iter().enumerate() {
+            if i > 0 {
+                rest.put_slice(b", ");
+            }
+            rest.put_slice(e);
+        }
+        self.0[pos].value = rest.freeze();
+        Some(first)
+    }
+
     /// Removes the first line with this name and returns its value.
     pub fn remove_first(&mut self, name: &HeaderName) -> Option<Bytes> {
         let pos = self.0.iter().position(|h| &h.name == name)?;
@@ -937,5 +958,22 @@ v=0\n";
         let again = parse(m.to_bytes()).unwrap();
         assert_eq!(&again.body[..], b"hello");
         assert_eq!(again.headers.count(&HeaderName::Via), 2);
+    }
+
+    #[test]
+    fn remove_first_value_of_a_list_line() {
+        let mut m = parse(Bytes::from_static(
+            b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP a;branch=z9hG4bK1, SIP/2.0/UDP b;branch=z9hG4bK2\r\nVia: SIP/2.0/UDP c\r\n\r\n",
+        ))
+        .unwrap();
+        let top = m.headers.remove_first_value(&HeaderName::Via).unwrap();
+        assert_eq!(&top[..], b"SIP/2.0/UDP a;branch=z9hG4bK1");
+        let rest: Vec<_> = m.headers.values(&HeaderName::Via).collect();
+        assert_eq!(rest.len(), 2);
+        assert_eq!(&rest[0][..], b"SIP/2.0/UDP b;branch=z9hG4bK2");
+        m.headers.remove_first_value(&HeaderName::Via);
+        m.headers.remove_first_value(&HeaderName::Via);
+        assert_eq!(m.headers.count(&HeaderName::Via), 0);
+        assert!(m.headers.remove_first_value(&HeaderName::Via).is_none());
     }
 }

@@ -6,6 +6,7 @@
 //! value that was folded over several lines is rebuilt into a fresh buffer, since its bytes are
 //! not contiguous on the wire.
 
+pub mod builder;
 pub mod digest;
 pub mod framing;
 pub mod hdr;

@@ -221,9 +221,11 @@ fn check_common_headers(m: &Message) -> Result<(), Rejection> {
 
 /// A non-empty body needs a Content-Type (RFC 3261 §7.4.1), and a Content-Length that
 /// matches it (§18.3; [`crate::sip::parse`] cuts the body to it, so a mismatch means the
-/// message was built wrongly).
+/// message was built wrongly). Stray line ends after the header section of a datagram
+/// without Content-Length do not count as a body.
 fn check_body(m: &Message, has_content_type: bool) -> Result<(), Rejection> {
-    if !m.body.is_empty() && !has_content_type {
+    let blank = m.body.iter().all(|&c| c == b'\r' || c == b'\n');
+    if !blank && !has_content_type {
         return Err(HeaderError::Missing("Content-Type").into());
     }
     match content_length(&m.headers) {
@@ -390,6 +392,8 @@ Content-Length: 0\r\n\r\n";
     fn body_rules() {
         let with_body = edit("Content-Length: 0\r\n\r\n", "Content-Length: 4\r\n\r\nabcd");
         assert_eq!(rejected(&with_body).1, "Missing Content-Type Header");
+        let stray_crlf = edit("Content-Length: 0\r\n\r\n", "\r\n\r\n");
+        assert_eq!(check(&stray_crlf), Ok(()));
         let typed = with_body.replace(
             "Content-Length: 4",
             "Content-Type: text/plain\r\nContent-Length: 4",

@@ -18,426 +18,62 @@ use cpm_engine::sip::validate::{
 };
 use cpm_engine::sip::{parse, HeaderName, Message, Method, StartLine};
 
-/// What the RFC says must become of a message.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Expect {
-    /// Parses and passes validation.
-    Accept,
-    /// A request answered with this status by parse/validate.
-    Reject(u16),
-    /// A response dropped by parse/validate.
-    Drop,
-    /// Passes validation; a later layer (registrar, UAS, proxy) answers with this status. The
-    /// case's check asserts the fact that layer decides on.
-    Later(u16),
-}
+// The expectation table is shared with the end-to-end test against cpmd.
+#[path = "../../tests/src/torture.rs"]
+#[allow(dead_code)]
+mod expectations;
 
-/// One vector: file, RFC section, expected outcome, extra assertions on the parsed message.
-struct Case {
-    file: &'static str,
-    section: &'static str,
-    expect: Expect,
-    check: Option<fn(&Message)>,
-}
+use expectations::Expect::{Accept, Drop, Later, Reject};
+use expectations::{Expectation, EXPECTATIONS};
 
-const fn case(file: &'static str, section: &'static str, expect: Expect) -> Case {
-    Case {
-        file,
-        section,
-        expect,
-        check: None,
-    }
-}
+/// Every vector and its expected outcome ([`expectations::EXPECTATIONS`]).
+const CASES: &[Expectation] = EXPECTATIONS;
 
-const fn checked(
-    file: &'static str,
-    section: &'static str,
-    expect: Expect,
-    check: fn(&Message),
-) -> Case {
-    Case {
-        file,
-        section,
-        expect,
-        check: Some(check),
-    }
-}
+/// Extra assertions on the parsed message of a vector that must be accepted.
+type Check = fn(&Message);
 
-use Expect::{Accept, Drop, Later, Reject};
-
-const CASES: &[Case] = &[
-    // ---- RFC 4475 §3.1.1 Valid Messages: must parse and validate ----------------------------
-    checked(
-        "rfc4475/wsinv.dat",
-        "4475 §3.1.1.1 short tortuous INVITE",
-        Accept,
-        check_wsinv,
-    ),
-    checked(
-        "rfc4475/intmeth.dat",
-        "4475 §3.1.1.2 wide range of valid characters",
-        Accept,
-        check_intmeth,
-    ),
-    checked(
-        "rfc4475/esc01.dat",
-        "4475 §3.1.1.3 valid % escaping",
-        Accept,
-        check_esc01,
-    ),
-    checked(
-        "rfc4475/escnull.dat",
-        "4475 §3.1.1.4 escaped nulls in URIs",
-        Accept,
-        check_escnull,
-    ),
-    checked(
-        "rfc4475/esc02.dat",
-        "4475 §3.1.1.5 % that is not an escape",
-        Accept,
-        check_esc02,
-    ),
-    checked(
-        "rfc4475/lwsdisp.dat",
-        "4475 §3.1.1.6 no LWS between display name and <",
-        Accept,
-        check_lwsdisp,
-    ),
-    checked(
-        "rfc4475/longreq.dat",
-        "4475 §3.1.1.7 long values in header fields",
-        Accept,
-        check_longreq,
-    ),
-    checked(
-        "rfc4475/dblreq.dat",
-        "4475 §3.1.1.8 extra trailing octets in a datagram",
-        Accept,
-        check_dblreq,
-    ),
-    checked(
-        "rfc4475/semiuri.dat",
-        "4475 §3.1.1.9 ';' in the URI user part",
-        Accept,
-        check_semiuri,
-    ),
-    checked(
-        "rfc4475/transports.dat",
-        "4475 §3.1.1.10 varied and unknown transports",
-        Accept,
-        check_transports,
-    ),
-    checked(
-        "rfc4475/mpart01.dat",
-        "4475 §3.1.1.11 multipart MIME body",
-        Accept,
-        check_mpart01,
-    ),
-    checked(
-        "rfc4475/unreason.dat",
-        "4475 §3.1.1.12 unusual reason phrase",
-        Accept,
-        check_unreason,
-    ),
-    checked(
-        "rfc4475/noreason.dat",
-        "4475 §3.1.1.13 empty reason phrase",
-        Accept,
-        check_noreason,
-    ),
-    // ---- RFC 4475 §3.1.2 Invalid Messages ----------------------------------------------------
-    // §3.1.2.1 ";;,;,," in Via and ";;;;" in Contact: "should respond with a 400".
-    case(
-        "rfc4475/badinv01.dat",
-        "4475 §3.1.2.1 extraneous header field separators",
-        Reject(400),
-    ),
-    // §3.1.2.2 over UDP a request whose Content-Length exceeds the datagram gets a 400 (RFC 3261 §18.3).
-    case(
-        "rfc4475/clerr.dat",
-        "4475 §3.1.2.2 Content-Length larger than message",
-        Reject(400),
-    ),
-    case(
-        "rfc4475/ncl.dat",
-        "4475 §3.1.2.3 negative Content-Length",
-        Reject(400),
-    ),
-    // §3.1.2.4 "should respond with a 400 Bad Request due to the CSeq error".
-    case(
-        "rfc4475/scalar02.dat",
-        "4475 §3.1.2.4 request scalar fields too large",
-        Reject(400),
-    ),
-    // §3.1.2.5 a response with an overlarge CSeq is discarded.
-    case(
-        "rfc4475/scalarlg.dat",
-        "4475 §3.1.2.5 response scalar fields too large",
-        Drop,
-    ),
-    case(
-        "rfc4475/quotbal.dat",
-        "4475 §3.1.2.6 unterminated quoted display name",
-        Reject(400),
-    ),
-    // §3.1.2.7 "reasonable always to reject ... with a 400".
-    case(
-        "rfc4475/ltgtruri.dat",
-        "4475 §3.1.2.7 <> enclosing Request-URI",
-        Reject(400),
-    ),
-    case(
-        "rfc4475/lwsruri.dat",
-        "4475 §3.1.2.8 LWS inside the Request-URI",
-        Reject(400),
-    ),
-    // §3.1.2.9, §3.1.2.10 "acceptable to reject ... as malformed": we do.
-    case(
-        "rfc4475/lwsstart.dat",
-        "4475 §3.1.2.9 multiple SP in the Request-Line",
-        Reject(400),
-    ),
-    case(
-        "rfc4475/trws.dat",
-        "4475 §3.1.2.10 SP at the end of the Request-Line",
-        Reject(400),
-    ),
-    // §3.1.2.11 "acceptable ... to reject this request with a 400": we do.
-    case(
-        "rfc4475/escruri.dat",
-        "4475 §3.1.2.11 escaped headers in the Request-URI",
-        Reject(400),
-    ),
-    // §3.1.2.12 an element "could ignore this value altogether if it wasn't going to use the
-    // Date header field anyway": this server never reads Date.
-    checked(
-        "rfc4475/baddate.dat",
-        "4475 §3.1.2.12 non-GMT Date (ignored)",
-        Accept,
-        check_baddate,
-    ),
-    // §3.1.2.13 "reasonable ... to respond with a 400".
-    case(
-        "rfc4475/regbadct.dat",
-        "4475 §3.1.2.13 name-addr URI not in <>",
-        Reject(400),
-    ),
-    // §3.1.2.14 "reasonable to reject this request with a 400".
-    case(
-        "rfc4475/badaspec.dat",
-        "4475 §3.1.2.14 spaces within addr-spec",
-        Reject(400),
-    ),
-    case(
-        "rfc4475/baddn.dat",
-        "4475 §3.1.2.15 non-token characters in display name",
-        Reject(400),
-    ),
-    case(
-        "rfc4475/badvers.dat",
-        "4475 §3.1.2.16 unknown protocol version",
-        Reject(505),
-    ),
-    case(
-        "rfc4475/mismatch01.dat",
-        "4475 §3.1.2.17 CSeq method mismatch",
-        Reject(400),
-    ),
-    // §3.1.2.18 the mismatch is answered 400 before the unknown method would be 501.
-    case(
-        "rfc4475/mismatch02.dat",
-        "4475 §3.1.2.18 unknown method, CSeq mismatch",
-        Reject(400),
-    ),
-    case(
-        "rfc4475/bigcode.dat",
-        "4475 §3.1.2.19 overlarge response code",
-        Drop,
-    ),
-    // ---- RFC 4475 §3.2 Transaction-layer semantics -------------------------------------------
-    // §3.2.1 "could reject ... with a 400 ... or it could fall back to the RFC 2543-style
-    // transaction identifier": we fall back.
-    checked(
-        "rfc4475/badbranch.dat",
-        "4475 §3.2.1 branch is only the magic cookie",
-        Accept,
-        check_badbranch,
-    ),
-    // ---- RFC 4475 §3.3 Application-layer semantics -------------------------------------------
-    // §3.3.1 "Ideally, it will respond with a 400".
-    case(
-        "rfc4475/insuf.dat",
-        "4475 §3.3.1 missing required header fields",
-        Reject(400),
-    ),
-    case(
-        "rfc4475/unkscm.dat",
-        "4475 §3.3.2 Request-URI with unknown scheme",
-        Reject(416),
-    ),
-    // §3.3.3 a scheme the element never accepts in a Request-URI is treated as unknown: 416.
-    case(
-        "rfc4475/novelsc.dat",
-        "4475 §3.3.3 known but atypical scheme",
-        Reject(416),
-    ),
-    // §3.3.4 syntactically valid; "a registrar would reject this request with a 400" as To
-    // holds no SIP AOR.
-    checked(
-        "rfc4475/unksm2.dat",
-        "4475 §3.3.4 unknown schemes in header fields",
-        Later(400),
-        check_unksm2,
-    ),
-    // §3.3.5 420 Bad Extension listing the unsupported tags.
-    checked(
-        "rfc4475/bext01.dat",
-        "4475 §3.3.5 Proxy-Require and Require",
-        Later(420),
-        check_bext01,
-    ),
-    // §3.3.6 415 Unsupported Media Type.
-    checked(
-        "rfc4475/invut.dat",
-        "4475 §3.3.6 unknown Content-Type",
-        Later(415),
-        check_invut,
-    ),
-    // §3.3.7 the registrar challenges (401) an Authorization it does not understand.
-    checked(
-        "rfc4475/regaut01.dat",
-        "4475 §3.3.7 unknown Authorization scheme",
-        Later(401),
-        check_regaut01,
-    ),
-    // §3.3.8 "would respond with a 400".
-    case(
-        "rfc4475/multi01.dat",
-        "4475 §3.3.8 several values in single-value fields",
-        Reject(400),
-    ),
-    // §3.3.9 over UDP: a 400; over a stream the framing error closes the connection.
-    case(
-        "rfc4475/mcl01.dat",
-        "4475 §3.3.9 multiple Content-Length values",
-        Reject(400),
-    ),
-    // §3.3.10 "proxies should drop such responses".
-    case(
-        "rfc4475/bcast.dat",
-        "4475 §3.3.10 200 OK with broadcast Via",
-        Drop,
-    ),
-    // §3.3.11 legal; a proxy answers 483 (an OPTIONS UAS may answer it itself).
-    checked(
-        "rfc4475/zeromf.dat",
-        "4475 §3.3.11 Max-Forwards of zero",
-        Later(483),
-        check_zeromf,
-    ),
-    checked(
-        "rfc4475/cparam01.dat",
-        "4475 §3.3.12 REGISTER with a Contact parameter",
-        Accept,
-        check_cparam01,
-    ),
-    checked(
-        "rfc4475/cparam02.dat",
-        "4475 §3.3.13 REGISTER with a url-parameter",
-        Accept,
-        check_cparam02,
-    ),
-    // §3.3.14 "The register should succeed", keeping the escaped header in the binding.
-    checked(
-        "rfc4475/regescrt.dat",
-        "4475 §3.3.14 REGISTER with a URL-escaped header",
-        Accept,
-        check_regescrt,
-    ),
-    // §3.3.15 "could respond with a 406 Not Acceptable".
-    checked(
-        "rfc4475/sdp01.dat",
-        "4475 §3.3.15 unacceptable Accept offering",
-        Later(406),
-        check_sdp01,
-    ),
-    // ---- RFC 4475 §3.4 Backward compatibility ------------------------------------------------
-    checked(
-        "rfc4475/inv2543.dat",
-        "4475 §3.4.1 INVITE with RFC 2543 syntax",
-        Accept,
-        check_inv2543,
-    ),
-    // ---- RFC 5118 §4 ---------------------------------------------------------------------------
-    checked(
-        "rfc5118/ipv6-good",
-        "5118 §4.1 valid IPv6 reference",
-        Accept,
-        check_ipv6_good,
-    ),
-    // §4.2 "should respond with a 400 Bad Request".
-    case(
-        "rfc5118/ipv6-bad",
-        "5118 §4.2 IPv6 address without brackets",
-        Reject(400),
-    ),
-    checked(
-        "rfc5118/port-ambiguous",
-        "5118 §4.3 port inside the brackets",
-        Accept,
-        check_port_ambiguous,
-    ),
-    checked(
-        "rfc5118/port-unambiguous",
-        "5118 §4.4 port after the brackets",
-        Accept,
-        check_port_unambiguous,
-    ),
-    // §4.5 a received parameter with or without brackets must both be accepted.
-    checked(
-        "rfc5118/via-received-param-with-delim",
-        "5118 §4.5 received=[IPv6]",
-        Accept,
-        check_received,
-    ),
-    checked(
-        "rfc5118/via-received-param-no-delim",
-        "5118 §4.5 received=IPv6",
-        Accept,
-        check_received,
-    ),
-    case("rfc5118/ipv6-in-sdp", "5118 §4.6 IPv6 in SDP", Accept),
-    checked(
-        "rfc5118/mult-ip-in-header",
-        "5118 §4.7 IPv4 and IPv6 in headers",
-        Accept,
-        check_mult_ip_in_header,
-    ),
-    case(
-        "rfc5118/mult-ip-in-sdp",
-        "5118 §4.8 IPv4 and IPv6 in SDP",
-        Accept,
-    ),
-    checked(
-        "rfc5118/ipv4-mapped-ipv6",
-        "5118 §4.9 IPv4-mapped IPv6",
-        Accept,
-        check_ipv4_mapped,
-    ),
-    // §4.10 "an implementation must tolerate both of the above constructs".
-    checked(
-        "rfc5118/ipv6-bug-abnf-3-colons",
-        "5118 §4.10 RFC 3261 ABNF ':::' form",
-        Accept,
-        check_abnf_colons,
-    ),
-    checked(
-        "rfc5118/ipv6-correct-abnf-2-colons",
-        "5118 §4.10 correct '::' form",
-        Accept,
-        check_abnf_colons,
-    ),
+/// The vectors with extra assertions, by file.
+const CHECKS: &[(&str, Check)] = &[
+    ("rfc4475/wsinv.dat", check_wsinv),
+    ("rfc4475/intmeth.dat", check_intmeth),
+    ("rfc4475/esc01.dat", check_esc01),
+    ("rfc4475/escnull.dat", check_escnull),
+    ("rfc4475/esc02.dat", check_esc02),
+    ("rfc4475/lwsdisp.dat", check_lwsdisp),
+    ("rfc4475/longreq.dat", check_longreq),
+    ("rfc4475/dblreq.dat", check_dblreq),
+    ("rfc4475/semiuri.dat", check_semiuri),
+    ("rfc4475/transports.dat", check_transports),
+    ("rfc4475/mpart01.dat", check_mpart01),
+    ("rfc4475/unreason.dat", check_unreason),
+    ("rfc4475/noreason.dat", check_noreason),
+    ("rfc4475/baddate.dat", check_baddate),
+    ("rfc4475/badbranch.dat", check_badbranch),
+    ("rfc4475/unksm2.dat", check_unksm2),
+    ("rfc4475/bext01.dat", check_bext01),
+    ("rfc4475/invut.dat", check_invut),
+    ("rfc4475/regaut01.dat", check_regaut01),
+    ("rfc4475/zeromf.dat", check_zeromf),
+    ("rfc4475/cparam01.dat", check_cparam01),
+    ("rfc4475/cparam02.dat", check_cparam02),
+    ("rfc4475/regescrt.dat", check_regescrt),
+    ("rfc4475/sdp01.dat", check_sdp01),
+    ("rfc4475/inv2543.dat", check_inv2543),
+    ("rfc5118/ipv6-good", check_ipv6_good),
+    ("rfc5118/port-ambiguous", check_port_ambiguous),
+    ("rfc5118/port-unambiguous", check_port_unambiguous),
+    ("rfc5118/via-received-param-with-delim", check_received),
+    ("rfc5118/via-received-param-no-delim", check_received),
+    ("rfc5118/mult-ip-in-header", check_mult_ip_in_header),
+    ("rfc5118/ipv4-mapped-ipv6", check_ipv4_mapped),
+    ("rfc5118/ipv6-bug-abnf-3-colons", check_abnf_colons),
+    ("rfc5118/ipv6-correct-abnf-2-colons", check_abnf_colons),
 ];
+
+/// The extra assertions for a vector, if it has any.
+fn check_for(file: &str) -> Option<Check> {
+    CHECKS.iter().find(|(f, _)| *f == file).map(|(_, c)| *c)
+}
 
 // ---- per-vector assertions -------------------------------------------------------------------
 
@@ -807,6 +443,13 @@ fn torture_vectors_have_the_rfc_outcome() {
         );
     }
 
+    for (file, _) in CHECKS {
+        assert!(
+            CASES.iter().any(|c| c.file == *file),
+            "check without a table entry: {file}"
+        );
+    }
+
     let mut failures = Vec::new();
     for file in &files {
         let Some(c) = CASES.iter().find(|c| c.file == file) else {
@@ -822,7 +465,7 @@ fn torture_vectors_have_the_rfc_outcome() {
         };
         let ok = match (c.expect, &outcome) {
             (Accept | Later(_), Outcome::Accepted(m)) => {
-                if let Some(check) = c.check {
+                if let Some(check) = check_for(c.file) {
                     if let Err(e) = std::panic::catch_unwind(|| check(m)) {
                         let why = e
                             .downcast_ref::<String>()

@@ -16,6 +16,7 @@ pub mod cpmd;
 pub mod http;
 pub mod netns;
 pub mod sipp;
+pub mod torture;
 pub mod ua;
 pub mod util;
 pub mod vectors;

@@ -491,11 +491,28 @@ pub(crate) fn is_ws(c: u8) -> bool {
 
 /// RFC 3261 §25.1 `token` characters.
 pub(crate) fn is_token_char(c: u8) -> bool {
-    c.is_ascii_alphanumeric() || b"-.!%*_+`'~".contains(&c)
+    TOKEN_CHARS[c as usize]
 }
+
+/// Lookup table for [`is_token_char`] (the parser checks every header name byte).
+static TOKEN_CHARS: [bool; 256] = {
+    let mut t = [false; 256];
+    let mut c = 0;
+    while c < 256 {
+        let b = c as u8;
+        t[c] = b.is_ascii_alphanumeric()
+            || matches!(
+                b,
+                b'-' | b'.' | b'!' | b'%' | b'*' | b'_' | b'+' | b'`' | b'\'' | b'~'
+            );
+        c += 1;
+    }
+    t
+};
 
 /// Finds the end of the header section: returns (index of the first byte of the blank line,
 /// index of the first body byte). Accepts CRLF and bare LF line ends.
+#[allow(dead_code)] // `parse` finds the end in its line pass; kept for other crate modules.
 pub(crate) fn find_header_end(buf: &[u8]) -> Option<(usize, usize)> {
     let mut i = 0;
     while let Some(off) = memchr(b'\n', &buf[i..]) {
@@ -513,8 +530,23 @@ pub(crate) fn find_header_end(buf: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&c| c == needle)
+/// The first index of `needle` in `hay`. Tests eight bytes per step (the classic
+/// "has zero byte" bit trick), since the parser runs it over every line of every message.
+pub(crate) fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    let pattern = LO * u64::from(needle);
+    let mut i = 0;
+    for chunk in hay.chunks_exact(8) {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        let x = u64::from_le_bytes(word) ^ pattern;
+        if x.wrapping_sub(LO) & !x & HI != 0 {
+            break;
+        }
+        i += 8;
+    }
+    hay[i..].iter().position(|&c| c == needle).map(|p| i + p)
 }
 
 /// Parses a complete message held in one buffer (a UDP datagram, or one frame cut by
@@ -525,11 +557,13 @@ fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
 /// When absent, the body is the rest of the buffer.
 pub fn parse(buf: Bytes) -> Result<Message, ParseError> {
     let (start, headers, body_start) = parse_head_parts(&buf)?;
-    let rest = buf.slice(body_start.min(buf.len())..);
+    let available = buf.len() - body_start.min(buf.len());
     let body = match content_length(&headers)? {
-        Some(n) if n > rest.len() => return Err(ParseError::ContentLengthExceedsMessage),
-        Some(n) => rest.slice(..n),
-        None => rest,
+        Some(n) if n > available => return Err(ParseError::ContentLengthExceedsMessage),
+        Some(0) => Bytes::new(),
+        Some(n) => buf.slice(body_start..body_start + n),
+        None if available == 0 => Bytes::new(),
+        None => buf.slice(body_start..),
     };
     Ok(Message {
         start,
@@ -558,30 +592,32 @@ fn parse_head_parts(buf: &Bytes) -> Result<(StartLine, Headers, usize), ParseErr
     while skip < buf.len() && (buf[skip] == b'\r' || buf[skip] == b'\n') {
         skip += 1;
     }
-    let (blank, body_start) = match find_header_end(&buf[skip..]) {
-        Some((b, s)) => (b + skip, s + skip),
-        None => {
-            // A message without body may end right after the last header's line end.
-            if buf.ends_with(b"\n") {
-                (buf.len(), buf.len())
-            } else {
-                return Err(ParseError::Incomplete);
-            }
+    // One pass over the lines finds both the header lines and the empty line ending them.
+    let mut lines = LineIter { buf, pos: skip };
+    let first = lines.next().ok_or(ParseError::Incomplete)?;
+    let mut line_ends: Vec<(usize, usize)> = Vec::with_capacity(24);
+    let mut body_start = None;
+    for (s, e) in lines.by_ref() {
+        if s == e {
+            body_start = Some(lines.pos);
+            break;
         }
+        line_ends.push((s, e));
+    }
+    let body_start = match body_start {
+        Some(b) => b,
+        // A message without body may end right after the last header's line end.
+        None if buf.ends_with(b"\n") => buf.len(),
+        None => return Err(ParseError::Incomplete),
     };
-    let head = buf.slice(skip..blank);
-    let mut lines = LineIter { buf: &head, pos: 0 };
-    let first = lines.next().ok_or(ParseError::BadStartLine)?;
+    let head = buf;
     let start = parse_start_line(&head.slice(first.0..first.1))?;
 
     let mut headers: Vec<Header> = Vec::with_capacity(16);
     // (name, value start, value end, folded)
     let mut cur: Option<(HeaderName, usize, usize, bool)> = None;
-    for (s, e) in lines {
+    for (s, e) in line_ends {
         let line = &head[s..e];
-        if line.is_empty() {
-            continue;
-        }
         if is_ws(line[0]) {
             // Continuation of the previous header value (line folding, RFC 3261 §7.3.1).
             match cur.as_mut() {
@@ -594,7 +630,7 @@ fn parse_head_parts(buf: &Bytes) -> Result<(StartLine, Headers, usize), ParseErr
             continue;
         }
         if let Some(c) = cur.take() {
-            headers.push(finish_header(&head, c));
+            headers.push(finish_header(head, c));
         }
         let colon = memchr(b':', line).ok_or(ParseError::BadHeaderLine)?;
         let mut ne = colon;
@@ -604,11 +640,12 @@ fn parse_head_parts(buf: &Bytes) -> Result<(StartLine, Headers, usize), ParseErr
         if ne == 0 || !line[..ne].iter().all(|&c| is_token_char(c)) {
             return Err(ParseError::BadHeaderLine);
         }
-        let name = HeaderName::from_bytes(&head.slice(s..s + ne));
+        let name = HeaderName::known(&line[..ne])
+            .unwrap_or_else(|| HeaderName::Other(head.slice(s..s + ne)));
         cur = Some((name, s + colon + 1, e, false));
     }
     if let Some(c) = cur.take() {
-        headers.push(finish_header(&head, c));
+        headers.push(finish_header(head, c));
     }
 
     Ok((start, Headers(headers), body_start))
@@ -654,13 +691,24 @@ fn finish_header(head: &Bytes, (name, s, e, folded): (HeaderName, usize, usize, 
         }
         trim(&out.freeze())
     } else {
-        trim(&head.slice(s..e))
+        // Trim before slicing: one reference-count increment per header value.
+        let (ts, te) = trim_bounds(&head[s..e]);
+        head.slice(s + ts..s + te)
     };
     Header { name, value }
 }
 
 /// Removes leading and trailing SP/HTAB.
 pub(crate) fn trim(v: &Bytes) -> Bytes {
+    let (s, e) = trim_bounds(v);
+    if s == 0 && e == v.len() {
+        return v.clone();
+    }
+    v.slice(s..e)
+}
+
+/// The bounds of `v` without leading and trailing SP/HTAB.
+fn trim_bounds(v: &[u8]) -> (usize, usize) {
     let mut s = 0;
     let mut e = v.len();
     while s < e && is_ws(v[s]) {
@@ -669,7 +717,7 @@ pub(crate) fn trim(v: &Bytes) -> Bytes {
     while e > s && is_ws(v[e - 1]) {
         e -= 1;
     }
-    v.slice(s..e)
+    (s, e)
 }
 
 fn parse_start_line(line: &Bytes) -> Result<StartLine, ParseError> {
@@ -849,6 +897,53 @@ v=0\n";
         );
         let m = parse(Bytes::from_static(b"SIP/2.0 100 \r\n\r\n")).unwrap();
         assert_eq!(m.status(), Some(100));
+    }
+
+    #[test]
+    fn request_line_whitespace_stays_parseable() {
+        // RFC 4475 §3.1.2.9 / §3.1.2.10: parsed, so that validation can answer 400.
+        let m = parse(Bytes::from_static(
+            b"OPTIONS sip:a@b SIP/2.0  \r\nCall-ID: x\r\n\r\n",
+        ))
+        .unwrap();
+        let StartLine::Request { uri, version, .. } = &m.start else {
+            panic!("request")
+        };
+        assert_eq!(
+            (&uri[..], &version[..]),
+            (&b"sip:a@b"[..], &b"SIP/2.0  "[..])
+        );
+        let m = parse(Bytes::from_static(b"INVITE  sip:a@b  SIP/2.0\r\n\r\n")).unwrap();
+        assert_eq!(&m.request_uri().unwrap()[..], b" sip:a@b ");
+        assert!(parse(Bytes::from_static(b"\r\n\r\n")).is_err());
+        assert!(parse(Bytes::from_static(b"OPTIONS\r\n\r\n")).is_err());
+    }
+
+    #[test]
+    fn parse_head_ignores_the_body() {
+        let raw = Bytes::from_static(b"INVITE sip:a@b SIP/2.0\r\nContent-Length: -5\r\n\r\nxyz");
+        assert_eq!(parse(raw.clone()), Err(ParseError::BadContentLength));
+        let head = parse_head(raw).unwrap();
+        assert!(head.body.is_empty());
+        assert_eq!(head.headers.len(), 1);
+    }
+
+    #[test]
+    fn memchr_matches_position() {
+        let mut seed = 0x1234_5678u32;
+        for len in 0..80 {
+            let hay: Vec<u8> = (0..len)
+                .map(|_| {
+                    seed ^= seed << 13;
+                    seed ^= seed >> 17;
+                    seed ^= seed << 5;
+                    b"ab\n:\x80\xff\x00"[seed as usize % 7]
+                })
+                .collect();
+            for needle in [b'\n', b':', 0x80, 0xff, 0, b'z'] {
+                assert_eq!(memchr(needle, &hay), hay.iter().position(|&c| c == needle));
+            }
+        }
     }
 
     #[test]

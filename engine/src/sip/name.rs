@@ -23,17 +23,23 @@ macro_rules! header_names {
         impl HeaderName {
             /// Classifies a received name (case-insensitive, compact forms understood).
             pub fn from_bytes(raw: &Bytes) -> HeaderName {
+                HeaderName::known(raw).unwrap_or_else(|| HeaderName::Other(raw.clone()))
+            }
+
+            /// The variant for a name this enum knows, `None` for an `Other` name. Takes a
+            /// plain slice, so the parser only makes a `Bytes` for unknown names.
+            pub fn known(raw: &[u8]) -> Option<HeaderName> {
                 $(
                     if raw.eq_ignore_ascii_case($canon.as_bytes()) {
-                        return HeaderName::$variant;
+                        return Some(HeaderName::$variant);
                     }
                     $(
                         if raw.eq_ignore_ascii_case($compact.as_bytes()) {
-                            return HeaderName::$variant;
+                            return Some(HeaderName::$variant);
                         }
                     )?
                 )*
-                HeaderName::Other(raw.clone())
+                None
             }
 
             /// The canonical long form, as the serializer prints it.

@@ -124,7 +124,7 @@ impl Host {
             HostKind::Ipv6 => s
                 .strip_prefix('[')
                 .and_then(|s| s.strip_suffix(']'))
-                .and_then(|s| s.parse::<Ipv6Addr>().ok())
+                .and_then(parse_ipv6)
                 .map(Into::into),
         }
     }
@@ -540,16 +540,27 @@ fn host_kind(h: &[u8]) -> Option<HostKind> {
     match h.first()? {
         b'[' => {
             let inner = h.strip_prefix(b"[")?.strip_suffix(b"]")?;
-            let s = std::str::from_utf8(inner).ok()?;
-            // std accepts exactly RFC 4291 §2.2 text forms (including the dotted IPv4 tail
-            // and rejecting `:::`, RFC 5118 §4.10).
-            s.parse::<Ipv6Addr>().ok().map(|_| HostKind::Ipv6)
+            parse_ipv6(std::str::from_utf8(inner).ok()?).map(|_| HostKind::Ipv6)
         }
         _ if h.iter().all(|&c| c.is_ascii_digit() || c == b'.') => {
             is_ipv4(h).then_some(HostKind::Ipv4)
         }
         _ => is_hostname(h).then_some(HostKind::Domain),
     }
+}
+
+/// An IPv6 address in RFC 4291 §2.2 text form, plus the one form RFC 3261's ABNF derives by
+/// mistake: `:::` right before an embedded IPv4 address that ends the address
+/// (`2001:db8:::192.0.2.1`), read as `::`. RFC 5118 §4.10: "an implementation must tolerate
+/// both of the above constructs". Any other `:::` stays invalid.
+fn parse_ipv6(s: &str) -> Option<Ipv6Addr> {
+    if let Ok(a) = s.parse::<Ipv6Addr>() {
+        return Some(a);
+    }
+    let at = s.find(":::")?;
+    let tail = &s[at + 3..];
+    tail.parse::<Ipv4Addr>().ok()?;
+    format!("{}::{}", &s[..at], tail).parse().ok()
 }
 
 /// `IPv4address = 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT "." 1*3DIGIT`, each at most 255.
@@ -896,7 +907,13 @@ mod tests {
             HostKind::Ipv6
         );
         assert_eq!(sip("sip:192.0.2.4").host.kind, HostKind::Ipv4);
-        assert_eq!(p("sip:[2001:db8:::192.0.2.1]"), Err(UriError::BadHost));
+        // RFC 5118 §4.10: the three-colon form RFC 3261's ABNF allows is tolerated, and
+        // names the same address; no other `:::` is.
+        let bug = sip("sip:[2001:db8:::192.0.2.1]");
+        assert!(bug.host.same_as(&sip("sip:[2001:db8::192.0.2.1]").host));
+        assert_eq!(p("sip:[2001:db8:::10]"), Err(UriError::BadHost));
+        assert_eq!(p("sip:[2001:db8::1:::192.0.2.1]"), Err(UriError::BadHost));
+        assert_eq!(p("sip:[::::192.0.2.1]"), Err(UriError::BadHost));
         assert!(p("sip:2001:db8::10").is_err());
         assert_eq!(p("sip:host:db8::10"), Err(UriError::BadPort));
         assert_eq!(p("sip:[2001:db8::10"), Err(UriError::BadHost));

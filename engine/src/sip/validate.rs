@@ -15,6 +15,7 @@
 //! - Headers the server does not read (Date, §3.1.2.12) are not checked.
 //! - A branch that is only the magic cookie (§3.2.1) is accepted; the transaction layer then
 //!   matches the request the RFC 2543 way ([`crate::sip::hdr::Via::is_rfc3261_branch`]).
+//! - A response with a Via naming the broadcast address 255.255.255.255 is dropped (§3.3.10).
 
 use std::fmt;
 
@@ -125,6 +126,14 @@ pub fn validate_response(m: &Message) -> Result<(), Rejection> {
     }
     check_common_headers(m)?;
     m.cseq()?;
+    // RFC 4475 §3.3.10: following a Via towards the limited broadcast address would make the
+    // server an amplifier; such a response is dropped.
+    let broadcast = |v: &[u8]| v == b"255.255.255.255";
+    for via in m.vias()? {
+        if broadcast(&via.host) || via.received().is_some_and(|r| broadcast(r)) {
+            return Err(Rejection::bad_request("Broadcast Via"));
+        }
+    }
     Ok(())
 }
 
@@ -212,9 +221,11 @@ fn check_common_headers(m: &Message) -> Result<(), Rejection> {
 
 /// A non-empty body needs a Content-Type (RFC 3261 §7.4.1), and a Content-Length that
 /// matches it (§18.3; [`crate::sip::parse`] cuts the body to it, so a mismatch means the
-/// message was built wrongly).
+/// message was built wrongly). Stray line ends after the header section of a datagram
+/// without Content-Length do not count as a body.
 fn check_body(m: &Message, has_content_type: bool) -> Result<(), Rejection> {
-    if !m.body.is_empty() && !has_content_type {
+    let blank = m.body.iter().all(|&c| c == b'\r' || c == b'\n');
+    if !blank && !has_content_type {
         return Err(HeaderError::Missing("Content-Type").into());
     }
     match content_length(&m.headers) {
@@ -381,6 +392,8 @@ Content-Length: 0\r\n\r\n";
     fn body_rules() {
         let with_body = edit("Content-Length: 0\r\n\r\n", "Content-Length: 4\r\n\r\nabcd");
         assert_eq!(rejected(&with_body).1, "Missing Content-Type Header");
+        let stray_crlf = edit("Content-Length: 0\r\n\r\n", "\r\n\r\n");
+        assert_eq!(check(&stray_crlf), Ok(()));
         let typed = with_body.replace(
             "Content-Length: 4",
             "Content-Type: text/plain\r\nContent-Length: 4",
@@ -402,6 +415,11 @@ Content-Length: 0\r\n\r\n";
         assert!(v(&ok.replace("CSeq: 1 INVITE", "CSeq: 9292394834772304023312 OPTIONS")).is_err());
         assert!(v(&ok.replace("Via: SIP/2.0/UDP h;branch=z9hG4bK1\r\n", "")).is_err());
         assert!(v(&ok.replace("SIP/2.0 200", "SIP/3.0 200")).is_err());
+        let bcast = ok.replace(
+            "Via: SIP/2.0/UDP h;",
+            "Via: SIP/2.0/UDP h;branch=z9hG4bK0\r\nVia: SIP/2.0/UDP 255.255.255.255;",
+        );
+        assert_eq!(v(&bcast).unwrap_err().reason, "Broadcast Via");
         assert!(validate_response(&parse(Bytes::from(OPTIONS)).unwrap()).is_err());
         assert!(validate_request(&parse(Bytes::from(ok)).unwrap()).is_err());
     }

@@ -1,7 +1,7 @@
 //! Typed views of the headers the server reads.
 //!
 //! Each type parses one header *value* (one element of a list header) and keeps its parts as
-//! slices of that value. Typed accessors on [`Message`](super::Message) find the header and
+//! slices of that value. Typed accessors on [`Message`] find the header and
 //! parse it on demand; nothing is parsed that the server does not read.
 //!
 //! Accessors of mandatory headers (`from()`, `to()`, `cseq()`) return

@@ -97,7 +97,7 @@ impl NameAddr {
         if d.first() != Some(&b'"') {
             return Some(String::from_utf8_lossy(d).into_owned());
         }
-        let inner = &d[1..d.len().saturating_sub(1).max(1)];
+        let inner = d.get(1..d.len().saturating_sub(1)).unwrap_or_default();
         let mut out = Vec::with_capacity(inner.len());
         let mut i = 0;
         while i < inner.len() {

@@ -1,1 +1,47 @@
-//! Support for the end-to-end tests (being built).
+//! # cpm-tests: black-box tests of the real `cpmd`
+//!
+//! The support library the tests in `tests/tests/` share:
+//! - [`Cpmd`] runs the `cpmd` binary on free ports of 127.0.0.1 with a temp data dir, learns
+//!   its ports from the ready line, reads `/metrics`, stops it with SIGTERM, and prints its log
+//!   when a test fails;
+//! - [`Ua`] is a scripted SIP user agent over real UDP/TCP sockets that writes requests as text
+//!   ([`Req`]), retransmits over UDP, answers digest challenges with
+//!   [`cpm_engine::sip::digest`], and plays a registered contact answering forwarded requests;
+//! - [`netns`] runs commands inside a private network namespace, [`sipp`] runs SIPp scenarios.
+//!
+//! Every wait is bounded; everything listens on 127.0.0.1 only.
+
+pub mod check;
+pub mod cpmd;
+pub mod http;
+pub mod netns;
+pub mod sipp;
+pub mod ua;
+pub mod util;
+pub mod wire;
+
+pub use check::{assert_echoes, assert_status};
+pub use cpmd::Cpmd;
+pub use ua::{Received, Transport, Ua};
+pub use util::TempDir;
+pub use wire::{header, header_values, reason, Req};
+
+/// Declares a `#[test]` per transport for each listed `fn name(t: Transport)`: `name::udp` and
+/// `name::tcp`.
+#[macro_export]
+macro_rules! over_udp_and_tcp {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn udp() {
+                    super::$name($crate::Transport::Udp)
+                }
+                #[test]
+                fn tcp() {
+                    super::$name($crate::Transport::Tcp)
+                }
+            }
+        )*
+    };
+}

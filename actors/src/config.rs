@@ -1,0 +1,305 @@
+//! Configuration: embedded defaults, a TOML file (`--config FILE`), and command-line flags.
+//!
+//! Every flag is also a config key (`--sip-listen` ↔ `sip_listen`); a flag given on the command
+//! line wins over the file, the file wins over the defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+/// The server's configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    /// SIP listen address, UDP and TCP on the same port (`--sip-listen`).
+    pub sip_listen: SocketAddr,
+    /// Domains this server is responsible for (`--domain`, repeatable). Empty means
+    /// `localhost` and the listen address.
+    pub domain: Vec<String>,
+    /// Where stored data lives (`--data-dir`).
+    pub data_dir: PathBuf,
+    /// HTTP listen address for `/health` and `/metrics` (`--http-listen`).
+    pub http_listen: SocketAddr,
+    /// Number of workers (one per core by default; `--workers`).
+    pub workers: usize,
+    /// Log filter, e.g. `info` or `cpm_actors=debug` (`--log`).
+    pub log: String,
+    /// Pin each worker to its core where the OS allows (`--pin-workers`).
+    pub pin_workers: bool,
+    /// Digest-authentication users file; when set, REGISTER must authenticate (`--users-file`).
+    pub users_file: Option<PathBuf>,
+    /// The digest realm (`--realm`); defaults to the first domain.
+    pub realm: Option<String>,
+    /// Largest SIP message accepted, in bytes (`--max-message-size`); larger ones get 513.
+    pub max_message_size: usize,
+    /// A TCP connection idle for this many seconds is closed (`--tcp-idle-timeout`).
+    pub tcp_idle_timeout: u64,
+    /// Registration expiry bounds, in seconds.
+    pub min_expires: u32,
+    /// Longest registration granted, in seconds.
+    pub max_expires: u32,
+    /// Registration expiry when the client names none, in seconds.
+    pub default_expires: u32,
+    /// Most contacts one address-of-record may register.
+    pub max_contacts_per_aor: usize,
+    /// On SIGTERM, how long in-flight transactions may take to finish, in seconds.
+    pub shutdown_grace: u64,
+    /// Enables test-only hooks (fault injection). Never in production.
+    pub test_hooks: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sip_listen: "127.0.0.1:5060".parse().expect("valid literal"),
+            domain: Vec::new(),
+            data_dir: PathBuf::from("./cpmd-data"),
+            http_listen: "127.0.0.1:8080".parse().expect("valid literal"),
+            workers: 0,
+            log: "info".into(),
+            pin_workers: true,
+            users_file: None,
+            realm: None,
+            max_message_size: 65_535,
+            tcp_idle_timeout: 300,
+            min_expires: 60,
+            max_expires: 86_400,
+            default_expires: 3600,
+            max_contacts_per_aor: 16,
+            shutdown_grace: 5,
+            test_hooks: false,
+        }
+    }
+}
+
+/// A configuration problem, reported before anything starts.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// A flag that does not exist.
+    UnknownFlag(String),
+    /// A flag without its value.
+    MissingValue(String),
+    /// A value that does not parse.
+    BadValue {
+        /// The flag or key.
+        key: String,
+        /// The value given.
+        value: String,
+        /// What is wrong.
+        why: String,
+    },
+    /// The config file cannot be read or parsed.
+    File(String),
+}
+
+impl std::fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ConfigError::UnknownFlag(k) => write!(f, "unknown option {k} (see --help)"),
+            ConfigError::MissingValue(k) => write!(f, "option {k} needs a value"),
+            ConfigError::BadValue { key, value, why } => {
+                write!(f, "bad value {value:?} for {key}: {why}")
+            }
+            ConfigError::File(e) => write!(f, "config file: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The `--help` text.
+pub const USAGE: &str = "\
+cpmd: the cpm-engine CPM server
+
+USAGE: cpmd [OPTIONS]
+
+OPTIONS (every option is also a key of the TOML config file, with - written _):
+  --config FILE             TOML configuration file
+  --sip-listen ADDR:PORT    SIP over UDP and TCP [default: 127.0.0.1:5060]
+  --domain NAME             a domain served here, repeatable [default: localhost + listen address]
+  --data-dir DIR            data directory [default: ./cpmd-data]
+  --http-listen ADDR:PORT   /health and /metrics [default: 127.0.0.1:8080]
+  --workers N               worker threads, one per core by default
+  --pin-workers BOOL        pin each worker to a core [default: true]
+  --log LEVEL               log filter (error, warn, info, debug, trace, or a tracing filter)
+  --users-file FILE         digest users (`user[@domain] password` per line); enables auth
+  --realm NAME              digest realm [default: the first domain]
+  --max-message-size BYTES  larger SIP messages get 513 [default: 65535]
+  --tcp-idle-timeout SECS   idle TCP connections are closed [default: 300]
+  --min-expires SECS        shortest registration accepted (423 below) [default: 60]
+  --max-expires SECS        longest registration granted [default: 86400]
+  --default-expires SECS    registration expiry when none is asked [default: 3600]
+  --max-contacts-per-aor N  contacts per address-of-record [default: 16]
+  --shutdown-grace SECS     time for in-flight transactions on SIGTERM [default: 5]
+  -h, --help                this text
+";
+
+impl Config {
+    /// Builds the configuration from command-line arguments (without the program name).
+    /// Returns `Ok(None)` when `--help` was asked.
+    pub fn from_args<I: IntoIterator<Item = String>>(
+        args: I,
+    ) -> Result<Option<Config>, ConfigError> {
+        let mut pairs: Vec<(String, String)> = Vec::new();
+        let mut it = args.into_iter();
+        while let Some(arg) = it.next() {
+            if arg == "-h" || arg == "--help" {
+                return Ok(None);
+            }
+            let Some(flag) = arg.strip_prefix("--") else {
+                return Err(ConfigError::UnknownFlag(arg));
+            };
+            let (key, value) = match flag.split_once('=') {
+                Some((k, v)) => (k.to_string(), v.to_string()),
+                None => {
+                    let v = it
+                        .next()
+                        .ok_or_else(|| ConfigError::MissingValue(arg.clone()))?;
+                    (flag.to_string(), v)
+                }
+            };
+            pairs.push((key, value));
+        }
+        let mut config = match pairs.iter().find(|(k, _)| k == "config") {
+            Some((_, file)) => Config::from_file(file)?,
+            None => Config::default(),
+        };
+        for (k, v) in &pairs {
+            if k != "config" {
+                config.set(k, v)?;
+            }
+        }
+        Ok(Some(config))
+    }
+
+    /// Reads a TOML file.
+    pub fn from_file(path: &str) -> Result<Config, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|e| ConfigError::File(format!("{path}: {e}")))?;
+        Config::from_toml(&text)
+    }
+
+    /// Parses TOML text.
+    pub fn from_toml(text: &str) -> Result<Config, ConfigError> {
+        toml::from_str(text).map_err(|e| ConfigError::File(e.to_string()))
+    }
+
+    /// Sets one option from its flag name (`sip-listen`) or key (`sip_listen`).
+    pub fn set(&mut self, key: &str, value: &str) -> Result<(), ConfigError> {
+        fn parse<T: std::str::FromStr>(key: &str, value: &str) -> Result<T, ConfigError>
+        where
+            T::Err: std::fmt::Display,
+        {
+            value.parse::<T>().map_err(|e| ConfigError::BadValue {
+                key: key.to_string(),
+                value: value.to_string(),
+                why: e.to_string(),
+            })
+        }
+        match key.replace('_', "-").as_str() {
+            "sip-listen" => self.sip_listen = parse(key, value)?,
+            "domain" => self.domain.push(value.to_string()),
+            "data-dir" => self.data_dir = PathBuf::from(value),
+            "http-listen" => self.http_listen = parse(key, value)?,
+            "workers" => self.workers = parse(key, value)?,
+            "pin-workers" => self.pin_workers = parse(key, value)?,
+            "log" => self.log = value.to_string(),
+            "users-file" => self.users_file = Some(PathBuf::from(value)),
+            "realm" => self.realm = Some(value.to_string()),
+            "max-message-size" => self.max_message_size = parse(key, value)?,
+            "tcp-idle-timeout" => self.tcp_idle_timeout = parse(key, value)?,
+            "min-expires" => self.min_expires = parse(key, value)?,
+            "max-expires" => self.max_expires = parse(key, value)?,
+            "default-expires" => self.default_expires = parse(key, value)?,
+            "max-contacts-per-aor" => self.max_contacts_per_aor = parse(key, value)?,
+            "shutdown-grace" => self.shutdown_grace = parse(key, value)?,
+            "test-hooks" => self.test_hooks = parse(key, value)?,
+            _ => return Err(ConfigError::UnknownFlag(format!("--{key}"))),
+        }
+        Ok(())
+    }
+
+    /// The number of workers to start: the configured number, or one per available core.
+    pub fn worker_count(&self) -> usize {
+        if self.workers > 0 {
+            self.workers
+        } else {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1)
+        }
+    }
+
+    /// The domains served: the configured ones, or `localhost` and the listen address.
+    pub fn domains(&self) -> Vec<String> {
+        if !self.domain.is_empty() {
+            return self.domain.clone();
+        }
+        let ip = self.sip_listen.ip();
+        let mut d = vec!["localhost".to_string(), ip.to_string()];
+        if ip.is_ipv6() {
+            d.push(format!("[{ip}]"));
+        }
+        d.push(self.sip_listen.to_string());
+        d
+    }
+
+    /// The digest realm.
+    pub fn realm(&self) -> String {
+        self.realm
+            .clone()
+            .unwrap_or_else(|| self.domains()[0].clone())
+    }
+
+    /// The TCP idle timeout.
+    pub fn tcp_idle(&self) -> Duration {
+        Duration::from_secs(self.tcp_idle_timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(String::from).collect()
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let c = Config::from_args(args(
+            "--sip-listen 127.0.0.1:5070 --domain a.test --domain=b.test --workers 3",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.sip_listen.port(), 5070);
+        assert_eq!(c.domains(), vec!["a.test", "b.test"]);
+        assert_eq!(c.worker_count(), 3);
+        assert_eq!(c.http_listen.port(), 8080);
+        assert!(Config::from_args(args("--help")).unwrap().is_none());
+    }
+
+    #[test]
+    fn errors_are_clear() {
+        let e = Config::from_args(args("--bogus 1")).unwrap_err();
+        assert_eq!(e.to_string(), "unknown option --bogus (see --help)");
+        let e = Config::from_args(args("--workers")).unwrap_err();
+        assert!(e.to_string().contains("needs a value"));
+        let e = Config::from_args(args("--workers many")).unwrap_err();
+        assert!(e.to_string().contains("bad value \"many\" for workers"));
+    }
+
+    #[test]
+    fn toml_keys_match_flags() {
+        let c = Config::from_toml(
+            "sip_listen = \"127.0.0.1:5999\"\ndomain = [\"x.test\"]\nmax_message_size = 4000\n",
+        )
+        .unwrap();
+        assert_eq!(c.sip_listen.port(), 5999);
+        assert_eq!(c.max_message_size, 4000);
+        assert!(Config::from_toml("nope = 1").is_err());
+    }
+}

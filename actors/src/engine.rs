@@ -1,0 +1,231 @@
+//! Starting and stopping the whole server: [`Engine::start`] binds the sockets, starts one
+//! worker per core (an actix `Arbiter`, pinned), the HTTP server, and returns an
+//! [`EngineHandle`] to query and stop it.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use actix::Supervisor;
+use actix_rt::{Arbiter, System};
+
+use crate::config::Config;
+use crate::shared::Shared;
+use crate::transport::{tcp, udp, Router};
+use crate::worker::{StartIo, Worker};
+
+/// Signaling messages a worker may have queued before new ones are refused (overload).
+const MAILBOX_CAPACITY: usize = 16 * 1024;
+
+/// Why the server could not start.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum StartError {
+    /// A socket could not be bound.
+    Bind {
+        /// What was being bound.
+        what: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// The OS error.
+        error: std::io::Error,
+    },
+    /// A configured file could not be read or parsed.
+    Config(String),
+    /// The runtime could not start.
+    Runtime(String),
+}
+
+impl std::fmt::Display for StartError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StartError::Bind { what, addr, error } => {
+                write!(f, "cannot bind {what} on {addr}: {error}")
+            }
+            StartError::Config(e) => write!(f, "configuration: {e}"),
+            StartError::Runtime(e) => write!(f, "runtime: {e}"),
+        }
+    }
+}
+
+impl std::error::Error for StartError {}
+
+/// The embeddable server.
+pub struct Engine;
+
+/// A running server: its addresses, its state, and how to stop it.
+pub struct EngineHandle {
+    sip_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shared: Arc<Shared>,
+    system: System,
+    arbiters: Vec<Arbiter>,
+    http: actix_web::dev::ServerHandle,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Engine {
+    /// Binds every socket and starts the workers. Returns once the server answers.
+    pub fn start(config: Config) -> Result<EngineHandle, StartError> {
+        let n = config.worker_count();
+        let bind_err = |what, addr, error| StartError::Bind { what, addr, error };
+        let udp_socks = udp::bind_reuseport(config.sip_listen, n)
+            .map_err(|e| bind_err("SIP UDP", config.sip_listen, e))?;
+        let sip_addr = udp_socks[0]
+            .local_addr()
+            .map_err(|e| bind_err("SIP UDP", config.sip_listen, e))?;
+        let tcp_socks = (0..n)
+            .map(|_| tcp::bind_reuseport(sip_addr))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| bind_err("SIP TCP", sip_addr, e))?;
+        let mut config = config;
+        config.sip_listen = sip_addr;
+        let pin = config.pin_workers;
+        let http_listen = config.http_listen;
+        let shared = Arc::new(Shared::new(config, n)?);
+
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let shared2 = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("cpm-control".into())
+            .spawn(move || {
+                let sys = System::new();
+                sys.block_on(async move {
+                    let cores = crate::sys::allowed_cores();
+                    let mut arbiters = Vec::with_capacity(n);
+                    let mut addrs = Vec::with_capacity(n);
+                    for (k, (udp_sock, tcp_sock)) in
+                        udp_socks.into_iter().zip(tcp_socks).enumerate()
+                    {
+                        let arbiter = Arbiter::with_tokio_rt(|| {
+                            tokio::runtime::Builder::new_current_thread()
+                                .enable_all()
+                                .build()
+                                .expect("worker runtime")
+                        });
+                        if pin && !cores.is_empty() {
+                            let core = cores[k % cores.len()];
+                            arbiter.spawn_fn(move || {
+                                if !crate::sys::pin_current_thread(core) {
+                                    tracing::info!(
+                                        worker = k,
+                                        core,
+                                        "could not pin worker to core"
+                                    );
+                                }
+                            });
+                        }
+                        let shared = shared2.clone();
+                        let addr = Supervisor::start_in_arbiter(&arbiter.handle(), move |ctx| {
+                            ctx.set_mailbox_capacity(MAILBOX_CAPACITY);
+                            Worker::new(k, shared, udp_sock, tcp_sock)
+                        });
+                        arbiters.push(arbiter);
+                        addrs.push(addr);
+                    }
+                    let router = Router::new(addrs.clone());
+                    for addr in &addrs {
+                        addr.do_send(StartIo {
+                            router: router.clone(),
+                        });
+                    }
+                    let http = crate::http::server(shared2.clone(), http_listen);
+                    match http {
+                        Ok((server, http_addr)) => {
+                            let handle = server.handle();
+                            actix_rt::spawn(server);
+                            let _ =
+                                ready_tx.send(Ok((System::current(), arbiters, handle, http_addr)));
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(bind_err("HTTP", http_listen, e)));
+                            System::current().stop();
+                        }
+                    }
+                });
+                let _ = sys.run();
+            })
+            .map_err(|e| StartError::Runtime(e.to_string()))?;
+
+        let (system, arbiters, http, http_addr) = ready_rx
+            .recv()
+            .map_err(|_| StartError::Runtime("control thread ended during start".into()))??;
+        let handle = EngineHandle {
+            sip_addr,
+            http_addr,
+            shared,
+            system,
+            arbiters,
+            http,
+            thread: Some(thread),
+        };
+        tracing::info!(sip = %sip_addr, http = %http_addr, workers = n, "cpmd started");
+        Ok(handle)
+    }
+}
+
+impl EngineHandle {
+    /// The SIP address (UDP and TCP).
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.sip_addr
+    }
+
+    /// The HTTP address (`/health`, `/metrics`).
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// The shared state: metrics, registrar, configuration.
+    pub fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    /// The `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        self.shared.render_metrics()
+    }
+
+    /// Graceful shutdown: new transactions are refused with 503 at once; in-flight ones get up
+    /// to `grace` to finish; then every worker stops and this returns.
+    pub fn shutdown(mut self, grace: Duration) {
+        self.shared.start_draining();
+        let deadline = Instant::now() + grace;
+        while self.shared.transactions_in_flight() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let left = self.shared.transactions_in_flight();
+        if left > 0 {
+            tracing::warn!(
+                transactions = left,
+                "shutdown grace elapsed with transactions in flight"
+            );
+        }
+        self.stop_now();
+    }
+
+    fn stop_now(&mut self) {
+        let http = self.http.clone();
+        let system = self.system.clone();
+        // Stopping the HTTP server is async; run it on the control system, then stop it.
+        system.arbiter().spawn(async move {
+            http.stop(false).await;
+            System::current().stop();
+        });
+        for a in self.arbiters.drain(..) {
+            a.stop();
+            let _ = a.join();
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+        tracing::info!("cpmd stopped");
+    }
+}
+
+impl Drop for EngineHandle {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            self.stop_now();
+        }
+    }
+}

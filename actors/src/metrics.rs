@@ -1,0 +1,256 @@
+//! Counters and gauges, one set per worker, rendered as Prometheus text on `/metrics`.
+//!
+//! Each worker writes only its own [`WorkerMetrics`] (relaxed atomics on a cache line nobody
+//! else writes), so counting costs no contention; a scrape sums the workers.
+
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use cpm_engine::sip::Method;
+
+/// Methods counted by name; anything else is `OTHER`.
+pub const METHODS: [&str; 15] = [
+    "INVITE",
+    "ACK",
+    "BYE",
+    "CANCEL",
+    "REGISTER",
+    "OPTIONS",
+    "MESSAGE",
+    "INFO",
+    "PRACK",
+    "UPDATE",
+    "SUBSCRIBE",
+    "NOTIFY",
+    "PUBLISH",
+    "REFER",
+    "OTHER",
+];
+
+/// Why a received message was dropped without an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drop {
+    /// The bytes are not a SIP message.
+    Unparsable,
+    /// A response that fails validation (e.g. no usable Via).
+    MalformedResponse,
+    /// A response matching no transaction.
+    StrayResponse,
+    /// The owning worker's mailbox was full (overload).
+    MailboxFull,
+    /// Too large for the transport (no answer possible).
+    TooLarge,
+}
+
+impl Drop {
+    const ALL: [Drop; 5] = [
+        Drop::Unparsable,
+        Drop::MalformedResponse,
+        Drop::StrayResponse,
+        Drop::MailboxFull,
+        Drop::TooLarge,
+    ];
+    fn label(self) -> &'static str {
+        match self {
+            Drop::Unparsable => "unparsable",
+            Drop::MalformedResponse => "malformed_response",
+            Drop::StrayResponse => "stray_response",
+            Drop::MailboxFull => "mailbox_full",
+            Drop::TooLarge => "too_large",
+        }
+    }
+}
+
+/// One worker's counters.
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    requests: [AtomicU64; METHODS.len()],
+    /// Responses sent, by class 1xx..6xx (index 1..=6).
+    responses_sent: [AtomicU64; 7],
+    /// Responses received (from clients we forwarded to), by class.
+    responses_received: [AtomicU64; 7],
+    drops: [AtomicU64; Drop::ALL.len()],
+    /// Requests that could be parsed but not accepted (answered 4xx by validation).
+    rejected: AtomicU64,
+    /// Transactions alive on this worker (gauge).
+    pub transactions: AtomicU64,
+    /// Retransmissions sent by this worker's transactions.
+    pub retransmissions: AtomicU64,
+    /// Times this worker's actor was restarted by its supervisor after a panic.
+    pub restarts: AtomicU64,
+    /// TCP connections open on this worker (gauge).
+    pub tcp_connections: AtomicU64,
+}
+
+fn method_index(m: &Method) -> usize {
+    METHODS
+        .iter()
+        .position(|n| *n == m.as_str())
+        .unwrap_or(METHODS.len() - 1)
+}
+
+impl WorkerMetrics {
+    /// Counts a received request.
+    pub fn request(&self, m: &Method) {
+        self.requests[method_index(m)].fetch_add(1, Relaxed);
+    }
+    /// Counts a response this worker sent.
+    pub fn response_sent(&self, code: u16) {
+        self.responses_sent[(code / 100).min(6) as usize].fetch_add(1, Relaxed);
+    }
+    /// Counts a response this worker received.
+    pub fn response_received(&self, code: u16) {
+        self.responses_received[(code / 100).min(6) as usize].fetch_add(1, Relaxed);
+    }
+    /// Counts a dropped message.
+    pub fn dropped(&self, why: Drop) {
+        self.drops[Drop::ALL.iter().position(|d| *d == why).unwrap_or(0)].fetch_add(1, Relaxed);
+    }
+    /// Counts a rejected (validated and refused) request.
+    pub fn rejected(&self) {
+        self.rejected.fetch_add(1, Relaxed);
+    }
+    /// Requests counted for a method name.
+    pub fn requests_for(&self, method: &str) -> u64 {
+        METHODS
+            .iter()
+            .position(|n| *n == method)
+            .map_or(0, |i| self.requests[i].load(Relaxed))
+    }
+    /// Drops counted for a reason.
+    pub fn drops_for(&self, why: Drop) -> u64 {
+        self.drops[Drop::ALL.iter().position(|d| *d == why).unwrap_or(0)].load(Relaxed)
+    }
+}
+
+/// Renders every worker's metrics (summed) plus the given gauges as Prometheus text format.
+pub fn render(
+    workers: &[std::sync::Arc<WorkerMetrics>],
+    registered_contacts: usize,
+    registered_aors: usize,
+) -> String {
+    let mut out = String::with_capacity(4096);
+    let sum = |f: &dyn Fn(&WorkerMetrics) -> u64| workers.iter().map(|w| f(w)).sum::<u64>();
+
+    out.push_str("# HELP cpm_sip_requests_total SIP requests received, by method.\n");
+    out.push_str("# TYPE cpm_sip_requests_total counter\n");
+    for (i, m) in METHODS.iter().enumerate() {
+        let v = sum(&|w| w.requests[i].load(Relaxed));
+        let _ = writeln!(out, "cpm_sip_requests_total{{method=\"{m}\"}} {v}");
+    }
+    for (name, help, pick) in [
+        (
+            "cpm_sip_responses_sent_total",
+            "SIP responses sent, by class.",
+            0,
+        ),
+        (
+            "cpm_sip_responses_received_total",
+            "SIP responses received, by class.",
+            1,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter");
+        for class in 1..=6 {
+            let v = sum(&|w| {
+                if pick == 0 {
+                    w.responses_sent[class].load(Relaxed)
+                } else {
+                    w.responses_received[class].load(Relaxed)
+                }
+            });
+            let _ = writeln!(out, "{name}{{class=\"{class}xx\"}} {v}");
+        }
+    }
+    out.push_str(
+        "# HELP cpm_sip_dropped_total Received messages dropped without an answer, by reason.\n",
+    );
+    out.push_str("# TYPE cpm_sip_dropped_total counter\n");
+    for (i, d) in Drop::ALL.iter().enumerate() {
+        let v = sum(&|w| w.drops[i].load(Relaxed));
+        let _ = writeln!(out, "cpm_sip_dropped_total{{reason=\"{}\"}} {v}", d.label());
+    }
+    let parse_errors = sum(&|w| w.drops[0].load(Relaxed) + w.rejected.load(Relaxed));
+    let gauges: [(&str, &str, &str, u64); 7] = [
+        (
+            "cpm_sip_parse_errors_total",
+            "counter",
+            "Messages that failed to parse or validate.",
+            parse_errors,
+        ),
+        (
+            "cpm_sip_transactions_in_flight",
+            "gauge",
+            "SIP transactions alive.",
+            sum(&|w| w.transactions.load(Relaxed)),
+        ),
+        (
+            "cpm_sip_retransmissions_total",
+            "counter",
+            "Retransmissions sent by transactions.",
+            sum(&|w| w.retransmissions.load(Relaxed)),
+        ),
+        (
+            "cpm_registered_contacts",
+            "gauge",
+            "Live registered contacts.",
+            registered_contacts as u64,
+        ),
+        (
+            "cpm_registered_aors",
+            "gauge",
+            "Addresses-of-record with at least one contact.",
+            registered_aors as u64,
+        ),
+        (
+            "cpm_tcp_connections",
+            "gauge",
+            "Open SIP TCP connections.",
+            sum(&|w| w.tcp_connections.load(Relaxed)),
+        ),
+        (
+            "cpm_actor_restarts_total",
+            "counter",
+            "Worker actors restarted by their supervisor.",
+            sum(&|w| w.restarts.load(Relaxed)),
+        ),
+    ];
+    for (name, kind, help, v) in gauges {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cpm_workers Worker threads.\n# TYPE cpm_workers gauge\ncpm_workers {}",
+        workers.len()
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    #[test]
+    fn renders_sums_over_workers() {
+        let a = Arc::new(WorkerMetrics::default());
+        let b = Arc::new(WorkerMetrics::default());
+        a.request(&Method::Register);
+        b.request(&Method::Register);
+        b.request(&Method::Other(bytes::Bytes::from_static(b"FOO")));
+        a.response_sent(200);
+        b.response_sent(404);
+        a.dropped(Drop::Unparsable);
+        let text = render(&[a, b], 3, 2);
+        assert!(text.contains("cpm_sip_requests_total{method=\"REGISTER\"} 2\n"));
+        assert!(text.contains("cpm_sip_requests_total{method=\"OTHER\"} 1\n"));
+        assert!(text.contains("cpm_sip_responses_sent_total{class=\"2xx\"} 1\n"));
+        assert!(text.contains("cpm_sip_responses_sent_total{class=\"4xx\"} 1\n"));
+        assert!(text.contains("cpm_sip_dropped_total{reason=\"unparsable\"} 1\n"));
+        assert!(text.contains("cpm_sip_parse_errors_total 1\n"));
+        assert!(text.contains("cpm_registered_contacts 3\n"));
+    }
+}

@@ -1,0 +1,621 @@
+//! The controllers a worker dispatches to once the signaling manager has classified a request
+//! (CPM.md §3–4): the registrar, OPTIONS, and pager-mode MESSAGE delivery. Services not served
+//! yet get the answer `cpm_engine::service` gives them.
+//!
+//! Pager mode (CPM.md §5 fig. 5, RFC 3428) is delivered as a stateful forking proxy (RFC 3261
+//! §16): one client transaction per registered contact of the target, the first 2xx relayed at
+//! once, otherwise the best final response when every branch has answered (§16.7).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use cpm_engine::registrar::{Aor, Binding, RegisterRequest};
+use cpm_engine::service::{self, ServiceConfig, ServiceType};
+use cpm_engine::sip::digest::{Credentials, Verdict};
+use cpm_engine::sip::transaction::{ClientTxId, ServerTxId, TransactionLayer};
+use cpm_engine::sip::uri::Uri;
+use cpm_engine::sip::{builder, HeaderName, Message, Method, StartLine};
+
+use crate::shared::Shared;
+use crate::transport::Transport;
+
+/// Body types the server itself accepts (MESSAGE bodies of any type are relayed unchanged).
+pub const ACCEPT: &str = "text/plain, message/cpim, application/im-iscomposing+xml";
+/// Option tags understood; any other in Require gets 420 (RFC 3261 §8.2.2.3).
+pub const SUPPORTED: &[&str] = &[];
+/// Our Server / User-Agent value.
+pub const SERVER: &str = concat!("cpm-engine/", env!("CARGO_PKG_VERSION"));
+
+/// How often each worker sweeps expired registrations out of its registrar shards.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// One MESSAGE being delivered to every contact of its target (RFC 3261 §16.6-16.7).
+struct Fork {
+    /// Branches still without a final response.
+    pending: usize,
+    /// Whether a final response was relayed already (a 2xx).
+    answered: bool,
+    /// The best final response so far.
+    best: Option<Message>,
+}
+
+/// The controllers of one worker.
+pub struct Services {
+    shared: Arc<Shared>,
+    metrics: Arc<crate::metrics::WorkerMetrics>,
+    svc: ServiceConfig,
+    worker: usize,
+    workers: usize,
+    forks: HashMap<ServerTxId, Fork>,
+    branches: HashMap<ClientTxId, ServerTxId>,
+    next_sweep: Option<Instant>,
+    salt: u64,
+}
+
+impl Services {
+    /// The controllers of worker `worker` of `workers`.
+    pub fn new(shared: Arc<Shared>, worker: usize, workers: usize, seed: u64) -> Services {
+        let mut svc = ServiceConfig::new(
+            shared
+                .domains
+                .first()
+                .map(String::as_str)
+                .unwrap_or("localhost"),
+        );
+        svc.local_domains = shared.domains.clone();
+        svc.served_methods = vec![
+            Method::Register,
+            Method::Options,
+            Method::Message,
+            Method::Ack,
+            Method::Cancel,
+        ];
+        Services {
+            metrics: shared.metrics[worker].clone(),
+            shared,
+            svc,
+            worker,
+            workers,
+            forks: HashMap::new(),
+            branches: HashMap::new(),
+            next_sweep: None,
+            salt: seed,
+        }
+    }
+
+    /// Forgets per-call state (after a supervisor restart).
+    pub fn reset(&mut self) {
+        self.forks.clear();
+        self.branches.clear();
+    }
+
+    /// Deliveries in progress.
+    pub fn forks_in_flight(&self) -> usize {
+        self.forks.len()
+    }
+
+    /// A new server transaction: decide the service and serve it.
+    pub fn on_request(
+        &mut self,
+        id: ServerTxId,
+        req: Message,
+        source: SocketAddr,
+        transport: &Transport,
+        now: Instant,
+        txn: &mut TransactionLayer,
+    ) {
+        if self.shared.is_draining() {
+            let mut r = builder::response_to(&req, 503, "Service Unavailable (Shutting Down)");
+            r.headers.push(HeaderName::RetryAfter, "5");
+            return self.respond(id, r, now, txn);
+        }
+        if self.shared.config.test_hooks
+            && req.headers.iter().any(|h| {
+                matches!(&h.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(b"X-Cpm-Test"))
+                    && &h.value[..] == b"panic"
+            })
+        {
+            panic!("fault injected by X-Cpm-Test: panic");
+        }
+        // RFC 3261 §8.2.2.3: a Require we do not understand gets 420 (never for ACK/CANCEL).
+        let unsupported = cpm_engine::sip::validate::unsupported_requires(&req, SUPPORTED);
+        if !unsupported.is_empty() {
+            let mut r = builder::response_to(&req, 420, "Bad Extension");
+            r.headers
+                .push(HeaderName::Unsupported, unsupported.join(", "));
+            return self.respond(id, r, now, txn);
+        }
+        let class = service::classify(&req, &self.svc);
+        tracing::debug!(service = ?class.service, "classified");
+        match class.service {
+            ServiceType::Registration => self.register(id, req, source, transport, now, txn),
+            ServiceType::Options => {
+                let mut r = builder::response_to_with_tag(&req, 200, "OK", Some(&self.tag(txn)));
+                r.headers.push(HeaderName::Allow, self.allow());
+                r.headers.push(HeaderName::Accept, ACCEPT);
+                r.headers.push(HeaderName::Supported, SUPPORTED.join(", "));
+                r.headers.push(HeaderName::Server, SERVER);
+                self.respond(id, r, now, txn)
+            }
+            ServiceType::PagerMessage => self.message(id, req, now, txn),
+            _ => {
+                let Some(answer) = class.not_served(&self.svc) else {
+                    return;
+                };
+                let mut r = builder::response_to(&req, answer.status, answer.reason);
+                if let Some(allow) = answer.allow {
+                    r.headers.push(HeaderName::Allow, allow);
+                }
+                if let Some(events) = answer.allow_events {
+                    r.headers.push(HeaderName::AllowEvents, events);
+                }
+                self.respond(id, r, now, txn)
+            }
+        }
+    }
+
+    /// A CANCEL: nothing this server serves now can be cancelled once it has its transaction,
+    /// so the CANCEL is answered 200 if it matched, 481 otherwise (RFC 3261 §9.2).
+    pub fn on_cancel(
+        &mut self,
+        cancel_tx: ServerTxId,
+        invite_tx: Option<ServerTxId>,
+        req: Message,
+        now: Instant,
+        txn: &mut TransactionLayer,
+    ) {
+        let r = match invite_tx {
+            Some(_) => builder::response_to(&req, 200, "OK"),
+            None => builder::response_to(&req, 481, "Call/Transaction Does Not Exist"),
+        };
+        self.respond(cancel_tx, r, now, txn);
+    }
+
+    /// A final or provisional response on one of our client transactions.
+    pub fn on_response(
+        &mut self,
+        id: ClientTxId,
+        mut resp: Message,
+        now: Instant,
+        txn: &mut TransactionLayer,
+    ) {
+        let code = resp.status().unwrap_or(0);
+        if code < 200 {
+            return; // provisional responses to MESSAGE are not relayed
+        }
+        let Some(server) = self.branches.remove(&id) else {
+            return;
+        };
+        let Some(fork) = self.forks.get_mut(&server) else {
+            return;
+        };
+        fork.pending = fork.pending.saturating_sub(1);
+        // Our own Via is on top; the response continues with the rest (§16.7 step 9).
+        resp.headers.remove_first_value(&HeaderName::Via);
+        if !fork.answered {
+            if (200..300).contains(&code) {
+                fork.answered = true;
+                let r = resp;
+                self.respond(server, r, now, txn);
+            } else if better(&resp, fork.best.as_ref()) {
+                fork.best = Some(resp);
+            }
+        }
+        let fork = self.forks.get_mut(&server).expect("fork present");
+        if fork.pending == 0 {
+            let done = self.forks.remove(&server).expect("fork present");
+            if !done.answered {
+                if let Some(best) = done.best {
+                    self.respond(server, best, now, txn);
+                }
+            }
+        }
+    }
+
+    /// Periodic work: sweep expired registrations out of this worker's registrar shards.
+    pub fn handle_timeout(&mut self, now: Instant, _txn: &mut TransactionLayer) {
+        if self.next_sweep.is_some_and(|t| t > now) {
+            return;
+        }
+        for (i, shard) in self.shared.registrar_shards().iter().enumerate() {
+            if i % self.workers == self.worker {
+                for (aor, b) in shard.lock().expire(now) {
+                    tracing::debug!(aor = %String::from_utf8_lossy(aor.as_bytes()), contact = %String::from_utf8_lossy(&b.contact), "registration expired");
+                }
+            }
+        }
+        self.next_sweep = Some(now + SWEEP_EVERY);
+    }
+
+    /// When [`Services::handle_timeout`] wants to run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.next_sweep
+    }
+
+    fn respond(
+        &mut self,
+        id: ServerTxId,
+        mut resp: Message,
+        now: Instant,
+        txn: &mut TransactionLayer,
+    ) {
+        self.metrics.response_sent(resp.status().unwrap_or(0));
+        // Headers added after the builder's Content-Length go before it, as people read it.
+        if let Some(cl) = resp.headers.remove_first(&HeaderName::ContentLength) {
+            resp.headers.push(HeaderName::ContentLength, cl);
+        }
+        if let Err(e) = txn.respond(id, &resp, now) {
+            tracing::debug!(error = %e.reason(), "response not sent");
+        }
+    }
+
+    /// The Allow value: the methods served (RFC 3261 §20.5).
+    fn allow(&self) -> String {
+        self.svc
+            .served_methods
+            .iter()
+            .map(Method::as_str)
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+
+    fn tag(&mut self, txn: &mut TransactionLayer) -> String {
+        String::from_utf8_lossy(&txn.new_tag()).into_owned()
+    }
+
+    // ---- registrar (RFC 3261 §10.3) -----------------------------------------------------
+
+    fn register(
+        &mut self,
+        id: ServerTxId,
+        req: Message,
+        source: SocketAddr,
+        transport: &Transport,
+        now: Instant,
+        txn: &mut TransactionLayer,
+    ) {
+        match self.try_register(&req, source, transport, now, txn) {
+            Ok(r) => self.respond(id, r, now, txn),
+            Err(r) => self.respond(id, *r, now, txn),
+        }
+    }
+
+    fn try_register(
+        &mut self,
+        req: &Message,
+        source: SocketAddr,
+        transport: &Transport,
+        now: Instant,
+        txn: &mut TransactionLayer,
+    ) -> Result<Message, Box<Message>> {
+        let bad = |code: u16, reason: &str| Box::new(builder::response_to(req, code, reason));
+        // Step 1: the Request-URI names a domain of ours.
+        let ruri = req.request_uri().and_then(|u| Uri::parse(u).ok());
+        let domain_ok = ruri
+            .as_ref()
+            .and_then(|u| u.as_sip())
+            .is_some_and(|u| self.shared.is_local_domain(&u.host.to_lowercase()));
+        if !domain_ok {
+            return Err(bad(403, "Domain Not Served"));
+        }
+        // Step 5: the address-of-record from To.
+        let to = req.to().map_err(|e| bad(400, &e.reason()))?;
+        let to_sip = to
+            .uri
+            .as_sip()
+            .ok_or_else(|| bad(400, "To Is Not A SIP URI"))?;
+        if !self.shared.is_local_domain(&to_sip.host.to_lowercase()) {
+            return Err(bad(403, "Domain Not Served"));
+        }
+        let aor_text = to
+            .uri
+            .aor()
+            .ok_or_else(|| bad(400, "Malformed To Header"))?;
+        // Steps 3-4 and 6: authentication, and the user may only register their own AOR.
+        if self.shared.users.is_some() {
+            let user = self.authenticate(req, now, txn)?;
+            let to_user = to_sip
+                .user
+                .as_ref()
+                .map(|u| String::from_utf8_lossy(u).into_owned())
+                .unwrap_or_default();
+            let user_part = user.split('@').next().unwrap_or_default();
+            if user_part != to_user {
+                return Err(bad(403, "Not Authorized For This AOR"));
+            }
+        }
+        // Step 7: the bindings.
+        let reg = RegisterRequest::from_message(
+            req,
+            Some(source),
+            Some(Bytes::from_static(transport.token().as_bytes())),
+        )
+        .map_err(|e| bad(400, &e.reason()))?;
+        let aor = Aor::new(aor_text);
+        let result = self.shared.registrar(&aor).lock().apply(&aor, &reg, now);
+        match result {
+            Ok(bindings) => {
+                let mut r = builder::response_to_with_tag(req, 200, "OK", Some(&self.tag(txn)));
+                for b in &bindings {
+                    r.headers.push(HeaderName::Contact, b.contact_value(now));
+                }
+                r.headers
+                    .push(HeaderName::Date, httpdate(SystemTime::now()));
+                r.headers.push(HeaderName::Server, SERVER);
+                tracing::debug!(aor = %String::from_utf8_lossy(aor.as_bytes()), contacts = bindings.len(), "registered");
+                Ok(r)
+            }
+            Err(e) => {
+                let mut r = bad(e.status(), e.reason());
+                if let Some(min) = e.min_expires() {
+                    r.headers.push(HeaderName::MinExpires, min.to_string());
+                }
+                Err(r)
+            }
+        }
+    }
+
+    /// RFC 3261 §22 digest: the authenticated username, or the 401 to send.
+    fn authenticate(
+        &mut self,
+        req: &Message,
+        now: Instant,
+        txn: &mut TransactionLayer,
+    ) -> Result<String, Box<Message>> {
+        let _ = now;
+        let shared = self.shared.clone();
+        let users = shared.users.as_ref().expect("checked by caller");
+        let auth = &shared.auth;
+        let secs = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0);
+        let method = req.method().map(Method::as_str).unwrap_or("REGISTER");
+        let mut stale = false;
+        for line in req.headers.get_all(&HeaderName::Authorization) {
+            let Ok(creds) = Credentials::parse(line) else {
+                continue;
+            };
+            if creds.realm != auth.realm() {
+                continue;
+            }
+            let Some(secret) = users.lookup(&creds.username, auth.realm()) else {
+                tracing::debug!(user = %creds.username, "unknown user");
+                break;
+            };
+            match auth.verify(&creds, method, secret, secs) {
+                Verdict::Ok => return Ok(creds.username.clone()),
+                Verdict::Stale => stale = true,
+                Verdict::Bad(why) => {
+                    tracing::debug!(user = %creds.username, reason = %why, "authentication failed")
+                }
+            }
+        }
+        self.salt = self.salt.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let challenges = self.shared.auth.challenges(secs, self.salt, stale);
+        let mut r = builder::response_to_with_tag(req, 401, "Unauthorized", Some(&self.tag(txn)));
+        for c in challenges {
+            r.headers.push(HeaderName::WwwAuthenticate, c.to_string());
+        }
+        Err(Box::new(r))
+    }
+
+    // ---- pager-mode MESSAGE (CPM.md §5 fig. 5, RFC 3428) ---------------------------------
+
+    fn message(&mut self, id: ServerTxId, req: Message, now: Instant, txn: &mut TransactionLayer) {
+        match self.try_message(id, &req, now, txn) {
+            Ok(()) => {}
+            Err(r) => self.respond(id, *r, now, txn),
+        }
+    }
+
+    fn try_message(
+        &mut self,
+        id: ServerTxId,
+        req: &Message,
+        now: Instant,
+        txn: &mut TransactionLayer,
+    ) -> Result<(), Box<Message>> {
+        let bad = |code: u16, reason: &str| Box::new(builder::response_to(req, code, reason));
+        // RFC 3261 §16.3 step 2: a request we would forward with Max-Forwards 0.
+        let mf = req.max_forwards().map_err(|e| bad(400, &e.reason()))?;
+        if mf == Some(0) {
+            return Err(bad(483, "Too Many Hops"));
+        }
+        let target = req
+            .request_uri()
+            .and_then(|u| Uri::parse(u).ok())
+            .ok_or_else(|| bad(400, "Malformed Request-URI"))?;
+        let sip = target.as_sip().ok_or_else(|| bad(404, "Not Found"))?;
+        if !self.shared.is_local_domain(&sip.host.to_lowercase()) {
+            return Err(bad(404, "Domain Not Served"));
+        }
+        let user = sip
+            .user
+            .as_ref()
+            .map(|u| String::from_utf8_lossy(u).into_owned())
+            .unwrap_or_default();
+        if let Some(users) = &self.shared.users {
+            if users.lookup(&user, self.shared.auth.realm()).is_none() {
+                return Err(bad(404, "Not Found"));
+            }
+        }
+        let aor = Aor::new(target.aor().ok_or_else(|| bad(404, "Not Found"))?);
+        let bindings = self.shared.registrar(&aor).lock().lookup(&aor, now);
+        if bindings.is_empty() {
+            return Err(bad(480, "Temporarily Unavailable"));
+        }
+        let mut started = 0;
+        for b in &bindings {
+            let Some((dest, reliable)) = self.destination(b) else {
+                continue;
+            };
+            let fwd = self.forward_copy(req, b, reliable, txn);
+            match txn.send_request(fwd, dest, reliable, now) {
+                Ok(cid) => {
+                    self.branches.insert(cid, id);
+                    started += 1;
+                }
+                Err(e) => tracing::debug!(error = %e.reason(), "branch not started"),
+            }
+        }
+        if started == 0 {
+            return Err(bad(480, "Temporarily Unavailable"));
+        }
+        self.forks.insert(
+            id,
+            Fork {
+                pending: started,
+                answered: false,
+                best: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Where a binding is reached: over the TCP connection it registered on while that is
+    /// open; else at the contact URI's address when it is an IP literal; else at the address
+    /// the REGISTER came from (a client behind NAT, RFC 3581 style). Decision 0003.
+    fn destination(&self, b: &Binding) -> Option<(SocketAddr, bool)> {
+        let registered_tcp = b.transport.as_deref() == Some(&b"TCP"[..]);
+        if registered_tcp {
+            if let Some(src) = b.source {
+                if self.shared.tcp.get(&src).is_some() {
+                    return Some((src, true));
+                }
+            }
+        }
+        let uri = Uri::parse(&b.contact).ok()?;
+        let sip = uri.as_sip()?;
+        let reliable = sip
+            .transport()
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"tcp"))
+            || registered_tcp;
+        match sip.host.ip() {
+            Some(ip) => Some((SocketAddr::new(ip, sip.port.unwrap_or(5060)), reliable)),
+            None => b.source.map(|s| (s, reliable)),
+        }
+    }
+
+    /// The request as forwarded to one contact (RFC 3261 §16.6): Request-URI = the contact,
+    /// Max-Forwards decremented, our Via on top with a fresh branch, Routes to us removed.
+    fn forward_copy(
+        &mut self,
+        req: &Message,
+        b: &Binding,
+        reliable: bool,
+        txn: &mut TransactionLayer,
+    ) -> Message {
+        let mut fwd = req.clone();
+        if let StartLine::Request { uri, .. } = &mut fwd.start {
+            *uri = b.contact.clone();
+        }
+        let mf = req.max_forwards().ok().flatten().unwrap_or(70);
+        fwd.headers
+            .set(HeaderName::MaxForwards, (mf.saturating_sub(1)).to_string());
+        let routes: Vec<Bytes> = fwd.headers.values(&HeaderName::Route).collect();
+        if !routes.is_empty() {
+            fwd.headers.remove(&HeaderName::Route);
+            for r in routes.into_iter().filter(|r| !self.is_our_route(r)) {
+                fwd.headers.push(HeaderName::Route, r);
+            }
+        }
+        let via = format!(
+            "SIP/2.0/{} {};branch={};rport",
+            if reliable { "TCP" } else { "UDP" },
+            self.shared.config.sip_listen,
+            String::from_utf8_lossy(&txn.new_branch())
+        );
+        fwd.headers.push_front(HeaderName::Via, via);
+        fwd
+    }
+
+    fn is_our_route(&self, r: &Bytes) -> bool {
+        cpm_engine::sip::hdr::NameAddr::parse(r, "Route")
+            .ok()
+            .and_then(|na| na.uri.as_sip().map(|s| (s.host.to_lowercase(), s.port)))
+            .is_some_and(|(host, port)| {
+                self.shared.is_local_domain(&host)
+                    && port.is_none_or(|p| p == self.shared.config.sip_listen.port())
+            })
+    }
+}
+
+/// RFC 3261 §16.7 step 6: a 6xx beats everything; otherwise the lowest class wins, and within
+/// a class the first response stays.
+fn better(new: &Message, old: Option<&Message>) -> bool {
+    let Some(old) = old else { return true };
+    let (n, o) = (new.status().unwrap_or(500), old.status().unwrap_or(500));
+    let rank = |c: u16| if c >= 600 { 0 } else { c / 100 };
+    rank(n) < rank(o)
+}
+
+/// The destination of a stateless response (RFC 3261 §18.2.2 with RFC 3581): the connection it
+/// came on for TCP; for UDP the source address when rport was asked, else the `received`
+/// address (the source IP) with the sent-by port.
+pub fn response_destination(
+    req: &Message,
+    source: SocketAddr,
+    transport: &Transport,
+) -> SocketAddr {
+    if transport.reliable() {
+        return source;
+    }
+    match req.top_via() {
+        Ok(v) if v.rport().is_none() => SocketAddr::new(source.ip(), v.port.unwrap_or(5060)),
+        _ => source,
+    }
+}
+
+/// An RFC 7231 IMF-fixdate for the Date header (RFC 3261 §20.17).
+fn httpdate(t: SystemTime) -> String {
+    let secs = t
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
+    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
+    // Civil from days (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(mo <= 2);
+    let mon = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ][(mo - 1) as usize];
+    format!("{wd}, {d:02} {mon} {y} {h:02}:{m:02}:{s:02} GMT")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn date_format() {
+        assert_eq!(httpdate(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+        assert_eq!(
+            httpdate(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
+            "Tue, 14 Nov 2023 22:13:20 GMT"
+        );
+    }
+
+    #[test]
+    fn best_response_ranking() {
+        let r =
+            |c: u16| cpm_engine::sip::parse(Bytes::from(format!("SIP/2.0 {c} X\r\n\r\n"))).unwrap();
+        assert!(better(&r(404), Some(&r(503))));
+        assert!(!better(&r(503), Some(&r(404))));
+        assert!(better(&r(603), Some(&r(404))));
+        assert!(!better(&r(486), Some(&r(404))));
+    }
+}

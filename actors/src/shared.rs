@@ -1,0 +1,167 @@
+//! State shared by every worker: configuration, the registrar's bindings, the users database,
+//! open TCP connections and the metrics of each worker.
+//!
+//! Everything a single call touches lives on its owning worker; only what several calls must
+//! see (a user's bindings are read by whichever worker owns a MESSAGE's Call-ID) is here, behind
+//! short, sharded locks that are never held across I/O (decision 0002).
+
+use std::io::Read as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use cpm_engine::registrar::{Aor, Registrar, RegistrarConfig};
+use cpm_engine::sip::digest::{Authenticator, UserDb};
+use parking_lot::Mutex;
+
+use crate::config::Config;
+use crate::engine::StartError;
+use crate::metrics::{self, WorkerMetrics};
+use crate::transport::TcpRegistry;
+
+/// Registrar shards: an AOR's bindings live in shard hash(AOR) mod this.
+const REGISTRAR_SHARDS: usize = 16;
+
+/// The shared state.
+pub struct Shared {
+    /// The configuration in force.
+    pub config: Config,
+    /// Domains served here, lowercased.
+    pub domains: Vec<String>,
+    /// One metrics block per worker, index = worker id.
+    pub metrics: Vec<Arc<WorkerMetrics>>,
+    /// Open TCP connections.
+    pub tcp: TcpRegistry,
+    /// Digest users (from `--users-file`); `None` means registration is open.
+    pub users: Option<UserDb>,
+    /// The digest server (realm and nonce secret).
+    pub auth: Authenticator,
+    registrar: Vec<Mutex<Registrar>>,
+    seed: u64,
+    draining: AtomicBool,
+}
+
+impl Shared {
+    /// Builds the shared state for `workers` workers; reads the users file.
+    pub fn new(config: Config, workers: usize) -> Result<Shared, StartError> {
+        let domains = config
+            .domains()
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        let users = match &config.users_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| {
+                    StartError::Config(format!("users file {}: {e}", path.display()))
+                })?;
+                Some(UserDb::parse(&text).map_err(|e| {
+                    StartError::Config(format!("users file {}: {e}", path.display()))
+                })?)
+            }
+            None => None,
+        };
+        let random = random_bytes();
+        let seed = u64::from_le_bytes(random[..8].try_into().unwrap_or([7; 8]));
+        let reg_config = RegistrarConfig {
+            min_expires: config.min_expires,
+            max_expires: config.max_expires,
+            default_expires: config.default_expires,
+            max_contacts_per_aor: config.max_contacts_per_aor,
+        };
+        Ok(Shared {
+            auth: Authenticator::new(config.realm(), random[8..].to_vec()),
+            users,
+            registrar: (0..REGISTRAR_SHARDS)
+                .map(|_| Mutex::new(Registrar::new(reg_config.clone())))
+                .collect(),
+            domains,
+            metrics: (0..workers)
+                .map(|_| Arc::new(WorkerMetrics::default()))
+                .collect(),
+            tcp: TcpRegistry::default(),
+            seed,
+            draining: AtomicBool::new(false),
+            config,
+        })
+    }
+
+    /// The registrar shard holding an AOR.
+    pub fn registrar(&self, aor: &Aor) -> &Mutex<Registrar> {
+        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+        for &b in aor.as_bytes().iter() {
+            h ^= u64::from(b);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        &self.registrar[(h % REGISTRAR_SHARDS as u64) as usize]
+    }
+
+    /// Every registrar shard (for expiry sweeps and gauges).
+    pub fn registrar_shards(&self) -> &[Mutex<Registrar>] {
+        &self.registrar
+    }
+
+    /// Random seed for branch and tag generation.
+    pub fn seed(&self) -> u64 {
+        self.seed
+    }
+
+    /// Whether the server is shutting down (new transactions get 503).
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Relaxed)
+    }
+
+    /// Starts draining.
+    pub fn start_draining(&self) {
+        self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a host (from a Request-URI or To) is one of ours.
+    pub fn is_local_domain(&self, host: &str) -> bool {
+        let h = host.to_ascii_lowercase();
+        self.domains.contains(&h)
+    }
+
+    /// Transactions alive over all workers.
+    pub fn transactions_in_flight(&self) -> u64 {
+        self.metrics
+            .iter()
+            .map(|m| m.transactions.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// Live contacts and AORs over all shards.
+    pub fn registrations(&self) -> (usize, usize) {
+        self.registrar
+            .iter()
+            .map(|s| {
+                let r = s.lock();
+                (r.contact_count(), r.aor_count())
+            })
+            .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1))
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub fn render_metrics(&self) -> String {
+        let (contacts, aors) = self.registrations();
+        metrics::render(&self.metrics, contacts, aors)
+    }
+}
+
+/// 40 bytes from the OS's random source (nonce secret and id seeds), or, where it cannot be
+/// read, bytes derived from the time and process id (still unique per process).
+fn random_bytes() -> [u8; 40] {
+    let mut out = [0u8; 40];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        if f.read_exact(&mut out).is_ok() {
+            return out;
+        }
+    }
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    let mix = t ^ (u128::from(std::process::id()) << 64);
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = (mix >> ((i % 16) * 8)) as u8 ^ (i as u8).wrapping_mul(151);
+    }
+    out
+}

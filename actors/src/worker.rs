@@ -1,0 +1,321 @@
+//! The worker actor: one per core, owning every transaction whose Call-ID hashes to it.
+//!
+//! It is the "generic driver" of STYLE.md: each [`Inbound`] message is fed to the engine's
+//! transaction layer, the resulting work is dispatched by service type (the signaling
+//! manager's decision, `cpm_engine::service`), then the worker drains the engine's transmits
+//! and events and re-arms its one timer at the engine's next deadline.
+//!
+//! Supervision: a panic inside a handler is caught at the actor boundary, counted, and stops
+//! the actor; its [`actix::Supervisor`] restarts it with fresh per-worker state while its
+//! address (and so the router) stays valid. Other workers are not affected.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::Instant;
+
+use actix::prelude::*;
+use bytes::Bytes;
+use cpm_engine::sip::transaction::{
+    LayerConfig, RequestOutcome, ResponseOutcome, TransactionLayer, TxEvent,
+};
+use cpm_engine::sip::{builder, validate, Message, Method};
+
+use crate::metrics::{Drop as DropReason, WorkerMetrics};
+use crate::services::{self, Services};
+use crate::shared::Shared;
+use crate::transport::{tcp, udp, Inbound, Outbound, Router, Transport};
+
+/// Starts the worker's socket tasks once every worker exists (so the router is complete).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct StartIo {
+    /// Routes parsed messages to their owners.
+    pub router: Router,
+}
+
+/// One worker.
+pub struct Worker {
+    id: usize,
+    shared: Arc<Shared>,
+    metrics: Arc<WorkerMetrics>,
+    out: Option<Outbound>,
+    pending_udp: Option<std::net::UdpSocket>,
+    pending_tcp: Option<std::net::TcpListener>,
+    seed: u64,
+    txn: TransactionLayer,
+    services: Services,
+    timer: Option<(Instant, SpawnHandle)>,
+}
+
+impl Worker {
+    /// A worker with its sockets (converted to the worker's runtime when it starts).
+    pub fn new(
+        id: usize,
+        shared: Arc<Shared>,
+        udp: std::net::UdpSocket,
+        tcp: std::net::TcpListener,
+    ) -> Worker {
+        let metrics = shared.metrics[id].clone();
+        let seed = shared.seed() ^ (id as u64 + 1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        let workers = shared.metrics.len();
+        Worker {
+            id,
+            services: Services::new(shared.clone(), id, workers, seed),
+            shared,
+            metrics,
+            out: None,
+            pending_udp: Some(udp),
+            pending_tcp: Some(tcp),
+            seed,
+            txn: TransactionLayer::new(LayerConfig::default(), seed),
+            timer: None,
+        }
+    }
+
+    fn on_inbound(&mut self, inb: Inbound, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let Some(out) = self.out.clone() else { return };
+        let span = tracing::debug_span!(
+            "sip",
+            call_id = %String::from_utf8_lossy(inb.msg.call_id().map(|c| &c[..]).unwrap_or(b"-")),
+            worker = self.id
+        );
+        let _enter = span.enter();
+        if inb.msg.is_request() {
+            self.on_request(inb, now, &out);
+        } else {
+            self.on_response(inb, now);
+        }
+        self.drive(now, &out, ctx);
+    }
+
+    fn on_request(&mut self, inb: Inbound, now: Instant, out: &Outbound) {
+        let Inbound {
+            msg,
+            source,
+            transport,
+            size,
+            reject,
+            ..
+        } = inb;
+        let method = msg.method().cloned().unwrap_or(Method::Other(Bytes::new()));
+        self.metrics.request(&method);
+        // A request we cannot accept is answered statelessly (RFC 3261 §8.2: these checks come
+        // before any transaction processing). ACK is never answered.
+        let reject = match reject {
+            Some(r) => Some((r.status, r.reason)),
+            None if size > self.shared.config.max_message_size => {
+                Some((513, "Message Too Large".to_string()))
+            }
+            None => validate::validate_request(&msg)
+                .err()
+                .map(|r| (r.status, r.reason)),
+        };
+        if let Some((code, reason)) = reject {
+            self.metrics.rejected();
+            tracing::debug!(%source, code, %reason, "request rejected");
+            if method != Method::Ack {
+                self.send_stateless(&msg, code, &reason, source, &transport, out);
+            }
+            return;
+        }
+        match self
+            .txn
+            .handle_request(msg, source, transport.reliable(), now)
+        {
+            RequestOutcome::New { id, request } => {
+                self.services
+                    .on_request(id, request, source, &transport, now, &mut self.txn)
+            }
+            RequestOutcome::Cancel {
+                cancel_tx,
+                invite_tx,
+                request,
+            } => self
+                .services
+                .on_cancel(cancel_tx, invite_tx, request, now, &mut self.txn),
+            RequestOutcome::Invalid { request, error } => {
+                self.metrics.rejected();
+                self.send_stateless(&request, 400, &error.reason(), source, &transport, out);
+            }
+            RequestOutcome::Ack2xx(_)
+            | RequestOutcome::AckForInvite(_)
+            | RequestOutcome::Retransmission(_) => {}
+        }
+    }
+
+    fn on_response(&mut self, inb: Inbound, now: Instant) {
+        let code = inb.msg.status().unwrap_or(0);
+        self.metrics.response_received(code);
+        if validate::validate_response(&inb.msg).is_err() {
+            self.metrics.dropped(DropReason::MalformedResponse);
+            return;
+        }
+        match self.txn.handle_response(inb.msg, inb.source, now) {
+            ResponseOutcome::Response { id, response } => {
+                self.services.on_response(id, response, now, &mut self.txn)
+            }
+            ResponseOutcome::Absorbed(_) => {}
+            ResponseOutcome::Stray(_) => self.metrics.dropped(DropReason::StrayResponse),
+        }
+    }
+
+    /// Sends what the engine wants sent, hands its events to the services, and re-arms the
+    /// one timer at the engine's next deadline.
+    fn drive(&mut self, now: Instant, out: &Outbound, ctx: &mut Context<Self>) {
+        loop {
+            let mut progressed = false;
+            while let Some(ev) = self.txn.poll_event() {
+                progressed = true;
+                if let TxEvent::ClientFailed { id, response, .. } = ev {
+                    self.services.on_response(id, response, now, &mut self.txn);
+                }
+            }
+            while let Some(t) = self.txn.poll_transmit() {
+                progressed = true;
+                if let Err(e) = out.send(t.dest, t.reliable, t.payload, &self.metrics) {
+                    tracing::debug!(dest = %t.dest, error = ?e, "send failed");
+                    if let Some(tx) = t.tx {
+                        self.txn.handle_transport_error(tx, now);
+                    }
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.metrics
+            .transactions
+            .store(self.txn.len() as u64, Relaxed);
+        self.metrics
+            .retransmissions
+            .store(self.txn.stats().retransmissions_sent, Relaxed);
+        let deadline = [self.txn.poll_timeout(), self.services.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
+        match (deadline, &self.timer) {
+            (Some(at), Some((armed, _))) if *armed <= at => {}
+            (Some(at), _) => {
+                if let Some((_, h)) = self.timer.take() {
+                    ctx.cancel_future(h);
+                }
+                let h = ctx.run_later(at.saturating_duration_since(now), |w, ctx| {
+                    w.timer = None;
+                    w.guarded(ctx, |w, ctx| w.on_timer(ctx));
+                });
+                self.timer = Some((at, h));
+            }
+            (None, _) => {}
+        }
+    }
+
+    fn on_timer(&mut self, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        let Some(out) = self.out.clone() else { return };
+        self.txn.handle_timeout(now);
+        self.services.handle_timeout(now, &mut self.txn);
+        self.drive(now, &out, ctx);
+    }
+
+    fn send_stateless(
+        &self,
+        req: &Message,
+        code: u16,
+        reason: &str,
+        source: std::net::SocketAddr,
+        transport: &Transport,
+        out: &Outbound,
+    ) {
+        let resp = builder::response_to(req, code, reason);
+        self.metrics.response_sent(code);
+        let dest = services::response_destination(req, source, transport);
+        if let Err(e) = out.send(dest, transport.reliable(), resp.to_bytes(), &self.metrics) {
+            tracing::debug!(%dest, error = ?e, "send failed");
+        }
+    }
+
+    /// Runs a handler body; a panic stops the actor so that its supervisor restarts it.
+    fn guarded(&mut self, ctx: &mut Context<Self>, f: impl FnOnce(&mut Self, &mut Context<Self>)) {
+        if catch_unwind(AssertUnwindSafe(|| f(self, ctx))).is_err() {
+            self.metrics.restarts.fetch_add(1, Relaxed);
+            tracing::error!(
+                worker = self.id,
+                "worker handler panicked; restarting the worker actor"
+            );
+            ctx.stop();
+        }
+    }
+}
+
+impl Actor for Worker {
+    type Context = Context<Self>;
+
+    fn started(&mut self, _ctx: &mut Context<Self>) {
+        // After a supervisor restart `out` is already set: the sockets and their tasks run on.
+        if let Some(udp_sock) = self.pending_udp.take() {
+            match tokio::net::UdpSocket::from_std(udp_sock) {
+                Ok(u) => {
+                    self.out = Some(Outbound {
+                        udp: Arc::new(u),
+                        tcp: self.shared.tcp.clone(),
+                    })
+                }
+                Err(e) => tracing::error!(error = %e, "cannot register UDP socket"),
+            }
+        }
+    }
+}
+
+impl Supervised for Worker {
+    fn restarting(&mut self, _ctx: &mut Context<Self>) {
+        // Fresh per-worker signaling state; the sockets and their tasks stay.
+        self.seed = self.seed.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        self.txn = TransactionLayer::new(LayerConfig::default(), self.seed);
+        self.services.reset();
+        self.timer = None;
+        self.metrics.transactions.store(0, Relaxed);
+    }
+}
+
+impl Handler<Inbound> for Worker {
+    type Result = ();
+    fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |w, ctx| w.on_inbound(msg, ctx));
+    }
+}
+
+impl Handler<StartIo> for Worker {
+    type Result = ();
+    fn handle(&mut self, msg: StartIo, _ctx: &mut Context<Self>) {
+        let Some(tcp_sock) = self.pending_tcp.take() else {
+            return;
+        };
+        let Some(out) = self.out.clone() else { return };
+        tcp::set_local_router(msg.router.clone());
+        let cfg = &self.shared.config;
+        actix_rt::spawn(udp::recv_loop(
+            out.udp.clone(),
+            msg.router.clone(),
+            self.metrics.clone(),
+            cfg.max_message_size,
+        ));
+        match tokio::net::TcpListener::from_std(tcp_sock) {
+            Ok(listener) => {
+                let limits = tcp::TcpLimits {
+                    max_message_size: cfg.max_message_size,
+                    idle_timeout: cfg.tcp_idle(),
+                };
+                actix_rt::spawn(tcp::accept_loop(
+                    listener,
+                    out.tcp.clone(),
+                    msg.router,
+                    self.metrics.clone(),
+                    limits,
+                ));
+            }
+            Err(e) => tracing::error!(error = %e, "cannot register TCP listener"),
+        }
+    }
+}

@@ -1,0 +1,384 @@
+//! Running the real `cpmd` binary: spawn on free ports, learn them from the ready line, read
+//! `/metrics`, stop it with SIGTERM, and show its log when a test fails.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use crate::http;
+use crate::util::TempDir;
+
+/// How long cpmd may take to print its ready line.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Timeout of one HTTP request to cpmd's management listener.
+const HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cpmd binary: `$CPMD_BIN`, or `<target>/<profile>/cpmd` next to the running test
+/// executable, brought up to date once per process with `cargo build -p cpm-actors --bin cpmd`
+/// (a no-op when fresh; `cargo test -p cpm-tests` alone does not rebuild other packages' binaries).
+pub fn cpmd_bin() -> PathBuf {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        if let Some(p) = std::env::var_os("CPMD_BIN") {
+            return PathBuf::from(p);
+        }
+        let exe = std::env::current_exe().expect("current_exe");
+        let mut dir = exe
+            .parent()
+            .expect("test binary has a parent dir")
+            .to_path_buf();
+        if dir.ends_with("deps") {
+            dir.pop();
+        }
+        let bin = dir.join("cpmd");
+        if std::env::var_os("CPM_TESTS_NO_BUILD").is_none() || !bin.exists() {
+            build_cpmd(&dir);
+        }
+        assert!(
+            bin.exists(),
+            "cpmd not found at {} after building it",
+            bin.display()
+        );
+        bin
+    })
+    .clone()
+}
+
+/// Runs `cargo build -p cpm-actors --bin cpmd` into the profile directory `profile_dir`
+/// (`<target-dir>/<profile>`) the tests run from.
+fn build_cpmd(profile_dir: &Path) {
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root");
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "-q", "-p", "cpm-actors", "--bin", "cpmd"]);
+    if let Some(target_dir) = profile_dir.parent() {
+        cmd.arg("--target-dir").arg(target_dir);
+    }
+    match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") | None => {}
+        Some("release") => {
+            cmd.arg("--release");
+        }
+        Some(other) => {
+            cmd.args(["--profile", other]);
+        }
+    }
+    let status = cmd.status().expect("run cargo build for cpmd");
+    assert!(
+        status.success(),
+        "cargo build -p cpm-actors --bin cpmd failed: {status}"
+    );
+}
+
+/// Options for starting cpmd; see [`Cpmd::builder`].
+#[derive(Debug)]
+pub struct CpmdBuilder {
+    dir: TempDir,
+    args: Vec<String>,
+    wrapper: Vec<String>,
+}
+
+impl CpmdBuilder {
+    /// Adds command-line arguments (a flag given here replaces the default for it).
+    pub fn args(mut self, args: &[&str]) -> CpmdBuilder {
+        self.args.extend(args.iter().map(|a| a.to_string()));
+        self
+    }
+
+    /// Writes a users file (`user password` lines) into the temp dir and passes `--users-file`.
+    pub fn users(self, lines: &str) -> CpmdBuilder {
+        let path = self.dir.write("users", lines);
+        let path = path.to_str().expect("utf-8 temp path").to_string();
+        self.args(&["--users-file", &path])
+    }
+
+    /// Writes a file into cpmd's temp dir (e.g. a `--config` file) and returns its path.
+    pub fn file(&self, name: &str, contents: &str) -> PathBuf {
+        self.dir.write(name, contents)
+    }
+
+    /// Runs cpmd through a wrapper command, e.g. `["ip", "netns", "exec", "NS"]` (which must
+    /// exec cpmd in place so that signals reach it).
+    pub fn wrapper(mut self, wrapper: &[&str]) -> CpmdBuilder {
+        self.wrapper = wrapper.iter().map(|a| a.to_string()).collect();
+        self
+    }
+
+    /// Starts cpmd and waits for its ready line (panics with its log if it does not come).
+    pub fn spawn(self) -> Cpmd {
+        let data_dir = self.dir.path().join("data");
+        std::fs::create_dir_all(&data_dir).expect("create data dir");
+        let data_dir = data_dir.to_str().expect("utf-8 temp path").to_string();
+        let defaults = [
+            ("--sip-listen", "127.0.0.1:0"),
+            ("--http-listen", "127.0.0.1:0"),
+            ("--data-dir", data_dir.as_str()),
+            ("--workers", "2"),
+        ];
+        let mut argv: Vec<String> = Vec::new();
+        for (flag, value) in defaults {
+            if !self
+                .args
+                .iter()
+                .any(|a| a == flag || a.starts_with(&format!("{flag}=")))
+            {
+                argv.push(flag.to_string());
+                argv.push(value.to_string());
+            }
+        }
+        argv.extend(self.args.iter().cloned());
+
+        let log_path = self.dir.path().join("cpmd.log");
+        let log = std::fs::File::create(&log_path).expect("create cpmd log");
+        let bin = cpmd_bin();
+        let mut cmd = match self.wrapper.split_first() {
+            Some((first, rest)) => {
+                let mut c = Command::new(first);
+                c.args(rest).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        cmd.args(&argv)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("dup log fd"))
+            .stderr(log);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
+        let mut cpmd = Cpmd {
+            child,
+            sip: SocketAddr::from(([0, 0, 0, 0], 0)),
+            http: SocketAddr::from(([0, 0, 0, 0], 0)),
+            log_path,
+            status: None,
+            dir: self.dir,
+            argv,
+        };
+        cpmd.await_ready();
+        cpmd
+    }
+}
+
+/// A running cpmd process; killed (SIGKILL) on drop if still running. Its stdout and stderr go
+/// to `cpmd.log` in its temp dir, printed to stderr when the owning test panics.
+#[derive(Debug)]
+pub struct Cpmd {
+    child: Child,
+    sip: SocketAddr,
+    http: SocketAddr,
+    log_path: PathBuf,
+    status: Option<ExitStatus>,
+    argv: Vec<String>,
+    // Dropped last: the log lives in it.
+    dir: TempDir,
+}
+
+impl Cpmd {
+    /// Starts cpmd with the default listeners (`127.0.0.1:0`), a temp `--data-dir`,
+    /// `--workers 2`, plus `args` (which override those defaults flag by flag).
+    pub fn spawn(args: &[&str]) -> Cpmd {
+        Cpmd::builder().args(args).spawn()
+    }
+
+    /// A builder, for users files, config files and wrappers.
+    pub fn builder() -> CpmdBuilder {
+        CpmdBuilder {
+            dir: TempDir::new(),
+            args: Vec::new(),
+            wrapper: Vec::new(),
+        }
+    }
+
+    /// Waits for `cpmd ready sip=IP:PORT http=IP:PORT` in the log.
+    fn await_ready(&mut self) {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let log = self.log();
+            if let Some((sip, http)) = log.lines().find_map(parse_ready_line) {
+                self.sip = sip;
+                self.http = http;
+                return;
+            }
+            if let Some(status) = self.try_status() {
+                panic!(
+                    "cpmd {:?} exited before ready ({status}); log:\n{log}",
+                    self.argv
+                );
+            }
+            if Instant::now() >= deadline {
+                panic!(
+                    "cpmd {:?} printed no ready line within {READY_TIMEOUT:?}; log:\n{log}",
+                    self.argv
+                );
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// The SIP listener (UDP and TCP).
+    pub fn sip_addr(&self) -> SocketAddr {
+        self.sip
+    }
+
+    /// The HTTP management listener.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// cpmd's temp dir (holds `data/`, `cpmd.log` and written files).
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Everything cpmd wrote to stdout and stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read(&self.log_path)
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default()
+    }
+
+    /// `GET path` on the management listener.
+    pub fn http_get(&self, path: &str) -> http::HttpResponse {
+        http::get(self.http, path, HTTP_TIMEOUT)
+            .unwrap_or_else(|e| panic!("GET {path} on cpmd {}: {e}", self.http))
+    }
+
+    /// The `/metrics` text (asserts status 200).
+    pub fn metrics(&self) -> String {
+        let r = self.http_get("/metrics");
+        assert_eq!(r.status, 200, "GET /metrics: {}", r.body);
+        r.body
+    }
+
+    /// One series of `/metrics`, e.g. `cpm_sip_requests_total{method="REGISTER"}`; 0 when the
+    /// family is exposed without that series yet. Panics when the family is missing altogether.
+    pub fn metric(&self, series: &str) -> f64 {
+        let text = self.metrics();
+        if let Some(v) = http::metric_value(&text, series) {
+            return v;
+        }
+        let family = series.split('{').next().unwrap_or(series);
+        assert!(
+            http::has_family(&text, family),
+            "metric {family} missing from /metrics:\n{text}"
+        );
+        0.0
+    }
+
+    /// Polls [`Cpmd::metric`] until `pred` holds (metrics are updated asynchronously), returning
+    /// the last value; panics after `timeout`.
+    pub fn wait_metric(&self, series: &str, timeout: Duration, pred: impl Fn(f64) -> bool) -> f64 {
+        let mut last = f64::NAN;
+        crate::util::poll_until(timeout, || {
+            last = self.metric(series);
+            pred(last).then_some(last)
+        })
+        .unwrap_or_else(|| {
+            panic!("{series} = {last} did not reach the expected value in {timeout:?}")
+        })
+    }
+
+    /// Sends SIGTERM (graceful shutdown).
+    pub fn terminate(&self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child, which
+        // has not been reaped while `self.child` is alive and unwaited.
+        let rc = unsafe { libc::kill(pid, sig) };
+        assert_eq!(
+            rc,
+            0,
+            "kill({pid}, {sig}): {}",
+            std::io::Error::last_os_error()
+        );
+    }
+
+    /// The exit status if the process has exited (non-blocking).
+    pub fn try_status(&mut self) -> Option<ExitStatus> {
+        if self.status.is_none() {
+            self.status = self.child.try_wait().expect("try_wait cpmd");
+        }
+        self.status
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.try_status().is_none()
+    }
+
+    /// Waits for the process to exit; panics (with the log) after `timeout`.
+    pub fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        match crate::util::poll_until(timeout, || self.try_status()) {
+            Some(s) => s,
+            None => panic!(
+                "cpmd still running {timeout:?} after the request to stop; log:\n{}",
+                self.log()
+            ),
+        }
+    }
+}
+
+impl Drop for Cpmd {
+    fn drop(&mut self) {
+        if self.try_status().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if thread::panicking() {
+            eprintln!(
+                "----- cpmd {:?} (sip={} http={}) log -----\n{}----- end of cpmd log -----",
+                self.argv,
+                self.sip,
+                self.http,
+                self.log()
+            );
+        }
+    }
+}
+
+/// `cpmd ready sip=IP:PORT http=IP:PORT` → the two addresses.
+pub fn parse_ready_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
+    let rest = line.trim().strip_prefix("cpmd ready ")?;
+    let mut sip = None;
+    let mut http = None;
+    for part in rest.split_whitespace() {
+        if let Some(v) = part.strip_prefix("sip=") {
+            sip = v.parse().ok();
+        } else if let Some(v) = part.strip_prefix("http=") {
+            http = v.parse().ok();
+        }
+    }
+    Some((sip?, http?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line() {
+        let (s, h) =
+            parse_ready_line("cpmd ready sip=127.0.0.1:5060 http=127.0.0.1:8080\n").unwrap();
+        assert_eq!(s, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(h, "127.0.0.1:8080".parse().unwrap());
+        assert!(parse_ready_line("cpmd ready sip=127.0.0.1:5060").is_none());
+        assert!(parse_ready_line("INFO starting").is_none());
+    }
+}

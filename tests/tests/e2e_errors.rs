@@ -1,0 +1,181 @@
+//! Requests cpmd must refuse, each with the status the RFC names and, for 400, a reason phrase
+//! naming the problem.
+
+use std::time::Duration;
+
+use cpm_tests::check::lists;
+use cpm_tests::{assert_status, header, over_udp_and_tcp, reason, Cpmd, Transport, Ua};
+
+/// Asserts a 400 whose reason phrase mentions `what` (case-insensitive).
+#[track_caller]
+fn assert_bad_request(resp: &cpm_engine::sip::Message, what: &str) {
+    assert_status(resp, 400);
+    let r = reason(resp);
+    assert!(
+        r.to_ascii_lowercase().contains(&what.to_ascii_lowercase()),
+        "400 reason {r:?} does not name {what}"
+    );
+}
+
+over_udp_and_tcp!(
+    missing_call_id_is_400,
+    cseq_method_mismatch_is_400,
+    malformed_cseq_is_400,
+    unknown_method_is_501,
+    max_forwards_zero_is_483,
+    unsupported_require_is_420,
+    too_large_is_513,
+    invite_is_405_with_allow,
+    subscribe_is_405_with_allow,
+);
+
+fn missing_call_id_is_400(t: Transport) {
+    let cpmd = Cpmd::spawn(&[]);
+    let mut ua = Ua::new(t, cpmd.sip_addr());
+    let req = ua.req("OPTIONS", "sip:localhost").remove("Call-ID");
+    assert_bad_request(&ua.request(&req), "Call-ID");
+}
+
+/// RFC 3261 §8.1.1.5: the CSeq method must match the request's.
+fn cseq_method_mismatch_is_400(t: Transport) {
+    let cpmd = Cpmd::spawn(&[]);
+    let mut ua = Ua::new(t, cpmd.sip_addr());
+    let req = ua.req("OPTIONS", "sip:localhost").set("CSeq", "1 INVITE");
+    // The response carries the request's (mismatched) CSeq, so match on branch alone.
+    ua.send_req(&req);
+    let resp = recv_final(&mut ua);
+    assert_bad_request(&resp, "CSeq");
+}
+
+fn malformed_cseq_is_400(t: Transport) {
+    let cpmd = Cpmd::spawn(&[]);
+    let mut ua = Ua::new(t, cpmd.sip_addr());
+    let req = ua
+        .req("OPTIONS", "sip:localhost")
+        .set("CSeq", "abc OPTIONS");
+    ua.send_req(&req);
+    assert_bad_request(&recv_final(&mut ua), "CSeq");
+}
+
+/// The next final response, whatever it answers.
+fn recv_final(ua: &mut Ua) -> cpm_engine::sip::Message {
+    for _ in 0..10 {
+        let m = ua.recv(Duration::from_secs(5)).expect("a response");
+        if m.status().is_some_and(|s| s >= 200) {
+            return m;
+        }
+    }
+    panic!("no final response");
+}
+
+/// RFC 3261 §18.3: a datagram shorter than its Content-Length is malformed.
+#[test]
+fn content_length_beyond_datagram_is_400() {
+    let cpmd = Cpmd::spawn(&[]);
+    let mut ua = Ua::udp(cpmd.sip_addr());
+    let req = ua
+        .req("MESSAGE", "sip:bob@localhost")
+        .body("text/plain", "short")
+        .set("Content-Length", "100");
+    assert_bad_request(&ua.request(&req), "Content-Length");
+}
+
+/// RFC 3261 §8.2.1: an unknown method is 501.
+fn unknown_method_is_501(t: Transport) {
+    let cpmd = Cpmd::spawn(&[]);
+    let mut ua = Ua::new(t, cpmd.sip_addr());
+    let req = ua.req("FROBNICATE", "sip:localhost");
+    assert_status(&ua.request(&req), 501);
+}
+
+/// RFC 3261 §16.3 step 3: Max-Forwards 0 on a request to forward is 483.
+fn max_forwards_zero_is_483(t: Transport) {
+    let cpmd = Cpmd::spawn(&[]);
+    let mut bob = Ua::new(t, cpmd.sip_addr()).user("bob");
+    assert_status(&bob.register(300), 200);
+    let mut ua = Ua::new(t, cpmd.sip_addr());
+    let req = ua
+        .req("MESSAGE", "sip:bob@localhost")
+        .set("Max-Forwards", "0")
+        .body("text/plain", "hop");
+    assert_status(&ua.request(&req), 483);
+    bob.expect_silence(Duration::from_millis(300), "a MESSAGE with Max-Forwards 0");
+}
+
+/// RFC 3261 §8.2.2.3: an unknown extension in Require is 420 listing it in Unsupported.
+fn unsupported_require_is_420(t: Transport) {
+    let cpmd = Cpmd::spawn(&[]);
+    let mut ua = Ua::new(t, cpmd.sip_addr());
+    let req = ua.req("OPTIONS", "sip:localhost").header("Require", "foo");
+    let resp = ua.request(&req);
+    assert_status(&resp, 420);
+    assert!(
+        lists(&resp, "Unsupported", "foo"),
+        "Unsupported: foo missing in:\n{resp}"
+    );
+}
+
+/// RFC 3261 §21.4.11: a message larger than `--max-message-size` is 513.
+fn too_large_is_513(t: Transport) {
+    let cpmd = Cpmd::spawn(&["--max-message-size", "4000"]);
+    let mut ua = Ua::new(t, cpmd.sip_addr());
+    let req = ua
+        .req("MESSAGE", "sip:bob@localhost")
+        .body("text/plain", vec![b'x'; 5000]);
+    assert_status(&ua.request(&req), 513);
+    // The server still answers afterwards (a new connection for TCP).
+    let mut ua = Ua::new(t, cpmd.sip_addr());
+    let req = ua.req("OPTIONS", "sip:localhost");
+    assert_status(&ua.request(&req), 200);
+}
+
+/// Over TCP a message can exceed the 65535-byte default limit.
+#[test]
+fn too_large_for_default_limit_over_tcp_is_513() {
+    let cpmd = Cpmd::spawn(&[]);
+    let mut ua = Ua::tcp(cpmd.sip_addr());
+    let req = ua
+        .req("MESSAGE", "sip:bob@localhost")
+        .body("text/plain", vec![b'y'; 70_000]);
+    assert_status(&ua.request(&req), 513);
+}
+
+/// Services not served yet: 405 with Allow (RFC 3261 §8.2.1); the INVITE's 405 is ACKed.
+fn invite_is_405_with_allow(t: Transport) {
+    let cpmd = Cpmd::spawn(&[]);
+    let mut ua = Ua::new(t, cpmd.sip_addr());
+    let req = ua
+        .req("INVITE", "sip:localhost")
+        .header("Contact", format!("<{}>", ua.contact_uri()))
+        .body("application/sdp", "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 9 RTP/AVP 0\r\n");
+    let resp = ua.request(&req);
+    ua.ack(&req, &resp);
+    assert_status(&resp, 405);
+    assert!(
+        header(&resp, "Allow").is_some(),
+        "405 without Allow:\n{resp}"
+    );
+    assert!(
+        !lists(&resp, "Allow", "INVITE"),
+        "Allow lists the refused method:\n{resp}"
+    );
+    // After the ACK, no retransmission of the 405 (RFC 3261 §17.2.1).
+    std::thread::sleep(Duration::from_millis(100));
+    while ua.recv(Duration::from_millis(10)).is_some() {}
+    ua.expect_silence(
+        Duration::from_millis(1200),
+        "a 405 retransmitted after the ACK",
+    );
+}
+
+fn subscribe_is_405_with_allow(t: Transport) {
+    let cpmd = Cpmd::spawn(&[]);
+    let mut ua = Ua::new(t, cpmd.sip_addr());
+    let req = ua
+        .req("SUBSCRIBE", "sip:localhost")
+        .header("Event", "presence")
+        .header("Contact", format!("<{}>", ua.contact_uri()));
+    let resp = ua.request(&req);
+    assert_status(&resp, 405);
+    assert!(lists(&resp, "Allow", "MESSAGE"), "Allow in:\n{resp}");
+}

@@ -18,6 +18,7 @@ pub mod netns;
 pub mod sipp;
 pub mod ua;
 pub mod util;
+pub mod vectors;
 pub mod wire;
 
 pub use check::{assert_echoes, assert_status};

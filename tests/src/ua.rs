@@ -516,10 +516,15 @@ impl Ua {
     /// [`Ua::try_request`] with [`RESPONSE_TIMEOUT`]; panics when no final response comes.
     pub fn request(&mut self, req: &Req) -> Message {
         self.try_request(req, RESPONSE_TIMEOUT).unwrap_or_else(|| {
+            let why = if self.is_closed() {
+                "cpmd closed the connection without a final response".to_string()
+            } else {
+                format!("no final response within {RESPONSE_TIMEOUT:?}")
+            };
             panic!(
-                "no final response within {RESPONSE_TIMEOUT:?} over {:?} to:\n{}",
+                "{why} over {:?} to:\n{}",
                 self.transport,
-                String::from_utf8_lossy(&req.to_bytes())
+                abbreviated(&req.to_bytes())
             )
         })
     }
@@ -546,6 +551,16 @@ impl Ua {
             Transport::Udp => response_destination(&req.msg).unwrap_or(req.from),
         };
         self.send_to(&bytes, dest);
+    }
+}
+
+/// A message as text for a failure message, cut after 2000 bytes.
+pub fn abbreviated(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&bytes[..bytes.len().min(2000)]).into_owned();
+    if bytes.len() > 2000 {
+        format!("{text}... ({} bytes in all)", bytes.len())
+    } else {
+        text
     }
 }
 

@@ -1,27 +1,30 @@
 #!/usr/bin/env bash
-# Fills fuzz/corpus/sip_parse with seeds: the RFC 4475/5118 torture messages from the shared
-# vectors (read-only, never committed; CPM_VECTORS overrides their location) and the typical
-# messages of cpm-perf. The corpus directory is gitignored.
+# Fills fuzz/corpus/<target> of every target with seeds: the RFC 4475/5118 torture messages
+# from the shared vectors (read-only, never committed; CPM_VECTORS overrides their location)
+# and the typical messages of cpm-perf. A message is also a one-message stream, so every target
+# gets the same seeds. The corpus directories are gitignored.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
-corpus="$here/corpus/sip_parse"
 vectors="${CPM_VECTORS:-$root/../shared/vectors}"
-mkdir -p "$corpus"
+seeds="$(mktemp -d)"
+trap 'rm -rf "$seeds"' EXIT
 
 if [ -d "$vectors/sip-torture" ]; then
-    n=0
-    while IFS= read -r -d '' f; do
-        # Flatten rfc4475/foo.dat to rfc4475-foo.dat.
-        rel="${f#"$vectors/sip-torture/"}"
-        cp "$f" "$corpus/${rel//\//-}"
-        chmod u+w "$corpus/${rel//\//-}"
-        n=$((n + 1))
-    done < <(find "$vectors/sip-torture" -type f -print0)
-    echo "seed.sh: $n torture vectors from $vectors/sip-torture"
+    for f in "$vectors"/sip-torture/*/*; do
+        # rfc4475/foo.dat becomes rfc4475-foo.dat
+        set="$(basename "$(dirname "$f")")"
+        cat "$f" >"$seeds/$set-$(basename "$f")"
+    done
+    echo "seed.sh: $(ls "$seeds" | wc -l) torture vectors from $vectors/sip-torture"
 else
-    echo "seed.sh: no vectors at $vectors/sip-torture (set CPM_VECTORS); using perf consts only" >&2
+    echo "seed.sh: no vectors at $vectors/sip-torture (set CPM_VECTORS); perf consts only" >&2
 fi
+cargo run -q --manifest-path "$root/Cargo.toml" -p cpm-perf --bin write-seeds -- "$seeds"
 
-cargo run -q --manifest-path "$root/Cargo.toml" -p cpm-perf --bin write-seeds -- "$corpus"
-echo "seed.sh: $(find "$corpus" -type f | wc -l) files in $corpus"
+for target in "$here"/fuzz_targets/*.rs; do
+    corpus="$here/corpus/$(basename "$target" .rs)"
+    mkdir -p "$corpus"
+    cp "$seeds"/* "$corpus/"
+    echo "seed.sh: $(ls "$corpus" | wc -l) files in ${corpus#"$root/"}"
+done

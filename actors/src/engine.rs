@@ -185,21 +185,25 @@ impl EngineHandle {
         self.shared.render_metrics()
     }
 
-    /// Graceful shutdown: new transactions are refused with 503 at once; in-flight ones get up
-    /// to `grace` to finish; then every worker stops and this returns.
+    /// Graceful shutdown: new requests are refused with 503 at once; requests in flight (a
+    /// MESSAGE waiting for its recipient's answer) get up to `grace` to finish and have their
+    /// final response relayed; then every worker stops and this returns. Transactions that
+    /// only absorb retransmissions of an answer already sent do not hold the shutdown.
     pub fn shutdown(mut self, grace: Duration) {
         self.shared.start_draining();
         let deadline = Instant::now() + grace;
-        while self.shared.transactions_in_flight() > 0 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(20));
+        while self.shared.pending_requests() > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
         }
-        let left = self.shared.transactions_in_flight();
+        let left = self.shared.pending_requests();
         if left > 0 {
             tracing::warn!(
-                transactions = left,
-                "shutdown grace elapsed with transactions in flight"
+                requests = left,
+                "shutdown grace elapsed with requests in flight"
             );
         }
+        // Give the last relayed responses a moment to leave the workers' sockets.
+        std::thread::sleep(Duration::from_millis(20));
         self.stop_now();
     }
 

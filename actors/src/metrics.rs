@@ -74,6 +74,9 @@ pub struct WorkerMetrics {
     rejected: AtomicU64,
     /// Transactions alive on this worker (gauge).
     pub transactions: AtomicU64,
+    /// Requests this worker is still working on: forwarded and awaiting their final response
+    /// (gauge). Shutdown waits for these, not for transactions that only absorb retransmissions.
+    pub pending_requests: AtomicU64,
     /// Retransmissions sent by this worker's transactions.
     pub retransmissions: AtomicU64,
     /// Times this worker's actor was restarted by its supervisor after a panic.
@@ -171,7 +174,7 @@ pub fn render(
         let _ = writeln!(out, "cpm_sip_dropped_total{{reason=\"{}\"}} {v}", d.label());
     }
     let parse_errors = sum(&|w| w.drops[0].load(Relaxed) + w.rejected.load(Relaxed));
-    let gauges: [(&str, &str, &str, u64); 7] = [
+    let gauges: [(&str, &str, &str, u64); 8] = [
         (
             "cpm_sip_parse_errors_total",
             "counter",
@@ -183,6 +186,12 @@ pub fn render(
             "gauge",
             "SIP transactions alive.",
             sum(&|w| w.transactions.load(Relaxed)),
+        ),
+        (
+            "cpm_sip_pending_requests",
+            "gauge",
+            "Requests forwarded and awaiting their final response.",
+            sum(&|w| w.pending_requests.load(Relaxed)),
         ),
         (
             "cpm_sip_retransmissions_total",

@@ -108,7 +108,7 @@ impl Services {
         txn: &mut TransactionLayer,
     ) {
         if self.shared.is_draining() {
-            let mut r = builder::response_to(&req, 503, "Service Unavailable (Shutting Down)");
+            let mut r = builder::local_response(&req, 503, "Service Unavailable (Shutting Down)");
             r.headers.push(HeaderName::RetryAfter, "5");
             return self.respond(id, r, now, txn);
         }
@@ -123,7 +123,7 @@ impl Services {
         // RFC 3261 §8.2.2.3: a Require we do not understand gets 420 (never for ACK/CANCEL).
         let unsupported = cpm_engine::sip::validate::unsupported_requires(&req, SUPPORTED);
         if !unsupported.is_empty() {
-            let mut r = builder::response_to(&req, 420, "Bad Extension");
+            let mut r = builder::local_response(&req, 420, "Bad Extension");
             r.headers
                 .push(HeaderName::Unsupported, unsupported.join(", "));
             return self.respond(id, r, now, txn);
@@ -145,7 +145,7 @@ impl Services {
                 let Some(answer) = class.not_served(&self.svc) else {
                     return;
                 };
-                let mut r = builder::response_to(&req, answer.status, answer.reason);
+                let mut r = builder::local_response(&req, answer.status, answer.reason);
                 if let Some(allow) = answer.allow {
                     r.headers.push(HeaderName::Allow, allow);
                 }
@@ -168,8 +168,8 @@ impl Services {
         txn: &mut TransactionLayer,
     ) {
         let r = match invite_tx {
-            Some(_) => builder::response_to(&req, 200, "OK"),
-            None => builder::response_to(&req, 481, "Call/Transaction Does Not Exist"),
+            Some(_) => builder::local_response(&req, 200, "OK"),
+            None => builder::local_response(&req, 481, "Call/Transaction Does Not Exist"),
         };
         self.respond(cancel_tx, r, now, txn);
     }
@@ -291,7 +291,7 @@ impl Services {
         now: Instant,
         txn: &mut TransactionLayer,
     ) -> Result<Message, Box<Message>> {
-        let bad = |code: u16, reason: &str| Box::new(builder::response_to(req, code, reason));
+        let bad = |code: u16, reason: &str| Box::new(builder::local_response(req, code, reason));
         // Step 1: the Request-URI names a domain of ours.
         let ruri = req.request_uri().and_then(|u| Uri::parse(u).ok());
         let domain_ok = ruri
@@ -419,7 +419,7 @@ impl Services {
         now: Instant,
         txn: &mut TransactionLayer,
     ) -> Result<(), Box<Message>> {
-        let bad = |code: u16, reason: &str| Box::new(builder::response_to(req, code, reason));
+        let bad = |code: u16, reason: &str| Box::new(builder::local_response(req, code, reason));
         // RFC 3261 §16.3 step 2: a request we would forward with Max-Forwards 0.
         let mf = req.max_forwards().map_err(|e| bad(400, &e.reason()))?;
         if mf == Some(0) {

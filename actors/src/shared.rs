@@ -128,6 +128,15 @@ impl Shared {
             .sum()
     }
 
+    /// Requests forwarded and still awaiting a final response, over all workers: what a
+    /// graceful shutdown waits for.
+    pub fn pending_requests(&self) -> u64 {
+        self.metrics
+            .iter()
+            .map(|m| m.pending_requests.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// Live contacts and AORs over all shards.
     pub fn registrations(&self) -> (usize, usize) {
         self.registrar

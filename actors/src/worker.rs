@@ -191,6 +191,9 @@ impl Worker {
         self.metrics
             .retransmissions
             .store(self.txn.stats().retransmissions_sent, Relaxed);
+        self.metrics
+            .pending_requests
+            .store(self.services.forks_in_flight() as u64, Relaxed);
         let deadline = [self.txn.poll_timeout(), self.services.poll_timeout()]
             .into_iter()
             .flatten()
@@ -228,7 +231,7 @@ impl Worker {
         transport: &Transport,
         out: &Outbound,
     ) {
-        let resp = builder::response_to(req, code, reason);
+        let resp = builder::local_response(req, code, reason);
         self.metrics.response_sent(code);
         let dest = services::response_destination(req, source, transport);
         if let Err(e) = out.send(dest, transport.reliable(), resp.to_bytes(), &self.metrics) {
@@ -276,6 +279,7 @@ impl Supervised for Worker {
         self.services.reset();
         self.timer = None;
         self.metrics.transactions.store(0, Relaxed);
+        self.metrics.pending_requests.store(0, Relaxed);
     }
 }
 

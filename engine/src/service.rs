@@ -391,9 +391,8 @@ impl Classified {
     /// | OPTIONS to the server | 200 OK with Allow (§11.2) |
     /// | in a dialog; CANCEL; NOTIFY; SessionMessage | 481 Call/Transaction Does Not Exist (§12.2.2, §9.2; RFC 6665 §4.1.3) |
     /// | SUBSCRIBE/PUBLISH (reg, presence, conference, other events) | 489 Bad Event with Allow-Events (RFC 6665 §8.3.2, RFC 3903 §6) |
-    /// | REGISTER | 405 Method Not Allowed with Allow (§21.4.6) |
-    /// | pager/large message, session, conference, storage, application, interworking, OPTIONS to a user | 480 Temporarily Unavailable (§21.4.18: the target exists, it cannot be reached now) |
-    /// | any other known method | 405 Method Not Allowed with Allow |
+    /// | a known method this server does not serve (INVITE, REFER, ... in this phase; REGISTER when off) | 405 Method Not Allowed with Allow (§21.4.6: the method is understood but not allowed here) |
+    /// | a served method whose service is not (pager/large message, session, conference, storage, application, interworking, OPTIONS to a user) | 480 Temporarily Unavailable with a reason naming the service (§21.4.18) |
     ///
     /// 503 is avoided on purpose: RFC 3263 clients take it as "server down" and fail over.
     pub fn not_served(&self, cfg: &ServiceConfig) -> Option<Answer> {
@@ -418,6 +417,7 @@ impl Classified {
                 allow_events: (!cfg.served_events.is_empty()).then(|| cfg.served_events.join(", ")),
                 ..Answer::new(489, "Bad Event")
             },
+            (m, _) if !cfg.served_methods.contains(m) => with_allow(405, "Method Not Allowed"),
             (Method::Register, _) => with_allow(405, "Method Not Allowed"),
             (_, ServiceType::Other) if *method != Method::Options => {
                 with_allow(405, "Method Not Allowed")
@@ -442,13 +442,16 @@ mod tests {
     use super::*;
     use crate::sip::parse;
 
+    /// The configuration of this phase: REGISTER, OPTIONS and MESSAGE served.
     fn cfg() -> ServiceConfig {
-        ServiceConfig::new("Example.com")
+        let mut c = ServiceConfig::new("Example.com")
             .with_storage("sip:storage@example.com;transport=tcp")
             .unwrap()
             .with_application("sip:weather@apps.example.com")
             .unwrap()
-            .with_interworking_domain("sms.example.com")
+            .with_interworking_domain("sms.example.com");
+        c.served_methods.push(Method::Message);
+        c
     }
 
     /// A request with the usual headers; `extra` are more header lines (each ending CRLF).
@@ -501,7 +504,7 @@ mod tests {
         let a = c.not_served(&cfg()).unwrap();
         assert_eq!(
             (a.status, a.allow.as_deref()),
-            (405, Some("REGISTER, OPTIONS"))
+            (405, Some("REGISTER, OPTIONS, MESSAGE"))
         );
     }
 
@@ -574,11 +577,12 @@ mod tests {
             service("INVITE", "sip:bob@example.com", true, tag),
             ServiceType::Session
         );
+        // INVITE is not served in this phase: 405, whatever the session would carry.
         assert_eq!(
             answer("INVITE", "sip:bob@example.com", false, tag)
                 .unwrap()
                 .0,
-            480
+            405
         );
     }
 
@@ -595,7 +599,7 @@ mod tests {
         assert!(!c.cpm_feature_tag);
         assert_eq!(
             answer("INVITE", "sip:bob@example.com", false, ""),
-            Some((480, "Temporarily Unavailable"))
+            Some((405, "Method Not Allowed"))
         );
         assert_eq!(
             answer("BYE", "sip:bob@example.com", true, "").unwrap().0,
@@ -645,7 +649,7 @@ mod tests {
             ServiceType::Conference
         );
         assert_eq!(
-            answer("INVITE", "sip:conf-factory@example.com", false, ""),
+            answer("MESSAGE", "sip:conf-factory@example.com", false, ""),
             Some((480, "Conferencing Unavailable"))
         );
         assert_eq!(
@@ -674,7 +678,7 @@ mod tests {
             ServiceType::Storage
         );
         assert_eq!(
-            answer("INVITE", "sip:storage@example.com", false, ""),
+            answer("MESSAGE", "sip:storage@example.com", false, ""),
             Some((480, "Network Storage Unavailable"))
         );
         // Without a storage URI configured nothing is storage.
@@ -701,7 +705,7 @@ mod tests {
             "user part is case-sensitive"
         );
         assert_eq!(
-            answer("INVITE", "sip:weather@apps.example.com", false, ""),
+            answer("MESSAGE", "sip:weather@apps.example.com", false, ""),
             Some((480, "Application Unavailable"))
         );
     }
@@ -793,7 +797,7 @@ mod tests {
         let a = c.not_served(&cfg()).unwrap();
         assert_eq!(
             (a.status, a.allow.as_deref()),
-            (200, Some("REGISTER, OPTIONS"))
+            (200, Some("REGISTER, OPTIONS, MESSAGE"))
         );
         // OPTIONS to a user, or to a foreign host, is not addressed to us.
         assert_eq!(

@@ -11,6 +11,10 @@
 //!   itself (RFC 3261 §19.1.4), and its address-of-record is canonical: it parses, and gives
 //!   itself back (the registrar's binding key must be stable).
 //!
+//! - a request that `validate_request` accepts has everything validation promises: a SIP or
+//!   tel Request-URI, To, From, Call-ID, every Via and a CSeq naming the request's method;
+//! - a refused parse that `reject_unparsable` still answers is a request, answered with 400.
+//!
 //! Every other typed accessor is called for its no-panic guarantee only.
 
 #![no_main]
@@ -18,18 +22,28 @@
 use bytes::Bytes;
 use cpm_engine::sip::hdr::{CSeq, NameAddr, Via};
 use cpm_engine::sip::uri::Uri;
+use cpm_engine::sip::validate::{reject_unparsable, validate_request, validate_response};
 use cpm_engine::sip::{self, HeaderName, Message};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let Ok(m) = sip::parse(Bytes::copy_from_slice(data)) else {
-        return;
+    let buf = Bytes::copy_from_slice(data);
+    let m = match sip::parse(buf.clone()) {
+        Ok(m) => m,
+        Err(e) => {
+            if let Some((head, rejection)) = reject_unparsable(&buf, e) {
+                assert!(head.is_request(), "answering a refused response");
+                assert_eq!(rejection.status, 400);
+            }
+            return;
+        }
     };
     round_trip(&m);
     body_matches_content_length(&m);
     start_line_accessors(&m);
     vias(&m);
     typed_headers(&m);
+    validation(&m);
 });
 
 fn round_trip(m: &Message) {
@@ -156,4 +170,30 @@ fn uri_properties(uri: &Uri) {
         Ok(again) => assert_eq!(again.aor(), Some(aor), "AOR not canonical: {uri:?}"),
         Err(e) => panic!("AOR {aor:?} of {uri:?} does not parse: {e}"),
     }
+}
+
+fn validation(m: &Message) {
+    if !m.is_request() {
+        let _ = validate_response(m);
+        return;
+    }
+    if validate_request(m).is_err() {
+        return;
+    }
+    let uri = m.request_uri().map(Uri::parse);
+    assert!(
+        matches!(uri, Some(Ok(Uri::Sip(_) | Uri::Tel(_)))),
+        "accepted Request-URI {uri:?}"
+    );
+    assert!(m.to().is_ok() && m.from().is_ok() && m.call_id().is_some());
+    assert!(
+        matches!(m.vias(), Ok(v) if !v.is_empty()),
+        "accepted without a valid Via"
+    );
+    let cseq = m.cseq().expect("accepted without a valid CSeq");
+    assert_eq!(
+        Some(&cseq.method),
+        m.method(),
+        "accepted with a CSeq method mismatch"
+    );
 }

@@ -4,14 +4,21 @@
 //! `cargo test -p cpm-perf --test torture_compare -- --ignored --nocapture`
 //!
 //! The vectors are read from `<workspace>/../shared/vectors/sip-torture` (or
-//! `$CPM_VECTORS/sip-torture`). Columns: `parse` is the structural parse; `hdrs` additionally
-//! decodes what any stack must read to process a request (every Via, From, To, CSeq, Call-ID,
-//! Max-Forwards, Contact) with each parser's typed headers.
+//! `$CPM_VECTORS/sip-torture`). Columns:
+//! - `ours parse`: `sip::parse` alone (structural);
+//! - `ours receive`: what our receive path does: `validate_request` / `validate_response` after
+//!   a parse, `reject_unparsable` after a failed one. engine/tests/torture.rs asserts that this
+//!   is what RFC 4475/5118 expect, so it is the reference column;
+//! - `ezk parse`: `ezk-sip-types` through [`cpm_perf::ezk::parse`];
+//! - `ezk + hdrs`: also decodes what any stack reads to process a message (every Via, From,
+//!   To, CSeq, Call-ID, Max-Forwards, Contact) with ezk's typed headers;
+//! - `agree`: whether ezk accepts exactly the messages the reference accepts.
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use cpm_engine::sip::validate::{reject_unparsable, validate_request, validate_response};
 use cpm_perf::ezk;
 use ezk_sip_types::header::typed::{CSeq, CallID, Contact, FromTo, MaxForwards, Via};
 use ezk_sip_types::Name;
@@ -92,6 +99,25 @@ fn ours(raw: &[u8]) -> (Verdict, Verdict) {
     (parse, hdrs)
 }
 
+/// Our receive path: "accept", the status a request is refused with, or "drop".
+fn receive(raw: &[u8]) -> String {
+    let buf = Bytes::copy_from_slice(raw);
+    match cpm_engine::sip::parse(buf.clone()) {
+        Ok(m) if m.is_request() => match validate_request(&m) {
+            Ok(()) => "accept".into(),
+            Err(r) => format!("{} {}", r.status, r.reason),
+        },
+        Ok(m) => match validate_response(&m) {
+            Ok(()) => "accept".into(),
+            Err(r) => format!("drop ({})", r.reason),
+        },
+        Err(e) => match reject_unparsable(&buf, e) {
+            Some((_, r)) => format!("{} {}", r.status, r.reason),
+            None => format!("drop ({})", e.reason()),
+        },
+    }
+}
+
 fn theirs(raw: &[u8]) -> (Verdict, Verdict) {
     let buf = Bytes::copy_from_slice(raw);
     let parse = guarded(|| {
@@ -124,21 +150,36 @@ fn theirs(raw: &[u8]) -> (Verdict, Verdict) {
 fn torture_compare() {
     let vectors = vectors();
     assert!(vectors.len() >= 60, "only {} vectors found", vectors.len());
-    println!("| vector | ours parse | ours hdrs | ezk parse | ezk hdrs |\n|---|---|---|---|---|");
+    println!("| vector | ours parse | ours receive | ezk parse | ezk + hdrs | agree |");
+    println!("|---|---|---|---|---|---|");
     let mut panics = Vec::new();
+    let (mut agree, mut ours_accepts, mut ezk_accepts) = (0, 0, 0);
     for (name, raw) in &vectors {
-        let (op, oh) = ours(raw);
+        let (op, _) = ours(raw);
+        let reference = match catch_unwind(|| receive(raw)) {
+            Ok(r) => r,
+            Err(_) => "PANIC".into(),
+        };
         let (ep, eh) = theirs(raw);
+        let same = (reference == "accept") == (eh == Verdict::Ok);
+        agree += usize::from(same);
+        ours_accepts += usize::from(reference == "accept");
+        ezk_accepts += usize::from(eh == Verdict::Ok);
         println!(
-            "| {name} | {} | {} | {} | {} |",
+            "| {name} | {} | {reference} | {} | {} | {} |",
             op.cell(),
-            oh.cell(),
             ep.cell(),
-            eh.cell()
+            eh.cell(),
+            if same { "yes" } else { "**no**" }
         );
-        if [&op, &oh].contains(&&Verdict::Panicked) {
+        if op == Verdict::Panicked || reference == "PANIC" {
             panics.push(name.clone());
         }
     }
+    println!(
+        "\n{} vectors: reference accepts {ours_accepts}, ezk accepts {ezk_accepts}, \
+         ezk agrees with the reference on {agree}",
+        vectors.len()
+    );
     assert!(panics.is_empty(), "our parser panicked on {panics:?}");
 }

@@ -26,7 +26,8 @@ over_udp_and_tcp!(
     unsupported_require_is_420,
     too_large_is_513,
     invite_is_405_with_allow,
-    subscribe_is_405_with_allow,
+    subscribe_is_489_bad_event,
+    refer_is_405_with_allow,
 );
 
 fn missing_call_id_is_400(t: Transport) {
@@ -168,7 +169,8 @@ fn invite_is_405_with_allow(t: Transport) {
     );
 }
 
-fn subscribe_is_405_with_allow(t: Transport) {
+/// No event package is served yet: RFC 6665 §8.3.2 answers an unknown package with 489.
+fn subscribe_is_489_bad_event(t: Transport) {
     let cpmd = Cpmd::spawn(&[]);
     let mut ua = Ua::new(t, cpmd.sip_addr());
     let req = ua
@@ -176,6 +178,22 @@ fn subscribe_is_405_with_allow(t: Transport) {
         .header("Event", "presence")
         .header("Contact", format!("<{}>", ua.contact_uri()));
     let resp = ua.request(&req);
+    assert_status(&resp, 489);
+}
+
+/// A known method not served in this phase: 405 with Allow (RFC 3261 §21.4.6).
+fn refer_is_405_with_allow(t: Transport) {
+    let cpmd = Cpmd::spawn(&[]);
+    let mut ua = Ua::new(t, cpmd.sip_addr());
+    let req = ua
+        .req("REFER", "sip:bob@localhost")
+        .header("Refer-To", "<sip:carol@localhost>")
+        .header("Contact", format!("<{}>", ua.contact_uri()));
+    let resp = ua.request(&req);
     assert_status(&resp, 405);
     assert!(lists(&resp, "Allow", "MESSAGE"), "Allow in:\n{resp}");
+    assert!(
+        !lists(&resp, "Allow", "REFER"),
+        "Allow lists the refused method:\n{resp}"
+    );
 }

@@ -157,6 +157,7 @@ pub fn connect_and_send(
         };
         let (conn, fut) = connection(stream, dest, registry, None, metrics, limits);
         let _ = conn.send(payload);
+        drop(conn);
         fut.await;
     });
 }
@@ -169,7 +170,8 @@ async fn serve(
     metrics: Arc<WorkerMetrics>,
     limits: TcpLimits,
 ) {
-    let (_conn, fut) = connection(stream, peer, registry, router, metrics, limits);
+    let (conn, fut) = connection(stream, peer, registry, router, metrics, limits);
+    drop(conn);
     fut.await;
 }
 
@@ -201,16 +203,24 @@ fn connection(
     metrics.tcp_connections.fetch_add(1, Relaxed);
     let router = router.or_else(|| LOCAL_ROUTER.with(|r| r.borrow().clone()));
     let conn2 = conn.clone();
+    let peer_for_log = peer;
     let fut = async move {
         let (rd, wr) = stream.into_split();
-        let writer = actix_rt::spawn(write_loop(wr, rx));
+        let mut writer = actix_rt::spawn(write_loop(wr, rx));
         if let Some(router) = router {
             read_loop(rd, &conn2, &router, &metrics, limits).await;
         }
         registry.remove(&conn2);
-        writer.abort();
+        // Let the writer flush what is queued (a last error response), then close.
+        drop(conn2);
+        if tokio::time::timeout(Duration::from_secs(1), &mut writer)
+            .await
+            .is_err()
+        {
+            writer.abort();
+        }
         metrics.tcp_connections.fetch_sub(1, Relaxed);
-        tracing::debug!(peer = %conn2.peer, "TCP connection closed");
+        tracing::debug!(peer = %peer_for_log, "TCP connection closed");
     };
     (conn, fut)
 }
@@ -271,7 +281,25 @@ async fn read_loop(
                 }
                 Ok(None) => break,
                 Err(FramingError::TooLarge) => {
-                    metrics.dropped(Drop::TooLarge);
+                    // RFC 3261 §21.4.11: answer 513 when the head can still be read, then close
+                    // (the rest of the oversized message cannot be skipped reliably).
+                    let head =
+                        cpm_engine::sip::message::parse_head(framer.buffer_mut().split().freeze());
+                    match head {
+                        Ok(req)
+                            if req.is_request()
+                                && req.method() != Some(&cpm_engine::sip::Method::Ack) =>
+                        {
+                            let resp = cpm_engine::sip::builder::local_response(
+                                &req,
+                                513,
+                                "Message Too Large",
+                            );
+                            metrics.response_sent(513);
+                            let _ = conn.send(resp.to_bytes());
+                        }
+                        _ => metrics.dropped(Drop::TooLarge),
+                    }
                     tracing::debug!(peer = %conn.peer, "message too large on TCP; closing");
                     return;
                 }

@@ -22,6 +22,30 @@ pub fn response_to(req: &Message, code: u16, reason: &str) -> Message {
     response_to_with_tag(req, code, reason, None)
 }
 
+/// A response the server generates itself, acting as a UAS (RFC 3261 §8.2.6.2): like
+/// [`response_to`], with a To tag above 100 when the request had none. The tag is derived from
+/// the request (its Call-ID, From tag and top Via branch), so a retransmitted request that is
+/// answered again, statelessly or not, gets the same tag, as Kamailio's `sl` does; the
+/// client's random branch gives it the uniqueness of §19.3.
+pub fn local_response(req: &Message, code: u16, reason: &str) -> Message {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut feed = |b: &[u8]| {
+        for &c in b {
+            h ^= u64::from(c);
+            h = h.wrapping_mul(0x0100_0000_01b3);
+        }
+        h ^= 0xff;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    };
+    for name in [HeaderName::CallId, HeaderName::From, HeaderName::Via] {
+        if let Some(v) = req.headers.get(&name) {
+            feed(v);
+        }
+    }
+    let tag = format!("{h:016x}");
+    response_to_with_tag(req, code, reason, Some(&tag))
+}
+
 /// Like [`response_to`], and for a status above 100 adds `;tag=<to_tag>` to To when To has no
 /// tag yet (§8.2.6.2); an existing tag is never touched.
 pub fn response_to_with_tag(
@@ -275,6 +299,24 @@ fn put_hex(out: &mut BytesMut, v: u64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_response_tags_deterministically() {
+        let req = crate::sip::parse(Bytes::from_static(
+            b"OPTIONS sip:x@y SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:a@b>;tag=f\r\nTo: <sip:x@y>\r\nCall-ID: c\r\nCSeq: 1 OPTIONS\r\n\r\n",
+        ))
+        .unwrap();
+        let a = local_response(&req, 404, "Not Found");
+        let b = local_response(&req, 404, "Not Found");
+        let ta = tag_of(a.headers.get(&HeaderName::To).unwrap()).unwrap();
+        assert_eq!(
+            Some(ta.clone()),
+            tag_of(b.headers.get(&HeaderName::To).unwrap())
+        );
+        assert_eq!(ta.len(), 16);
+        let trying = local_response(&req, 100, "Trying");
+        assert!(tag_of(trying.headers.get(&HeaderName::To).unwrap()).is_none());
+    }
     use crate::sip::parse;
     use std::collections::HashSet;
 

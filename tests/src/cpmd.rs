@@ -83,6 +83,7 @@ pub struct CpmdBuilder {
     dir: TempDir,
     args: Vec<String>,
     wrapper: Vec<String>,
+    retry_bind: bool,
 }
 
 impl CpmdBuilder {
@@ -136,7 +137,60 @@ impl CpmdBuilder {
         argv.extend(self.args.iter().cloned());
 
         let log_path = self.dir.path().join("cpmd.log");
-        let log = std::fs::File::create(&log_path).expect("create cpmd log");
+        let port_zero = argv
+            .windows(2)
+            .any(|w| w[0] == "--sip-listen" && w[1].ends_with(":0"));
+        let mut attempt = 1;
+        loop {
+            let mut child = self.launch(&argv, &log_path);
+            match wait_ready(&mut child, &log_path) {
+                Ok((sip, http)) => {
+                    return Cpmd {
+                        child,
+                        sip,
+                        http,
+                        log_path,
+                        status: None,
+                        dir: self.dir,
+                        argv,
+                    }
+                }
+                Err(Startup::Exited(status, log))
+                    if self.retry_bind
+                        && port_zero
+                        && attempt < 5
+                        && log.contains("Address already in use") =>
+                {
+                    eprintln!(
+                        "[cpm-tests] WARNING: cpmd lost the port-0 race ({status}), retrying: {}",
+                        log.trim()
+                    );
+                    attempt += 1;
+                }
+                Err(Startup::Exited(status, log)) => {
+                    panic!("cpmd {argv:?} exited before ready ({status}); log:\n{log}")
+                }
+                Err(Startup::Silent(log)) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "cpmd {argv:?} printed no ready line within {READY_TIMEOUT:?}; log:\n{log}"
+                    )
+                }
+            }
+        }
+    }
+
+    /// cpmd fails its start instead of being restarted when its UDP port 0 pick is taken on
+    /// TCP (by default the harness retries up to 5 times, with a warning).
+    pub fn strict_bind(mut self) -> CpmdBuilder {
+        self.retry_bind = false;
+        self
+    }
+
+    /// Starts the process with stdout and stderr appended to a fresh log file.
+    fn launch(&self, argv: &[String], log_path: &Path) -> Child {
+        let log = std::fs::File::create(log_path).expect("create cpmd log");
         let bin = cpmd_bin();
         let mut cmd = match self.wrapper.split_first() {
             Some((first, rest)) => {
@@ -146,25 +200,46 @@ impl CpmdBuilder {
             }
             None => Command::new(&bin),
         };
-        cmd.args(&argv)
+        cmd.args(argv)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
             .stderr(log);
-        let child = cmd
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-        let mut cpmd = Cpmd {
-            child,
-            sip: SocketAddr::from(([0, 0, 0, 0], 0)),
-            http: SocketAddr::from(([0, 0, 0, 0], 0)),
-            log_path,
-            status: None,
-            dir: self.dir,
-            argv,
-        };
-        cpmd.await_ready();
-        cpmd
+        cmd.spawn()
+            .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()))
     }
+}
+
+/// Why cpmd did not become ready.
+enum Startup {
+    /// It exited, with this log.
+    Exited(ExitStatus, String),
+    /// It printed no ready line within [`READY_TIMEOUT`].
+    Silent(String),
+}
+
+/// Waits for `cpmd ready sip=IP:PORT http=IP:PORT` in the log.
+fn wait_ready(child: &mut Child, log_path: &Path) -> Result<(SocketAddr, SocketAddr), Startup> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    loop {
+        let log = read_log(log_path);
+        if let Some(addrs) = log.lines().find_map(parse_ready_line) {
+            return Ok(addrs);
+        }
+        if let Some(status) = child.try_wait().expect("try_wait cpmd") {
+            return Err(Startup::Exited(status, read_log(log_path)));
+        }
+        if Instant::now() >= deadline {
+            return Err(Startup::Silent(log));
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A log file's text (empty if unreadable).
+fn read_log(path: &Path) -> String {
+    std::fs::read(path)
+        .map(|b| String::from_utf8_lossy(&b).into_owned())
+        .unwrap_or_default()
 }
 
 /// A running cpmd process; killed (SIGKILL) on drop if still running. Its stdout and stderr go
@@ -194,32 +269,7 @@ impl Cpmd {
             dir: TempDir::new(),
             args: Vec::new(),
             wrapper: Vec::new(),
-        }
-    }
-
-    /// Waits for `cpmd ready sip=IP:PORT http=IP:PORT` in the log.
-    fn await_ready(&mut self) {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            let log = self.log();
-            if let Some((sip, http)) = log.lines().find_map(parse_ready_line) {
-                self.sip = sip;
-                self.http = http;
-                return;
-            }
-            if let Some(status) = self.try_status() {
-                panic!(
-                    "cpmd {:?} exited before ready ({status}); log:\n{log}",
-                    self.argv
-                );
-            }
-            if Instant::now() >= deadline {
-                panic!(
-                    "cpmd {:?} printed no ready line within {READY_TIMEOUT:?}; log:\n{log}",
-                    self.argv
-                );
-            }
-            thread::sleep(Duration::from_millis(20));
+            retry_bind: true,
         }
     }
 
@@ -245,9 +295,7 @@ impl Cpmd {
 
     /// Everything cpmd wrote to stdout and stderr so far.
     pub fn log(&self) -> String {
-        std::fs::read(&self.log_path)
-            .map(|b| String::from_utf8_lossy(&b).into_owned())
-            .unwrap_or_default()
+        read_log(&self.log_path)
     }
 
     /// `GET path` on the management listener.

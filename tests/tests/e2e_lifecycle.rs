@@ -1,7 +1,7 @@
 //! The daemon as a process: management endpoints, garbage on the wire, an injected worker
 //! panic, and graceful shutdown on SIGTERM/SIGINT.
 
-use std::net::UdpSocket;
+use std::net::{TcpListener, UdpSocket};
 use std::time::Duration;
 
 use cpm_tests::http::has_family;
@@ -213,4 +213,22 @@ fn graceful_shutdown_finishes_in_flight_transactions() {
     assert_status(&resp, 200);
     let status = cpmd.wait_exit(Duration::from_secs(10));
     assert_eq!(status.code(), Some(0), "exit status {status}");
+}
+
+/// `--sip-listen 127.0.0.1:0` picks a port free for both UDP and TCP: with many TCP ports
+/// taken, cpmd starts every time (the harness's retry of a lost bind race is off here).
+#[test]
+fn port_zero_picks_a_port_free_on_udp_and_tcp() {
+    let held: Vec<TcpListener> = (0..5000)
+        .map_while(|_| TcpListener::bind("127.0.0.1:0").ok())
+        .collect();
+    assert!(
+        held.len() >= 1000,
+        "could hold only {} TCP ports",
+        held.len()
+    );
+    for _ in 0..12 {
+        let cpmd = Cpmd::builder().strict_bind().spawn();
+        answers_options(&cpmd, Transport::Tcp);
+    }
 }

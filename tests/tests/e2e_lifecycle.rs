@@ -219,7 +219,7 @@ fn graceful_shutdown_finishes_in_flight_transactions() {
 /// taken, cpmd starts every time (the harness's retry of a lost bind race is off here).
 #[test]
 fn port_zero_picks_a_port_free_on_udp_and_tcp() {
-    let held: Vec<TcpListener> = (0..5000)
+    let held: Vec<TcpListener> = (0..8000)
         .map_while(|_| TcpListener::bind("127.0.0.1:0").ok())
         .collect();
     assert!(
@@ -227,7 +227,7 @@ fn port_zero_picks_a_port_free_on_udp_and_tcp() {
         "could hold only {} TCP ports",
         held.len()
     );
-    for _ in 0..12 {
+    for _ in 0..15 {
         let cpmd = Cpmd::builder().strict_bind().spawn();
         answers_options(&cpmd, Transport::Tcp);
     }

@@ -66,11 +66,13 @@ impl Peer {
 
 #[test]
 fn a_panicking_worker_is_restarted_and_the_other_worker_goes_on() {
-    let mut config = Config::default();
-    config.sip_listen = "127.0.0.1:0".parse().unwrap();
-    config.http_listen = "127.0.0.1:0".parse().unwrap();
-    config.workers = 2;
-    config.test_hooks = true;
+    let config = Config {
+        sip_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        workers: 2,
+        test_hooks: true,
+        ..Config::default()
+    };
     let engine = Engine::start(config).expect("engine starts");
     let server = engine.sip_addr();
 

@@ -110,6 +110,27 @@ impl std::fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
+/// Every option name, as a flag without `--`.
+const KEYS: &[&str] = &[
+    "sip-listen",
+    "domain",
+    "data-dir",
+    "http-listen",
+    "workers",
+    "pin-workers",
+    "log",
+    "users-file",
+    "realm",
+    "max-message-size",
+    "tcp-idle-timeout",
+    "min-expires",
+    "max-expires",
+    "default-expires",
+    "max-contacts-per-aor",
+    "shutdown-grace",
+    "test-hooks",
+];
+
 /// The `--help` text.
 pub const USAGE: &str = "\
 cpmd: the cpm-engine CPM server
@@ -152,6 +173,10 @@ impl Config {
             let Some(flag) = arg.strip_prefix("--") else {
                 return Err(ConfigError::UnknownFlag(arg));
             };
+            let name = flag.split_once('=').map_or(flag, |(k, _)| k);
+            if name != "config" && !KEYS.contains(&name.replace('_', "-").as_str()) {
+                return Err(ConfigError::UnknownFlag(format!("--{name}")));
+            }
             let (key, value) = match flag.split_once('=') {
                 Some((k, v)) => (k.to_string(), v.to_string()),
                 None => {
@@ -286,6 +311,18 @@ mod tests {
     fn errors_are_clear() {
         let e = Config::from_args(args("--bogus 1")).unwrap_err();
         assert_eq!(e.to_string(), "unknown option --bogus (see --help)");
+        let e = Config::from_args(args("--bogus")).unwrap_err();
+        assert_eq!(e.to_string(), "unknown option --bogus (see --help)");
+        for k in KEYS {
+            let mut c = Config::default();
+            let v = match *k {
+                "sip-listen" | "http-listen" => "127.0.0.1:1",
+                "pin-workers" | "test-hooks" => "false",
+                "domain" | "data-dir" | "log" | "users-file" | "realm" => "x",
+                _ => "7",
+            };
+            c.set(k, v).unwrap_or_else(|e| panic!("{k}: {e}"));
+        }
         let e = Config::from_args(args("--workers")).unwrap_err();
         assert!(e.to_string().contains("needs a value"));
         let e = Config::from_args(args("--workers many")).unwrap_err();

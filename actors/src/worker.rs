@@ -297,8 +297,12 @@ impl Handler<StartIo> for Worker {
             return;
         };
         let Some(out) = self.out.clone() else { return };
-        tcp::set_local_router(msg.router.clone());
         let cfg = &self.shared.config;
+        let limits = tcp::TcpLimits {
+            max_message_size: cfg.max_message_size,
+            idle_timeout: cfg.tcp_idle(),
+        };
+        tcp::set_local(msg.router.clone(), limits);
         actix_rt::spawn(udp::recv_loop(
             out.udp.clone(),
             msg.router.clone(),
@@ -307,10 +311,6 @@ impl Handler<StartIo> for Worker {
         ));
         match tokio::net::TcpListener::from_std(tcp_sock) {
             Ok(listener) => {
-                let limits = tcp::TcpLimits {
-                    max_message_size: cfg.max_message_size,
-                    idle_timeout: cfg.tcp_idle(),
-                };
                 actix_rt::spawn(tcp::accept_loop(
                     listener,
                     out.tcp.clone(),

@@ -151,10 +151,9 @@ pub fn connect_and_send(
                 }
             };
         let _ = stream.set_nodelay(true);
-        let limits = TcpLimits {
-            max_message_size: 65_535,
-            idle_timeout: Duration::from_secs(300),
-        };
+        let limits = LOCAL
+            .with(|l| l.borrow().as_ref().map(|(_, lim)| *lim))
+            .unwrap_or(DEFAULT_LIMITS);
         let (conn, fut) = connection(stream, dest, registry, None, metrics, limits);
         let _ = conn.send(payload);
         drop(conn);
@@ -175,14 +174,21 @@ async fn serve(
     fut.await;
 }
 
+/// Limits for connections opened before the worker told us its configuration (never in
+/// practice: `set_local` runs when the worker starts its I/O).
+const DEFAULT_LIMITS: TcpLimits = TcpLimits {
+    max_message_size: 65_535,
+    idle_timeout: Duration::from_secs(300),
+};
+
 thread_local! {
-    /// The router of the current worker, for connections this worker opened itself.
-    static LOCAL_ROUTER: std::cell::RefCell<Option<Router>> = const { std::cell::RefCell::new(None) };
+    /// The router and limits of the current worker, for connections it opens itself.
+    static LOCAL: std::cell::RefCell<Option<(Router, TcpLimits)>> = const { std::cell::RefCell::new(None) };
 }
 
-/// Remembers the router on this worker thread (set once when the worker starts).
-pub fn set_local_router(router: Router) {
-    LOCAL_ROUTER.with(|r| *r.borrow_mut() = Some(router));
+/// Remembers the router and limits on this worker thread (set once when the worker starts).
+pub fn set_local(router: Router, limits: TcpLimits) {
+    LOCAL.with(|l| *l.borrow_mut() = Some((router, limits)));
 }
 
 fn connection(
@@ -201,7 +207,7 @@ fn connection(
     };
     registry.insert(conn.clone());
     metrics.tcp_connections.fetch_add(1, Relaxed);
-    let router = router.or_else(|| LOCAL_ROUTER.with(|r| r.borrow().clone()));
+    let router = router.or_else(|| LOCAL.with(|l| l.borrow().as_ref().map(|(r, _)| r.clone())));
     let conn2 = conn.clone();
     let peer_for_log = peer;
     let fut = async move {

@@ -10,6 +10,15 @@
 //! - [`netns`] runs commands inside a private network namespace, [`sipp`] runs SIPp scenarios.
 //!
 //! Every wait is bounded; everything listens on 127.0.0.1 only.
+//!
+//! ```text
+//! cargo test -p cpm-tests                          # e2e tests: cpmd on free loopback ports
+//! cargo test -p cpm-tests -- --include-ignored     # + SIPp interop, torture vectors in a netns (root)
+//! ```
+//!
+//! The tests run `target/<profile>/cpmd`, brought up to date once per test binary with
+//! `cargo build -p cpm-actors --bin cpmd`; `CPMD_BIN` names another binary. The torture vectors
+//! come from `<workspace>/../shared/vectors/sip-torture` or `CPM_VECTORS`.
 
 pub mod check;
 pub mod cpmd;

@@ -35,6 +35,10 @@ fn missing_call_id_is_400(t: Transport) {
     let mut ua = Ua::new(t, cpmd.sip_addr());
     let req = ua.req("OPTIONS", "sip:localhost").remove("Call-ID");
     assert_bad_request(&ua.request(&req), "Call-ID");
+    // A request refused for its syntax counts as a parse error.
+    cpmd.wait_metric("cpm_sip_parse_errors_total", Duration::from_secs(2), |v| {
+        v >= 1.0
+    });
 }
 
 /// RFC 3261 §8.1.1.5: the CSeq method must match the request's.

@@ -68,6 +68,7 @@ fn garbage_datagrams_are_dropped_and_counted() {
     let cpmd = Cpmd::spawn(&[]);
     let unparsable_before = cpmd.metric("cpm_sip_dropped_total{reason=\"unparsable\"}");
     let dropped_before = cpmd.metric("cpm_sip_dropped_total");
+    let parse_errors_before = cpmd.metric("cpm_sip_parse_errors_total");
     let s = UdpSocket::bind("127.0.0.1:0").unwrap();
     let random: Vec<u8> = (0..1200u32)
         .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
@@ -102,6 +103,9 @@ fn garbage_datagrams_are_dropped_and_counted() {
     );
     cpmd.wait_metric("cpm_sip_dropped_total", Duration::from_secs(2), |v| {
         v >= dropped_before + 5.0
+    });
+    cpmd.wait_metric("cpm_sip_parse_errors_total", Duration::from_secs(2), |v| {
+        v >= parse_errors_before + 4.0
     });
     answers_options(&cpmd, Transport::Udp);
     answers_options(&cpmd, Transport::Tcp);

@@ -69,15 +69,7 @@ impl Engine {
     pub fn start(config: Config) -> Result<EngineHandle, StartError> {
         let n = config.worker_count();
         let bind_err = |what, addr, error| StartError::Bind { what, addr, error };
-        let udp_socks = udp::bind_reuseport(config.sip_listen, n)
-            .map_err(|e| bind_err("SIP UDP", config.sip_listen, e))?;
-        let sip_addr = udp_socks[0]
-            .local_addr()
-            .map_err(|e| bind_err("SIP UDP", config.sip_listen, e))?;
-        let tcp_socks = (0..n)
-            .map(|_| tcp::bind_reuseport(sip_addr))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| bind_err("SIP TCP", sip_addr, e))?;
+        let (udp_socks, tcp_socks, sip_addr) = bind_sip(config.sip_listen, n)?;
         let mut config = config;
         config.sip_listen = sip_addr;
         let pin = config.pin_workers;
@@ -162,6 +154,42 @@ impl Engine {
         tracing::info!(sip = %sip_addr, http = %http_addr, workers = n, "cpmd started");
         Ok(handle)
     }
+}
+
+/// Port 0 asks for any free port: UDP picks one, and TCP must get the same number; when that
+/// number is taken on TCP, try another (a bounded number of times).
+const PORT_ZERO_ATTEMPTS: usize = 32;
+
+type SipSockets = (
+    Vec<std::net::UdpSocket>,
+    Vec<std::net::TcpListener>,
+    SocketAddr,
+);
+
+/// Binds the SIP UDP sockets and TCP listeners (one of each per worker) on one address.
+fn bind_sip(listen: SocketAddr, n: usize) -> Result<SipSockets, StartError> {
+    let bind_err = |what, addr, error| StartError::Bind { what, addr, error };
+    let attempts = if listen.port() == 0 {
+        PORT_ZERO_ATTEMPTS
+    } else {
+        1
+    };
+    let mut last = None;
+    for _ in 0..attempts {
+        let udp_socks =
+            udp::bind_reuseport(listen, n).map_err(|e| bind_err("SIP UDP", listen, e))?;
+        let sip_addr = udp_socks[0]
+            .local_addr()
+            .map_err(|e| bind_err("SIP UDP", listen, e))?;
+        match (0..n)
+            .map(|_| tcp::bind_reuseport(sip_addr))
+            .collect::<Result<Vec<_>, _>>()
+        {
+            Ok(tcp_socks) => return Ok((udp_socks, tcp_socks, sip_addr)),
+            Err(e) => last = Some(bind_err("SIP TCP", sip_addr, e)),
+        }
+    }
+    Err(last.unwrap_or_else(|| StartError::Runtime("no SIP port".into())))
 }
 
 impl EngineHandle {

@@ -130,6 +130,23 @@ impl Services {
         }
         let class = service::classify(&req, &self.svc);
         tracing::debug!(service = ?class.service, "classified");
+        // RFC 3261 §16.3 step 2: a request for someone else (not the registrar, not an OPTIONS
+        // to the server itself) with Max-Forwards 0 goes no further (RFC 4475 §3.3.11, zeromf).
+        let for_us = matches!(
+            class.service,
+            ServiceType::Registration | ServiceType::Options
+        );
+        if !for_us
+            && req.max_forwards().ok().flatten() == Some(0)
+            && req.method() != Some(&Method::Ack)
+        {
+            return self.respond(
+                id,
+                builder::local_response(&req, 483, "Too Many Hops"),
+                now,
+                txn,
+            );
+        }
         match class.service {
             ServiceType::Registration => self.register(id, req, source, transport, now, txn),
             ServiceType::Options => {

@@ -18,7 +18,7 @@
 //! [`actix::Supervisor`] if a handler panics, and the other workers go on.
 //!
 //! ## Embedding
-//! ```no_run
+//! ```
 //! use cpm_actors::{Config, Engine};
 //! use std::time::Duration;
 //!

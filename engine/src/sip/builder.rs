@@ -13,6 +13,7 @@ use super::hdr::via::MAGIC_COOKIE;
 use super::hdr::{Params, Via};
 use super::message::{is_ws, split_list, trim};
 use super::{HeaderName, Headers, Message, Method, StartLine};
+use crate::hash::{fnv1a_extend, FNV1A_OFFSET};
 
 const SIP_2_0: Bytes = Bytes::from_static(b"SIP/2.0");
 
@@ -28,18 +29,11 @@ pub fn response_to(req: &Message, code: u16, reason: &str) -> Message {
 /// answered again, statelessly or not, gets the same tag, as Kamailio's `sl` does; the
 /// client's random branch gives it the uniqueness of §19.3.
 pub fn local_response(req: &Message, code: u16, reason: &str) -> Message {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |b: &[u8]| {
-        for &c in b {
-            h ^= u64::from(c);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    };
+    // Each value is followed by 0xff (never a byte of a header value) as a separator.
+    let mut h = FNV1A_OFFSET;
     for name in [HeaderName::CallId, HeaderName::From, HeaderName::Via] {
         if let Some(v) = req.headers.get(&name) {
-            feed(v);
+            h = fnv1a_extend(fnv1a_extend(h, v), &[0xff]);
         }
     }
     let tag = format!("{h:016x}");

@@ -11,7 +11,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::hdr::via::MAGIC_COOKIE;
 use super::hdr::{Params, Via};
-use super::message::{is_ws, split_list, trim};
+use super::message::{is_ws, split_list, trim, Unquoted};
 use super::{HeaderName, Headers, Message, Method, StartLine};
 use crate::hash::{fnv1a_extend, FNV1A_OFFSET};
 
@@ -172,25 +172,12 @@ pub fn tag_of(value: &Bytes) -> Option<Bytes> {
 }
 
 fn params_start(v: &[u8]) -> Option<usize> {
-    let mut in_quote = false;
-    let mut i = 0;
-    while i < v.len() {
-        let c = v[i];
-        if in_quote {
-            if c == b'\\' {
-                i += 1;
-            } else if c == b'"' {
-                in_quote = false;
-            }
-        } else if c == b'"' {
-            in_quote = true;
-        } else if c == b'<' {
-            let close = v[i..].iter().position(|&c| c == b'>')? + i;
-            return Some(close + 1);
-        }
-        i += 1;
+    let mut scan = Unquoted::new(v, b'<', false);
+    if let Some(lt) = scan.next() {
+        let close = v[lt..].iter().position(|&c| c == b'>')? + lt;
+        return Some(close + 1);
     }
-    if in_quote {
+    if scan.in_quote() {
         return None;
     }
     // addr-spec form: a URI with `;` must be in `<>`, so the first `;` starts the header params.

@@ -18,6 +18,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod hash;
 pub mod registrar;
 pub mod service;
 pub mod sip;

@@ -11,8 +11,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use super::hdr::via::MAGIC_COOKIE;
 use super::hdr::{Params, Via};
-use super::message::{is_ws, split_list, trim};
+use super::message::{is_ws, split_list, trim, Unquoted};
 use super::{HeaderName, Headers, Message, Method, StartLine};
+use crate::hash::{fnv1a_extend, FNV1A_OFFSET};
 
 const SIP_2_0: Bytes = Bytes::from_static(b"SIP/2.0");
 
@@ -28,18 +29,11 @@ pub fn response_to(req: &Message, code: u16, reason: &str) -> Message {
 /// answered again, statelessly or not, gets the same tag, as Kamailio's `sl` does; the
 /// client's random branch gives it the uniqueness of §19.3.
 pub fn local_response(req: &Message, code: u16, reason: &str) -> Message {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut feed = |b: &[u8]| {
-        for &c in b {
-            h ^= u64::from(c);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
-        h ^= 0xff;
-        h = h.wrapping_mul(0x0100_0000_01b3);
-    };
+    // Each value is followed by 0xff (never a byte of a header value) as a separator.
+    let mut h = FNV1A_OFFSET;
     for name in [HeaderName::CallId, HeaderName::From, HeaderName::Via] {
         if let Some(v) = req.headers.get(&name) {
-            feed(v);
+            h = fnv1a_extend(fnv1a_extend(h, v), &[0xff]);
         }
     }
     let tag = format!("{h:016x}");
@@ -178,25 +172,12 @@ pub fn tag_of(value: &Bytes) -> Option<Bytes> {
 }
 
 fn params_start(v: &[u8]) -> Option<usize> {
-    let mut in_quote = false;
-    let mut i = 0;
-    while i < v.len() {
-        let c = v[i];
-        if in_quote {
-            if c == b'\\' {
-                i += 1;
-            } else if c == b'"' {
-                in_quote = false;
-            }
-        } else if c == b'"' {
-            in_quote = true;
-        } else if c == b'<' {
-            let close = v[i..].iter().position(|&c| c == b'>')? + i;
-            return Some(close + 1);
-        }
-        i += 1;
+    let mut scan = Unquoted::new(v, b'<', false);
+    if let Some(lt) = scan.next() {
+        let close = v[lt..].iter().position(|&c| c == b'>')? + lt;
+        return Some(close + 1);
     }
-    if in_quote {
+    if scan.in_quote() {
         return None;
     }
     // addr-spec form: a URI with `;` must be in `<>`, so the first `;` starts the header params.

@@ -1233,6 +1233,7 @@ mod tests {
             [Algorithm::Sha256, Algorithm::Md5]
         );
         let pw = UserSecret::Password("pw".into());
+        let nope = UserSecret::Password("nope".into());
         for ch in &chs {
             // Over the wire and back.
             let ch = Challenge::parse(ch.to_string().as_bytes()).unwrap();
@@ -1244,12 +1245,7 @@ mod tests {
                 Verdict::Bad(BadReason::WrongResponse)
             );
             assert_eq!(
-                s.verify(
-                    &c,
-                    "REGISTER",
-                    &UserSecret::Password("nope".into()),
-                    t0 + 10
-                ),
+                s.verify(&c, "REGISTER", &nope, t0 + 10),
                 Verdict::Bad(BadReason::WrongResponse)
             );
             assert_eq!(s.verify(&c, "REGISTER", &pw, t0 + 301), Verdict::Stale);
@@ -1259,12 +1255,7 @@ mod tests {
             );
             // A stale nonce with a wrong password is Bad, not Stale.
             assert_eq!(
-                s.verify(
-                    &c,
-                    "REGISTER",
-                    &UserSecret::Password("nope".into()),
-                    t0 + 301
-                ),
+                s.verify(&c, "REGISTER", &nope, t0 + 301),
                 Verdict::Bad(BadReason::WrongResponse)
             );
         }

@@ -277,33 +277,80 @@ impl<'a> IntoIterator for &'a Headers {
 pub(crate) fn split_list(v: &Bytes) -> Vec<Bytes> {
     let mut out = Vec::new();
     let mut start = 0;
-    let mut in_quote = false;
-    let mut in_angle = false;
-    let mut i = 0;
-    while i < v.len() {
-        let c = v[i];
-        if in_quote {
-            if c == b'\\' {
-                i += 1;
-            } else if c == b'"' {
-                in_quote = false;
-            }
-        } else {
-            match c {
-                b'"' => in_quote = true,
-                b'<' => in_angle = true,
-                b'>' => in_angle = false,
-                b',' if !in_angle => {
-                    push_trimmed(&mut out, v, start, i);
-                    start = i + 1;
-                }
-                _ => {}
-            }
-        }
-        i += 1;
+    for i in Unquoted::new(v, b',', true) {
+        push_trimmed(&mut out, v, start, i);
+        start = i + 1;
     }
     push_trimmed(&mut out, v, start, v.len());
     out
+}
+
+/// The indices of the `byte`s in a header value that stand outside quoted strings
+/// (RFC 3261 §25.1 `quoted-string`, `\` escaping the next byte) and, with `angles`, outside
+/// `<...>` (a bracketed URI, §20.10). Lenient: an unterminated quote runs to the end.
+pub(crate) struct Unquoted<'a> {
+    v: &'a [u8],
+    byte: u8,
+    angles: bool,
+    i: usize,
+    in_quote: bool,
+    in_angle: bool,
+}
+
+impl<'a> Unquoted<'a> {
+    /// Scans `v` from its start for `byte`.
+    pub(crate) fn new(v: &'a [u8], byte: u8, angles: bool) -> Self {
+        Unquoted {
+            v,
+            byte,
+            angles,
+            i: 0,
+            in_quote: false,
+            in_angle: false,
+        }
+    }
+
+    /// Whether the scan so far ended inside a quoted string (at the end: one was left open).
+    pub(crate) fn in_quote(&self) -> bool {
+        self.in_quote
+    }
+}
+
+impl Iterator for Unquoted<'_> {
+    type Item = usize;
+
+    fn next(&mut self) -> Option<usize> {
+        let (byte, angles) = (self.byte, self.angles);
+        loop {
+            let rest = self.v.get(self.i..)?;
+            // Jump to the next byte that changes the state or is the one sought.
+            let skip = if self.in_quote {
+                rest.iter().position(|&c| c == b'"' || c == b'\\')
+            } else {
+                rest.iter()
+                    .position(|&c| c == byte || c == b'"' || (angles && (c == b'<' || c == b'>')))
+            };
+            let Some((i, &c)) = skip.and_then(|k| Some((self.i + k, rest.get(k)?))) else {
+                self.i = self.v.len();
+                return None;
+            };
+            self.i = i + 1;
+            if self.in_quote {
+                match c {
+                    b'\\' => self.i += 1,
+                    _ => self.in_quote = false,
+                }
+            } else {
+                match c {
+                    b'"' => self.in_quote = true,
+                    b'<' if angles => self.in_angle = true,
+                    b'>' if angles => self.in_angle = false,
+                    _ if !self.in_angle => return Some(i),
+                    _ => {}
+                }
+            }
+        }
+    }
 }
 
 fn push_trimmed(out: &mut Vec<Bytes>, v: &Bytes, mut s: usize, mut e: usize) {
@@ -865,6 +912,18 @@ v=0\n";
         let parts = split_list(&v);
         assert_eq!(parts.len(), 2);
         assert_eq!(&parts[1][..], b"<sip:c@d>");
+    }
+
+    #[test]
+    fn unquoted_skips_quotes_escapes_and_brackets() {
+        let v = br#"a;"x;\";y";<sip:b;c>;d"#;
+        let all: Vec<_> = Unquoted::new(v, b';', false).collect();
+        assert_eq!(all, [1, 10, 17, 20]);
+        let outside: Vec<_> = Unquoted::new(v, b';', true).collect();
+        assert_eq!(outside, [1, 10, 20]);
+        let mut open = Unquoted::new(b"x \"a;b", b';', false);
+        assert_eq!(open.next(), None);
+        assert!(open.in_quote());
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::fmt;
 use bytes::Bytes;
 
 use super::HeaderError;
-use crate::sip::message::{is_token_char, is_ws, trim};
+use crate::sip::message::{is_token_char, is_ws, trim, Unquoted};
 
 /// A parameter list: names and optional values, slices of the header value, in order.
 /// Lookups are case-insensitive on the name.
@@ -162,33 +162,20 @@ impl fmt::Display for Params {
 
 /// (start, end) of each `;`-separated piece, ignoring `;` inside quoted strings.
 fn split_params(raw: &[u8]) -> impl Iterator<Item = (usize, usize)> + '_ {
-    let mut pos = 0;
+    let mut semis = Unquoted::new(raw, b';', false);
+    let mut start = 0;
     let mut done = raw.is_empty();
     std::iter::from_fn(move || {
         if done {
             return None;
         }
-        let start = pos;
-        let mut in_quote = false;
-        let mut i = start;
-        while i < raw.len() {
-            let c = raw[i];
-            if in_quote {
-                if c == b'\\' {
-                    i += 1;
-                } else if c == b'"' {
-                    in_quote = false;
-                }
-            } else if c == b'"' {
-                in_quote = true;
-            } else if c == b';' {
-                pos = i + 1;
-                return Some((start, i));
-            }
-            i += 1;
-        }
-        done = true;
-        Some((start, raw.len()))
+        let s = start;
+        let e = semis.next().unwrap_or_else(|| {
+            done = true;
+            raw.len()
+        });
+        start = e + 1;
+        Some((s, e))
     })
 }
 

@@ -144,11 +144,7 @@ impl InviteClient {
                 }
             }
             (Accepted, 200..=299) => Actions::to_tu(),
-            (Completed, 300..) => Actions {
-                send: self.ack.clone(),
-                retransmission: true,
-                ..Actions::default()
-            },
+            (Completed, 300..) => Actions::resend(self.ack.clone()),
             _ => Actions::default(),
         }
     }
@@ -167,10 +163,7 @@ impl InviteClient {
                 }
                 (Timer::B, Calling) => {
                     self.terminate();
-                    return Actions {
-                        failed: Some(Failure::Timeout),
-                        ..Actions::default()
-                    };
+                    return Actions::failed(Failure::Timeout);
                 }
                 (Timer::D, Completed) | (Timer::M, Accepted) => {
                     self.terminate();
@@ -187,10 +180,7 @@ impl InviteClient {
         match self.state {
             InviteClientState::Calling | InviteClientState::Proceeding => {
                 self.terminate();
-                Actions {
-                    failed: Some(Failure::Transport),
-                    ..Actions::default()
-                }
+                Actions::failed(Failure::Transport)
             }
             _ => Actions::default(),
         }

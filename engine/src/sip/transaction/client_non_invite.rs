@@ -146,10 +146,7 @@ impl NonInviteClient {
                 }
                 (Timer::F, Trying | Proceeding) => {
                     self.terminate();
-                    return Actions {
-                        failed: Some(Failure::Timeout),
-                        ..Actions::default()
-                    };
+                    return Actions::failed(Failure::Timeout);
                 }
                 (Timer::K, Completed) => {
                     self.terminate();
@@ -166,10 +163,7 @@ impl NonInviteClient {
         match self.state {
             NonInviteClientState::Trying | NonInviteClientState::Proceeding => {
                 self.terminate();
-                Actions {
-                    failed: Some(Failure::Transport),
-                    ..Actions::default()
-                }
+                Actions::failed(Failure::Transport)
             }
             _ => Actions::default(),
         }

@@ -51,6 +51,16 @@ struct ClientEntry {
     cancel_pending: bool,
 }
 
+/// `match` over both variants of `ClientTx` or `ServerTx`, binding the machine to `$t`.
+macro_rules! each {
+    ($tx:expr, $enum:ident, $t:ident => $call:expr) => {
+        match $tx {
+            $enum::Invite($t) => $call,
+            $enum::NonInvite($t) => $call,
+        }
+    };
+}
+
 #[derive(Debug)]
 enum ClientTx {
     Invite(InviteClient),
@@ -59,31 +69,19 @@ enum ClientTx {
 
 impl ClientTx {
     fn handle_response(&mut self, resp: &Message, now: Instant) -> Actions {
-        match self {
-            ClientTx::Invite(t) => t.handle_response(resp, now),
-            ClientTx::NonInvite(t) => t.handle_response(resp, now),
-        }
+        each!(self, ClientTx, t => t.handle_response(resp, now))
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Actions {
-        match self {
-            ClientTx::Invite(t) => t.handle_timeout(now),
-            ClientTx::NonInvite(t) => t.handle_timeout(now),
-        }
+        each!(self, ClientTx, t => t.handle_timeout(now))
     }
 
     fn handle_transport_error(&mut self) -> Actions {
-        match self {
-            ClientTx::Invite(t) => t.handle_transport_error(),
-            ClientTx::NonInvite(t) => t.handle_transport_error(),
-        }
+        each!(self, ClientTx, t => t.handle_transport_error())
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        match self {
-            ClientTx::Invite(t) => t.poll_timeout(),
-            ClientTx::NonInvite(t) => t.poll_timeout(),
-        }
+        each!(self, ClientTx, t => t.poll_timeout())
     }
 
     fn is_terminated(&self) -> bool {
@@ -94,10 +92,7 @@ impl ClientTx {
     }
 
     fn request(&self) -> &Message {
-        match self {
-            ClientTx::Invite(t) => t.request(),
-            ClientTx::NonInvite(t) => t.request(),
-        }
+        each!(self, ClientTx, t => t.request())
     }
 }
 
@@ -120,38 +115,23 @@ enum ServerTx {
 
 impl ServerTx {
     fn handle_retransmission(&mut self, now: Instant) -> Actions {
-        match self {
-            ServerTx::Invite(t) => t.handle_retransmission(now),
-            ServerTx::NonInvite(t) => t.handle_retransmission(now),
-        }
+        each!(self, ServerTx, t => t.handle_retransmission(now))
     }
 
     fn respond(&mut self, response: &Message, now: Instant) -> Result<Actions, TxError> {
-        match self {
-            ServerTx::Invite(t) => t.respond(response, now),
-            ServerTx::NonInvite(t) => t.respond(response, now),
-        }
+        each!(self, ServerTx, t => t.respond(response, now))
     }
 
     fn handle_timeout(&mut self, now: Instant) -> Actions {
-        match self {
-            ServerTx::Invite(t) => t.handle_timeout(now),
-            ServerTx::NonInvite(t) => t.handle_timeout(now),
-        }
+        each!(self, ServerTx, t => t.handle_timeout(now))
     }
 
     fn handle_transport_error(&mut self) -> Actions {
-        match self {
-            ServerTx::Invite(t) => t.handle_transport_error(),
-            ServerTx::NonInvite(t) => t.handle_transport_error(),
-        }
+        each!(self, ServerTx, t => t.handle_transport_error())
     }
 
     fn poll_timeout(&self) -> Option<Instant> {
-        match self {
-            ServerTx::Invite(t) => t.poll_timeout(),
-            ServerTx::NonInvite(t) => t.poll_timeout(),
-        }
+        each!(self, ServerTx, t => t.poll_timeout())
     }
 
     fn is_terminated(&self) -> bool {
@@ -171,6 +151,27 @@ fn response_dest(via: &Via, source: SocketAddr, reliable: bool) -> SocketAddr {
         source
     } else {
         SocketAddr::new(source.ip(), via.port.unwrap_or(5060))
+    }
+}
+
+/// Queues what transaction `tx` asked to send to `(dest, reliable)`, counting retransmissions.
+fn queue_send(
+    transmits: &mut VecDeque<Transmit>,
+    stats: &mut TxStats,
+    tx: TxId,
+    (dest, reliable): (SocketAddr, bool),
+    actions: &mut Actions,
+) {
+    if let Some(payload) = actions.send.take() {
+        if actions.retransmission {
+            stats.retransmissions_sent += 1;
+        }
+        transmits.push_back(Transmit {
+            dest,
+            reliable,
+            payload,
+            tx: Some(tx),
+        });
     }
 }
 
@@ -623,22 +624,18 @@ impl TransactionLayer {
         }
     }
 
-    fn after_client(&mut self, id: ClientTxId, actions: Actions) {
+    fn after_client(&mut self, id: ClientTxId, mut actions: Actions) {
         let Some(e) = self.clients.get_mut(&id) else {
             return;
         };
         let txid = TxId::Client(id);
-        if let Some(payload) = actions.send {
-            if actions.retransmission {
-                self.stats.retransmissions_sent += 1;
-            }
-            self.transmits.push_back(Transmit {
-                dest: e.dest,
-                reliable: e.reliable,
-                payload,
-                tx: Some(txid),
-            });
-        }
+        queue_send(
+            &mut self.transmits,
+            &mut self.stats,
+            txid,
+            (e.dest, e.reliable),
+            &mut actions,
+        );
         if let Some(reason) = actions.failed {
             let (code, phrase) = reason.synthesized_status();
             let response = response_to(e.tx.request(), code, phrase);
@@ -661,22 +658,18 @@ impl TransactionLayer {
         }
     }
 
-    fn after_server(&mut self, id: ServerTxId, actions: Actions) {
+    fn after_server(&mut self, id: ServerTxId, mut actions: Actions) {
         let Some(e) = self.servers.get_mut(&id) else {
             return;
         };
         let txid = TxId::Server(id);
-        if let Some(payload) = actions.send {
-            if actions.retransmission {
-                self.stats.retransmissions_sent += 1;
-            }
-            self.transmits.push_back(Transmit {
-                dest: e.dest,
-                reliable: e.reliable,
-                payload,
-                tx: Some(txid),
-            });
-        }
+        queue_send(
+            &mut self.transmits,
+            &mut self.stats,
+            txid,
+            (e.dest, e.reliable),
+            &mut actions,
+        );
         let terminated = e.tx.is_terminated();
         if !terminated {
             let next = e.tx.poll_timeout();

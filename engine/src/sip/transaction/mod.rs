@@ -120,6 +120,23 @@ impl Actions {
             ..Actions::default()
         }
     }
+
+    /// Re-sends an earlier message, if there is one.
+    fn resend(payload: Option<Bytes>) -> Actions {
+        Actions {
+            retransmission: payload.is_some(),
+            send: payload,
+            ..Actions::default()
+        }
+    }
+
+    /// The transaction failed; the TU is told.
+    fn failed(failure: Failure) -> Actions {
+        Actions {
+            failed: Some(failure),
+            ..Actions::default()
+        }
+    }
 }
 
 /// Why a transaction failed.

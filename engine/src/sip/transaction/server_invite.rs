@@ -126,11 +126,9 @@ impl InviteServer {
     /// A retransmission of the INVITE: re-send the last provisional or the final response.
     pub fn handle_retransmission(&mut self, _now: Instant) -> Actions {
         match self.state {
-            InviteServerState::Proceeding | InviteServerState::Completed => Actions {
-                send: self.last_response.clone(),
-                retransmission: self.last_response.is_some(),
-                ..Actions::default()
-            },
+            InviteServerState::Proceeding | InviteServerState::Completed => {
+                Actions::resend(self.last_response.clone())
+            }
             _ => Actions::default(),
         }
     }
@@ -197,10 +195,7 @@ impl InviteServer {
                 }
                 (Timer::H, Completed) => {
                     self.terminate();
-                    return Actions {
-                        failed: Some(Failure::Timeout),
-                        ..Actions::default()
-                    };
+                    return Actions::failed(Failure::Timeout);
                 }
                 (Timer::I, Confirmed) | (Timer::L, Accepted) => {
                     self.terminate();
@@ -215,10 +210,7 @@ impl InviteServer {
     /// The transport could not send a response: inform the TU. Proceeding and Completed end;
     /// Accepted stays (the TU owns 2xx delivery).
     pub fn handle_transport_error(&mut self) -> Actions {
-        let failed = Actions {
-            failed: Some(Failure::Transport),
-            ..Actions::default()
-        };
+        let failed = Actions::failed(Failure::Transport);
         match self.state {
             InviteServerState::Proceeding | InviteServerState::Completed => {
                 self.terminate();

@@ -91,11 +91,9 @@ impl NonInviteServer {
     /// A retransmission of the request: dropped in Trying, else the last response is re-sent.
     pub fn handle_retransmission(&mut self, _now: Instant) -> Actions {
         match self.state {
-            NonInviteServerState::Proceeding | NonInviteServerState::Completed => Actions {
-                send: self.last_response.clone(),
-                retransmission: self.last_response.is_some(),
-                ..Actions::default()
-            },
+            NonInviteServerState::Proceeding | NonInviteServerState::Completed => {
+                Actions::resend(self.last_response.clone())
+            }
             _ => Actions::default(),
         }
     }
@@ -137,10 +135,7 @@ impl NonInviteServer {
             NonInviteServerState::Terminated => Actions::default(),
             _ => {
                 self.terminate();
-                Actions {
-                    failed: Some(Failure::Transport),
-                    ..Actions::default()
-                }
+                Actions::failed(Failure::Transport)
             }
         }
     }

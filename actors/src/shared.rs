@@ -86,11 +86,7 @@ impl Shared {
 
     /// The registrar shard holding an AOR.
     pub fn registrar(&self, aor: &Aor) -> &Mutex<Registrar> {
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in aor.as_bytes().iter() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        let h = cpm_engine::hash::fnv1a(aor.as_bytes());
         &self.registrar[(h % REGISTRAR_SHARDS as u64) as usize]
     }
 

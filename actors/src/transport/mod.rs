@@ -82,11 +82,7 @@ impl Router {
     /// RFC 3261 §20.8).
     pub fn owner(call_id: Option<&Bytes>, workers: usize) -> usize {
         let Some(cid) = call_id else { return 0 };
-        let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-        for &b in cid.iter() {
-            h ^= u64::from(b);
-            h = h.wrapping_mul(0x0100_0000_01b3);
-        }
+        let h = cpm_engine::hash::fnv1a(cid);
         (h % workers.max(1) as u64) as usize
     }
 

@@ -7,6 +7,8 @@ set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(dirname "$here")"
 vectors="${CPM_VECTORS:-$root/../shared/vectors}"
+# A worktree sits one level deeper than the main checkout.
+[ -n "${CPM_VECTORS:-}" ] || [ -d "$vectors" ] || vectors="$root/../../shared/vectors"
 seeds="$(mktemp -d)"
 trap 'rm -rf "$seeds"' EXIT
 

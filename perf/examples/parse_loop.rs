@@ -11,7 +11,9 @@ fn main() {
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(100_000);
-    let buf = Bytes::from_static(cpm_perf::INVITE);
+    // Shared like a received buffer (see benches/sip.rs).
+    let buf = Bytes::from(cpm_perf::INVITE.to_vec());
+    drop(buf.clone());
     for _ in 0..n {
         let m = cpm_engine::sip::parse(black_box(buf.clone())).unwrap();
         black_box(cpm_perf::proxy_keys(&m));

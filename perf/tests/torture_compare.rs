@@ -4,7 +4,7 @@
 //! `cargo test -p cpm-perf --test torture_compare -- --ignored --nocapture`
 //!
 //! The vectors are read from `<workspace>/../shared/vectors/sip-torture` (or
-//! `$CPM_VECTORS/sip-torture`). Columns:
+//! `<workspace>/../../shared/...`, or `$CPM_VECTORS/sip-torture`). Columns:
 //! - `ours parse`: `sip::parse` alone (structural);
 //! - `ours receive`: what our receive path does: `validate_request` / `validate_response` after
 //!   a parse, `reject_unparsable` after a failed one. engine/tests/torture.rs asserts that this
@@ -24,11 +24,16 @@ use ezk_sip_types::header::typed::{CSeq, CallID, Contact, FromTo, MaxForwards, V
 use ezk_sip_types::Name;
 
 fn vectors_dir() -> PathBuf {
-    match std::env::var_os("CPM_VECTORS") {
-        Some(dir) => PathBuf::from(dir),
-        None => Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/vectors"),
+    if let Some(dir) = std::env::var_os("CPM_VECTORS") {
+        return PathBuf::from(dir).join("sip-torture");
     }
-    .join("sip-torture")
+    // `<workspace>/../shared` in CI and the main checkout; one level up from a worktree.
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    ["../shared/vectors", "../../shared/vectors"]
+        .iter()
+        .map(|rel| workspace.join(rel).join("sip-torture"))
+        .find(|dir| dir.is_dir())
+        .unwrap_or_else(|| workspace.join("../shared/vectors/sip-torture"))
 }
 
 fn vectors() -> Vec<(String, Vec<u8>)> {

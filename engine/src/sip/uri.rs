@@ -120,7 +120,7 @@ impl Host {
         let s = std::str::from_utf8(&self.raw).ok()?;
         match self.kind {
             HostKind::Domain => None,
-            HostKind::Ipv4 => s.parse::<Ipv4Addr>().ok().map(Into::into),
+            HostKind::Ipv4 => parse_ipv4_lenient(s).map(Into::into),
             HostKind::Ipv6 => s
                 .strip_prefix('[')
                 .and_then(|s| s.strip_suffix(']'))
@@ -143,6 +143,22 @@ impl fmt::Display for Host {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&String::from_utf8_lossy(&self.raw))
     }
+}
+
+/// An IPv4 address as RFC 3261 §25.1 writes it: four groups of one to three digits, each at
+/// most 255. Unlike `Ipv4Addr::from_str`, leading zeros are allowed (`096.0.2.10` is 96.0.2.10;
+/// found by fuzzing: such a host must still equal itself).
+fn parse_ipv4_lenient(s: &str) -> Option<Ipv4Addr> {
+    let mut octets = [0u8; 4];
+    let mut parts = s.split('.');
+    for o in &mut octets {
+        let p = parts.next()?;
+        if p.is_empty() || p.len() > 3 || !p.bytes().all(|c| c.is_ascii_digit()) {
+            return None;
+        }
+        *o = p.parse::<u16>().ok().filter(|&v| v <= 255)? as u8;
+    }
+    parts.next().is_none().then(|| Ipv4Addr::from(octets))
 }
 
 /// A `sip:` or `sips:` URI. Components are slices of the input, still `%`-escaped.
@@ -805,7 +821,16 @@ fn sip_equivalent(a: &SipUri, b: &SipUri) -> bool {
         return false;
     }
     const MUST_BE_IN_BOTH: [&str; 5] = ["user", "ttl", "method", "maddr", "transport"];
-    for (name, va) in a.params.iter() {
+    // RFC 3261 does not define a repeated parameter; like every lookup here, only its first
+    // occurrence counts (found by fuzzing: `sip:h;x=1;x=2` must equal itself).
+    for (i, (name, va)) in a.params.iter().enumerate() {
+        if a.params
+            .iter()
+            .take(i)
+            .any(|(n, _)| n.eq_ignore_ascii_case(name))
+        {
+            continue;
+        }
         match b.params.get_bytes(name) {
             Some(vb) => {
                 if !opt_value_eq_ci(va, vb) {
@@ -873,6 +898,26 @@ mod tests {
             Uri::Sip(u) => u,
             other => panic!("not sip: {other:?}"),
         }
+    }
+
+    /// Regression inputs found by the `sip_parse` fuzz target: each URI equals itself.
+    #[test]
+    fn fuzz_regressions_equal_themselves() {
+        for raw in [
+            "sip:096.0.2.10",
+            "sip:h;x=1;x=2",
+            "sip:u@010.001.000.255:5060;X=a;x=b",
+        ] {
+            let u = p(raw).unwrap();
+            assert!(u.equivalent(&u), "{raw}");
+        }
+        assert_eq!(
+            sip("sip:096.0.2.10").host.ip(),
+            Some(std::net::IpAddr::from([96, 0, 2, 10]))
+        );
+        assert!(!p("sip:h;x=1")
+            .unwrap()
+            .equivalent(&p("sip:h;x=2;x=1").unwrap()));
     }
 
     #[test]

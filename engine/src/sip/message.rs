@@ -174,7 +174,7 @@ impl Headers {
     pub fn values<'a>(&'a self, name: &'a HeaderName) -> impl Iterator<Item = Bytes> + 'a {
         let list = name.is_list();
         self.get_all(name)
-            .flat_map(move |v| if list { split_list(v) } else { vec![v.clone()] })
+            .flat_map(move |v| ListElems::new(v.clone(), list))
     }
 
     /// Number of lines with this name.
@@ -275,14 +275,61 @@ impl<'a> IntoIterator for &'a Headers {
 
 /// Splits a list header value at top-level commas (outside quotes and angle brackets).
 pub(crate) fn split_list(v: &Bytes) -> Vec<Bytes> {
-    let mut out = Vec::new();
-    let mut start = 0;
-    for i in Unquoted::new(v, b',', true) {
-        push_trimmed(&mut out, v, start, i);
-        start = i + 1;
+    ListElems::new(v.clone(), true).collect()
+}
+
+/// The elements of one header line, found lazily: reading the first (a proxy's top Via) scans
+/// only up to the first top-level comma. With `list` false the whole value is one element.
+struct ListElems {
+    v: Bytes,
+    start: usize,
+    list: bool,
+    done: bool,
+}
+
+impl ListElems {
+    fn new(v: Bytes, list: bool) -> ListElems {
+        ListElems {
+            v,
+            start: 0,
+            list,
+            done: false,
+        }
     }
-    push_trimmed(&mut out, v, start, v.len());
-    out
+}
+
+impl Iterator for ListElems {
+    type Item = Bytes;
+
+    fn next(&mut self) -> Option<Bytes> {
+        if !self.list {
+            // Not a list: the value as it is, even empty (it was trimmed when parsed).
+            return (!std::mem::replace(&mut self.done, true)).then(|| self.v.clone());
+        }
+        while !self.done {
+            let rest = self.v.get(self.start..)?;
+            // After a top-level comma no quote or bracket is open, so a fresh scan is exact.
+            let end = match Unquoted::new(rest, b',', true).next() {
+                Some(i) => self.start + i,
+                None => {
+                    self.done = true;
+                    self.v.len()
+                }
+            };
+            let (mut s, mut e) = (self.start, end);
+            self.start = end + 1;
+            while s < e && is_ws(self.v[s]) {
+                s += 1;
+            }
+            while e > s && is_ws(self.v[e - 1]) {
+                e -= 1;
+            }
+            if s < e {
+                return Some(self.v.slice(s..e));
+            }
+        }
+        None
+    }
 }
 
 /// The indices of the `byte`s in a header value that stand outside quoted strings
@@ -350,18 +397,6 @@ impl Iterator for Unquoted<'_> {
                 }
             }
         }
-    }
-}
-
-fn push_trimmed(out: &mut Vec<Bytes>, v: &Bytes, mut s: usize, mut e: usize) {
-    while s < e && is_ws(v[s]) {
-        s += 1;
-    }
-    while e > s && is_ws(v[e - 1]) {
-        e -= 1;
-    }
-    if s < e {
-        out.push(v.slice(s..e));
     }
 }
 

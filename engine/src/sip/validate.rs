@@ -215,7 +215,10 @@ fn check_common_headers(m: &Message) -> Result<(), Rejection> {
     if !m.call_id().is_some_and(|c| is_call_id(c)) {
         return Err(HeaderError::Malformed("Call-ID").into());
     }
-    m.vias()?;
+    // An empty `Via:` line holds no value at all (found by fuzzing): as malformed as a bad one.
+    if m.vias()?.is_empty() {
+        return Err(HeaderError::Malformed("Via").into());
+    }
     Ok(())
 }
 
@@ -286,6 +289,21 @@ Content-Length: 0\r\n\r\n";
             Ok(())
         );
         assert_eq!(check(&edit("Max-Forwards: 70", "Max-Forwards: 0")), Ok(()));
+    }
+
+    /// Regression input from the `sip_parse` fuzz target: an empty Via line.
+    #[test]
+    fn empty_via_is_malformed() {
+        let raw = edit(
+            "Via: SIP/2.0/UDP host.example.com;branch=z9hG4bKkdjuw\r\n",
+            "Via:\r\n",
+        );
+        assert_eq!(rejected(&raw), (400, "Malformed Via Header".into()));
+        let raw = edit(
+            "Via: SIP/2.0/UDP host.example.com;branch=z9hG4bKkdjuw\r\n",
+            "Via: , \r\n",
+        );
+        assert_eq!(rejected(&raw), (400, "Malformed Via Header".into()));
     }
 
     #[test]

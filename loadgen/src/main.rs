@@ -1,7 +1,7 @@
-//! `cpm-loadgen`: the bundled load generator. Its scenarios arrive with their own issue; this
-//! binary only reports that so far.
+//! `cpm-loadgen`: the bundled load generator (see the `cpm_loadgen` crate documentation and
+//! `cpm-loadgen --help`).
 
 fn main() {
-    eprintln!("cpm-loadgen: no scenario is implemented yet");
-    std::process::exit(2);
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    std::process::exit(cpm_loadgen::run::main_with(&args));
 }

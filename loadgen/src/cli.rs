@@ -1,0 +1,546 @@
+//! The command line (a contract other tools rely on; issue 3):
+//!
+//! ```text
+//! cpm-loadgen uas --listen ADDR:PORT [--register-to HOST:PORT --users N] [--rtp echo|sink|generate]
+//! cpm-loadgen call|options|register|message --target HOST:PORT [--to USER_PATTERN] --rate PER_S
+//!     (--count N | --duration SECS) [--hold SECS] [--concurrency N] [--ramp-up SECS]
+//!     [--json FILE] [--html FILE] [--max-loss PCT] [--max-p99-ms MS] [--min-success PCT]
+//! ```
+//!
+//! Flags take their value as the next argument or after `=`. [`USAGE`] lists every option.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::report::Thresholds;
+use crate::scenario::uas::RtpMode;
+use crate::scenario::Pattern;
+
+/// The help text.
+pub const USAGE: &str = "\
+cpm-loadgen: the load generator of cpm-engine
+
+USAGE:
+  cpm-loadgen uas --listen ADDR:PORT [--register-to HOST:PORT --users N] [--rtp echo|sink|generate]
+  cpm-loadgen (call|options|register|message) --target HOST:PORT [--to USER_PATTERN] --rate PER_S
+              (--count N | --duration SECS) [--hold SECS] [--concurrency N] [--ramp-up SECS]
+              [--json FILE] [--html FILE] [--max-loss PCT] [--max-p99-ms MS] [--min-success PCT]
+
+CLIENT OPTIONS (call, options, register, message):
+  --target HOST:PORT     where requests go (a server, or a uas directly)
+  --to PATTERN           user of session n: PATTERN with %d / %0Nd = n mod --users [user%04d]
+  --from PATTERN         From user, same expansion [loadgen]
+  --users N              users in the patterns' range; register: one socket per user [1]
+  --domain NAME          host part of URIs [the target's host:port]
+  --rate PER_S           new sessions per second (fractions allowed)
+  --count N              sessions in all
+  --duration SECS        start sessions for this long (with --count: whichever ends first)
+  --ramp-up SECS         rate grows linearly from 0 over this time [0]
+  --concurrency N        sessions in flight at most; due sessions wait [10000]
+  --drain SECS           after the last start, time for sessions in flight to end [35]
+  --hold SECS            call: time between ACK and BYE [5]
+  --body-size BYTES      message: body size, send stamp included [100]
+  --content-type TYPE    message: body type [text/plain]
+  --receiver ADDR:PORT   message: run a receiving uas in this process (registered at --target
+                         unless --target is omitted or equal), so one run reports delivery
+  --password PW          register: digest password of every user
+  --users-file FILE      register: `user password` lines (cpmd's format)
+  --expires SECS         register: expiry asked for [3600]
+  --transport udp        only udp for now
+  --local IP             address to bind and put in Via/Contact [the route to the target]
+
+UAS OPTIONS:
+  --listen ADDR:PORT     user i's socket is PORT+i (all ephemeral with port 0)
+  --users N              users user0000.. [1]
+  --user-pattern PATTERN user names [user%04d]
+  --register-to HOST:PORT  register every user there (refreshed; unregistered at the end)
+  --password PW, --users-file FILE, --expires SECS, --domain NAME   as for register
+  --register-rate PER_S  registrations per second [500]
+  --rtp echo|sink|generate   media of answered calls [generate]
+  --duration SECS        stop after this long [until SIGINT/SIGTERM]
+
+COMMON:
+  --json FILE            JSON report
+  --html FILE            self-contained HTML report with plots
+  --max-loss PCT         RTP loss at most PCT percent
+  --max-p99-ms MS        p99 of the scenario's main latency at most MS
+  --min-success PCT      at least PCT percent of sessions succeed [client: 100]
+  --quiet                no progress line (it is shown only on a terminal anyway)
+  --seed N               seed of branches, tags and Call-IDs [from the clock]
+
+EXIT STATUS: 0 thresholds met; 1 not met (reasons on stderr); 2 usage or setup error.
+";
+
+/// Which client scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScenarioKind {
+    /// INVITE, ACK, hold, RTP, BYE.
+    Call,
+    /// One OPTIONS transaction.
+    Options,
+    /// One registration.
+    Register,
+    /// One pager-mode MESSAGE.
+    Message,
+}
+
+impl ScenarioKind {
+    /// The subcommand's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            ScenarioKind::Call => "call",
+            ScenarioKind::Options => "options",
+            ScenarioKind::Register => "register",
+            ScenarioKind::Message => "message",
+        }
+    }
+}
+
+/// Options every role has.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Common {
+    /// `--json FILE`.
+    pub json: Option<PathBuf>,
+    /// `--html FILE`.
+    pub html: Option<PathBuf>,
+    /// `--max-loss`, `--max-p99-ms`, `--min-success`.
+    pub thresholds: Thresholds,
+    /// `--quiet`.
+    pub quiet: bool,
+    /// `--seed`.
+    pub seed: Option<u64>,
+}
+
+/// A client subcommand.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClientArgs {
+    /// The scenario.
+    pub kind: ScenarioKind,
+    /// `--target HOST:PORT`, unresolved (optional only with `--receiver`).
+    pub target: Option<String>,
+    /// `--to`.
+    pub to: Pattern,
+    /// `--from`.
+    pub from: Pattern,
+    /// `--users`.
+    pub users: u64,
+    /// `--domain`.
+    pub domain: Option<String>,
+    /// `--rate`.
+    pub rate: f64,
+    /// `--count`.
+    pub count: Option<u64>,
+    /// `--duration`.
+    pub duration: Option<Duration>,
+    /// `--ramp-up`.
+    pub ramp_up: Duration,
+    /// `--concurrency`.
+    pub concurrency: usize,
+    /// `--drain`.
+    pub drain: Duration,
+    /// `--hold` (call).
+    pub hold: Duration,
+    /// `--body-size` (message).
+    pub body_size: usize,
+    /// `--content-type` (message).
+    pub content_type: String,
+    /// `--receiver` (message).
+    pub receiver: Option<SocketAddr>,
+    /// `--password`.
+    pub password: Option<String>,
+    /// `--users-file`.
+    pub users_file: Option<PathBuf>,
+    /// `--expires`.
+    pub expires: u32,
+    /// `--local`.
+    pub local: Option<IpAddr>,
+    /// Common options.
+    pub common: Common,
+}
+
+/// The `uas` subcommand.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UasArgs {
+    /// `--listen`.
+    pub listen: SocketAddr,
+    /// `--register-to`, unresolved.
+    pub register_to: Option<String>,
+    /// `--users`.
+    pub users: u64,
+    /// `--user-pattern`.
+    pub pattern: Pattern,
+    /// `--domain`.
+    pub domain: Option<String>,
+    /// `--password`.
+    pub password: Option<String>,
+    /// `--users-file`.
+    pub users_file: Option<PathBuf>,
+    /// `--expires`.
+    pub expires: u32,
+    /// `--register-rate`.
+    pub register_rate: f64,
+    /// `--rtp`.
+    pub rtp: RtpMode,
+    /// `--duration`.
+    pub duration: Option<Duration>,
+    /// Common options.
+    pub common: Common,
+}
+
+/// A parsed command line.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Command {
+    /// `help`, `--help`, `-h`.
+    Help,
+    /// `--version`.
+    Version,
+    /// The answering side.
+    Uas(UasArgs),
+    /// A client scenario.
+    Client(ClientArgs),
+}
+
+/// Parses the arguments after the program name.
+pub fn parse(args: &[String]) -> Result<Command, String> {
+    let Some((sub, rest)) = args.split_first() else {
+        return Err("a subcommand is required".into());
+    };
+    match sub.as_str() {
+        "help" | "--help" | "-h" => Ok(Command::Help),
+        "--version" | "-V" => Ok(Command::Version),
+        "uas" => parse_uas(rest).map(Command::Uas),
+        "call" => parse_client(ScenarioKind::Call, rest).map(Command::Client),
+        "options" => parse_client(ScenarioKind::Options, rest).map(Command::Client),
+        "register" => parse_client(ScenarioKind::Register, rest).map(Command::Client),
+        "message" => parse_client(ScenarioKind::Message, rest).map(Command::Client),
+        other => Err(format!("unknown subcommand {other:?}")),
+    }
+}
+
+/// `--flag value` and `--flag=value` pairs, in order.
+fn pairs(args: &[String]) -> Result<Vec<(String, Option<String>)>, String> {
+    const SWITCHES: [&str; 2] = ["--quiet", "--help"];
+    let mut out = Vec::new();
+    let mut it = args.iter();
+    while let Some(a) = it.next() {
+        if !a.starts_with("--") {
+            return Err(format!("unexpected argument {a:?}"));
+        }
+        if let Some((k, v)) = a.split_once('=') {
+            out.push((k.to_string(), Some(v.to_string())));
+        } else if SWITCHES.contains(&a.as_str()) {
+            out.push((a.clone(), None));
+        } else {
+            let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
+            out.push((a.clone(), Some(v.clone())));
+        }
+    }
+    Ok(out)
+}
+
+fn num<T: std::str::FromStr>(flag: &str, v: &str) -> Result<T, String> {
+    v.parse()
+        .map_err(|_| format!("{flag}: {v:?} is not a valid number"))
+}
+
+fn positive(flag: &str, v: &str) -> Result<f64, String> {
+    let x: f64 = num(flag, v)?;
+    if x.is_finite() && x > 0.0 {
+        Ok(x)
+    } else {
+        Err(format!("{flag} must be positive"))
+    }
+}
+
+fn secs(flag: &str, v: &str) -> Result<Duration, String> {
+    let x: f64 = num(flag, v)?;
+    if x.is_finite() && x >= 0.0 {
+        Ok(Duration::from_secs_f64(x))
+    } else {
+        Err(format!("{flag} must be a number of seconds"))
+    }
+}
+
+fn pct(flag: &str, v: &str) -> Result<f64, String> {
+    let x: f64 = num(flag, v)?;
+    if (0.0..=100.0).contains(&x) {
+        Ok(x)
+    } else {
+        Err(format!("{flag} must be a percentage (0..100)"))
+    }
+}
+
+/// Handles an option every role has; false if `k` is not one.
+fn common(c: &mut Common, k: &str, v: &str) -> Result<bool, String> {
+    match k {
+        "--json" => c.json = Some(PathBuf::from(v)),
+        "--html" => c.html = Some(PathBuf::from(v)),
+        "--max-loss" => c.thresholds.max_loss_pct = Some(pct(k, v)?),
+        "--max-p99-ms" => c.thresholds.max_p99_ms = Some(positive(k, v)?),
+        "--min-success" => c.thresholds.min_success_pct = Some(pct(k, v)?),
+        "--seed" => c.seed = Some(num(k, v)?),
+        "--quiet" => c.quiet = true,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, String> {
+    let mut a = ClientArgs {
+        kind,
+        target: None,
+        to: Pattern::parse("user%04d")?,
+        from: Pattern::parse("loadgen")?,
+        users: 1,
+        domain: None,
+        rate: 0.0,
+        count: None,
+        duration: None,
+        ramp_up: Duration::ZERO,
+        concurrency: 10_000,
+        drain: Duration::from_secs(35),
+        hold: Duration::from_secs(5),
+        body_size: 100,
+        content_type: "text/plain".into(),
+        receiver: None,
+        password: None,
+        users_file: None,
+        expires: 3600,
+        local: None,
+        common: Common {
+            thresholds: Thresholds {
+                min_success_pct: Some(100.0),
+                ..Thresholds::default()
+            },
+            ..Common::default()
+        },
+    };
+    let mut rate = None;
+    for (k, v) in pairs(args)? {
+        let v = v.unwrap_or_default();
+        if common(&mut a.common, &k, &v)? {
+            continue;
+        }
+        match k.as_str() {
+            "--target" => a.target = Some(v),
+            "--to" => a.to = Pattern::parse(&v)?,
+            "--from" => a.from = Pattern::parse(&v)?,
+            "--users" => a.users = num(&k, &v)?,
+            "--domain" => a.domain = Some(v),
+            "--rate" => rate = Some(positive(&k, &v)?),
+            "--count" => a.count = Some(num(&k, &v)?),
+            "--duration" => a.duration = Some(secs(&k, &v)?),
+            "--ramp-up" => a.ramp_up = secs(&k, &v)?,
+            "--concurrency" => a.concurrency = num(&k, &v)?,
+            "--drain" => a.drain = secs(&k, &v)?,
+            "--hold" => a.hold = secs(&k, &v)?,
+            "--body-size" => a.body_size = num(&k, &v)?,
+            "--content-type" => a.content_type = v,
+            "--receiver" if kind == ScenarioKind::Message => {
+                a.receiver = Some(num(&k, &v)?);
+            }
+            "--password" => a.password = Some(v),
+            "--users-file" => a.users_file = Some(PathBuf::from(v)),
+            "--expires" => a.expires = num(&k, &v)?,
+            "--local" => a.local = Some(num(&k, &v)?),
+            "--transport" => {
+                if !v.eq_ignore_ascii_case("udp") {
+                    return Err(format!("--transport {v}: only udp is supported"));
+                }
+            }
+            _ => return Err(format!("{}: unknown option {k}", kind.name())),
+        }
+    }
+    a.rate = rate.ok_or("--rate PER_S is required")?;
+    if a.count.is_none() && a.duration.is_none() {
+        return Err("--count N or --duration SECS is required (runs are always bounded)".into());
+    }
+    if a.count == Some(0) {
+        return Err("--count must be at least 1".into());
+    }
+    if a.target.is_none() && a.receiver.is_none() {
+        return Err("--target HOST:PORT is required".into());
+    }
+    if a.users == 0 || a.concurrency == 0 {
+        return Err("--users and --concurrency must be at least 1".into());
+    }
+    Ok(a)
+}
+
+fn parse_uas(args: &[String]) -> Result<UasArgs, String> {
+    let mut listen = None;
+    let mut a = UasArgs {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        register_to: None,
+        users: 1,
+        pattern: Pattern::parse("user%04d")?,
+        domain: None,
+        password: None,
+        users_file: None,
+        expires: 3600,
+        register_rate: 500.0,
+        rtp: RtpMode::default(),
+        duration: None,
+        common: Common::default(),
+    };
+    for (k, v) in pairs(args)? {
+        let v = v.unwrap_or_default();
+        if common(&mut a.common, &k, &v)? {
+            continue;
+        }
+        match k.as_str() {
+            "--listen" => listen = Some(num(&k, &v)?),
+            "--register-to" => a.register_to = Some(v),
+            "--users" => a.users = num(&k, &v)?,
+            "--user-pattern" => a.pattern = Pattern::parse(&v)?,
+            "--domain" => a.domain = Some(v),
+            "--password" => a.password = Some(v),
+            "--users-file" => a.users_file = Some(PathBuf::from(v)),
+            "--expires" => a.expires = num(&k, &v)?,
+            "--register-rate" => a.register_rate = positive(&k, &v)?,
+            "--rtp" => {
+                a.rtp = RtpMode::parse(&v)
+                    .ok_or_else(|| format!("--rtp {v}: echo, sink or generate"))?
+            }
+            "--duration" => a.duration = Some(secs(&k, &v)?),
+            "--transport" => {
+                if !v.eq_ignore_ascii_case("udp") {
+                    return Err(format!("--transport {v}: only udp is supported"));
+                }
+            }
+            _ => return Err(format!("uas: unknown option {k}")),
+        }
+    }
+    a.listen = listen.ok_or("--listen ADDR:PORT is required")?;
+    if a.users == 0 {
+        return Err("--users must be at least 1".into());
+    }
+    Ok(a)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args(s: &str) -> Vec<String> {
+        s.split_whitespace().map(str::to_string).collect()
+    }
+
+    #[test]
+    fn the_contract_client_line() {
+        let c = parse(&args(
+            "call --target 127.0.0.1:5060 --to user%04d --rate 10 --count 100 --hold 2 \
+             --concurrency 50 --json r.json --html r.html --max-loss 0.5 --max-p99-ms 20 \
+             --min-success 99.5 --ramp-up 3",
+        ))
+        .unwrap();
+        let Command::Client(c) = c else {
+            panic!("{c:?}")
+        };
+        assert_eq!(c.kind, ScenarioKind::Call);
+        assert_eq!(c.target.as_deref(), Some("127.0.0.1:5060"));
+        assert_eq!(c.to.expand(3), "user0003");
+        assert_eq!(c.rate, 10.0);
+        assert_eq!(c.count, Some(100));
+        assert_eq!(c.hold, Duration::from_secs(2));
+        assert_eq!(c.concurrency, 50);
+        assert_eq!(c.ramp_up, Duration::from_secs(3));
+        assert_eq!(c.common.json, Some(PathBuf::from("r.json")));
+        assert_eq!(c.common.html, Some(PathBuf::from("r.html")));
+        assert_eq!(
+            c.common.thresholds,
+            Thresholds {
+                max_loss_pct: Some(0.5),
+                max_p99_ms: Some(20.0),
+                min_success_pct: Some(99.5),
+            }
+        );
+    }
+
+    #[test]
+    fn the_contract_uas_line() {
+        let c = parse(&args(
+            "uas --listen 127.0.0.1:5070 --register-to 127.0.0.1:5060 --users 100 --rtp echo",
+        ))
+        .unwrap();
+        let Command::Uas(u) = c else { panic!("{c:?}") };
+        assert_eq!(u.listen, "127.0.0.1:5070".parse().unwrap());
+        assert_eq!(u.register_to.as_deref(), Some("127.0.0.1:5060"));
+        assert_eq!(u.users, 100);
+        assert_eq!(u.rtp, RtpMode::Echo);
+        assert_eq!(u.common.thresholds, Thresholds::default());
+    }
+
+    #[test]
+    fn equals_form_and_defaults() {
+        let Command::Client(c) = parse(&args(
+            "message --target=h:5060 --rate=0.5 --duration=2.5 --body-size=300",
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.rate, 0.5);
+        assert_eq!(c.duration, Some(Duration::from_millis(2500)));
+        assert_eq!(c.body_size, 300);
+        assert_eq!(c.content_type, "text/plain");
+        assert_eq!(c.common.thresholds.min_success_pct, Some(100.0));
+        assert_eq!(c.concurrency, 10_000);
+    }
+
+    #[test]
+    fn errors() {
+        for (line, want) in [
+            ("", "subcommand"),
+            ("bogus", "unknown subcommand"),
+            ("options --target h:1 --count 1", "--rate"),
+            ("options --target h:1 --rate 1", "--count N or --duration"),
+            ("options --rate 1 --count 1", "--target"),
+            ("options --target h:1 --rate 0 --count 1", "positive"),
+            (
+                "options --target h:1 --rate 1 --count 1 --frobnicate 2",
+                "unknown option",
+            ),
+            (
+                "options --target h:1 --rate 1 --count 1 --transport tcp",
+                "only udp",
+            ),
+            (
+                "options --target h:1 --rate 1 --count 1 --receiver 1.2.3.4:5",
+                "unknown option",
+            ),
+            (
+                "options --target h:1 --rate 1 --count 1 --min-success 101",
+                "percentage",
+            ),
+            ("options --target h:1 --rate 1 --count", "needs a value"),
+            ("uas --users 3", "--listen"),
+            (
+                "uas --listen 127.0.0.1:0 --rtp loud",
+                "echo, sink or generate",
+            ),
+        ] {
+            let e = parse(&args(line)).unwrap_err();
+            assert!(e.contains(want), "{line:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn help_and_version() {
+        assert_eq!(parse(&args("--help")).unwrap(), Command::Help);
+        assert_eq!(parse(&args("help")).unwrap(), Command::Help);
+        assert_eq!(parse(&args("--version")).unwrap(), Command::Version);
+        assert!(USAGE.contains("--max-p99-ms"));
+    }
+
+    #[test]
+    fn message_receiver_without_target() {
+        let Command::Client(c) =
+            parse(&args("message --receiver 127.0.0.1:0 --rate 10 --count 5")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(c.target, None);
+        assert_eq!(c.receiver, Some("127.0.0.1:0".parse().unwrap()));
+    }
+}

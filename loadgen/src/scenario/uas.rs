@@ -1,0 +1,422 @@
+//! `uas`: the answering side. Users `0..users` each get their own socket (ports `listen`,
+//! `listen+1`, ...; all ephemeral with port 0) and, with `--register-to`, are registered there
+//! as `user0000`.. (paced, refreshed at half the granted expiry, unregistered at the end).
+//! Every user is also directly reachable at its socket.
+//!
+//! Every OPTIONS or MESSAGE is a counted session answered `200 OK`; a MESSAGE body stamped by
+//! the sender ([`crate::stamp`]) gives the delivery latency ([`Quantity::MessageDelivery`]),
+//! measured here, at the receiving side. INVITE is where the `call` scenario's answering side
+//! plugs in ([`Uas::on_invite`]); until then it is refused with 501.
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use cpm_engine::sip::builder;
+use cpm_engine::sip::transaction::ClientTxId;
+use cpm_engine::sip::{HeaderName, Message, Method};
+
+use super::register::{RegFlow, Secrets};
+use super::{Incoming, Outcome, Pattern, Scenario, SessionId, SocketId, SocketKind, NO_SESSION};
+use crate::driver::Ctx;
+use crate::metrics::Quantity;
+use crate::stamp;
+
+/// What the answering side does with the media of a call (`--rtp`), for the `call` scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RtpMode {
+    /// Send every received packet back to its source.
+    Echo,
+    /// Count and measure what arrives, send nothing.
+    Sink,
+    /// Send its own stream as a real endpoint would, and measure what arrives.
+    #[default]
+    Generate,
+}
+
+impl RtpMode {
+    /// Parses `echo`, `sink` or `generate`.
+    pub fn parse(s: &str) -> Option<RtpMode> {
+        match s {
+            "echo" => Some(RtpMode::Echo),
+            "sink" => Some(RtpMode::Sink),
+            "generate" => Some(RtpMode::Generate),
+            _ => None,
+        }
+    }
+}
+
+/// Settings of the answering side.
+#[derive(Debug, Clone)]
+pub struct UasConfig {
+    /// The first user's socket; user `i` binds port `listen.port() + i` (or 0).
+    pub listen: SocketAddr,
+    /// The IP put in Via and Contact when `listen` is a wildcard address.
+    pub contact_ip: IpAddr,
+    /// Users (sockets).
+    pub users: u64,
+    /// User names (`user%04d`).
+    pub pattern: Pattern,
+    /// The registrar to register every user at, if any.
+    pub register_to: Option<SocketAddr>,
+    /// The AOR domain at the registrar.
+    pub domain: String,
+    /// Digest passwords.
+    pub secrets: Secrets,
+    /// Registration expiry asked for, seconds.
+    pub expires: u32,
+    /// Registrations (and unregistrations) per second.
+    pub register_rate: f64,
+    /// The media behaviour of calls.
+    pub rtp: RtpMode,
+}
+
+/// Timer tokens: `user << 2 | kind`.
+const REGISTER: u64 = 0;
+const UNREGISTER: u64 = 1;
+
+/// The answering side.
+#[derive(Debug)]
+pub struct Uas {
+    cfg: UasConfig,
+    sockets: Vec<(SocketId, SocketAddr)>,
+    /// Per user: its registration flow (kept for refreshes: same Call-ID, next CSeq).
+    flows: Vec<Option<RegFlow>>,
+    /// Per user: registered now.
+    registered: Vec<bool>,
+    /// Registration sessions in flight → (user, expiry asked).
+    active: HashMap<SessionId, (usize, u32)>,
+    /// Per user: the first registration has ended (either way).
+    first_done: Vec<bool>,
+    reg_ok: u64,
+    reg_failed: u64,
+    stopping: bool,
+    unregister_pending: usize,
+    received: BTreeMap<&'static str, u64>,
+}
+
+impl Uas {
+    /// An answering side with `cfg`.
+    pub fn new(cfg: UasConfig) -> Uas {
+        let n = cfg.users.max(1) as usize;
+        Uas {
+            cfg,
+            sockets: Vec::new(),
+            flows: vec![None; n],
+            registered: vec![false; n],
+            active: HashMap::new(),
+            first_done: vec![false; n],
+            reg_ok: 0,
+            reg_failed: 0,
+            stopping: false,
+            unregister_pending: 0,
+            received: BTreeMap::new(),
+        }
+    }
+
+    /// The address of user `i`'s socket.
+    pub fn user_addr(&self, i: usize) -> Option<SocketAddr> {
+        self.sockets.get(i).map(|(_, a)| *a)
+    }
+
+    /// The address named in Via and Contact for user `i`.
+    fn contact_addr(&self, i: usize) -> Option<SocketAddr> {
+        let a = self.user_addr(i)?;
+        Some(if a.ip().is_unspecified() {
+            SocketAddr::new(self.cfg.contact_ip, a.port())
+        } else {
+            a
+        })
+    }
+
+    /// Starts (or refreshes, or with `expires` 0 ends) the registration of user `i`.
+    fn register(&mut self, ctx: &mut Ctx<'_>, i: usize, expires: u32) {
+        let (Some(registrar), Some(&(socket, _)), Some(local)) = (
+            self.cfg.register_to,
+            self.sockets.get(i),
+            self.contact_addr(i),
+        ) else {
+            return;
+        };
+        if self.is_busy(i) {
+            return;
+        }
+        let session = ctx.new_session(false);
+        let flow = self.flows[i].get_or_insert_with(|| {
+            RegFlow::new(
+                ctx,
+                self.cfg.pattern.expand(i as u64),
+                socket,
+                local,
+                registrar,
+                self.cfg.domain.clone(),
+                expires,
+            )
+        });
+        flow.set_expires(expires);
+        match flow.send(ctx, session) {
+            Ok(()) => {
+                self.active.insert(session, (i, expires));
+            }
+            Err(e) => {
+                ctx.finish(session, Outcome::Failure(e.clone()));
+                self.registration_done(ctx, i, expires, Err(e));
+            }
+        }
+    }
+
+    fn registration_done(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        i: usize,
+        expires: u32,
+        result: Result<u32, String>,
+    ) {
+        if expires == 0 {
+            self.unregister_pending = self.unregister_pending.saturating_sub(1);
+            self.registered[i] = false;
+            if let Err(e) = result {
+                ctx.recorder()
+                    .note(&format!("unregistration failed: {e}"), 1);
+            }
+            return;
+        }
+        let first = !std::mem::replace(&mut self.first_done[i], true);
+        match result {
+            Ok(granted) => {
+                if first {
+                    self.reg_ok += 1;
+                }
+                self.registered[i] = true;
+                if granted > 0 && !self.stopping {
+                    let refresh = Duration::from_secs(u64::from(granted.max(2) / 2));
+                    ctx.set_timer(ctx.now() + refresh, NO_SESSION, token(i, REGISTER));
+                }
+            }
+            Err(e) => {
+                if first {
+                    self.reg_failed += 1;
+                }
+                self.registered[i] = false;
+                ctx.recorder().note(&format!("registration failed: {e}"), 1);
+            }
+        }
+    }
+
+    /// OPTIONS: 200 with Allow.
+    fn on_options(&mut self, ctx: &mut Ctx<'_>, inc: Incoming) {
+        let session = ctx.new_session(true);
+        let mut r = builder::local_response(&inc.request, 200, "OK");
+        r.headers.push(
+            HeaderName::Allow,
+            "OPTIONS, MESSAGE, INVITE, ACK, BYE, CANCEL",
+        );
+        ctx.respond(inc.tx, &r);
+        ctx.finish(session, Outcome::Success);
+    }
+
+    /// MESSAGE: delivery latency from the body's stamp, then 200.
+    fn on_message(&mut self, ctx: &mut Ctx<'_>, inc: Incoming) {
+        let session = ctx.new_session(true);
+        match stamp::read(&inc.request.body) {
+            Some((sent_us, _seq)) => {
+                let now_us = ctx.unix_us();
+                if now_us < sent_us {
+                    ctx.recorder().note("delivery_clock_skew", 1);
+                }
+                let d = Duration::from_micros(now_us.saturating_sub(sent_us));
+                ctx.record(Quantity::MessageDelivery, d);
+            }
+            None => ctx.recorder().note("messages_without_stamp", 1),
+        }
+        let r = builder::local_response(&inc.request, 200, "OK");
+        ctx.respond(inc.tx, &r);
+        ctx.finish(session, Outcome::Success);
+    }
+
+    /// INVITE: the hook of the `call` scenario's answering side (answer with SDP, RTP per
+    /// [`RtpMode`], BYE handling). Until it exists: 501.
+    pub fn on_invite(&mut self, ctx: &mut Ctx<'_>, inc: Incoming) {
+        let session = ctx.new_session(true);
+        let r = builder::local_response(&inc.request, 501, "Not Implemented");
+        ctx.respond(inc.tx, &r);
+        ctx.finish(
+            session,
+            Outcome::Failure("INVITE not served (no call support yet)".into()),
+        );
+    }
+}
+
+impl Uas {
+    /// Whether a registration of user `i` is in flight.
+    fn is_busy(&self, i: usize) -> bool {
+        self.active.values().any(|&(u, _)| u == i)
+    }
+}
+
+fn token(user: usize, kind: u64) -> u64 {
+    ((user as u64) << 2) | kind
+}
+
+impl Scenario for Uas {
+    fn name(&self) -> &'static str {
+        "uas"
+    }
+
+    fn primary(&self) -> Quantity {
+        Quantity::MessageDelivery
+    }
+
+    fn setup(&mut self, ctx: &mut Ctx<'_>) -> Result<(), String> {
+        crate::sys::raise_nofile_limit();
+        let users = self.cfg.users.max(1);
+        for i in 0..users {
+            let port = match self.cfg.listen.port() {
+                0 => 0,
+                p => u16::try_from(u64::from(p) + i)
+                    .map_err(|_| format!("--users {users} from port {p} exceeds port 65535"))?,
+            };
+            let addr = SocketAddr::new(self.cfg.listen.ip(), port);
+            let s = ctx
+                .bind_udp(addr, SocketKind::Sip)
+                .map_err(|e| format!("bind {addr}: {e}"))?;
+            self.sockets.push(s);
+        }
+        if self.cfg.register_to.is_some() {
+            let rate = self.cfg.register_rate.max(0.001);
+            let t0 = ctx.now();
+            for i in 0..users as usize {
+                let at = t0 + Duration::from_secs_f64(i as f64 / rate);
+                ctx.set_timer(at, NO_SESSION, token(i, REGISTER));
+            }
+        }
+        Ok(())
+    }
+
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, _session: SessionId, token: u64) {
+        let i = (token >> 2) as usize;
+        if i >= self.sockets.len() {
+            return;
+        }
+        match token & 3 {
+            REGISTER if !self.stopping => self.register(ctx, i, self.cfg.expires),
+            UNREGISTER => {
+                if self.registered[i] && !self.is_busy(i) {
+                    // Its end (or immediate failure) counts the pending unregistration down.
+                    self.register(ctx, i, 0);
+                } else {
+                    self.unregister_pending = self.unregister_pending.saturating_sub(1);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn on_response(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        session: SessionId,
+        _tx: ClientTxId,
+        response: &Message,
+    ) {
+        if response.status().is_none_or(|c| c < 200) {
+            return;
+        }
+        let Some(&(i, expires)) = self.active.get(&session) else {
+            return;
+        };
+        let Some(flow) = self.flows[i].as_mut() else {
+            return;
+        };
+        let Some(result) = flow.on_final(ctx, session, response, &self.cfg.secrets) else {
+            return;
+        };
+        let started = flow.started();
+        self.active.remove(&session);
+        ctx.finish(session, Outcome::Success);
+        if result.is_ok() && expires > 0 {
+            ctx.record(Quantity::Registration, ctx.now() - started);
+        }
+        self.registration_done(ctx, i, expires, result);
+    }
+
+    fn on_request(&mut self, ctx: &mut Ctx<'_>, inc: Incoming) {
+        let method = inc.request.method().cloned();
+        match method {
+            Some(Method::Options) => {
+                *self.received.entry("OPTIONS").or_default() += 1;
+                self.on_options(ctx, inc)
+            }
+            Some(Method::Message) => {
+                *self.received.entry("MESSAGE").or_default() += 1;
+                self.on_message(ctx, inc)
+            }
+            Some(Method::Invite) => {
+                *self.received.entry("INVITE").or_default() += 1;
+                self.on_invite(ctx, inc)
+            }
+            Some(Method::Bye) => {
+                let r =
+                    builder::local_response(&inc.request, 481, "Call/Transaction Does Not Exist");
+                ctx.respond(inc.tx, &r);
+            }
+            _ => {
+                let mut r = builder::local_response(&inc.request, 405, "Method Not Allowed");
+                r.headers.push(
+                    HeaderName::Allow,
+                    "OPTIONS, MESSAGE, INVITE, ACK, BYE, CANCEL",
+                );
+                ctx.respond(inc.tx, &r);
+            }
+        }
+    }
+
+    fn is_ready(&self) -> bool {
+        self.cfg.register_to.is_none() || self.first_done.iter().all(|&d| d)
+    }
+
+    fn on_stop(&mut self, ctx: &mut Ctx<'_>) {
+        self.stopping = true;
+        if self.cfg.register_to.is_none() {
+            return;
+        }
+        let rate = self.cfg.register_rate.max(0.001);
+        let now = ctx.now();
+        let users: Vec<usize> = (0..self.registered.len())
+            .filter(|&i| self.registered[i])
+            .collect();
+        for (k, i) in users.into_iter().enumerate() {
+            let at = now + Duration::from_secs_f64(k as f64 / rate);
+            ctx.set_timer(at, NO_SESSION, token(i, UNREGISTER));
+            self.unregister_pending += 1;
+        }
+    }
+
+    fn is_idle(&self) -> bool {
+        self.unregister_pending == 0 && self.active.is_empty()
+    }
+
+    fn summary_lines(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        let first = self.user_addr(0);
+        let last = self.user_addr(self.sockets.len().saturating_sub(1));
+        if let (Some(a), Some(b)) = (first, last) {
+            out.push(format!("users: {} on UDP {a} .. {b}", self.sockets.len()));
+        }
+        if let Some(r) = self.cfg.register_to {
+            out.push(format!(
+                "registered at {r}: {} ok, {} failed",
+                self.reg_ok, self.reg_failed
+            ));
+        }
+        if !self.received.is_empty() {
+            let parts: Vec<String> = self
+                .received
+                .iter()
+                .map(|(m, n)| format!("{m} {n}"))
+                .collect();
+            out.push(format!("received: {}", parts.join(", ")));
+        }
+        out
+    }
+}

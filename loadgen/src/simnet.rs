@@ -1,0 +1,603 @@
+//! Deterministic simulations: drivers connected by an in-memory network with a fixed latency
+//! and optional loss, stepped on virtual time (no socket, no sleep). They check the driver,
+//! the pacer and the scenarios end to end, including retransmissions and digest auth.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use cpm_engine::sip::builder;
+use cpm_engine::sip::digest::{find_credentials, Authenticator, UserSecret, Verdict};
+use cpm_engine::sip::{HeaderName, Method};
+
+use crate::driver::{Driver, Net, Plan, RunData};
+use crate::metrics::{Counter, Quantity};
+use crate::pacing::{Pacer, Schedule};
+use crate::scenario::message::{Body, MessageScenario};
+use crate::scenario::options::Options;
+use crate::scenario::register::{Register, Secrets};
+use crate::scenario::uas::{Uas, UasConfig};
+use crate::scenario::{Incoming, Pattern, Scenario, SocketId, SocketKind, Target};
+
+/// Datagrams in flight, bound addresses, and the loss rule.
+struct World {
+    latency: Duration,
+    /// Drop every n-th datagram sent (counting from 1).
+    drop_every: Option<u64>,
+    sent: u64,
+    dropped: u64,
+    next_port: u16,
+    /// Address → (node, socket id on that node).
+    bound: HashMap<SocketAddr, (usize, SocketId)>,
+    /// Per node: its sockets' addresses by id.
+    nodes: Vec<Vec<SocketAddr>>,
+    /// (deliver at, sequence) → (from, to, payload).
+    wire: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, Bytes)>,
+    now: Instant,
+}
+
+struct NodeNet<'a> {
+    world: &'a mut World,
+    node: usize,
+}
+
+impl Net for NodeNet<'_> {
+    fn bind_udp(&mut self, addr: SocketAddr) -> io::Result<(SocketId, SocketAddr)> {
+        let w = &mut *self.world;
+        let addr = if addr.port() == 0 {
+            w.next_port += 1;
+            SocketAddr::new(addr.ip(), w.next_port)
+        } else {
+            addr
+        };
+        if w.bound.contains_key(&addr) {
+            return Err(io::ErrorKind::AddrInUse.into());
+        }
+        let socks = &mut w.nodes[self.node];
+        let id = SocketId(socks.len());
+        socks.push(addr);
+        w.bound.insert(addr, (self.node, id));
+        Ok((id, addr))
+    }
+
+    fn send_to(&mut self, socket: SocketId, dest: SocketAddr, payload: &[u8]) -> io::Result<()> {
+        let w = &mut *self.world;
+        let from = w.nodes[self.node][socket.0];
+        w.sent += 1;
+        if w.drop_every.is_some_and(|n| w.sent.is_multiple_of(n)) {
+            w.dropped += 1;
+            return Ok(());
+        }
+        let seq = w.sent;
+        w.wire.insert(
+            (w.now + w.latency, seq),
+            (from, dest, Bytes::copy_from_slice(payload)),
+        );
+        Ok(())
+    }
+}
+
+/// Drivers on one simulated network.
+struct Sim {
+    world: World,
+    drivers: Vec<Driver>,
+    t0: Instant,
+}
+
+impl Sim {
+    fn new(latency: Duration, drop_every: Option<u64>) -> Sim {
+        let t0 = Instant::now();
+        Sim {
+            world: World {
+                latency,
+                drop_every,
+                sent: 0,
+                dropped: 0,
+                next_port: 40_000,
+                bound: HashMap::new(),
+                nodes: Vec::new(),
+                wire: BTreeMap::new(),
+                now: t0,
+            },
+            drivers: Vec::new(),
+            t0,
+        }
+    }
+
+    /// Adds a driver (set up at once); returns its index.
+    fn add(&mut self, scenario: Box<dyn Scenario>, plan: Plan) -> usize {
+        let node = self.drivers.len();
+        self.world.nodes.push(Vec::new());
+        // Every node shares one wall clock: the delivery latency is the network latency.
+        let mut d = Driver::new(scenario, plan, self.t0, 1_700_000_000_000_000, node as u64);
+        let mut net = NodeNet {
+            world: &mut self.world,
+            node,
+        };
+        d.setup(&mut net, self.t0).expect("setup");
+        self.drivers.push(d);
+        node
+    }
+
+    fn net(&mut self, node: usize) -> NodeNet<'_> {
+        NodeNet {
+            world: &mut self.world,
+            node,
+        }
+    }
+
+    /// Steps until driver `main` is done (panics after `limit` of virtual time).
+    fn run_until_done(&mut self, main: usize, limit: Duration) {
+        loop {
+            let next_wire = self.world.wire.keys().next().map(|(t, _)| *t);
+            let next = self
+                .drivers
+                .iter()
+                .filter(|d| !d.is_done())
+                .filter_map(Driver::poll_timeout)
+                .chain(next_wire)
+                .min()
+                .expect("something to do");
+            let now = next.max(self.world.now);
+            assert!(now - self.t0 <= limit, "not done after {limit:?}");
+            self.world.now = now;
+            while let Some(entry) = self.world.wire.first_entry() {
+                if entry.key().0 > now {
+                    break;
+                }
+                let (from, to, payload) = entry.remove();
+                if let Some(&(node, socket)) = self.world.bound.get(&to) {
+                    let mut d = std::mem::replace(&mut self.drivers[node], placeholder());
+                    d.handle_datagram(&mut self.net(node), socket, from, payload, now);
+                    self.drivers[node] = d;
+                }
+            }
+            for node in 0..self.drivers.len() {
+                let mut d = std::mem::replace(&mut self.drivers[node], placeholder());
+                if !d.is_done() {
+                    d.handle_timeout(&mut self.net(node), now);
+                }
+                self.drivers[node] = d;
+            }
+            if self.drivers[main].is_done() {
+                return;
+            }
+        }
+    }
+
+    /// Stops driver `node` (as a signal would) and runs it to its end.
+    fn stop(&mut self, node: usize, limit: Duration) {
+        let now = self.world.now;
+        let mut d = std::mem::replace(&mut self.drivers[node], placeholder());
+        d.stop(&mut self.net(node), now);
+        self.drivers[node] = d;
+        self.run_until_done(node, limit);
+    }
+
+    fn finish(&mut self, node: usize) -> RunData {
+        std::mem::replace(&mut self.drivers[node], placeholder()).finish(self.world.now)
+    }
+
+    fn addr(&self, node: usize) -> SocketAddr {
+        self.world.nodes[node][0]
+    }
+}
+
+/// A driver that does nothing, to hold a slot while the real one is borrowed.
+fn placeholder() -> Driver {
+    struct Nothing;
+    impl Scenario for Nothing {
+        fn name(&self) -> &'static str {
+            "nothing"
+        }
+        fn primary(&self) -> Quantity {
+            Quantity::Custom("nothing")
+        }
+        fn setup(&mut self, _: &mut crate::driver::Ctx<'_>) -> Result<(), String> {
+            Ok(())
+        }
+    }
+    let plan = Plan {
+        pacer: None,
+        concurrency: 1,
+        drain: Duration::ZERO,
+        run_for: None,
+    };
+    Driver::new(Box::new(Nothing), plan, Instant::now(), 0, 0)
+}
+
+fn uas_plan() -> Plan {
+    Plan {
+        pacer: None,
+        concurrency: usize::MAX,
+        drain: Duration::from_secs(5),
+        run_for: None,
+    }
+}
+
+fn client_plan(sim: &Sim, rate: f64, count: u64, concurrency: usize) -> Plan {
+    Plan {
+        pacer: Some(Pacer::new(
+            Schedule::new(rate, Duration::ZERO),
+            sim.t0,
+            Some(count),
+            None,
+        )),
+        concurrency,
+        drain: Duration::from_secs(40),
+        run_for: None,
+    }
+}
+
+fn uas_config(listen: SocketAddr, users: u64, register_to: Option<SocketAddr>) -> UasConfig {
+    UasConfig {
+        listen,
+        contact_ip: listen.ip(),
+        users,
+        pattern: Pattern::parse("user%04d").unwrap(),
+        register_to,
+        domain: "example.com".into(),
+        secrets: Secrets::Password("secret".into()),
+        expires: 600,
+        register_rate: 100.0,
+        rtp: Default::default(),
+    }
+}
+
+fn target(addr: SocketAddr, users: u64) -> Target {
+    Target {
+        addr,
+        domain: addr.to_string(),
+        to: Pattern::parse("user%04d").unwrap(),
+        from: Pattern::parse("loadgen").unwrap(),
+        users,
+        local_ip: "10.0.0.1".parse().unwrap(),
+    }
+}
+
+const MS: Duration = Duration::from_millis(1);
+
+/// Equal within the histograms' resolution (3 significant digits).
+fn within(v: u64, want: u64) -> bool {
+    v.abs_diff(want) * 1000 <= want
+}
+
+#[test]
+fn options_against_uas_exact_counts_and_latency() {
+    let mut sim = Sim::new(5 * MS, None);
+    let uas = sim.add(
+        Box::new(Uas::new(uas_config(
+            "10.0.0.2:5070".parse().unwrap(),
+            1,
+            None,
+        ))),
+        uas_plan(),
+    );
+    let plan = client_plan(&sim, 100.0, 50, 1000);
+    let client = sim.add(Box::new(Options::new(target(sim.addr(uas), 1))), plan);
+    sim.run_until_done(client, Duration::from_secs(5));
+    let data = sim.finish(client);
+    let r = &data.recorder;
+    assert_eq!(r.total(Counter::Started), 50);
+    assert_eq!(r.total(Counter::Succeeded), 50);
+    assert_eq!(r.total(Counter::Failed), 0);
+    let s = r.stats(Quantity::Request("OPTIONS")).unwrap();
+    assert_eq!(s.count, 50);
+    // A round trip of two 5 ms hops, exactly (virtual time; the histogram keeps 3 digits).
+    assert_eq!(s.min_us, 10_000);
+    assert!(within(s.max_us, 10_000), "{s:?}");
+    // 50 sessions at 100/s: the window is 0.5 s, the rate exact.
+    assert!(
+        (data.rate_achieved() - 100.0).abs() < 1e-6,
+        "{}",
+        data.rate_achieved()
+    );
+    assert_eq!(r.noted("retransmissions"), 0);
+    let u = sim.finish(uas);
+    assert_eq!(u.recorder.total(Counter::Succeeded), 50);
+}
+
+#[test]
+fn message_delivery_latency_is_measured_at_the_receiver() {
+    let mut sim = Sim::new(3 * MS, None);
+    let uas = sim.add(
+        Box::new(Uas::new(uas_config(
+            "10.0.0.2:5070".parse().unwrap(),
+            1,
+            None,
+        ))),
+        uas_plan(),
+    );
+    let plan = client_plan(&sim, 200.0, 40, 1000);
+    let body = Body {
+        size: 500,
+        content_type: "text/plain".into(),
+    };
+    let client = sim.add(
+        Box::new(MessageScenario::new(target(sim.addr(uas), 1), body)),
+        plan,
+    );
+    sim.run_until_done(client, Duration::from_secs(5));
+    let c = sim.finish(client);
+    assert_eq!(c.recorder.total(Counter::Succeeded), 40);
+    let u = sim.finish(uas);
+    let d = u.recorder.stats(Quantity::MessageDelivery).unwrap();
+    assert_eq!(d.count, 40);
+    assert_eq!(d.min_us, 3_000);
+    assert!(within(d.max_us, 3_000), "{d:?}");
+    assert_eq!(u.recorder.noted("messages_without_stamp"), 0);
+    assert!(u.summary_lines.iter().any(|l| l == "received: MESSAGE 40"));
+}
+
+#[test]
+fn lost_datagrams_are_retransmitted_and_every_session_succeeds() {
+    let mut sim = Sim::new(2 * MS, Some(7));
+    let uas = sim.add(
+        Box::new(Uas::new(uas_config(
+            "10.0.0.2:5070".parse().unwrap(),
+            1,
+            None,
+        ))),
+        uas_plan(),
+    );
+    let plan = client_plan(&sim, 50.0, 100, 1000);
+    let client = sim.add(Box::new(Options::new(target(sim.addr(uas), 1))), plan);
+    sim.run_until_done(client, Duration::from_secs(60));
+    assert!(sim.world.dropped > 0);
+    let data = sim.finish(client);
+    assert_eq!(data.recorder.total(Counter::Succeeded), 100);
+    assert!(data.recorder.noted("retransmissions") > 0);
+    // A lost request costs T1 = 500 ms before its retransmission.
+    let s = data.recorder.stats(Quantity::Request("OPTIONS")).unwrap();
+    assert!(s.max_us >= 500_000, "{s:?}");
+}
+
+#[test]
+fn concurrency_limits_sessions_in_flight() {
+    // 100 ms each way: a session takes 200 ms; with 2 in flight, 10 sessions need 1 s.
+    let mut sim = Sim::new(100 * MS, None);
+    let uas = sim.add(
+        Box::new(Uas::new(uas_config(
+            "10.0.0.2:5070".parse().unwrap(),
+            1,
+            None,
+        ))),
+        uas_plan(),
+    );
+    let plan = client_plan(&sim, 1000.0, 10, 2);
+    let client = sim.add(Box::new(Options::new(target(sim.addr(uas), 1))), plan);
+    sim.run_until_done(client, Duration::from_secs(5));
+    let elapsed = sim.world.now - sim.t0;
+    assert!(
+        (Duration::from_millis(1000)..Duration::from_millis(1010)).contains(&elapsed),
+        "{elapsed:?}"
+    );
+    let data = sim.finish(client);
+    assert_eq!(data.recorder.total(Counter::Succeeded), 10);
+}
+
+#[test]
+fn unanswered_sessions_time_out_or_end_unfinished() {
+    // Nobody at the target: Timer F (32 s) fails each transaction with a synthesized 408.
+    let mut sim = Sim::new(MS, None);
+    let plan = client_plan(&sim, 10.0, 3, 100);
+    let client = sim.add(
+        Box::new(Options::new(target("10.9.9.9:5060".parse().unwrap(), 1))),
+        plan,
+    );
+    sim.run_until_done(client, Duration::from_secs(40));
+    let data = sim.finish(client);
+    assert_eq!(data.recorder.total(Counter::Failed), 3);
+    assert_eq!(data.recorder.failures()["408 Request Timeout"], 3);
+    assert!(data.recorder.stats(Quantity::Request("OPTIONS")).is_none());
+    // With a 2 s drain, the run ends earlier and the sessions count as unfinished.
+    let mut sim = Sim::new(MS, None);
+    let mut plan = client_plan(&sim, 10.0, 3, 100);
+    plan.drain = Duration::from_secs(2);
+    let client = sim.add(
+        Box::new(Options::new(target("10.9.9.9:5060".parse().unwrap(), 1))),
+        plan,
+    );
+    sim.run_until_done(client, Duration::from_secs(3));
+    let data = sim.finish(client);
+    assert_eq!(data.recorder.failures()["unfinished"], 3);
+}
+
+/// A registrar that challenges every REGISTER without valid credentials (engine digest) and
+/// answers OPTIONS and MESSAGE like a proxy would not: enough to test the client flows.
+struct Registrar {
+    auth: Authenticator,
+    salt: u64,
+    /// AOR user → contact, for registered users (shared with the test).
+    bindings: Arc<Mutex<HashMap<String, String>>>,
+    registers: u64,
+    challenges: u64,
+}
+
+impl Registrar {
+    fn new(bindings: Arc<Mutex<HashMap<String, String>>>) -> Registrar {
+        Registrar {
+            auth: Authenticator::new("example.com", b"k".to_vec()),
+            salt: 0,
+            bindings,
+            registers: 0,
+            challenges: 0,
+        }
+    }
+}
+
+impl Scenario for Registrar {
+    fn name(&self) -> &'static str {
+        "registrar"
+    }
+
+    fn primary(&self) -> Quantity {
+        Quantity::Custom("none")
+    }
+
+    fn setup(&mut self, ctx: &mut crate::driver::Ctx<'_>) -> Result<(), String> {
+        ctx.bind_udp("10.0.0.3:5060".parse().unwrap(), SocketKind::Sip)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn on_request(&mut self, ctx: &mut crate::driver::Ctx<'_>, inc: Incoming) {
+        let req = &inc.request;
+        if req.method() != Some(&Method::Register) {
+            let r = builder::local_response(req, 405, "Method Not Allowed");
+            return ctx.respond(inc.tx, &r);
+        }
+        self.registers += 1;
+        let creds = find_credentials(req, false, self.auth.realm())
+            .ok()
+            .flatten();
+        let ok = creds.as_ref().is_some_and(|c| {
+            self.auth
+                .verify(c, "REGISTER", &UserSecret::Password("secret".into()), 1_000)
+                == Verdict::Ok
+        });
+        if !ok {
+            self.challenges += 1;
+            self.salt += 1;
+            let mut r = builder::local_response(req, 401, "Unauthorized");
+            for ch in self.auth.challenges(1_000, self.salt, false) {
+                r.headers.push(HeaderName::WwwAuthenticate, ch.to_string());
+            }
+            return ctx.respond(inc.tx, &r);
+        }
+        let user = creds.map(|c| c.username).unwrap_or_default();
+        let contact = req
+            .headers
+            .get(&HeaderName::Contact)
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .unwrap_or_default();
+        let expires = req.expires().ok().flatten().unwrap_or(3600);
+        if expires == 0 {
+            self.bindings.lock().unwrap().remove(&user);
+        } else {
+            self.bindings.lock().unwrap().insert(user, contact.clone());
+        }
+        let mut r = builder::local_response(req, 200, "OK");
+        if expires > 0 {
+            r.headers
+                .push(HeaderName::Contact, format!("{contact};expires={expires}"));
+        }
+        ctx.respond(inc.tx, &r);
+    }
+}
+
+#[test]
+fn register_answers_the_digest_challenge() {
+    let mut sim = Sim::new(MS, None);
+    let bindings = Arc::default();
+    let registrar = sim.add(Box::new(Registrar::new(Arc::clone(&bindings))), uas_plan());
+    let mut t = target(sim.addr(registrar), 5);
+    t.domain = "example.com".into();
+    let plan = client_plan(&sim, 100.0, 10, 100);
+    let client = sim.add(
+        Box::new(Register::new(t, Secrets::Password("secret".into()), 300)),
+        plan,
+    );
+    sim.run_until_done(client, Duration::from_secs(5));
+    let data = sim.finish(client);
+    assert_eq!(data.recorder.total(Counter::Succeeded), 10);
+    // Each registration: REGISTER, 401, REGISTER with credentials, 200 (4 hops of 1 ms).
+    let s = data.recorder.stats(Quantity::Registration).unwrap();
+    assert_eq!((s.count, s.min_us), (10, 4_000));
+    assert!(within(s.max_us, 4_000), "{s:?}");
+    assert_eq!(
+        data.recorder
+            .stats(Quantity::Request("REGISTER"))
+            .unwrap()
+            .count,
+        20
+    );
+    // Five users with five distinct contacts (one socket per user).
+    let b = bindings.lock().unwrap();
+    assert_eq!(b.len(), 5);
+    let contacts: std::collections::HashSet<_> = b.values().collect();
+    assert_eq!(contacts.len(), 5);
+    assert_eq!(b["user0003"], "<sip:user0003@10.0.0.1:40004>");
+}
+
+#[test]
+fn wrong_password_fails_with_the_reason() {
+    let mut sim = Sim::new(MS, None);
+    let registrar = sim.add(Box::new(Registrar::new(Arc::default())), uas_plan());
+    let mut t = target(sim.addr(registrar), 1);
+    t.domain = "example.com".into();
+    let plan = client_plan(&sim, 100.0, 2, 100);
+    let client = sim.add(
+        Box::new(Register::new(t, Secrets::Password("wrong".into()), 300)),
+        plan,
+    );
+    sim.run_until_done(client, Duration::from_secs(5));
+    let data = sim.finish(client);
+    assert_eq!(data.recorder.total(Counter::Failed), 2);
+    let (reason, n) = data.recorder.failures().iter().next().unwrap();
+    assert_eq!(*n, 2);
+    assert!(reason.contains("credentials rejected"), "{reason}");
+}
+
+#[test]
+fn uas_registers_its_users_then_unregisters_them() {
+    let mut sim = Sim::new(MS, None);
+    let bindings = Arc::default();
+    let registrar = sim.add(Box::new(Registrar::new(Arc::clone(&bindings))), uas_plan());
+    let reg_addr = sim.addr(registrar);
+    let uas = sim.add(
+        Box::new(Uas::new(uas_config(
+            "10.0.0.2:5070".parse().unwrap(),
+            4,
+            Some(reg_addr),
+        ))),
+        uas_plan(),
+    );
+    assert!(!sim.drivers[uas].is_ready());
+    // Four users at 100/s: registered within 0.1 s.
+    let mut plan = client_plan(&sim, 1.0, 1, 1);
+    plan.pacer = Some(Pacer::new(
+        Schedule::new(1.0, Duration::ZERO),
+        sim.t0 + Duration::from_millis(200),
+        Some(1),
+        None,
+    ));
+    // A probe that ends the simulation step after the registrations.
+    let probe = sim.add(
+        Box::new(Options::new(target("10.0.0.2:5070".parse().unwrap(), 1))),
+        plan,
+    );
+    sim.run_until_done(probe, Duration::from_secs(2));
+    assert!(sim.drivers[uas].is_ready());
+    assert_eq!(bindings.lock().unwrap().len(), 4);
+    // Each user has its own socket: ports 5070..5073.
+    assert_eq!(sim.world.nodes[uas].len(), 4);
+    assert_eq!(sim.world.nodes[uas][3].port(), 5073);
+    sim.stop(uas, Duration::from_secs(10));
+    assert!(bindings.lock().unwrap().is_empty(), "unregistered");
+    let data = sim.finish(uas);
+    assert!(
+        data.summary_lines
+            .iter()
+            .any(|l| l == "registered at 10.0.0.3:5060: 4 ok, 0 failed"),
+        "{:?}",
+        data.summary_lines
+    );
+    assert_eq!(
+        data.recorder.stats(Quantity::Registration).unwrap().count,
+        4
+    );
+    // 4 registrations and 4 unregistrations, each challenged once: 16 REGISTERs.
+    assert_eq!(
+        data.recorder
+            .stats(Quantity::Request("REGISTER"))
+            .unwrap()
+            .count,
+        16
+    );
+    // The uas counted the probe's OPTIONS as its one session.
+    assert_eq!(data.recorder.total(Counter::Started), 1);
+}

@@ -1,0 +1,156 @@
+//! The client scenarios against the `cpm-loadgen uas` (two processes on loopback): exact
+//! counts, the JSON contract fields, delivery latency at the receiving side.
+
+mod support;
+
+use std::time::Duration;
+
+use support::{assert_all_succeeded, json, quantity, run, TempDir, Uas};
+
+const T: Duration = Duration::from_secs(60);
+
+#[test]
+fn options_to_uas() {
+    let dir = TempDir::new();
+    let report = dir.path().join("options.json");
+    let html = dir.path().join("options.html");
+    let uas = Uas::spawn(&["--listen", "127.0.0.1:0", "--duration", "60"]);
+    let target = uas.addr.to_string();
+    let out = run(
+        &[
+            "options",
+            "--target",
+            &target,
+            "--rate",
+            "200",
+            "--count",
+            "400",
+            "--json",
+            report.to_str().unwrap(),
+            "--html",
+            html.to_str().unwrap(),
+            "--max-p99-ms",
+            "1000",
+        ],
+        T,
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let v = json(&report);
+    assert_all_succeeded(&v, "options", 400);
+    assert_eq!(quantity(&v, "request_options"), 400);
+    let rate = v["rate_achieved"].as_f64().unwrap();
+    assert!((rate - 200.0).abs() < 1.0, "rate {rate}");
+    assert!(v["rtp"].is_null());
+    assert_eq!(v["thresholds"]["passed"], true);
+    let page = std::fs::read_to_string(&html).unwrap();
+    assert!(page.contains("<svg") && !page.contains("<script"));
+    assert!(out
+        .stdout
+        .contains("400 attempted, 400 succeeded, 0 failed"));
+    // The uas counted the same 400 requests.
+    let u = uas.stop();
+    assert_eq!(u.code, 0, "{u:?}");
+    assert!(u.stdout.contains("received: OPTIONS 400"), "{u:?}");
+}
+
+#[test]
+fn message_to_uas_reports_delivery_latency_at_the_receiver() {
+    let dir = TempDir::new();
+    let sender = dir.path().join("sender.json");
+    let receiver = dir.path().join("receiver.json");
+    let uas = Uas::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--users",
+        "3",
+        "--duration",
+        "60",
+        "--json",
+        receiver.to_str().unwrap(),
+    ]);
+    let target = uas.addr.to_string();
+    let out = run(
+        &[
+            "message",
+            "--target",
+            &target,
+            "--rate",
+            "300",
+            "--count",
+            "300",
+            "--body-size",
+            "400",
+            "--content-type",
+            "text/plain;charset=utf-8",
+            "--json",
+            sender.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let v = json(&sender);
+    assert_all_succeeded(&v, "message", 300);
+    assert_eq!(quantity(&v, "request_message"), 300);
+    let u = uas.stop();
+    assert_eq!(u.code, 0, "{u:?}");
+    let r = json(&receiver);
+    assert_eq!(r["scenario"], "uas");
+    assert_all_succeeded(&r, "uas", 300);
+    assert_eq!(quantity(&r, "message_delivery"), 300);
+    assert_eq!(r["counters"].get("messages_without_stamp"), None);
+}
+
+#[test]
+fn message_with_an_in_process_receiver() {
+    let dir = TempDir::new();
+    let report = dir.path().join("message.json");
+    let out = run(
+        &[
+            "message",
+            "--receiver",
+            "127.0.0.1:0",
+            "--rate",
+            "200",
+            "--count",
+            "200",
+            "--json",
+            report.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let v = json(&report);
+    assert_all_succeeded(&v, "message", 200);
+    // One run reports both sides.
+    assert_eq!(quantity(&v, "request_message"), 200);
+    assert_eq!(quantity(&v, "message_delivery"), 200);
+    assert!(
+        out.stdout.contains("receiver received: MESSAGE 200"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn thresholds_set_the_exit_code() {
+    // Nobody listens: every OPTIONS fails (bounded by --drain), exit 1 with the reason.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = sock.local_addr().unwrap().to_string();
+    drop(sock);
+    let out = run(
+        &[
+            "options", "--target", &target, "--rate", "50", "--count", "5", "--drain", "1",
+        ],
+        T,
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .contains("threshold not met: success 0.00 % < --min-success 100 %"),
+        "{out:?}"
+    );
+    assert!(out.stdout.contains("failures: unfinished: 5"), "{out:?}");
+    // A usage error is exit 2.
+    let out = run(&["options", "--target", &target, "--count", "5"], T);
+    assert_eq!(out.code, 2, "{out:?}");
+    assert!(out.stderr.contains("--rate"), "{out:?}");
+}

@@ -11,7 +11,7 @@ const WIDTH: f64 = 860.0;
 const HEIGHT: f64 = 260.0;
 const LEFT: f64 = 70.0;
 const RIGHT: f64 = 20.0;
-const TOP: f64 = 30.0;
+const TOP: f64 = 48.0;
 const BOTTOM: f64 = 40.0;
 const COLORS: [&str; 6] = [
     "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b",
@@ -41,18 +41,19 @@ pub fn escape(s: &str) -> String {
     out
 }
 
-/// A round axis maximum at or above `v` (1, 2 or 5 times a power of ten).
-fn nice_max(v: f64) -> f64 {
+/// A round axis maximum at or above `v` (1, 2 or 5 times a power of ten) and the number of
+/// grid steps that divides it into round values.
+fn nice_max(v: f64) -> (f64, u32) {
     if v <= 0.0 || !v.is_finite() {
-        return 1.0;
+        return (1.0, 5);
     }
     let p = 10f64.powf(v.log10().floor());
-    for m in [1.0, 2.0, 5.0, 10.0] {
+    for (m, steps) in [(1.0, 5), (2.0, 4), (5.0, 5)] {
         if m * p >= v {
-            return m * p;
+            return (m * p, steps);
         }
     }
-    10.0 * p
+    (10.0 * p, 5)
 }
 
 /// A line plot over the run's seconds as an inline `<svg>` element.
@@ -62,7 +63,7 @@ pub fn svg_plot(title: &str, unit: &str, lines: &[Line]) -> String {
         .iter()
         .flat_map(|l| l.values.iter().flatten())
         .fold(0.0f64, |a, &b| a.max(b));
-    let ymax = nice_max(max);
+    let (ymax, steps) = nice_max(max);
     let xmax = (n.max(2) - 1) as f64;
     let pw = WIDTH - LEFT - RIGHT;
     let ph = HEIGHT - TOP - BOTTOM;
@@ -80,8 +81,8 @@ pub fn svg_plot(title: &str, unit: &str, lines: &[Line]) -> String {
         escape(title)
     );
     // Axes, grid and labels.
-    for k in 0..=4 {
-        let v = ymax * k as f64 / 4.0;
+    for k in 0..=steps {
+        let v = ymax * f64::from(k) / f64::from(steps);
         let yy = y(v);
         let _ = write!(
             s,
@@ -89,7 +90,7 @@ pub fn svg_plot(title: &str, unit: &str, lines: &[Line]) -> String {
             WIDTH - RIGHT,
             LEFT - 6.0,
             yy + 4.0,
-            fmt_tick(v)
+            fmt_tick(v, ymax / f64::from(steps))
         );
     }
     let step = (n / 10).max(1);
@@ -160,13 +161,13 @@ pub fn svg_plot(title: &str, unit: &str, lines: &[Line]) -> String {
                 );
             }
         }
-        let lx = LEFT + 10.0 + 150.0 * k as f64;
+        let lx = LEFT + 130.0 * k as f64;
         let _ = write!(
             s,
-            r#"<rect x="{lx:.1}" y="{:.1}" width="12" height="3" fill="{color}"/><text x="{:.1}" y="{:.1}" class="tick">{}</text>"#,
-            TOP - 8.0,
-            lx + 16.0,
-            TOP - 4.0,
+            r#"<rect x="{lx:.1}" y="{:.1}" width="14" height="4" fill="{color}"/><text x="{:.1}" y="{:.1}" class="tick">{}</text>"#,
+            TOP - 16.0,
+            lx + 18.0,
+            TOP - 11.0,
             escape(&line.name)
         );
     }
@@ -174,19 +175,14 @@ pub fn svg_plot(title: &str, unit: &str, lines: &[Line]) -> String {
     s
 }
 
-fn fmt_tick(v: f64) -> String {
-    if v == 0.0 {
-        "0".into()
-    } else if v >= 100.0 {
-        format!("{v:.0}")
-    } else if v >= 1.0 {
-        format!("{v:.1}")
-    } else {
-        format!("{v:.3}")
-    }
+/// A tick label with as many decimals as the grid step needs.
+fn fmt_tick(v: f64, step: f64) -> String {
+    let decimals = (-step.log10().floor()).clamp(0.0, 6.0) as usize;
+    format!("{v:.decimals$}")
 }
 
-/// The percentile lines (p50, p99, in ms) of a quantity.
+/// The percentile lines (p50, p99, in ms) of a quantity (the max is in the table: its spikes
+/// would flatten the percentiles).
 fn latency_lines(r: &Report, q: Quantity) -> Vec<Line> {
     let pts = r.data.recorder.series(q);
     let col = |f: fn(&crate::metrics::Point) -> u64| -> Vec<Option<f64>> {
@@ -202,10 +198,6 @@ fn latency_lines(r: &Report, q: Quantity) -> Vec<Line> {
         Line {
             name: "p99".into(),
             values: col(|p| p.p99_us),
-        },
-        Line {
-            name: "max".into(),
-            values: col(|p| p.max_us),
         },
     ]
 }
@@ -372,10 +364,14 @@ mod tests {
 
     #[test]
     fn nice_axis_maxima() {
-        assert_eq!(nice_max(0.0), 1.0);
-        assert_eq!(nice_max(7.0), 10.0);
-        assert_eq!(nice_max(1.5), 2.0);
-        assert_eq!(nice_max(420.0), 500.0);
-        assert_eq!(nice_max(1000.0), 1000.0);
+        assert_eq!(nice_max(0.0), (1.0, 5));
+        assert_eq!(nice_max(7.0), (10.0, 5));
+        assert_eq!(nice_max(1.5), (2.0, 4));
+        assert_eq!(nice_max(420.0), (500.0, 5));
+        assert_eq!(nice_max(1000.0), (1000.0, 5));
+        assert_eq!(fmt_tick(0.4, 0.2), "0.4");
+        assert_eq!(fmt_tick(1.5, 0.5), "1.5");
+        assert_eq!(fmt_tick(400.0, 100.0), "400");
+        assert_eq!(fmt_tick(0.002, 0.002), "0.002");
     }
 }

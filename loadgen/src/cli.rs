@@ -69,6 +69,9 @@ COMMON:
   --quiet                no progress line (it is shown only on a terminal anyway)
   --seed N               seed of branches, tags and Call-IDs [from the clock]
 
+SIGNALS: SIGINT/SIGTERM stops starting sessions (a uas unregisters), drains and reports;
+a second one ends the drain at once (sessions in flight fail as \"interrupted\").
+
 EXIT STATUS: 0 thresholds met; 1 not met (reasons on stderr); 2 usage or setup error.
 ";
 

@@ -597,12 +597,7 @@ impl Driver {
                 if self.core.in_flight == 0 && self.scenario.is_idle() {
                     self.phase = Phase::Done;
                 } else if now >= until {
-                    let left: Vec<SessionId> = self.core.sessions.keys().copied().collect();
-                    for s in left {
-                        self.core
-                            .finish(s, Outcome::Failure("unfinished".to_string()));
-                    }
-                    self.phase = Phase::Done;
+                    self.abort("unfinished", now);
                 }
             }
             Phase::Setup | Phase::Done => {}
@@ -649,6 +644,21 @@ impl Driver {
         if self.core.in_flight == 0 && self.scenario.is_idle() {
             self.phase = Phase::Done;
         }
+    }
+
+    /// Ends the run now: sessions in flight fail with `reason` (the drain time ran out, or a
+    /// second signal came).
+    pub fn abort(&mut self, reason: &str, now: Instant) {
+        self.core.now = now;
+        if let Some(p) = self.plan.pacer.as_mut() {
+            p.stop();
+        }
+        let mut left: Vec<SessionId> = self.core.sessions.keys().copied().collect();
+        left.sort();
+        for s in left {
+            self.core.finish(s, Outcome::Failure(reason.to_string()));
+        }
+        self.phase = Phase::Done;
     }
 
     /// When [`Driver::handle_timeout`] must next be called.

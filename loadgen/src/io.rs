@@ -154,6 +154,9 @@ pub fn run(driver: &mut Driver, net: &mut UdpNet, mut opts: LoopOptions<'_>) -> 
         if opts.stop.load(Ordering::Relaxed) || (opts.signals && crate::sys::stop_requested()) {
             driver.stop(net, now);
         }
+        if opts.signals && crate::sys::abort_requested() {
+            driver.abort("interrupted", now);
+        }
         driver.handle_timeout(net, now);
         if now.duration_since(last_anchor) >= Duration::from_secs(1) {
             driver.anchor_wall_clock(now, unix_us());

@@ -6,7 +6,7 @@
 
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 /// A one-shot monotonic timer readable through epoll.
@@ -86,15 +86,15 @@ pub fn is_terminal(fd: RawFd) -> bool {
     unsafe { libc::isatty(fd) == 1 }
 }
 
-static STOP: AtomicBool = AtomicBool::new(false);
+static SIGNALS: AtomicUsize = AtomicUsize::new(0);
 
 extern "C" fn on_stop_signal(_sig: libc::c_int) {
-    // Async-signal-safe: one atomic store.
-    STOP.store(true, Ordering::SeqCst);
+    // Async-signal-safe: one atomic increment.
+    SIGNALS.fetch_add(1, Ordering::SeqCst);
 }
 
-/// SIGINT and SIGTERM set the flag [`stop_requested`] reads (a graceful stop: the run drains
-/// and reports).
+/// SIGINT and SIGTERM are counted: the first asks for a graceful stop ([`stop_requested`]: the
+/// run drains and reports), the second for an immediate end ([`abort_requested`]).
 pub fn install_stop_handler() {
     let handler: extern "C" fn(libc::c_int) = on_stop_signal;
     for sig in [libc::SIGINT, libc::SIGTERM] {
@@ -112,7 +112,12 @@ pub fn install_stop_handler() {
 
 /// Whether SIGINT or SIGTERM arrived since [`install_stop_handler`].
 pub fn stop_requested() -> bool {
-    STOP.load(Ordering::SeqCst)
+    SIGNALS.load(Ordering::SeqCst) >= 1
+}
+
+/// Whether a second SIGINT or SIGTERM arrived: stop draining, report now.
+pub fn abort_requested() -> bool {
+    SIGNALS.load(Ordering::SeqCst) >= 2
 }
 
 /// Raises the soft limit of open files to the hard limit (one socket per simulated user).

@@ -154,3 +154,57 @@ fn thresholds_set_the_exit_code() {
     assert_eq!(out.code, 2, "{out:?}");
     assert!(out.stderr.contains("--rate"), "{out:?}");
 }
+
+#[test]
+fn a_second_signal_ends_the_drain() {
+    use std::io::Read;
+    use std::process::{Command, Stdio};
+    use std::time::Instant;
+    // Nobody answers; the drain would last 60 s.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let target = sock.local_addr().unwrap().to_string();
+    let mut child = Command::new(support::bin())
+        .args([
+            "options",
+            "--target",
+            &target,
+            "--rate",
+            "100",
+            "--duration",
+            "60",
+            "--drain",
+            "60",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let sigint = |c: &std::process::Child| {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(c.id() as libc::pid_t, libc::SIGINT) };
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    sigint(&child);
+    std::thread::sleep(Duration::from_millis(300));
+    // Still draining after the first signal.
+    assert!(child.try_wait().unwrap().is_none());
+    sigint(&child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "no exit after the second SIGINT");
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert_eq!(status.code(), Some(1), "{out}");
+    assert!(out.contains("failures: interrupted: "), "{out}");
+    drop(sock);
+}

@@ -147,6 +147,17 @@ impl Services {
                 txn,
             );
         }
+        // RFC 3261 §16.3 step 5: a proxy refuses what Proxy-Require asks and it does not do.
+        if !for_us {
+            let unsupported =
+                cpm_engine::sip::validate::unsupported_proxy_requires(&req, SUPPORTED);
+            if !unsupported.is_empty() {
+                let mut r = builder::local_response(&req, 420, "Bad Extension");
+                r.headers
+                    .push(HeaderName::Unsupported, unsupported.join(", "));
+                return self.respond(id, r, now, txn);
+            }
+        }
         match class.service {
             ServiceType::Registration => self.register(id, req, source, transport, now, txn),
             ServiceType::Options => {

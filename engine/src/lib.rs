@@ -20,5 +20,6 @@
 
 pub mod hash;
 pub mod registrar;
+pub mod sdp;
 pub mod service;
 pub mod sip;

@@ -5,7 +5,8 @@
 //! them back on the same thread, so every packet costs one send and one receive on one core
 //! (the loopback delivery runs in the sender's system call too). The "rtp" rows add what the
 //! load generator does per packet: rewrite sequence number and timestamp in place, copy into
-//! `Bytes`, parse, and account in `ReceiverStats`.
+//! `Bytes`, parse, and account in `ReceiverStats`. The "+connect" rows send on a connected
+//! socket (no per-packet route lookup).
 //!
 //! ```text
 //! cargo run --release -p cpm-loadgen --example udp_batch [-- SECONDS_PER_ROW]
@@ -40,15 +41,24 @@ struct Row {
     cpu: Option<Duration>,
 }
 
-fn run(batching: Batching, batch: usize, rtp_work: bool, dur: Duration) -> io::Result<Row> {
+fn run(
+    batching: Batching,
+    batch: usize,
+    connected: bool,
+    rtp_work: bool,
+    dur: Duration,
+) -> io::Result<Row> {
     let config = SocketConfig {
         batching,
         ..SocketConfig::default()
     };
     let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
-    let a = BatchSocket::bind_with(any, config)?;
+    let mut a = BatchSocket::bind_with(any, config)?;
     let b = BatchSocket::bind_with(any, config)?;
     let to = b.local_addr()?;
+    if connected {
+        a.connect(to)?;
+    }
     let ssrc = Ssrc(0x1234_5678);
 
     let mut bufs: Vec<Vec<u8>> = (0..batch)
@@ -144,13 +154,15 @@ fn main() -> io::Result<()> {
         "mode", "batch", "work", "sent", "received", "lost", "pkts/s", "pkts/cpu-s"
     );
     let rows = [
-        (Batching::Loop, 32, "one-by-one"),
-        (Batching::Mmsg, 32, "mmsg"),
-        (Batching::Mmsg, 64, "mmsg"),
+        (Batching::Loop, 32, false, "one-by-one"),
+        (Batching::Mmsg, 32, false, "mmsg"),
+        (Batching::Mmsg, 64, false, "mmsg"),
+        (Batching::Loop, 32, true, "one+connect"),
+        (Batching::Mmsg, 32, true, "mmsg+connect"),
     ];
     for rtp_work in [false, true] {
-        for (batching, batch, name) in rows {
-            let r = run(batching, batch, rtp_work, dur)?;
+        for (batching, batch, connected, name) in rows {
+            let r = run(batching, batch, connected, rtp_work, dur)?;
             let pps = r.received as f64 / r.wall.as_secs_f64();
             let per_cpu = r
                 .cpu

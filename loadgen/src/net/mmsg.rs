@@ -104,7 +104,13 @@ fn empty_mmsghdr() -> libc::mmsghdr {
 }
 
 /// Sends up to [`MAX_BATCH`] datagrams with one `sendmmsg` and returns how many the kernel took.
-pub(super) fn send(socket: &UdpSocket, packets: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+/// Datagrams to the connected `peer` go without an address (the kernel then uses the socket's
+/// cached route).
+pub(super) fn send(
+    socket: &UdpSocket,
+    peer: Option<SocketAddr>,
+    packets: &[(SocketAddr, &[u8])],
+) -> io::Result<usize> {
     let n = packets.len().min(MAX_BATCH);
     if n == 0 {
         return Ok(0);
@@ -118,25 +124,27 @@ pub(super) fn send(socket: &UdpSocket, packets: &[(SocketAddr, &[u8])]) -> io::R
         .zip(iovs.iter_mut())
         .zip(hdrs.iter_mut())
     {
-        let (c, len) = to_c(dest);
-        *name = c;
         // sendmmsg only reads the datagram; the field is *mut because recvmmsg shares it.
         *iov = libc::iovec {
             iov_base: data.as_ptr().cast_mut().cast(),
             iov_len: data.len(),
         };
-        h.msg_hdr.msg_name = ptr::from_mut(name).cast();
-        h.msg_hdr.msg_namelen = len;
+        if Some(*dest) != peer {
+            let (c, len) = to_c(dest);
+            *name = c;
+            h.msg_hdr.msg_name = ptr::from_mut(name).cast();
+            h.msg_hdr.msg_namelen = len;
+        }
         h.msg_hdr.msg_iov = iov;
         h.msg_hdr.msg_iovlen = 1;
     }
     let fd = socket.as_raw_fd();
     loop {
         // SAFETY: `fd` is the open socket `socket` borrows for the whole call. The first `n`
-        // headers each point to one address in `names` and one iovec in `iovs`, stack arrays
-        // alive until the call returns and not otherwise touched meanwhile; each iovec points to
-        // a caller's datagram, borrowed for this function and only read by sendmmsg. `n` is at
-        // most MAX_BATCH, the length of `hdrs`.
+        // headers each point to one iovec in `iovs` and to no address (null, length 0) or one
+        // in `names`, stack arrays alive until the call returns and not otherwise touched
+        // meanwhile; each iovec points to a caller's datagram, borrowed for this function and
+        // only read by sendmmsg. `n` is at most MAX_BATCH, the length of `hdrs`.
         let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
         if r >= 0 {
             return Ok(r as usize);

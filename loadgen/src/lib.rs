@@ -58,13 +58,14 @@
 //! [`run::run_client`] building it, and for the answering side a branch in
 //! [`scenario::uas::Uas::on_request`] (INVITE goes to [`scenario::uas::Uas::on_invite`], the
 //! call hook; [`scenario::uas::RtpMode`] is already parsed from `--rtp`). Media at high
-//! packet rates can run on a thread of its own with batched I/O (`net/`) and merge its
+//! packet rates can run on a thread of its own with batched I/O ([`net::BatchSocket`]) and merge its
 //! [`metrics::Recorder`] at the end ([`metrics::Recorder::merge`]).
 
 pub mod cli;
 pub mod driver;
 pub mod io;
 pub mod metrics;
+pub mod net;
 pub mod pacing;
 pub mod report;
 pub mod run;

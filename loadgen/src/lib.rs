@@ -58,8 +58,8 @@
 //! [`run::run_client`] building it, and for the answering side a branch in
 //! `Uas::on_request` ([`scenario::uas`]; INVITE goes to [`scenario::uas::Uas::on_invite`], the
 //! call hook; [`scenario::uas::RtpMode`] is already parsed from `--rtp`). Media at high
-//! packet rates can run on a thread of its own with batched I/O ([`net::BatchSocket`]) and merge its
-//! [`metrics::Recorder`] at the end ([`metrics::Recorder::merge`]).
+//! packet rates can run on a thread of its own with batched I/O ([`net::BatchSocket`]) and
+//! merge its [`metrics::Recorder`] at the end ([`metrics::Recorder::merge`]).
 
 pub mod cli;
 pub mod driver;

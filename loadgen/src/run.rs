@@ -183,6 +183,12 @@ pub fn serve_uas(
     };
     let driver = Driver::new(Box::new(Uas::new(cfg)), plan, start, unix_us(), seed);
     let ready = Box::new(move |d: &Driver| {
+        // Registrations that failed are named at once (the run goes on for the others).
+        for (note, n) in d.recorder().notes() {
+            if note.starts_with("registration failed") {
+                eprintln!("cpm-loadgen uas: {note} ({n} users)");
+            }
+        }
         if let Some(a) = d.local_addr(SocketId(0)) {
             on_ready(a);
         }

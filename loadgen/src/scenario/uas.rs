@@ -404,10 +404,15 @@ impl Scenario for Uas {
             out.push(format!("users: {} on UDP {a} .. {b}", self.sockets.len()));
         }
         if let Some(r) = self.cfg.register_to {
-            out.push(format!(
+            let pending = self.first_done.iter().filter(|d| !**d).count();
+            let mut line = format!(
                 "registered at {r}: {} ok, {} failed",
                 self.reg_ok, self.reg_failed
-            ));
+            );
+            if pending > 0 {
+                line.push_str(&format!(", {pending} never answered"));
+            }
+            out.push(line);
         }
         if !self.received.is_empty() {
             let parts: Vec<String> = self

@@ -147,6 +147,17 @@ impl Services {
                 txn,
             );
         }
+        // RFC 3261 §16.3 step 5: a proxy refuses what Proxy-Require asks and it does not do.
+        if !for_us {
+            let unsupported =
+                cpm_engine::sip::validate::unsupported_proxy_requires(&req, SUPPORTED);
+            if !unsupported.is_empty() {
+                let mut r = builder::local_response(&req, 420, "Bad Extension");
+                r.headers
+                    .push(HeaderName::Unsupported, unsupported.join(", "));
+                return self.respond(id, r, now, txn);
+            }
+        }
         match class.service {
             ServiceType::Registration => self.register(id, req, source, transport, now, txn),
             ServiceType::Options => {
@@ -212,24 +223,30 @@ impl Services {
         fork.pending = fork.pending.saturating_sub(1);
         // Our own Via is on top; the response continues with the rest (§16.7 step 9).
         resp.headers.remove_first_value(&HeaderName::Via);
+        let mut relay = None;
         if !fork.answered {
             if (200..300).contains(&code) {
                 fork.answered = true;
-                let r = resp;
-                self.respond(server, r, now, txn);
+                relay = Some(resp);
             } else if better(&resp, fork.best.as_ref()) {
                 fork.best = Some(resp);
             }
         }
-        let fork = self.forks.get_mut(&server).expect("fork present");
         if fork.pending == 0 {
-            let done = self.forks.remove(&server).expect("fork present");
-            if !done.answered {
-                if let Some(best) = done.best {
-                    self.respond(server, best, now, txn);
+            if let Some(done) = self.forks.remove(&server) {
+                if !done.answered {
+                    relay = done.best;
                 }
             }
         }
+        if let Some(r) = relay {
+            self.respond(server, r, now, txn);
+        }
+    }
+
+    /// Starts the periodic registration sweep (called when the worker starts).
+    pub fn start_sweeps(&mut self, now: Instant) {
+        self.next_sweep = Some(now + SWEEP_EVERY);
     }
 
     /// Periodic work: sweep expired registrations out of this worker's registrar shards.

@@ -255,8 +255,13 @@ impl Worker {
 impl Actor for Worker {
     type Context = Context<Self>;
 
-    fn started(&mut self, _ctx: &mut Context<Self>) {
-        // After a supervisor restart `out` is already set: the sockets and their tasks run on.
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        // After a supervisor restart `out` is already set: the sockets and their tasks run on,
+        // and the timer is re-armed for the periodic work.
+        if let Some(out) = self.out.clone() {
+            self.drive(Instant::now(), &out, ctx);
+            return;
+        }
         if let Some(udp_sock) = self.pending_udp.take() {
             match tokio::net::UdpSocket::from_std(udp_sock) {
                 Ok(u) => {
@@ -292,11 +297,14 @@ impl Handler<Inbound> for Worker {
 
 impl Handler<StartIo> for Worker {
     type Result = ();
-    fn handle(&mut self, msg: StartIo, _ctx: &mut Context<Self>) {
+    fn handle(&mut self, msg: StartIo, ctx: &mut Context<Self>) {
         let Some(tcp_sock) = self.pending_tcp.take() else {
             return;
         };
         let Some(out) = self.out.clone() else { return };
+        let now = Instant::now();
+        self.services.start_sweeps(now);
+        self.drive(now, &out, ctx);
         let cfg = &self.shared.config;
         let limits = tcp::TcpLimits {
             max_message_size: cfg.max_message_size,

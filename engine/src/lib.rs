@@ -20,5 +20,7 @@
 
 pub mod hash;
 pub mod registrar;
+pub mod rtp;
+pub mod sdp;
 pub mod service;
 pub mod sip;

@@ -24,6 +24,7 @@ over_udp_and_tcp!(
     unknown_method_is_501,
     max_forwards_zero_is_483,
     unsupported_require_is_420,
+    unsupported_proxy_require_is_420,
     too_large_is_513,
     invite_is_405_with_allow,
     subscribe_is_489_bad_event,
@@ -118,6 +119,27 @@ fn unsupported_require_is_420(t: Transport) {
         lists(&resp, "Unsupported", "foo"),
         "Unsupported: foo missing in:\n{resp}"
     );
+}
+
+/// RFC 3261 §16.3 step 5: a MESSAGE to forward with a Proxy-Require we do not support is 420;
+/// the same option tag in Proxy-Require of an OPTIONS to the server itself is ignored.
+fn unsupported_proxy_require_is_420(t: Transport) {
+    let cpmd = Cpmd::spawn(&[]);
+    let mut ua = Ua::new(t, cpmd.sip_addr());
+    let req = ua
+        .req("MESSAGE", "sip:bob@localhost")
+        .header("Proxy-Require", "bar")
+        .body("text/plain", "hi");
+    let resp = ua.request(&req);
+    assert_status(&resp, 420);
+    assert!(
+        lists(&resp, "Unsupported", "bar"),
+        "Unsupported: bar missing in:\n{resp}"
+    );
+    let req = ua
+        .req("OPTIONS", "sip:localhost")
+        .header("Proxy-Require", "bar");
+    assert_status(&ua.request(&req), 200);
 }
 
 /// RFC 3261 §21.4.11: a message larger than `--max-message-size` is 513.

@@ -1,0 +1,240 @@
+//! `sendmmsg(2)` and `recvmmsg(2)` through libc (Linux): the load generator's only unsafe
+//! code. Each call builds its message headers in fixed arrays on the stack, pointing at the
+//! caller's buffers, and makes one system call for up to [`MAX_BATCH`] datagrams.
+
+use std::io;
+use std::mem;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
+use std::os::fd::AsRawFd;
+use std::ptr;
+
+use super::{RecvMeta, MAX_BATCH};
+
+/// A socket address as the kernel reads and writes it (mio's `SocketAddrCRepr`): either
+/// family, both plain integer structs valid for any bit pattern.
+#[derive(Clone, Copy)]
+#[repr(C)]
+union CSockAddr {
+    v4: libc::sockaddr_in,
+    v6: libc::sockaddr_in6,
+}
+
+/// All-zero address, the larger member, so every byte of a [`CSockAddr`] is initialised.
+const UNSPECIFIED: CSockAddr = CSockAddr {
+    v6: libc::sockaddr_in6 {
+        sin6_family: 0,
+        sin6_port: 0,
+        sin6_flowinfo: 0,
+        sin6_addr: libc::in6_addr { s6_addr: [0; 16] },
+        sin6_scope_id: 0,
+    },
+};
+
+const NO_IOVEC: libc::iovec = libc::iovec {
+    iov_base: ptr::null_mut(),
+    iov_len: 0,
+};
+
+fn to_c(addr: &SocketAddr) -> (CSockAddr, libc::socklen_t) {
+    match addr {
+        SocketAddr::V4(a) => {
+            let v4 = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                // s_addr holds the octets in network order, so no byte swap.
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from_ne_bytes(a.ip().octets()),
+                },
+                sin_zero: [0; 8],
+            };
+            let len = mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+            // Start from all zeroes so the bytes past the v4 member are initialised too.
+            let mut c = UNSPECIFIED;
+            c.v4 = v4;
+            (c, len)
+        }
+        SocketAddr::V6(a) => {
+            let v6 = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            let len = mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t;
+            (CSockAddr { v6 }, len)
+        }
+    }
+}
+
+fn from_c(c: &CSockAddr) -> Option<SocketAddr> {
+    // SAFETY: both members are structs of integers and byte arrays, for which any bit pattern is
+    // valid, and every byte of `c` was initialised (from UNSPECIFIED, then by the kernel); the
+    // family field sits at offset 0 in both.
+    let family = unsafe { c.v4.sin_family };
+    match i32::from(family) {
+        libc::AF_INET => {
+            // SAFETY: as above; the family says the kernel wrote a sockaddr_in.
+            let a = unsafe { c.v4 };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(a.sin_addr.s_addr.to_ne_bytes()),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: as above; the family says the kernel wrote a sockaddr_in6.
+            let a = unsafe { c.v6 };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+fn empty_mmsghdr() -> libc::mmsghdr {
+    // SAFETY: mmsghdr is a C struct of integers and raw pointers; all-zero bytes is a valid
+    // value of it (null pointers, zero lengths, no flags), as C code gets from memset.
+    unsafe { mem::zeroed() }
+}
+
+/// Sends up to [`MAX_BATCH`] datagrams with one `sendmmsg` and returns how many the kernel took.
+/// Datagrams to the connected `peer` go without an address (the kernel then uses the socket's
+/// cached route).
+pub(super) fn send(
+    socket: &UdpSocket,
+    peer: Option<SocketAddr>,
+    packets: &[(SocketAddr, &[u8])],
+) -> io::Result<usize> {
+    let n = packets.len().min(MAX_BATCH);
+    if n == 0 {
+        return Ok(0);
+    }
+    let mut names = [UNSPECIFIED; MAX_BATCH];
+    let mut iovs = [NO_IOVEC; MAX_BATCH];
+    let mut hdrs = [empty_mmsghdr(); MAX_BATCH];
+    for ((((dest, data), name), iov), h) in packets
+        .iter()
+        .zip(names.iter_mut())
+        .zip(iovs.iter_mut())
+        .zip(hdrs.iter_mut())
+    {
+        // sendmmsg only reads the datagram; the field is *mut because recvmmsg shares it.
+        *iov = libc::iovec {
+            iov_base: data.as_ptr().cast_mut().cast(),
+            iov_len: data.len(),
+        };
+        if Some(*dest) != peer {
+            let (c, len) = to_c(dest);
+            *name = c;
+            h.msg_hdr.msg_name = ptr::from_mut(name).cast();
+            h.msg_hdr.msg_namelen = len;
+        }
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = 1;
+    }
+    let fd = socket.as_raw_fd();
+    loop {
+        // SAFETY: `fd` is the open socket `socket` borrows for the whole call. The first `n`
+        // headers each point to one iovec in `iovs` and to no address (null, length 0) or one
+        // in `names`, stack arrays alive until the call returns and not otherwise touched
+        // meanwhile; each iovec points to a caller's datagram, borrowed for this function and
+        // only read by sendmmsg. `n` is at most MAX_BATCH, the length of `hdrs`.
+        let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Receives up to one datagram per slot with one `recvmmsg`, pushing each one's metadata.
+pub(super) fn recv<'a>(
+    socket: &UdpSocket,
+    slots: impl Iterator<Item = &'a mut [u8]>,
+    meta: &mut Vec<RecvMeta>,
+) -> io::Result<usize> {
+    let mut names = [UNSPECIFIED; MAX_BATCH];
+    let mut iovs = [NO_IOVEC; MAX_BATCH];
+    let mut hdrs = [empty_mmsghdr(); MAX_BATCH];
+    let mut n = 0;
+    for (((slot, name), iov), h) in slots
+        .zip(names.iter_mut())
+        .zip(iovs.iter_mut())
+        .zip(hdrs.iter_mut())
+    {
+        *iov = libc::iovec {
+            iov_base: slot.as_mut_ptr().cast(),
+            iov_len: slot.len(),
+        };
+        h.msg_hdr.msg_name = ptr::from_mut(name).cast();
+        h.msg_hdr.msg_namelen = mem::size_of::<CSockAddr>() as libc::socklen_t;
+        h.msg_hdr.msg_iov = iov;
+        h.msg_hdr.msg_iovlen = 1;
+        n += 1;
+    }
+    let fd = socket.as_raw_fd();
+    let received = loop {
+        // SAFETY: `fd` is the open socket `socket` borrows for the whole call. The first `n`
+        // headers each point to one address buffer in `names` (its size in msg_namelen) and one
+        // iovec in `iovs`, stack arrays alive until the call returns and not otherwise touched
+        // meanwhile; each iovec points to a distinct slot of the caller's batch, mutably
+        // borrowed for this function, with its exact length, so the kernel writes only inside
+        // it. `n` is at most MAX_BATCH, the length of `hdrs`. A null timeout is allowed.
+        let r = unsafe {
+            libc::recvmmsg(
+                fd,
+                hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+                ptr::null_mut(),
+            )
+        };
+        if r >= 0 {
+            break r as usize;
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    };
+    for ((h, name), iov) in hdrs.iter().zip(&names).zip(&iovs).take(received) {
+        meta.push(RecvMeta {
+            len: (h.msg_len as usize).min(iov.iov_len),
+            // An AF_INET/AF_INET6 UDP socket always reports an inet sender.
+            source: from_c(name).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+            truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        });
+    }
+    Ok(received)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_addresses_convert_both_ways() {
+        for a in [
+            "127.0.0.1:5060",
+            "10.1.2.3:0",
+            "[::1]:40000",
+            "[fe80::1%3]:9",
+        ] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let (c, len) = to_c(&addr);
+            let want = if addr.is_ipv4() { 16 } else { 28 };
+            assert_eq!(len, want);
+            assert_eq!(from_c(&c), Some(addr), "{a}");
+        }
+        assert_eq!(from_c(&UNSPECIFIED), None);
+    }
+}

@@ -24,6 +24,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 REF="$ROOT/perf/reference"
 BIN="$ROOT/target/release"
+LOADGEN="${LOADGEN:-$BIN/cpm-loadgen}" # another build of cpm-loadgen may be named here
 TICK=$(getconf CLK_TCK)
 
 SCENARIO="${1:-}"
@@ -52,7 +53,7 @@ OUT="${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/cpm-compare.XXXXXX")}"
 mkdir -p "$OUT"
 
 # Ports, all on 127.0.0.1.
-KAM_PORT=5070 NG_PORT=22222 UAS_PORT=5080 CPMD_PORT=5075 CPMD_HTTP=18075
+KAM_PORT=5070 NG_PORT=22222 UAS_PORT=16000 CPMD_PORT=5075 CPMD_HTTP=18075
 FWD_LO=40000 FWD_HI=41999
 
 log() { echo "== $*" >&2; }
@@ -63,8 +64,13 @@ if ((BUILD)); then
     (cd "$ROOT" && cargo build --release -q -p cpm-bare-forwarder -p cpm-loadgen -p cpm-actors)
 fi
 if [[ "$LOAD" == auto ]]; then
-    # cpm-loadgen is used once it knows the scenario (its CLI is issue 3's contract).
-    if [[ -x "$BIN/cpm-loadgen" ]] && "$BIN/cpm-loadgen" "$SCENARIO" --help >/dev/null 2>&1; then
+    # cpm-loadgen is used once it runs the scenario: a one-request probe towards the discard
+    # port ends with 0 or 1 (thresholds), while exit status 2 is a usage or setup error
+    # ("not implemented yet").
+    rc=0
+    timeout 10 "$LOADGEN" "$SCENARIO" --target 127.0.0.1:9 --rate 1 --count 1 --drain 1 \
+        --quiet >/dev/null 2>&1 || rc=$?
+    if [[ -x "$LOADGEN" && $rc != 2 && $rc != 127 ]]; then
         LOAD=loadgen
     else
         LOAD=sipp
@@ -149,37 +155,26 @@ stop_cpmd() {
 # cpm-loadgen's JSON → the keys above. The latency is the call setup time for calls, else the
 # first quantity reported; RTP figures come from the "rtp" object when there is one.
 json_keys() {
-    python3 - "$1" <<'EOF'
+    python3 - "$1" "$SCENARIO" <<'EOF'
 import json, sys
 d = json.load(open(sys.argv[1]))
-def find(o, key):
-    if isinstance(o, dict):
-        if key in o:
-            return o[key]
-        for v in o.values():
-            r = find(v, key)
-            if r is not None:
-                return r
-    elif isinstance(o, list):
-        for v in o:
-            r = find(v, key)
-            if r is not None:
-                return r
-    return None
+scenario = sys.argv[2]
 out = {k: d.get(k) for k in ("attempted", "succeeded", "failed")}
 out["rate"] = d.get("rate_achieved")
-lat = None
-for name in ("call_setup", "setup", "request", "latency"):
-    for k, v in d.items():
-        if name in k and isinstance(v, dict) and "p99_us" in v:
-            lat = lat or v
-if lat is None:
-    lat = next((v for v in d.values() if isinstance(v, dict) and "p99_us" in v and "owd" not in str(v)), {})
+# The scenario's main latency (cpm-loadgen's quantity names).
+main = {"call": ["call_setup"], "options": ["request_options"], "register": ["registration", "request_register"],
+        "message": ["message_delivery", "request_message"]}.get(scenario, [])
+q = d.get("quantities") or {}
+lat = next((q[n] for n in main if isinstance(q.get(n), dict)), None)
+if lat is None:  # another shape: the first percentile object that is not RTP's
+    lat = next((v for k, v in q.items() if isinstance(v, dict) and "p99_us" in v and "rtp" not in k), {})
 out["p50_us"], out["p99_us"] = lat.get("p50_us"), lat.get("p99_us")
 rtp = d.get("rtp") if isinstance(d.get("rtp"), dict) else {}
-out["rtp_sent"] = rtp.get("sent", find(d, "sent"))
-out["rtp_received"] = rtp.get("received", find(d, "received"))
-out["loss_pct"] = rtp.get("loss_pct", find(d, "loss_pct"))
+out["rtp_sent"] = rtp.get("sent")
+out["rtp_received"] = rtp.get("received")
+out["loss_pct"] = rtp.get("loss_pct")
+owd = q.get("rtp_owd") if isinstance(q.get("rtp_owd"), dict) else {}
+out["owd_p50_us"], out["owd_p99_us"] = owd.get("p50_us"), owd.get("p99_us")
 for k, v in out.items():
     print(k, "-" if v is None else v)
 EOF
@@ -188,16 +183,20 @@ EOF
 load_loadgen() {
     local res=$1 json="$OUT/$TARGET.json" uas=""
     if [[ "$SCENARIO" == call || "$SCENARIO" == message ]]; then
-        "$BIN/cpm-loadgen" uas --listen "127.0.0.1:$UAS_PORT" --register-to "$TARGET_ADDR" \
-            --users "$USERS" --rtp echo >"$OUT/$TARGET.uas.log" 2>&1 &
+        # The answering side: users user0000.. on ports UAS_PORT+i, registered at the target.
+        "$LOADGEN" uas --listen "127.0.0.1:$UAS_PORT" --register-to "$TARGET_ADDR" \
+            --users "$USERS" --rtp echo --quiet >"$OUT/$TARGET.uas.log" 2>&1 &
         uas=$!
-        sleep 2
+        sleep "$(awk -v n="$USERS" 'BEGIN { print 1 + n / 500 }')" # --register-rate 500
     fi
     local extra=()
     [[ "$SCENARIO" == call ]] && extra=(--hold "$HOLD")
-    "$BIN/cpm-loadgen" "$SCENARIO" --target "$TARGET_ADDR" --rate "$RATE" --count "$COUNT" \
-        "${extra[@]}" --json "$json" >"$OUT/$TARGET.load.log" 2>&1 || true
-    [[ -n "$uas" ]] && { kill -INT "$uas" 2>/dev/null || true; wait "$uas" 2>/dev/null || true; }
+    "$LOADGEN" "$SCENARIO" --target "$TARGET_ADDR" --users "$USERS" --rate "$RATE" \
+        --count "$COUNT" "${extra[@]}" --quiet --json "$json" >"$OUT/$TARGET.load.log" 2>&1 || true
+    if [[ -n "$uas" ]]; then
+        kill -INT "$uas" 2>/dev/null || true
+        wait "$uas" 2>/dev/null || true
+    fi
     if [[ -s "$json" ]]; then json_keys "$json" >"$res"; else : >"$res"; fi
 }
 
@@ -209,11 +208,8 @@ load_rtp_pairs() {
     duration=$(awk -v c="$COUNT" -v r="$RATE" 'BEGIN { print c / r }')
     "$BIN/rtp-pairs" --target "$TARGET_ADDR" --streams "$streams" --duration "$duration" \
         --json "$OUT/$TARGET.json" >"$OUT/$TARGET.load.log" 2>&1 || true
+    # The streams stand in for calls: no call rate nor setup time; the one-way delay is shown.
     json_keys "$OUT/$TARGET.json" | sed -E 's/^(attempted|succeeded|failed|rate|p50_us|p99_us) .*/\1 -/' >"$res"
-    # The streams stand in for calls: no call rate nor setup latency; the one-way delay is shown.
-    awk '/"rtp_owd"/ { match($0, /"p50_us": [0-9]+/); p50 = substr($0, RSTART + 10, RLENGTH - 10)
-                       match($0, /"p99_us": [0-9]+/); p99 = substr($0, RSTART + 10, RLENGTH - 10)
-                       print "owd_p50_us", p50; print "owd_p99_us", p99 }' "$OUT/$TARGET.json" >>"$res"
 }
 
 load_sipp() {

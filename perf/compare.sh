@@ -10,7 +10,8 @@
 # Options:
 #   --rate N (default 20)  --count N (200)  --hold SECS (5)  --users N (100)
 #   --load auto|loadgen|sipp   load source (auto: cpm-loadgen if it runs the scenario, else SIPp;
-#                              SIPp serves call, options, register; its call holds 8.5 s: the pcap)
+#                              SIPp serves call, options, register; its call holds 8.5 s: the pcap);
+#                              LOADGEN=PATH (environment) names the cpm-loadgen binary
 #   --out DIR                  where each run's files go (default: a new temp dir, kept)
 #   --no-build                 use the binaries already in target/release
 #
@@ -28,7 +29,7 @@ LOADGEN="${LOADGEN:-$BIN/cpm-loadgen}" # another build of cpm-loadgen may be nam
 TICK=$(getconf CLK_TCK)
 
 SCENARIO="${1:-}"
-[[ -n "$SCENARIO" && "$SCENARIO" != -* ]] || { sed -n '2,22p' "$0" >&2; exit 2; }
+[[ -n "$SCENARIO" && "$SCENARIO" != -* ]] || { sed -n "2,23p" "$0" >&2; exit 2; }
 shift
 RATE=20 COUNT=200 HOLD=5 USERS=100 LOAD=auto OUT="" BUILD=1 TARGETS=""
 while (($#)); do
@@ -95,6 +96,11 @@ cpu_ticks() {
         total=$((total + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
     done
     echo "$total"
+}
+# The server CPU counted from here (called again by a load once its set-up, e.g. registering
+# the answering users, is done).
+mark_cpu() {
+    sig0=$(cpu_ticks $SIG_PIDS) media0=$(cpu_ticks $MEDIA_PIDS)
 }
 secs() { awk -v t="$1" -v hz="$TICK" 'BEGIN { printf "%.2f", t / hz }'; }
 
@@ -182,12 +188,14 @@ EOF
 
 load_loadgen() {
     local res=$1 json="$OUT/$TARGET.json" uas=""
-    if [[ "$SCENARIO" == call || "$SCENARIO" == message ]]; then
+    if [[ "$SCENARIO" != register ]]; then
         # The answering side: users user0000.. on ports UAS_PORT+i, registered at the target.
+        # (cpm-loadgen's requests, OPTIONS included, go to sip:user%04d@target.)
         "$LOADGEN" uas --listen "127.0.0.1:$UAS_PORT" --register-to "$TARGET_ADDR" \
             --users "$USERS" --rtp echo --quiet >"$OUT/$TARGET.uas.log" 2>&1 &
         uas=$!
         sleep "$(awk -v n="$USERS" 'BEGIN { print 1 + n / 500 }')" # --register-rate 500
+        mark_cpu
     fi
     local extra=()
     [[ "$SCENARIO" == call ]] && extra=(--hold "$HOLD")
@@ -224,6 +232,7 @@ load_sipp() {
             -mp 6000 -rtp_echo -bg 2>&1 | sed -n 's/.*PID=\[\([0-9]*\)\].*/\1/p' || true)
         (cd "$dir" && sipp -sf "$REF/sipp/register.xml" "$host:$port" -i 127.0.0.1 -p 5091 \
             -s service -key contact 127.0.0.1:5090 -m 1 -nostdin >/dev/null 2>&1)
+        mark_cpu
         (cd "$dir" && sipp -sf "$REF/sipp/uac_media.xml" "$host:$port" -p 5092 -mi 127.0.0.1 \
             -s service "${common[@]}" >"$dir/uac.log" 2>&1) || true
         ;;
@@ -267,7 +276,7 @@ for TARGET in $TARGETS; do
     log "$TARGET: $SCENARIO, rate $RATE, count $COUNT, hold $HOLD, load $([[ $TARGET == bare-forwarder ]] && echo rtp-pairs || echo "$LOAD")"
     RTP_RELAYED=""
     "start_$TARGET"
-    sig0=$(cpu_ticks $SIG_PIDS) media0=$(cpu_ticks $MEDIA_PIDS)
+    mark_cpu
     if [[ "$TARGET" == bare-forwarder ]]; then
         load_rtp_pairs "$OUT/$TARGET.res" # no signaling: rtp-pairs whatever the load source
     else

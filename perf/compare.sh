@@ -29,7 +29,7 @@ LOADGEN="${LOADGEN:-$BIN/cpm-loadgen}" # another build of cpm-loadgen may be nam
 TICK=$(getconf CLK_TCK)
 
 SCENARIO="${1:-}"
-[[ -n "$SCENARIO" && "$SCENARIO" != -* ]] || { sed -n "2,23p" "$0" >&2; exit 2; }
+[[ -n "$SCENARIO" && "$SCENARIO" != -* ]] || { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2; exit 2; }
 shift
 RATE=20 COUNT=200 HOLD=5 USERS=100 LOAD=auto OUT="" BUILD=1 TARGETS=""
 while (($#)); do

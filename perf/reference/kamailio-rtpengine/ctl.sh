@@ -179,7 +179,7 @@ status)
 pids) cmd_pids ;;
 stats) cmd_stats ;;
 *)
-    sed -n '2,20p' "$0" >&2
+    awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2
     exit 2
     ;;
 esac

@@ -3,6 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, UdpSocket};
 use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicU16, Ordering};
 use std::time::Duration;
 
 use cpm_bare_forwarder::Forwarder;
@@ -95,12 +96,14 @@ fn forwards_every_packet_both_ways_through_two_pairs() {
     assert!(c.rx_calls > 0 && c.rx_calls <= c.rx_packets);
 }
 
-/// Two consecutive free UDP ports on 127.0.0.1 (probed, then released).
+/// Two consecutive free UDP ports on 127.0.0.1 (probed, then released); each call of this test
+/// process starts its search elsewhere, so that tests running in parallel do not pick the same.
 fn free_pair() -> u16 {
-    for base in (20000..30000u16)
-        .step_by(2)
-        .skip((std::process::id() % 1000) as usize * 3)
-    {
+    static CALLS: AtomicU16 = AtomicU16::new(0);
+    let start =
+        (std::process::id() % 500) as u16 * 8 + CALLS.fetch_add(1, Ordering::Relaxed) * 4000;
+    for k in 0..5000u16 {
+        let base = 20000 + (start + 2 * k) % 20000;
         if let (Ok(_a), Ok(_b)) = (
             UdpSocket::bind(("127.0.0.1", base)),
             UdpSocket::bind(("127.0.0.1", base + 1)),
@@ -154,4 +157,57 @@ fn the_binary_relays_and_prints_its_counters_on_sigint() {
         stdout.contains(&format!(" rx_packets={} ", forwarded + 2)),
         "{stdout}"
     );
+}
+
+#[test]
+fn rtp_pairs_counts_every_packet_it_sends_through_the_binary() {
+    let lo = free_pair();
+    let range = format!("127.0.0.1:{lo}-{}", lo + 1);
+    let mut fwd = Command::new(env!("CARGO_BIN_EXE_bare-forwarder"))
+        .args(["--listen", &range])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    BufReader::new(fwd.stderr.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+
+    let json = std::env::temp_dir().join(format!("rtp-pairs-{}.json", std::process::id()));
+    let out = Command::new(env!("CARGO_BIN_EXE_rtp-pairs"))
+        .args([
+            "--target",
+            &range,
+            "--streams",
+            "1",
+            "--duration",
+            "1",
+            "--pps",
+            "200",
+        ])
+        .arg("--json")
+        .arg(&json)
+        .output()
+        .unwrap();
+    Command::new("kill")
+        .args(["-INT", &fwd.id().to_string()])
+        .status()
+        .unwrap();
+    let fwd_out = String::from_utf8(fwd.wait_with_output().unwrap().stdout).unwrap();
+    let report = std::fs::read_to_string(&json).unwrap();
+    let _ = std::fs::remove_file(&json);
+
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One stream, both ways, 200 packets/s for 1 s.
+    assert!(
+        report.contains("\"sent\": 400, \"received\": 400, \"lost\": 0"),
+        "{report}"
+    );
+    // Plus side B's latch packet (side A's had nowhere to go).
+    assert!(fwd_out.contains(" tx_packets=401 "), "{fwd_out}");
 }

@@ -359,7 +359,7 @@ fn report(args: &Args, t: &Totals, elapsed: Duration) -> io::Result<()> {
             "{{\n  \"scenario\": \"rtp-pairs\",\n  \"target\": \"{}\",\n  \"attempted\": {},\n  \
              \"succeeded\": {},\n  \"failed\": {},\n  \"rate_achieved\": {:.1},\n  \"rtp\": {{\"sent\": {}, \
              \"received\": {}, \"lost\": {}, \"loss_pct\": {:.4}, \"jitter_p99_us\": {}, \"owd_p99_us\": {}}},\n  \
-             \"rtp_owd\": {},\n  \"rtp_jitter\": {}\n}}\n",
+             \"quantities\": {{\"rtp_owd\": {}, \"rtp_jitter\": {}}}\n}}\n",
             args.target,
             args.streams,
             complete,

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use cpm_engine::sip::transaction::ClientTxId;
 use cpm_engine::sip::{Message, Method};
 
-use super::{Outcome, RequestSpec, Scenario, SessionId, SocketId, SocketKind, Target};
+use super::{finish_on_final, Scenario, SessionId, SocketId, Target};
 use crate::driver::Ctx;
 use crate::metrics::Quantity;
 use crate::stamp;
@@ -60,35 +60,21 @@ impl Scenario for MessageScenario {
     }
 
     fn setup(&mut self, ctx: &mut Ctx<'_>) -> Result<(), String> {
-        let bind = SocketAddr::new(self.target.local_ip, 0);
-        let s = ctx
-            .bind_udp(bind, SocketKind::Sip)
-            .map_err(|e| format!("bind {bind}: {e}"))?;
-        self.socket = Some(s);
+        self.socket = Some(self.target.bind_client(ctx)?);
         Ok(())
     }
 
     fn start(&mut self, ctx: &mut Ctx<'_>, session: SessionId, n: u64) {
-        let Some((socket, local)) = self.socket else {
-            return ctx.finish(session, Outcome::Failure("no socket".into()));
-        };
-        let uri = self.target.to_uri(n);
-        let call_id = ctx.new_call_id();
-        let mut req = RequestSpec {
-            method: Method::Message,
-            uri: &uri,
-            via: local,
-            from: &self.target.from_uri(n),
-            to: &uri,
-            call_id: &call_id,
-            cseq: 1,
-        }
-        .build(ctx);
         let body = stamp::body(ctx.unix_us(), n, self.body.size);
-        req.set_body(body, Some(&self.body.content_type));
-        if let Err(e) = ctx.send_request(session, socket, req, self.target.addr) {
-            ctx.finish(session, Outcome::Failure(e.reason()));
-        }
+        let ct = self.body.content_type.clone();
+        self.target.send_one(
+            ctx,
+            session,
+            self.socket,
+            Method::Message,
+            n,
+            Some((body, &ct)),
+        );
     }
 
     fn on_response(
@@ -98,8 +84,6 @@ impl Scenario for MessageScenario {
         _tx: ClientTxId,
         response: &Message,
     ) {
-        if response.status().is_some_and(|c| c >= 200) {
-            ctx.finish(session, Outcome::of_response(response));
-        }
+        finish_on_final(ctx, session, response);
     }
 }

@@ -288,6 +288,56 @@ impl Target {
     pub fn from_uri(&self, n: u64) -> String {
         self.uri(&self.from.expand(self.user_index(n)))
     }
+
+    /// Binds the one SIP socket of a one-request client scenario (`options`, `message`) on
+    /// our local IP.
+    pub fn bind_client(&self, ctx: &mut Ctx<'_>) -> Result<(SocketId, SocketAddr), String> {
+        let bind = SocketAddr::new(self.local_ip, 0);
+        ctx.bind_udp(bind, SocketKind::Sip)
+            .map_err(|e| format!("bind {bind}: {e}"))
+    }
+
+    /// Starts session `n` of a one-request client scenario: the out-of-dialog `method` request
+    /// to the session's user, with an optional body (`(bytes, content type)`), sent from
+    /// `socket`. A request that cannot be sent ends the session as a failure.
+    pub fn send_one(
+        &self,
+        ctx: &mut Ctx<'_>,
+        session: SessionId,
+        socket: Option<(SocketId, SocketAddr)>,
+        method: Method,
+        n: u64,
+        body: Option<(Bytes, &str)>,
+    ) {
+        let Some((socket, local)) = socket else {
+            return ctx.finish(session, Outcome::Failure("no socket".into()));
+        };
+        let uri = self.to_uri(n);
+        let call_id = ctx.new_call_id();
+        let mut req = RequestSpec {
+            method,
+            uri: &uri,
+            via: local,
+            from: &self.from_uri(n),
+            to: &uri,
+            call_id: &call_id,
+            cseq: 1,
+        }
+        .build(ctx);
+        if let Some((bytes, content_type)) = body {
+            req.set_body(bytes, Some(content_type));
+        }
+        if let Err(e) = ctx.send_request(session, socket, req, self.addr) {
+            ctx.finish(session, Outcome::Failure(e.reason()));
+        }
+    }
+}
+
+/// Ends a one-request session on its final response (2xx: success; else the status line).
+pub fn finish_on_final(ctx: &mut Ctx<'_>, session: SessionId, response: &Message) {
+    if response.status().is_some_and(|c| c >= 200) {
+        ctx.finish(session, Outcome::of_response(response));
+    }
 }
 
 /// The common headers of a new out-of-dialog request (RFC 3261 §8.1.1): Via with a fresh

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use cpm_engine::sip::transaction::ClientTxId;
 use cpm_engine::sip::{Message, Method};
 
-use super::{Outcome, RequestSpec, Scenario, SessionId, SocketId, SocketKind, Target};
+use super::{finish_on_final, Scenario, SessionId, SocketId, Target};
 use crate::driver::Ctx;
 use crate::metrics::Quantity;
 
@@ -37,33 +37,13 @@ impl Scenario for Options {
     }
 
     fn setup(&mut self, ctx: &mut Ctx<'_>) -> Result<(), String> {
-        let bind = SocketAddr::new(self.target.local_ip, 0);
-        let s = ctx
-            .bind_udp(bind, SocketKind::Sip)
-            .map_err(|e| format!("bind {bind}: {e}"))?;
-        self.socket = Some(s);
+        self.socket = Some(self.target.bind_client(ctx)?);
         Ok(())
     }
 
     fn start(&mut self, ctx: &mut Ctx<'_>, session: SessionId, n: u64) {
-        let Some((socket, local)) = self.socket else {
-            return ctx.finish(session, Outcome::Failure("no socket".into()));
-        };
-        let uri = self.target.to_uri(n);
-        let call_id = ctx.new_call_id();
-        let req = RequestSpec {
-            method: Method::Options,
-            uri: &uri,
-            via: local,
-            from: &self.target.from_uri(n),
-            to: &uri,
-            call_id: &call_id,
-            cseq: 1,
-        }
-        .build(ctx);
-        if let Err(e) = ctx.send_request(session, socket, req, self.target.addr) {
-            ctx.finish(session, Outcome::Failure(e.reason()));
-        }
+        self.target
+            .send_one(ctx, session, self.socket, Method::Options, n, None);
     }
 
     fn on_response(
@@ -73,8 +53,6 @@ impl Scenario for Options {
         _tx: ClientTxId,
         response: &Message,
     ) {
-        if response.status().is_some_and(|c| c >= 200) {
-            ctx.finish(session, Outcome::of_response(response));
-        }
+        finish_on_final(ctx, session, response);
     }
 }

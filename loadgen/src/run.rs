@@ -12,6 +12,7 @@ use crate::io::{self, unix_us, LoopOptions, UdpNet};
 use crate::metrics::Quantity;
 use crate::pacing::{Pacer, Schedule};
 use crate::report::{self, Report};
+use crate::scenario::call::Call;
 use crate::scenario::message::{Body, MessageScenario};
 use crate::scenario::options::Options;
 use crate::scenario::register::{Register, Secrets};
@@ -365,13 +366,7 @@ pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
             Secrets::load(a.password.as_deref(), a.users_file.as_deref())?,
             a.expires,
         )),
-        // The hook of the call scenario: crate::scenario::call::Call::new(target, a.hold, ..).
-        ScenarioKind::Call => {
-            if let Some(r) = receiver {
-                let _ = r.finish();
-            }
-            return Err("the call scenario is not implemented yet".into());
-        }
+        ScenarioKind::Call => Box::new(Call::new(target, a.hold)),
     };
     let plan = Plan {
         pacer: Some(Pacer::new(
@@ -381,7 +376,11 @@ pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
             a.duration,
         )),
         concurrency: a.concurrency,
-        drain: a.drain,
+        // A call in flight at the last start still has its hold to go.
+        drain: match a.kind {
+            ScenarioKind::Call => a.drain + a.hold,
+            _ => a.drain,
+        },
         run_for: None,
     };
     let driver = Driver::new(scenario, plan, start, unix_us(), seed);

@@ -14,6 +14,8 @@
 //! Scenarios of this crate: [`options`], [`register`], [`message`], and the answering side
 //! [`uas`]. See the crate documentation for how `call`, `msrp` and `conference` plug in.
 
+pub mod call;
+pub mod media;
 pub mod message;
 pub mod options;
 pub mod register;

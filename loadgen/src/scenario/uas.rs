@@ -5,17 +5,20 @@
 //!
 //! Every OPTIONS or MESSAGE is a counted session answered `200 OK`; a MESSAGE body stamped by
 //! the sender ([`crate::stamp`]) gives the delivery latency ([`Quantity::MessageDelivery`]),
-//! measured here, at the receiving side. INVITE is where the `call` scenario's answering side
-//! plugs in ([`Uas::on_invite`]); until then it is refused with 501.
+//! measured here, at the receiving side. An INVITE is answered 200 with SDP and its media
+//! handled per [`RtpMode`] ([`Uas::on_invite`]); the call is a session that a BYE ends.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use cpm_engine::sdp::{self, SessionDescription};
 use cpm_engine::sip::builder;
 use cpm_engine::sip::transaction::ClientTxId;
 use cpm_engine::sip::{HeaderName, Message, Method};
 
+use super::media::{self, RtpMeter, RtpSender, SocketPool, PTIME};
 use super::register::{RegFlow, Secrets};
 use super::{Incoming, Outcome, Pattern, Scenario, SessionId, SocketId, SocketKind, NO_SESSION};
 use crate::driver::Ctx;
@@ -71,9 +74,35 @@ pub struct UasConfig {
     pub rtp: RtpMode,
 }
 
-/// Timer tokens: `user << 2 | kind`.
+/// Timer tokens: `user << 2 | kind`, or for a call [`CALL_TIMER`]` | kind` with the call's
+/// session.
 const REGISTER: u64 = 0;
 const UNREGISTER: u64 = 1;
+const CALL_TIMER: u64 = 1 << 63;
+const RETRANSMIT_2XX: u64 = CALL_TIMER;
+const RTP_TICK: u64 = CALL_TIMER | 1;
+
+/// RFC 3261 §17.1.1.1 T1 and T2: the 2xx is sent again at T1, 2·T1, .. capped at T2 until the
+/// ACK arrives, for 64·T1 at most (§13.3.1.4).
+const T1: Duration = Duration::from_millis(500);
+const T2: Duration = Duration::from_secs(4);
+
+/// A call this side answered (a dialog, keyed by Call-ID).
+#[derive(Debug)]
+struct Answered {
+    session: SessionId,
+    sip_socket: SocketId,
+    peer: SocketAddr,
+    ok: Message,
+    acked: bool,
+    answered_at: Instant,
+    retransmit: Duration,
+    rtp: (SocketId, SocketAddr),
+    remote: Option<SocketAddr>,
+    sender: RtpSender,
+    meter: RtpMeter,
+    next_tick: Instant,
+}
 
 /// The answering side.
 #[derive(Debug)]
@@ -93,6 +122,11 @@ pub struct Uas {
     stopping: bool,
     unregister_pending: usize,
     received: BTreeMap<&'static str, u64>,
+    calls: HashMap<Bytes, Answered>,
+    call_of_session: HashMap<SessionId, Bytes>,
+    call_of_rtp: HashMap<SocketId, Bytes>,
+    rtp_pool: SocketPool,
+    calls_ended: u64,
 }
 
 impl Uas {
@@ -111,6 +145,11 @@ impl Uas {
             stopping: false,
             unregister_pending: 0,
             received: BTreeMap::new(),
+            calls: HashMap::new(),
+            call_of_session: HashMap::new(),
+            call_of_rtp: HashMap::new(),
+            rtp_pool: SocketPool::default(),
+            calls_ended: 0,
         }
     }
 
@@ -234,16 +273,136 @@ impl Uas {
         ctx.finish(session, Outcome::Success);
     }
 
-    /// INVITE: the hook of the `call` scenario's answering side (answer with SDP, RTP per
-    /// [`RtpMode`], BYE handling). Until it exists: 501.
+    /// INVITE (RFC 3261 §13.3): `200 OK` at once with an SDP answer (RFC 3264 §6, PCMU) naming
+    /// an RTP socket of the call's own, sent again until the ACK (§13.3.1.4); the media then
+    /// follow [`RtpMode`]. A request within an existing dialog gets the same 200 again; an
+    /// offer without a usable audio stream gets 488.
     pub fn on_invite(&mut self, ctx: &mut Ctx<'_>, inc: Incoming) {
+        let Some(call_id) = inc.request.call_id().cloned() else {
+            let r = builder::local_response(&inc.request, 400, "Missing Call-ID");
+            return ctx.respond(inc.tx, &r);
+        };
+        if let Some(call) = self.calls.get(&call_id) {
+            return ctx.respond(inc.tx, &call.ok);
+        }
         let session = ctx.new_session(true);
-        let r = builder::local_response(&inc.request, 501, "Not Implemented");
-        ctx.respond(inc.tx, &r);
-        ctx.finish(
-            session,
-            Outcome::Failure("INVITE not served (no call support yet)".into()),
+        let user = self
+            .sockets
+            .iter()
+            .position(|(id, _)| *id == inc.socket)
+            .unwrap_or(0);
+        let Some(contact) = self.contact_addr(user) else {
+            return self.refuse(ctx, session, &inc, 500, "Server Internal Error");
+        };
+        let Ok(offer) = SessionDescription::parse(&inc.request.body) else {
+            return self.refuse(ctx, session, &inc, 488, "Not Acceptable Here");
+        };
+        let rtp = match self.rtp_pool.take(ctx, contact.ip()) {
+            Ok(s) => s,
+            Err(e) => {
+                ctx.recorder().note(&e, 1);
+                return self.refuse(ctx, session, &inc, 500, "Server Internal Error");
+            }
+        };
+        let Ok(answer) = sdp::answer(&offer, contact.ip(), |_, _| rtp.1.port(), &media::codecs())
+        else {
+            self.rtp_pool.give_back(rtp);
+            return self.refuse(ctx, session, &inc, 488, "Not Acceptable Here");
+        };
+        let mut ok = builder::local_response(&inc.request, 200, "OK");
+        ok.headers.push(
+            HeaderName::Contact,
+            format!(
+                "<sip:{}@{}>",
+                self.cfg.pattern.expand(user as u64),
+                super::hostport(contact)
+            ),
         );
+        ok.set_body(answer.to_bytes(), Some("application/sdp"));
+        ctx.respond(inc.tx, &ok);
+        let now = ctx.now();
+        ctx.set_timer(now + T1, session, RETRANSMIT_2XX);
+        if self.cfg.rtp == RtpMode::Generate {
+            ctx.set_timer(now, session, RTP_TICK);
+        }
+        let call = Answered {
+            session,
+            sip_socket: inc.socket,
+            peer: inc.source,
+            ok,
+            acked: false,
+            answered_at: now,
+            retransmit: T1,
+            rtp,
+            remote: media::remote_media(&offer),
+            sender: RtpSender::new(ctx),
+            meter: RtpMeter::default(),
+            next_tick: now,
+        };
+        self.call_of_session.insert(session, call_id.clone());
+        self.call_of_rtp.insert(rtp.0, call_id.clone());
+        self.calls.insert(call_id, call);
+    }
+
+    fn refuse(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        session: SessionId,
+        inc: &Incoming,
+        code: u16,
+        why: &str,
+    ) {
+        let r = builder::local_response(&inc.request, code, why);
+        ctx.respond(inc.tx, &r);
+        ctx.finish(session, Outcome::Failure(format!("{code} {why}")));
+    }
+
+    /// BYE (RFC 3261 §15.1.2): 200 and the call's end (a success); 481 for no such call.
+    fn on_bye(&mut self, ctx: &mut Ctx<'_>, inc: Incoming) {
+        let call = inc.request.call_id().and_then(|id| self.calls.remove(id));
+        let Some(mut call) = call else {
+            let r = builder::local_response(&inc.request, 481, "Call/Transaction Does Not Exist");
+            return ctx.respond(inc.tx, &r);
+        };
+        let r = builder::local_response(&inc.request, 200, "OK");
+        ctx.respond(inc.tx, &r);
+        call.meter.close(ctx);
+        self.call_of_session.remove(&call.session);
+        self.call_of_rtp.remove(&call.rtp.0);
+        self.rtp_pool.give_back(call.rtp);
+        self.calls_ended += 1;
+        ctx.finish(call.session, Outcome::Success);
+    }
+
+    /// A call's timer: the 2xx retransmission until the ACK, or the next packet it generates.
+    fn on_call_timer(&mut self, ctx: &mut Ctx<'_>, session: SessionId, token: u64) {
+        let Some(call) = self
+            .call_of_session
+            .get(&session)
+            .and_then(|id| self.calls.get_mut(id))
+        else {
+            return;
+        };
+        let now = ctx.now();
+        match token {
+            RETRANSMIT_2XX if !call.acked => {
+                if now.duration_since(call.answered_at) >= T1 * 64 {
+                    ctx.recorder().note("2xx_never_acked", 1);
+                    return;
+                }
+                ctx.send_stateless(call.sip_socket, &call.ok, call.peer);
+                call.retransmit = (call.retransmit * 2).min(T2);
+                ctx.set_timer(now + call.retransmit, session, RETRANSMIT_2XX);
+            }
+            RTP_TICK => {
+                if let Some(remote) = call.remote {
+                    call.sender.send(ctx, call.rtp.0, remote);
+                    call.next_tick += PTIME;
+                    ctx.set_timer(call.next_tick, session, RTP_TICK);
+                }
+            }
+            _ => {}
+        }
     }
 }
 
@@ -293,7 +452,10 @@ impl Scenario for Uas {
         Ok(())
     }
 
-    fn on_timer(&mut self, ctx: &mut Ctx<'_>, _session: SessionId, token: u64) {
+    fn on_timer(&mut self, ctx: &mut Ctx<'_>, session: SessionId, token: u64) {
+        if token & CALL_TIMER != 0 {
+            return self.on_call_timer(ctx, session, token);
+        }
         let i = (token >> 2) as usize;
         if i >= self.sockets.len() {
             return;
@@ -356,9 +518,8 @@ impl Scenario for Uas {
                 self.on_invite(ctx, inc)
             }
             Some(Method::Bye) => {
-                let r =
-                    builder::local_response(&inc.request, 481, "Call/Transaction Does Not Exist");
-                ctx.respond(inc.tx, &r);
+                *self.received.entry("BYE").or_default() += 1;
+                self.on_bye(ctx, inc)
             }
             _ => {
                 let mut r = builder::local_response(&inc.request, 405, "Method Not Allowed");
@@ -368,6 +529,33 @@ impl Scenario for Uas {
                 );
                 ctx.respond(inc.tx, &r);
             }
+        }
+    }
+
+    fn on_ack(&mut self, _ctx: &mut Ctx<'_>, ack: Message, _socket: SocketId, _src: SocketAddr) {
+        if let Some(call) = ack.call_id().and_then(|id| self.calls.get_mut(id)) {
+            call.acked = true;
+        }
+    }
+
+    fn on_datagram(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        socket: SocketId,
+        source: SocketAddr,
+        payload: Bytes,
+    ) {
+        let Some(call) = self
+            .call_of_rtp
+            .get(&socket)
+            .and_then(|id| self.calls.get_mut(id))
+        else {
+            ctx.recorder().note("rtp_after_call", 1);
+            return;
+        };
+        match self.cfg.rtp {
+            RtpMode::Echo => ctx.send_raw(socket, source, &payload),
+            RtpMode::Sink | RtpMode::Generate => call.meter.on_datagram(ctx, payload),
         }
     }
 
@@ -413,6 +601,14 @@ impl Scenario for Uas {
                 line.push_str(&format!(", {pending} never answered"));
             }
             out.push(line);
+        }
+        if self.calls_ended > 0 || !self.calls.is_empty() {
+            out.push(format!(
+                "calls: {} ended by BYE, {} still up (rtp {:?})",
+                self.calls_ended,
+                self.calls.len(),
+                self.cfg.rtp
+            ));
         }
         if !self.received.is_empty() {
             let parts: Vec<String> = self

@@ -31,7 +31,7 @@
 //!   and a per-second point (count, p50, p99, max) of each, per-second counters (sessions,
 //!   RTP packets) and failures by reason. [`report`] renders it.
 //!
-//! ## Adding a scenario (`call`, `msrp`, `conference`)
+//! ## Adding a scenario (`msrp`, `conference`; [`scenario::call`] is the worked example)
 //!
 //! A scenario implements [`scenario::Scenario`]:
 //! - `setup` binds its sockets with [`driver::Ctx::bind_udp`] — [`scenario::SocketKind::Sip`]
@@ -56,8 +56,8 @@
 //!
 //! Then: a variant in [`cli::ScenarioKind`] with its options in [`cli::parse`], a line in
 //! [`run::run_client`] building it, and for the answering side a branch in
-//! `Uas::on_request` ([`scenario::uas`]; INVITE goes to [`scenario::uas::Uas::on_invite`], the
-//! call hook; [`scenario::uas::RtpMode`] is already parsed from `--rtp`). Media at high
+//! `Uas::on_request` ([`scenario::uas`]; INVITE goes to [`scenario::uas::Uas::on_invite`]; the
+//! RTP stream, meter and socket pool both sides share are in [`scenario::media`]). Media at high
 //! packet rates can run on a thread of its own with batched I/O ([`net::BatchSocket`]) and
 //! merge its [`metrics::Recorder`] at the end ([`metrics::Recorder::merge`]).
 

@@ -65,3 +65,50 @@ fn calls_to_an_echoing_uas_get_every_packet_back() {
         "{u:?}"
     );
 }
+
+#[test]
+fn a_generating_uas_streams_back_and_measures_what_it_receives() {
+    let dir = TempDir::new();
+    let client = dir.path().join("client.json");
+    let server = dir.path().join("uas.json");
+    let uas = Uas::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--rtp",
+        "generate",
+        "--duration",
+        "60",
+        "--json",
+        server.to_str().unwrap(),
+    ]);
+    let target = uas.addr.to_string();
+    let out = run(
+        &[
+            "call",
+            "--target",
+            &target,
+            "--rate",
+            "5",
+            "--count",
+            "5",
+            "--hold",
+            "1",
+            "--json",
+            client.to_str().unwrap(),
+        ],
+        T,
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    let u = uas.stop();
+    assert_eq!(u.code, 0, "{u:?}");
+    let c = json(&client);
+    let s = json(&server);
+    assert_all_succeeded(&c, "call", 5);
+    assert_all_succeeded(&s, "uas", 5);
+    // Each side received exactly what the other sent, in both directions.
+    assert_eq!(c["rtp"]["sent"], s["rtp"]["received"], "{c:#} {s:#}");
+    assert_eq!(s["rtp"]["sent"], c["rtp"]["received"], "{c:#} {s:#}");
+    assert!(s["rtp"]["sent"].as_u64().unwrap() >= 5 * 49, "{s:#}");
+    assert_eq!(c["rtp"]["lost"], 0);
+    assert_eq!(s["rtp"]["lost"], 0);
+}

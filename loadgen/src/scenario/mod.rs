@@ -11,8 +11,9 @@
 //! sessions at their due time ([`Scenario::start`]); the scenario ends each one with
 //! [`Ctx::finish`] and an [`Outcome`].
 //!
-//! Scenarios of this crate: [`options`], [`register`], [`message`], and the answering side
-//! [`uas`]. See the crate documentation for how `call`, `msrp` and `conference` plug in.
+//! Scenarios of this crate: [`options`], [`register`], [`message`], [`call`] (with the RTP
+//! of [`media`]), and the answering side [`uas`]. See the crate documentation for how `msrp`
+//! and `conference` plug in.
 
 pub mod call;
 pub mod media;

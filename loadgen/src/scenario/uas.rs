@@ -274,8 +274,8 @@ impl Uas {
     }
 
     /// INVITE (RFC 3261 §13.3): `200 OK` at once with an SDP answer (RFC 3264 §6, PCMU) naming
-    /// an RTP socket of the call's own, sent again until the ACK (§13.3.1.4); the media then
-    /// follow [`RtpMode`]. A request within an existing dialog gets the same 200 again; an
+    /// an RTP socket of the call's own, sent again until the ACK (§13.3.1.4); the media follow
+    /// [`RtpMode`] (a generated stream starts at the ACK). A request within an existing dialog gets the same 200 again; an
     /// offer without a usable audio stream gets 488.
     pub fn on_invite(&mut self, ctx: &mut Ctx<'_>, inc: Incoming) {
         let Some(call_id) = inc.request.call_id().cloned() else {
@@ -322,9 +322,6 @@ impl Uas {
         ctx.respond(inc.tx, &ok);
         let now = ctx.now();
         ctx.set_timer(now + T1, session, RETRANSMIT_2XX);
-        if self.cfg.rtp == RtpMode::Generate {
-            ctx.set_timer(now, session, RTP_TICK);
-        }
         let call = Answered {
             session,
             sip_socket: inc.socket,
@@ -532,10 +529,18 @@ impl Scenario for Uas {
         }
     }
 
-    fn on_ack(&mut self, _ctx: &mut Ctx<'_>, ack: Message, _socket: SocketId, _src: SocketAddr) {
-        if let Some(call) = ack.call_id().and_then(|id| self.calls.get_mut(id)) {
-            call.acked = true;
+    /// The ACK of a 200: retransmissions stop, and a generating side starts its stream (so that
+    /// the caller, which has the answer by now, counts every packet).
+    fn on_ack(&mut self, ctx: &mut Ctx<'_>, ack: Message, _socket: SocketId, _src: SocketAddr) {
+        let Some(call) = ack.call_id().and_then(|id| self.calls.get_mut(id)) else {
+            return;
+        };
+        if std::mem::replace(&mut call.acked, true) || self.cfg.rtp != RtpMode::Generate {
+            return;
         }
+        let now = ctx.now();
+        call.next_tick = now;
+        ctx.set_timer(now, call.session, RTP_TICK);
     }
 
     fn on_datagram(

@@ -16,9 +16,11 @@ use cpm_engine::sip::{HeaderName, Method};
 use crate::driver::{Driver, Net, Plan, RunData};
 use crate::metrics::{Counter, Quantity};
 use crate::pacing::{Pacer, Schedule};
+use crate::scenario::call::Call;
 use crate::scenario::message::{Body, MessageScenario};
 use crate::scenario::options::Options;
 use crate::scenario::register::{Register, Secrets};
+use crate::scenario::uas::RtpMode;
 use crate::scenario::uas::{Uas, UasConfig};
 use crate::scenario::{Incoming, Pattern, Scenario, SocketId, SocketKind, Target};
 
@@ -600,4 +602,62 @@ fn uas_registers_its_users_then_unregisters_them() {
     );
     // The uas counted the probe's OPTIONS as its one session.
     assert_eq!(data.recorder.total(Counter::Started), 1);
+}
+
+fn echo_uas(sim: &mut Sim) -> usize {
+    let mut cfg = uas_config("10.0.0.2:5070".parse().unwrap(), 1, None);
+    cfg.rtp = RtpMode::Echo;
+    sim.add(Box::new(Uas::new(cfg)), uas_plan())
+}
+
+#[test]
+fn calls_against_an_echoing_uas_count_rtp_exactly() {
+    let mut sim = Sim::new(5 * MS, None);
+    let uas = echo_uas(&mut sim);
+    let plan = client_plan(&sim, 10.0, 10, 1000);
+    let call = Call::new(target(sim.addr(uas), 1), Duration::from_secs(1));
+    let client = sim.add(Box::new(call), plan);
+    sim.run_until_done(client, Duration::from_secs(10));
+    let c = sim.finish(client);
+    let r = &c.recorder;
+    assert_eq!(r.total(Counter::Succeeded), 10, "{:?}", r.failures());
+    // 1 s of hold at 20 ms: 50 packets per call, every one echoed back.
+    assert_eq!(r.total(Counter::RtpSent), 500);
+    assert_eq!(r.total(Counter::RtpReceived), 500);
+    assert_eq!(r.total(Counter::RtpLost), 0);
+    assert_eq!(r.total(Counter::RtpDuplicates), 0);
+    // INVITE → 200 is one round trip; an echoed packet's stamp is a round trip old.
+    let setup = r.stats(Quantity::CallSetup).unwrap();
+    assert_eq!((setup.count, setup.min_us), (10, 10_000));
+    let owd = r.stats(Quantity::RtpOwd).unwrap();
+    assert_eq!((owd.count, owd.min_us), (500, 10_000));
+    assert!(within(owd.max_us, 10_000), "{owd:?}");
+    // Virtual time: no jitter beyond rounding.
+    assert!(r.stats(Quantity::RtpJitter).unwrap().max_us <= 1);
+    let u = sim.finish(uas);
+    assert_eq!(u.recorder.total(Counter::Succeeded), 10);
+    assert!(u
+        .summary_lines
+        .iter()
+        .any(|l| l == "received: BYE 10, INVITE 10"));
+}
+
+#[test]
+fn calls_survive_lost_acks_and_byes() {
+    // Every 5th datagram is lost: INVITEs, 200s, ACKs (the 200 is sent again until the ACK
+    // arrives, and ACKed again), BYEs and RTP.
+    let mut sim = Sim::new(2 * MS, Some(5));
+    let uas = echo_uas(&mut sim);
+    let plan = client_plan(&sim, 10.0, 20, 1000);
+    let call = Call::new(target(sim.addr(uas), 1), Duration::from_secs(1));
+    let client = sim.add(Box::new(call), plan);
+    sim.run_until_done(client, Duration::from_secs(60));
+    let c = sim.finish(client);
+    let r = &c.recorder;
+    assert_eq!(r.total(Counter::Succeeded), 20, "{:?}", r.failures());
+    assert!(r.total(Counter::RtpReceived) < r.total(Counter::RtpSent));
+    assert!(r.total(Counter::RtpLost) > 0);
+    let u = sim.finish(uas);
+    assert_eq!(u.recorder.total(Counter::Succeeded), 20);
+    assert_eq!(u.recorder.noted("2xx_never_acked"), 0);
 }

@@ -3,6 +3,9 @@
 //! 2xx) and the call setup time (INVITE → 200); for `--hold` an RTP stream every 20 ms to the
 //! answer's media address while what comes back is measured ([`RtpMeter`]); then BYE (a new
 //! transaction in the dialog, §15.1.1). The call succeeds when the BYE gets a 2xx.
+//!
+//! Against a `uas --rtp echo` the packets that come back carry our own stamps, so the
+//! "one-way" delay measured is the round trip; against `--rtp generate` it is one way.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -8,26 +8,15 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use cpm_engine::sip::Method;
 
-/// Methods counted by name; anything else is `OTHER`.
-pub const METHODS: [&str; 15] = [
-    "INVITE",
-    "ACK",
-    "BYE",
-    "CANCEL",
-    "REGISTER",
-    "OPTIONS",
-    "MESSAGE",
-    "INFO",
-    "PRACK",
-    "UPDATE",
-    "SUBSCRIBE",
-    "NOTIFY",
-    "PUBLISH",
-    "REFER",
-    "OTHER",
-];
+/// Requests are counted per known method ([`Method::KNOWN`]) plus one `OTHER` slot.
+const METHOD_SLOTS: usize = Method::KNOWN.len() + 1;
 
-/// Why a received message was dropped without an answer.
+/// The label of counter slot `i`.
+fn method_label(i: usize) -> &'static str {
+    Method::KNOWN.get(i).copied().unwrap_or("OTHER")
+}
+
+/// Why a received message was dropped without an answer (the discriminant is the counter slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Drop {
     /// The bytes are not a SIP message.
@@ -64,7 +53,7 @@ impl Drop {
 /// One worker's counters.
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
-    requests: [AtomicU64; METHODS.len()],
+    requests: [AtomicU64; METHOD_SLOTS],
     /// Responses sent, by class 1xx..6xx (index 1..=6).
     responses_sent: [AtomicU64; 7],
     /// Responses received (from clients we forwarded to), by class.
@@ -86,10 +75,7 @@ pub struct WorkerMetrics {
 }
 
 fn method_index(m: &Method) -> usize {
-    METHODS
-        .iter()
-        .position(|n| *n == m.as_str())
-        .unwrap_or(METHODS.len() - 1)
+    m.known_index().unwrap_or(Method::KNOWN.len())
 }
 
 impl WorkerMetrics {
@@ -107,7 +93,7 @@ impl WorkerMetrics {
     }
     /// Counts a dropped message.
     pub fn dropped(&self, why: Drop) {
-        self.drops[Drop::ALL.iter().position(|d| *d == why).unwrap_or(0)].fetch_add(1, Relaxed);
+        self.drops[why as usize].fetch_add(1, Relaxed);
     }
     /// Counts a rejected (validated and refused) request.
     pub fn rejected(&self) {
@@ -115,14 +101,13 @@ impl WorkerMetrics {
     }
     /// Requests counted for a method name.
     pub fn requests_for(&self, method: &str) -> u64 {
-        METHODS
-            .iter()
-            .position(|n| *n == method)
+        (0..METHOD_SLOTS)
+            .find(|&i| method_label(i) == method)
             .map_or(0, |i| self.requests[i].load(Relaxed))
     }
     /// Drops counted for a reason.
     pub fn drops_for(&self, why: Drop) -> u64 {
-        self.drops[Drop::ALL.iter().position(|d| *d == why).unwrap_or(0)].load(Relaxed)
+        self.drops[why as usize].load(Relaxed)
     }
 }
 
@@ -137,7 +122,8 @@ pub fn render(
 
     out.push_str("# HELP cpm_sip_requests_total SIP requests received, by method.\n");
     out.push_str("# TYPE cpm_sip_requests_total counter\n");
-    for (i, m) in METHODS.iter().enumerate() {
+    for i in 0..METHOD_SLOTS {
+        let m = method_label(i);
         let v = sum(&|w| w.requests[i].load(Relaxed));
         let _ = writeln!(out, "cpm_sip_requests_total{{method=\"{m}\"}} {v}");
     }
@@ -173,7 +159,8 @@ pub fn render(
         let v = sum(&|w| w.drops[i].load(Relaxed));
         let _ = writeln!(out, "cpm_sip_dropped_total{{reason=\"{}\"}} {v}", d.label());
     }
-    let parse_errors = sum(&|w| w.drops[0].load(Relaxed) + w.rejected.load(Relaxed));
+    let parse_errors =
+        sum(&|w| w.drops[Drop::Unparsable as usize].load(Relaxed) + w.rejected.load(Relaxed));
     let gauges: [(&str, &str, &str, u64); 8] = [
         (
             "cpm_sip_parse_errors_total",

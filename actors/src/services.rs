@@ -223,6 +223,15 @@ impl Services {
         fork.pending = fork.pending.saturating_sub(1);
         // Our own Via is on top; the response continues with the rest (§16.7 step 9).
         resp.headers.remove_first_value(&HeaderName::Via);
+        // §16.7 step 6: a 503 (here: a contact we could not reach, or a device that is
+        // overloaded) is not forwarded upstream, where it would mean "this server is down".
+        // The user cannot be reached just now: 480.
+        if code == 503 {
+            if let StartLine::Response { code, reason, .. } = &mut resp.start {
+                *code = 480;
+                *reason = Bytes::from_static(b"Temporarily Unavailable");
+            }
+        }
         let mut relay = None;
         if !fork.answered {
             if (200..300).contains(&code) {
@@ -585,23 +594,6 @@ fn better(new: &Message, old: Option<&Message>) -> bool {
     let (n, o) = (new.status().unwrap_or(500), old.status().unwrap_or(500));
     let rank = |c: u16| if c >= 600 { 0 } else { c / 100 };
     rank(n) < rank(o)
-}
-
-/// The destination of a stateless response (RFC 3261 §18.2.2 with RFC 3581): the connection it
-/// came on for TCP; for UDP the source address when rport was asked, else the `received`
-/// address (the source IP) with the sent-by port.
-pub fn response_destination(
-    req: &Message,
-    source: SocketAddr,
-    transport: &Transport,
-) -> SocketAddr {
-    if transport.reliable() {
-        return source;
-    }
-    match req.top_via() {
-        Ok(v) if v.rport().is_none() => SocketAddr::new(source.ip(), v.port.unwrap_or(5060)),
-        _ => source,
-    }
 }
 
 /// An RFC 7231 IMF-fixdate for the Date header (RFC 3261 §20.17).

@@ -17,12 +17,12 @@ use std::time::Instant;
 use actix::prelude::*;
 use bytes::Bytes;
 use cpm_engine::sip::transaction::{
-    LayerConfig, RequestOutcome, ResponseOutcome, TransactionLayer, TxEvent,
+    response_dest, LayerConfig, RequestOutcome, ResponseOutcome, TransactionLayer, TxEvent, TxId,
 };
 use cpm_engine::sip::{builder, validate, Message, Method};
 
 use crate::metrics::{Drop as DropReason, WorkerMetrics};
-use crate::services::{self, Services};
+use crate::services::Services;
 use crate::shared::Shared;
 use crate::transport::{tcp, udp, Inbound, Outbound, Router, Transport};
 
@@ -32,6 +32,14 @@ use crate::transport::{tcp, udp, Inbound, Outbound, Router, Transport};
 pub struct StartIo {
     /// Routes parsed messages to their owners.
     pub router: Router,
+}
+
+/// A send the worker's transport accepted failed later (a TCP connection could not be opened):
+/// the transaction is told at once (RFC 3261 §8.1.3.1: its TU sees a 503).
+#[derive(Message)]
+#[rtype(result = "()")]
+struct SendFailed {
+    tx: TxId,
 }
 
 /// One worker.
@@ -174,7 +182,21 @@ impl Worker {
             }
             while let Some(t) = self.txn.poll_transmit() {
                 progressed = true;
-                if let Err(e) = out.send(t.dest, t.reliable, t.payload, &self.metrics) {
+                let on_late_failure = t.tx.map(|tx| {
+                    let me = ctx.address();
+                    Box::new(move || {
+                        if me.try_send(SendFailed { tx }).is_err() {
+                            tracing::warn!("worker mailbox full: a send failure is lost");
+                        }
+                    }) as crate::transport::OnLateFailure
+                });
+                if let Err(e) = out.send(
+                    t.dest,
+                    t.reliable,
+                    t.payload,
+                    &self.metrics,
+                    on_late_failure,
+                ) {
                     tracing::debug!(dest = %t.dest, error = ?e, "send failed");
                     if let Some(tx) = t.tx {
                         self.txn.handle_transport_error(tx, now);
@@ -233,8 +255,19 @@ impl Worker {
     ) {
         let resp = builder::local_response(req, code, reason);
         self.metrics.response_sent(code);
-        let dest = services::response_destination(req, source, transport);
-        if let Err(e) = out.send(dest, transport.reliable(), resp.to_bytes(), &self.metrics) {
+        // RFC 3261 §18.2.2 as for transaction responses; a request without a usable Via (it
+        // is being refused for that) is answered at its source.
+        let dest = match req.top_via() {
+            Ok(via) => response_dest(&via, source, transport.reliable()),
+            Err(_) => source,
+        };
+        if let Err(e) = out.send(
+            dest,
+            transport.reliable(),
+            resp.to_bytes(),
+            &self.metrics,
+            None,
+        ) {
             tracing::debug!(%dest, error = ?e, "send failed");
         }
     }
@@ -292,6 +325,18 @@ impl Handler<Inbound> for Worker {
     type Result = ();
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
         self.guarded(ctx, |w, ctx| w.on_inbound(msg, ctx));
+    }
+}
+
+impl Handler<SendFailed> for Worker {
+    type Result = ();
+    fn handle(&mut self, msg: SendFailed, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |w, ctx| {
+            let Some(out) = w.out.clone() else { return };
+            let now = Instant::now();
+            w.txn.handle_transport_error(msg.tx, now);
+            w.drive(now, &out, ctx);
+        });
     }
 }
 

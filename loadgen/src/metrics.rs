@@ -38,23 +38,7 @@ pub enum Quantity {
 impl Quantity {
     /// The request latency quantity of `method`.
     pub fn request(method: &Method) -> Quantity {
-        Quantity::Request(match method {
-            Method::Invite => "INVITE",
-            Method::Ack => "ACK",
-            Method::Bye => "BYE",
-            Method::Cancel => "CANCEL",
-            Method::Register => "REGISTER",
-            Method::Options => "OPTIONS",
-            Method::Message => "MESSAGE",
-            Method::Info => "INFO",
-            Method::Prack => "PRACK",
-            Method::Update => "UPDATE",
-            Method::Subscribe => "SUBSCRIBE",
-            Method::Notify => "NOTIFY",
-            Method::Publish => "PUBLISH",
-            Method::Refer => "REFER",
-            _ => "OTHER",
-        })
+        Quantity::Request(method.known_str().unwrap_or("OTHER"))
     }
 
     /// The name used in reports (`request_options`, `call_setup`, ...).

@@ -226,3 +226,37 @@ fn unregistered_contact_gets_nothing() {
     assert_status(&alice.request(&req), 480);
     bob.expect_silence(Duration::from_millis(300), "a MESSAGE after unregistering");
 }
+
+/// A contact that vanished: bob registered over TCP, then his connection and his listening
+/// port are gone. The forwarded MESSAGE cannot be delivered; the connect failure reaches the
+/// transaction at once (no 32 s Timer F), and alice gets 480 (a 503 is never relayed upstream,
+/// RFC 3261 §16.7 step 6).
+#[test]
+fn vanished_tcp_contact_is_480_at_once() {
+    let cpmd = Cpmd::spawn(&[]);
+    // A port nobody listens on: bind, learn it, close it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    {
+        let mut bob = Ua::tcp(cpmd.sip_addr()).user("bob");
+        let reg = bob
+            .register_req(Some(300))
+            .set("Contact", format!("<sip:bob@{dead};transport=tcp>"));
+        assert_status(&bob.request(&reg), 200);
+    } // bob's connection closes here
+    std::thread::sleep(Duration::from_millis(200));
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
+    let req = alice
+        .req("MESSAGE", "sip:bob@localhost")
+        .body("text/plain", "anyone there?");
+    let started = std::time::Instant::now();
+    let resp = alice.request(&req);
+    assert_status(&resp, 480);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the failure took {:?}",
+        started.elapsed()
+    );
+}

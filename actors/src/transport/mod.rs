@@ -130,16 +130,22 @@ pub enum SendError {
     QueueFull,
 }
 
+/// Called when a send that was accepted fails later (a TCP connection that cannot be opened),
+/// so the transaction that sent it learns it at once instead of waiting for its timeout.
+pub type OnLateFailure = Box<dyn FnOnce() + 'static>;
+
 impl Outbound {
     /// Sends bytes to a peer. UDP goes straight out of this worker's socket (the kernel queue
     /// absorbs bursts; a would-block is retried asynchronously); TCP goes to the connection's
-    /// writer, opening a connection when there is none.
+    /// writer, opening a connection when there is none (RFC 3261 §18.1.1). An immediate failure
+    /// is returned; a failure to connect is reported through `on_late_failure`.
     pub fn send(
         &self,
         dest: SocketAddr,
         reliable: bool,
         payload: Bytes,
         metrics: &Arc<WorkerMetrics>,
+        on_late_failure: Option<OnLateFailure>,
     ) -> Result<(), SendError> {
         if !reliable {
             return match self.udp.try_send_to(&payload, dest) {
@@ -159,7 +165,13 @@ impl Outbound {
         match self.tcp.get(&dest) {
             Some(conn) => conn.send(payload),
             None => {
-                tcp::connect_and_send(self.tcp.clone(), dest, payload, metrics.clone());
+                tcp::connect_and_send(
+                    self.tcp.clone(),
+                    dest,
+                    payload,
+                    metrics.clone(),
+                    on_late_failure,
+                );
                 Ok(())
             }
         }

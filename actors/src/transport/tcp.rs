@@ -130,23 +130,27 @@ pub async fn accept_loop(
 }
 
 /// Opens a connection to `dest` (RFC 3261 §18.1.1: a request to a TCP target without an open
-/// connection), then queues `payload` on it. Responses arriving on it are routed as usual.
+/// connection), then queues `payload` on it. Responses arriving on it are routed as usual; a
+/// connection that cannot be opened is reported through `on_failure`.
 pub fn connect_and_send(
     registry: TcpRegistry,
     dest: SocketAddr,
     payload: Bytes,
     metrics: Arc<WorkerMetrics>,
+    on_failure: Option<super::OnLateFailure>,
 ) {
     actix_rt::spawn(async move {
         let stream =
             match tokio::time::timeout(Duration::from_secs(5), TcpStream::connect(dest)).await {
                 Ok(Ok(s)) => s,
-                Ok(Err(e)) => {
-                    tracing::debug!(%dest, error = %e, "TCP connect failed");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%dest, "TCP connect timed out");
+                failed => {
+                    match failed {
+                        Ok(Err(e)) => tracing::debug!(%dest, error = %e, "TCP connect failed"),
+                        _ => tracing::debug!(%dest, "TCP connect timed out"),
+                    }
+                    if let Some(report) = on_failure {
+                        report();
+                    }
                     return;
                 }
             };

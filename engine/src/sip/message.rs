@@ -70,24 +70,56 @@ impl Method {
         }
     }
 
+    /// The methods this enum names, in declaration order: index `i` is what
+    /// [`Method::known_index`] returns (counters keep one slot per known method).
+    pub const KNOWN: [&'static str; 14] = [
+        "INVITE",
+        "ACK",
+        "BYE",
+        "CANCEL",
+        "REGISTER",
+        "OPTIONS",
+        "MESSAGE",
+        "INFO",
+        "PRACK",
+        "UPDATE",
+        "SUBSCRIBE",
+        "NOTIFY",
+        "PUBLISH",
+        "REFER",
+    ];
+
+    /// The position of a known method in [`Method::KNOWN`]; `None` for an extension method.
+    pub fn known_index(&self) -> Option<usize> {
+        Some(match self {
+            Method::Invite => 0,
+            Method::Ack => 1,
+            Method::Bye => 2,
+            Method::Cancel => 3,
+            Method::Register => 4,
+            Method::Options => 5,
+            Method::Message => 6,
+            Method::Info => 7,
+            Method::Prack => 8,
+            Method::Update => 9,
+            Method::Subscribe => 10,
+            Method::Notify => 11,
+            Method::Publish => 12,
+            Method::Refer => 13,
+            Method::Other(_) => return None,
+        })
+    }
+
+    /// The name of a known method as a static string; `None` for an extension method.
+    pub fn known_str(&self) -> Option<&'static str> {
+        self.known_index().map(|i| Method::KNOWN[i])
+    }
+
     /// The method as text.
     pub fn as_str(&self) -> &str {
         match self {
-            Method::Invite => "INVITE",
-            Method::Ack => "ACK",
-            Method::Bye => "BYE",
-            Method::Cancel => "CANCEL",
-            Method::Register => "REGISTER",
-            Method::Options => "OPTIONS",
-            Method::Message => "MESSAGE",
-            Method::Info => "INFO",
-            Method::Prack => "PRACK",
-            Method::Update => "UPDATE",
-            Method::Subscribe => "SUBSCRIBE",
-            Method::Notify => "NOTIFY",
-            Method::Publish => "PUBLISH",
-            Method::Refer => "REFER",
             Method::Other(raw) => std::str::from_utf8(raw).unwrap_or("?"),
+            known => known.known_str().unwrap_or("?"),
         }
     }
 }
@@ -917,6 +949,17 @@ v=0\n";
         let p = cid.as_ptr() as usize;
         assert!(p >= base && p < base + buf.len());
         assert_eq!(&m.body[..], b"v=0\n");
+    }
+
+    #[test]
+    fn known_methods_index_their_names() {
+        for (i, name) in Method::KNOWN.iter().enumerate() {
+            let m = Method::from_bytes(&Bytes::from_static(name.as_bytes()));
+            assert_eq!(m.known_index(), Some(i), "{name}");
+            assert_eq!(m.as_str(), *name);
+        }
+        let other = Method::from_bytes(&Bytes::from_static(b"FOO"));
+        assert_eq!((other.known_index(), other.as_str()), (None, "FOO"));
     }
 
     #[test]

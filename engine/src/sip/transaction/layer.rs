@@ -145,8 +145,9 @@ impl ServerTx {
 /// Where the responses of a server transaction go (RFC 3261 §18.2.2, RFC 3581 §4): over a
 /// reliable transport back to the source; over UDP to the source address (what `received`
 /// records) at the source port if `rport` was asked for, else at the sent-by port (5060).
-/// `maddr` (multicast) is not supported.
-fn response_dest(via: &Via, source: SocketAddr, reliable: bool) -> SocketAddr {
+/// `maddr` (multicast) is not supported. Stateless responses (a request refused before any
+/// transaction exists) go to the same place.
+pub fn response_dest(via: &Via, source: SocketAddr, reliable: bool) -> SocketAddr {
     if reliable || via.rport().is_some() {
         source
     } else {

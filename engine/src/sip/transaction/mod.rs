@@ -87,7 +87,7 @@ use crate::sip::Message;
 
 pub use client_invite::{InviteClient, InviteClientState};
 pub use client_non_invite::{NonInviteClient, NonInviteClientState};
-pub use layer::TransactionLayer;
+pub use layer::{response_dest, TransactionLayer};
 pub use server_invite::{AckDisposition, InviteServer, InviteServerState};
 pub use server_non_invite::{NonInviteServer, NonInviteServerState};
 pub use timer::{Timer, TimerConfig};

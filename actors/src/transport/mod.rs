@@ -10,7 +10,6 @@ pub mod udp;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use actix::Addr;
 use bytes::Bytes;
@@ -55,8 +54,6 @@ pub struct Inbound {
     pub source: SocketAddr,
     /// How it came.
     pub transport: Transport,
-    /// When the socket read it.
-    pub received: Instant,
     /// Its size on the wire.
     pub size: usize,
     /// Set when the bytes could not be parsed whole but the head could: answer this statelessly

@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use cpm_engine::sip::framing::{Frame, FramingError, StreamFramer};
@@ -273,7 +273,6 @@ async fn read_loop(
                                 msg,
                                 source: conn.peer,
                                 transport: Transport::Tcp(conn.clone()),
-                                received: Instant::now(),
                                 size,
                                 reject: None,
                             },

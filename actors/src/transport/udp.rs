@@ -3,7 +3,6 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::BytesMut;
 use socket2::{Domain, Protocol, Socket, Type};
@@ -67,7 +66,6 @@ pub async fn recv_loop(
                 return;
             }
         };
-        let received = Instant::now();
         let datagram = buf.split_to(n).freeze();
         if datagram.iter().all(|&c| c == b'\r' || c == b'\n') {
             continue; // keep-alive (RFC 5626 §4.4.1 style CRLF), nothing to answer on UDP
@@ -82,7 +80,6 @@ pub async fn recv_loop(
                     msg,
                     source,
                     transport: Transport::Udp,
-                    received,
                     size: n,
                     reject: None,
                 },
@@ -94,7 +91,6 @@ pub async fn recv_loop(
                         msg: head,
                         source,
                         transport: Transport::Udp,
-                        received,
                         size: n,
                         reject: Some(rejection),
                     },

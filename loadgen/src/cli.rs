@@ -14,8 +14,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::report::Thresholds;
+use crate::scenario::media::{self, MediaProfile};
 use crate::scenario::uas::RtpMode;
 use crate::scenario::Pattern;
+use cpm_engine::sdp::Codec;
 
 /// The help text.
 pub const USAGE: &str = "\
@@ -40,6 +42,12 @@ CLIENT OPTIONS (call, options, register, message):
   --concurrency N        sessions in flight at most; due sessions wait [10000]
   --drain SECS           after the last start, time for sessions in flight to end [35]
   --hold SECS            call: time between ACK and BYE [5]
+  --codec NAME[/RATE[/CH]]  call: the codec offered: a static RTP payload type (PCMU, PCMA,
+                         G722, L16, GSM, G729, ...) or any other as dynamic type 96 (opus/48000/2)
+                         [PCMU]
+  --ptime MS             call: packetization time, one RTP packet every MS [20]
+  --payload-size BYTES   call: RTP payload bytes [what the codec makes in --ptime: PCMU 20 ms
+                         160; needed for a dynamic codec]
   --body-size BYTES      message: body size, send stamp included [100]
   --content-type TYPE    message: body type [text/plain]
   --receiver ADDR:PORT   message: run a receiving uas in this process (registered at --target
@@ -58,6 +66,10 @@ UAS OPTIONS:
   --password PW, --users-file FILE, --expires SECS, --domain NAME   as for register
   --register-rate PER_S  registrations per second [500]
   --rtp echo|sink|generate   media of answered calls [generate]
+  --codec LIST           codecs accepted, comma-separated, preferred first
+                         [PCMU,PCMA,G722,L16/44100/2,L16,GSM,G729]; a generated stream uses the
+                         offered ptime
+  --payload-size BYTES   payload of a generated stream [the codec's for the ptime; else 160]
   --duration SECS        stop after this long [until SIGINT/SIGTERM]
 
 COMMON:
@@ -144,6 +156,8 @@ pub struct ClientArgs {
     pub drain: Duration,
     /// `--hold` (call).
     pub hold: Duration,
+    /// `--codec`, `--ptime`, `--payload-size` (call).
+    pub media: MediaProfile,
     /// `--body-size` (message).
     pub body_size: usize,
     /// `--content-type` (message).
@@ -185,6 +199,10 @@ pub struct UasArgs {
     pub register_rate: f64,
     /// `--rtp`.
     pub rtp: RtpMode,
+    /// `--codec` (accepted codecs).
+    pub codecs: Vec<Codec>,
+    /// `--payload-size`.
+    pub payload_len: Option<usize>,
     /// `--duration`.
     pub duration: Option<Duration>,
     /// Common options.
@@ -199,9 +217,15 @@ pub enum Command {
     /// `--version`.
     Version,
     /// The answering side.
-    Uas(UasArgs),
+    Uas(Box<UasArgs>),
     /// A client scenario.
-    Client(ClientArgs),
+    Client(Box<ClientArgs>),
+}
+
+impl Command {
+    fn client(a: ClientArgs) -> Command {
+        Command::Client(Box::new(a))
+    }
 }
 
 /// Parses the arguments after the program name.
@@ -212,11 +236,11 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
     match sub.as_str() {
         "help" | "--help" | "-h" => Ok(Command::Help),
         "--version" | "-V" => Ok(Command::Version),
-        "uas" => parse_uas(rest).map(Command::Uas),
-        "call" => parse_client(ScenarioKind::Call, rest).map(Command::Client),
-        "options" => parse_client(ScenarioKind::Options, rest).map(Command::Client),
-        "register" => parse_client(ScenarioKind::Register, rest).map(Command::Client),
-        "message" => parse_client(ScenarioKind::Message, rest).map(Command::Client),
+        "uas" => parse_uas(rest).map(|a| Command::Uas(Box::new(a))),
+        "call" => parse_client(ScenarioKind::Call, rest).map(Command::client),
+        "options" => parse_client(ScenarioKind::Options, rest).map(Command::client),
+        "register" => parse_client(ScenarioKind::Register, rest).map(Command::client),
+        "message" => parse_client(ScenarioKind::Message, rest).map(Command::client),
         other => Err(format!("unknown subcommand {other:?}")),
     }
 }
@@ -304,6 +328,7 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
         concurrency: 10_000,
         drain: Duration::from_secs(35),
         hold: Duration::from_secs(5),
+        media: MediaProfile::default(),
         body_size: 100,
         content_type: "text/plain".into(),
         receiver: None,
@@ -320,6 +345,7 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
         },
     };
     let mut rate = None;
+    let (mut codec, mut ptime, mut payload_len) = (Codec::PCMU, 20, None);
     for (k, v) in pairs(args)? {
         let v = v.unwrap_or_default();
         if common(&mut a.common, &k, &v)? {
@@ -338,6 +364,9 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
             "--concurrency" => a.concurrency = num(&k, &v)?,
             "--drain" => a.drain = secs(&k, &v)?,
             "--hold" => a.hold = secs(&k, &v)?,
+            "--codec" => codec = media::parse_codec(&v)?,
+            "--ptime" => ptime = num(&k, &v)?,
+            "--payload-size" => payload_len = Some(num(&k, &v)?),
             "--body-size" => a.body_size = num(&k, &v)?,
             "--content-type" => a.content_type = v,
             "--receiver" if kind == ScenarioKind::Message => {
@@ -356,6 +385,7 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
         }
     }
     a.rate = rate.ok_or("--rate PER_S is required")?;
+    a.media = MediaProfile::new(codec, ptime, payload_len)?;
     if a.count.is_none() && a.duration.is_none() {
         return Err("--count N or --duration SECS is required (runs are always bounded)".into());
     }
@@ -384,6 +414,8 @@ fn parse_uas(args: &[String]) -> Result<UasArgs, String> {
         expires: 3600,
         register_rate: 500.0,
         rtp: RtpMode::default(),
+        codecs: media::fixed_rate_codecs(),
+        payload_len: None,
         duration: None,
         common: Common::default(),
     };
@@ -407,6 +439,19 @@ fn parse_uas(args: &[String]) -> Result<UasArgs, String> {
                     .ok_or_else(|| format!("--rtp {v}: echo, sink or generate"))?
             }
             "--duration" => a.duration = Some(secs(&k, &v)?),
+            "--codec" => {
+                a.codecs = v
+                    .split(',')
+                    .map(|c| media::parse_codec(c.trim()))
+                    .collect::<Result<_, _>>()?
+            }
+            "--payload-size" => {
+                let n: usize = num(&k, &v)?;
+                if !(1..=media::MAX_PAYLOAD).contains(&n) {
+                    return Err(format!("--payload-size {n}: 1..{}", media::MAX_PAYLOAD));
+                }
+                a.payload_len = Some(n);
+            }
             "--transport" => {
                 if !v.eq_ignore_ascii_case("udp") {
                     return Err(format!("--transport {v}: only udp is supported"));
@@ -459,6 +504,50 @@ mod tests {
                 min_success_pct: Some(99.5),
             }
         );
+    }
+
+    #[test]
+    fn media_options() {
+        let Command::Client(c) = parse(&args(
+            "call --target 127.0.0.1:5060 --rate 1 --count 1 --codec PCMA --ptime 30",
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.media.describe(), "PCMA/8000, 30 ms, 240-byte payload");
+        let Command::Client(c) = parse(&args("call --target h:1 --rate 1 --count 1")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(c.media, MediaProfile::default());
+        let Command::Client(c) = parse(&args(
+            "call --target h:1 --rate 1 --count 1 --codec opus/48000/2 --payload-size 90",
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.media.describe(), "opus/48000/2, 20 ms, 90-byte payload");
+        for bad in [
+            "--codec opus",
+            "--codec opus/48000",
+            "--ptime 0",
+            "--payload-size 0",
+            "--payload-size 70000",
+        ] {
+            let line = format!("call --target h:1 --rate 1 --count 1 {bad}");
+            assert!(parse(&args(&line)).is_err(), "{bad}");
+        }
+        let Command::Uas(u) = parse(&args(
+            "uas --listen 127.0.0.1:0 --codec PCMA,opus/48000/2 --payload-size 100",
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(u.codecs.len(), 2);
+        assert_eq!(u.codecs[0], Codec::PCMA);
+        assert_eq!(u.payload_len, Some(100));
+        assert!(parse(&args("uas --listen 127.0.0.1:0 --codec PCMA,opus")).is_err());
+        assert!(parse(&args("uas --listen 127.0.0.1:0 --payload-size 0")).is_err());
     }
 
     #[test]

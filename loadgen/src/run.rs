@@ -221,6 +221,8 @@ pub fn run_uas(a: &UasArgs) -> Result<Report, String> {
         expires: a.expires,
         register_rate: a.register_rate,
         rtp: a.rtp,
+        codecs: a.codecs.clone(),
+        payload_len: a.payload_len,
     };
     let users = a.users;
     let registered = register_to.map_or(String::new(), |r| format!(" registered-at={r}"));
@@ -330,6 +332,8 @@ pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
                 expires: a.expires,
                 register_rate: 500.0,
                 rtp: Default::default(),
+                codecs: crate::scenario::media::fixed_rate_codecs(),
+                payload_len: None,
             };
             Some(Receiver::start(cfg, seed ^ 0x5eed, start)?)
         }
@@ -366,7 +370,7 @@ pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
             Secrets::load(a.password.as_deref(), a.users_file.as_deref())?,
             a.expires,
         )),
-        ScenarioKind::Call => Box::new(Call::new(target, a.hold)),
+        ScenarioKind::Call => Box::new(Call::new(target, a.hold, a.media.clone())),
     };
     let plan = Plan {
         pacer: Some(Pacer::new(

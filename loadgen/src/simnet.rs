@@ -17,6 +17,7 @@ use crate::driver::{Driver, Net, Plan, RunData};
 use crate::metrics::{Counter, Quantity};
 use crate::pacing::{Pacer, Schedule};
 use crate::scenario::call::Call;
+use crate::scenario::media::{parse_codec, MediaProfile};
 use crate::scenario::message::{Body, MessageScenario};
 use crate::scenario::options::Options;
 use crate::scenario::register::{Register, Secrets};
@@ -246,6 +247,8 @@ fn uas_config(listen: SocketAddr, users: u64, register_to: Option<SocketAddr>) -
         expires: 600,
         register_rate: 100.0,
         rtp: Default::default(),
+        codecs: crate::scenario::media::fixed_rate_codecs(),
+        payload_len: None,
     }
 }
 
@@ -615,7 +618,11 @@ fn calls_against_an_echoing_uas_count_rtp_exactly() {
     let mut sim = Sim::new(5 * MS, None);
     let uas = echo_uas(&mut sim);
     let plan = client_plan(&sim, 10.0, 10, 1000);
-    let call = Call::new(target(sim.addr(uas), 1), Duration::from_secs(1));
+    let call = Call::new(
+        target(sim.addr(uas), 1),
+        Duration::from_secs(1),
+        Default::default(),
+    );
     let client = sim.add(Box::new(call), plan);
     sim.run_until_done(client, Duration::from_secs(10));
     let c = sim.finish(client);
@@ -649,7 +656,11 @@ fn calls_survive_lost_acks_and_byes() {
     let mut sim = Sim::new(2 * MS, Some(5));
     let uas = echo_uas(&mut sim);
     let plan = client_plan(&sim, 10.0, 20, 1000);
-    let call = Call::new(target(sim.addr(uas), 1), Duration::from_secs(1));
+    let call = Call::new(
+        target(sim.addr(uas), 1),
+        Duration::from_secs(1),
+        Default::default(),
+    );
     let client = sim.add(Box::new(call), plan);
     sim.run_until_done(client, Duration::from_secs(60));
     let c = sim.finish(client);
@@ -660,4 +671,65 @@ fn calls_survive_lost_acks_and_byes() {
     let u = sim.finish(uas);
     assert_eq!(u.recorder.total(Counter::Succeeded), 20);
     assert_eq!(u.recorder.noted("2xx_never_acked"), 0);
+}
+
+fn call_with(sim: &mut Sim, uas: usize, calls: u64, media: MediaProfile) -> usize {
+    let plan = client_plan(sim, 10.0, calls, 1000);
+    let call = Call::new(target(sim.addr(uas), 1), Duration::from_secs(1), media);
+    sim.add(Box::new(call), plan)
+}
+
+#[test]
+fn a_g722_30ms_call_keeps_the_rtp_clock_on_both_sides() {
+    let mut sim = Sim::new(5 * MS, None);
+    // The default uas generates its own stream in the offered codec and ptime.
+    let uas = sim.add(
+        Box::new(Uas::new(uas_config(
+            "10.0.0.2:5070".parse().unwrap(),
+            1,
+            None,
+        ))),
+        uas_plan(),
+    );
+    let g722 = MediaProfile::new(parse_codec("G722").unwrap(), 30, None).unwrap();
+    let client = call_with(&mut sim, uas, 10, g722);
+    sim.run_until_done(client, Duration::from_secs(10));
+    let c = sim.finish(client);
+    let r = &c.recorder;
+    assert_eq!(r.total(Counter::Succeeded), 10, "{:?}", r.failures());
+    // 1 s of hold at 30 ms: packets at 0, 30, .. 990 ms.
+    assert_eq!(r.total(Counter::RtpSent), 340);
+    assert!(r.total(Counter::RtpReceived) > 300, "{:?}", r.notes());
+    assert_eq!(r.total(Counter::RtpLost), 0);
+    let u = sim.finish(uas);
+    assert_eq!(u.recorder.total(Counter::RtpReceived), 340);
+    assert_eq!(u.recorder.total(Counter::RtpLost), 0);
+    // A timestamp step that did not match the packet interval (240 samples of the 8 kHz RTP
+    // clock per 30 ms, RFC 3551 §4.5.2) would show as jitter on virtual time.
+    for (side, rec) in [("caller", r), ("callee", &u.recorder)] {
+        let jitter = rec.stats(Quantity::RtpJitter).unwrap();
+        assert!(jitter.max_us <= 1, "{side}: {jitter:?}");
+    }
+    assert!(c
+        .summary_lines
+        .iter()
+        .any(|l| l.ends_with("media G722/8000, 30 ms, 240-byte payload")));
+}
+
+#[test]
+fn an_offer_the_uas_cannot_accept_gets_488() {
+    let mut sim = Sim::new(5 * MS, None);
+    let uas = echo_uas(&mut sim);
+    let opus = MediaProfile::new(parse_codec("opus/48000/2").unwrap(), 20, Some(120)).unwrap();
+    let client = call_with(&mut sim, uas, 3, opus);
+    sim.run_until_done(client, Duration::from_secs(10));
+    let c = sim.finish(client);
+    assert_eq!(c.recorder.total(Counter::Succeeded), 0);
+    assert_eq!(
+        c.recorder.failures().get("488 Not Acceptable Here"),
+        Some(&3),
+        "{:?}",
+        c.recorder.failures()
+    );
+    assert_eq!(c.recorder.total(Counter::RtpSent), 0);
 }

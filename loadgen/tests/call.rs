@@ -66,43 +66,45 @@ fn calls_to_an_echoing_uas_get_every_packet_back() {
     );
 }
 
-#[test]
-fn a_generating_uas_streams_back_and_measures_what_it_receives() {
+/// Calls to a `uas --rtp generate` (with `uas_args`) from `call` (with `call_args`): the
+/// client's run, its JSON, the uas's JSON and its exit.
+fn call_a_generating_uas(
+    call_args: &[&str],
+    uas_args: &[&str],
+) -> (
+    support::Output,
+    serde_json::Value,
+    serde_json::Value,
+    support::Output,
+) {
     let dir = TempDir::new();
     let client = dir.path().join("client.json");
     let server = dir.path().join("uas.json");
-    let uas = Uas::spawn(&[
+    let mut args = vec![
         "--listen",
         "127.0.0.1:0",
         "--rtp",
         "generate",
         "--duration",
         "60",
-        "--json",
-        server.to_str().unwrap(),
-    ]);
+    ];
+    args.extend_from_slice(&["--json", server.to_str().unwrap()]);
+    args.extend_from_slice(uas_args);
+    let uas = Uas::spawn(&args);
     let target = uas.addr.to_string();
-    let out = run(
-        &[
-            "call",
-            "--target",
-            &target,
-            "--rate",
-            "5",
-            "--count",
-            "5",
-            "--hold",
-            "1",
-            "--json",
-            client.to_str().unwrap(),
-        ],
-        T,
-    );
-    assert_eq!(out.code, 0, "{out:?}");
+    let mut args = vec!["call", "--target", &target, "--rate", "5", "--count", "5"];
+    args.extend_from_slice(&["--hold", "1", "--json", client.to_str().unwrap()]);
+    args.extend_from_slice(call_args);
+    let out = run(&args, T);
     let u = uas.stop();
     assert_eq!(u.code, 0, "{u:?}");
-    let c = json(&client);
-    let s = json(&server);
+    (out, json(&client), json(&server), u)
+}
+
+#[test]
+fn a_generating_uas_streams_back_and_measures_what_it_receives() {
+    let (out, c, s, _) = call_a_generating_uas(&[], &[]);
+    assert_eq!(out.code, 0, "{out:?}");
     assert_all_succeeded(&c, "call", 5);
     assert_all_succeeded(&s, "uas", 5);
     // Each side received exactly what the other sent, in both directions.
@@ -111,4 +113,44 @@ fn a_generating_uas_streams_back_and_measures_what_it_receives() {
     assert!(s["rtp"]["sent"].as_u64().unwrap() >= 5 * 49, "{s:#}");
     assert_eq!(c["rtp"]["lost"], 0);
     assert_eq!(s["rtp"]["lost"], 0);
+    assert!(
+        out.stdout
+            .contains("media PCMU/8000, 20 ms, 160-byte payload"),
+        "{out:?}"
+    );
+}
+
+#[test]
+fn codec_ptime_and_payload_size_are_used_by_both_sides() {
+    let (out, c, s, _) = call_a_generating_uas(
+        &["--codec", "PCMA", "--ptime", "40", "--payload-size", "300"],
+        &[],
+    );
+    assert_eq!(out.code, 0, "{out:?}");
+    assert!(
+        out.stdout
+            .contains("media PCMA/8000, 40 ms, 300-byte payload"),
+        "{out:?}"
+    );
+    assert_all_succeeded(&c, "call", 5);
+    // 1 s at 40 ms: 25 packets a call each way (give or take the tick meeting the hangup);
+    // the uas answered PCMA and generates at the offered 40 ms.
+    let sent = c["rtp"]["sent"].as_u64().unwrap();
+    assert!((5 * 25..=5 * 26).contains(&sent), "{c:#}");
+    let back = s["rtp"]["sent"].as_u64().unwrap();
+    assert!((5 * 24..=5 * 26).contains(&back), "{s:#}");
+    assert_eq!(c["rtp"]["sent"], s["rtp"]["received"], "{c:#} {s:#}");
+    assert_eq!(s["rtp"]["sent"], c["rtp"]["received"], "{c:#} {s:#}");
+}
+
+#[test]
+fn a_codec_the_uas_does_not_accept_fails_the_calls_with_488() {
+    let (out, c, s, _) = call_a_generating_uas(&["--codec", "PCMA"], &["--codec", "PCMU"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("threshold not met"), "{out:?}");
+    assert_eq!(c["succeeded"], 0, "{c:#}");
+    assert_eq!(c["failed"], 5, "{c:#}");
+    assert!(out.stdout.contains("488 Not Acceptable Here"), "{out:?}");
+    assert_eq!(c["rtp"]["sent"].as_u64().unwrap_or(0), 0, "{c:#}");
+    assert_eq!(s["failed"], 5, "{s:#}");
 }

@@ -1,6 +1,7 @@
-//! `call`: one call per session. INVITE with an SDP audio offer (PCMU, 20 ms) from the call's
-//! own RTP socket; on the 2xx the ACK (RFC 3261 §13.2.2.4, sent again for every retransmitted
-//! 2xx) and the call setup time (INVITE → 200); for `--hold` an RTP stream every 20 ms to the
+//! `call`: one call per session. INVITE with an SDP audio offer (the [`MediaProfile`]: PCMU
+//! 20 ms unless `--codec`, `--ptime`, `--payload-size` say otherwise) from the call's own RTP
+//! socket; on the 2xx the ACK (RFC 3261 §13.2.2.4, sent again for every retransmitted 2xx) and
+//! the call setup time (INVITE → 200); for `--hold` an RTP stream, a packet every ptime, to the
 //! answer's media address while what comes back is measured ([`RtpMeter`]); then BYE (a new
 //! transaction in the dialog, §15.1.1). The call succeeds when the BYE gets a 2xx.
 //!
@@ -16,7 +17,7 @@ use cpm_engine::sdp::SessionDescription;
 use cpm_engine::sip::transaction::ClientTxId;
 use cpm_engine::sip::{HeaderName, Message, Method, StartLine};
 
-use super::media::{self, RtpMeter, RtpSender, SocketPool, PTIME};
+use super::media::{self, MediaProfile, RtpMeter, RtpSender, SocketPool};
 use super::{status_line, Outcome, RequestSpec, Scenario, SessionId, SocketId, Target};
 use crate::driver::Ctx;
 use crate::metrics::Quantity;
@@ -52,6 +53,7 @@ struct Leg {
 pub struct Call {
     target: Target,
     hold: Duration,
+    media: MediaProfile,
     socket: Option<(SocketId, SocketAddr)>,
     calls: HashMap<SessionId, Leg>,
     by_call_id: HashMap<Bytes, SessionId>,
@@ -60,11 +62,12 @@ pub struct Call {
 }
 
 impl Call {
-    /// Calls to `target`, each held `hold` before the BYE.
-    pub fn new(target: Target, hold: Duration) -> Call {
+    /// Calls to `target`, each held `hold` before the BYE, with RTP of `media`.
+    pub fn new(target: Target, hold: Duration, media: MediaProfile) -> Call {
         Call {
             target,
             hold,
+            media,
             socket: None,
             calls: HashMap::new(),
             by_call_id: HashMap::new(),
@@ -242,7 +245,7 @@ impl Scenario for Call {
             HeaderName::Contact,
             format!("<sip:loadgen@{}>", super::hostport(local)),
         );
-        invite.set_body(media::offer(rtp.1).to_bytes(), Some("application/sdp"));
+        invite.set_body(self.media.offer(rtp.1).to_bytes(), Some("application/sdp"));
         let now = ctx.now();
         let leg = Leg {
             state: State::Inviting,
@@ -252,8 +255,8 @@ impl Scenario for Call {
             remote: None,
             ack: None,
             bye: None,
-            sender: RtpSender::new(ctx),
-            meter: RtpMeter::default(),
+            sender: RtpSender::new(ctx, self.media.clone()),
+            meter: RtpMeter::new(self.media.codec().clock_rate()),
             next_tick: now,
         };
         self.calls.insert(session, leg);
@@ -314,7 +317,7 @@ impl Scenario for Call {
                 }
                 if let Some(remote) = leg.remote {
                     leg.sender.send(ctx, leg.rtp.0, remote);
-                    leg.next_tick += PTIME;
+                    leg.next_tick += leg.sender.ptime();
                     ctx.set_timer(leg.next_tick, session, TICK);
                 }
             }
@@ -343,7 +346,11 @@ impl Scenario for Call {
     }
 
     fn summary_lines(&self) -> Vec<String> {
-        vec![format!("hold: {:?}, codec PCMU 20 ms", self.hold)]
+        vec![format!(
+            "hold: {:?}, media {}",
+            self.hold,
+            self.media.describe()
+        )]
     }
 }
 

@@ -13,12 +13,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use cpm_engine::sdp::{self, SessionDescription};
+use cpm_engine::sdp::{self, Codec, SessionDescription};
 use cpm_engine::sip::builder;
 use cpm_engine::sip::transaction::ClientTxId;
 use cpm_engine::sip::{HeaderName, Message, Method};
 
-use super::media::{self, RtpMeter, RtpSender, SocketPool, PTIME};
+use super::media::{self, MediaProfile, RtpMeter, RtpSender, SocketPool};
 use super::register::{RegFlow, Secrets};
 use super::{Incoming, Outcome, Pattern, Scenario, SessionId, SocketId, SocketKind, NO_SESSION};
 use crate::driver::Ctx;
@@ -72,6 +72,10 @@ pub struct UasConfig {
     pub register_rate: f64,
     /// The media behaviour of calls.
     pub rtp: RtpMode,
+    /// The codecs accepted in an offer, in our order of preference.
+    pub codecs: Vec<Codec>,
+    /// The payload size of a generated stream (default: the codec's for the offered ptime).
+    pub payload_len: Option<usize>,
 }
 
 /// Timer tokens: `user << 2 | kind`, or for a call [`CALL_TIMER`]` | kind` with the call's
@@ -273,9 +277,10 @@ impl Uas {
         ctx.finish(session, Outcome::Success);
     }
 
-    /// INVITE (RFC 3261 §13.3): `200 OK` at once with an SDP answer (RFC 3264 §6, PCMU) naming
-    /// an RTP socket of the call's own, sent again until the ACK (§13.3.1.4); the media follow
-    /// [`RtpMode`] (a generated stream starts at the ACK). A request within an existing dialog gets the same 200 again; an
+    /// INVITE (RFC 3261 §13.3): `200 OK` at once with an SDP answer (RFC 3264 §6: the first
+    /// offered codec we accept, the offer's ptime) naming an RTP socket of the call's own, sent
+    /// again until the ACK (§13.3.1.4); the media follow [`RtpMode`] (a generated stream
+    /// starts at the ACK). A request within an existing dialog gets the same 200 again; an
     /// offer without a usable audio stream gets 488.
     pub fn on_invite(&mut self, ctx: &mut Ctx<'_>, inc: Incoming) {
         let Some(call_id) = inc.request.call_id().cloned() else {
@@ -304,8 +309,14 @@ impl Uas {
                 return self.refuse(ctx, session, &inc, 500, "Server Internal Error");
             }
         };
-        let Ok(answer) = sdp::answer(&offer, contact.ip(), |_, _| rtp.1.port(), &media::codecs())
-        else {
+        let answered = sdp::answer(&offer, contact.ip(), |_, _| rtp.1.port(), &self.cfg.codecs)
+            .ok()
+            .and_then(|answer| {
+                let section = answer.media().iter().find(|m| m.port() != 0)?;
+                let profile = MediaProfile::negotiated(section, self.cfg.payload_len)?;
+                Some((answer, profile))
+            });
+        let Some((answer, profile)) = answered else {
             self.rtp_pool.give_back(rtp);
             return self.refuse(ctx, session, &inc, 488, "Not Acceptable Here");
         };
@@ -332,8 +343,8 @@ impl Uas {
             retransmit: T1,
             rtp,
             remote: media::remote_media(&offer),
-            sender: RtpSender::new(ctx),
-            meter: RtpMeter::default(),
+            meter: RtpMeter::new(profile.codec().clock_rate()),
+            sender: RtpSender::new(ctx, profile),
             next_tick: now,
         };
         self.call_of_session.insert(session, call_id.clone());
@@ -394,7 +405,7 @@ impl Uas {
             RTP_TICK => {
                 if let Some(remote) = call.remote {
                     call.sender.send(ctx, call.rtp.0, remote);
-                    call.next_tick += PTIME;
+                    call.next_tick += call.sender.ptime();
                     ctx.set_timer(call.next_tick, session, RTP_TICK);
                 }
             }

@@ -13,17 +13,13 @@
 //! ```
 //! Pin it to a core for steadier figures: `taskset -c 1 target/release/examples/udp_batch`.
 
-// The batched socket module itself; included by path while the crate is a binary only.
-#[path = "../src/net/mod.rs"]
-mod net;
-
 use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cpm_engine::rtp::{self, ReceiverStats, RtpHeader, SeqNo, Ssrc};
-use net::{BatchSocket, Batching, RecvBatch, SocketConfig};
+use cpm_loadgen::net::{BatchSocket, Batching, RecvBatch, SocketConfig};
 
 const PAYLOAD: usize = 160;
 

@@ -224,6 +224,7 @@ pub fn run_uas(a: &UasArgs) -> Result<Report, String> {
         codecs: a.codecs.clone(),
         payload_len: a.payload_len,
     };
+    let cpu_before = sys::cpu_used();
     let users = a.users;
     let registered = register_to.map_or(String::new(), |r| format!(" registered-at={r}"));
     let stop = AtomicBool::new(false);
@@ -247,6 +248,7 @@ pub fn run_uas(a: &UasArgs) -> Result<Report, String> {
         rate_requested: None,
         data,
         thresholds: a.common.thresholds,
+        cpu: cpu_before.zip(sys::cpu_used()).map(|(b, a)| a.since(b)),
     })
 }
 
@@ -303,6 +305,7 @@ impl Receiver {
 
 /// The client subcommands.
 pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
+    let cpu_before = sys::cpu_used();
     let start = Instant::now();
     let seed = seed(&a.common);
     let given = a.target.as_deref().map(resolve).transpose()?;
@@ -408,6 +411,7 @@ pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
         rate_requested: Some(a.rate),
         data,
         thresholds: a.common.thresholds,
+        cpu: cpu_before.zip(sys::cpu_used()).map(|(b, a)| a.since(b)),
     })
 }
 

@@ -135,6 +135,22 @@ pub fn raise_nofile_limit() {
     }
 }
 
+/// The CPU time this process has used so far (getrusage(2), `RUSAGE_SELF`: every thread).
+pub fn cpu_used() -> Option<crate::report::CpuUse> {
+    // SAFETY: getrusage fills one live, zero-initialised rusage value.
+    let usage = unsafe {
+        let mut u: libc::rusage = std::mem::zeroed();
+        (libc::getrusage(libc::RUSAGE_SELF, &mut u) == 0).then_some(u)
+    }?;
+    let d = |t: libc::timeval| {
+        Duration::from_secs(t.tv_sec.max(0) as u64) + Duration::from_micros(t.tv_usec.max(0) as u64)
+    };
+    Some(crate::report::CpuUse {
+        user: d(usage.ru_utime),
+        system: d(usage.ru_stime),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,6 +178,21 @@ mod tests {
         t.drain();
         pfd.revents = 0;
         assert_eq!(poll(&mut pfd, 0), 0, "drained");
+    }
+
+    #[test]
+    fn cpu_time_grows_with_work() {
+        let before = cpu_used().unwrap();
+        let start = Instant::now();
+        let mut x = 0u64;
+        while start.elapsed() < Duration::from_millis(50) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let used = cpu_used().unwrap().since(before);
+        assert!(
+            used.user + used.system >= Duration::from_millis(30),
+            "{used:?}"
+        );
     }
 
     #[test]

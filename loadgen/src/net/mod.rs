@@ -9,9 +9,6 @@
 //! Sockets are non-blocking: an empty receive queue or a full send buffer is
 //! [`io::ErrorKind::WouldBlock`], to be waited on with the caller's poller (mio, epoll).
 
-// The scenarios that drive these sockets land separately; until then the binary uses none of it.
-#![allow(dead_code)]
-
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
 

@@ -92,6 +92,11 @@ pub fn to_json(r: &Report) -> Value {
         "rtp": rtp,
         "counters": rec.notes(),
         "summary": d.summary_lines,
+        "loadgen_cpu": r.cpu.map(|c| serde_json::json!({
+            "user_s": c.user.as_secs_f64(),
+            "system_s": c.system.as_secs_f64(),
+            "core_pct": c.core_pct(d.elapsed),
+        })),
         "series": series,
         "thresholds": {
             "max_loss_pct": r.thresholds.max_loss_pct,
@@ -147,6 +152,8 @@ mod tests {
         );
         assert_eq!(v["thresholds"]["passed"], true);
         assert_eq!(v["counters"]["retransmissions"], 3);
+        assert_eq!(v["loadgen_cpu"]["user_s"], 0.25);
+        assert_eq!(v["loadgen_cpu"]["core_pct"], 25.0);
     }
 
     #[test]

@@ -56,6 +56,37 @@ pub struct Report {
     pub data: RunData,
     /// The limits checked.
     pub thresholds: Thresholds,
+    /// The CPU time the generator's process used in the run, if the platform reports it.
+    pub cpu: Option<CpuUse>,
+}
+
+/// CPU time a process used (getrusage(2)), to show whether the generator was near its limit.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CpuUse {
+    /// User time.
+    pub user: Duration,
+    /// System (kernel) time: for UDP load mostly the network stack.
+    pub system: Duration,
+}
+
+impl CpuUse {
+    /// The time between `before` and `self`.
+    pub fn since(self, before: CpuUse) -> CpuUse {
+        CpuUse {
+            user: self.user.saturating_sub(before.user),
+            system: self.system.saturating_sub(before.system),
+        }
+    }
+
+    /// User plus system time as a percentage of one core over `wall`.
+    pub fn core_pct(&self, wall: Duration) -> f64 {
+        let wall = wall.as_secs_f64();
+        if wall > 0.0 {
+            100.0 * (self.user + self.system).as_secs_f64() / wall
+        } else {
+            0.0
+        }
+    }
 }
 
 impl Report {
@@ -225,6 +256,10 @@ pub(crate) mod tests {
                 summary_lines: vec!["extra line".into()],
             },
             thresholds: Thresholds::default(),
+            cpu: Some(CpuUse {
+                user: Duration::from_millis(250),
+                system: Duration::from_millis(150),
+            }),
         }
     }
 

@@ -84,6 +84,16 @@ pub fn summary(r: &Report) -> String {
     for line in &d.summary_lines {
         let _ = writeln!(s, "{line}");
     }
+    if let Some(cpu) = r.cpu {
+        let _ = writeln!(
+            s,
+            "loadgen cpu: {:.2} s user + {:.2} s system in {:.1} s ({:.0} % of one core)",
+            cpu.user.as_secs_f64(),
+            cpu.system.as_secs_f64(),
+            d.elapsed.as_secs_f64(),
+            cpu.core_pct(d.elapsed)
+        );
+    }
     let notes: Vec<String> = d
         .recorder
         .notes()
@@ -115,6 +125,10 @@ mod tests {
             "cpm-loadgen options (client, 127.0.0.1:5060): 10 attempted, 9 succeeded, 1 failed (90.00 % success)"
         ), "{s}");
         assert!(s.contains("achieved 10.0/s over 1.000 s"), "{s}");
+        assert!(
+            s.contains("loadgen cpu: 0.25 s user + 0.15 s system in 1.6 s (25 % of one core)"),
+            "{s}"
+        );
         assert!(s.contains("request_options"), "{s}");
         assert!(s.contains("failures: 408 Request Timeout: 1"), "{s}");
         assert!(

@@ -4,8 +4,10 @@
 
 #![allow(dead_code)]
 
+pub mod relay;
+
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -66,6 +68,25 @@ pub fn run(args: &[&str], timeout: Duration) -> Output {
         stdout,
         stderr,
     }
+}
+
+/// A UDP port `p` of 127.0.0.1 such that `p..=p + span` were all free a moment ago (for
+/// programs that need fixed ports, such as SIPp's `-p` and `-mp`).
+pub fn free_udp_ports(span: u16) -> u16 {
+    for _ in 0..100 {
+        let first = UdpSocket::bind("127.0.0.1:0").expect("bind a probe socket");
+        let p = first.local_addr().unwrap().port();
+        let Some(last) = p.checked_add(span) else {
+            continue;
+        };
+        let rest: Result<Vec<UdpSocket>, _> = (p + 1..=last)
+            .map(|q| UdpSocket::bind(("127.0.0.1", q)))
+            .collect();
+        if rest.is_ok() {
+            return p;
+        }
+    }
+    panic!("no {} consecutive free UDP ports", span + 1);
 }
 
 /// Reads a JSON report.

@@ -89,6 +89,30 @@ pub fn free_udp_ports(span: u16) -> u16 {
     panic!("no {} consecutive free UDP ports", span + 1);
 }
 
+/// Whether something has UDP port `port` bound (read from `/proc/net/udp`, so that probing
+/// does not race with the program about to bind it).
+pub fn udp_bound(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    let needle = format!(":{port:04X}");
+    table.lines().skip(1).any(|l| {
+        l.split_whitespace()
+            .nth(1)
+            .is_some_and(|local| local.ends_with(&needle))
+    })
+}
+
+/// Waits (10 s at most) until UDP `port` is bound; false if it never was.
+pub fn wait_udp_bound(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if udp_bound(port) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
+}
+
 /// Reads a JSON report.
 pub fn json(path: &Path) -> Value {
     let text =

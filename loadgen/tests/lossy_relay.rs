@@ -52,16 +52,22 @@ fn rtp(v: &Value, k: &str) -> u64 {
         .unwrap_or_else(|| panic!("rtp.{k}: {v:#}"))
 }
 
-/// The relay saw every call's INVITE, ACK and BYE go to the callee, and dropped in both
-/// directions.
+/// The relay saw every call's INVITE, ACK and BYE go to the callee, the ACK and BYE addressed
+/// to the Contact it put in the 200 (RFC 3261 §12.2.1.1).
 fn assert_relayed_calls(log: &RelayLog) {
     assert_eq!(log.calls as u64, CALLS, "{log:?}");
     for m in ["INVITE", "ACK", "BYE"] {
-        let n = log
+        let requests: Vec<_> = log
             .messages(Dir::ToCallee)
             .filter(|r| r.method().is_some_and(|x| x.as_str() == m))
-            .count() as u64;
-        assert_eq!(n, CALLS, "{m} through the relay");
+            .collect();
+        assert_eq!(requests.len() as u64, CALLS, "{m} through the relay");
+        if m != "INVITE" {
+            for r in requests {
+                let uri = r.request_uri().unwrap();
+                assert!(uri.starts_with(b"sip:relay@"), "{m} to {uri:?}");
+            }
+        }
     }
     assert_eq!(log.unroutable, 0, "{log:?}");
     assert_eq!(log.unparsable, 0, "{log:?}");

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod reference;
 pub mod relay;
 
 use std::io::{BufRead, BufReader, Read};

@@ -95,11 +95,8 @@ fn calls_through_kamailio_have_their_media_anchored_by_rtpengine() {
             "{:?}",
             ok.body
         );
-        // BUG (loadgen/src/scenario/uas.rs, Uas::on_invite): the uas builds its 200 with
-        // builder::local_response, which does not copy the INVITE's Record-Route (RFC 3261
-        // §12.1.1), so the caller's ACK and BYE carry no Route and Kamailio answers the BYE
-        // "404 Not here" (and the uas retransmits its 200, never ACKed). Until it is fixed
-        // this assertion fails, and so would the ones below.
+        // Without Kamailio's Record-Route in the 200 (RFC 3261 §12.1.1) the caller's ACK and
+        // BYE carry no Route and Kamailio answers the BYE "404 Not here".
         assert!(
             ok.headers
                 .get(&HeaderName::RecordRoute)

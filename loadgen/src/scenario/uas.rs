@@ -321,6 +321,11 @@ impl Uas {
             return self.refuse(ctx, session, &inc, 488, "Not Acceptable Here");
         };
         let mut ok = builder::local_response(&inc.request, 200, "OK");
+        // The 2xx that sets up the dialog carries the request's Record-Route (RFC 3261
+        // §12.1.1), so the caller's ACK and BYE follow the proxies that asked to stay.
+        for rr in inc.request.headers.get_all(&HeaderName::RecordRoute) {
+            ok.headers.push(HeaderName::RecordRoute, rr.clone());
+        }
         ok.headers.push(
             HeaderName::Contact,
             format!(

@@ -4,8 +4,11 @@
 
 #![allow(dead_code)]
 
+pub mod reference;
+pub mod relay;
+
 use std::io::{BufRead, BufReader, Read};
-use std::net::SocketAddr;
+use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
@@ -66,6 +69,49 @@ pub fn run(args: &[&str], timeout: Duration) -> Output {
         stdout,
         stderr,
     }
+}
+
+/// A UDP port `p` of 127.0.0.1 such that `p..=p + span` were all free a moment ago (for
+/// programs that need fixed ports, such as SIPp's `-p` and `-mp`).
+pub fn free_udp_ports(span: u16) -> u16 {
+    for _ in 0..100 {
+        let first = UdpSocket::bind("127.0.0.1:0").expect("bind a probe socket");
+        let p = first.local_addr().unwrap().port();
+        let Some(last) = p.checked_add(span) else {
+            continue;
+        };
+        let rest: Result<Vec<UdpSocket>, _> = (p + 1..=last)
+            .map(|q| UdpSocket::bind(("127.0.0.1", q)))
+            .collect();
+        if rest.is_ok() {
+            return p;
+        }
+    }
+    panic!("no {} consecutive free UDP ports", span + 1);
+}
+
+/// Whether something has UDP port `port` bound (read from `/proc/net/udp`, so that probing
+/// does not race with the program about to bind it).
+pub fn udp_bound(port: u16) -> bool {
+    let table = std::fs::read_to_string("/proc/net/udp").unwrap_or_default();
+    let needle = format!(":{port:04X}");
+    table.lines().skip(1).any(|l| {
+        l.split_whitespace()
+            .nth(1)
+            .is_some_and(|local| local.ends_with(&needle))
+    })
+}
+
+/// Waits (10 s at most) until UDP `port` is bound; false if it never was.
+pub fn wait_udp_bound(port: u16) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if udp_bound(port) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    false
 }
 
 /// Reads a JSON report.

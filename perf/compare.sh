@@ -7,9 +7,12 @@
 #   bare-forwarder      perf/reference/bare-forwarder (call only): the call scenario's RTP without
 #                       signaling, from rtp-pairs: rate x hold streams, 50 packets/s each way,
 #                       for count / rate seconds (as many packets as the calls relay)
-#   cpmd                BIN/cpmd (options, register, message)
+#   cpmd                BIN/cpmd (register, message; options only when named: cpm-loadgen sends
+#                       OPTIONS to sip:userNNNN@target, which Kamailio proxies to the uas and cpmd
+#                       answers 480 itself)
 # Options:
-#   --rate N [20]  --count N [200]  --hold SECS [5]  --users N [100]  --targets "..."
+#   --rate N [call 20, else 500]  --count N [call 200, else 5000]  --hold SECS [5]
+#   --users N [100]  --targets "..."
 #   --out DIR          where each run's files go [a new temp dir, kept]
 #   --bin-dir DIR      take the binaries from DIR and build nothing [target/release, built first]
 #   --no-build         use the binaries already in the binaries directory
@@ -31,7 +34,7 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" 
 SCENARIO="${1:-}"
 [[ -n "$SCENARIO" && "$SCENARIO" != -* ]] || usage
 shift
-RATE=20 COUNT=200 HOLD=5 USERS=100 OUT="" BUILD=1 TARGETS="" BIN="${BIN:-}"
+RATE="" COUNT="" HOLD=5 USERS=100 OUT="" BUILD=1 TARGETS="" BIN="${BIN:-}"
 while (($#)); do
     case "$1" in
     --rate) RATE=$2; shift 2 ;;
@@ -47,8 +50,9 @@ while (($#)); do
     esac
 done
 case "$SCENARIO" in
-call) : "${TARGETS:=kamailio-rtpengine bare-forwarder}" ;;
-options | register | message) : "${TARGETS:=kamailio-rtpengine cpmd}" ;;
+call) : "${TARGETS:=kamailio-rtpengine bare-forwarder}" "${RATE:=20}" "${COUNT:=200}" ;;
+options) : "${TARGETS:=kamailio-rtpengine}" "${RATE:=500}" "${COUNT:=5000}" ;;
+register | message) : "${TARGETS:=kamailio-rtpengine cpmd}" "${RATE:=500}" "${COUNT:=5000}" ;;
 *) echo "compare.sh: unknown scenario $SCENARIO" >&2; exit 2 ;;
 esac
 if [[ -n "$BIN" ]]; then
@@ -244,6 +248,7 @@ load_loadgen() {
         if ! grep -q 'uas ready' "$OUT/$TARGET.uas.out"; then
             kill -INT "$uas" 2>/dev/null || true
             wait "$uas" 2>/dev/null || true
+            fail "$TARGET: the answering uas did not get ready ($OUT/$TARGET.uas.log)"
             tail -5 "$OUT/$TARGET.uas.log" >&2
             : >"$res"
             return 1
@@ -307,7 +312,7 @@ for TARGET in $TARGETS; do
     log "$TARGET: $SCENARIO, rate $RATE, count $COUNT, hold $HOLD, users $USERS, load $source"
     RTP_RELAYED="" sig0=0 sig1=0 media0=0 media1=0
     res="$OUT/$TARGET.res"
-    rm -f "$res"
+    rm -rf "${OUT:?}/$TARGET" "$OUT/$TARGET".* # an earlier run's files in the same --out
     if ! "start_$TARGET"; then
         fail "$TARGET did not start"
         TARGET=""
@@ -321,8 +326,8 @@ for TARGET in $TARGETS; do
     fi
     "stop_$TARGET" >&2 || true
     if ((rc)); then
-        fail "$TARGET: the load run failed (exit $rc; $OUT/$TARGET.load.log)"
-        tail -4 "$OUT/$TARGET.load.log" >&2 || true
+        fail "$TARGET: the load run failed (exit $rc; logs: $OUT/$TARGET.*)"
+        if [[ -s "$OUT/$TARGET.load.log" ]]; then tail -4 "$OUT/$TARGET.load.log" >&2; fi
     fi
     {
         echo "cpu_sig_s $(secs $((sig1 - sig0)))"

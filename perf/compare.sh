@@ -20,7 +20,7 @@
 #   SIP_PORT [5070] NG_PORT [22222] RTP_MIN [33000] RTP_MAX [39999] (Kamailio and rtpengine).
 #
 # For each target: start it; start `cpm-loadgen uas --rtp echo` registered there as user0000..
-# (not for register); read the CPU time (utime + stime, /proc/PID/stat) of every server
+# (not for register); read the CPU time (/proc/PID/task/*/schedstat) of every server
 # process; run `cpm-loadgen SCENARIO`; read the CPU time again; stop everything. Then one table
 # and each target's ratios to the first one. Exit 0 when every target gave a result and every
 # load run met its thresholds (cpm-loadgen: all sessions succeeded; rtp-pairs: no packet lost),
@@ -64,7 +64,6 @@ LOADGEN="${LOADGEN:-$BIN/cpm-loadgen}"
 OUT="${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/cpm-compare.XXXXXX")}"
 mkdir -p "$OUT"
 OUT="$(cd "$OUT" && pwd)"
-TICK=$(getconf CLK_TCK)
 
 # Ports, all on 127.0.0.1, apart from perf/reference/smoke.sh's (5170, 22322, 31000-31999) and
 # below the ephemeral range (32768-60999) where a whole range is bound at once.
@@ -101,22 +100,21 @@ for b in "${need[@]}"; do
 done
 
 # ---------------------------------------------------------------- CPU accounting
-# Sum of utime + stime (clock ticks) of the given pids, all threads included; the fields after
-# "(comm)" are read so that a command name with spaces cannot shift them.
-cpu_ticks() {
-    local total=0 p
-    for p in "$@"; do
-        [[ -r /proc/$p/stat ]] || continue
-        total=$((total + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
-    done
-    echo "$total"
+# CPU time of the given pids in nanoseconds: the sum over their threads of the time on a CPU
+# (first field of /proc/PID/task/TID/schedstat; clock ticks of /proc/PID/stat, utime + stime,
+# are 10 ms apart, too coarse for runs of a few seconds over ten Kamailio processes). A thread
+# that ends during the run takes its time with it: the servers' threads live as long as they.
+cpu_ns() {
+    local p
+    for p in "$@"; do cat "/proc/$p/task/"*/schedstat 2>/dev/null || true; done |
+        awk '{ s += $1 } END { printf "%.0f\n", s }'
 }
 # The server CPU counted from here (after the answering users are registered) to cpu_end.
 # shellcheck disable=SC2086 # the pid lists are split on purpose
-cpu_begin() { sig0=$(cpu_ticks $SIG_PIDS) media0=$(cpu_ticks $MEDIA_PIDS); }
+cpu_begin() { sig0=$(cpu_ns $SIG_PIDS) media0=$(cpu_ns $MEDIA_PIDS); }
 # shellcheck disable=SC2086
-cpu_end() { sig1=$(cpu_ticks $SIG_PIDS) media1=$(cpu_ticks $MEDIA_PIDS); }
-secs() { calc "printf \"%.2f\", $1 / $TICK"; }
+cpu_end() { sig1=$(cpu_ns $SIG_PIDS) media1=$(cpu_ns $MEDIA_PIDS); }
+secs() { calc "printf \"%.3f\", $1 / 1e9"; }
 
 # ---------------------------------------------------------------- targets
 # start_X sets SIG_PIDS (signaling processes), MEDIA_PIDS (media processes) and TARGET_ADDR
@@ -382,7 +380,7 @@ lat = {"call": "setup", "options": "OPTIONS", "register": "REGISTER", "message":
 cols = [("target", lambda r: r["target"], 18),
         ("ok/attempted", lambda r: f(r["ok"], "{:.0f}") + "/" + f(r["attempted"], "{:.0f}"), 12),
         ("rate/s", lambda r: f(r["rate"], "{:.1f}"), 7),
-        ("cpu s sig+media", lambda r: "{:.2f}+{:.2f}".format(r["sig"], r["media"]), 15),
+        ("cpu s sig+media", lambda r: "{:.3f}+{:.3f}".format(r["sig"], r["media"]), 15),
         ("cpu s/1k ok", lambda r: f(r["per_k"], "{:.3f}"), 11)]
 if call:
     cols += [("cpu s/M rtp", lambda r: f(r["per_m"]), 11),

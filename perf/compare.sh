@@ -102,7 +102,7 @@ done
 # ---------------------------------------------------------------- CPU accounting
 # CPU time of the given pids in nanoseconds: the sum over their threads of the time on a CPU
 # (first field of /proc/PID/task/TID/schedstat; clock ticks of /proc/PID/stat, utime + stime,
-# are 10 ms apart, too coarse for runs of a few seconds over ten Kamailio processes). A thread
+# are 10 ms apart, too coarse for runs of a few seconds over eight Kamailio processes). A thread
 # that ends during the run takes its time with it: the servers' threads live as long as they.
 cpu_ns() {
     local p

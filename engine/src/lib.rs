@@ -19,6 +19,7 @@
 #![deny(missing_docs)]
 
 pub mod hash;
+pub mod media;
 pub mod registrar;
 pub mod rtp;
 pub mod sdp;

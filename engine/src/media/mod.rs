@@ -111,8 +111,9 @@ impl MediaKind {
 /// B-facing local ports, all on the media IP.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LegChange {
-    /// Bind the ports of a new leg and start relaying. `rtcp_mux`: the offer asked for RTCP
-    /// on the RTP port (RFC 5761), so RTCP may arrive there (tell it apart by RFC 5761 §4).
+    /// Bind the ports of a new leg and start relaying. `rtcp_mux`: RTCP was offered (or,
+    /// when reopened after a rollback, agreed) on the RTP port (RFC 5761), so RTCP may arrive
+    /// there: tell it apart by RFC 5761 §4. Bind the RTCP ports anyway when given.
     Open {
         /// The stream.
         stream: StreamId,

@@ -27,8 +27,9 @@ const RELAYED_PROTOS: [&[u8]; 6] = [
 pub(super) enum Plan {
     /// Not ours to relay (port 0, MSRP, RTP over TCP, ...): passed through as received.
     Pass,
-    /// An RTP stream the codec policy leaves without a media codec: sent on with port 0
-    /// (RFC 3264 §6, §8.2), so both sides see it rejected.
+    /// An RTP stream the codec policy leaves without a media codec, or one spread over
+    /// several ports (`m=video 49170/2`, RFC 8866 §5.14), which a leg cannot relay: sent on
+    /// with port 0 (RFC 3264 §6, §8.2), so both sides see it rejected.
     Reject,
     /// Relayed: the formats the policy removes, and whether one port is enough
     /// (`a=rtcp-mux-only`, RFC 8858 §3).
@@ -52,6 +53,9 @@ pub(super) fn plan(m: &MediaSection, allowed: Option<&[Codec]>) -> Plan {
         .any(|p| m.media_line().proto.as_bytes().eq_ignore_ascii_case(p));
     if m.port() == 0 || !relayed {
         return Plan::Pass;
+    }
+    if m.media_line().port_count.is_some_and(|n| n > 1) {
+        return Plan::Reject;
     }
     let single = m.attribute("rtcp-mux-only").is_some();
     let Some(allowed) = allowed else {
@@ -193,11 +197,15 @@ mod tests {
             "m=audio 0 RTP/AVP 0\r\n",
             "m=video 4004 udp/tls/rtp/savpf 96\r\na=rtpmap:96 VP8/90000\r\na=rtcp-mux-only\r\n",
             "m=message 9 TCP/MSRP *\r\n",
+            "m=video 4006/2 RTP/AVP 31\r\n",
+            "m=video 4010/1 RTP/AVP 31\r\n",
         ));
         let m = d.media();
         assert_eq!(plan(&m[1], None), Plan::Pass, "RTP over TCP");
         assert_eq!(plan(&m[2], None), Plan::Pass, "port 0");
         assert_eq!(plan(&m[4], None), Plan::Pass, "MSRP");
+        assert_eq!(plan(&m[5], None), Plan::Reject, "two port pairs");
+        assert!(matches!(plan(&m[6], None), Plan::Relay { .. }));
         let vp8_only = plan(&m[3], None);
         assert_eq!(
             vp8_only,

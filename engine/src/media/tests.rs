@@ -381,6 +381,50 @@ fn rtcp_mux_only_takes_single_ports() {
 }
 
 #[test]
+fn dropping_rtcp_mux_only_moves_the_leg_to_a_pair() {
+    let offer = |extra: &str| {
+        let body = format!("v=0\r\no=- 1 1 IN IP4 192.0.2.10\r\ns=-\r\nc=IN IP4 192.0.2.10\r\nt=0 0\r\nm=audio 5000 RTP/AVP 0\r\na=rtcp-mux\r\n{extra}");
+        Bytes::from(body)
+    };
+    let answer = sdp(&[
+        "v=0",
+        "o=- 2 1 IN IP4 198.51.100.20",
+        "s=-",
+        "c=IN IP4 198.51.100.20",
+        "t=0 0",
+        "m=audio 6000 RTP/AVP 0",
+        "a=rtcp-mux",
+    ]);
+    let (mut s, mut pool) = setup(None);
+    s.offer(&mut pool, Side::A, &offer("a=rtcp-mux-only\r\n"))
+        .unwrap();
+    s.answer(&mut pool, Side::B, &answer).unwrap();
+    drain(&mut s);
+    assert_eq!(pool.in_use(), 2);
+    let to_b = s.offer(&mut pool, Side::A, &offer("")).unwrap();
+    assert!(text(&to_b).contains("m=audio 30004 RTP/AVP 0\r\n"));
+    let changes = drain(&mut s);
+    assert_eq!(
+        changes[..2],
+        [close(0), open(0, MediaKind::Audio, 30002, 30004, true)]
+    );
+    assert_eq!(pool.in_use(), 6, "both held until the answer");
+    s.rollback(&mut pool);
+    assert_eq!(drain(&mut s)[..1], [close(0)]);
+    assert_eq!(
+        s.ports(StreamId(0)).unwrap().0,
+        LocalPorts {
+            rtp: 30000,
+            rtcp: None
+        }
+    );
+    assert_eq!(pool.in_use(), 2);
+    s.offer(&mut pool, Side::A, &offer("")).unwrap();
+    s.answer(&mut pool, Side::B, &answer).unwrap();
+    assert_eq!(pool.in_use(), 4, "the single ports went back");
+}
+
+#[test]
 fn msrp_lines_pass_through_byte_exact() {
     let chat = sdp(&[
         "v=0",

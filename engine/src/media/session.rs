@@ -74,6 +74,15 @@ struct Pending {
     zeroed: Vec<bool>,
 }
 
+/// The last offer answered, for a revised answer to it (an answer in an unreliable 18x, then
+/// the 2xx; RFC 6337 §3.1): who offered, and the m-lines the offerer must see at port 0 (those
+/// the policy or the first answer rejected, whose ports are gone).
+#[derive(Debug, Clone)]
+struct Answered {
+    offerer: Side,
+    zeroed: Vec<bool>,
+}
+
 /// The origin we present to one side and the fingerprint of what we last sent it.
 #[derive(Debug, Clone)]
 struct Sent {
@@ -92,6 +101,7 @@ pub struct MediaSession {
     config: Arc<MediaConfig>,
     legs: Vec<Option<Leg>>,
     pending: Option<Pending>,
+    answered: Option<Answered>,
     sent: [Option<Sent>; 2],
     seed: Option<u64>,
     changes: VecDeque<LegChange>,
@@ -134,6 +144,7 @@ impl MediaSession {
             config,
             legs: Vec::new(),
             pending: None,
+            answered: None,
             sent: [None, None],
             seed: None,
             changes: VecDeque::new(),
@@ -223,6 +234,7 @@ impl MediaSession {
             .get_or_insert_with(|| fnv1a(offer.origin().to_bytes().as_ref()));
         let body = self.stamp(to, &mut out);
         emit_diff(&mut self.changes, &self.legs, &legs);
+        self.answered = None;
         self.pending = Some(Pending {
             from,
             legs,
@@ -286,26 +298,32 @@ impl MediaSession {
 
     /// The answer from `from` to the pending offer (RFC 3264 §6): returns the answer for the
     /// offerer, every relayed stream pointed at our ports facing it. Streams the answer
-    /// rejects (port 0) lose their legs. Errors leave the offer pending (call
+    /// rejects (port 0) lose their legs.
+    ///
+    /// A further answer from the same side to the same offer (18x then 2xx, or another fork)
+    /// revises it: new peer addresses, streams it rejects are closed, streams rejected before
+    /// stay at port 0. Errors leave the state unchanged and an offer pending (call
     /// [`MediaSession::rollback`]): 400 when unparsable or its m-lines do not match the offer,
-    /// 500 when no offer to `from` is pending.
+    /// 500 when `from` has no offer to answer.
     pub fn answer(
         &mut self,
         pool: &mut PortPool,
         from: Side,
         sdp: &Bytes,
     ) -> Result<Bytes, MediaReject> {
-        let Some(pending) = self.pending.as_ref().filter(|p| p.from == other(from)) else {
-            return Err(reject(500, "No SDP Offer Pending"));
+        let (to, mut legs, zeroed) = match (&self.pending, &self.answered) {
+            (Some(p), _) if p.from == other(from) => (p.from, p.legs.clone(), p.zeroed.clone()),
+            (None, Some(a)) if a.offerer == other(from) => {
+                (a.offerer, self.legs.clone(), a.zeroed.clone())
+            }
+            _ => return Err(reject(500, "No SDP Offer Pending")),
         };
         let answer = parse(sdp)?;
-        if answer.media().len() != pending.legs.len() {
+        if answer.media().len() != legs.len() {
             tracing::debug!("SDP answer: m-lines do not match the offer");
             return Err(reject(400, "SDP Answer Does Not Match Offer"));
         }
-        let to = pending.from;
-        let mut legs = pending.legs.clone();
-        for ((slot, m), &zeroed) in legs.iter_mut().zip(answer.media()).zip(&pending.zeroed) {
+        for ((slot, m), &zeroed) in legs.iter_mut().zip(answer.media()).zip(&zeroed) {
             let accepted = m.port() != 0 && !zeroed;
             match slot {
                 Some(leg) if accepted => {
@@ -318,13 +336,23 @@ impl MediaSession {
             }
         }
         let mut out = answer.clone();
-        for (m, &zeroed) in out.media_mut().iter_mut().zip(&pending.zeroed) {
+        for (m, &zeroed) in out.media_mut().iter_mut().zip(&zeroed) {
             if zeroed && m.port() != 0 {
                 m.set_port(0);
             }
         }
         self.point(&mut out, &legs, to);
         let body = self.stamp(to, &mut out);
+        let relayed = self.pending.as_ref().map_or(&self.legs, |p| &p.legs);
+        let zeroed = zeroed
+            .iter()
+            .zip(relayed.iter().zip(&legs))
+            .map(|(&z, (before, after))| z || (before.is_some() && after.is_none()))
+            .collect();
+        self.answered = Some(Answered {
+            offerer: to,
+            zeroed,
+        });
         self.settle(pool, legs);
         Ok(body)
     }
@@ -341,6 +369,7 @@ impl MediaSession {
 
     /// Ends the session's media: a `Close` for every leg, every port back to `pool`.
     pub fn release_all(&mut self, pool: &mut PortPool) {
+        self.answered = None;
         self.settle(pool, Vec::new());
     }
 

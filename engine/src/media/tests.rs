@@ -769,6 +769,54 @@ fn unparsable_sdp_is_a_400_with_the_parser_reason() {
 }
 
 #[test]
+fn a_second_answer_to_the_same_offer_revises_it() {
+    // 183 with SDP, then the 200 with another port: B's peer moves; what A is sent does not
+    // change (the relay hides B's port), so neither does its version.
+    let (mut s, mut pool) = audio_call();
+    let moved = text(&bob_audio_answer()).replace("m=audio 6000", "m=audio 6100");
+    let to_a = s.answer(&mut pool, Side::B, &Bytes::from(moved)).unwrap();
+    assert!(text(&to_a).contains("m=audio 30000 RTP/AVP 0 101\r\n"));
+    assert_eq!(our_origin(&to_a).1, 1);
+    assert_eq!(
+        drain(&mut s),
+        vec![set_peer(
+            0,
+            Side::B,
+            "198.51.100.20:6100",
+            Some("198.51.100.20:6101")
+        )]
+    );
+    // The same answer again changes nothing.
+    let moved = text(&bob_audio_answer()).replace("m=audio 6000", "m=audio 6100");
+    assert_eq!(
+        s.answer(&mut pool, Side::B, &Bytes::from(moved)).unwrap(),
+        to_a
+    );
+    assert_eq!(drain(&mut s), vec![]);
+    // A revision rejecting the stream closes it; a later one cannot revive it.
+    let off = text(&bob_audio_answer()).replace("m=audio 6000", "m=audio 0");
+    s.answer(&mut pool, Side::B, &Bytes::from(off)).unwrap();
+    assert_eq!((drain(&mut s), pool.in_use()), (vec![close(0)], 0));
+    let back = s.answer(&mut pool, Side::B, &bob_audio_answer()).unwrap();
+    assert!(text(&back).contains("m=audio 0 RTP/AVP 0 101\r\n"));
+    assert_eq!(our_origin(&back).1, 2, "port 0 was a change");
+    assert_eq!((drain(&mut s), pool.in_use()), (vec![], 0));
+    // The offerer cannot answer its own offer; a new offer ends the revisions.
+    assert_eq!(
+        s.answer(&mut pool, Side::A, &alice_audio())
+            .unwrap_err()
+            .status,
+        500
+    );
+    s.offer(&mut pool, Side::A, &alice_audio()).unwrap();
+    s.rollback(&mut pool);
+    let err = s
+        .answer(&mut pool, Side::B, &bob_audio_answer())
+        .unwrap_err();
+    assert_eq!(err.status, 500);
+}
+
+#[test]
 fn offers_and_answers_out_of_turn() {
     let (mut s, mut pool) = setup(None);
     let err = s

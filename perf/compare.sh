@@ -7,9 +7,9 @@
 #   bare-forwarder      perf/reference/bare-forwarder (call only): the call scenario's RTP without
 #                       signaling, from rtp-pairs: rate x hold streams, 50 packets/s each way,
 #                       for count / rate seconds (as many packets as the calls relay)
-#   cpmd                BIN/cpmd (register, message; options only when named: cpm-loadgen sends
-#                       OPTIONS to sip:userNNNN@target, which Kamailio proxies to the uas and cpmd
-#                       answers 480 itself)
+#   cpmd                BIN/cpmd (options, register, message)
+# options pings the server itself (cpm-loadgen --to '': OPTIONS sip:target, RFC 3261 §11);
+# message goes to users of a cpm-loadgen uas registered at the target.
 # Options:
 #   --rate N [call 20, else 500]  --count N [call 200, else 5000]  --hold SECS [5]
 #   --users N [100]  --targets "..."
@@ -51,7 +51,7 @@ while (($#)); do
 done
 case "$SCENARIO" in
 call) : "${TARGETS:=kamailio-rtpengine bare-forwarder}" "${RATE:=20}" "${COUNT:=200}" ;;
-options) : "${TARGETS:=kamailio-rtpengine}" "${RATE:=500}" "${COUNT:=5000}" ;;
+options) : "${TARGETS:=kamailio-rtpengine cpmd}" "${RATE:=500}" "${COUNT:=5000}" ;;
 register | message) : "${TARGETS:=kamailio-rtpengine cpmd}" "${RATE:=500}" "${COUNT:=5000}" ;;
 *) echo "compare.sh: unknown scenario $SCENARIO" >&2; exit 2 ;;
 esac
@@ -230,7 +230,7 @@ EOF
 
 load_loadgen() {
     local res=$1 json="$OUT/$TARGET.json" uas="" uas_json="" rc=0
-    if [[ "$SCENARIO" != register ]]; then
+    if [[ "$SCENARIO" != register && "$SCENARIO" != options ]]; then
         # The answering side: users user0000.. on ports UAS_PORT+i, registered at the target;
         # the client's requests go to sip:user%04d@target.
         uas_json="$OUT/$TARGET.uas.json"
@@ -254,6 +254,7 @@ load_loadgen() {
     fi
     local extra=()
     [[ "$SCENARIO" == call ]] && extra=(--hold "$HOLD")
+    [[ "$SCENARIO" == options ]] && extra=(--to '')
     cpu_begin
     timeout "$(calc "print int($COUNT / $RATE + $HOLD + 120)")" \
         "$LOADGEN" "$SCENARIO" --target "$TARGET_ADDR" --users "$USERS" --rate "$RATE" \

@@ -1274,3 +1274,33 @@ fn answer_the_relay_refuses_drops_the_branch() {
     assert_eq!(status(&response_on(&out, A_TX).unwrap()), 488);
     assert_eq!(ended(&out), Some(EndReason::Rejected(488)));
 }
+
+#[test]
+fn cancel_of_a_relayed_reinvite() {
+    let (mut h, mut a, _b, _) = H::connect("");
+    let tx = h.tx();
+    let reinvite = with_body(a.request(Method::Invite, a_via("z9hG4bKc")), OFFER);
+    let out = h.request(tx, reinvite.clone());
+    let (id, _, to_b) = requests(&out)[0].clone();
+    // The layer matched A's CANCEL to the re-INVITE's transaction.
+    let cancel_tx = h.tx();
+    let cancel = crate::sip::builder::cancel_for(&reinvite);
+    h.s.on_cancel(cancel_tx, Some(tx), cancel, h.now);
+    let out = h.drain();
+    assert_eq!(status(&response_on(&out, cancel_tx).unwrap()), 200);
+    assert_eq!(cancels(&out), vec![id]);
+    // B's 487 is the re-INVITE's answer; the offer is rolled back; the call goes on.
+    let out = h.response(id, b_resp(&to_b, 487, "btag", None));
+    assert_eq!(status(&response_on(&out, tx).unwrap()), 487);
+    assert_eq!(h.relay_calls().last().unwrap(), "rollback");
+    assert_eq!(ended(&out), None);
+    // A CANCEL matching nothing: 481.
+    let cancel_tx = h.tx();
+    h.s.on_cancel(
+        cancel_tx,
+        None,
+        crate::sip::builder::cancel_for(&reinvite),
+        h.now,
+    );
+    assert_eq!(status(&response_on(&h.drain(), cancel_tx).unwrap()), 481);
+}

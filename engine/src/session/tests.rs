@@ -803,6 +803,28 @@ fn refusals_before_forking() {
     );
     let r = response_on(&out, A_TX).unwrap();
     assert_eq!((status(&r), hdr(&r, HeaderName::MinSe)), (422, "90".into()));
+    // Max-Forwards exhausted (our B-side INVITE would carry -1).
+    let mut inv = a_invite("", Some(OFFER));
+    inv.headers.set(HeaderName::MaxForwards, "0");
+    let start = SessionStart {
+        tx: A_TX,
+        invite: inv,
+        source: addr(A_ADDR),
+        reliable: false,
+        contacts: vec![contact(1)],
+        b_call_id: Bytes::from_static(b"call-b"),
+        seed: 1,
+    };
+    let mut s = Session::new(
+        SessionConfig::default(),
+        start,
+        FakeRelay::default(),
+        NoPolicy,
+        Instant::now(),
+    );
+    let out: Vec<Action> = std::iter::from_fn(|| s.poll_action()).collect();
+    assert_eq!(status(&response_on(&out, A_TX).unwrap()), 483);
+    assert!(requests(&out).is_empty());
     // No contact.
     let (h, out) = H::start("", Some(OFFER), 0);
     assert_eq!(status(&response_on(&out, A_TX).unwrap()), 480);
@@ -1303,4 +1325,32 @@ fn cancel_of_a_relayed_reinvite() {
         h.now,
     );
     assert_eq!(status(&response_on(&h.drain(), cancel_tx).unwrap()), 481);
+}
+
+#[test]
+fn late_offer_without_ack_from_a_acks_b_before_the_bye() {
+    let (mut h, out) = H::start("", None, 1);
+    let (id, inv) = single_request(&out);
+    h.response(id, b_resp(&inv, 200, "btag", Some(ANSWER)));
+    let mut out = Vec::new();
+    for ms in (500..=32_000).step_by(500) {
+        h.at(f64::from(ms) / 1000.0);
+        out.extend(h.timer());
+    }
+    let acks = acks(&out);
+    assert_eq!(acks.len(), 1);
+    assert_eq!(
+        (acks[0].0, hdr(&acks[0].2, HeaderName::CSeq)),
+        (Side::B, "1 ACK".into())
+    );
+    assert!(acks[0].2.body.is_empty());
+    let byes: Vec<Side> = requests(&out).iter().map(|r| r.1).collect();
+    assert_eq!(byes, [Side::A, Side::B]);
+    // The ACK goes out before B's BYE.
+    let ack_pos = out.iter().position(|a| matches!(a, Action::SendAck { .. }));
+    let bye_pos = out
+        .iter()
+        .position(|a| matches!(a, Action::SendRequest { side: Side::B, .. }));
+    assert!(ack_pos < bye_pos);
+    assert_eq!(ended(&out), Some(EndReason::NoAck));
 }

@@ -130,15 +130,12 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         timer_offer: Option<TimerOffer>,
     ) {
         let to = from.other();
-        let (Some(peer), Some(_)) = (self.peer(to), self.dialogs[to.idx()].as_ref()) else {
+        let (Some(method), Some(peer)) = (req.method().cloned(), self.peer(to)) else {
             return self.respond(tx, crate::session::no_dialog(&req));
-        };
-        let Some(method) = req.method().cloned() else {
-            return;
         };
         let via = self.via(&peer);
         let Some(dialog) = self.dialogs[to.idx()].as_mut() else {
-            return;
+            return self.respond(tx, crate::session::no_dialog(&req));
         };
         let mut out = dialog.request(method.clone(), via);
         let out_seq = dialog.local_seq().unwrap_or(1);

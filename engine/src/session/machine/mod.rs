@@ -510,7 +510,11 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
             return;
         };
         if now >= w.give_up {
-            self.awaiting_ack[side.idx()] = None;
+            if let Some(late) = self.awaiting_ack[side.idx()].take().and_then(|w| w.late) {
+                // The other side's 2xx still needs its ACK before the BYE (§13.2.2.4); there
+                // is no answer to put in it.
+                self.send_ack(side.other(), late.id, late.invite_seq, None);
+            }
             if std::mem::take(&mut self.bye_deferred[side.idx()]) {
                 self.send_bye(side);
                 return self.maybe_finish(now);
@@ -538,7 +542,8 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
     }
 
     fn set_expiry(&mut self, interval: Option<u32>, now: Instant) {
-        let at = interval.map(|s| now + Duration::from_secs(u64::from(s)));
+        // A peer's huge Session-Expires must not overflow the clock: no expiry then.
+        let at = interval.and_then(|s| now.checked_add(Duration::from_secs(u64::from(s))));
         self.set_timer(Timer::Expiry, at);
     }
 

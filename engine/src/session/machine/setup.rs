@@ -20,6 +20,10 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
                 return self.reject_setup(status, &reason, Headers::new(), now)
             }
         }
+        if inv.max_forwards().ok().flatten() == Some(0) {
+            // RFC 3261 §16.3 step 2: it would go on with Max-Forwards 0.
+            return self.reject_setup(483, "Too Many Hops", Headers::new(), now);
+        }
         let unsupported = unsupported_requires(&inv);
         if !unsupported.is_empty() {
             let mut h = Headers::new();

@@ -429,7 +429,11 @@ fn basic_call() {
 
     // 200 from B: ACK to B at once, 200 to A with the rewritten answer.
     h.at(2.0);
-    let ok = b_resp(&inv, 200, "btag", Some(ANSWER));
+    let mut ok = b_resp(&inv, 200, "btag", Some(ANSWER));
+    ok.headers.push(
+        HeaderName::RecordRoute,
+        "<sip:p2.example;lr>, <sip:p1.example;lr>",
+    );
     let out = h.response(id, ok);
     assert_eq!(h.relay_calls(), ["offer A", "answer B"]);
     let acks = acks(&out);
@@ -440,6 +444,15 @@ fn basic_call() {
     assert_eq!(&ack.request_uri().unwrap()[..], b"sip:bob@192.0.2.21:5062");
     assert_eq!(to_tag(ack), "btag");
     assert_ne!(branch(ack), branch(&inv));
+    // B's route set: its 2xx's Record-Route reversed (§12.1.2).
+    let routes: Vec<Bytes> = ack.headers.values(&HeaderName::Route).collect();
+    assert_eq!(routes, ["<sip:p1.example;lr>", "<sip:p2.example;lr>"]);
+    // Topology hiding: nothing of B's path reaches A.
+    assert!(response_on(&out, A_TX)
+        .unwrap()
+        .headers
+        .get(&HeaderName::RecordRoute)
+        .is_none());
     let to_a = response_on(&out, A_TX).unwrap();
     assert_eq!(status(&to_a), 200);
     let a_tag = to_tag(&to_a);
@@ -494,6 +507,8 @@ fn basic_call() {
     assert_eq!(hdr(&bye, HeaderName::CSeq), "2 BYE");
     assert_eq!(to_tag(&bye), "btag");
     assert_eq!(hdr(&bye, HeaderName::CallId), "call-b");
+    assert_eq!(bye.headers.values(&HeaderName::Route).count(), 2);
+    assert!(bye.top_via().unwrap().is_rfc3261_branch());
     let stop = charging(&out);
     assert_eq!(stop[0].kind, ChargingKind::Stop);
     assert_eq!(stop[0].end_reason, Some(EndReason::Bye(Side::A)));
@@ -886,7 +901,8 @@ fn no_ack_from_a_ends_the_session() {
 
 #[test]
 fn bye_from_b() {
-    let (mut h, _a, mut b, _) = H::connect("");
+    // A came through an edge proxy that record-routed: our requests to A follow it.
+    let (mut h, _a, mut b, _) = H::connect("Record-Route: <sip:edge.example;lr>\r\n");
     let tx = h.tx();
     let out = h.request(tx, b.request(Method::Bye, b_via("z9hG4bKbb")));
     assert_eq!(status(&response_on(&out, tx).unwrap()), 200);
@@ -897,6 +913,7 @@ fn bye_from_b() {
         format!("sip:alice@{A_ADDR}").as_bytes()
     );
     assert_eq!(hdr(&bye, HeaderName::CSeq), "1 BYE");
+    assert_eq!(hdr(&bye, HeaderName::Route), "<sip:edge.example;lr>");
     assert_eq!(hdr(&bye, HeaderName::CallId), "call-a@192.0.2.10");
     assert_eq!(to_tag(&bye), "atag");
     assert!(hdr(&bye, HeaderName::From).starts_with("<sip:bob@cpm.example>;tag="));

@@ -25,4 +25,5 @@ pub mod registrar;
 pub mod rtp;
 pub mod sdp;
 pub mod service;
+pub mod session;
 pub mod sip;

@@ -31,13 +31,32 @@ use crate::sdp::Codec;
 pub use pool::{LocalPorts, PortPool};
 pub use session::{MediaSession, Relay};
 
-/// The two halves of the B2BUA: `A` is the caller's side (the UAS half), `B` the callee's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// One side of the B2BUA: A is the caller (we are its UAS), B the callee (we are its UAC).
+/// Shared by the media plane and the session ([`crate::session`] re-exports it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Side {
     /// The caller's side.
     A,
     /// The callee's side.
     B,
+}
+
+impl Side {
+    /// The other side.
+    pub fn other(self) -> Side {
+        match self {
+            Side::A => Side::B,
+            Side::B => Side::A,
+        }
+    }
+
+    /// 0 for A, 1 for B: an index into per-side arrays.
+    pub(crate) fn idx(self) -> usize {
+        match self {
+            Side::A => 0,
+            Side::B => 1,
+        }
+    }
 }
 
 /// What the session needs from the media plane: every SDP body it relays passes through here.
@@ -46,6 +65,8 @@ pub trait SdpRelay {
     /// returns the offer to send to the other side (rewritten to our addresses).
     fn offer(&mut self, from: Side, sdp: &Bytes) -> Result<Bytes, MediaReject>;
     /// The answer arriving from `from` to the last offer; returns the answer for the other side.
+    /// It may come more than once for one offer (an early answer in a 183, then the 2xx's, or
+    /// the 2xx of another fork): the last one wins.
     fn answer(&mut self, from: Side, sdp: &Bytes) -> Result<Bytes, MediaReject>;
     /// The offer was rejected or abandoned (CANCEL, 4xx to a re-INVITE): roll back to the last
     /// agreed state (RFC 3264 §8 / RFC 6337).

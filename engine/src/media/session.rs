@@ -25,13 +25,6 @@ use super::{Side, StreamId};
 use crate::hash::{fnv1a, fnv1a_extend};
 use crate::sdp::{NoCommonCodec, Origin, SessionDescription};
 
-fn other(side: Side) -> Side {
-    match side {
-        Side::A => Side::B,
-        Side::B => Side::A,
-    }
-}
-
 fn idx(side: Side) -> usize {
     match side {
         Side::A => 0,
@@ -201,7 +194,7 @@ impl MediaSession {
             return Err(reject(491, "Request Pending"));
         }
         let offer = parse(sdp)?;
-        let to = other(from);
+        let to = from.other();
         let allowed = self.config.codecs.as_deref();
         let plans: Vec<Plan> = offer
             .media()
@@ -312,8 +305,8 @@ impl MediaSession {
         sdp: &Bytes,
     ) -> Result<Bytes, MediaReject> {
         let (to, mut legs, zeroed) = match (&self.pending, &self.answered) {
-            (Some(p), _) if p.from == other(from) => (p.from, p.legs.clone(), p.zeroed.clone()),
-            (None, Some(a)) if a.offerer == other(from) => {
+            (Some(p), _) if p.from == from.other() => (p.from, p.legs.clone(), p.zeroed.clone()),
+            (None, Some(a)) if a.offerer == from.other() => {
                 (a.offerer, self.legs.clone(), a.zeroed.clone())
             }
             _ => return Err(reject(500, "No SDP Offer Pending")),

@@ -51,61 +51,10 @@ use bytes::Bytes;
 use crate::sip::transaction::ServerTxId;
 use crate::sip::{builder, Message};
 
+pub use crate::media::{MediaReject, SdpRelay, Side};
 pub use charging::{ChargingKind, ChargingRecord, FlowCounters, LegUsage};
 pub use machine::Session;
 pub use policy::{Admission, NoPolicy, SessionInfo, SessionPolicy, SessionState};
-
-/// One side of the B2BUA: A is the caller (we are its UAS), B the callee (we are its UAC).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Side {
-    /// The caller's side.
-    A,
-    /// The callee's side.
-    B,
-}
-
-impl Side {
-    /// The other side.
-    pub fn other(self) -> Side {
-        match self {
-            Side::A => Side::B,
-            Side::B => Side::A,
-        }
-    }
-
-    fn idx(self) -> usize {
-        match self {
-            Side::A => 0,
-            Side::B => 1,
-        }
-    }
-}
-
-/// What the session needs from the media plane: every SDP body it relays passes through here.
-pub trait SdpRelay {
-    /// An offer arriving from `from` (in INVITE, re-INVITE, UPDATE, or a 2xx/ACK for late offer);
-    /// returns the offer to send to the other side (rewritten to our addresses).
-    fn offer(&mut self, from: Side, sdp: &Bytes) -> Result<Bytes, MediaReject>;
-    /// The answer arriving from `from` to the last offer; returns the answer for the other side.
-    /// It may come more than once for one offer (an early answer in a 183, then the 2xx's, or
-    /// the 2xx of another fork): the last one wins.
-    fn answer(&mut self, from: Side, sdp: &Bytes) -> Result<Bytes, MediaReject>;
-    /// The offer was rejected or abandoned (CANCEL, 4xx to a re-INVITE): roll back to the last
-    /// agreed state (RFC 3264 §8 / RFC 6337).
-    fn rollback(&mut self);
-}
-
-/// Why the media plane refused an SDP body, as the SIP answer to give (400 unparsable, 488 no
-/// common codec, 503 with Retry-After when the port pool is exhausted).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MediaReject {
-    /// The status code.
-    pub status: u16,
-    /// The reason phrase.
-    pub reason: String,
-    /// Seconds for a Retry-After header, if any.
-    pub retry_after: Option<u32>,
-}
 
 /// A session-local name for a request the session sends; the actor reports its responses with
 /// [`Session::on_response`] (it maps the client transaction it started to this id).

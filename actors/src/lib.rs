@@ -33,6 +33,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod charging;
 pub mod config;
 pub mod engine;
 pub mod http;
@@ -40,6 +41,7 @@ pub mod metrics;
 pub mod services;
 pub mod shared;
 pub mod sys;
+pub mod time;
 pub mod transport;
 pub mod worker;
 

@@ -386,7 +386,7 @@ impl Services {
                     r.headers.push(HeaderName::Contact, b.contact_value(now));
                 }
                 r.headers
-                    .push(HeaderName::Date, httpdate(SystemTime::now()));
+                    .push(HeaderName::Date, crate::time::httpdate(SystemTime::now()));
                 r.headers.push(HeaderName::Server, SERVER);
                 tracing::debug!(aor = %String::from_utf8_lossy(aor.as_bytes()), contacts = bindings.len(), "registered");
                 Ok(r)
@@ -596,44 +596,9 @@ fn better(new: &Message, old: Option<&Message>) -> bool {
     rank(n) < rank(o)
 }
 
-/// An RFC 7231 IMF-fixdate for the Date header (RFC 3261 §20.17).
-fn httpdate(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    let mon = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(mo - 1) as usize];
-    format!("{wd}, {d:02} {mon} {y} {h:02}:{m:02}:{s:02} GMT")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn date_format() {
-        assert_eq!(httpdate(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(
-            httpdate(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
-            "Tue, 14 Nov 2023 22:13:20 GMT"
-        );
-    }
 
     #[test]
     fn best_response_ranking() {

@@ -1,13 +1,22 @@
-//! Batched UDP I/O for the load generator: one `recvmmsg`/`sendmmsg` system call moves up to
-//! [`MAX_BATCH`] datagrams on Linux, so a single core can push and count hundreds of thousands
-//! of RTP packets per second. Elsewhere (or when asked, to compare) the same API loops over
-//! `recv_from`/`send_to`.
+//! # cpm-netio: batched UDP I/O
+//!
+//! One `recvmmsg`/`sendmmsg` system call moves up to [`MAX_BATCH`] datagrams on Linux, so a
+//! single core can relay or generate hundreds of thousands of RTP packets per second. Elsewhere
+//! (or when asked, to compare) the same API loops over `recv_from`/`send_to`. Shared by the
+//! media plane of `cpmd` (`cpm-actors`) and the load generator (`cpm-loadgen`); see
+//! `docs/decisions/0006-netio-crate.md`.
+//!
+//! - [`BatchSocket`]: a non-blocking UDP socket with batched send and receive.
+//! - [`RecvBatch`]: preallocated slots, reused by every receive, read as `&[u8]`.
+//! - [`BytesBatch`]: pooled [`bytes::BytesMut`] slots: each datagram can be taken as a
+//!   [`bytes::Bytes`] without a copy, and its buffer is reused once that `Bytes` is dropped.
 //!
 //! All `unsafe` lives in the Linux-only `mmsg` submodule, each block with its `// SAFETY:`
-//! argument; this module is safe code.
+//! argument; the rest of the crate is safe code.
 //!
 //! Sockets are non-blocking: an empty receive queue or a full send buffer is
 //! [`io::ErrorKind::WouldBlock`], to be waited on with the caller's poller (mio, epoll).
+#![deny(missing_docs)]
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -16,6 +25,9 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 #[cfg(target_os = "linux")]
 mod mmsg;
+mod pool;
+
+pub use pool::BytesBatch;
 
 /// Most datagrams one system call moves; larger batches are split (and [`RecvBatch`] holds at
 /// most this many slots). 64 keeps the per-call arrays on the stack small (about 6 KiB).
@@ -224,11 +236,17 @@ impl BatchSocket {
     }
 
     fn send_chunk(&self, chunk: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+        // One datagram: a plain send is cheaper than building an mmsghdr array.
         #[cfg(target_os = "linux")]
-        if self.batching == Batching::Mmsg {
+        if self.batching == Batching::Mmsg && chunk.len() > 1 {
             return mmsg::send(&self.socket, self.peer, chunk);
         }
         send_loop(&self.socket, self.peer, chunk)
+    }
+
+    /// Sends one datagram (without an address when `dest` is the connected peer).
+    pub fn send_one(&self, dest: SocketAddr, data: &[u8]) -> io::Result<()> {
+        send_loop(&self.socket, self.peer, &[(dest, data)]).map(|_| ())
     }
 
     /// Receives the datagrams waiting, up to the batch's capacity, into `batch` and returns how
@@ -240,6 +258,17 @@ impl BatchSocket {
             return mmsg::recv(&self.socket, slots, meta);
         }
         recv_loop(&self.socket, slots, meta)
+    }
+
+    /// As [`Self::recv_batch`], into the pooled buffers of a [`BytesBatch`]: each datagram can
+    /// then be taken as [`bytes::Bytes`] without a copy.
+    pub fn recv_bytes(&self, batch: &mut BytesBatch) -> io::Result<usize> {
+        let (slots, meta) = batch.prepare();
+        #[cfg(target_os = "linux")]
+        if self.batching == Batching::Mmsg {
+            return mmsg::recv_bytes(&self.socket, slots, meta);
+        }
+        pool::recv_loop(&self.socket, slots, meta)
     }
 }
 

@@ -1,12 +1,14 @@
-//! `sendmmsg(2)` and `recvmmsg(2)` through libc (Linux): the load generator's only unsafe
-//! code. Each call builds its message headers in fixed arrays on the stack, pointing at the
-//! caller's buffers, and makes one system call for up to [`MAX_BATCH`] datagrams.
+//! `sendmmsg(2)` and `recvmmsg(2)` through libc (Linux): the crate's only unsafe code. Each
+//! call builds its message headers in fixed arrays on the stack, pointing at the caller's
+//! buffers, and makes one system call for up to [`MAX_BATCH`] datagrams.
 
 use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::ptr;
+
+use bytes::BytesMut;
 
 use super::{RecvMeta, MAX_BATCH};
 
@@ -162,19 +164,71 @@ pub(super) fn recv<'a>(
     slots: impl Iterator<Item = &'a mut [u8]>,
     meta: &mut Vec<RecvMeta>,
 ) -> io::Result<usize> {
-    let mut names = [UNSPECIFIED; MAX_BATCH];
     let mut iovs = [NO_IOVEC; MAX_BATCH];
-    let mut hdrs = [empty_mmsghdr(); MAX_BATCH];
     let mut n = 0;
-    for (((slot, name), iov), h) in slots
-        .zip(names.iter_mut())
-        .zip(iovs.iter_mut())
-        .zip(hdrs.iter_mut())
-    {
+    for (slot, iov) in slots.zip(iovs.iter_mut()) {
         *iov = libc::iovec {
             iov_base: slot.as_mut_ptr().cast(),
             iov_len: slot.len(),
         };
+        n += 1;
+    }
+    // SAFETY: each of the first `n` iovecs points to a distinct slot the caller lent us mutably
+    // for this call, with its exact length; the kernel writes only initialised bytes into them.
+    unsafe { recv_iovs(socket, &iovs[..n], meta) }
+}
+
+/// Receives into the spare capacity of pooled buffers (each cleared, with room reserved, by
+/// the caller) with one `recvmmsg`, and sets each filled buffer's length to its datagram's.
+pub(super) fn recv_bytes(
+    socket: &UdpSocket,
+    slots: &mut [BytesMut],
+    meta: &mut Vec<RecvMeta>,
+) -> io::Result<usize> {
+    let mut iovs = [NO_IOVEC; MAX_BATCH];
+    let mut n = 0;
+    for (slot, iov) in slots.iter_mut().zip(iovs.iter_mut()) {
+        let spare = slot.spare_capacity_mut();
+        *iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        };
+        n += 1;
+    }
+    // SAFETY: each of the first `n` iovecs points to the spare capacity of a distinct buffer of
+    // `slots`, mutably borrowed for this call and not otherwise touched until it returns; the
+    // kernel may write anywhere inside (the bytes need not be initialised before).
+    let received = unsafe { recv_iovs(socket, &iovs[..n], meta)? };
+    for (slot, m) in slots.iter_mut().zip(meta.iter()) {
+        // SAFETY: the kernel initialised the first `m.len` bytes of this buffer's spare capacity
+        // (`recv_iovs` reports at most the iovec's length, which is that capacity), and the
+        // buffer was empty, so its first `m.len` bytes are now initialised.
+        unsafe { slot.set_len(m.len) };
+    }
+    Ok(received)
+}
+
+/// The `recvmmsg` call itself, into the given iovecs (at most [`MAX_BATCH`]).
+///
+/// # Safety
+/// Every iovec must describe a writable region, not aliased by any live reference, that stays
+/// valid until this function returns.
+unsafe fn recv_iovs(
+    socket: &UdpSocket,
+    iovs: &[libc::iovec],
+    meta: &mut Vec<RecvMeta>,
+) -> io::Result<usize> {
+    let mut names = [UNSPECIFIED; MAX_BATCH];
+    let mut iovs_copy = [NO_IOVEC; MAX_BATCH];
+    let mut hdrs = [empty_mmsghdr(); MAX_BATCH];
+    let mut n = 0;
+    for (((src, iov), name), h) in iovs
+        .iter()
+        .zip(iovs_copy.iter_mut())
+        .zip(names.iter_mut())
+        .zip(hdrs.iter_mut())
+    {
+        *iov = *src;
         h.msg_hdr.msg_name = ptr::from_mut(name).cast();
         h.msg_hdr.msg_namelen = mem::size_of::<CSockAddr>() as libc::socklen_t;
         h.msg_hdr.msg_iov = iov;
@@ -185,10 +239,10 @@ pub(super) fn recv<'a>(
     let received = loop {
         // SAFETY: `fd` is the open socket `socket` borrows for the whole call. The first `n`
         // headers each point to one address buffer in `names` (its size in msg_namelen) and one
-        // iovec in `iovs`, stack arrays alive until the call returns and not otherwise touched
-        // meanwhile; each iovec points to a distinct slot of the caller's batch, mutably
-        // borrowed for this function, with its exact length, so the kernel writes only inside
-        // it. `n` is at most MAX_BATCH, the length of `hdrs`. A null timeout is allowed.
+        // iovec in `iovs_copy`, stack arrays alive until the call returns and not otherwise
+        // touched meanwhile; each iovec describes a writable region the caller guarantees (see
+        // this function's contract), so the kernel writes only inside it. `n` is at most
+        // MAX_BATCH, the length of `hdrs`. A null timeout is allowed.
         let r = unsafe {
             libc::recvmmsg(
                 fd,
@@ -206,7 +260,7 @@ pub(super) fn recv<'a>(
             return Err(e);
         }
     };
-    for ((h, name), iov) in hdrs.iter().zip(&names).zip(&iovs).take(received) {
+    for ((h, name), iov) in hdrs.iter().zip(&names).zip(&iovs_copy).take(received) {
         meta.push(RecvMeta {
             len: (h.msg_len as usize).min(iov.iov_len),
             // An AF_INET/AF_INET6 UDP socket always reports an inet sender.

@@ -36,6 +36,7 @@
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod media;
 pub mod metrics;
 pub mod services;
 pub mod shared;

@@ -220,6 +220,12 @@ impl BatchSocket {
     /// or fewer when the send buffer filled up or a datagram was refused (the rest may be
     /// retried). An error is returned only when not even the first could be sent.
     pub fn send_batch(&self, packets: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+        self.send_datagrams(packets)
+    }
+
+    /// As [`Self::send_batch`], for datagrams of any type that reads as bytes (`Bytes`,
+    /// `Vec<u8>`, ...), so received `Bytes` can be sent on as they are.
+    pub fn send_datagrams<B: AsRef<[u8]>>(&self, packets: &[(SocketAddr, B)]) -> io::Result<usize> {
         let mut sent = 0;
         for chunk in packets.chunks(MAX_BATCH) {
             let n = match self.send_chunk(chunk) {
@@ -235,7 +241,7 @@ impl BatchSocket {
         Ok(sent)
     }
 
-    fn send_chunk(&self, chunk: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+    fn send_chunk<B: AsRef<[u8]>>(&self, chunk: &[(SocketAddr, B)]) -> io::Result<usize> {
         // One datagram: a plain send is cheaper than building an mmsghdr array.
         #[cfg(target_os = "linux")]
         if self.batching == Batching::Mmsg && chunk.len() > 1 {
@@ -274,17 +280,17 @@ impl BatchSocket {
 
 /// The portable send path: one `send_to` (or `send` to the connected peer) per datagram,
 /// stopping at the first failure.
-fn send_loop(
+fn send_loop<B: AsRef<[u8]>>(
     socket: &UdpSocket,
     peer: Option<SocketAddr>,
-    packets: &[(SocketAddr, &[u8])],
+    packets: &[(SocketAddr, B)],
 ) -> io::Result<usize> {
     let mut sent = 0;
     while let Some((dest, data)) = packets.get(sent) {
         let r = if Some(*dest) == peer {
-            socket.send(data)
+            socket.send(data.as_ref())
         } else {
-            socket.send_to(data, dest)
+            socket.send_to(data.as_ref(), dest)
         };
         match r {
             Ok(_) => sent += 1,

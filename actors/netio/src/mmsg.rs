@@ -108,10 +108,10 @@ fn empty_mmsghdr() -> libc::mmsghdr {
 /// Sends up to [`MAX_BATCH`] datagrams with one `sendmmsg` and returns how many the kernel took.
 /// Datagrams to the connected `peer` go without an address (the kernel then uses the socket's
 /// cached route).
-pub(super) fn send(
+pub(super) fn send<B: AsRef<[u8]>>(
     socket: &UdpSocket,
     peer: Option<SocketAddr>,
-    packets: &[(SocketAddr, &[u8])],
+    packets: &[(SocketAddr, B)],
 ) -> io::Result<usize> {
     let n = packets.len().min(MAX_BATCH);
     if n == 0 {
@@ -127,6 +127,7 @@ pub(super) fn send(
         .zip(hdrs.iter_mut())
     {
         // sendmmsg only reads the datagram; the field is *mut because recvmmsg shares it.
+        let data = data.as_ref();
         *iov = libc::iovec {
             iov_base: data.as_ptr().cast_mut().cast(),
             iov_len: data.len(),
@@ -145,8 +146,8 @@ pub(super) fn send(
         // SAFETY: `fd` is the open socket `socket` borrows for the whole call. The first `n`
         // headers each point to one iovec in `iovs` and to no address (null, length 0) or one
         // in `names`, stack arrays alive until the call returns and not otherwise touched
-        // meanwhile; each iovec points to a caller's datagram, borrowed for this function and
-        // only read by sendmmsg. `n` is at most MAX_BATCH, the length of `hdrs`.
+        // meanwhile; each iovec points to the bytes of a caller's datagram (`as_ref` of an
+        // element of `packets`, borrowed for this function) and is only read by sendmmsg. `n` is at most MAX_BATCH, the length of `hdrs`.
         let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
         if r >= 0 {
             return Ok(r as usize);

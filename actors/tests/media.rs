@@ -23,7 +23,7 @@ fn plane_with(strict: bool) -> (MediaPlane, Arc<WorkerMetrics>) {
         ip: LOOPBACK.into(),
         strict_source: strict,
         timeout: None,
-        socket_buffer: 256 << 10,
+        ..MediaConfig::default()
     };
     let plane = MediaPlane::start(0, config, None, metrics.clone()).unwrap();
     (plane, metrics)

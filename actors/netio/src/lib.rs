@@ -206,6 +206,21 @@ impl BatchSocket {
         Ok(())
     }
 
+    /// Undoes [`Self::connect`]: datagrams from any source are received again and every send
+    /// names its destination. A socket bound to an explicit port keeps it; one bound to port 0
+    /// loses the port the OS chose (Linux `udp_disconnect`). Linux only (elsewhere
+    /// [`io::ErrorKind::Unsupported`]).
+    pub fn disconnect(&mut self) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            mmsg::disconnect(&self.socket)?;
+            self.peer = None;
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+
     /// The peer set by [`Self::connect`].
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
@@ -269,7 +284,13 @@ impl BatchSocket {
     /// As [`Self::recv_batch`], into the pooled buffers of a [`BytesBatch`]: each datagram can
     /// then be taken as [`bytes::Bytes`] without a copy.
     pub fn recv_bytes(&self, batch: &mut BytesBatch) -> io::Result<usize> {
-        let (slots, meta) = batch.prepare();
+        self.recv_bytes_upto(batch, MAX_BATCH)
+    }
+
+    /// As [`Self::recv_bytes`], offering the kernel at most `max` slots: a relay that mostly
+    /// finds one datagram waiting spares itself preparing 64 (a full batch means "read again").
+    pub fn recv_bytes_upto(&self, batch: &mut BytesBatch, max: usize) -> io::Result<usize> {
+        let (slots, meta) = batch.prepare(max);
         #[cfg(target_os = "linux")]
         if self.batching == Batching::Mmsg {
             return mmsg::recv_bytes(&self.socket, slots, meta);
@@ -494,6 +515,25 @@ mod tests {
             let e = a.recv_batch(&mut batch).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         }
+    }
+
+    #[test]
+    fn a_disconnected_socket_receives_from_anyone_again() {
+        // An explicit port (an OS-chosen one is given up by disconnect, as Linux does).
+        let port = bind(Batching::Mmsg).local_addr().unwrap().port();
+        let mut a = bind_at(&format!("127.0.0.1:{port}"), Batching::Mmsg);
+        let (b, c) = (bind(Batching::Mmsg), bind(Batching::Mmsg));
+        let from = a.local_addr().unwrap();
+        a.connect(b.local_addr().unwrap()).unwrap();
+        a.disconnect().unwrap();
+        assert_eq!(a.peer(), None);
+        assert_eq!(a.local_addr().unwrap(), from, "still bound where it was");
+        c.send_batch(&[(from, b"anyone")]).unwrap();
+        let mut batch = RecvBatch::new(4, 64);
+        let (got, _) = recv_n(&a, &mut batch, 1);
+        assert_eq!(got, [(b"anyone".to_vec(), c.local_addr().unwrap())]);
+        // Disconnecting an unconnected socket is harmless.
+        a.disconnect().unwrap();
     }
 
     #[test]

@@ -147,7 +147,8 @@ pub(super) fn send<B: AsRef<[u8]>>(
         // headers each point to one iovec in `iovs` and to no address (null, length 0) or one
         // in `names`, stack arrays alive until the call returns and not otherwise touched
         // meanwhile; each iovec points to the bytes of a caller's datagram (`as_ref` of an
-        // element of `packets`, borrowed for this function) and is only read by sendmmsg. `n` is at most MAX_BATCH, the length of `hdrs`.
+        // element of `packets`, borrowed for this function) and is only read by sendmmsg.
+        // `n` is at most MAX_BATCH, the length of `hdrs`.
         let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
         if r >= 0 {
             return Ok(r as usize);
@@ -176,7 +177,7 @@ pub(super) fn recv<'a>(
     }
     // SAFETY: each of the first `n` iovecs points to a distinct slot the caller lent us mutably
     // for this call, with its exact length; the kernel writes only initialised bytes into them.
-    unsafe { recv_iovs(socket, &iovs[..n], meta) }
+    unsafe { recv_iovs::<MAX_BATCH>(socket, &iovs[..n], meta) }
 }
 
 /// Receives into the spare capacity of pooled buffers (each cleared, with room reserved, by
@@ -186,7 +187,23 @@ pub(super) fn recv_bytes(
     slots: &mut [BytesMut],
     meta: &mut Vec<RecvMeta>,
 ) -> io::Result<usize> {
-    let mut iovs = [NO_IOVEC; MAX_BATCH];
+    // Small receives (the common case for RTP: one datagram per wake-up) build small arrays.
+    if slots.len() <= SMALL_BATCH {
+        recv_bytes_n::<SMALL_BATCH>(socket, slots, meta)
+    } else {
+        recv_bytes_n::<MAX_BATCH>(socket, slots, meta)
+    }
+}
+
+/// Header arrays of this many entries serve receives of up to as many slots.
+const SMALL_BATCH: usize = 8;
+
+fn recv_bytes_n<const N: usize>(
+    socket: &UdpSocket,
+    slots: &mut [BytesMut],
+    meta: &mut Vec<RecvMeta>,
+) -> io::Result<usize> {
+    let mut iovs = [NO_IOVEC; N];
     let mut n = 0;
     for (slot, iov) in slots.iter_mut().zip(iovs.iter_mut()) {
         let spare = slot.spare_capacity_mut();
@@ -199,7 +216,7 @@ pub(super) fn recv_bytes(
     // SAFETY: each of the first `n` iovecs points to the spare capacity of a distinct buffer of
     // `slots`, mutably borrowed for this call and not otherwise touched until it returns; the
     // kernel may write anywhere inside (the bytes need not be initialised before).
-    let received = unsafe { recv_iovs(socket, &iovs[..n], meta)? };
+    let received = unsafe { recv_iovs::<N>(socket, &iovs[..n], meta)? };
     for (slot, m) in slots.iter_mut().zip(meta.iter()) {
         // SAFETY: the kernel initialised the first `m.len` bytes of this buffer's spare capacity
         // (`recv_iovs` reports at most the iovec's length, which is that capacity), and the
@@ -209,19 +226,20 @@ pub(super) fn recv_bytes(
     Ok(received)
 }
 
-/// The `recvmmsg` call itself, into the given iovecs (at most [`MAX_BATCH`]).
+/// The `recvmmsg` call itself, into the given iovecs (the first `N` of them), with header
+/// arrays of `N` entries on the stack.
 ///
 /// # Safety
 /// Every iovec must describe a writable region, not aliased by any live reference, that stays
 /// valid until this function returns.
-unsafe fn recv_iovs(
+unsafe fn recv_iovs<const N: usize>(
     socket: &UdpSocket,
     iovs: &[libc::iovec],
     meta: &mut Vec<RecvMeta>,
 ) -> io::Result<usize> {
-    let mut names = [UNSPECIFIED; MAX_BATCH];
-    let mut iovs_copy = [NO_IOVEC; MAX_BATCH];
-    let mut hdrs = [empty_mmsghdr(); MAX_BATCH];
+    let mut names = [UNSPECIFIED; N];
+    let mut iovs_copy = [NO_IOVEC; N];
+    let mut hdrs = [empty_mmsghdr(); N];
     let mut n = 0;
     for (((src, iov), name), h) in iovs
         .iter()
@@ -242,8 +260,8 @@ unsafe fn recv_iovs(
         // headers each point to one address buffer in `names` (its size in msg_namelen) and one
         // iovec in `iovs_copy`, stack arrays alive until the call returns and not otherwise
         // touched meanwhile; each iovec describes a writable region the caller guarantees (see
-        // this function's contract), so the kernel writes only inside it. `n` is at most
-        // MAX_BATCH, the length of `hdrs`. A null timeout is allowed.
+        // this function's contract), so the kernel writes only inside it. `n` is at most N,
+        // the length of `hdrs`. A null timeout is allowed.
         let r = unsafe {
             libc::recvmmsg(
                 fd,
@@ -270,6 +288,24 @@ unsafe fn recv_iovs(
         });
     }
     Ok(received)
+}
+
+/// Dissolves a UDP socket's association with its peer: `connect` to an `AF_UNSPEC` address
+/// (connect(2)). An explicitly bound local address and port are kept.
+pub(super) fn disconnect(socket: &UdpSocket) -> io::Result<()> {
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    let len = mem::size_of::<libc::sockaddr>() as libc::socklen_t;
+    // SAFETY: `socket` is open for the call; the address pointer refers to a local,
+    // initialised sockaddr of exactly `len` bytes, which connect only reads.
+    let r = unsafe { libc::connect(socket.as_raw_fd(), &unspec, len) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]

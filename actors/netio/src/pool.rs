@@ -84,18 +84,21 @@ impl BytesBatch {
         self.replaced
     }
 
-    /// Empties every slot for a receive, reclaiming its memory in place when unreferenced, and
-    /// returns the slots and the metadata list to fill (cleared).
-    pub(crate) fn prepare(&mut self) -> (&mut [BytesMut], &mut Vec<RecvMeta>) {
+    /// Empties the slots the last receive used (the others are still empty), reclaiming each
+    /// one's memory in place when unreferenced, and returns the first `max` slots and the
+    /// metadata list to fill (cleared).
+    pub(crate) fn prepare(&mut self, max: usize) -> (&mut [BytesMut], &mut Vec<RecvMeta>) {
+        let used = self.meta.len();
         self.meta.clear();
-        for slot in &mut self.slots {
+        for slot in &mut self.slots[..used] {
             slot.clear();
             if !slot.try_reclaim(self.slot_size) {
                 *slot = BytesMut::with_capacity(self.slot_size);
                 self.replaced += 1;
             }
         }
-        (&mut self.slots, &mut self.meta)
+        let max = max.clamp(1, self.slots.len());
+        (&mut self.slots[..max], &mut self.meta)
     }
 }
 
@@ -220,6 +223,26 @@ mod tests {
         assert_eq!(BytesBatch::new(0, 0).capacity(), 1);
         assert_eq!(BytesBatch::new(0, 0).slot_size(), 1);
         assert_eq!(BytesBatch::new(1000, 8).capacity(), MAX_BATCH);
+    }
+
+    #[test]
+    fn a_receive_can_offer_fewer_slots() {
+        for mode in MODES {
+            let (a, b) = (bind(mode), bind(mode));
+            let to = b.local_addr().unwrap();
+            let data: Vec<[u8; 3]> = (0..5u8).map(|i| [i; 3]).collect();
+            let packets: Vec<_> = data.iter().map(|d| (to, &d[..])).collect();
+            a.send_batch(&packets).unwrap();
+            std::thread::sleep(Duration::from_millis(5));
+            let mut batch = BytesBatch::new(8, 16);
+            assert_eq!(b.recv_bytes_upto(&mut batch, 2).unwrap(), 2, "{mode:?}");
+            let first = batch.take(0).unwrap();
+            assert_eq!(b.recv_bytes_upto(&mut batch, 2).unwrap(), 2);
+            assert_eq!(b.recv_bytes(&mut batch).unwrap(), 1);
+            assert_eq!(batch.get(0), Some(&[4u8; 3][..]));
+            assert_eq!(&first[..], &[0u8; 3]);
+            assert_eq!(batch.replaced(), 1, "the held slot was replaced, once");
+        }
     }
 
     #[test]

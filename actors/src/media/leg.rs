@@ -69,6 +69,8 @@ pub(crate) struct Leg {
     pub shared: Arc<LegShared>,
     /// Something arrived since the last publish.
     pub dirty: bool,
+    /// Connect a socket to the source it latched (strict source only).
+    connect: bool,
 }
 
 impl Leg {
@@ -77,6 +79,7 @@ impl Leg {
         sockets: [Option<BatchSocket>; 4],
         shared: Arc<LegShared>,
         clock_rate: u32,
+        connect: bool,
     ) -> Leg {
         Leg {
             id,
@@ -88,6 +91,7 @@ impl Leg {
             ],
             shared,
             dirty: false,
+            connect,
         }
     }
 
@@ -113,27 +117,36 @@ impl Leg {
             }
         };
         let p = &mut self.peers[side.index()];
-        if p.rtp.sdp != Some(rtp) {
-            p.rtp = Flow {
-                sdp: Some(rtp),
+        for (flow, addr, is_rtcp) in [(&mut p.rtp, rtp, false), (&mut p.rtcp, rtcp, true)] {
+            if flow.sdp == Some(addr) {
+                continue;
+            }
+            *flow = Flow {
+                sdp: Some(addr),
                 latched: None,
             };
-        }
-        if p.rtcp.sdp != Some(rtcp) {
-            p.rtcp = Flow {
-                sdp: Some(rtcp),
-                latched: None,
-            };
+            // A connected socket would only hear the old source.
+            if let Some(s) = self.sockets[socket_index(side, is_rtcp)].as_mut() {
+                if s.peer().is_some() {
+                    if let Err(e) = s.disconnect() {
+                        tracing::debug!(leg = %self.id, error = %e, "disconnect failed");
+                    }
+                }
+            }
         }
         self.dirty = true;
     }
 
-    /// Receives what is waiting on socket `index` into `batch`, relays it, and returns how many
-    /// datagrams arrived (0 with `WouldBlock`), with the direction's tally.
+    /// Receives up to `window` datagrams waiting on socket `index` into `batch`, relays them,
+    /// and returns how many arrived, with the direction's tally. `now` stands for their arrival
+    /// time (the loop reads the clock once per wake-up).
+    #[allow(clippy::too_many_arguments)]
     pub fn relay(
         &mut self,
         index: usize,
         batch: &mut BytesBatch,
+        window: usize,
+        now: Instant,
         strict: bool,
         out: &mut Outbox,
         tally: &mut Tally,
@@ -141,12 +154,10 @@ impl Leg {
         let Some(socket) = self.sockets.get(index).and_then(Option::as_ref) else {
             return Ok(0);
         };
-        let n = socket.recv_bytes(batch)?;
+        let n = socket.recv_bytes_upto(batch, window)?;
         let side = Side::from_index(index / 2);
-        let on_rtcp_port = index % 2 == 1;
-        let now = Instant::now();
         for i in 0..n {
-            self.accept(side, on_rtcp_port, batch, i, now, strict, out, tally);
+            self.accept(index, batch, i, now, strict, out, tally);
         }
         self.flush(side.other(), out, tally);
         if !tally.is_empty() {
@@ -160,8 +171,7 @@ impl Leg {
     #[allow(clippy::too_many_arguments)]
     fn accept(
         &mut self,
-        side: Side,
-        on_rtcp_port: bool,
+        index: usize,
         batch: &mut BytesBatch,
         i: usize,
         now: Instant,
@@ -172,6 +182,7 @@ impl Leg {
         let (Some(meta), Some(data)) = (batch.meta(i), batch.get(i)) else {
             return;
         };
+        let (side, on_rtcp_port) = (Side::from_index(index / 2), index % 2 == 1);
         let s = side.index();
         let muxed_in = self.muxed(side);
         let is_rtcp = on_rtcp_port || (muxed_in && rtp::is_rtcp(data));
@@ -203,6 +214,9 @@ impl Leg {
             flow.latched = Some(meta.source);
             if relatch {
                 self.peers[s].relatches += 1;
+            }
+            if self.connect && strict {
+                self.connect_to(index, meta.source);
             }
         }
         tally.last = Some(now);
@@ -249,6 +263,16 @@ impl Leg {
             tally.drops[DropReason::SendFailed as usize] += (queue.len() - sent) as u64;
             queue.clear();
             kinds.clear();
+        }
+    }
+
+    /// Connects socket `index` to the source it latched: the kernel then delivers only that
+    /// source's datagrams to it (strict source), and sends to it skip a route lookup.
+    fn connect_to(&mut self, index: usize, source: SocketAddr) {
+        if let Some(s) = self.sockets[index].as_mut() {
+            if let Err(e) = s.connect(source) {
+                tracing::debug!(leg = %self.id, error = %e, "connect to the latched source failed");
+            }
         }
     }
 

@@ -36,6 +36,8 @@ pub struct MediaConfig {
     pub timeout: Option<Duration>,
     /// SO_RCVBUF and SO_SNDBUF of each relay socket, in bytes.
     pub socket_buffer: usize,
+    /// With strict source, `connect()` a socket to the source it latched.
+    pub connect_latched: bool,
 }
 
 impl Default for MediaConfig {
@@ -54,6 +56,7 @@ impl MediaConfig {
             strict_source: c.media_strict_source,
             timeout: c.media_timeout(),
             socket_buffer: 256 << 10,
+            connect_latched: false,
         }
     }
 }
@@ -165,7 +168,7 @@ impl MediaPlane {
         // Unbounded: commands are control traffic (a few per call), and a close sent from a
         // Drop must never be refused.
         let (tx, rx) = crossbeam::channel::unbounded();
-        let strict = config.strict_source;
+        let (strict, connect) = (config.strict_source, config.connect_latched);
         let thread = std::thread::Builder::new()
             .name(format!("cpm-media-{worker}"))
             .spawn(move || {
@@ -174,7 +177,7 @@ impl MediaPlane {
                         tracing::info!(worker, core, "could not pin media loop to core");
                     }
                 }
-                RelayLoop::new(poll, rx, strict, metrics).run();
+                RelayLoop::new(poll, rx, strict, connect, metrics).run();
             })?;
         Ok(MediaPlane {
             inner: Arc::new(Inner {

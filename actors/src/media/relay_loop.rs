@@ -29,6 +29,10 @@ use crate::metrics::WorkerMetrics;
 /// Batches (of up to 64 datagrams) relayed from one socket before the others get a turn.
 pub const MAX_BATCHES_PER_TURN: usize = 8;
 
+/// Datagrams the first receive of a turn asks for: at RTP rates a port holds one or two, and
+/// a smaller request costs less to prepare; a full one is followed by receives of 64.
+pub(crate) const FIRST_WINDOW: usize = 4;
+
 /// Receive buffer size: an Ethernet MTU's datagram fits; a longer one is cut and dropped.
 pub(crate) const SLOT_SIZE: usize = 2048;
 
@@ -81,6 +85,7 @@ pub(crate) struct RelayLoop {
     batch: BytesBatch,
     out: Outbox,
     strict: bool,
+    connect: bool,
     metrics: Arc<WorkerMetrics>,
     /// Sockets not drained in their turn, and the list being worked through.
     pending: Vec<Token>,
@@ -92,6 +97,7 @@ impl RelayLoop {
         poll: Poll,
         commands: Receiver<Command>,
         strict: bool,
+        connect: bool,
         metrics: Arc<WorkerMetrics>,
     ) -> RelayLoop {
         RelayLoop {
@@ -103,6 +109,7 @@ impl RelayLoop {
             batch: BytesBatch::new(MAX_BATCH, SLOT_SIZE),
             out: Outbox::default(),
             strict,
+            connect,
             metrics,
             pending: Vec::new(),
             retry: Vec::new(),
@@ -130,18 +137,19 @@ impl RelayLoop {
             if !self.apply_commands() {
                 break;
             }
+            // One clock read per wake-up: the arrival time of everything read in this turn.
+            let now = Instant::now();
             std::mem::swap(&mut self.pending, &mut self.retry);
             for k in 0..self.retry.len() {
                 let token = self.retry[k];
-                self.on_readable(token);
+                self.on_readable(token, now);
             }
             self.retry.clear();
             for ev in events.iter() {
                 if ev.token() != WAKER {
-                    self.on_readable(ev.token());
+                    self.on_readable(ev.token(), now);
                 }
             }
-            let now = Instant::now();
             if now >= next_publish {
                 self.publish_dirty();
                 next_publish = now + PUBLISH_EVERY;
@@ -153,18 +161,22 @@ impl RelayLoop {
         }
     }
 
-    /// Relays what socket `token` holds, up to [`MAX_BATCHES_PER_TURN`] batches.
-    fn on_readable(&mut self, token: Token) {
+    /// Relays what socket `token` holds, up to [`MAX_BATCHES_PER_TURN`] batches: a first small
+    /// one ([`FIRST_WINDOW`] datagrams, what an RTP port usually holds), then full ones.
+    fn on_readable(&mut self, token: Token, now: Instant) {
         let (slot, index) = (token.0 >> 2, token.0 & 3);
         let Some(Some(leg)) = self.legs.get_mut(slot) else {
             return;
         };
         let side = Side::from_index(index / 2);
+        let mut window = FIRST_WINDOW;
         for _ in 0..MAX_BATCHES_PER_TURN {
             let mut tally = Tally::default();
             let r = leg.relay(
                 index,
                 &mut self.batch,
+                window,
+                now,
                 self.strict,
                 &mut self.out,
                 &mut tally,
@@ -177,7 +189,7 @@ impl RelayLoop {
                 bump(c, n);
             }
             match r {
-                Ok(n) if n == self.batch.capacity() => continue,
+                Ok(n) if n == window => window = self.batch.capacity(),
                 Ok(_) => return,
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 // An ICMP error queued on the socket (a peer went away): not ours to stop.
@@ -230,7 +242,7 @@ impl RelayLoop {
             self.legs.push(None);
             self.legs.len() - 1
         });
-        let leg = Leg::new(o.id, o.sockets, o.shared, o.clock_rate);
+        let leg = Leg::new(o.id, o.sockets, o.shared, o.clock_rate, self.connect);
         let registry = self.poll.registry();
         for (k, s) in leg.sockets.iter().enumerate() {
             let Some(s) = s else { continue };

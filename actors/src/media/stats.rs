@@ -176,8 +176,10 @@ pub(crate) fn bump(counter: &AtomicU64, by: u64) {
     }
 }
 
-/// The always-current counters of one direction.
+/// The always-current counters of one direction: one cache line, the one the loop writes per
+/// batch.
 #[derive(Debug, Default)]
+#[repr(align(64))]
 struct DirCounters {
     packets: AtomicU64,
     bytes: AtomicU64,

@@ -3,7 +3,7 @@
 //! Every flag is also a config key (`--sip-listen` ↔ `sip_listen`); a flag given on the command
 //! line wins over the file, the file wins over the defaults.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -48,6 +48,16 @@ pub struct Config {
     pub shutdown_grace: u64,
     /// Enables test-only hooks (fault injection). Never in production.
     pub test_hooks: bool,
+    /// The address relay sockets are bound on, and that rewritten SDP names (`--media-ip`).
+    pub media_ip: IpAddr,
+    /// The UDP ports relay sockets may use (`--media-ports MIN-MAX`).
+    pub media_ports: PortRange,
+    /// A media leg with no packet for this many seconds is reported inactive, so its session
+    /// ends (`--media-timeout`; 0 turns the check off).
+    pub media_timeout: u64,
+    /// After latching, drop packets from other sources (`true`) or latch again to the new
+    /// source (`false`) (`--media-strict-source`).
+    pub media_strict_source: bool,
 }
 
 impl Default for Config {
@@ -70,7 +80,70 @@ impl Default for Config {
             max_contacts_per_aor: 16,
             shutdown_grace: 5,
             test_hooks: false,
+            media_ip: IpAddr::from([127, 0, 0, 1]),
+            media_ports: PortRange {
+                min: 30_000,
+                max: 39_999,
+            },
+            media_timeout: 60,
+            media_strict_source: true,
         }
+    }
+}
+
+/// A range of UDP ports, `MIN-MAX` inclusive (at least two ports: RTP and RTCP pair up).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct PortRange {
+    /// The lowest port.
+    pub min: u16,
+    /// The highest port.
+    pub max: u16,
+}
+
+impl PortRange {
+    /// How many ports the range holds.
+    pub fn len(&self) -> usize {
+        usize::from(self.max) - usize::from(self.min) + 1
+    }
+
+    /// Never true: a range holds at least two ports.
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+}
+
+impl std::str::FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (min, max) = s
+            .split_once('-')
+            .ok_or_else(|| "expected MIN-MAX, e.g. 30000-39999".to_string())?;
+        let port = |p: &str| {
+            p.trim()
+                .parse::<u16>()
+                .map_err(|e| format!("port {p:?}: {e}"))
+        };
+        let (min, max) = (port(min)?, port(max)?);
+        if min == 0 || max <= min {
+            return Err("needs 0 < MIN < MAX".into());
+        }
+        Ok(PortRange { min, max })
+    }
+}
+
+impl TryFrom<String> for PortRange {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl std::fmt::Display for PortRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
     }
 }
 
@@ -129,6 +202,10 @@ const KEYS: &[&str] = &[
     "max-contacts-per-aor",
     "shutdown-grace",
     "test-hooks",
+    "media-ip",
+    "media-ports",
+    "media-timeout",
+    "media-strict-source",
 ];
 
 /// The `--help` text.
@@ -155,6 +232,11 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --default-expires SECS    registration expiry when none is asked [default: 3600]
   --max-contacts-per-aor N  contacts per address-of-record [default: 16]
   --shutdown-grace SECS     time for in-flight transactions on SIGTERM [default: 5]
+  --media-ip ADDR           address of the RTP relay sockets [default: 127.0.0.1]
+  --media-ports MIN-MAX     UDP ports of the RTP relay [default: 30000-39999]
+  --media-timeout SECS      end a session whose media stopped this long, 0 = never [default: 60]
+  --media-strict-source BOOL  after latching, drop packets from other sources (false: latch
+                            again to the new source) [default: true]
   -h, --help                this text
 ";
 
@@ -242,6 +324,10 @@ impl Config {
             "max-contacts-per-aor" => self.max_contacts_per_aor = parse(key, value)?,
             "shutdown-grace" => self.shutdown_grace = parse(key, value)?,
             "test-hooks" => self.test_hooks = parse(key, value)?,
+            "media-ip" => self.media_ip = parse(key, value)?,
+            "media-ports" => self.media_ports = parse(key, value)?,
+            "media-timeout" => self.media_timeout = parse(key, value)?,
+            "media-strict-source" => self.media_strict_source = parse(key, value)?,
             _ => return Err(ConfigError::UnknownFlag(format!("--{key}"))),
         }
         Ok(())
@@ -283,6 +369,11 @@ impl Config {
     pub fn tcp_idle(&self) -> Duration {
         Duration::from_secs(self.tcp_idle_timeout)
     }
+
+    /// The media inactivity timeout; `None` when the check is off.
+    pub fn media_timeout(&self) -> Option<Duration> {
+        (self.media_timeout > 0).then(|| Duration::from_secs(self.media_timeout))
+    }
 }
 
 #[cfg(test)]
@@ -317,7 +408,9 @@ mod tests {
             let mut c = Config::default();
             let v = match *k {
                 "sip-listen" | "http-listen" => "127.0.0.1:1",
-                "pin-workers" | "test-hooks" => "false",
+                "pin-workers" | "test-hooks" | "media-strict-source" => "false",
+                "media-ip" => "10.0.0.1",
+                "media-ports" => "40000-40099",
                 "domain" | "data-dir" | "log" | "users-file" | "realm" => "x",
                 _ => "7",
             };
@@ -338,5 +431,35 @@ mod tests {
         assert_eq!(c.sip_listen.port(), 5999);
         assert_eq!(c.max_message_size, 4000);
         assert!(Config::from_toml("nope = 1").is_err());
+    }
+
+    #[test]
+    fn media_options() {
+        let c = Config::default();
+        assert_eq!(c.media_ip.to_string(), "127.0.0.1");
+        assert_eq!((c.media_ports.min, c.media_ports.max), (30_000, 39_999));
+        assert_eq!(c.media_ports.len(), 10_000);
+        assert_eq!(c.media_timeout(), Some(Duration::from_secs(60)));
+        assert!(c.media_strict_source);
+        let c = Config::from_args(args(
+            "--media-ip ::1 --media-ports 40000-40099 --media-timeout 0 --media-strict-source false",
+        ))
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.media_ip.to_string(), "::1");
+        assert_eq!(c.media_ports.to_string(), "40000-40099");
+        assert_eq!(c.media_timeout(), None);
+        assert!(!c.media_strict_source);
+        let c = Config::from_toml(
+            "media_ports = \"20000-20001\"\nmedia_timeout = 5\nmedia_strict_source = false\n",
+        )
+        .unwrap();
+        assert_eq!(c.media_ports.len(), 2);
+        assert_eq!(c.media_timeout(), Some(Duration::from_secs(5)));
+        for bad in ["40000", "5-4", "0-10", "7-7", "1-70000", "a-b"] {
+            let e = Config::from_args(args(&format!("--media-ports {bad}"))).unwrap_err();
+            assert!(e.to_string().contains("media-ports"), "{bad}: {e}");
+        }
+        assert!(Config::from_toml("media_ports = \"9-3\"").is_err());
     }
 }

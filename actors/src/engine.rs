@@ -250,6 +250,9 @@ impl EngineHandle {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+        for plane in &self.shared.media {
+            plane.shutdown();
+        }
         tracing::info!("cpmd stopped");
     }
 }

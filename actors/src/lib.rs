@@ -37,6 +37,7 @@ pub mod charging;
 pub mod config;
 pub mod engine;
 pub mod http;
+pub mod media;
 pub mod metrics;
 pub mod services;
 pub mod shared;

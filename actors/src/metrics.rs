@@ -72,7 +72,35 @@ pub struct WorkerMetrics {
     pub restarts: AtomicU64,
     /// TCP connections open on this worker (gauge).
     pub tcp_connections: AtomicU64,
+    /// The counters of this worker's media loop (written by that thread only).
+    pub media: MediaMetrics,
 }
+
+/// One media loop's counters (`crate::media`), on cache lines of their own: the loop thread
+/// writes them, not the worker.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+pub struct MediaMetrics {
+    /// Relay legs open (gauge).
+    pub legs: AtomicU64,
+    /// Relay sockets bound, one per port (gauge).
+    pub ports: AtomicU64,
+    /// Datagrams relayed.
+    pub packets: AtomicU64,
+    /// Bytes relayed (UDP payload).
+    pub bytes: AtomicU64,
+    /// Datagrams dropped, by [`MediaDrop`] slot.
+    pub drops: [AtomicU64; MediaDrop::ALL.len()],
+}
+
+impl MediaMetrics {
+    /// Drops counted for a reason.
+    pub fn drops_for(&self, why: MediaDrop) -> u64 {
+        self.drops[why as usize].load(Relaxed)
+    }
+}
+
+use crate::media::DropReason as MediaDrop;
 
 fn method_index(m: &Method) -> usize {
     m.known_index().unwrap_or(Method::KNOWN.len())
@@ -222,7 +250,55 @@ pub fn render(
         "# HELP cpm_workers Worker threads.\n# TYPE cpm_workers gauge\ncpm_workers {}",
         workers.len()
     );
+    render_media(&mut out, workers);
     out
+}
+
+/// The media plane's part of `/metrics`.
+fn render_media(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
+    let sum = |f: &dyn Fn(&MediaMetrics) -> u64| workers.iter().map(|w| f(&w.media)).sum::<u64>();
+    let series: [(&str, &str, &str, u64); 4] = [
+        (
+            "cpm_media_legs",
+            "gauge",
+            "RTP relay legs open.",
+            sum(&|m| m.legs.load(Relaxed)),
+        ),
+        (
+            "cpm_media_ports_in_use",
+            "gauge",
+            "Media relay ports bound.",
+            sum(&|m| m.ports.load(Relaxed)),
+        ),
+        (
+            "cpm_media_packets_relayed_total",
+            "counter",
+            "RTP and RTCP datagrams relayed.",
+            sum(&|m| m.packets.load(Relaxed)),
+        ),
+        (
+            "cpm_media_bytes_relayed_total",
+            "counter",
+            "RTP and RTCP bytes relayed (UDP payload).",
+            sum(&|m| m.bytes.load(Relaxed)),
+        ),
+    ];
+    for (name, kind, help, v) in series {
+        let _ = writeln!(
+            out,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
+        );
+    }
+    out.push_str("# HELP cpm_media_dropped_total Media datagrams dropped, by reason.\n");
+    out.push_str("# TYPE cpm_media_dropped_total counter\n");
+    for d in MediaDrop::ALL {
+        let v = sum(&|m| m.drops_for(d));
+        let _ = writeln!(
+            out,
+            "cpm_media_dropped_total{{reason=\"{}\"}} {v}",
+            d.label()
+        );
+    }
 }
 
 #[cfg(test)]
@@ -248,5 +324,24 @@ mod tests {
         assert!(text.contains("cpm_sip_dropped_total{reason=\"unparsable\"} 1\n"));
         assert!(text.contains("cpm_sip_parse_errors_total 1\n"));
         assert!(text.contains("cpm_registered_contacts 3\n"));
+    }
+
+    #[test]
+    fn renders_media_counters() {
+        let a = Arc::new(WorkerMetrics::default());
+        let b = Arc::new(WorkerMetrics::default());
+        a.media.legs.store(2, Relaxed);
+        b.media.legs.store(1, Relaxed);
+        b.media.ports.store(6, Relaxed);
+        a.media.packets.store(10, Relaxed);
+        b.media.bytes.store(1720, Relaxed);
+        b.media.drops[MediaDrop::NotRtp as usize].store(4, Relaxed);
+        let text = render(&[a, b], 0, 0);
+        assert!(text.contains("cpm_media_legs 3\n"));
+        assert!(text.contains("cpm_media_ports_in_use 6\n"));
+        assert!(text.contains("cpm_media_packets_relayed_total 10\n"));
+        assert!(text.contains("cpm_media_bytes_relayed_total 1720\n"));
+        assert!(text.contains("cpm_media_dropped_total{reason=\"not_rtp\"} 4\n"));
+        assert!(text.contains("cpm_media_dropped_total{reason=\"wrong_source\"} 0\n"));
     }
 }

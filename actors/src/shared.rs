@@ -15,6 +15,7 @@ use parking_lot::Mutex;
 
 use crate::config::Config;
 use crate::engine::StartError;
+use crate::media::{MediaConfig, MediaPlane};
 use crate::metrics::{self, WorkerMetrics};
 use crate::transport::TcpRegistry;
 
@@ -31,6 +32,8 @@ pub struct Shared {
     pub metrics: Vec<Arc<WorkerMetrics>>,
     /// Open TCP connections.
     pub tcp: TcpRegistry,
+    /// One media plane (RTP relay loop) per worker, index = worker id.
+    pub media: Vec<MediaPlane>,
     /// Digest users (from `--users-file`); `None` means registration is open.
     pub users: Option<UserDb>,
     /// The digest server (realm and nonce secret).
@@ -67,6 +70,25 @@ impl Shared {
             default_expires: config.default_expires,
             max_contacts_per_aor: config.max_contacts_per_aor,
         };
+        let metrics: Vec<Arc<WorkerMetrics>> = (0..workers)
+            .map(|_| Arc::new(WorkerMetrics::default()))
+            .collect();
+        // Each worker's media loop runs on the worker's core (when workers are pinned), so a
+        // call's signaling and media share a cache.
+        let cores = if config.pin_workers {
+            crate::sys::allowed_cores()
+        } else {
+            Vec::new()
+        };
+        let media = metrics
+            .iter()
+            .enumerate()
+            .map(|(k, m)| {
+                let core = (!cores.is_empty()).then(|| cores[k % cores.len()]);
+                MediaPlane::start(k, MediaConfig::from_config(&config), core, m.clone())
+            })
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|e| StartError::Runtime(format!("media loop: {e}")))?;
         Ok(Shared {
             auth: Authenticator::new(config.realm(), random[8..].to_vec()),
             users,
@@ -74,10 +96,9 @@ impl Shared {
                 .map(|_| Mutex::new(Registrar::new(reg_config.clone())))
                 .collect(),
             domains,
-            metrics: (0..workers)
-                .map(|_| Arc::new(WorkerMetrics::default()))
-                .collect(),
+            metrics,
             tcp: TcpRegistry::default(),
+            media,
             seed,
             draining: AtomicBool::new(false),
             config,

@@ -1,12 +1,14 @@
-//! `sendmmsg(2)` and `recvmmsg(2)` through libc (Linux): the load generator's only unsafe
-//! code. Each call builds its message headers in fixed arrays on the stack, pointing at the
-//! caller's buffers, and makes one system call for up to [`MAX_BATCH`] datagrams.
+//! `sendmmsg(2)` and `recvmmsg(2)` through libc (Linux): the crate's only unsafe code. Each
+//! call builds its message headers in fixed arrays on the stack, pointing at the caller's
+//! buffers, and makes one system call for up to [`MAX_BATCH`] datagrams.
 
 use std::io;
 use std::mem;
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::ptr;
+
+use bytes::BytesMut;
 
 use super::{RecvMeta, MAX_BATCH};
 
@@ -106,10 +108,10 @@ fn empty_mmsghdr() -> libc::mmsghdr {
 /// Sends up to [`MAX_BATCH`] datagrams with one `sendmmsg` and returns how many the kernel took.
 /// Datagrams to the connected `peer` go without an address (the kernel then uses the socket's
 /// cached route).
-pub(super) fn send(
+pub(super) fn send<B: AsRef<[u8]>>(
     socket: &UdpSocket,
     peer: Option<SocketAddr>,
-    packets: &[(SocketAddr, &[u8])],
+    packets: &[(SocketAddr, B)],
 ) -> io::Result<usize> {
     let n = packets.len().min(MAX_BATCH);
     if n == 0 {
@@ -125,6 +127,7 @@ pub(super) fn send(
         .zip(hdrs.iter_mut())
     {
         // sendmmsg only reads the datagram; the field is *mut because recvmmsg shares it.
+        let data = data.as_ref();
         *iov = libc::iovec {
             iov_base: data.as_ptr().cast_mut().cast(),
             iov_len: data.len(),
@@ -143,8 +146,9 @@ pub(super) fn send(
         // SAFETY: `fd` is the open socket `socket` borrows for the whole call. The first `n`
         // headers each point to one iovec in `iovs` and to no address (null, length 0) or one
         // in `names`, stack arrays alive until the call returns and not otherwise touched
-        // meanwhile; each iovec points to a caller's datagram, borrowed for this function and
-        // only read by sendmmsg. `n` is at most MAX_BATCH, the length of `hdrs`.
+        // meanwhile; each iovec points to the bytes of a caller's datagram (`as_ref` of an
+        // element of `packets`, borrowed for this function) and is only read by sendmmsg.
+        // `n` is at most MAX_BATCH, the length of `hdrs`.
         let r = unsafe { libc::sendmmsg(fd, hdrs.as_mut_ptr(), n as libc::c_uint, 0) };
         if r >= 0 {
             return Ok(r as usize);
@@ -162,19 +166,88 @@ pub(super) fn recv<'a>(
     slots: impl Iterator<Item = &'a mut [u8]>,
     meta: &mut Vec<RecvMeta>,
 ) -> io::Result<usize> {
-    let mut names = [UNSPECIFIED; MAX_BATCH];
     let mut iovs = [NO_IOVEC; MAX_BATCH];
-    let mut hdrs = [empty_mmsghdr(); MAX_BATCH];
     let mut n = 0;
-    for (((slot, name), iov), h) in slots
-        .zip(names.iter_mut())
-        .zip(iovs.iter_mut())
-        .zip(hdrs.iter_mut())
-    {
+    for (slot, iov) in slots.zip(iovs.iter_mut()) {
         *iov = libc::iovec {
             iov_base: slot.as_mut_ptr().cast(),
             iov_len: slot.len(),
         };
+        n += 1;
+    }
+    // SAFETY: each of the first `n` iovecs points to a distinct slot the caller lent us mutably
+    // for this call, with its exact length; the kernel writes only initialised bytes into them.
+    unsafe { recv_iovs::<MAX_BATCH>(socket, &iovs[..n], meta) }
+}
+
+/// Receives into the spare capacity of pooled buffers (each cleared, with room reserved, by
+/// the caller) with one `recvmmsg`, and sets each filled buffer's length to its datagram's.
+pub(super) fn recv_bytes(
+    socket: &UdpSocket,
+    slots: &mut [BytesMut],
+    meta: &mut Vec<RecvMeta>,
+) -> io::Result<usize> {
+    // Small receives (the common case for RTP: one datagram per wake-up) build small arrays.
+    if slots.len() <= SMALL_BATCH {
+        recv_bytes_n::<SMALL_BATCH>(socket, slots, meta)
+    } else {
+        recv_bytes_n::<MAX_BATCH>(socket, slots, meta)
+    }
+}
+
+/// Header arrays of this many entries serve receives of up to as many slots.
+const SMALL_BATCH: usize = 8;
+
+fn recv_bytes_n<const N: usize>(
+    socket: &UdpSocket,
+    slots: &mut [BytesMut],
+    meta: &mut Vec<RecvMeta>,
+) -> io::Result<usize> {
+    let mut iovs = [NO_IOVEC; N];
+    let mut n = 0;
+    for (slot, iov) in slots.iter_mut().zip(iovs.iter_mut()) {
+        let spare = slot.spare_capacity_mut();
+        *iov = libc::iovec {
+            iov_base: spare.as_mut_ptr().cast(),
+            iov_len: spare.len(),
+        };
+        n += 1;
+    }
+    // SAFETY: each of the first `n` iovecs points to the spare capacity of a distinct buffer of
+    // `slots`, mutably borrowed for this call and not otherwise touched until it returns; the
+    // kernel may write anywhere inside (the bytes need not be initialised before).
+    let received = unsafe { recv_iovs::<N>(socket, &iovs[..n], meta)? };
+    for (slot, m) in slots.iter_mut().zip(meta.iter()) {
+        // SAFETY: the kernel initialised the first `m.len` bytes of this buffer's spare capacity
+        // (`recv_iovs` reports at most the iovec's length, which is that capacity), and the
+        // buffer was empty, so its first `m.len` bytes are now initialised.
+        unsafe { slot.set_len(m.len) };
+    }
+    Ok(received)
+}
+
+/// The `recvmmsg` call itself, into the given iovecs (the first `N` of them), with header
+/// arrays of `N` entries on the stack.
+///
+/// # Safety
+/// Every iovec must describe a writable region, not aliased by any live reference, that stays
+/// valid until this function returns.
+unsafe fn recv_iovs<const N: usize>(
+    socket: &UdpSocket,
+    iovs: &[libc::iovec],
+    meta: &mut Vec<RecvMeta>,
+) -> io::Result<usize> {
+    let mut names = [UNSPECIFIED; N];
+    let mut iovs_copy = [NO_IOVEC; N];
+    let mut hdrs = [empty_mmsghdr(); N];
+    let mut n = 0;
+    for (((src, iov), name), h) in iovs
+        .iter()
+        .zip(iovs_copy.iter_mut())
+        .zip(names.iter_mut())
+        .zip(hdrs.iter_mut())
+    {
+        *iov = *src;
         h.msg_hdr.msg_name = ptr::from_mut(name).cast();
         h.msg_hdr.msg_namelen = mem::size_of::<CSockAddr>() as libc::socklen_t;
         h.msg_hdr.msg_iov = iov;
@@ -185,10 +258,10 @@ pub(super) fn recv<'a>(
     let received = loop {
         // SAFETY: `fd` is the open socket `socket` borrows for the whole call. The first `n`
         // headers each point to one address buffer in `names` (its size in msg_namelen) and one
-        // iovec in `iovs`, stack arrays alive until the call returns and not otherwise touched
-        // meanwhile; each iovec points to a distinct slot of the caller's batch, mutably
-        // borrowed for this function, with its exact length, so the kernel writes only inside
-        // it. `n` is at most MAX_BATCH, the length of `hdrs`. A null timeout is allowed.
+        // iovec in `iovs_copy`, stack arrays alive until the call returns and not otherwise
+        // touched meanwhile; each iovec describes a writable region the caller guarantees (see
+        // this function's contract), so the kernel writes only inside it. `n` is at most N,
+        // the length of `hdrs`. A null timeout is allowed.
         let r = unsafe {
             libc::recvmmsg(
                 fd,
@@ -206,7 +279,7 @@ pub(super) fn recv<'a>(
             return Err(e);
         }
     };
-    for ((h, name), iov) in hdrs.iter().zip(&names).zip(&iovs).take(received) {
+    for ((h, name), iov) in hdrs.iter().zip(&names).zip(&iovs_copy).take(received) {
         meta.push(RecvMeta {
             len: (h.msg_len as usize).min(iov.iov_len),
             // An AF_INET/AF_INET6 UDP socket always reports an inet sender.
@@ -215,6 +288,24 @@ pub(super) fn recv<'a>(
         });
     }
     Ok(received)
+}
+
+/// Dissolves a UDP socket's association with its peer: `connect` to an `AF_UNSPEC` address
+/// (connect(2)). An explicitly bound local address and port are kept.
+pub(super) fn disconnect(socket: &UdpSocket) -> io::Result<()> {
+    let unspec = libc::sockaddr {
+        sa_family: libc::AF_UNSPEC as libc::sa_family_t,
+        sa_data: [0; 14],
+    };
+    let len = mem::size_of::<libc::sockaddr>() as libc::socklen_t;
+    // SAFETY: `socket` is open for the call; the address pointer refers to a local,
+    // initialised sockaddr of exactly `len` bytes, which connect only reads.
+    let r = unsafe { libc::connect(socket.as_raw_fd(), &unspec, len) };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
 }
 
 #[cfg(test)]

@@ -1,13 +1,22 @@
-//! Batched UDP I/O for the load generator: one `recvmmsg`/`sendmmsg` system call moves up to
-//! [`MAX_BATCH`] datagrams on Linux, so a single core can push and count hundreds of thousands
-//! of RTP packets per second. Elsewhere (or when asked, to compare) the same API loops over
-//! `recv_from`/`send_to`.
+//! # cpm-netio: batched UDP I/O
+//!
+//! One `recvmmsg`/`sendmmsg` system call moves up to [`MAX_BATCH`] datagrams on Linux, so a
+//! single core can relay or generate hundreds of thousands of RTP packets per second. Elsewhere
+//! (or when asked, to compare) the same API loops over `recv_from`/`send_to`. Shared by the
+//! media plane of `cpmd` (`cpm-actors`) and the load generator (`cpm-loadgen`); see
+//! `docs/decisions/0006-netio-crate.md`.
+//!
+//! - [`BatchSocket`]: a non-blocking UDP socket with batched send and receive.
+//! - [`RecvBatch`]: preallocated slots, reused by every receive, read as `&[u8]`.
+//! - [`BytesBatch`]: pooled [`bytes::BytesMut`] slots: each datagram can be taken as a
+//!   [`bytes::Bytes`] without a copy, and its buffer is reused once that `Bytes` is dropped.
 //!
 //! All `unsafe` lives in the Linux-only `mmsg` submodule, each block with its `// SAFETY:`
-//! argument; this module is safe code.
+//! argument; the rest of the crate is safe code.
 //!
 //! Sockets are non-blocking: an empty receive queue or a full send buffer is
 //! [`io::ErrorKind::WouldBlock`], to be waited on with the caller's poller (mio, epoll).
+#![deny(missing_docs)]
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -16,6 +25,9 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 
 #[cfg(target_os = "linux")]
 mod mmsg;
+mod pool;
+
+pub use pool::BytesBatch;
 
 /// Most datagrams one system call moves; larger batches are split (and [`RecvBatch`] holds at
 /// most this many slots). 64 keeps the per-call arrays on the stack small (about 6 KiB).
@@ -194,6 +206,21 @@ impl BatchSocket {
         Ok(())
     }
 
+    /// Undoes [`Self::connect`]: datagrams from any source are received again and every send
+    /// names its destination. A socket bound to an explicit port keeps it; one bound to port 0
+    /// loses the port the OS chose (Linux `udp_disconnect`). Linux only (elsewhere
+    /// [`io::ErrorKind::Unsupported`]).
+    pub fn disconnect(&mut self) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        {
+            mmsg::disconnect(&self.socket)?;
+            self.peer = None;
+            Ok(())
+        }
+        #[cfg(not(target_os = "linux"))]
+        Err(io::Error::from(io::ErrorKind::Unsupported))
+    }
+
     /// The peer set by [`Self::connect`].
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
@@ -208,6 +235,12 @@ impl BatchSocket {
     /// or fewer when the send buffer filled up or a datagram was refused (the rest may be
     /// retried). An error is returned only when not even the first could be sent.
     pub fn send_batch(&self, packets: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+        self.send_datagrams(packets)
+    }
+
+    /// As [`Self::send_batch`], for datagrams of any type that reads as bytes (`Bytes`,
+    /// `Vec<u8>`, ...), so received `Bytes` can be sent on as they are.
+    pub fn send_datagrams<B: AsRef<[u8]>>(&self, packets: &[(SocketAddr, B)]) -> io::Result<usize> {
         let mut sent = 0;
         for chunk in packets.chunks(MAX_BATCH) {
             let n = match self.send_chunk(chunk) {
@@ -223,12 +256,18 @@ impl BatchSocket {
         Ok(sent)
     }
 
-    fn send_chunk(&self, chunk: &[(SocketAddr, &[u8])]) -> io::Result<usize> {
+    fn send_chunk<B: AsRef<[u8]>>(&self, chunk: &[(SocketAddr, B)]) -> io::Result<usize> {
+        // One datagram: a plain send is cheaper than building an mmsghdr array.
         #[cfg(target_os = "linux")]
-        if self.batching == Batching::Mmsg {
+        if self.batching == Batching::Mmsg && chunk.len() > 1 {
             return mmsg::send(&self.socket, self.peer, chunk);
         }
         send_loop(&self.socket, self.peer, chunk)
+    }
+
+    /// Sends one datagram (without an address when `dest` is the connected peer).
+    pub fn send_one(&self, dest: SocketAddr, data: &[u8]) -> io::Result<()> {
+        send_loop(&self.socket, self.peer, &[(dest, data)]).map(|_| ())
     }
 
     /// Receives the datagrams waiting, up to the batch's capacity, into `batch` and returns how
@@ -241,21 +280,38 @@ impl BatchSocket {
         }
         recv_loop(&self.socket, slots, meta)
     }
+
+    /// As [`Self::recv_batch`], into the pooled buffers of a [`BytesBatch`]: each datagram can
+    /// then be taken as [`bytes::Bytes`] without a copy.
+    pub fn recv_bytes(&self, batch: &mut BytesBatch) -> io::Result<usize> {
+        self.recv_bytes_upto(batch, MAX_BATCH)
+    }
+
+    /// As [`Self::recv_bytes`], offering the kernel at most `max` slots: a relay that mostly
+    /// finds one datagram waiting spares itself preparing 64 (a full batch means "read again").
+    pub fn recv_bytes_upto(&self, batch: &mut BytesBatch, max: usize) -> io::Result<usize> {
+        let (slots, meta) = batch.prepare(max);
+        #[cfg(target_os = "linux")]
+        if self.batching == Batching::Mmsg {
+            return mmsg::recv_bytes(&self.socket, slots, meta);
+        }
+        pool::recv_loop(&self.socket, slots, meta)
+    }
 }
 
 /// The portable send path: one `send_to` (or `send` to the connected peer) per datagram,
 /// stopping at the first failure.
-fn send_loop(
+fn send_loop<B: AsRef<[u8]>>(
     socket: &UdpSocket,
     peer: Option<SocketAddr>,
-    packets: &[(SocketAddr, &[u8])],
+    packets: &[(SocketAddr, B)],
 ) -> io::Result<usize> {
     let mut sent = 0;
     while let Some((dest, data)) = packets.get(sent) {
         let r = if Some(*dest) == peer {
-            socket.send(data)
+            socket.send(data.as_ref())
         } else {
-            socket.send_to(data, dest)
+            socket.send_to(data.as_ref(), dest)
         };
         match r {
             Ok(_) => sent += 1,
@@ -459,6 +515,25 @@ mod tests {
             let e = a.recv_batch(&mut batch).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
         }
+    }
+
+    #[test]
+    fn a_disconnected_socket_receives_from_anyone_again() {
+        // An explicit port (an OS-chosen one is given up by disconnect, as Linux does).
+        let port = bind(Batching::Mmsg).local_addr().unwrap().port();
+        let mut a = bind_at(&format!("127.0.0.1:{port}"), Batching::Mmsg);
+        let (b, c) = (bind(Batching::Mmsg), bind(Batching::Mmsg));
+        let from = a.local_addr().unwrap();
+        a.connect(b.local_addr().unwrap()).unwrap();
+        a.disconnect().unwrap();
+        assert_eq!(a.peer(), None);
+        assert_eq!(a.local_addr().unwrap(), from, "still bound where it was");
+        c.send_batch(&[(from, b"anyone")]).unwrap();
+        let mut batch = RecvBatch::new(4, 64);
+        let (got, _) = recv_n(&a, &mut batch, 1);
+        assert_eq!(got, [(b"anyone".to_vec(), c.local_addr().unwrap())]);
+        // Disconnecting an unconnected socket is harmless.
+        a.disconnect().unwrap();
     }
 
     #[test]

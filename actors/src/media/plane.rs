@@ -1,0 +1,354 @@
+//! The control side of a worker's media loop: [`MediaPlane`] opens legs, [`LegHandle`] drives
+//! and reads one.
+
+use std::future::Future;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use cpm_netio::{BatchSocket, SocketConfig};
+use crossbeam::channel::Sender;
+use mio::Waker;
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use super::relay_loop::{poll_and_waker, Command, OpenLeg, RelayLoop};
+use super::stats::LegShared;
+use super::{LegId, LegSpec, LegStats, Side};
+use crate::config::Config;
+use crate::metrics::WorkerMetrics;
+
+/// Leg ids are unique in the process (several planes may report to one session).
+static NEXT_LEG: AtomicU64 = AtomicU64::new(1);
+
+/// How the media plane relays.
+#[derive(Debug, Clone)]
+pub struct MediaConfig {
+    /// The address relay sockets are bound on (`--media-ip`).
+    pub ip: IpAddr,
+    /// Drop packets from other sources after latching (`--media-strict-source`).
+    pub strict_source: bool,
+    /// Inactivity timeout of [`super::RelayLeg`] (`--media-timeout`; `None`: off).
+    pub timeout: Option<Duration>,
+    /// SO_RCVBUF and SO_SNDBUF of each relay socket, in bytes.
+    pub socket_buffer: usize,
+    /// With strict source, `connect()` a socket to the source it latched.
+    pub connect_latched: bool,
+}
+
+impl Default for MediaConfig {
+    /// As [`Config::default`]: 127.0.0.1, strict, 60 s; 256 KiB socket buffers (about 1,500
+    /// G.711 packets, 30 s of one stream).
+    fn default() -> Self {
+        MediaConfig::from_config(&Config::default())
+    }
+}
+
+impl MediaConfig {
+    /// The media settings of the server configuration.
+    pub fn from_config(c: &Config) -> MediaConfig {
+        MediaConfig {
+            ip: c.media_ip,
+            strict_source: c.media_strict_source,
+            timeout: c.media_timeout(),
+            socket_buffer: 256 << 10,
+            connect_latched: false,
+        }
+    }
+}
+
+/// Why a leg could not be opened.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum OpenError {
+    /// A port could not be bound (in use, not permitted, ...): the caller picks another.
+    Bind {
+        /// The port.
+        port: u16,
+        /// The OS error.
+        error: io::Error,
+    },
+    /// The media loop has stopped.
+    Stopped,
+}
+
+impl std::fmt::Display for OpenError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            OpenError::Bind { port, error } => write!(f, "cannot bind media port {port}: {error}"),
+            OpenError::Stopped => f.write_str("the media loop has stopped"),
+        }
+    }
+}
+
+impl std::error::Error for OpenError {}
+
+/// The media loop has stopped (the server is shutting down).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stopped;
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the media loop has stopped")
+    }
+}
+
+impl std::error::Error for Stopped {}
+
+/// An answer from the media loop: `.await` it in an actor, or [`Reply::wait`] for it in a
+/// plain thread. `None` when the loop stopped (or the leg was gone) before answering.
+#[derive(Debug)]
+pub struct Reply<T>(oneshot::Receiver<T>);
+
+impl<T> Reply<T> {
+    /// Blocks until the answer comes. Must not be called inside an async runtime.
+    pub fn wait(self) -> Option<T> {
+        self.0.blocking_recv().ok()
+    }
+}
+
+impl<T> Future for Reply<T> {
+    type Output = Option<T>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<T>> {
+        Pin::new(&mut self.0).poll(cx).map(Result::ok)
+    }
+}
+
+struct Inner {
+    worker: usize,
+    config: MediaConfig,
+    commands: Sender<Command>,
+    waker: Waker,
+    thread: Mutex<Option<std::thread::JoinHandle<()>>>,
+}
+
+impl Inner {
+    fn send(&self, c: Command) -> Result<(), Stopped> {
+        self.commands.send(c).map_err(|_| Stopped)?;
+        self.waker.wake().map_err(|_| Stopped)
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        // The last handle is gone: let the thread end (it closes whatever is still open).
+        let _ = self.send(Command::Shutdown);
+    }
+}
+
+/// One worker's media plane: a handle (cheap to clone) to its media loop thread.
+#[derive(Clone)]
+pub struct MediaPlane {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for MediaPlane {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaPlane")
+            .field("worker", &self.inner.worker)
+            .finish()
+    }
+}
+
+impl MediaPlane {
+    /// Starts worker `worker`'s media loop thread (`cpm-media-<worker>`), pinned to `core`
+    /// when given; its counters go to `metrics.media`.
+    pub fn start(
+        worker: usize,
+        config: MediaConfig,
+        core: Option<usize>,
+        metrics: Arc<WorkerMetrics>,
+    ) -> io::Result<MediaPlane> {
+        let (poll, waker) = poll_and_waker()?;
+        // Unbounded: commands are control traffic (a few per call), and a close sent from a
+        // Drop must never be refused.
+        let (tx, rx) = crossbeam::channel::unbounded();
+        let (strict, connect) = (config.strict_source, config.connect_latched);
+        let thread = std::thread::Builder::new()
+            .name(format!("cpm-media-{worker}"))
+            .spawn(move || {
+                if let Some(core) = core {
+                    if !crate::sys::pin_current_thread(core) {
+                        tracing::info!(worker, core, "could not pin media loop to core");
+                    }
+                }
+                RelayLoop::new(poll, rx, strict, connect, metrics).run();
+            })?;
+        Ok(MediaPlane {
+            inner: Arc::new(Inner {
+                worker,
+                config,
+                commands: tx,
+                waker,
+                thread: Mutex::new(Some(thread)),
+            }),
+        })
+    }
+
+    /// The settings in force.
+    pub fn config(&self) -> &MediaConfig {
+        &self.inner.config
+    }
+
+    /// The worker this plane belongs to.
+    pub fn worker(&self) -> usize {
+        self.inner.worker
+    }
+
+    /// Binds the leg's ports on the media address and hands the sockets to the loop, which
+    /// starts relaying at once. On a bind failure the sockets already bound are closed and the
+    /// port that failed is named, so the caller can pick another.
+    pub fn open_leg(&self, spec: &LegSpec) -> Result<LegHandle, OpenError> {
+        let socket_config = SocketConfig {
+            recv_buffer: self.inner.config.socket_buffer,
+            send_buffer: self.inner.config.socket_buffer,
+            ..SocketConfig::default()
+        };
+        let ip = self.inner.config.ip;
+        let bind = |port: u16| {
+            let s = BatchSocket::bind_with(SocketAddr::new(ip, port), socket_config)
+                .map_err(|error| OpenError::Bind { port, error })?;
+            let addr = s
+                .local_addr()
+                .map_err(|error| OpenError::Bind { port, error })?;
+            Ok::<_, OpenError>((s, addr))
+        };
+        let (a_rtp, b_rtp) = (bind(spec.a.rtp)?, bind(spec.b.rtp)?);
+        let a_rtcp = spec.a.rtcp.map(bind).transpose()?;
+        let b_rtcp = spec.b.rtcp.map(bind).transpose()?;
+        let rtp = [a_rtp.1, b_rtp.1];
+        let rtcp = [a_rtcp.as_ref().map(|s| s.1), b_rtcp.as_ref().map(|s| s.1)];
+        let sockets = [
+            Some(a_rtp.0),
+            a_rtcp.map(|s| s.0),
+            Some(b_rtp.0),
+            b_rtcp.map(|s| s.0),
+        ];
+        let id = LegId(NEXT_LEG.fetch_add(1, Relaxed));
+        let shared = Arc::new(LegShared::new(id, Instant::now()));
+        self.inner
+            .send(Command::Open(Box::new(OpenLeg {
+                id,
+                sockets,
+                shared: shared.clone(),
+                clock_rate: spec.clock_rate,
+            })))
+            .map_err(|_| OpenError::Stopped)?;
+        Ok(LegHandle {
+            id,
+            shared,
+            plane: self.clone(),
+            rtp,
+            rtcp,
+            open: true,
+        })
+    }
+
+    /// Stops the loop, closing every leg's sockets, and waits for its thread to end.
+    pub fn shutdown(&self) {
+        let _ = self.inner.send(Command::Shutdown);
+        if let Some(t) = self.inner.thread.lock().take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The control handle of one open leg. Dropping it closes the leg (without waiting).
+#[derive(Debug)]
+pub struct LegHandle {
+    id: LegId,
+    shared: Arc<LegShared>,
+    plane: MediaPlane,
+    /// Local addresses facing A and B.
+    rtp: [SocketAddr; 2],
+    rtcp: [Option<SocketAddr>; 2],
+    open: bool,
+}
+
+impl LegHandle {
+    /// The leg's id.
+    pub fn id(&self) -> LegId {
+        self.id
+    }
+
+    /// The plane (worker) the leg lives on.
+    pub fn plane(&self) -> &MediaPlane {
+        &self.plane
+    }
+
+    /// The local RTP address facing `side` (what that side sends to).
+    pub fn local_rtp(&self, side: Side) -> SocketAddr {
+        self.rtp[side.index()]
+    }
+
+    /// The local RTCP address facing `side`, `None` when that side multiplexes.
+    pub fn local_rtcp(&self, side: Side) -> Option<SocketAddr> {
+        self.rtcp[side.index()]
+    }
+
+    /// Sets where `side`'s media goes until its first packet latches the real source: `rtp`
+    /// from its SDP `c=`/`m=` lines, `rtcp` from `a=rtcp` (RFC 3605) or `None` for the next
+    /// port (RFC 3550 §11; ignored when the side multiplexes). A changed address unlatches.
+    pub fn set_peer(
+        &self,
+        side: Side,
+        rtp: SocketAddr,
+        rtcp: Option<SocketAddr>,
+    ) -> Result<(), Stopped> {
+        self.plane.inner.send(Command::SetPeer {
+            id: self.id,
+            side,
+            rtp,
+            rtcp,
+        })
+    }
+
+    /// The figures now: packet, byte and drop counts are current; RTP loss and jitter and the
+    /// latched addresses are as the loop last published them (at most a second old).
+    pub fn stats(&self) -> LegStats {
+        self.shared.stats()
+    }
+
+    /// Asks the loop for exact figures (all counts up to the last relayed batch).
+    pub fn snapshot(&self) -> Reply<LegStats> {
+        let (tx, rx) = oneshot::channel();
+        let _ = self.plane.inner.send(Command::Snapshot {
+            id: self.id,
+            reply: tx,
+        });
+        Reply(rx)
+    }
+
+    /// When the last packet from either side arrived (the opening time if none did).
+    pub fn last_activity(&self) -> Instant {
+        self.shared.last_activity()
+    }
+
+    /// Closes the leg; the reply (its final figures) comes once its sockets are closed, so its
+    /// ports can be bound again.
+    pub fn close(mut self) -> Reply<LegStats> {
+        self.open = false;
+        let (tx, rx) = oneshot::channel();
+        let _ = self.plane.inner.send(Command::Close {
+            id: self.id,
+            reply: Some(tx),
+        });
+        Reply(rx)
+    }
+}
+
+impl Drop for LegHandle {
+    fn drop(&mut self) {
+        if self.open {
+            let _ = self.plane.inner.send(Command::Close {
+                id: self.id,
+                reply: None,
+            });
+        }
+    }
+}

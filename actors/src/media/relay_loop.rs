@@ -1,0 +1,316 @@
+//! The media loop: one thread per worker, one `epoll` set (mio) over every relay socket of
+//! that worker, commands from the control side on a crossbeam channel with a [`Waker`].
+//!
+//! Each turn: wait for readiness (at most until the next once-a-second publish), apply the
+//! commands that arrived (so a peer set before a packet arrived applies to it), then relay
+//! what the ready sockets hold. Sockets are registered
+//! edge-triggered: a socket is read until a batch comes back short (drained) or
+//! [`MAX_BATCHES_PER_TURN`] batches were relayed, in which case it is read again next turn
+//! before waiting.
+
+use std::collections::HashMap;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use cpm_netio::{BatchSocket, BytesBatch, MAX_BATCH};
+use crossbeam::channel::{Receiver, TryRecvError};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token, Waker};
+use tokio::sync::oneshot;
+
+use super::leg::{Leg, Outbox};
+use super::stats::{bump, LegShared, Tally};
+use super::{LegId, LegStats, Side};
+use crate::metrics::WorkerMetrics;
+
+/// Batches (of up to 64 datagrams) relayed from one socket before the others get a turn.
+pub const MAX_BATCHES_PER_TURN: usize = 8;
+
+/// Datagrams the first receive of a turn asks for: at RTP rates a port holds one or two, and
+/// a smaller request costs less to prepare; a full one is followed by receives of 64.
+pub(crate) const FIRST_WINDOW: usize = 4;
+
+/// Receive buffer size: an Ethernet MTU's datagram fits; a longer one is cut and dropped.
+pub(crate) const SLOT_SIZE: usize = 2048;
+
+/// How often RTP figures and latched addresses are published for the control side.
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
+
+/// The token of the command waker; sockets use `slot << 2 | socket index`.
+pub(crate) const WAKER: Token = Token(usize::MAX);
+
+/// What the control side asks of the loop.
+pub(crate) enum Command {
+    /// Start relaying on these (bound) sockets.
+    Open(Box<OpenLeg>),
+    /// The SDP address of one side.
+    SetPeer {
+        id: LegId,
+        side: Side,
+        rtp: std::net::SocketAddr,
+        rtcp: Option<std::net::SocketAddr>,
+    },
+    /// Close the sockets; reply with the final figures once they are closed.
+    Close {
+        id: LegId,
+        reply: Option<oneshot::Sender<LegStats>>,
+    },
+    /// Publish the leg's figures now and reply with them.
+    Snapshot {
+        id: LegId,
+        reply: oneshot::Sender<LegStats>,
+    },
+    /// Close every leg and end the thread.
+    Shutdown,
+}
+
+/// A leg to open.
+pub(crate) struct OpenLeg {
+    pub id: LegId,
+    pub sockets: [Option<BatchSocket>; 4],
+    pub shared: Arc<LegShared>,
+    pub clock_rate: u32,
+}
+
+/// The loop's state.
+pub(crate) struct RelayLoop {
+    poll: Poll,
+    commands: Receiver<Command>,
+    legs: Vec<Option<Leg>>,
+    free: Vec<usize>,
+    index: HashMap<LegId, usize>,
+    batch: BytesBatch,
+    out: Outbox,
+    strict: bool,
+    connect: bool,
+    metrics: Arc<WorkerMetrics>,
+    /// Sockets not drained in their turn, and the list being worked through.
+    pending: Vec<Token>,
+    retry: Vec<Token>,
+}
+
+impl RelayLoop {
+    pub fn new(
+        poll: Poll,
+        commands: Receiver<Command>,
+        strict: bool,
+        connect: bool,
+        metrics: Arc<WorkerMetrics>,
+    ) -> RelayLoop {
+        RelayLoop {
+            poll,
+            commands,
+            legs: Vec::new(),
+            free: Vec::new(),
+            index: HashMap::new(),
+            batch: BytesBatch::new(MAX_BATCH, SLOT_SIZE),
+            out: Outbox::default(),
+            strict,
+            connect,
+            metrics,
+            pending: Vec::new(),
+            retry: Vec::new(),
+        }
+    }
+
+    /// Runs until [`Command::Shutdown`] or until every command sender is gone.
+    pub fn run(mut self) {
+        let mut events = Events::with_capacity(1024);
+        let mut next_publish = Instant::now() + PUBLISH_EVERY;
+        loop {
+            let timeout = if self.pending.is_empty() {
+                next_publish.saturating_duration_since(Instant::now())
+            } else {
+                Duration::ZERO
+            };
+            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                tracing::error!(error = %e, "media loop: poll failed; closing every leg");
+                break;
+            }
+            // Commands first: a peer set (or a leg opened) before a packet arrived applies to it.
+            if !self.apply_commands() {
+                break;
+            }
+            // One clock read per wake-up: the arrival time of everything read in this turn.
+            let now = Instant::now();
+            std::mem::swap(&mut self.pending, &mut self.retry);
+            for k in 0..self.retry.len() {
+                let token = self.retry[k];
+                self.on_readable(token, now);
+            }
+            self.retry.clear();
+            for ev in events.iter() {
+                if ev.token() != WAKER {
+                    self.on_readable(ev.token(), now);
+                }
+            }
+            if now >= next_publish {
+                self.publish_dirty();
+                next_publish = now + PUBLISH_EVERY;
+            }
+        }
+        let ids: Vec<LegId> = self.index.keys().copied().collect();
+        for id in ids {
+            self.close(id, None);
+        }
+    }
+
+    /// Relays what socket `token` holds, up to [`MAX_BATCHES_PER_TURN`] batches: a first small
+    /// one ([`FIRST_WINDOW`] datagrams, what an RTP port usually holds), then full ones.
+    fn on_readable(&mut self, token: Token, now: Instant) {
+        let (slot, index) = (token.0 >> 2, token.0 & 3);
+        let Some(Some(leg)) = self.legs.get_mut(slot) else {
+            return;
+        };
+        let side = Side::from_index(index / 2);
+        let mut window = FIRST_WINDOW;
+        for _ in 0..MAX_BATCHES_PER_TURN {
+            let mut tally = Tally::default();
+            let r = leg.relay(
+                index,
+                &mut self.batch,
+                window,
+                now,
+                self.strict,
+                &mut self.out,
+                &mut tally,
+            );
+            leg.shared.apply(side, &tally);
+            let m = &self.metrics.media;
+            bump(&m.packets, tally.packets);
+            bump(&m.bytes, tally.bytes);
+            for (c, &n) in m.drops.iter().zip(&tally.drops) {
+                bump(c, n);
+            }
+            match r {
+                Ok(n) if n == window => window = self.batch.capacity(),
+                Ok(_) => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // An ICMP error queued on the socket (a peer went away): not ours to stop.
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::debug!(leg = %leg.id, error = %e, "relay receive failed");
+                    return;
+                }
+            }
+        }
+        self.pending.push(token);
+    }
+
+    /// Applies waiting commands; false when the loop must end.
+    fn apply_commands(&mut self) -> bool {
+        loop {
+            match self.commands.try_recv() {
+                Ok(Command::Open(o)) => self.open(*o),
+                Ok(Command::SetPeer {
+                    id,
+                    side,
+                    rtp,
+                    rtcp,
+                }) => {
+                    if let Some(leg) = self.leg_mut(id) {
+                        leg.set_peer(side, rtp, rtcp);
+                    }
+                }
+                Ok(Command::Close { id, reply }) => self.close(id, reply),
+                Ok(Command::Snapshot { id, reply }) => {
+                    if let Some(leg) = self.leg_mut(id) {
+                        leg.shared.publish(leg.published());
+                        let _ = reply.send(leg.shared.stats());
+                    }
+                }
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return false,
+                Err(TryRecvError::Empty) => return true,
+            }
+        }
+    }
+
+    fn leg_mut(&mut self, id: LegId) -> Option<&mut Leg> {
+        let slot = *self.index.get(&id)?;
+        self.legs.get_mut(slot)?.as_mut()
+    }
+
+    fn open(&mut self, o: OpenLeg) {
+        let slot = self.free.pop().unwrap_or_else(|| {
+            self.legs.push(None);
+            self.legs.len() - 1
+        });
+        let leg = Leg::new(o.id, o.sockets, o.shared, o.clock_rate, self.connect);
+        let registry = self.poll.registry();
+        for (k, s) in leg.sockets.iter().enumerate() {
+            let Some(s) = s else { continue };
+            let fd = s.socket().as_raw_fd();
+            let token = Token(slot << 2 | k);
+            if let Err(e) = registry.register(&mut SourceFd(&fd), token, Interest::READABLE) {
+                tracing::warn!(leg = %o.id, error = %e, "cannot poll a relay socket; leg closed");
+                deregister(&self.poll, &leg);
+                self.free.push(slot);
+                return;
+            }
+        }
+        let m = &self.metrics.media;
+        bump(&m.legs, 1);
+        bump(&m.ports, leg.port_count() as u64);
+        self.index.insert(o.id, slot);
+        self.legs[slot] = Some(leg);
+    }
+
+    fn close(&mut self, id: LegId, reply: Option<oneshot::Sender<LegStats>>) {
+        let Some(slot) = self.index.remove(&id) else {
+            return;
+        };
+        let Some(leg) = self.legs.get_mut(slot).and_then(Option::take) else {
+            return;
+        };
+        self.free.push(slot);
+        deregister(&self.poll, &leg);
+        let m = &self.metrics.media;
+        m.legs
+            .store(m.legs.load(Relaxed).saturating_sub(1), Relaxed);
+        m.ports.store(
+            m.ports
+                .load(Relaxed)
+                .saturating_sub(leg.port_count() as u64),
+            Relaxed,
+        );
+        leg.shared.publish(leg.published());
+        let shared = leg.shared.clone();
+        // Closes the sockets: the ports can be bound again once the reply is received.
+        drop(leg);
+        if let Some(reply) = reply {
+            let _ = reply.send(shared.stats());
+        }
+    }
+
+    fn publish_dirty(&mut self) {
+        for leg in self.legs.iter_mut().flatten() {
+            if leg.dirty {
+                leg.shared.publish(leg.published());
+                leg.dirty = false;
+            }
+        }
+    }
+}
+
+/// Removes a leg's sockets from the poll set (closing them would too; this keeps the set
+/// exact should a descriptor be duplicated).
+fn deregister(poll: &Poll, leg: &Leg) {
+    for s in leg.sockets.iter().flatten() {
+        let fd = s.socket().as_raw_fd();
+        let _ = poll.registry().deregister(&mut SourceFd(&fd));
+    }
+}
+
+/// Creates the poll set and its waker (in the caller's thread, so errors are reported there).
+pub(crate) fn poll_and_waker() -> io::Result<(Poll, Waker)> {
+    let poll = Poll::new()?;
+    let waker = Waker::new(poll.registry(), WAKER)?;
+    Ok((poll, waker))
+}

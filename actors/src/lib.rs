@@ -40,6 +40,7 @@ pub mod http;
 pub mod media;
 pub mod metrics;
 pub mod services;
+pub mod session;
 pub mod shared;
 pub mod sys;
 pub mod time;

@@ -51,10 +51,19 @@ impl Side {
     }
 
     /// 0 for A, 1 for B: an index into per-side arrays.
-    pub(crate) fn idx(self) -> usize {
+    pub fn index(self) -> usize {
         match self {
             Side::A => 0,
             Side::B => 1,
+        }
+    }
+
+    /// The side of an index given by [`Side::index`] (any index but 0 is B).
+    pub fn from_index(i: usize) -> Side {
+        if i == 0 {
+            Side::A
+        } else {
+            Side::B
         }
     }
 }

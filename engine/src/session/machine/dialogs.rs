@@ -45,7 +45,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
                 if matches!(origin, Origin::B(i) if Some(i) != self.winner) {
                     return self.respond(tx, crate::session::no_dialog(&req));
                 }
-                let Some(dialog) = self.dialogs[side.idx()].as_mut() else {
+                let Some(dialog) = self.dialogs[side.index()].as_mut() else {
                     return self.respond(tx, crate::session::no_dialog(&req));
                 };
                 if let Err(e) = dialog.check_request(&req) {
@@ -134,7 +134,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
             return self.respond(tx, crate::session::no_dialog(&req));
         };
         let via = self.via(&peer);
-        let Some(dialog) = self.dialogs[to.idx()].as_mut() else {
+        let Some(dialog) = self.dialogs[to.index()].as_mut() else {
             return self.respond(tx, crate::session::no_dialog(&req));
         };
         let mut out = dialog.request(method.clone(), via);
@@ -164,7 +164,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         if (200..300).contains(&code) {
             // A retransmitted 2xx we ACKed already (§13.2.2.4): the same ACK again.
             for side in [Side::A, Side::B] {
-                if let Some(sent) = self.sent_acks[side.idx()].as_ref().filter(|s| s.id == id) {
+                if let Some(sent) = self.sent_acks[side.index()].as_ref().filter(|s| s.id == id) {
                     let ack = sent.ack.clone();
                     if let Some(peer) = self.peer(side) {
                         self.push_ack(side, &peer, ack);
@@ -199,7 +199,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
     pub(super) fn relayed_2xx(&mut self, rel: Relayed, resp: Message, now: Instant) {
         let (x, y) = (rel.from, rel.from.other());
         if is_target_refresh(&rel.method) {
-            if let Some(d) = self.dialogs[y.idx()].as_mut() {
+            if let Some(d) = self.dialogs[y.index()].as_mut() {
                 d.refresh_target(&resp);
             }
         }
@@ -304,7 +304,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         };
         let x = origin.side();
         let seq = ack.cseq().map(|c| c.seq).ok();
-        let slot = &mut self.awaiting_ack[x.idx()];
+        let slot = &mut self.awaiting_ack[x.index()];
         if slot.as_ref().is_none_or(|a| Some(a.cseq) != seq) {
             return;
         }
@@ -331,7 +331,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
                 }
             }
         }
-        if std::mem::take(&mut self.bye_deferred[x.idx()]) {
+        if std::mem::take(&mut self.bye_deferred[x.index()]) {
             self.send_bye(x);
             self.maybe_finish(now);
         }

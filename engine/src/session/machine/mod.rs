@@ -308,7 +308,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
 
     /// The dialog of one side (A's once a tagged response went to A; B's once answered).
     pub fn dialog(&self, side: Side) -> Option<&Dialog> {
-        self.dialogs[side.idx()].as_ref()
+        self.dialogs[side.index()].as_ref()
     }
 
     /// The Call-IDs of the A and B sides: the actor's routing keys for this session.
@@ -412,8 +412,8 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
             self.respond(rel.tx, reply(&rel.request, 487, "Request Terminated"));
         }
         for &side in bye {
-            if self.awaiting_ack[side.idx()].is_some() {
-                self.bye_deferred[side.idx()] = true;
+            if self.awaiting_ack[side.index()].is_some() {
+                self.bye_deferred[side.index()] = true;
             } else {
                 self.send_bye(side);
             }
@@ -424,7 +424,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
     fn send_bye(&mut self, side: Side) {
         let Some(peer) = self.peer(side) else { return };
         let via = self.via(&peer);
-        let Some(dialog) = self.dialogs[side.idx()].as_mut() else {
+        let Some(dialog) = self.dialogs[side.index()].as_mut() else {
             return;
         };
         let bye = dialog.request(Method::Bye, via);
@@ -459,7 +459,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
 
     fn finish(&mut self, now: Instant) {
         for side in [Side::A, Side::B] {
-            if std::mem::take(&mut self.bye_deferred[side.idx()]) {
+            if std::mem::take(&mut self.bye_deferred[side.index()]) {
                 self.send_bye(side);
             }
         }
@@ -506,16 +506,16 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
     /// ends the session with BYE.
     fn retransmit_2xx(&mut self, side: Side, now: Instant) {
         let t2 = self.cfg.t2;
-        let Some(w) = self.awaiting_ack[side.idx()].as_mut() else {
+        let Some(w) = self.awaiting_ack[side.index()].as_mut() else {
             return;
         };
         if now >= w.give_up {
-            if let Some(late) = self.awaiting_ack[side.idx()].take().and_then(|w| w.late) {
+            if let Some(late) = self.awaiting_ack[side.index()].take().and_then(|w| w.late) {
                 // The other side's 2xx still needs its ACK before the BYE (§13.2.2.4); there
                 // is no answer to put in it.
                 self.send_ack(side.other(), late.id, late.invite_seq, None);
             }
-            if std::mem::take(&mut self.bye_deferred[side.idx()]) {
+            if std::mem::take(&mut self.bye_deferred[side.index()]) {
                 self.send_bye(side);
                 return self.maybe_finish(now);
             }
@@ -531,7 +531,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
     }
 
     fn arm_ack_timer(&mut self, side: Side) {
-        let at = self.awaiting_ack[side.idx()]
+        let at = self.awaiting_ack[side.index()]
             .as_ref()
             .map(|w| w.next.map_or(w.give_up, |n| n.min(w.give_up)));
         self.set_timer(ack_timer(side), at);

@@ -17,7 +17,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         if id.call_id != self.info.b_call_id || id.local_tag != self.b_tag {
             return None;
         }
-        if let (Some(w), Some(d)) = (self.winner, self.dialogs[Side::B.idx()].as_ref()) {
+        if let (Some(w), Some(d)) = (self.winner, self.dialogs[Side::B.index()].as_ref()) {
             if d.id() == &id {
                 return Some(Origin::B(w));
             }
@@ -71,7 +71,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         copy_end_to_end(resp, &mut r);
         let refresh = req.method().is_some_and(is_target_refresh);
         if code < 300 && refresh {
-            if let Some(d) = self.dialogs[to.idx()].as_ref() {
+            if let Some(d) = self.dialogs[to.index()].as_ref() {
                 r.headers
                     .push(HeaderName::Contact, d.local_contact().clone());
             }
@@ -114,7 +114,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
     pub(super) fn a_dialog_from(&mut self, r: &Message) {
         let reliable = self.peer(Side::A).is_some_and(|p| p.reliable);
         let contact = self.contact(reliable);
-        match &mut self.dialogs[Side::A.idx()] {
+        match &mut self.dialogs[Side::A.index()] {
             Some(d) => {
                 if r.status().is_some_and(|c| (200..300).contains(&c)) {
                     d.confirm(r);
@@ -141,7 +141,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
             response: response.clone(),
         });
         let t1 = self.cfg.t1;
-        self.awaiting_ack[side.idx()] = Some(AwaitAck {
+        self.awaiting_ack[side.index()] = Some(AwaitAck {
             tx,
             response,
             cseq,
@@ -158,14 +158,14 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
     pub(super) fn send_ack(&mut self, side: Side, id: ReqId, seq: u32, body: Option<Bytes>) {
         let Some(peer) = self.peer(side) else { return };
         let via = self.via(&peer);
-        let Some(dialog) = self.dialogs[side.idx()].as_ref() else {
+        let Some(dialog) = self.dialogs[side.index()].as_ref() else {
             return;
         };
         let mut ack = dialog.ack(seq, via);
         if let Some(b) = body {
             ack.set_body(b, Some(SDP));
         }
-        self.sent_acks[side.idx()] = Some(SentAck {
+        self.sent_acks[side.index()] = Some(SentAck {
             id,
             ack: ack.clone(),
         });
@@ -208,7 +208,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
     }
 
     pub(super) fn peer(&self, side: Side) -> Option<Peer> {
-        self.peers[side.idx()].clone()
+        self.peers[side.index()].clone()
     }
 
     pub(super) fn via(&mut self, peer: &Peer) -> Bytes {

@@ -207,8 +207,8 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         let peer = self.branches[i].peer.clone();
         let id = self.branches[i].id;
         let seq = self.branches[i].invite.cseq().map_or(1, |c| c.seq);
-        self.peers[Side::B.idx()] = Some(peer.clone());
-        self.dialogs[Side::B.idx()] = Some(dialog);
+        self.peers[Side::B.index()] = Some(peer.clone());
+        self.dialogs[Side::B.index()] = Some(dialog);
         let late = match self.offer {
             Offer::Late => Some(LateAck {
                 invite_seq: seq,

@@ -18,11 +18,7 @@
 //! ```text
 //! cargo test -p cpm-tests                          # e2e tests: cpmd on free loopback ports
 //! cargo test -p cpm-tests -- --include-ignored     # + SIPp and baresip interop, torture vectors in a netns (root)
-//! CPM_ISSUE4_SESSIONS=1 cargo test -p cpm-tests -- --include-ignored   # + calls relayed by cpmd
 //! ```
-//!
-//! Tests of calls through cpmd wait for its sessions (issue 4): they return at once unless
-//! `CPM_ISSUE4_SESSIONS=1` ([`util::sessions_enabled`]), so `--include-ignored` skips them.
 //!
 //! The tests run `target/<profile>/cpmd`, brought up to date once per test binary with
 //! `cargo build -p cpm-actors --bin cpmd`; `CPMD_BIN` names another binary. The torture vectors

@@ -72,20 +72,6 @@ pub fn free_udp_port() -> u16 {
     s.local_addr().expect("local addr").port()
 }
 
-/// The environment variable that turns on the tests of calls relayed by cpmd (issue 4
-/// sessions): `CPM_ISSUE4_SESSIONS=1`. Until cpmd relays calls they would fail, so they stay
-/// off even under `--include-ignored`.
-pub const SESSIONS_GATE: &str = "CPM_ISSUE4_SESSIONS";
-
-/// Whether [`SESSIONS_GATE`] is set to `1`; says on stderr that `test` is skipped when not.
-pub fn sessions_enabled(test: &str) -> bool {
-    let on = std::env::var(SESSIONS_GATE).is_ok_and(|v| v == "1");
-    if !on {
-        eprintln!("[cpm-tests] {test}: skipped, waits for cpmd sessions (set {SESSIONS_GATE}=1)");
-    }
-    on
-}
-
 /// Polls `f` every 20 ms until it returns `Some`, or gives up after `timeout`.
 pub fn poll_until<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

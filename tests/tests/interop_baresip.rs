@@ -1,12 +1,11 @@
 //! Interop with baresip (Debian `baresip-core`): two instances call each other, each sending a
 //! sine tone of its own (alice 440 Hz, bob 1000 Hz) and recording what it receives; the
-//! recordings must hold the other side's tone. Directly (peer to peer) today; through cpmd
-//! once it relays calls (issue 4), behind `CPM_ISSUE4_SESSIONS=1`.
+//! recordings must hold the other side's tone. Directly (peer to peer), and through cpmd
+//! with its media anchored there.
 
 use std::time::Duration;
 
 use cpm_tests::baresip::{self, Baresip, Direction};
-use cpm_tests::util::sessions_enabled;
 use cpm_tests::Cpmd;
 
 const ALICE_HZ: u32 = 440;
@@ -79,13 +78,10 @@ fn baresips_register_at_cpmd() {
 }
 
 /// The same call through cpmd: both registered, alice dials `sip:bob@<cpmd>`; the media must
-/// come from cpmd's relay, not from the peer's ports. Runs only with `CPM_ISSUE4_SESSIONS=1`.
+/// come from cpmd's relay, not from the peer's ports.
 #[test]
-#[ignore = "needs baresip; cpmd sessions (issue 4)"]
+#[ignore = "needs baresip"]
 fn baresip_calls_baresip_through_cpmd() {
-    if !sessions_enabled("baresip_calls_baresip_through_cpmd") {
-        return;
-    }
     require_baresip();
     // No digest: see baresips_register_at_cpmd.
     let cpmd = Cpmd::spawn(&[]);

@@ -2,7 +2,7 @@
 //! plays `/usr/share/sip-tester/g711a.pcap` (236 RTP packets, 7 s) after the ACK, then hangs
 //! up; the callee (`call_uas.xml`) answers, and its media is either SIPp's own `-rtp_echo` or
 //! an [`RtpSink`] of the test that records and echoes every packet, so the count is exact.
-//! Directly today; through cpmd once it relays calls (issue 4), behind `CPM_ISSUE4_SESSIONS=1`.
+//! Directly, and through cpmd (its B2BUA relaying the signaling and anchoring the media).
 //!
 //! SIPp plays a pcap through a raw socket: these tests need root (or CAP_NET_RAW), as in CI.
 
@@ -11,7 +11,6 @@ use std::time::Duration;
 use cpm_tests::ports;
 use cpm_tests::rtp::{pcap_udp_payloads, rtp_payload, rtp_seq, RtpSink, G711A_PCAP};
 use cpm_tests::sipp::{scenario, Sipp, SippResult};
-use cpm_tests::util::sessions_enabled;
 use cpm_tests::Cpmd;
 
 /// How long one SIPp run may take (its own `-timeout` is shorter; a call lasts ~9 s).
@@ -182,13 +181,10 @@ fn sipp_call_direct_rtp_echo() {
 
 /// The same call through cpmd: the callee registers as bob, the caller calls
 /// `sip:bob@localhost` at cpmd; the sink gets all 236 packets, from cpmd's relay rather than
-/// the caller. Runs only with `CPM_ISSUE4_SESSIONS=1`.
+/// the caller.
 #[test]
-#[ignore = "needs sipp; cpmd sessions (issue 4)"]
+#[ignore = "needs sipp and root"]
 fn sipp_call_through_cpmd_rtp_counted() {
-    if !sessions_enabled("sipp_call_through_cpmd_rtp_counted") {
-        return;
-    }
     require_root();
     let cpmd = Cpmd::spawn(&[]);
     let target = cpmd.sip_addr().to_string();

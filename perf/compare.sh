@@ -9,6 +9,8 @@
 #                       for count / rate seconds (as many packets as the calls relay)
 #   cpmd                BIN/cpmd (every scenario; call: cpmd relays the calls as a B2BUA and
 #                       anchors their RTP on --media-ports CPMD_MEDIA_PORTS)
+#   direct              no server (call, message): cpm-loadgen straight to the uas, the floor of
+#                       the load's own delays and CPU at the same load
 # options pings the server itself (cpm-loadgen --to '': OPTIONS sip:target, RFC 3261 §11);
 # message goes to users of a cpm-loadgen uas registered at the target.
 # Options:
@@ -226,6 +228,10 @@ stop_bare-forwarder() {
     RTP_RELAYED=$(grep -o 'tx_packets=[0-9]*' "$OUT/bare-forwarder.out" | tail -1 | cut -d= -f2)
 }
 
+# No server: the load goes straight to the uas (user0000's socket answers every user).
+start_direct() { SIG_PIDS="" MEDIA_PIDS="" TARGET_ADDR=127.0.0.1:$UAS_PORT; }
+stop_direct() { :; }
+
 CPMD_PID=""
 # cpmd's /metrics, and the value of one series in it ("-" when absent).
 cpmd_metrics() { curl -sf --max-time 2 "http://127.0.0.1:$CPMD_HTTP/metrics"; }
@@ -278,7 +284,8 @@ stop_cpmd() {
 
 # cpm-loadgen's (or rtp-pairs') JSON report $1, and the answering uas's $2 (may be absent) →
 # "key value" lines: attempted succeeded failed rate lat p50_us p99_us rtp_sent rtp_received
-# loss_pct owd_p50_us owd_p99_us through gen_cpu_s ("-" when missing).
+# loss_pct owd_p50_us owd_p99_us owd_kind rtt_p50_us rtt_p99_us through gen_cpu_s ("-" when
+# missing).
 json_keys() {
     python3 - "$SCENARIO" "$1" "${2:-}" <<'EOF'
 import json, os, sys
@@ -302,7 +309,19 @@ out["lat"] = name if lat else None
 out["p50_us"], out["p99_us"] = lat.get("p50_us"), lat.get("p99_us")
 out["rtp_sent"], out["rtp_received"] = rtp.get("sent"), rtp.get("received")
 out["loss_pct"] = rtp.get("loss_pct")
+# The RTP delay. rtp-pairs: one way through the relay. cpm-loadgen: the echoing uas reads the
+# caller's send stamp on arrival, one way (caller -> relay -> uas, same clock); the caller reads
+# its own stamp on the echoed packet's return, a round trip through the relay twice and the uas.
 owd = q.get("rtp_owd") or {}
+uas_owd = (u.get("quantities") or {}).get("rtp_owd") or {}
+if d.get("scenario") == "rtp-pairs":
+    out["owd_kind"] = "1-way"
+elif uas_owd:
+    out["owd_kind"] = "1-way"
+    out["rtt_p50_us"], out["rtt_p99_us"] = owd.get("p50_us"), owd.get("p99_us")
+    owd = uas_owd
+elif owd:
+    out["owd_kind"] = "rtt"
 out["owd_p50_us"], out["owd_p99_us"] = owd.get("p50_us"), owd.get("p99_us")
 # The packets that crossed the relay, as the load source counts them: rtp-pairs' each crossed
 # once; cpm-loadgen's went to the echoing uas and came back, crossing twice (the uas counts
@@ -325,7 +344,9 @@ load_loadgen() {
         # The answering side: users user0000.. on ports UAS_PORT+i, registered at the target;
         # the client's requests go to sip:user%04d@target.
         uas_json="$OUT/$TARGET.uas.json"
-        "${PIN[@]}" "$LOADGEN" uas --listen "127.0.0.1:$UAS_PORT" --register-to "$TARGET_ADDR" \
+        local reg=(--register-to "$TARGET_ADDR")
+        [[ "$TARGET" == direct ]] && reg=()
+        "${PIN[@]}" "$LOADGEN" uas --listen "127.0.0.1:$UAS_PORT" "${reg[@]}" \
             --users "$USERS" --rtp echo --quiet --json "$uas_json" \
             >"$OUT/$TARGET.uas.out" 2>"$OUT/$TARGET.uas.log" &
         uas=$!
@@ -400,7 +421,7 @@ trap cleanup EXIT
 RAN=()
 for TARGET in $TARGETS; do
     case "$TARGET:$SCENARIO" in
-    kamailio-rtpengine:* | bare-forwarder:call | cpmd:*) ;;
+    kamailio-rtpengine:* | bare-forwarder:call | cpmd:* | direct:call | direct:message) ;;
     *) fail "$TARGET does not serve $SCENARIO"; TARGET=""; continue ;;
     esac
     source=cpm-loadgen
@@ -460,9 +481,7 @@ for t in targets:
     sig, media = num(r.get("cpu_sig_s")) or 0.0, num(r.get("cpu_media_s")) or 0.0
     ok = num(r.get("succeeded"))
     relayed = num(r.get("rtp_relayed"))
-    # rtp-pairs' own streams: the delay is one way through the relay; cpm-loadgen's echoed
-    # packets carry the client's stamps: the delay is a round trip, through the relay twice.
-    delay_kind = "1-way" if t == "bare-forwarder" else "rtt"
+    delay_kind = r.get("owd_kind", "-")
     pss = [num(x) for x in r.get("pss_kib", "").split()]
     peak = [num(x) for x in r.get("mem_peak", "").split()]
     base_kib = pss[0] if pss else None
@@ -477,6 +496,7 @@ for t in targets:
         "loss": num(r.get("loss_pct")),
         "p50": num(r.get("p50_us")), "p99": num(r.get("p99_us")),
         "d50": num(r.get("owd_p50_us")), "d99": num(r.get("owd_p99_us")), "dkind": delay_kind,
+        "rtt99": num(r.get("rtt_p99_us")),
         "gen": num(r.get("gen_cpu_s")),
         "mem0": base_kib, "memp": peak_kib,
         # Calls (streams) in progress at once, rate x hold: the memory each one takes.
@@ -500,7 +520,8 @@ if call:
 cols += [(lat + " p50/p99 ms", lambda r: f(ms(r["p50"])) + "/" + f(ms(r["p99"])), 17)]
 if call:
     cols += [("rtp delay p50/p99 ms", lambda r: (f(ms(r["d50"])) + "/" + f(ms(r["d99"])) + " "
-              + r["dkind"]) if r["d50"] is not None else "-", 20)]
+              + r["dkind"]) if r["d50"] is not None else "-", 20),
+             ("rtt p99 ms", lambda r: f(ms(r["rtt99"])), 10)]
 cols += [("pss MiB base/peak", lambda r: f(None if r["mem0"] is None else r["mem0"] / 1024, "{:.1f}")
           + "/" + f(None if r["memp"] is None else r["memp"] / 1024, "{:.1f}"), 16)]
 if call:

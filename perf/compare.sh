@@ -169,6 +169,7 @@ mem_sampler() {
 MEM_PID=""
 # shellcheck disable=SC2086
 cpu_begin() {
+    read -r rcvbuf0 sndbuf0 < <(udp_errors)
     read -r pss0 rss0 < <(mem_kib)
     mem_sampler "$OUT/$TARGET.mem" &
     MEM_PID=$!
@@ -181,6 +182,12 @@ cpu_end() {
     wait "$MEM_PID" 2>/dev/null || true
     MEM_PID=""
     read -r pss1 rss1 < <(mem_kib)
+    read -r rcvbuf1 sndbuf1 < <(udp_errors)
+}
+# The kernel's UDP drops, machine-wide (/proc/net/snmp): "RcvbufErrors SndbufErrors".
+udp_errors() {
+    awk '$1 == "Udp:" && !h { for (i = 2; i <= NF; i++) c[$i] = i; h = 1; next }
+         $1 == "Udp:" { print $c["RcvbufErrors"], $c["SndbufErrors"] }' /proc/net/snmp
 }
 secs() { calc "printf \"%.3f\", $1 / 1e9"; }
 
@@ -309,6 +316,10 @@ out["lat"] = name if lat else None
 out["p50_us"], out["p99_us"] = lat.get("p50_us"), lat.get("p99_us")
 out["rtp_sent"], out["rtp_received"] = rtp.get("sent"), rtp.get("received")
 out["loss_pct"] = rtp.get("loss_pct")
+# What never came back, from the counts: the loss above counts the gaps in sequence numbers,
+# not the end of a stream that stopped arriving.
+if rtp.get("sent"):
+    out["miss_pct"] = round(100.0 * (rtp["sent"] - rtp.get("received", 0)) / rtp["sent"], 4)
 # The RTP delay. rtp-pairs: one way through the relay. cpm-loadgen: the echoing uas reads the
 # caller's send stamp on arrival, one way (caller -> relay -> uas, same clock); the caller reads
 # its own stamp on the echoed packet's return, a round trip through the relay twice and the uas.
@@ -428,6 +439,7 @@ for TARGET in $TARGETS; do
     [[ "$TARGET" == bare-forwarder ]] && source=rtp-pairs
     log "$TARGET: $SCENARIO, rate $RATE, count $COUNT, hold $HOLD, users $USERS, load $source"
     RTP_RELAYED="" sig0=0 sig1=0 media0=0 media1=0 pss0="" pss1="" rss0="" rss1=""
+    rcvbuf0=0 rcvbuf1=0 sndbuf0=0 sndbuf1=0
     res="$OUT/$TARGET.res"
     rm -rf "${OUT:?}/$TARGET" "$OUT/$TARGET".* # an earlier run's files in the same --out
     if ! "start_$TARGET"; then
@@ -452,6 +464,7 @@ for TARGET in $TARGETS; do
         echo "rtp_relayed ${RTP_RELAYED:--}"
         echo "pss_kib ${pss0:--} ${pss1:--}"
         echo "rss_kib ${rss0:--} ${rss1:--}"
+        echo "udp_drops $((rcvbuf1 - rcvbuf0)) $((sndbuf1 - sndbuf0))"
         # The peak sample (by Pss) during the load: "PSS RSS [cpmd's sessions then]".
         [[ -s "$OUT/$TARGET.mem" ]] && echo "mem_peak $(sort -n "$OUT/$TARGET.mem" | tail -1)"
     } >>"$res"
@@ -493,7 +506,8 @@ for t in targets:
         "per_k": 1000.0 * (sig + media) / ok if ok else None,
         "per_m": 1e6 * media / relayed if relayed else None,
         "relayed": relayed, "through": num(r.get("through")),
-        "loss": num(r.get("loss_pct")),
+        "loss": num(r.get("loss_pct")), "miss": num(r.get("miss_pct")),
+        "udp": r.get("udp_drops", "0 0"),
         "p50": num(r.get("p50_us")), "p99": num(r.get("p99_us")),
         "d50": num(r.get("owd_p50_us")), "d99": num(r.get("owd_p99_us")), "dkind": delay_kind,
         "rtt99": num(r.get("rtt_p99_us")),
@@ -516,7 +530,8 @@ if call:
     cols += [("cpu s/M rtp", lambda r: f(r["per_m"]), 11),
              ("rtp relayed", lambda r: f(r["relayed"], "{:.0f}"), 11),
              ("load count", lambda r: f(r["through"], "{:.0f}"), 10),
-             ("loss %", lambda r: f(r["loss"], "{:.3f}"), 6)]
+             ("loss %", lambda r: f(r["loss"], "{:.3f}"), 6),
+             ("miss %", lambda r: f(r["miss"], "{:.3f}"), 6)]
 cols += [(lat + " p50/p99 ms", lambda r: f(ms(r["p50"])) + "/" + f(ms(r["p99"])), 17)]
 if call:
     cols += [("rtp delay p50/p99 ms", lambda r: (f(ms(r["d50"])) + "/" + f(ms(r["d99"])) + " "
@@ -535,6 +550,9 @@ if call:
              if r["relayed"] is not None and r["through"] is not None]
     if diffs:
         print("rtp relayed minus load count: " + ", ".join(diffs))
+    drops = [f"{r['target']} {r['udp'].replace(' ', '/')}" for r in rows if r["udp"] != "0 0"]
+    if drops:
+        print("kernel UDP drops during the run, machine-wide (rcvbuf/sndbuf): " + ", ".join(drops))
 if len(rows) > 1:
     base = rows[0]
     print(f"ratios to {base['target']} (cpu and latency: lower is better):")

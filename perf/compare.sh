@@ -18,6 +18,7 @@
 #   --users N [100]  --targets "..."
 #   --ptime MS [20]    call: one RTP packet every MS each way (cpm-loadgen --ptime, rtp-pairs --pps)
 #   --load-args "..."  more arguments of the load client (cpm-loadgen SCENARIO; split on spaces)
+#   --uas-args "..."   more arguments of the answering cpm-loadgen uas
 #   --taskset CPUS     run the load (uas and client, or rtp-pairs) under taskset -c CPUS
 #   --out DIR          where each run's files go [a new temp dir, kept]
 #   --bin-dir DIR      take the binaries from DIR and build nothing [target/release, built first]
@@ -43,7 +44,7 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" 
 SCENARIO="${1:-}"
 [[ -n "$SCENARIO" && "$SCENARIO" != -* ]] || usage
 shift
-RATE="" COUNT="" HOLD=5 USERS=100 OUT="" BUILD=1 TARGETS="" BIN="${BIN:-}" PTIME=20 LOAD_ARGS=""
+RATE="" COUNT="" HOLD=5 USERS=100 OUT="" BUILD=1 TARGETS="" BIN="${BIN:-}" PTIME=20 LOAD_ARGS="" UAS_ARGS=""
 TASKSET=""
 while (($#)); do
     case "$1" in
@@ -54,6 +55,7 @@ while (($#)); do
     --targets) TARGETS=$2; shift 2 ;;
     --ptime) PTIME=$2; shift 2 ;;
     --load-args) LOAD_ARGS=$2; shift 2 ;;
+    --uas-args) UAS_ARGS=$2; shift 2 ;;
     --taskset) TASKSET=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --bin-dir) BIN=$2; shift 2 ;;
@@ -357,6 +359,8 @@ load_loadgen() {
         uas_json="$OUT/$TARGET.uas.json"
         local reg=(--register-to "$TARGET_ADDR")
         [[ "$TARGET" == direct ]] && reg=()
+        # shellcheck disable=SC2206 # split on purpose
+        reg+=($UAS_ARGS)
         "${PIN[@]}" "$LOADGEN" uas --listen "127.0.0.1:$UAS_PORT" "${reg[@]}" \
             --users "$USERS" --rtp echo --quiet --json "$uas_json" \
             >"$OUT/$TARGET.uas.out" 2>"$OUT/$TARGET.uas.log" &

@@ -154,12 +154,13 @@ mem_kib() {
         awk '$1 == "VmRSS:" { print "rss", $2 }' "/proc/$p/status" 2>/dev/null || true
     done | awk '{ s[$1] += $2 } END { printf "%d %d\n", s["pss"], s["rss"] }'
 }
-# The memory every 0.5 s (with cpmd's sessions alive) into $1, "PSS RSS [SESSIONS]" per line,
-# until killed.
+# The memory every 0.5 s into $1, "PSS RSS" per line (cpmd: "PSS RSS SESSIONS TRANSACTIONS",
+# its cpm_sessions and cpm_sip_transactions_in_flight), until killed.
 mem_sampler() {
     while :; do
         if [[ "$TARGET" == cpmd ]]; then
-            echo "$(mem_kib) $(cpmd_metric cpm_sessions)"
+            echo "$(mem_kib) $(cpmd_metrics | awk '$1 == "cpm_sessions" { s = $2 }
+                $1 == "cpm_sip_transactions_in_flight" { t = $2 } END { print s, t }')"
         else
             mem_kib
         fi
@@ -242,9 +243,8 @@ start_direct() { SIG_PIDS="" MEDIA_PIDS="" TARGET_ADDR=127.0.0.1:$UAS_PORT; }
 stop_direct() { :; }
 
 CPMD_PID=""
-# cpmd's /metrics, and the value of one series in it ("-" when absent).
+# cpmd's /metrics.
 cpmd_metrics() { curl -sf --max-time 2 "http://127.0.0.1:$CPMD_HTTP/metrics"; }
-cpmd_metric() { cpmd_metrics | awk -v k="$1" '$1 == k { v = $2 } END { print (v == "" ? "-" : v) }'; }
 start_cpmd() {
     # shellcheck disable=SC2086 # CPMD_ARGS is split on purpose
     "$BIN/cpmd" --sip-listen "127.0.0.1:$CPMD_PORT" --http-listen "127.0.0.1:$CPMD_HTTP" \
@@ -469,7 +469,7 @@ for TARGET in $TARGETS; do
         echo "pss_kib ${pss0:--} ${pss1:--}"
         echo "rss_kib ${rss0:--} ${rss1:--}"
         echo "udp_drops $((rcvbuf1 - rcvbuf0)) $((sndbuf1 - sndbuf0))"
-        # The peak sample (by Pss) during the load: "PSS RSS [cpmd's sessions then]".
+        # The peak sample (by Pss) during the load: "PSS RSS [cpmd's sessions, transactions]".
         [[ -s "$OUT/$TARGET.mem" ]] && echo "mem_peak $(sort -n "$OUT/$TARGET.mem" | tail -1)"
     } >>"$res"
     RAN+=("$TARGET")
@@ -480,9 +480,10 @@ done
 log "results in $OUT"
 {
     echo "scenario $SCENARIO: rate $RATE/s, count $COUNT$([[ $SCENARIO == call ]] && echo ", hold $HOLD s"), users $USERS; $(nproc) cores, $(date -u +%Y-%m-%d)"
-    python3 - "$OUT" "$SCENARIO" "$STREAMS" "${RAN[@]}" <<'EOF'
+    python3 - "$OUT" "$SCENARIO" "$(calc "s = $RATE * $HOLD; print int(s < $COUNT ? s : $COUNT)")" \
+        "${RAN[@]}" <<'EOF'
 import os, sys
-out, scenario, calls, targets = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
+out, scenario, calls, targets = sys.argv[1], sys.argv[2], max(1, int(sys.argv[3])), sys.argv[4:]
 call = scenario == "call"
 def num(v):
     try:
@@ -517,7 +518,7 @@ for t in targets:
         "rtt99": num(r.get("rtt_p99_us")),
         "gen": num(r.get("gen_cpu_s")),
         "mem0": base_kib, "memp": peak_kib,
-        # Calls (streams) in progress at once, rate x hold: the memory each one takes.
+        # Calls in progress at the peak, rate x hold (at most count): the memory each one takes.
         "per_call": (peak_kib - base_kib) / calls if base_kib is not None and call else None,
     })
 def f(v, fmt="{:.2f}"):

@@ -418,6 +418,17 @@ pub fn parse_ready_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     Some((sip?, http?))
 }
 
+/// A relay port range of its own for each cpmd a test process starts (`--media-ports`), so
+/// that cpmds of parallel tests never share ports: blocks of 200 ports in 20000-29999, below
+/// the kernel's ephemeral range (32768-60999), apart from the ranges of other test peers.
+fn media_port_block() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let block = (std::process::id().wrapping_mul(7).wrapping_add(n)) % 50;
+    let min = 20_000 + block * 200;
+    format!("{min}-{}", min + 199)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,15 +442,4 @@ mod tests {
         assert!(parse_ready_line("cpmd ready sip=127.0.0.1:5060").is_none());
         assert!(parse_ready_line("INFO starting").is_none());
     }
-}
-
-/// A relay port range of its own for each cpmd a test process starts (`--media-ports`), so
-/// that cpmds of parallel tests never share ports: blocks of 200 ports in 20000-29999, below
-/// the kernel's ephemeral range (32768-60999), apart from the ranges of other test peers.
-fn media_port_block() -> String {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let block = (std::process::id().wrapping_mul(7).wrapping_add(n)) % 50;
-    let min = 20_000 + block * 200;
-    format!("{min}-{}", min + 199)
 }

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use cpm_tests::check::lists;
-use cpm_tests::{assert_status, header, over_udp_and_tcp, reason, Cpmd, Transport, Ua};
+use cpm_tests::{assert_status, over_udp_and_tcp, reason, Cpmd, Transport, Ua};
 
 /// Asserts a 400 whose reason phrase mentions `what` (case-insensitive).
 #[track_caller]

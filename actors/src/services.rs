@@ -99,7 +99,10 @@ impl Services {
                 local: cfg.sip_listen.to_string(),
                 ..SessionConfig::default()
             },
-            sdp: Arc::new(SdpConfig::new(cfg.media_ip)),
+            sdp: Arc::new(SdpConfig {
+                codecs: (!cfg.codecs.0.is_empty()).then(|| cfg.codecs.0.clone()),
+                ..SdpConfig::new(cfg.media_ip)
+            }),
             pool: Rc::new(RefCell::new(PortPool::partition(
                 cfg.media_ports.min,
                 cfg.media_ports.max,

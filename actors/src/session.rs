@@ -159,7 +159,18 @@ struct MediaRelay {
 
 impl SdpRelay for MediaRelay {
     fn offer(&mut self, from: Side, sdp: &Bytes) -> Result<Bytes, MediaReject> {
-        self.media.offer(&mut self.pool.borrow_mut(), from, sdp)
+        let r = self.media.offer(&mut self.pool.borrow_mut(), from, sdp);
+        if let Err(e) = &r {
+            if e.status == 503 {
+                let pool = self.pool.borrow();
+                tracing::warn!(
+                    in_use = pool.in_use(),
+                    capacity = pool.capacity(),
+                    "media ports exhausted: session refused with 503"
+                );
+            }
+        }
+        r
     }
 
     fn answer(&mut self, from: Side, sdp: &Bytes) -> Result<Bytes, MediaReject> {

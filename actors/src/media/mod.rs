@@ -35,7 +35,7 @@
 //! and reduced-size RTCP (RFC 5506) pass, and is relayed untouched.
 //!
 //! With [`MediaConfig::connect_latched`] (off by default), a socket is `connect()`ed to the
-//! source it latched: sends skip the kernel's route lookup (about 10% less CPU per packet,
+//! source it latched: sends skip the kernel's route lookup (about 8% less CPU per packet,
 //! docs/decisions/0007-media-plane.md) and the kernel itself drops other sources, which are
 //! then no longer counted per leg.
 //!

@@ -1,302 +1,350 @@
 #!/usr/bin/env bash
-# perf/compare.sh SCENARIO [options]: the same workload against each target, one table.
+# perf/compare.sh SCENARIO [options]: the same cpm-loadgen workload against each target, one table.
 #
 # SCENARIO: call | options | register | message
-# Targets (--targets, space-separated; default: every target that serves the scenario):
-#   kamailio-rtpengine  perf/reference/kamailio-rtpengine (signaling + media)
-#   bare-forwarder      perf/reference/bare-forwarder, RTP only (call: the call scenario's RTP,
-#                       driven by rtp-pairs: rate x hold streams for count/rate seconds)
-#   cpmd                target/release/cpmd (options, register, message)
+# Targets (--targets "A B", in that order; default: every target that serves the scenario):
+#   kamailio-rtpengine  perf/reference/kamailio-rtpengine (every scenario)
+#   bare-forwarder      perf/reference/bare-forwarder (call only): the call scenario's RTP without
+#                       signaling, from rtp-pairs: rate x hold streams, 50 packets/s each way,
+#                       for count / rate seconds (as many packets as the calls relay)
+#   cpmd                BIN/cpmd (options, register, message)
+# options pings the server itself (cpm-loadgen --to '': OPTIONS sip:target, RFC 3261 §11);
+# message goes to users of a cpm-loadgen uas registered at the target.
 # Options:
-#   --rate N (default 20)  --count N (200)  --hold SECS (5)  --users N (100)
-#   --load auto|loadgen|sipp   load source (auto: cpm-loadgen if it runs the scenario, else SIPp;
-#                              SIPp serves call, options, register; its call holds 8.5 s: the pcap);
-#                              LOADGEN=PATH (environment) names the cpm-loadgen binary
-#   --out DIR                  where each run's files go (default: a new temp dir, kept)
-#   --no-build                 use the binaries already in target/release
+#   --rate N [call 20, else 500]  --count N [call 200, else 5000]  --hold SECS [5]
+#   --users N [100]  --targets "..."
+#   --out DIR          where each run's files go [a new temp dir, kept]
+#   --bin-dir DIR      take the binaries from DIR and build nothing [target/release, built first]
+#   --no-build         use the binaries already in the binaries directory
+# Environment: BIN (as --bin-dir), LOADGEN (the cpm-loadgen binary [BIN/cpm-loadgen]),
+#   SIP_PORT [5070] NG_PORT [22222] RTP_MIN [33000] RTP_MAX [39999] (Kamailio and rtpengine).
 #
-# For every target: start it, run the load, read the CPU time (utime + stime from /proc/PID/stat)
-# of every server process before and after, stop it. The table: achieved rate, CPU seconds per
-# 1,000 calls (all server processes) and per million RTP packets (the media process: rtpengine,
-# bare-forwarder, cpmd), latency p50/p99 (call setup, or the request's response time), loss, and
-# each target's ratio to the first one.
+# For each target: start it; start `cpm-loadgen uas --rtp echo` registered there as user0000..
+# (not for register); read the CPU time (/proc/PID/task/*/schedstat) of every server
+# process; run `cpm-loadgen SCENARIO`; read the CPU time again; stop everything. Then one table
+# and each target's ratios to the first one. Exit 0 when every target gave a result and every
+# load run met its thresholds (cpm-loadgen: all sessions succeeded; rtp-pairs: no packet lost),
+# 1 otherwise (reasons on stderr), 2 on a usage error.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 REF="$ROOT/perf/reference"
-BIN="$ROOT/target/release"
-LOADGEN="${LOADGEN:-$BIN/cpm-loadgen}" # another build of cpm-loadgen may be named here
-TICK=$(getconf CLK_TCK)
 
+usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2; exit 2; }
 SCENARIO="${1:-}"
-[[ -n "$SCENARIO" && "$SCENARIO" != -* ]] || { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" >&2; exit 2; }
+[[ -n "$SCENARIO" && "$SCENARIO" != -* ]] || usage
 shift
-RATE=20 COUNT=200 HOLD=5 USERS=100 LOAD=auto OUT="" BUILD=1 TARGETS=""
+RATE="" COUNT="" HOLD=5 USERS=100 OUT="" BUILD=1 TARGETS="" BIN="${BIN:-}"
 while (($#)); do
     case "$1" in
     --rate) RATE=$2; shift 2 ;;
     --count) COUNT=$2; shift 2 ;;
     --hold) HOLD=$2; shift 2 ;;
     --users) USERS=$2; shift 2 ;;
-    --load) LOAD=$2; shift 2 ;;
     --targets) TARGETS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
+    --bin-dir) BIN=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
+    -h | --help) usage ;;
     *) echo "compare.sh: unknown option $1" >&2; exit 2 ;;
     esac
 done
 case "$SCENARIO" in
-call) : "${TARGETS:=kamailio-rtpengine bare-forwarder}" ;;
-options | register | message) : "${TARGETS:=kamailio-rtpengine cpmd}" ;;
+call) : "${TARGETS:=kamailio-rtpengine bare-forwarder}" "${RATE:=20}" "${COUNT:=200}" ;;
+options) : "${TARGETS:=kamailio-rtpengine cpmd}" "${RATE:=500}" "${COUNT:=5000}" ;;
+register | message) : "${TARGETS:=kamailio-rtpengine cpmd}" "${RATE:=500}" "${COUNT:=5000}" ;;
 *) echo "compare.sh: unknown scenario $SCENARIO" >&2; exit 2 ;;
 esac
+if [[ -n "$BIN" ]]; then
+    BUILD=0 BIN="$(cd "$BIN" && pwd)"
+else
+    BIN="$ROOT/target/release"
+fi
+LOADGEN="${LOADGEN:-$BIN/cpm-loadgen}"
 OUT="${OUT:-$(mktemp -d "${TMPDIR:-/tmp}/cpm-compare.XXXXXX")}"
 mkdir -p "$OUT"
+OUT="$(cd "$OUT" && pwd)"
 
-# Ports, all on 127.0.0.1.
-KAM_PORT=5070 NG_PORT=22222 UAS_PORT=16000 CPMD_PORT=5075 CPMD_HTTP=18075
-FWD_LO=40000 FWD_HI=41999
+# Ports, all on 127.0.0.1, apart from perf/reference/smoke.sh's (5170, 22322, 31000-31999) and
+# below the ephemeral range (32768-60999) where a whole range is bound at once.
+SIP_PORT="${SIP_PORT:-5070}" NG_PORT="${NG_PORT:-22222}"
+RTP_MIN="${RTP_MIN:-33000}" RTP_MAX="${RTP_MAX:-39999}"
+UAS_PORT=16000 CPMD_PORT=5075 CPMD_HTTP=18075 FWD_LO=24000 FWD_MAX=30999
 
 log() { echo "== $*" >&2; }
+FAILURES=()
+fail() {
+    FAILURES+=("$*")
+    echo "compare.sh: $*" >&2
+}
 
-# ---------------------------------------------------------------- build and load source
+# awk arithmetic on the options (they may be fractions).
+calc() { awk "BEGIN { $1 }"; }
+STREAMS=$(calc "s = int($RATE * $HOLD + 0.5); print (s < 1 ? 1 : s)")
+FWD_HI=$((FWD_LO + 2 * STREAMS - 1))
+if [[ "$SCENARIO" == call && " $TARGETS " == *" bare-forwarder "* ]] && ((FWD_HI > FWD_MAX)); then
+    echo "compare.sh: $STREAMS streams need ports $FWD_LO-$FWD_HI, beyond $FWD_MAX" >&2
+    exit 2
+fi
+
+# ---------------------------------------------------------------- binaries
 if ((BUILD)); then
     log "building release binaries"
     (cd "$ROOT" && cargo build --release -q -p cpm-bare-forwarder -p cpm-loadgen -p cpm-actors)
 fi
-if [[ "$LOAD" == auto ]]; then
-    # cpm-loadgen is used once it runs the scenario: a one-request probe towards the discard
-    # port ends with 0 or 1 (thresholds), while exit status 2 is a usage or setup error
-    # ("not implemented yet").
-    rc=0
-    timeout 10 "$LOADGEN" "$SCENARIO" --target 127.0.0.1:9 --rate 1 --count 1 --drain 1 \
-        --quiet >/dev/null 2>&1 || rc=$?
-    if [[ -x "$LOADGEN" && $rc != 2 && $rc != 127 ]]; then
-        LOAD=loadgen
-    else
-        LOAD=sipp
-        log "cpm-loadgen does not run '$SCENARIO' yet: SIPp is the load source"
-    fi
-fi
-if [[ "$LOAD" == sipp && "$SCENARIO" == message ]]; then
-    echo "compare.sh: the message scenario needs cpm-loadgen" >&2
-    exit 1
-fi
-if [[ "$LOAD" == sipp && "$SCENARIO" == call ]]; then
-    HOLD=8.5 # uac_media.xml plays its pcap for 8.5 s; the forwarder's streams last as long
-fi
+need=("$LOADGEN")
+[[ " $TARGETS " == *" bare-forwarder "* ]] && need+=("$BIN/bare-forwarder" "$BIN/rtp-pairs")
+[[ " $TARGETS " == *" cpmd "* ]] && need+=("$BIN/cpmd")
+for b in "${need[@]}"; do
+    [[ -x "$b" ]] || { echo "compare.sh: $b not found (build it, or see --bin-dir)" >&2; exit 2; }
+done
 
 # ---------------------------------------------------------------- CPU accounting
-# Sum of utime + stime (clock ticks) of the given pids; the fields after "(comm)" are read so
-# that a command name with spaces cannot shift them.
-cpu_ticks() {
-    local total=0 p
-    for p in "$@"; do
-        [[ -r /proc/$p/stat ]] || continue
-        total=$((total + $(sed 's/^.*) //' "/proc/$p/stat" | awk '{ print $12 + $13 }')))
-    done
-    echo "$total"
+# CPU time of the given pids in nanoseconds: the sum over their threads of the time on a CPU
+# (first field of /proc/PID/task/TID/schedstat; clock ticks of /proc/PID/stat, utime + stime,
+# are 10 ms apart, too coarse for runs of a few seconds over eight Kamailio processes). A thread
+# that ends during the run takes its time with it: the servers' threads live as long as they.
+cpu_ns() {
+    local p
+    for p in "$@"; do cat "/proc/$p/task/"*/schedstat 2>/dev/null || true; done |
+        awk '{ s += $1 } END { printf "%.0f\n", s }'
 }
-# The server CPU counted from here (called again by a load once its set-up, e.g. registering
-# the answering users, is done).
-mark_cpu() {
-    sig0=$(cpu_ticks $SIG_PIDS) media0=$(cpu_ticks $MEDIA_PIDS)
-}
-secs() { awk -v t="$1" -v hz="$TICK" 'BEGIN { printf "%.2f", t / hz }'; }
+# The server CPU counted from here (after the answering users are registered) to cpu_end.
+# shellcheck disable=SC2086 # the pid lists are split on purpose
+cpu_begin() { sig0=$(cpu_ns $SIG_PIDS) media0=$(cpu_ns $MEDIA_PIDS); }
+# shellcheck disable=SC2086
+cpu_end() { sig1=$(cpu_ns $SIG_PIDS) media1=$(cpu_ns $MEDIA_PIDS); }
+secs() { calc "printf \"%.3f\", $1 / 1e9"; }
 
 # ---------------------------------------------------------------- targets
-# start_X / stop_X; start sets SIG_PIDS (signaling processes), MEDIA_PIDS (media processes) and
-# TARGET_ADDR (where the load goes).
-SIG_PIDS="" MEDIA_PIDS="" TARGET_ADDR=""
+# start_X sets SIG_PIDS (signaling processes), MEDIA_PIDS (media processes) and TARGET_ADDR
+# (where the load goes) and returns non-zero if X did not start; stop_X sets RTP_RELAYED
+# (packets the server says it relayed) and stops X.
+SIG_PIDS="" MEDIA_PIDS="" TARGET_ADDR="" RTP_RELAYED=""
 
+ctl() {
+    REF_DIR="$OUT/kamailio-rtpengine" SIP_PORT=$SIP_PORT NG_PORT=$NG_PORT RTP_MIN=$RTP_MIN \
+        RTP_MAX=$RTP_MAX "$REF/kamailio-rtpengine/ctl.sh" "$@"
+}
 start_kamailio-rtpengine() {
-    REF_DIR="$OUT/kamailio-rtpengine" SIP_PORT=$KAM_PORT NG_PORT=$NG_PORT \
-        "$REF/kamailio-rtpengine/ctl.sh" start >&2
-    local all rtpe
-    all=$(REF_DIR="$OUT/kamailio-rtpengine" "$REF/kamailio-rtpengine/ctl.sh" pids)
+    ctl start >&2 || return 1
+    local rtpe
     rtpe=$(cat "$OUT/kamailio-rtpengine/rtpengine.pid")
-    SIG_PIDS=$(grep -vx "$rtpe" <<<"$all" | tr '\n' ' ')
+    SIG_PIDS=$(ctl pids | grep -vx "$rtpe" | tr '\n' ' ')
     MEDIA_PIDS=$rtpe
-    TARGET_ADDR=127.0.0.1:$KAM_PORT
+    TARGET_ADDR=127.0.0.1:$SIP_PORT
 }
 stop_kamailio-rtpengine() {
-    RTP_RELAYED=$(REF_DIR="$OUT/kamailio-rtpengine" "$REF/kamailio-rtpengine/ctl.sh" stats |
-        awk '$1 == "relayedpackets" { print $2 }')
-    REF_DIR="$OUT/kamailio-rtpengine" "$REF/kamailio-rtpengine/ctl.sh" stop
+    RTP_RELAYED=$(ctl stats | awk '$1 == "relayedpackets" { print $2 }')
+    ctl stop
 }
 
+FWD_PID=""
 start_bare-forwarder() {
-    "$BIN/bare-forwarder" --listen "127.0.0.1:$FWD_LO-$FWD_HI" --pidfile "$OUT/bare-forwarder.pid" \
-        >"$OUT/bare-forwarder.out" 2>&1 &
-    local i
-    for i in $(seq 50); do [[ -s "$OUT/bare-forwarder.pid" ]] && break; sleep 0.1; done
-    SIG_PIDS="" MEDIA_PIDS=$(cat "$OUT/bare-forwarder.pid")
+    "$BIN/bare-forwarder" --listen "127.0.0.1:$FWD_LO-$FWD_HI" >"$OUT/bare-forwarder.out" \
+        2>"$OUT/bare-forwarder.log" &
+    FWD_PID=$!
+    for _ in $(seq 50); do
+        ss -Hlun "sport = :$FWD_HI" | grep -q . && break
+        kill -0 "$FWD_PID" 2>/dev/null || { cat "$OUT/bare-forwarder.log" >&2; return 1; }
+        sleep 0.1
+    done
+    SIG_PIDS="" MEDIA_PIDS=$FWD_PID
     TARGET_ADDR="127.0.0.1:$FWD_LO-$FWD_HI"
 }
 stop_bare-forwarder() {
-    local pid=$MEDIA_PIDS i
-    kill -INT "$pid"
-    for i in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    [[ -n "$FWD_PID" ]] || return 0
+    kill -INT "$FWD_PID" 2>/dev/null || true
+    wait "$FWD_PID" 2>/dev/null || true
+    FWD_PID=""
     RTP_RELAYED=$(grep -o 'tx_packets=[0-9]*' "$OUT/bare-forwarder.out" | tail -1 | cut -d= -f2)
 }
 
+CPMD_PID=""
 start_cpmd() {
     "$BIN/cpmd" --sip-listen "127.0.0.1:$CPMD_PORT" --http-listen "127.0.0.1:$CPMD_HTTP" \
+        --data-dir "$OUT/cpmd-data" \
         >"$OUT/cpmd.log" 2>&1 &
-    local pid=$! i
-    for i in $(seq 100); do ss -Hlun "sport = :$CPMD_PORT" | grep -q . && break; sleep 0.1; done
-    SIG_PIDS="" MEDIA_PIDS=$pid
+    CPMD_PID=$!
+    for _ in $(seq 100); do
+        ss -Hlun "sport = :$CPMD_PORT" | grep -q . && break
+        kill -0 "$CPMD_PID" 2>/dev/null || { tail "$OUT/cpmd.log" >&2; return 1; }
+        sleep 0.1
+    done
+    SIG_PIDS=$CPMD_PID MEDIA_PIDS=""
     TARGET_ADDR=127.0.0.1:$CPMD_PORT
 }
 stop_cpmd() {
-    kill -TERM "$MEDIA_PIDS" 2>/dev/null || true
-    wait "$MEDIA_PIDS" 2>/dev/null || true
-    RTP_RELAYED=""
+    [[ -n "$CPMD_PID" ]] || return 0
+    kill -TERM "$CPMD_PID" 2>/dev/null || true
+    wait "$CPMD_PID" 2>/dev/null || true
+    CPMD_PID=""
 }
 
 # ---------------------------------------------------------------- load
-# Each load_* writes "key value" lines to $1: attempted succeeded failed rate p50_us p99_us
-# rtp_sent rtp_received loss_pct (missing keys print as "-").
+# load_X RES runs the load, calls cpu_begin/cpu_end around it, writes "key value" lines to RES
+# (see json_keys) and returns the load source's exit status.
 
-# cpm-loadgen's JSON → the keys above. The latency is the call setup time for calls, else the
-# first quantity reported; RTP figures come from the "rtp" object when there is one.
+# cpm-loadgen's (or rtp-pairs') JSON report $1, and the answering uas's $2 (may be absent) →
+# "key value" lines: attempted succeeded failed rate lat p50_us p99_us rtp_sent rtp_received
+# loss_pct owd_p50_us owd_p99_us through gen_cpu_s ("-" when missing).
 json_keys() {
-    python3 - "$1" "$SCENARIO" <<'EOF'
-import json, sys
-d = json.load(open(sys.argv[1]))
-scenario = sys.argv[2]
+    python3 - "$SCENARIO" "$1" "${2:-}" <<'EOF'
+import json, os, sys
+scenario, client, uas = sys.argv[1], sys.argv[2], sys.argv[3]
+def load(p):
+    try:
+        return json.load(open(p)) if p and os.path.getsize(p) else {}
+    except (OSError, ValueError):
+        return {}
+d, u = load(client), load(uas)
+q = d.get("quantities") or {}
+rtp = d.get("rtp") or {}
 out = {k: d.get(k) for k in ("attempted", "succeeded", "failed")}
 out["rate"] = d.get("rate_achieved")
-# The scenario's main latency (cpm-loadgen's quantity names).
-main = {"call": ["call_setup"], "options": ["request_options"], "register": ["registration", "request_register"],
-        "message": ["message_delivery", "request_message"]}.get(scenario, [])
-q = d.get("quantities") or {}
-lat = next((q[n] for n in main if isinstance(q.get(n), dict)), None)
-if lat is None:  # another shape: the first percentile object that is not RTP's
-    lat = next((v for k, v in q.items() if isinstance(v, dict) and "p99_us" in v and "rtp" not in k), {})
+# The scenario's latency: call setup (INVITE → 200), else the request's transaction time
+# (first send → final response); message_delivery exists only with `message --receiver`.
+name = {"call": "call_setup", "options": "request_options", "register": "registration",
+        "message": "request_message"}[scenario]
+lat = q.get(name) or {}
+out["lat"] = name if lat else None
 out["p50_us"], out["p99_us"] = lat.get("p50_us"), lat.get("p99_us")
-rtp = d.get("rtp") if isinstance(d.get("rtp"), dict) else {}
-out["rtp_sent"] = rtp.get("sent")
-out["rtp_received"] = rtp.get("received")
+out["rtp_sent"], out["rtp_received"] = rtp.get("sent"), rtp.get("received")
 out["loss_pct"] = rtp.get("loss_pct")
-owd = q.get("rtp_owd") if isinstance(q.get("rtp_owd"), dict) else {}
+owd = q.get("rtp_owd") or {}
 out["owd_p50_us"], out["owd_p99_us"] = owd.get("p50_us"), owd.get("p99_us")
+# The packets that crossed the relay, as the load source counts them: rtp-pairs' each crossed
+# once; cpm-loadgen's went to the echoing uas and came back, crossing twice (the uas counts
+# nothing in echo mode: a packet lost on the way out shows as one not received).
+if rtp and d.get("scenario") == "rtp-pairs":
+    out["through"] = rtp.get("received")
+elif rtp:
+    out["through"] = rtp.get("sent", 0) + rtp.get("received", 0)
+cpu = [x.get("loadgen_cpu") for x in (d, u) if x.get("loadgen_cpu")]
+if cpu:
+    out["gen_cpu_s"] = round(sum(c.get("user_s", 0) + c.get("system_s", 0) for c in cpu), 2)
 for k, v in out.items():
     print(k, "-" if v is None else v)
 EOF
 }
 
 load_loadgen() {
-    local res=$1 json="$OUT/$TARGET.json" uas=""
-    if [[ "$SCENARIO" != register ]]; then
-        # The answering side: users user0000.. on ports UAS_PORT+i, registered at the target.
-        # (cpm-loadgen's requests, OPTIONS included, go to sip:user%04d@target.)
+    local res=$1 json="$OUT/$TARGET.json" uas="" uas_json="" rc=0
+    if [[ "$SCENARIO" != register && "$SCENARIO" != options ]]; then
+        # The answering side: users user0000.. on ports UAS_PORT+i, registered at the target;
+        # the client's requests go to sip:user%04d@target.
+        uas_json="$OUT/$TARGET.uas.json"
         "$LOADGEN" uas --listen "127.0.0.1:$UAS_PORT" --register-to "$TARGET_ADDR" \
-            --users "$USERS" --rtp echo --quiet >"$OUT/$TARGET.uas.log" 2>&1 &
+            --users "$USERS" --rtp echo --quiet --json "$uas_json" \
+            >"$OUT/$TARGET.uas.out" 2>"$OUT/$TARGET.uas.log" &
         uas=$!
-        sleep "$(awk -v n="$USERS" 'BEGIN { print 1 + n / 500 }')" # --register-rate 500
-        mark_cpu
+        for _ in $(seq $((100 + USERS / 10))); do
+            grep -q 'uas ready' "$OUT/$TARGET.uas.out" && break
+            kill -0 "$uas" 2>/dev/null || break
+            sleep 0.1
+        done
+        if ! grep -q 'uas ready' "$OUT/$TARGET.uas.out"; then
+            kill -INT "$uas" 2>/dev/null || true
+            wait "$uas" 2>/dev/null || true
+            fail "$TARGET: the answering uas did not get ready ($OUT/$TARGET.uas.log)"
+            tail -5 "$OUT/$TARGET.uas.log" >&2
+            : >"$res"
+            return 1
+        fi
     fi
     local extra=()
     [[ "$SCENARIO" == call ]] && extra=(--hold "$HOLD")
-    "$LOADGEN" "$SCENARIO" --target "$TARGET_ADDR" --users "$USERS" --rate "$RATE" \
-        --count "$COUNT" "${extra[@]}" --quiet --json "$json" >"$OUT/$TARGET.load.log" 2>&1 || true
+    [[ "$SCENARIO" == options ]] && extra=(--to '')
+    cpu_begin
+    timeout "$(calc "print int($COUNT / $RATE + $HOLD + 120)")" \
+        "$LOADGEN" "$SCENARIO" --target "$TARGET_ADDR" --users "$USERS" --rate "$RATE" \
+        --count "$COUNT" "${extra[@]}" --quiet --json "$json" >"$OUT/$TARGET.load.log" 2>&1 ||
+        rc=$?
+    cpu_end
     if [[ -n "$uas" ]]; then
-        kill -INT "$uas" 2>/dev/null || true
+        kill -INT "$uas" 2>/dev/null || true # it unregisters its users, then reports
         wait "$uas" 2>/dev/null || true
     fi
-    if [[ -s "$json" ]]; then json_keys "$json" >"$res"; else : >"$res"; fi
+    json_keys "$json" "$uas_json" >"$res"
+    return "$rc"
 }
 
-# The call scenario's RTP for the bare forwarder: rate x hold concurrent streams (each both
-# ways, 50 packets/s) for count / rate seconds.
+# The call scenario's RTP for the bare forwarder: rate x hold streams (each both ways, 50
+# packets/s) for count / rate seconds: the packets of count calls held hold seconds.
 load_rtp_pairs() {
-    local res=$1 streams duration
-    streams=$(awk -v r="$RATE" -v h="$HOLD" 'BEGIN { s = int(r * h + 0.5); print (s < 1 ? 1 : s) }')
-    duration=$(awk -v c="$COUNT" -v r="$RATE" 'BEGIN { print c / r }')
-    "$BIN/rtp-pairs" --target "$TARGET_ADDR" --streams "$streams" --duration "$duration" \
-        --json "$OUT/$TARGET.json" >"$OUT/$TARGET.load.log" 2>&1 || true
-    # The streams stand in for calls: no call rate nor setup time; the one-way delay is shown.
-    json_keys "$OUT/$TARGET.json" | sed -E 's/^(attempted|succeeded|failed|rate|p50_us|p99_us) .*/\1 -/' >"$res"
-}
-
-load_sipp() {
-    local res=$1 dir="$OUT/$TARGET.sipp" uas_pid=""
-    mkdir -p "$dir"
-    local host=${TARGET_ADDR%:*} port=${TARGET_ADDR##*:}
-    local common=(-i 127.0.0.1 -nostdin -trace_stat -stf "$dir/stat.csv" -trace_rtt -rtt_freq 1
-        -r "$RATE" -m "$COUNT" -timeout $((COUNT / RATE + 60)) -timeout_error)
-    case "$SCENARIO" in
-    call)
-        uas_pid=$(cd "$dir" && sipp -sf "$REF/sipp/uas_rr.xml" -i 127.0.0.1 -p 5090 -mi 127.0.0.1 \
-            -mp 6000 -rtp_echo -bg 2>&1 | sed -n 's/.*PID=\[\([0-9]*\)\].*/\1/p' || true)
-        (cd "$dir" && sipp -sf "$REF/sipp/register.xml" "$host:$port" -i 127.0.0.1 -p 5091 \
-            -s service -key contact 127.0.0.1:5090 -m 1 -nostdin >/dev/null 2>&1)
-        mark_cpu
-        (cd "$dir" && sipp -sf "$REF/sipp/uac_media.xml" "$host:$port" -p 5092 -mi 127.0.0.1 \
-            -s service "${common[@]}" >"$dir/uac.log" 2>&1) || true
-        ;;
-    options)
-        (cd "$dir" && sipp -sf "$REF/sipp/options.xml" "$host:$port" -p 5092 "${common[@]}" \
-            >"$dir/uac.log" 2>&1) || true
-        ;;
-    register)
-        (cd "$dir" && sipp -sf "$REF/sipp/register.xml" "$host:$port" -p 5092 -s service \
-            -key contact 127.0.0.1:5090 "${common[@]}" >"$dir/uac.log" 2>&1) || true
-        ;;
-    esac
-    [[ -n "$uas_pid" ]] && kill "$uas_pid" 2>/dev/null || true
-    # Final line of the statistics file: counts by column name; response times from the rtt file.
-    awk -F';' 'NR == 1 { for (i = 1; i <= NF; i++) col[$i] = i }
-               END { a = $col["OutgoingCall(C)"]; s = $col["SuccessfulCall(C)"]; f = $col["FailedCall(C)"]
-                     # h:m:s[:us]; the calls were started over the elapsed time less one hold.
-                     split($col["ElapsedTime(C)"], t, ":"); secs = t[1] * 3600 + t[2] * 60 + t[3] + t[4] / 1e6 - hold
-                     print "attempted", a; print "succeeded", s; print "failed", f
-                     print "rate", (secs > 0 ? sprintf("%.1f", a / secs) : "-") }' \
-        hold="$([[ $SCENARIO == call ]] && echo "$HOLD" || echo 0)" "$dir/stat.csv" >"$res"
-    sort -t';' -k2 -g "$dir"/*_rtt.csv 2>/dev/null | awk -F';' '$2 ~ /^[0-9.]+$/ { v[n++] = $2 }
-        END { if (n) { printf "p50_us %d\np99_us %d\n", v[int(n * 0.5)] * 1000, v[int(n * 0.99)] * 1000 } }' >>"$res"
-    if [[ "$SCENARIO" == call ]]; then
-        # Each successful call: the pcap's 236 packets to the callee and 236 echoed back.
-        awk '$1 == "succeeded" { print "rtp_sent", $2 * 472 }' "$res" >>"$res"
-    fi
+    local res=$1 rc=0 duration
+    duration=$(calc "print $COUNT / $RATE")
+    cpu_begin
+    # rtp-pairs does not report its CPU time: python's getrusage of its child does.
+    python3 -c 'import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+r = resource.getrusage(resource.RUSAGE_CHILDREN)
+open(sys.argv[1], "w").write("gen_cpu_s %.2f\n" % (r.ru_utime + r.ru_stime))
+sys.exit(rc)' "$OUT/$TARGET.gen" timeout "$(calc "print int($duration + 60)")" \
+        "$BIN/rtp-pairs" --target "$TARGET_ADDR" --streams "$STREAMS" --duration "$duration" \
+        --json "$OUT/$TARGET.json" >"$OUT/$TARGET.load.log" 2>&1 || rc=$?
+    cpu_end
+    # Streams are not calls: no call counts, rate nor setup time.
+    {
+        json_keys "$OUT/$TARGET.json" |
+            sed -E 's/^(attempted|succeeded|failed|rate|lat|p50_us|p99_us) .*/\1 -/'
+        cat "$OUT/$TARGET.gen"
+    } >"$res"
+    return "$rc"
 }
 
 # ---------------------------------------------------------------- runs
+TARGET=""
 cleanup() {
-    [[ -n "${TARGET:-}" ]] && "stop_$TARGET" >/dev/null 2>&1 || true
+    if [[ -n "$TARGET" ]]; then "stop_$TARGET" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
 
+RAN=()
 for TARGET in $TARGETS; do
     case "$TARGET:$SCENARIO" in
     kamailio-rtpengine:* | bare-forwarder:call | cpmd:options | cpmd:register | cpmd:message) ;;
-    *) log "$TARGET does not serve $SCENARIO: skipped"; continue ;;
+    *) fail "$TARGET does not serve $SCENARIO"; TARGET=""; continue ;;
     esac
-    log "$TARGET: $SCENARIO, rate $RATE, count $COUNT, hold $HOLD, load $([[ $TARGET == bare-forwarder ]] && echo rtp-pairs || echo "$LOAD")"
-    RTP_RELAYED=""
-    "start_$TARGET"
-    mark_cpu
-    if [[ "$TARGET" == bare-forwarder ]]; then
-        load_rtp_pairs "$OUT/$TARGET.res" # no signaling: rtp-pairs whatever the load source
-    else
-        "load_$LOAD" "$OUT/$TARGET.res"
+    source=cpm-loadgen
+    [[ "$TARGET" == bare-forwarder ]] && source=rtp-pairs
+    log "$TARGET: $SCENARIO, rate $RATE, count $COUNT, hold $HOLD, users $USERS, load $source"
+    RTP_RELAYED="" sig0=0 sig1=0 media0=0 media1=0
+    res="$OUT/$TARGET.res"
+    rm -rf "${OUT:?}/$TARGET" "$OUT/$TARGET".* # an earlier run's files in the same --out
+    if ! "start_$TARGET"; then
+        fail "$TARGET did not start"
+        TARGET=""
+        continue
     fi
-    sig1=$(cpu_ticks $SIG_PIDS) media1=$(cpu_ticks $MEDIA_PIDS)
-    "stop_$TARGET"
+    rc=0
+    if [[ "$TARGET" == bare-forwarder ]]; then
+        load_rtp_pairs "$res" || rc=$?
+    else
+        load_loadgen "$res" || rc=$?
+    fi
+    "stop_$TARGET" >&2 || true
+    if ((rc)); then
+        fail "$TARGET: the load run failed (exit $rc; logs: $OUT/$TARGET.*)"
+        if [[ -s "$OUT/$TARGET.load.log" ]]; then tail -4 "$OUT/$TARGET.load.log" >&2; fi
+    fi
     {
         echo "cpu_sig_s $(secs $((sig1 - sig0)))"
         echo "cpu_media_s $(secs $((media1 - media0)))"
         echo "rtp_relayed ${RTP_RELAYED:--}"
-    } >>"$OUT/$TARGET.res"
+    } >>"$res"
+    RAN+=("$TARGET")
     TARGET=""
 done
 
 # ---------------------------------------------------------------- table
 log "results in $OUT"
-python3 - "$OUT" "$SCENARIO" $TARGETS <<'EOF'
+{
+    echo "scenario $SCENARIO: rate $RATE/s, count $COUNT$([[ $SCENARIO == call ]] && echo ", hold $HOLD s"), users $USERS; $(nproc) cores, $(date -u +%Y-%m-%d)"
+    python3 - "$OUT" "$SCENARIO" "${RAN[@]}" <<'EOF'
 import os, sys
 out, scenario, targets = sys.argv[1], sys.argv[2], sys.argv[3:]
+call = scenario == "call"
 def num(v):
     try:
         return float(v)
@@ -304,59 +352,85 @@ def num(v):
         return None
 rows = []
 for t in targets:
-    p = os.path.join(out, t + ".res")
-    if not os.path.exists(p):
-        continue
     r = {}
-    for line in open(p):
+    for line in open(os.path.join(out, t + ".res")):
         k, _, v = line.strip().partition(" ")
         r[k] = v
-    cpu_sig, cpu_media = num(r.get("cpu_sig_s")) or 0.0, num(r.get("cpu_media_s")) or 0.0
-    cpu = cpu_sig + cpu_media
+    sig, media = num(r.get("cpu_sig_s")) or 0.0, num(r.get("cpu_media_s")) or 0.0
     ok = num(r.get("succeeded"))
-    # RTP packets: what the server says it relayed, else what the load source received.
-    rtp = num(r.get("rtp_relayed")) or num(r.get("rtp_received"))
-    sent, recv = num(r.get("rtp_sent")), num(r.get("rtp_received"))
-    loss = num(r.get("loss_pct"))
-    if loss is None and sent and rtp is not None and scenario == "call":
-        loss = max(0.0, 100.0 * (sent - rtp) / sent)
-    p50, p99, kind = num(r.get("p50_us")), num(r.get("p99_us")), "setup"
-    if p50 is None and num(r.get("owd_p50_us")) is not None:
-        p50, p99, kind = num(r.get("owd_p50_us")), num(r.get("owd_p99_us")), "owd"
-        t = t + " (owd)"
+    relayed = num(r.get("rtp_relayed"))
+    # rtp-pairs' own streams: the delay is one way through the relay; cpm-loadgen's echoed
+    # packets carry the client's stamps: the delay is a round trip, through the relay twice.
+    delay_kind = "1-way" if t == "bare-forwarder" else "rtt"
     rows.append({
-        "target": t, "kind": kind, "ok": ok, "attempted": num(r.get("attempted")), "rate": num(r.get("rate")),
-        "cpu": cpu, "cpu_sig": cpu_sig, "cpu_media": cpu_media,
-        "per_k": 1000.0 * cpu / ok if ok else None,
-        "per_m": 1e6 * cpu_media / rtp if rtp else None,
-        "rtp": rtp, "p50": p50 / 1000.0 if p50 is not None else None,
-        "p99": p99 / 1000.0 if p99 is not None else None, "loss": loss,
+        "target": t, "ok": ok, "attempted": num(r.get("attempted")), "rate": num(r.get("rate")),
+        "sig": sig, "media": media,
+        "per_k": 1000.0 * (sig + media) / ok if ok else None,
+        "per_m": 1e6 * media / relayed if relayed else None,
+        "relayed": relayed, "through": num(r.get("through")),
+        "loss": num(r.get("loss_pct")),
+        "p50": num(r.get("p50_us")), "p99": num(r.get("p99_us")),
+        "d50": num(r.get("owd_p50_us")), "d99": num(r.get("owd_p99_us")), "dkind": delay_kind,
+        "gen": num(r.get("gen_cpu_s")),
     })
-def f(v, fmt):
+def f(v, fmt="{:.2f}"):
     return "-" if v is None else fmt.format(v)
-cols = [("target", 26, "{}"), ("ok/attempted", 13, None), ("rate/s", 8, "{:.1f}"),
-        ("cpu s (sig+media)", 18, None), ("cpu s/1k ok", 14, "{:.3f}"),
-        ("cpu s/M rtp", 11, "{:.2f}"), ("rtp pkts", 9, "{:.0f}"), ("p50 ms", 8, "{:.2f}"),
-        ("p99 ms", 8, "{:.2f}"), ("loss %", 7, "{:.3f}")]
-print(f"scenario: {scenario}")
-print("  ".join(name.rjust(w) if i else name.ljust(w) for i, (name, w, _) in enumerate(cols)))
+def ms(us):
+    return None if us is None else us / 1000.0
+lat = {"call": "setup", "options": "OPTIONS", "register": "REGISTER", "message": "MESSAGE"}[scenario]
+cols = [("target", lambda r: r["target"], 18),
+        ("ok/attempted", lambda r: f(r["ok"], "{:.0f}") + "/" + f(r["attempted"], "{:.0f}"), 12),
+        ("rate/s", lambda r: f(r["rate"], "{:.1f}"), 7),
+        ("cpu s sig+media", lambda r: "{:.3f}+{:.3f}".format(r["sig"], r["media"]), 15),
+        ("cpu s/1k ok", lambda r: f(r["per_k"], "{:.3f}"), 11)]
+if call:
+    cols += [("cpu s/M rtp", lambda r: f(r["per_m"]), 11),
+             ("rtp relayed", lambda r: f(r["relayed"], "{:.0f}"), 11),
+             ("load count", lambda r: f(r["through"], "{:.0f}"), 10),
+             ("loss %", lambda r: f(r["loss"], "{:.3f}"), 6)]
+cols += [(lat + " p50/p99 ms", lambda r: f(ms(r["p50"])) + "/" + f(ms(r["p99"])), 17)]
+if call:
+    cols += [("rtp delay p50/p99 ms", lambda r: (f(ms(r["d50"])) + "/" + f(ms(r["d99"])) + " "
+              + r["dkind"]) if r["d50"] is not None else "-", 20)]
+cols += [("gen cpu s", lambda r: f(r["gen"]), 9)]
+print("  ".join(n.ljust(w) if i == 0 else n.rjust(w) for i, (n, _, w) in enumerate(cols)))
 for r in rows:
-    cells = [r["target"].ljust(26),
-             (f(r["ok"], "{:.0f}") + "/" + f(r["attempted"], "{:.0f}")).rjust(13),
-             f(r["rate"], "{:.1f}").rjust(8),
-             ("{:.2f}+{:.2f}".format(r["cpu_sig"], r["cpu_media"])).rjust(18),
-             f(r["per_k"], "{:.3f}").rjust(14), f(r["per_m"], "{:.2f}").rjust(11),
-             f(r["rtp"], "{:.0f}").rjust(9), f(r["p50"], "{:.2f}").rjust(8),
-             f(r["p99"], "{:.2f}").rjust(8), f(r["loss"], "{:.3f}").rjust(7)]
-    print("  ".join(cells))
+    print("  ".join(g(r).ljust(w) if i == 0 else g(r).rjust(w) for i, (_, g, w) in enumerate(cols)))
+if call:
+    diffs = [f"{r['target']} {r['relayed'] - r['through']:+.0f}" for r in rows
+             if r["relayed"] is not None and r["through"] is not None]
+    if diffs:
+        print("rtp relayed minus load count: " + ", ".join(diffs))
 if len(rows) > 1:
     base = rows[0]
-    print(f"ratios to {base['target']} (lower is better for cpu and latency):")
+    print(f"ratios to {base['target']} (cpu and latency: lower is better):")
     for r in rows[1:]:
-        def ratio(k):
-            if k in ("p50", "p99") and r["kind"] != base["kind"]:
-                return "-"  # a one-way delay is not a setup time
-            return "-" if not r[k] or not base[k] else "{:.2f}x".format(r[k] / base[k])
-        print(f"  {r['target']}: cpu/1k ok {ratio('per_k')}, cpu/M rtp {ratio('per_m')}, "
-              f"p50 {ratio('p50')}, p99 {ratio('p99')}")
+        def ratio(k, same=True):
+            if not same or not r[k] or not base[k]:
+                return "-"
+            return "{:.2f}x".format(r[k] / base[k])
+        parts = [f"rate {ratio('rate')}", f"cpu/1k ok {ratio('per_k')}"]
+        if call:
+            parts.append(f"cpu/M rtp {ratio('per_m')}")
+        parts += [f"{lat} p50 {ratio('p50')}", f"p99 {ratio('p99')}"]
+        if call:
+            same = r["dkind"] == base["dkind"]
+            parts += [f"rtp delay p50 {ratio('d50', same)}", f"p99 {ratio('d99', same)}"]
+        print(f"  {r['target']}: " + ", ".join(parts))
 EOF
+} | tee "$OUT/table.txt"
+
+# A target without a result row fails the run.
+for TARGET in "${RAN[@]}"; do
+    res="$OUT/$TARGET.res"
+    if [[ "$TARGET" == bare-forwarder ]]; then
+        grep -Eq '^through [1-9]' "$res" || fail "$TARGET: no RTP packet came through"
+    else
+        grep -Eq '^succeeded [1-9]' "$res" || fail "$TARGET: no session succeeded"
+    fi
+done
+TARGET=""
+if ((${#FAILURES[@]})); then
+    printf 'compare.sh: FAILED: %s\n' "${FAILURES[@]}" >&2
+    exit 1
+fi

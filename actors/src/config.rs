@@ -58,6 +58,9 @@ pub struct Config {
     /// After latching, drop packets from other sources (`true`) or latch again to the new
     /// source (`false`) (`--media-strict-source`).
     pub media_strict_source: bool,
+    /// Interim charging records of a session every this many seconds (`--cdr-interim`; 0:
+    /// start and stop records only).
+    pub cdr_interim: u64,
 }
 
 impl Default for Config {
@@ -87,6 +90,7 @@ impl Default for Config {
             },
             media_timeout: 60,
             media_strict_source: true,
+            cdr_interim: 300,
         }
     }
 }
@@ -206,6 +210,7 @@ const KEYS: &[&str] = &[
     "media-ports",
     "media-timeout",
     "media-strict-source",
+    "cdr-interim",
 ];
 
 /// The `--help` text.
@@ -237,6 +242,8 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --media-timeout SECS      end a session whose media stopped this long, 0 = never [default: 60]
   --media-strict-source BOOL  after latching, drop packets from other sources (false: latch
                             again to the new source) [default: true]
+  --cdr-interim SECS        interim charging record of each session every SECS, 0 = none;
+                            records go to DATA-DIR/cdr.jsonl [default: 300]
   -h, --help                this text
 ";
 
@@ -327,6 +334,7 @@ impl Config {
             "media-ip" => self.media_ip = parse(key, value)?,
             "media-ports" => self.media_ports = parse(key, value)?,
             "media-timeout" => self.media_timeout = parse(key, value)?,
+            "cdr-interim" => self.cdr_interim = parse(key, value)?,
             "media-strict-source" => self.media_strict_source = parse(key, value)?,
             _ => return Err(ConfigError::UnknownFlag(format!("--{key}"))),
         }
@@ -370,7 +378,12 @@ impl Config {
         Duration::from_secs(self.tcp_idle_timeout)
     }
 
-    /// The media inactivity timeout; `None` when the check is off.
+    /// The interval of interim charging records; `None` when off.
+    pub fn cdr_interim(&self) -> Option<Duration> {
+        (self.cdr_interim > 0).then(|| Duration::from_secs(self.cdr_interim))
+    }
+
+    /// The media inactivity limit, `None` when off.
     pub fn media_timeout(&self) -> Option<Duration> {
         (self.media_timeout > 0).then(|| Duration::from_secs(self.media_timeout))
     }

@@ -253,6 +253,7 @@ impl EngineHandle {
         for plane in &self.shared.media {
             plane.shutdown();
         }
+        self.shared.charging.stop();
         tracing::info!("cpmd stopped");
     }
 }

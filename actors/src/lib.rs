@@ -34,14 +34,17 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod charging;
 pub mod config;
 pub mod engine;
 pub mod http;
 pub mod media;
 pub mod metrics;
 pub mod services;
+pub mod session;
 pub mod shared;
 pub mod sys;
+pub mod time;
 pub mod transport;
 pub mod worker;
 

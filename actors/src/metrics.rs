@@ -68,6 +68,10 @@ pub struct WorkerMetrics {
     pub pending_requests: AtomicU64,
     /// Retransmissions sent by this worker's transactions.
     pub retransmissions: AtomicU64,
+    /// 1-to-1 sessions alive on this worker (gauge).
+    pub sessions: AtomicU64,
+    /// Relay ports this worker's sessions hold in its port pool (gauge).
+    pub session_ports: AtomicU64,
     /// Times this worker's actor was restarted by its supervisor after a panic.
     pub restarts: AtomicU64,
     /// TCP connections open on this worker (gauge).
@@ -189,7 +193,7 @@ pub fn render(
     }
     let parse_errors =
         sum(&|w| w.drops[Drop::Unparsable as usize].load(Relaxed) + w.rejected.load(Relaxed));
-    let gauges: [(&str, &str, &str, u64); 8] = [
+    let gauges: [(&str, &str, &str, u64); 10] = [
         (
             "cpm_sip_parse_errors_total",
             "counter",
@@ -201,6 +205,18 @@ pub fn render(
             "gauge",
             "SIP transactions alive.",
             sum(&|w| w.transactions.load(Relaxed)),
+        ),
+        (
+            "cpm_sessions",
+            "gauge",
+            "1-to-1 sessions alive (session actors).",
+            sum(&|w| w.sessions.load(Relaxed)),
+        ),
+        (
+            "cpm_media_pool_ports_in_use",
+            "gauge",
+            "Relay ports allocated to sessions from the port pools.",
+            sum(&|w| w.session_ports.load(Relaxed)),
         ),
         (
             "cpm_sip_pending_requests",

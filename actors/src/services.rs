@@ -5,22 +5,33 @@
 //! Pager mode (CPM.md §5 fig. 5, RFC 3428) is delivered as a stateful forking proxy (RFC 3261
 //! §16): one client transaction per registered contact of the target, the first 2xx relayed at
 //! once, otherwise the best final response when every branch has answered (§16.7).
+//!
+//! A 1-to-1 session (CPM.md §5 fig. 6-7) gets a [`SessionActor`] on this worker: an INVITE to a
+//! registered local user starts one, and every later request, ACK, CANCEL and response of its
+//! Call-IDs is routed to it through the [`SessionTable`].
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use actix::prelude::*;
 use bytes::Bytes;
+use cpm_engine::media::{MediaConfig as SdpConfig, PortPool};
 use cpm_engine::registrar::{Aor, Binding, RegisterRequest};
 use cpm_engine::service::{self, ServiceConfig, ServiceType};
+use cpm_engine::session::{Peer, SessionConfig, SessionStart};
 use cpm_engine::sip::digest::{Credentials, Verdict};
 use cpm_engine::sip::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 use cpm_engine::sip::uri::Uri;
 use cpm_engine::sip::{builder, HeaderName, Message, Method, StartLine};
 
+use crate::session::{FromSession, SessionActor, SessionEnv, SessionKey, SessionTable, ToSession};
 use crate::shared::Shared;
-use crate::transport::Transport;
+use crate::transport::{Router, Transport};
 
 /// Body types the server itself accepts (MESSAGE bodies of any type are relayed unchanged).
 pub const ACCEPT: &str = "text/plain, message/cpim, application/im-iscomposing+xml";
@@ -53,6 +64,11 @@ pub struct Services {
     branches: HashMap<ClientTxId, ServerTxId>,
     next_sweep: Option<Instant>,
     salt: u64,
+    /// The sessions of this worker and how their traffic reaches them.
+    pub sessions: SessionTable,
+    env: Rc<SessionEnv>,
+    /// The worker, which carries out the sessions' SIP actions (set when it starts).
+    worker_addr: Option<Recipient<FromSession>>,
 }
 
 impl Services {
@@ -72,8 +88,33 @@ impl Services {
             Method::Message,
             Method::Ack,
             Method::Cancel,
+            Method::Invite,
+            Method::Bye,
+            Method::Update,
+            Method::Info,
         ];
+        let cfg = &shared.config;
+        let env = Rc::new(SessionEnv {
+            config: SessionConfig {
+                local: cfg.sip_listen.to_string(),
+                ..SessionConfig::default()
+            },
+            sdp: Arc::new(SdpConfig::new(cfg.media_ip)),
+            pool: Rc::new(RefCell::new(PortPool::partition(
+                cfg.media_ports.min,
+                cfg.media_ports.max,
+                workers,
+                worker,
+            ))),
+            plane: shared.media[worker].clone(),
+            charging: shared.charging.clone(),
+            interim: cfg.cdr_interim(),
+            media_timeout: cfg.media_timeout(),
+        });
         Services {
+            sessions: SessionTable::default(),
+            env,
+            worker_addr: None,
             metrics: shared.metrics[worker].clone(),
             shared,
             svc,
@@ -90,6 +131,17 @@ impl Services {
     pub fn reset(&mut self) {
         self.forks.clear();
         self.branches.clear();
+        self.sessions.clear();
+    }
+
+    /// The worker's address, for the sessions it starts.
+    pub fn set_worker(&mut self, worker: Recipient<FromSession>) {
+        self.worker_addr = Some(worker);
+    }
+
+    /// Relay ports of this worker in use.
+    pub fn media_ports_in_use(&self) -> usize {
+        self.env.pool.borrow().in_use()
     }
 
     /// Deliveries in progress.
@@ -127,6 +179,15 @@ impl Services {
             r.headers
                 .push(HeaderName::Unsupported, unsupported.join(", "));
             return self.respond(id, r, now, txn);
+        }
+        // Anything of a session's Call-IDs is the session's (in-dialog requests, a second
+        // INVITE on the same Call-ID): it answers 481 for what matches none of its dialogs.
+        if let Some(actor) = self.sessions.by_call_id(req.call_id()) {
+            actor.do_send(ToSession::Request {
+                tx: id,
+                request: req,
+            });
+            return;
         }
         let class = service::classify(&req, &self.svc);
         tracing::debug!(service = ?class.service, "classified");
@@ -169,6 +230,11 @@ impl Services {
                 self.respond(id, r, now, txn)
             }
             ServiceType::PagerMessage => self.message(id, req, now, txn),
+            ServiceType::Session if !class.in_dialog && req.method() == Some(&Method::Invite) => {
+                if let Err(r) = self.invite(id, req, source, transport, now) {
+                    self.respond(id, *r, now, txn);
+                }
+            }
             _ => {
                 let Some(answer) = class.not_served(&self.svc) else {
                     return;
@@ -195,11 +261,27 @@ impl Services {
         now: Instant,
         txn: &mut TransactionLayer,
     ) {
+        if let Some(actor) = invite_tx.and_then(|t| self.sessions.by_invite(t)) {
+            // The session answers the CANCEL, 487s its INVITE and cancels its branches.
+            actor.do_send(ToSession::Cancel {
+                cancel_tx,
+                invite_tx: invite_tx.expect("matched above"),
+                request: req,
+            });
+            return;
+        }
         let r = match invite_tx {
             Some(_) => builder::local_response(&req, 200, "OK"),
             None => builder::local_response(&req, 481, "Call/Transaction Does Not Exist"),
         };
         self.respond(cancel_tx, r, now, txn);
+    }
+
+    /// The ACK of a 2xx (its own transaction, RFC 3261 §17): the session's, if any.
+    pub fn on_ack(&mut self, ack: Message) {
+        if let Some(actor) = self.sessions.by_call_id(ack.call_id()) {
+            actor.do_send(ToSession::Ack(ack));
+        }
     }
 
     /// A final or provisional response on one of our client transactions.
@@ -210,6 +292,13 @@ impl Services {
         now: Instant,
         txn: &mut TransactionLayer,
     ) {
+        if let Some((actor, req)) = self.sessions.by_client(id) {
+            actor.do_send(ToSession::Response {
+                id: req,
+                response: resp,
+            });
+            return;
+        }
         let code = resp.status().unwrap_or(0);
         if code < 200 {
             return; // provisional responses to MESSAGE are not relayed
@@ -386,7 +475,7 @@ impl Services {
                     r.headers.push(HeaderName::Contact, b.contact_value(now));
                 }
                 r.headers
-                    .push(HeaderName::Date, httpdate(SystemTime::now()));
+                    .push(HeaderName::Date, crate::time::httpdate(SystemTime::now()));
                 r.headers.push(HeaderName::Server, SERVER);
                 tracing::debug!(aor = %String::from_utf8_lossy(aor.as_bytes()), contacts = bindings.len(), "registered");
                 Ok(r)
@@ -468,35 +557,9 @@ impl Services {
         if mf == Some(0) {
             return Err(bad(483, "Too Many Hops"));
         }
-        let target = req
-            .request_uri()
-            .and_then(|u| Uri::parse(u).ok())
-            .ok_or_else(|| bad(400, "Malformed Request-URI"))?;
-        let sip = target.as_sip().ok_or_else(|| bad(404, "Not Found"))?;
-        if !self.shared.is_local_domain(&sip.host.to_lowercase()) {
-            return Err(bad(404, "Domain Not Served"));
-        }
-        let user = sip
-            .user
-            .as_ref()
-            .map(|u| String::from_utf8_lossy(u).into_owned())
-            .unwrap_or_default();
-        if let Some(users) = &self.shared.users {
-            if users.lookup(&user, self.shared.auth.realm()).is_none() {
-                return Err(bad(404, "Not Found"));
-            }
-        }
-        let aor = Aor::new(target.aor().ok_or_else(|| bad(404, "Not Found"))?);
-        let bindings = self.shared.registrar(&aor).lock().lookup(&aor, now);
-        if bindings.is_empty() {
-            return Err(bad(480, "Temporarily Unavailable"));
-        }
         let mut started = 0;
-        for b in &bindings {
-            let Some((dest, reliable)) = self.destination(b) else {
-                continue;
-            };
-            let fwd = self.forward_copy(req, b, reliable, txn);
+        for (b, dest, reliable) in self.local_targets(req, now)? {
+            let fwd = self.forward_copy(req, &b, reliable, txn);
             match txn.send_request(fwd, dest, reliable, now) {
                 Ok(cid) => {
                     self.branches.insert(cid, id);
@@ -517,6 +580,118 @@ impl Services {
             },
         );
         Ok(())
+    }
+
+    /// The registered contacts of the local user a request is for, with where each is reached:
+    /// 400 for a malformed Request-URI, 404 for a domain or user not served here, 480 when
+    /// the user has no reachable contact (decision 0003).
+    fn local_targets(
+        &self,
+        req: &Message,
+        now: Instant,
+    ) -> Result<Vec<(Binding, SocketAddr, bool)>, Box<Message>> {
+        let bad = |code: u16, reason: &str| Box::new(builder::local_response(req, code, reason));
+        let target = req
+            .request_uri()
+            .and_then(|u| Uri::parse(u).ok())
+            .ok_or_else(|| bad(400, "Malformed Request-URI"))?;
+        let sip = target.as_sip().ok_or_else(|| bad(404, "Not Found"))?;
+        if !self.shared.is_local_domain(&sip.host.to_lowercase()) {
+            return Err(bad(404, "Domain Not Served"));
+        }
+        let user = sip
+            .user
+            .as_ref()
+            .map(|u| String::from_utf8_lossy(u).into_owned())
+            .unwrap_or_default();
+        if user.is_empty() {
+            // The server itself: nobody to deliver to (OPTIONS to it is answered elsewhere).
+            return Err(bad(404, "Not Found"));
+        }
+        if let Some(users) = &self.shared.users {
+            if users.lookup(&user, self.shared.auth.realm()).is_none() {
+                return Err(bad(404, "Not Found"));
+            }
+        }
+        let aor = Aor::new(target.aor().ok_or_else(|| bad(404, "Not Found"))?);
+        let bindings = self.shared.registrar(&aor).lock().lookup(&aor, now);
+        let targets: Vec<_> = bindings
+            .into_iter()
+            .filter_map(|b| self.destination(&b).map(|(d, r)| (b, d, r)))
+            .collect();
+        if targets.is_empty() {
+            return Err(bad(480, "Temporarily Unavailable"));
+        }
+        Ok(targets)
+    }
+
+    // ---- 1-to-1 sessions (CPM.md §5 fig. 6-7) -------------------------------------------
+
+    /// An INVITE to a local user: a session actor relays it to every registered contact
+    /// (the B2BUA of `cpm_engine::session`), with its media anchored here.
+    fn invite(
+        &mut self,
+        id: ServerTxId,
+        req: Message,
+        source: SocketAddr,
+        transport: &Transport,
+        now: Instant,
+    ) -> Result<(), Box<Message>> {
+        let bad = |code: u16, reason: &str| Box::new(builder::local_response(&req, code, reason));
+        let mf = req.max_forwards().map_err(|e| bad(400, &e.reason()))?;
+        if mf == Some(0) {
+            return Err(bad(483, "Too Many Hops"));
+        }
+        let Some(worker) = self.worker_addr.clone() else {
+            return Err(bad(503, "Service Unavailable"));
+        };
+        let a_call_id = req
+            .call_id()
+            .cloned()
+            .ok_or_else(|| bad(400, "Missing Call-ID"))?;
+        let contacts = self
+            .local_targets(&req, now)?
+            .into_iter()
+            .map(|(b, dest, reliable)| Peer {
+                uri: b.contact.clone(),
+                dest,
+                reliable,
+            })
+            .collect();
+        let b_call_id = self.owned_call_id();
+        self.salt = self.salt.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let start = SessionStart {
+            tx: id,
+            invite: req,
+            source,
+            reliable: transport.reliable(),
+            contacts,
+            b_call_id: b_call_id.clone(),
+            seed: self.salt,
+        };
+        let key: SessionKey = self.sessions.next_key();
+        let actor = SessionActor::new(key, start, self.env.clone(), worker, now).start();
+        self.sessions.insert(key, actor, [a_call_id, b_call_id], id);
+        Ok(())
+    }
+
+    /// A fresh Call-ID for the B side that this worker owns (the router sends its traffic
+    /// here): about N tries for N workers.
+    fn owned_call_id(&mut self) -> Bytes {
+        loop {
+            self.salt = self
+                .salt
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            let id = Bytes::from(format!(
+                "{:016x}@{}",
+                self.salt,
+                self.shared.config.sip_listen.ip()
+            ));
+            if Router::owner(Some(&id), self.workers) == self.worker {
+                return id;
+            }
+        }
     }
 
     /// Where a binding is reached: over the TCP connection it registered on while that is
@@ -596,44 +771,9 @@ fn better(new: &Message, old: Option<&Message>) -> bool {
     rank(n) < rank(o)
 }
 
-/// An RFC 7231 IMF-fixdate for the Date header (RFC 3261 §20.17).
-fn httpdate(t: SystemTime) -> String {
-    let secs = t
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs())
-        .unwrap_or(0);
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let (h, m, s) = (rem / 3600, rem % 3600 / 60, rem % 60);
-    let wd = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"][(days % 7) as usize];
-    // Civil from days (Howard Hinnant's algorithm).
-    let z = days as i64 + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let mo = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(mo <= 2);
-    let mon = [
-        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
-    ][(mo - 1) as usize];
-    format!("{wd}, {d:02} {mon} {y} {h:02}:{m:02}:{s:02} GMT")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn date_format() {
-        assert_eq!(httpdate(UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
-        assert_eq!(
-            httpdate(UNIX_EPOCH + Duration::from_secs(1_700_000_000)),
-            "Tue, 14 Nov 2023 22:13:20 GMT"
-        );
-    }
 
     #[test]
     fn best_response_ranking() {

@@ -13,6 +13,7 @@ use cpm_engine::registrar::{Aor, Registrar, RegistrarConfig};
 use cpm_engine::sip::digest::{Authenticator, UserDb};
 use parking_lot::Mutex;
 
+use crate::charging::{ChargingWriter, JsonLines};
 use crate::config::Config;
 use crate::engine::StartError;
 use crate::media::{MediaConfig, MediaPlane};
@@ -34,6 +35,8 @@ pub struct Shared {
     pub tcp: TcpRegistry,
     /// One media plane (RTP relay loop) per worker, index = worker id.
     pub media: Vec<MediaPlane>,
+    /// Where the sessions' charging records go (`<data-dir>/cdr.jsonl`).
+    pub charging: ChargingWriter,
     /// Digest users (from `--users-file`); `None` means registration is open.
     pub users: Option<UserDb>,
     /// The digest server (realm and nonce secret).
@@ -89,7 +92,14 @@ impl Shared {
             })
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| StartError::Runtime(format!("media loop: {e}")))?;
+        let cdr_path = config.data_dir.join("cdr.jsonl");
+        let charging = JsonLines::open(&cdr_path)
+            .and_then(|sink| ChargingWriter::start(Box::new(sink)))
+            .map_err(|e| {
+                StartError::Config(format!("charging records {}: {e}", cdr_path.display()))
+            })?;
         Ok(Shared {
+            charging,
             auth: Authenticator::new(config.realm(), random[8..].to_vec()),
             users,
             registrar: (0..REGISTRAR_SHARDS)

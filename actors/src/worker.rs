@@ -23,6 +23,7 @@ use cpm_engine::sip::{builder, validate, Message, Method};
 
 use crate::metrics::{Drop as DropReason, WorkerMetrics};
 use crate::services::Services;
+use crate::session::{FromSession, SipAction, ToSession};
 use crate::shared::Shared;
 use crate::transport::{tcp, udp, Inbound, Outbound, Router, Transport};
 
@@ -147,9 +148,8 @@ impl Worker {
                 self.metrics.rejected();
                 self.send_stateless(&request, 400, &error.reason(), source, &transport, out);
             }
-            RequestOutcome::Ack2xx(_)
-            | RequestOutcome::AckForInvite(_)
-            | RequestOutcome::Retransmission(_) => {}
+            RequestOutcome::Ack2xx(ack) => self.services.on_ack(ack),
+            RequestOutcome::AckForInvite(_) | RequestOutcome::Retransmission(_) => {}
         }
     }
 
@@ -176,8 +176,12 @@ impl Worker {
             let mut progressed = false;
             while let Some(ev) = self.txn.poll_event() {
                 progressed = true;
-                if let TxEvent::ClientFailed { id, response, .. } = ev {
-                    self.services.on_response(id, response, now, &mut self.txn);
+                match ev {
+                    TxEvent::ClientFailed { id, response, .. } => {
+                        self.services.on_response(id, response, now, &mut self.txn)
+                    }
+                    TxEvent::Terminated(TxId::Client(id)) => self.services.sessions.tx_ended(id),
+                    _ => {}
                 }
             }
             while let Some(t) = self.txn.poll_transmit() {
@@ -216,6 +220,12 @@ impl Worker {
         self.metrics
             .pending_requests
             .store(self.services.forks_in_flight() as u64, Relaxed);
+        self.metrics
+            .sessions
+            .store(self.services.sessions.len() as u64, Relaxed);
+        self.metrics
+            .session_ports
+            .store(self.services.media_ports_in_use() as u64, Relaxed);
         let deadline = [self.txn.poll_timeout(), self.services.poll_timeout()]
             .into_iter()
             .flatten()
@@ -272,6 +282,57 @@ impl Worker {
         }
     }
 
+    /// Carries out a session's SIP actions on this worker's transaction layer.
+    fn on_session_actions(&mut self, msg: FromSession, now: Instant) {
+        let key = msg.key;
+        for action in msg.actions {
+            match action {
+                SipAction::SendRequest {
+                    id,
+                    dest,
+                    reliable,
+                    request,
+                } => {
+                    let refused = builder::local_response(&request, 503, "Service Unavailable");
+                    match self.txn.send_request(request, dest, reliable, now) {
+                        Ok(tx) => self.services.sessions.started(key, id, tx),
+                        Err(e) => {
+                            // As a transport error would be (RFC 3261 §8.1.3.1): a 503.
+                            tracing::debug!(error = %e.reason(), "session request not sent");
+                            if let Some(actor) = self.services.sessions.actor(key) {
+                                actor.do_send(ToSession::Response {
+                                    id,
+                                    response: refused,
+                                });
+                            }
+                        }
+                    }
+                }
+                SipAction::Cancel { id } => {
+                    if let Some(tx) = self.services.sessions.client_of(key, id) {
+                        if let Err(e) = self.txn.cancel(tx, now) {
+                            tracing::debug!(error = %e.reason(), "CANCEL not sent");
+                        }
+                    }
+                }
+                SipAction::Respond { tx, response } => {
+                    if let Some(code) = response.status() {
+                        self.metrics.response_sent(code);
+                    }
+                    if let Err(e) = self.txn.respond(tx, &response, now) {
+                        tracing::debug!(error = %e.reason(), "session response not sent");
+                    }
+                }
+                SipAction::SendAck {
+                    dest,
+                    reliable,
+                    ack,
+                } => self.txn.send_stateless(&ack, dest, reliable),
+                SipAction::Ended => self.services.sessions.remove(key),
+            }
+        }
+    }
+
     /// Runs a handler body; a panic stops the actor so that its supervisor restarts it.
     fn guarded(&mut self, ctx: &mut Context<Self>, f: impl FnOnce(&mut Self, &mut Context<Self>)) {
         if catch_unwind(AssertUnwindSafe(|| f(self, ctx))).is_err() {
@@ -289,6 +350,7 @@ impl Actor for Worker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.services.set_worker(ctx.address().recipient());
         // After a supervisor restart `out` is already set: the sockets and their tasks run on,
         // and the timer is re-armed for the periodic work.
         if let Some(out) = self.out.clone() {
@@ -325,6 +387,18 @@ impl Handler<Inbound> for Worker {
     type Result = ();
     fn handle(&mut self, msg: Inbound, ctx: &mut Context<Self>) {
         self.guarded(ctx, |w, ctx| w.on_inbound(msg, ctx));
+    }
+}
+
+impl Handler<FromSession> for Worker {
+    type Result = ();
+    fn handle(&mut self, msg: FromSession, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |w, ctx| {
+            let Some(out) = w.out.clone() else { return };
+            let now = Instant::now();
+            w.on_session_actions(msg, now);
+            w.drive(now, &out, ctx);
+        });
     }
 }
 

@@ -2,8 +2,9 @@
 //!
 //! cpm-engine contains the protocol logic of the Converged IP Messaging server: SIP parsing and
 //! serialisation on [`bytes::Bytes`], the RFC 3261 transaction state machines, digest
-//! authentication, the registrar's binding table, and the signaling manager's decision (which
-//! controller serves a request, CPM.md §3).
+//! authentication, the registrar's binding table, the signaling manager's decision (which
+//! controller serves a request, CPM.md §3), SDP offer/answer, and the media capability
+//! controller (`media`: relay ports and the SDP rewrite of a B2BUA, CPM.md §5).
 //!
 //! The crate has _no internal clock calls_, no sockets, no threads and no runtime. All time is
 //! external input: every state machine takes `now: Instant` with each input and tells through
@@ -19,8 +20,10 @@
 #![deny(missing_docs)]
 
 pub mod hash;
+pub mod media;
 pub mod registrar;
 pub mod rtp;
 pub mod sdp;
 pub mod service;
+pub mod session;
 pub mod sip;

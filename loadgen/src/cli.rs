@@ -31,7 +31,8 @@ USAGE:
 
 CLIENT OPTIONS (call, options, register, message):
   --target HOST:PORT     where requests go (a server, or a uas directly)
-  --to PATTERN           user of session n: PATTERN with %d / %0Nd = n mod --users [user%04d]
+  --to PATTERN           user of session n: PATTERN with %d / %0Nd = n mod --users [user%04d];
+                         '' = the target itself (sip:DOMAIN, e.g. an OPTIONS ping of a proxy)
   --from PATTERN         From user, same expansion [loadgen]
   --users N              users in the patterns' range; register: one socket per user [1]
   --domain NAME          host part of URIs [the target's host:port]
@@ -48,6 +49,7 @@ CLIENT OPTIONS (call, options, register, message):
   --ptime MS             call: packetization time, one RTP packet every MS [20]
   --payload-size BYTES   call: RTP payload bytes [what the codec makes in --ptime: PCMU 20 ms
                          160; needed for a dynamic codec]
+  --rtp-ports MIN-MAX    call: RTP sockets on even ports of this range [any free port]
   --body-size BYTES      message: body size, send stamp included [100]
   --content-type TYPE    message: body type [text/plain]
   --receiver ADDR:PORT   message: run a receiving uas in this process (registered at --target
@@ -70,6 +72,7 @@ UAS OPTIONS:
                          [PCMU,PCMA,G722,L16/44100/2,L16,GSM,G729]; a generated stream uses the
                          offered ptime
   --payload-size BYTES   payload of a generated stream [the codec's for the ptime; else 160]
+  --rtp-ports MIN-MAX    RTP sockets on even ports of this range [any free port]
   --duration SECS        stop after this long [until SIGINT/SIGTERM]
 
 COMMON:
@@ -158,6 +161,8 @@ pub struct ClientArgs {
     pub hold: Duration,
     /// `--codec`, `--ptime`, `--payload-size` (call).
     pub media: MediaProfile,
+    /// `--rtp-ports` (call).
+    pub rtp_ports: Option<(u16, u16)>,
     /// `--body-size` (message).
     pub body_size: usize,
     /// `--content-type` (message).
@@ -203,6 +208,8 @@ pub struct UasArgs {
     pub codecs: Vec<Codec>,
     /// `--payload-size`.
     pub payload_len: Option<usize>,
+    /// `--rtp-ports`.
+    pub rtp_ports: Option<(u16, u16)>,
     /// `--duration`.
     pub duration: Option<Duration>,
     /// Common options.
@@ -289,6 +296,17 @@ fn secs(flag: &str, v: &str) -> Result<Duration, String> {
     }
 }
 
+/// `MIN-MAX` with room for at least one even port.
+fn port_range(flag: &str, v: &str) -> Result<(u16, u16), String> {
+    let bad = || format!("{flag} {v:?}: MIN-MAX, ports 1..65535 with an even port between");
+    let (a, b) = v.split_once('-').ok_or_else(bad)?;
+    let (min, max): (u16, u16) = (a.parse().map_err(|_| bad())?, b.parse().map_err(|_| bad())?);
+    if min == 0 || min > max || (min == max && min % 2 == 1) {
+        return Err(bad());
+    }
+    Ok((min, max))
+}
+
 fn pct(flag: &str, v: &str) -> Result<f64, String> {
     let x: f64 = num(flag, v)?;
     if (0.0..=100.0).contains(&x) {
@@ -329,6 +347,7 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
         drain: Duration::from_secs(35),
         hold: Duration::from_secs(5),
         media: MediaProfile::default(),
+        rtp_ports: None,
         body_size: 100,
         content_type: "text/plain".into(),
         receiver: None,
@@ -367,6 +386,7 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
             "--codec" => codec = media::parse_codec(&v)?,
             "--ptime" => ptime = num(&k, &v)?,
             "--payload-size" => payload_len = Some(num(&k, &v)?),
+            "--rtp-ports" => a.rtp_ports = Some(port_range(&k, &v)?),
             "--body-size" => a.body_size = num(&k, &v)?,
             "--content-type" => a.content_type = v,
             "--receiver" if kind == ScenarioKind::Message => {
@@ -416,6 +436,7 @@ fn parse_uas(args: &[String]) -> Result<UasArgs, String> {
         rtp: RtpMode::default(),
         codecs: media::fixed_rate_codecs(),
         payload_len: None,
+        rtp_ports: None,
         duration: None,
         common: Common::default(),
     };
@@ -452,6 +473,7 @@ fn parse_uas(args: &[String]) -> Result<UasArgs, String> {
                 }
                 a.payload_len = Some(n);
             }
+            "--rtp-ports" => a.rtp_ports = Some(port_range(&k, &v)?),
             "--transport" => {
                 if !v.eq_ignore_ascii_case("udp") {
                     return Err(format!("--transport {v}: only udp is supported"));
@@ -548,6 +570,23 @@ mod tests {
         assert_eq!(u.payload_len, Some(100));
         assert!(parse(&args("uas --listen 127.0.0.1:0 --codec PCMA,opus")).is_err());
         assert!(parse(&args("uas --listen 127.0.0.1:0 --payload-size 0")).is_err());
+        let Command::Uas(u) =
+            parse(&args("uas --listen 127.0.0.1:0 --rtp-ports 20000-20099")).unwrap()
+        else {
+            panic!()
+        };
+        assert_eq!(u.rtp_ports, Some((20000, 20099)));
+        let Command::Client(c) = parse(&args(
+            "call --target h:1 --rate 1 --count 1 --rtp-ports 30001-30002",
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.rtp_ports, Some((30001, 30002)));
+        for bad in ["0-10", "10-5", "7-7", "10", "a-b", "1-70000"] {
+            let line = format!("call --target h:1 --rate 1 --count 1 --rtp-ports {bad}");
+            assert!(parse(&args(&line)).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -223,6 +223,7 @@ pub fn run_uas(a: &UasArgs) -> Result<Report, String> {
         rtp: a.rtp,
         codecs: a.codecs.clone(),
         payload_len: a.payload_len,
+        rtp_ports: a.rtp_ports,
     };
     let cpu_before = sys::cpu_used();
     let users = a.users;
@@ -337,6 +338,7 @@ pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
                 rtp: Default::default(),
                 codecs: crate::scenario::media::fixed_rate_codecs(),
                 payload_len: None,
+                rtp_ports: None,
             };
             Some(Receiver::start(cfg, seed ^ 0x5eed, start)?)
         }
@@ -373,7 +375,12 @@ pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
             Secrets::load(a.password.as_deref(), a.users_file.as_deref())?,
             a.expires,
         )),
-        ScenarioKind::Call => Box::new(Call::new(target, a.hold, a.media.clone())),
+        ScenarioKind::Call => Box::new(Call::with_rtp_ports(
+            target,
+            a.hold,
+            a.media.clone(),
+            a.rtp_ports,
+        )),
     };
     let plan = Plan {
         pacer: Some(Pacer::new(

@@ -249,6 +249,7 @@ fn uas_config(listen: SocketAddr, users: u64, register_to: Option<SocketAddr>) -
         rtp: Default::default(),
         codecs: crate::scenario::media::fixed_rate_codecs(),
         payload_len: None,
+        rtp_ports: None,
     }
 }
 
@@ -647,6 +648,43 @@ fn calls_against_an_echoing_uas_count_rtp_exactly() {
         .summary_lines
         .iter()
         .any(|l| l == "received: BYE 10, INVITE 10"));
+    // The echo counts what it received and sent back, and the one-way delay to it.
+    assert_eq!(u.recorder.total(Counter::RtpReceived), 500);
+    assert_eq!(u.recorder.total(Counter::RtpSent), 500);
+    assert_eq!(u.recorder.total(Counter::RtpLost), 0);
+    let owd = u.recorder.stats(Quantity::RtpOwd).unwrap();
+    assert_eq!((owd.count, owd.min_us), (500, 5_000));
+}
+
+#[test]
+fn the_uas_takes_rtp_ports_from_its_range_only() {
+    let mut sim = Sim::new(5 * MS, None);
+    let mut cfg = uas_config("10.0.0.2:5070".parse().unwrap(), 1, None);
+    cfg.rtp = RtpMode::Echo;
+    // Even ports 40000, 40002, 40004: three calls at a time.
+    cfg.rtp_ports = Some((40000, 40005));
+    let uas = sim.add(Box::new(Uas::new(cfg)), uas_plan());
+    let plan = client_plan(&sim, 1000.0, 5, 1000);
+    let call = Call::new(
+        target(sim.addr(uas), 1),
+        Duration::from_secs(1),
+        Default::default(),
+    );
+    let client = sim.add(Box::new(call), plan);
+    sim.run_until_done(client, Duration::from_secs(10));
+    let c = sim.finish(client);
+    assert_eq!(
+        c.recorder.total(Counter::Succeeded),
+        3,
+        "{:?}",
+        c.recorder.failures()
+    );
+    assert_eq!(
+        c.recorder.failures().get("500 Server Internal Error"),
+        Some(&2)
+    );
+    let u = sim.finish(uas);
+    assert_eq!(u.recorder.noted("no free RTP port in 40000-40005"), 2);
 }
 
 #[test]

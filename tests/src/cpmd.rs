@@ -117,11 +117,13 @@ impl CpmdBuilder {
         let data_dir = self.dir.path().join("data");
         std::fs::create_dir_all(&data_dir).expect("create data dir");
         let data_dir = data_dir.to_str().expect("utf-8 temp path").to_string();
+        let media_ports = media_port_block();
         let defaults = [
             ("--sip-listen", "127.0.0.1:0"),
             ("--http-listen", "127.0.0.1:0"),
             ("--data-dir", data_dir.as_str()),
             ("--workers", "2"),
+            ("--media-ports", media_ports.as_str()),
         ];
         let mut argv: Vec<String> = Vec::new();
         for (flag, value) in defaults {
@@ -414,6 +416,17 @@ pub fn parse_ready_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
         }
     }
     Some((sip?, http?))
+}
+
+/// A relay port range of its own for each cpmd a test process starts (`--media-ports`), so
+/// that cpmds of parallel tests never share ports: blocks of 200 ports in 20000-29999, below
+/// the kernel's ephemeral range (32768-60999), apart from the ranges of other test peers.
+fn media_port_block() -> String {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let block = (std::process::id().wrapping_mul(7).wrapping_add(n)) % 50;
+    let min = 20_000 + block * 200;
+    format!("{min}-{}", min + 199)
 }
 
 #[cfg(test)]

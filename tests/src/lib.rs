@@ -7,23 +7,31 @@
 //! - [`Ua`] is a scripted SIP user agent over real UDP/TCP sockets that writes requests as text
 //!   ([`Req`]), retransmits over UDP, answers digest challenges with
 //!   [`cpm_engine::sip::digest`], and plays a registered contact answering forwarded requests;
-//! - [`netns`] runs commands inside a private network namespace, [`sipp`] runs SIPp scenarios.
+//! - [`netns`] runs commands inside a private network namespace, [`sipp`] runs SIPp scenarios;
+//! - [`baresip`] runs baresip user agents (no sound card: a sine source, WAV recordings) driven
+//!   over their control port; [`audio`] reads WAV files and finds tones in them (Goertzel);
+//!   [`rtp`] reads pcap captures and counts/echoes RTP; [`ports`] hands out port blocks of the
+//!   interop range 18000-18999.
 //!
 //! Every wait is bounded; everything listens on 127.0.0.1 only.
 //!
 //! ```text
 //! cargo test -p cpm-tests                          # e2e tests: cpmd on free loopback ports
-//! cargo test -p cpm-tests -- --include-ignored     # + SIPp interop, torture vectors in a netns (root)
+//! cargo test -p cpm-tests -- --include-ignored     # + SIPp and baresip interop, torture vectors in a netns (root)
 //! ```
 //!
 //! The tests run `target/<profile>/cpmd`, brought up to date once per test binary with
 //! `cargo build -p cpm-actors --bin cpmd`; `CPMD_BIN` names another binary. The torture vectors
 //! come from `<workspace>/../shared/vectors/sip-torture` or `CPM_VECTORS`.
 
+pub mod audio;
+pub mod baresip;
 pub mod check;
 pub mod cpmd;
 pub mod http;
 pub mod netns;
+pub mod ports;
+pub mod rtp;
 pub mod sipp;
 pub mod torture;
 pub mod ua;

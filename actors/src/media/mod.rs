@@ -57,42 +57,13 @@ pub mod stats;
 use std::fmt;
 
 pub use actor::{Close, GetStats, MediaInactive, RelayLeg, SetPeer, Snapshot};
-pub use plane::{LegHandle, MediaConfig, MediaPlane, OpenError, Reply, Stopped};
+pub use plane::{LegHandle, LegStatsReader, MediaConfig, MediaPlane, OpenError, Reply, Stopped};
 pub use relay_loop::MAX_BATCHES_PER_TURN;
 pub use stats::{DirStats, DropReason, LegStats, RtpStats};
 
-/// The two parties of a B2BUA session: A is the caller's side (the UAS half of the B2BUA),
-/// B the callee's side.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Side {
-    /// The caller's side.
-    A,
-    /// The callee's side.
-    B,
-}
-
-impl Side {
-    /// The other party.
-    pub fn other(self) -> Side {
-        match self {
-            Side::A => Side::B,
-            Side::B => Side::A,
-        }
-    }
-
-    /// 0 for A, 1 for B (array index).
-    pub fn index(self) -> usize {
-        self as usize
-    }
-
-    fn from_index(i: usize) -> Side {
-        if i == 0 {
-            Side::A
-        } else {
-            Side::B
-        }
-    }
-}
+/// The two parties of a B2BUA session (the engine's, shared with the media controller and
+/// the session).
+pub use cpm_engine::media::Side;
 
 /// Identifies a relay leg within the process.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -328,6 +328,12 @@ impl LegHandle {
         Reply(rx)
     }
 
+    /// A reader of the leg's figures that outlives the handle's move into a [`super::RelayLeg`]
+    /// (for the session's charging records and inactivity check).
+    pub fn stats_reader(&self) -> LegStatsReader {
+        LegStatsReader(self.shared.clone())
+    }
+
     /// When the last packet from either side arrived (the opening time if none did).
     pub fn last_activity(&self) -> Instant {
         self.shared.last_activity()
@@ -354,5 +360,16 @@ impl Drop for LegHandle {
                 reply: None,
             });
         }
+    }
+}
+
+/// Reads one leg's figures without owning it ([`LegHandle::stats_reader`]).
+#[derive(Debug, Clone)]
+pub struct LegStatsReader(Arc<LegShared>);
+
+impl LegStatsReader {
+    /// As [`LegHandle::stats`].
+    pub fn stats(&self) -> LegStats {
+        self.0.stats()
     }
 }

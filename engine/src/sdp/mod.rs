@@ -25,7 +25,7 @@ mod line;
 mod media;
 mod offer_answer;
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};

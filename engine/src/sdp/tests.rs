@@ -112,7 +112,8 @@ fn ipv6_offer() -> Bytes {
     ])
 }
 
-fn all_offers() -> Vec<Bytes> {
+/// The realistic offers above, for other modules' tests (the media controller's corpus).
+pub(crate) fn all_offers() -> Vec<Bytes> {
     vec![
         sipp_offer(),
         baresip_offer(),
@@ -763,17 +764,17 @@ fn rfc5118_mult_ip_in_sdp_body() {
 // ---- garbage never panics ----------------------------------------------------------------
 
 /// xorshift64*: a fixed pseudo-random sequence for the mutation loop.
-struct Rng(u64);
+pub(crate) struct Rng(pub(crate) u64);
 
 impl Rng {
-    fn next(&mut self) -> u64 {
+    pub(crate) fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
         self.0 ^= self.0 << 25;
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
     }
 
-    fn below(&mut self, n: usize) -> usize {
+    pub(crate) fn below(&mut self, n: usize) -> usize {
         (self.next() % n.max(1) as u64) as usize
     }
 }
@@ -813,9 +814,33 @@ fn exercise(d: &SessionDescription) {
     );
 }
 
+/// Bytes that matter to the SDP grammar, for the mutations.
+const ALPHABET: &[u8] = b"vosmcat= :/\r\n0123456789*-IP46\0\xff";
+
+/// `body` with 1-4 random byte edits: replace, insert, delete.
+pub(crate) fn mutate(rng: &mut Rng, body: &[u8]) -> Bytes {
+    let mut v = body.to_vec();
+    for _ in 0..=rng.below(4) {
+        let at = rng.below(v.len());
+        let byte = if rng.below(2) == 0 {
+            ALPHABET[rng.below(ALPHABET.len())]
+        } else {
+            rng.next() as u8
+        };
+        match rng.below(3) {
+            0 if at < v.len() => v[at] = byte,
+            1 => v.insert(at, byte),
+            _ if at < v.len() => {
+                v.remove(at);
+            }
+            _ => {}
+        }
+    }
+    Bytes::from(v)
+}
+
 #[test]
 fn garbage_never_panics() {
-    const ALPHABET: &[u8] = b"vosmcat= :/\r\n0123456789*-IP46\0\xff";
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
     let mut parsed = 0;
     for body in all_offers() {
@@ -826,26 +851,8 @@ fn garbage_never_panics() {
                 parsed += 1;
             }
         }
-        // Random byte edits: replace, insert, delete, 1-4 at a time.
         for _ in 0..1500 {
-            let mut v = body.to_vec();
-            for _ in 0..=rng.below(4) {
-                let at = rng.below(v.len());
-                let byte = if rng.below(2) == 0 {
-                    ALPHABET[rng.below(ALPHABET.len())]
-                } else {
-                    rng.next() as u8
-                };
-                match rng.below(3) {
-                    0 if at < v.len() => v[at] = byte,
-                    1 => v.insert(at, byte),
-                    _ if at < v.len() => {
-                        v.remove(at);
-                    }
-                    _ => {}
-                }
-            }
-            if let Ok(d) = SessionDescription::parse(&Bytes::from(v)) {
+            if let Ok(d) = SessionDescription::parse(&mutate(&mut rng, &body)) {
                 exercise(&d);
                 parsed += 1;
             }

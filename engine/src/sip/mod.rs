@@ -1,5 +1,5 @@
 //! SIP (RFC 3261): message model, parser and serializer, typed headers, URIs, TCP framing,
-//! transactions and digest authentication.
+//! transactions, dialogs and digest authentication.
 //!
 //! The parser works on a received [`bytes::Bytes`] buffer: start line parts, header names and
 //! header values are slices of that buffer (reference-counted views, not copies). Only a header
@@ -7,6 +7,7 @@
 //! not contiguous on the wire.
 
 pub mod builder;
+pub mod dialog;
 pub mod digest;
 pub mod framing;
 pub mod hdr;

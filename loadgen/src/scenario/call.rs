@@ -64,6 +64,16 @@ pub struct Call {
 impl Call {
     /// Calls to `target`, each held `hold` before the BYE, with RTP of `media`.
     pub fn new(target: Target, hold: Duration, media: MediaProfile) -> Call {
+        Call::with_rtp_ports(target, hold, media, None)
+    }
+
+    /// As [`Call::new`], with RTP sockets on even ports of `rtp_ports` (`--rtp-ports`).
+    pub fn with_rtp_ports(
+        target: Target,
+        hold: Duration,
+        media: MediaProfile,
+        rtp_ports: Option<(u16, u16)>,
+    ) -> Call {
         Call {
             target,
             hold,
@@ -72,7 +82,7 @@ impl Call {
             calls: HashMap::new(),
             by_call_id: HashMap::new(),
             by_rtp: HashMap::new(),
-            pool: SocketPool::default(),
+            pool: SocketPool::in_range(rtp_ports),
         }
     }
 

@@ -371,30 +371,63 @@ impl RtpMeter {
     }
 }
 
-/// RTP sockets lent to calls and returned when they end.
+/// RTP sockets lent to calls and returned when they end. New sockets get any free port, or
+/// with [`SocketPool::in_range`] the next free even port of a range (RTP on even ports, RFC 3550
+/// §11), so that a run's media ports can be kept apart from other programs'.
 #[derive(Debug, Default)]
 pub struct SocketPool {
-    free: Vec<(SocketId, SocketAddr)>,
+    /// Returned sockets, reused oldest first: the last packets of a call that just ended
+    /// are less likely to reach the next one.
+    free: std::collections::VecDeque<(SocketId, SocketAddr)>,
+    range: Option<(u16, u16)>,
+    next: u16,
 }
 
 impl SocketPool {
-    /// A free socket, or a new one bound on `ip` (any port).
+    /// A pool binding new sockets on even ports of `min..=max` (`--rtp-ports`).
+    pub fn in_range(range: Option<(u16, u16)>) -> SocketPool {
+        SocketPool {
+            free: std::collections::VecDeque::new(),
+            range,
+            next: range.map_or(0, |(min, _)| min + min % 2),
+        }
+    }
+
+    /// A free socket, or a new one bound on `ip`.
     pub fn take(
         &mut self,
         ctx: &mut Ctx<'_>,
         ip: std::net::IpAddr,
     ) -> Result<(SocketId, SocketAddr), String> {
-        if let Some(s) = self.free.pop() {
+        if let Some(s) = self.free.pop_front() {
             return Ok(s);
         }
-        let bind = SocketAddr::new(ip, 0);
-        ctx.bind_udp(bind, SocketKind::Raw)
-            .map_err(|e| format!("bind RTP {bind}: {e}"))
+        let Some((min, max)) = self.range else {
+            let bind = SocketAddr::new(ip, 0);
+            return ctx
+                .bind_udp(bind, SocketKind::Raw)
+                .map_err(|e| format!("bind RTP {bind}: {e}"));
+        };
+        let first = min + min % 2;
+        for _ in 0..=(max.saturating_sub(first) / 2) {
+            let port = self.next;
+            self.next = match port.checked_add(2) {
+                Some(p) if p <= max => p,
+                _ => first,
+            };
+            let bind = SocketAddr::new(ip, port);
+            match ctx.bind_udp(bind, SocketKind::Raw) {
+                Ok(s) => return Ok(s),
+                Err(e) if e.kind() == std::io::ErrorKind::AddrInUse => continue,
+                Err(e) => return Err(format!("bind RTP {bind}: {e}")),
+            }
+        }
+        Err(format!("no free RTP port in {min}-{max}"))
     }
 
     /// Returns a socket for the next call.
     pub fn give_back(&mut self, socket: (SocketId, SocketAddr)) {
-        self.free.push(socket);
+        self.free.push_back(socket);
     }
 }
 

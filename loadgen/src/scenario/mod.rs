@@ -277,9 +277,14 @@ impl Target {
         n % self.users.max(1)
     }
 
-    /// `sip:<user>@<domain>`.
+    /// `sip:<user>@<domain>`, or `sip:<domain>` for an empty user (`--to ''`: the server
+    /// itself, e.g. an OPTIONS ping of a proxy, RFC 3261 §11).
     pub fn uri(&self, user: &str) -> String {
-        format!("sip:{user}@{}", self.domain)
+        if user.is_empty() {
+            format!("sip:{}", self.domain)
+        } else {
+            format!("sip:{user}@{}", self.domain)
+        }
     }
 
     /// The To URI of session `n`.
@@ -453,6 +458,20 @@ mod tests {
         assert_eq!(via.branch().map(|b| &b[..]), Some(&b"z9hG4bK1"[..]));
         assert_eq!(back.cseq().unwrap().seq, 7);
         assert_eq!(back.call_id().map(|c| &c[..]), Some(&b"abc@lg"[..]));
+    }
+
+    #[test]
+    fn an_empty_user_names_the_domain_itself() {
+        let t = Target {
+            addr: "127.0.0.1:5060".parse().unwrap(),
+            domain: "example.com".into(),
+            to: Pattern::parse("").unwrap(),
+            from: Pattern::parse("loadgen").unwrap(),
+            users: 1,
+            local_ip: [127, 0, 0, 1].into(),
+        };
+        assert_eq!(t.to_uri(7), "sip:example.com");
+        assert_eq!(t.from_uri(7), "sip:loadgen@example.com");
     }
 
     #[test]

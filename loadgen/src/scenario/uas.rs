@@ -22,7 +22,7 @@ use super::media::{self, MediaProfile, RtpMeter, RtpSender, SocketPool};
 use super::register::{RegFlow, Secrets};
 use super::{Incoming, Outcome, Pattern, Scenario, SessionId, SocketId, SocketKind, NO_SESSION};
 use crate::driver::Ctx;
-use crate::metrics::Quantity;
+use crate::metrics::{Counter, Quantity};
 use crate::stamp;
 
 /// What the answering side does with the media of a call (`--rtp`), for the `call` scenario.
@@ -76,6 +76,8 @@ pub struct UasConfig {
     pub codecs: Vec<Codec>,
     /// The payload size of a generated stream (default: the codec's for the offered ptime).
     pub payload_len: Option<usize>,
+    /// RTP sockets on even ports of this range (default: any free port).
+    pub rtp_ports: Option<(u16, u16)>,
 }
 
 /// Timer tokens: `user << 2 | kind`, or for a call [`CALL_TIMER`]` | kind` with the call's
@@ -137,6 +139,7 @@ impl Uas {
     /// An answering side with `cfg`.
     pub fn new(cfg: UasConfig) -> Uas {
         let n = cfg.users.max(1) as usize;
+        let rtp_pool = SocketPool::in_range(cfg.rtp_ports);
         Uas {
             cfg,
             sockets: Vec::new(),
@@ -152,7 +155,7 @@ impl Uas {
             calls: HashMap::new(),
             call_of_session: HashMap::new(),
             call_of_rtp: HashMap::new(),
-            rtp_pool: SocketPool::default(),
+            rtp_pool,
             calls_ended: 0,
         }
     }
@@ -574,10 +577,14 @@ impl Scenario for Uas {
             ctx.recorder().note("rtp_after_call", 1);
             return;
         };
-        match self.cfg.rtp {
-            RtpMode::Echo => ctx.send_raw(socket, source, &payload),
-            RtpMode::Sink | RtpMode::Generate => call.meter.on_datagram(ctx, payload),
+        // Every mode measures what arrives (an echo's one-way delay is the caller's stamp
+        // read here); the echo also sends it back as it came, counted as sent.
+        if self.cfg.rtp == RtpMode::Echo {
+            ctx.send_raw(socket, source, &payload);
+            let now = ctx.now();
+            ctx.recorder().add(Counter::RtpSent, 1, now);
         }
+        call.meter.on_datagram(ctx, payload);
     }
 
     fn is_ready(&self) -> bool {

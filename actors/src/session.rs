@@ -1,0 +1,637 @@
+//! The session controller (CPM.md §4 \[32\], §5 fig. 6-7): one [`SessionActor`] per 1-to-1
+//! session, on the worker that owns its Call-IDs.
+//!
+//! ```text
+//!  Worker j (transactions)                     SessionActor (this module)
+//!   A's INVITE ── new ─────────────────────────► engine::session::Session (B2BUA, sans-IO)
+//!   requests, ACK, CANCEL, responses ─ToSession─►   │ SdpRelay = engine::media::MediaSession
+//!   ◄─ FromSession: send request / respond /        │   + the worker's PortPool
+//!      ACK / cancel / ended ───────────────────────  │ LegChange ─► RelayLeg actors
+//!                                                    ▼   (actors::media, the worker's media loop)
+//!                                                 CDRs ─► ChargingWriter
+//! ```
+//!
+//! The worker keeps the one transaction layer and the routing ([`SessionTable`]: Call-IDs of
+//! both sides, client and server transactions → session); the session actor keeps the call's
+//! state, its media legs and its timers. Both run on the worker's arbiter thread, so the
+//! port pool is shared through an `Rc`. When the session ends (or its actor stops for any
+//! reason, a panic included) its legs' actors stop with it, which closes their sockets, and
+//! its ports go back to the pool.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use actix::prelude::*;
+use bytes::Bytes;
+use cpm_engine::media::{
+    LegChange, MediaConfig as SdpConfig, MediaKind, MediaReject, MediaSession, PortPool, SdpRelay,
+    Side, StreamId,
+};
+use cpm_engine::session::{
+    Action, ChargingKind, ChargingRecord, FlowCounters, LegUsage, NoPolicy, ReqId, Session,
+    SessionConfig, SessionStart,
+};
+use cpm_engine::sip::transaction::{ClientTxId, ServerTxId};
+use cpm_engine::sip::Message;
+use futures_util::FutureExt;
+
+use crate::charging::{Cdr, ChargingWriter};
+use crate::media::{
+    LegHandle, LegSpec, LegStats, MediaInactive, MediaPlane, OpenError, RelayLeg, SidePorts,
+};
+
+/// How long a session's media is still relayed after its end: packets a party sent before
+/// the BYE reached it still get through (rtpengine keeps a deleted call for its
+/// `delete-delay`, 30 s by default; a second is enough on the networks cpmd serves).
+pub const MEDIA_LINGER: Duration = Duration::from_secs(1);
+
+/// A worker-local name of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct SessionKey(pub u64);
+
+/// What the worker hands a session.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub enum ToSession {
+    /// A request of the session (a new server transaction: BYE, re-INVITE, UPDATE, ...).
+    Request {
+        /// Its server transaction.
+        tx: ServerTxId,
+        /// The request.
+        request: Message,
+    },
+    /// A CANCEL of the session's pending INVITE from A.
+    Cancel {
+        /// The CANCEL's own transaction.
+        cancel_tx: ServerTxId,
+        /// The INVITE it cancels.
+        invite_tx: ServerTxId,
+        /// The CANCEL.
+        request: Message,
+    },
+    /// The ACK of a 2xx (no transaction, RFC 3261 §17).
+    Ack(Message),
+    /// A response to a request the session sent (also the 408/503 the layer synthesizes).
+    Response {
+        /// The session's name for the request.
+        id: ReqId,
+        /// The response.
+        response: Message,
+    },
+}
+
+/// What a session asks its worker to do, in order.
+#[derive(Debug)]
+pub enum SipAction {
+    /// Start a client transaction and route its responses back as `id`.
+    SendRequest {
+        /// The session's name for it.
+        id: ReqId,
+        /// Where to.
+        dest: SocketAddr,
+        /// Over TCP.
+        reliable: bool,
+        /// The request.
+        request: Message,
+    },
+    /// CANCEL the INVITE client transaction of `id`.
+    Cancel {
+        /// The INVITE's name.
+        id: ReqId,
+    },
+    /// Answer on a server transaction.
+    Respond {
+        /// The transaction.
+        tx: ServerTxId,
+        /// The response.
+        response: Message,
+    },
+    /// Send the ACK of a 2xx, outside any transaction.
+    SendAck {
+        /// Where to.
+        dest: SocketAddr,
+        /// Over TCP.
+        reliable: bool,
+        /// The ACK.
+        ack: Message,
+    },
+    /// The session is over: forget its routes.
+    Ended,
+}
+
+/// A batch of [`SipAction`]s from one session.
+#[derive(Debug, Message)]
+#[rtype(result = "()")]
+pub struct FromSession {
+    /// Whose.
+    pub key: SessionKey,
+    /// What, in order.
+    pub actions: Vec<SipAction>,
+}
+
+/// Everything a worker's sessions share: settings, the port pool, the media plane.
+pub struct SessionEnv {
+    /// The B2BUA settings (our SIP address, timers).
+    pub config: SessionConfig,
+    /// The SDP rewriting settings (media IP, allowed codecs).
+    pub sdp: Arc<SdpConfig>,
+    /// This worker's relay ports.
+    pub pool: Rc<RefCell<PortPool>>,
+    /// This worker's media loop.
+    pub plane: MediaPlane,
+    /// Where charging records go.
+    pub charging: ChargingWriter,
+    /// Interim charging records every this long (`None`: none).
+    pub interim: Option<Duration>,
+    /// The RTP inactivity limit (`None`: no check).
+    pub media_timeout: Option<Duration>,
+}
+
+/// The media side of one session: the engine's SDP relay over the worker's pool.
+struct MediaRelay {
+    media: MediaSession,
+    pool: Rc<RefCell<PortPool>>,
+}
+
+impl SdpRelay for MediaRelay {
+    fn offer(&mut self, from: Side, sdp: &Bytes) -> Result<Bytes, MediaReject> {
+        self.media.offer(&mut self.pool.borrow_mut(), from, sdp)
+    }
+
+    fn answer(&mut self, from: Side, sdp: &Bytes) -> Result<Bytes, MediaReject> {
+        self.media.answer(&mut self.pool.borrow_mut(), from, sdp)
+    }
+
+    fn rollback(&mut self) {
+        self.media.rollback(&mut self.pool.borrow_mut());
+    }
+}
+
+/// One relayed stream: its actor (which owns the sockets) and what the CDR needs.
+struct Leg {
+    actor: Addr<RelayLeg>,
+    stats: crate::media::LegStatsReader,
+    kind: MediaKind,
+}
+
+/// One 1-to-1 session.
+pub struct SessionActor {
+    key: SessionKey,
+    worker: Recipient<FromSession>,
+    session: Session<MediaRelay, NoPolicy>,
+    env: Rc<SessionEnv>,
+    legs: HashMap<StreamId, Leg>,
+    timer: Option<(Instant, SpawnHandle)>,
+    ended: bool,
+    /// The stop record, written once the legs are closed and their last figures known.
+    stop_record: Option<ChargingRecord>,
+}
+
+impl SessionActor {
+    /// The session of A's INVITE `start`; `worker` carries out its SIP actions.
+    pub fn new(
+        key: SessionKey,
+        start: SessionStart,
+        env: Rc<SessionEnv>,
+        worker: Recipient<FromSession>,
+        now: Instant,
+    ) -> SessionActor {
+        let relay = MediaRelay {
+            media: MediaSession::new(env.sdp.clone()),
+            pool: env.pool.clone(),
+        };
+        let session = Session::new(env.config.clone(), start, relay, NoPolicy, now);
+        SessionActor {
+            key,
+            worker,
+            session,
+            env,
+            legs: HashMap::new(),
+            timer: None,
+            ended: false,
+            stop_record: None,
+        }
+    }
+
+    /// Carries out what the session decided: media changes first (so the sockets are bound
+    /// before the SDP naming them leaves), then the SIP actions in one batch to the worker.
+    fn pump(&mut self, ctx: &mut Context<Self>) {
+        self.apply_media(ctx);
+        let mut out = Vec::new();
+        while let Some(action) = self.session.poll_action() {
+            match action {
+                Action::SendRequest {
+                    id,
+                    dest,
+                    reliable,
+                    request,
+                    ..
+                } => out.push(SipAction::SendRequest {
+                    id,
+                    dest,
+                    reliable,
+                    request,
+                }),
+                Action::Cancel { id } => out.push(SipAction::Cancel { id }),
+                Action::Respond { tx, response } => out.push(SipAction::Respond { tx, response }),
+                Action::SendAck {
+                    dest,
+                    reliable,
+                    ack,
+                    ..
+                } => out.push(SipAction::SendAck {
+                    dest,
+                    reliable,
+                    ack,
+                }),
+                Action::Timer(at) => self.arm(at, ctx),
+                Action::Charging(record) if record.kind == ChargingKind::Stop => {
+                    self.stop_record = Some(*record)
+                }
+                Action::Charging(record) => self.charge(*record),
+                Action::Ended(reason) => {
+                    tracing::debug!(session = self.key.0, ?reason, "session ended");
+                    self.ended = true;
+                }
+            }
+        }
+        if self.ended {
+            out.push(SipAction::Ended);
+        }
+        if !out.is_empty() {
+            // The worker lives on this thread and outlives its sessions; a full mailbox is
+            // worth a log line, not a panic.
+            if let Err(e) = self.worker.try_send(FromSession {
+                key: self.key,
+                actions: out,
+            }) {
+                tracing::error!(session = self.key.0, error = %e, "worker mailbox refused session actions");
+            }
+        }
+        if self.ended {
+            self.finish(ctx);
+        }
+    }
+
+    /// The end: the legs relay on for [`MEDIA_LINGER`] (a BYE overtakes the media: the other
+    /// side sends until the BYE reaches it), then they are closed (each relays what its
+    /// sockets still hold first), then the stop record is written with their final figures,
+    /// and the actor stops. The session's SIP routes are gone already.
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        if self.legs.is_empty() {
+            return self.close_legs(ctx);
+        }
+        ctx.run_later(MEDIA_LINGER, |act, ctx| act.close_legs(ctx));
+    }
+
+    fn close_legs(&mut self, ctx: &mut Context<Self>) {
+        self.session
+            .relay_mut()
+            .media
+            .release_all(&mut self.env.pool.borrow_mut());
+        while self.session.relay_mut().media.poll_change().is_some() {}
+        let closes = self.legs.drain().map(|(stream, leg)| {
+            let kind = leg.kind;
+            leg.actor
+                .send(crate::media::Close)
+                .map(move |r| (stream, kind, r.ok().flatten()))
+        });
+        let closes = futures_util::future::join_all(closes);
+        ctx.wait(closes.into_actor(self).map(|closed, act, ctx| {
+            if let Some(mut record) = act.stop_record.take() {
+                record.legs = closed
+                    .into_iter()
+                    .filter_map(|(stream, kind, stats)| Some(usage(stream, kind, &stats?)))
+                    .collect();
+                record.legs.sort_by_key(|l| l.stream);
+                act.write(&record);
+            }
+            ctx.stop();
+        }));
+    }
+
+    /// Applies the media session's leg changes to the user plane.
+    fn apply_media(&mut self, ctx: &mut Context<Self>) {
+        while let Some(change) = self.session.relay_mut().media.poll_change() {
+            match change {
+                LegChange::Open {
+                    stream,
+                    kind,
+                    a_facing,
+                    b_facing,
+                    ..
+                } => {
+                    let spec = LegSpec {
+                        a: SidePorts {
+                            rtp: a_facing.rtp,
+                            rtcp: a_facing.rtcp,
+                        },
+                        b: SidePorts {
+                            rtp: b_facing.rtp,
+                            rtcp: b_facing.rtcp,
+                        },
+                        clock_rate: match kind {
+                            MediaKind::Video => 90_000,
+                            _ => 8_000,
+                        },
+                    };
+                    match self.env.plane.open_leg(&spec) {
+                        Ok(handle) => self.add_leg(stream, kind, handle, ctx),
+                        Err(e) => {
+                            // The SDP naming these ports is being sent: the stream will carry
+                            // no media. The port is kept out of the pool for a while.
+                            if let OpenError::Bind { port, .. } = &e {
+                                self.env.pool.borrow_mut().mark_unusable(*port);
+                            }
+                            tracing::warn!(session = self.key.0, %stream, error = %e, "relay leg not opened");
+                        }
+                    }
+                }
+                LegChange::SetPeer {
+                    stream,
+                    side,
+                    rtp,
+                    rtcp,
+                } => {
+                    if let Some(leg) = self.legs.get(&stream) {
+                        leg.actor.do_send(crate::media::SetPeer { side, rtp, rtcp });
+                    }
+                }
+                LegChange::Close { stream } => {
+                    if let Some(leg) = self.legs.remove(&stream) {
+                        leg.actor.do_send(crate::media::Close);
+                    }
+                }
+            }
+        }
+    }
+
+    fn add_leg(
+        &mut self,
+        stream: StreamId,
+        kind: MediaKind,
+        handle: LegHandle,
+        ctx: &mut Context<Self>,
+    ) {
+        let stats = handle.stats_reader();
+        let on_idle = ctx.address().recipient();
+        let actor = RelayLeg::new(handle, Some(on_idle))
+            .with_timeout(self.env.media_timeout)
+            .start();
+        self.legs.insert(stream, Leg { actor, stats, kind });
+    }
+
+    /// Returns every port and stops every leg (their sockets close).
+    fn release_media(&mut self) {
+        self.session
+            .relay_mut()
+            .media
+            .release_all(&mut self.env.pool.borrow_mut());
+        // The Close events of release_all, and any leg left: stop them all.
+        while self.session.relay_mut().media.poll_change().is_some() {}
+        for (_, leg) in self.legs.drain() {
+            leg.actor.do_send(crate::media::Close);
+        }
+    }
+
+    fn arm(&mut self, at: Option<Instant>, ctx: &mut Context<Self>) {
+        if let Some((_, h)) = self.timer.take() {
+            ctx.cancel_future(h);
+        }
+        let Some(at) = at else { return };
+        let h = ctx.run_later(at.saturating_duration_since(Instant::now()), |s, ctx| {
+            s.timer = None;
+            s.session.on_timer(Instant::now());
+            s.pump(ctx);
+        });
+        self.timer = Some((at, h));
+    }
+
+    /// Writes a start or interim record with the legs' counters as they are now.
+    fn charge(&mut self, mut record: ChargingRecord) {
+        record.legs = self
+            .legs
+            .iter()
+            .map(|(stream, leg)| usage(*stream, leg.kind, &leg.stats.stats()))
+            .collect();
+        record.legs.sort_by_key(|l| l.stream);
+        self.write(&record);
+    }
+
+    fn write(&self, record: &ChargingRecord) {
+        self.env
+            .charging
+            .write(Cdr::from_record(record, Instant::now(), SystemTime::now()));
+    }
+
+    /// Whether every leg has been idle for the media timeout (one idle leg, e.g. video on
+    /// hold, does not end a session whose audio flows).
+    fn all_idle(&self, now: Instant) -> bool {
+        let Some(timeout) = self.env.media_timeout else {
+            return false;
+        };
+        self.legs
+            .values()
+            .all(|l| now.saturating_duration_since(l.stats.stats().last_activity()) >= timeout)
+    }
+}
+
+/// A leg's counters as the charging record carries them.
+fn usage(stream: StreamId, kind: MediaKind, s: &LegStats) -> LegUsage {
+    let flow = |side: Side| {
+        let d = s.from(side);
+        FlowCounters {
+            packets: d.packets,
+            bytes: d.bytes,
+            lost: d.rtp.lost.max(0) as u64,
+            jitter_ms: d.rtp.jitter_us / 1000.0,
+        }
+    };
+    LegUsage {
+        stream: stream.0,
+        media: match kind {
+            MediaKind::Audio => "audio",
+            MediaKind::Video => "video",
+            MediaKind::Other => "other",
+        }
+        .into(),
+        codec: None,
+        from_a: flow(Side::A),
+        from_b: flow(Side::B),
+    }
+}
+
+impl Actor for SessionActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Context<Self>) {
+        if let Some(every) = self.env.interim {
+            ctx.run_interval(every, |s, ctx| {
+                s.session.interim(Instant::now());
+                s.pump(ctx);
+            });
+        }
+        self.pump(ctx);
+    }
+
+    fn stopped(&mut self, _: &mut Context<Self>) {
+        // Whatever stopped the actor, its media goes back (legs stop, ports return), and a
+        // stop record not written yet is written with the figures at hand.
+        if let Some(record) = self.stop_record.take() {
+            self.charge(record);
+        }
+        self.release_media();
+        if !self.ended {
+            let _ = self.worker.try_send(FromSession {
+                key: self.key,
+                actions: vec![SipAction::Ended],
+            });
+        }
+    }
+}
+
+impl Handler<ToSession> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        match msg {
+            ToSession::Request { tx, request } => self.session.on_request(tx, request, now),
+            ToSession::Cancel {
+                cancel_tx,
+                invite_tx,
+                request,
+            } => self
+                .session
+                .on_cancel(cancel_tx, Some(invite_tx), request, now),
+            ToSession::Ack(ack) => self.session.on_ack(ack, now),
+            ToSession::Response { id, response } => self.session.on_response(id, response, now),
+        }
+        self.pump(ctx);
+    }
+}
+
+impl Handler<MediaInactive> for SessionActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: MediaInactive, ctx: &mut Context<Self>) {
+        let now = Instant::now();
+        if !self.all_idle(now) {
+            return;
+        }
+        tracing::info!(session = self.key.0, leg = %msg.leg, idle = ?msg.idle, "media inactive: ending the session");
+        self.session.on_media_inactive(now);
+        self.pump(ctx);
+    }
+}
+
+/// The worker's routing of SIP traffic to its sessions.
+#[derive(Default)]
+pub struct SessionTable {
+    next: u64,
+    actors: HashMap<SessionKey, Addr<SessionActor>>,
+    by_call_id: HashMap<Bytes, SessionKey>,
+    call_ids: HashMap<SessionKey, Vec<Bytes>>,
+    client: HashMap<ClientTxId, (SessionKey, ReqId)>,
+    client_of: HashMap<(SessionKey, ReqId), ClientTxId>,
+    invite_tx: HashMap<ServerTxId, SessionKey>,
+}
+
+impl SessionTable {
+    /// A fresh key.
+    pub fn next_key(&mut self) -> SessionKey {
+        self.next += 1;
+        SessionKey(self.next)
+    }
+
+    /// Registers a started session under its Call-IDs and A's INVITE transaction.
+    pub fn insert(
+        &mut self,
+        key: SessionKey,
+        actor: Addr<SessionActor>,
+        call_ids: [Bytes; 2],
+        invite: ServerTxId,
+    ) {
+        for c in &call_ids {
+            self.by_call_id.insert(c.clone(), key);
+        }
+        self.call_ids.insert(key, call_ids.to_vec());
+        self.invite_tx.insert(invite, key);
+        self.actors.insert(key, actor);
+    }
+
+    /// The session a request belongs to, by Call-ID (A's or B's side).
+    pub fn by_call_id(&self, call_id: Option<&Bytes>) -> Option<&Addr<SessionActor>> {
+        let key = self.by_call_id.get(call_id?)?;
+        self.actors.get(key)
+    }
+
+    /// A session's actor.
+    pub fn actor(&self, key: SessionKey) -> Option<&Addr<SessionActor>> {
+        self.actors.get(&key)
+    }
+
+    /// The session whose INVITE server transaction is `tx` (for a CANCEL).
+    pub fn by_invite(&self, tx: ServerTxId) -> Option<&Addr<SessionActor>> {
+        self.actors.get(self.invite_tx.get(&tx)?)
+    }
+
+    /// The session and request name of a client transaction.
+    pub fn by_client(&self, tx: ClientTxId) -> Option<(&Addr<SessionActor>, ReqId)> {
+        let (key, id) = self.client.get(&tx)?;
+        Some((self.actors.get(key)?, *id))
+    }
+
+    /// Records the client transaction started for a session's request.
+    pub fn started(&mut self, key: SessionKey, id: ReqId, tx: ClientTxId) {
+        self.client.insert(tx, (key, id));
+        self.client_of.insert((key, id), tx);
+    }
+
+    /// The client transaction of a session's request.
+    pub fn client_of(&self, key: SessionKey, id: ReqId) -> Option<ClientTxId> {
+        self.client_of.get(&(key, id)).copied()
+    }
+
+    /// A client transaction is over: forget it.
+    pub fn tx_ended(&mut self, tx: ClientTxId) {
+        if let Some(k) = self.client.remove(&tx) {
+            self.client_of.remove(&k);
+        }
+    }
+
+    /// Forgets every route of a session that ended. Its client transactions run on (a BYE
+    /// still retransmits); their responses then find no session and are dropped.
+    pub fn remove(&mut self, key: SessionKey) {
+        self.actors.remove(&key);
+        for c in self.call_ids.remove(&key).unwrap_or_default() {
+            self.by_call_id.remove(&c);
+        }
+        self.client.retain(|_, (k, _)| *k != key);
+        self.client_of.retain(|(k, _), _| *k != key);
+        self.invite_tx.retain(|_, k| *k != key);
+    }
+
+    /// Sessions alive.
+    pub fn len(&self) -> usize {
+        self.actors.len()
+    }
+
+    /// No session is alive.
+    pub fn is_empty(&self) -> bool {
+        self.actors.is_empty()
+    }
+
+    /// Forgets everything (a worker restart; the sessions' actors stop on their own when
+    /// their timers find no worker state).
+    pub fn clear(&mut self) {
+        *self = SessionTable {
+            next: self.next,
+            ..SessionTable::default()
+        };
+    }
+}

@@ -561,6 +561,7 @@ fn the_engine_runs_one_media_plane_per_worker_and_reports_it() {
         http_listen: "127.0.0.1:0".parse().unwrap(),
         workers: 2,
         pin_workers: false,
+        data_dir: std::env::temp_dir().join(format!("cpm-media-test-{}", std::process::id())),
         ..cpm_actors::Config::default()
     };
     let engine = cpm_actors::Engine::start(config).expect("engine starts");
@@ -591,7 +592,9 @@ fn the_engine_runs_one_media_plane_per_worker_and_reports_it() {
     }
     leg.close().wait().expect("closed");
     assert!(engine.metrics_text().contains("cpm_media_legs 0\n"));
+    let data_dir = engine.shared().config.data_dir.clone();
     engine.shutdown(Duration::from_millis(100));
+    let _ = std::fs::remove_dir_all(data_dir);
 }
 
 #[test]

@@ -36,7 +36,7 @@
 //!
 //! With [`MediaConfig::connect_latched`] (off by default), a socket is `connect()`ed to the
 //! source it latched: sends skip the kernel's route lookup (about 8% less CPU per packet,
-//! docs/decisions/0007-media-plane.md) and the kernel itself drops other sources, which are
+//! docs/decisions/0009-media-plane.md) and the kernel itself drops other sources, which are
 //! then no longer counted per leg.
 //!
 //! **Counters** (see [`stats`]): packets, bytes and drops by reason are single-writer atomics,

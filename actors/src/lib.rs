@@ -15,7 +15,8 @@
 //!  Outbound ◄────┴─────────────── transmits ◄─────────────────┘
 //! ```
 //! All work of one call stays on one worker thread; the worker's actor is restarted by its
-//! [`actix::Supervisor`] if a handler panics, and the other workers go on.
+//! [`actix::Supervisor`] if a handler panics, and the other workers go on. Each worker has a
+//! media loop thread next to it ([`media`]) that owns the RTP relay sockets of its calls.
 //!
 //! ## Embedding
 //! ```

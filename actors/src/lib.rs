@@ -27,6 +27,7 @@
 //! config.sip_listen = "127.0.0.1:0".parse().unwrap(); // any free port
 //! config.http_listen = "127.0.0.1:0".parse().unwrap();
 //! config.domain.push("example.test".into());
+//! config.data_dir = std::env::temp_dir().join("cpm-doc-example"); // charging records go here
 //! let engine = Engine::start(config).expect("cpm server starts");
 //! println!("SIP on {}, metrics on http://{}/metrics", engine.sip_addr(), engine.http_addr());
 //! // ... the node runs ...

@@ -126,13 +126,18 @@ impl CpmdBuilder {
         let data_dir = self.dir.path().join("data");
         std::fs::create_dir_all(&data_dir).expect("create data dir");
         let data_dir = data_dir.to_str().expect("utf-8 temp path").to_string();
-        let media_ports = media_port_block(self.media_ports);
+        let own_ports = self
+            .args
+            .iter()
+            .any(|a| a == "--media-ports" || a.starts_with("--media-ports="));
+        let media = (!own_ports).then(|| MediaPorts::reserve(self.media_ports));
+        let media_range = media.as_ref().map(|m| m.range.clone()).unwrap_or_default();
         let defaults = [
             ("--sip-listen", "127.0.0.1:0"),
             ("--http-listen", "127.0.0.1:0"),
             ("--data-dir", data_dir.as_str()),
             ("--workers", "2"),
-            ("--media-ports", media_ports.as_str()),
+            ("--media-ports", media_range.as_str()),
         ];
         let mut argv: Vec<String> = Vec::new();
         for (flag, value) in defaults {
@@ -164,6 +169,7 @@ impl CpmdBuilder {
                         status: None,
                         dir: self.dir,
                         argv,
+                        _media: media,
                     }
                 }
                 Err(Startup::Exited(status, log))
@@ -263,6 +269,8 @@ pub struct Cpmd {
     log_path: PathBuf,
     status: Option<ExitStatus>,
     argv: Vec<String>,
+    /// Its relay port range, reserved while it runs.
+    _media: Option<MediaPorts>,
     // Dropped last: the log lives in it.
     dir: TempDir,
 }
@@ -326,7 +334,9 @@ impl Cpmd {
 
     /// The relay port range (`--media-ports MIN-MAX`).
     pub fn media_ports(&self) -> std::ops::RangeInclusive<u16> {
-        let r = self.arg("--media-ports").expect("cpmd runs with --media-ports");
+        let r = self
+            .arg("--media-ports")
+            .expect("cpmd runs with --media-ports");
         let (min, max) = r
             .split_once('-')
             .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
@@ -497,28 +507,58 @@ mod tests {
     }
 }
 
-/// Ports in one block of [`media_port_block`].
+/// Ports in one block of [`MediaPorts`].
 pub const MEDIA_BLOCK: u16 = 200;
 
-/// A relay port range of its own for each cpmd a test process starts (`--media-ports`), so
-/// that cpmds of parallel tests never share ports: blocks of [`MEDIA_BLOCK`] ports in
-/// 20000-29999, below the kernel's ephemeral range (32768-60999), apart from the ranges of
-/// other test peers. `count` ports take the start of as many consecutive blocks as they need;
-/// the process-wide cursor only moves forward, so ranges of one process do not overlap until
-/// it has gone once round the 50 blocks. At most 25 blocks (5,000 ports).
-fn media_port_block(count: u16) -> String {
-    const BLOCKS: u32 = 50;
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let need = u32::from(count).div_ceil(u32::from(MEDIA_BLOCK)).clamp(1, BLOCKS / 2);
-    let base = std::process::id().wrapping_mul(7);
-    let block = loop {
-        let n = NEXT.fetch_add(need, std::sync::atomic::Ordering::Relaxed);
-        let block = base.wrapping_add(n) % BLOCKS;
-        // A range does not wrap from the last block to the first: skip to the next lap.
-        if block + need <= BLOCKS {
-            break block;
+/// A relay port range of its own for each cpmd the tests start (`--media-ports`), so that cpmds
+/// of parallel tests, and of other test processes on the machine, never share ports: blocks of
+/// [`MEDIA_BLOCK`] ports in 20000-29999, below the kernel's ephemeral range (32768-60999),
+/// apart from the ranges of other test peers. Each block is reserved across processes by a TCP
+/// listener on its first port (cpmd binds only UDP there), held as long as this value; a block
+/// is taken only when that listener binds and its UDP ports are free at the time.
+#[derive(Debug)]
+struct MediaPorts {
+    /// `MIN-MAX`.
+    range: String,
+    _locks: Vec<std::net::TcpListener>,
+}
+
+impl MediaPorts {
+    /// `count` ports at the start of as many consecutive free blocks as they need (at most
+    /// 25). The process-wide cursor only moves forward, so the ranges of one process do not
+    /// overlap; blocks held by other processes are skipped. Panics when none is free.
+    fn reserve(count: u16) -> MediaPorts {
+        use std::net::{TcpListener, UdpSocket};
+        use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+        const BLOCKS: u32 = 50;
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let need = u32::from(count)
+            .div_ceil(u32::from(MEDIA_BLOCK))
+            .clamp(1, BLOCKS / 2);
+        let base = std::process::id().wrapping_mul(7);
+        for _ in 0..2 * BLOCKS {
+            let n = NEXT.fetch_add(need, Relaxed);
+            let block = base.wrapping_add(n) % BLOCKS;
+            // A range does not wrap from the last block to the first.
+            if block + need > BLOCKS {
+                continue;
+            }
+            let min = 20_000 + block * u32::from(MEDIA_BLOCK);
+            let max = min + u32::from(count) - 1;
+            let port = |p: u32| u16::try_from(p).expect("ports below 30000");
+            let locks: Option<Vec<TcpListener>> = (0..need)
+                .map(|b| {
+                    TcpListener::bind(("127.0.0.1", port(min + b * u32::from(MEDIA_BLOCK)))).ok()
+                })
+                .collect();
+            let Some(locks) = locks else { continue };
+            if (min..=max).all(|p| UdpSocket::bind(("127.0.0.1", port(p))).is_ok()) {
+                return MediaPorts {
+                    range: format!("{min}-{max}"),
+                    _locks: locks,
+                };
+            }
         }
-    };
-    let min = 20_000 + block * u32::from(MEDIA_BLOCK);
-    format!("{min}-{}", min + u32::from(count) - 1)
+        panic!("no free block of {count} relay ports in 20000-29999");
+    }
 }

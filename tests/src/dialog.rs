@@ -97,9 +97,11 @@ impl Dialog {
     /// Whether `req`, received from the other side, is of this dialog: same Call-ID, their
     /// tag in From, ours in To.
     pub fn owns(&self, req: &Message) -> bool {
-        let (Some(call_id), Some(from), Some(to)) =
-            (header(req, "Call-ID"), header(req, "From"), header(req, "To"))
-        else {
+        let (Some(call_id), Some(from), Some(to)) = (
+            header(req, "Call-ID"),
+            header(req, "From"),
+            header(req, "To"),
+        ) else {
             return false;
         };
         call_id == self.call_id

@@ -223,7 +223,9 @@ mod tests {
         assert_eq!(sdp.media[0].direction(), "sendonly");
         assert_eq!(sdp.media[1].direction(), "sendrecv");
         assert_eq!(sdp.media[1].kind, "video");
-        assert!(sdp.media[1].attributes.contains(&"rtpmap:96 H264/90000".to_string()));
+        assert!(sdp.media[1]
+            .attributes
+            .contains(&"rtpmap:96 H264/90000".to_string()));
         assert_eq!(sdp.rtp_addr(1), "127.0.0.1:4002".parse().unwrap());
         let own_c = Sdp::parse(b"v=0\r\nm=audio 5 RTP/AVP 0\r\nc=IN IP4 10.0.0.1\r\n");
         assert_eq!(own_c.rtp_addr(0), "10.0.0.1:5".parse().unwrap());

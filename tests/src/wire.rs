@@ -294,7 +294,14 @@ mod tests {
         assert_eq!(header_values(&resp, "Via").len(), 2);
         assert_eq!(header(&resp, "To").unwrap(), "<sip:bob@localhost>;tag=t9");
         assert_eq!(header(&resp, "CSeq").unwrap(), "1 MESSAGE");
-        let with = response_with(&req, 200, "OK", "t9", &[], Some(("application/sdp", b"v=0\r\n")));
+        let with = response_with(
+            &req,
+            200,
+            "OK",
+            "t9",
+            &[],
+            Some(("application/sdp", b"v=0\r\n")),
+        );
         let with = cpm_engine::sip::parse(Bytes::from(with)).unwrap();
         assert_eq!(&with.body[..], b"v=0\r\n");
         assert_eq!(header(&with, "Content-Type").unwrap(), "application/sdp");

@@ -604,6 +604,10 @@ impl Services {
             .as_ref()
             .map(|u| String::from_utf8_lossy(u).into_owned())
             .unwrap_or_default();
+        if user.is_empty() {
+            // The server itself: nobody to deliver to (OPTIONS to it is answered elsewhere).
+            return Err(bad(404, "Not Found"));
+        }
         if let Some(users) = &self.shared.users {
             if users.lookup(&user, self.shared.auth.realm()).is_none() {
                 return Err(bad(404, "Not Found"));

@@ -32,16 +32,22 @@ use cpm_engine::media::{
     Side, StreamId,
 };
 use cpm_engine::session::{
-    Action, ChargingRecord, FlowCounters, LegUsage, NoPolicy, ReqId, Session, SessionConfig,
-    SessionStart,
+    Action, ChargingKind, ChargingRecord, FlowCounters, LegUsage, NoPolicy, ReqId, Session,
+    SessionConfig, SessionStart,
 };
 use cpm_engine::sip::transaction::{ClientTxId, ServerTxId};
 use cpm_engine::sip::Message;
+use futures_util::FutureExt;
 
 use crate::charging::{Cdr, ChargingWriter};
 use crate::media::{
     LegHandle, LegSpec, LegStats, MediaInactive, MediaPlane, OpenError, RelayLeg, SidePorts,
 };
+
+/// How long a session's media is still relayed after its end: packets a party sent before
+/// the BYE reached it still get through (rtpengine keeps a deleted call for its
+/// `delete-delay`, 30 s by default; a second is enough on the networks cpmd serves).
+pub const MEDIA_LINGER: Duration = Duration::from_secs(1);
 
 /// A worker-local name of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -181,6 +187,8 @@ pub struct SessionActor {
     legs: HashMap<StreamId, Leg>,
     timer: Option<(Instant, SpawnHandle)>,
     ended: bool,
+    /// The stop record, written once the legs are closed and their last figures known.
+    stop_record: Option<ChargingRecord>,
 }
 
 impl SessionActor {
@@ -205,6 +213,7 @@ impl SessionActor {
             legs: HashMap::new(),
             timer: None,
             ended: false,
+            stop_record: None,
         }
     }
 
@@ -240,6 +249,9 @@ impl SessionActor {
                     ack,
                 }),
                 Action::Timer(at) => self.arm(at, ctx),
+                Action::Charging(record) if record.kind == ChargingKind::Stop => {
+                    self.stop_record = Some(*record)
+                }
                 Action::Charging(record) => self.charge(*record),
                 Action::Ended(reason) => {
                     tracing::debug!(session = self.key.0, ?reason, "session ended");
@@ -248,7 +260,6 @@ impl SessionActor {
             }
         }
         if self.ended {
-            self.release_media();
             out.push(SipAction::Ended);
         }
         if !out.is_empty() {
@@ -262,8 +273,45 @@ impl SessionActor {
             }
         }
         if self.ended {
-            ctx.stop();
+            self.finish(ctx);
         }
+    }
+
+    /// The end: the legs relay on for [`MEDIA_LINGER`] (a BYE overtakes the media: the other
+    /// side sends until the BYE reaches it), then they are closed (each relays what its
+    /// sockets still hold first), then the stop record is written with their final figures,
+    /// and the actor stops. The session's SIP routes are gone already.
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        if self.legs.is_empty() {
+            return self.close_legs(ctx);
+        }
+        ctx.run_later(MEDIA_LINGER, |act, ctx| act.close_legs(ctx));
+    }
+
+    fn close_legs(&mut self, ctx: &mut Context<Self>) {
+        self.session
+            .relay_mut()
+            .media
+            .release_all(&mut self.env.pool.borrow_mut());
+        while self.session.relay_mut().media.poll_change().is_some() {}
+        let closes = self.legs.drain().map(|(stream, leg)| {
+            let kind = leg.kind;
+            leg.actor
+                .send(crate::media::Close)
+                .map(move |r| (stream, kind, r.ok().flatten()))
+        });
+        let closes = futures_util::future::join_all(closes);
+        ctx.wait(closes.into_actor(self).map(|closed, act, ctx| {
+            if let Some(mut record) = act.stop_record.take() {
+                record.legs = closed
+                    .into_iter()
+                    .filter_map(|(stream, kind, stats)| Some(usage(stream, kind, &stats?)))
+                    .collect();
+                record.legs.sort_by_key(|l| l.stream);
+                act.write(&record);
+            }
+            ctx.stop();
+        }));
     }
 
     /// Applies the media session's leg changes to the user plane.
@@ -363,7 +411,7 @@ impl SessionActor {
         self.timer = Some((at, h));
     }
 
-    /// Writes a charging record with the legs' counters.
+    /// Writes a start or interim record with the legs' counters as they are now.
     fn charge(&mut self, mut record: ChargingRecord) {
         record.legs = self
             .legs
@@ -371,9 +419,13 @@ impl SessionActor {
             .map(|(stream, leg)| usage(*stream, leg.kind, &leg.stats.stats()))
             .collect();
         record.legs.sort_by_key(|l| l.stream);
+        self.write(&record);
+    }
+
+    fn write(&self, record: &ChargingRecord) {
         self.env
             .charging
-            .write(Cdr::from_record(&record, Instant::now(), SystemTime::now()));
+            .write(Cdr::from_record(record, Instant::now(), SystemTime::now()));
     }
 
     /// Whether every leg has been idle for the media timeout (one idle leg, e.g. video on
@@ -427,9 +479,13 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        // Whatever stopped the actor, its media goes back (legs stop, ports return).
+        // Whatever stopped the actor, its media goes back (legs stop, ports return), and a
+        // stop record not written yet is written with the figures at hand.
+        if let Some(record) = self.stop_record.take() {
+            self.charge(record);
+        }
+        self.release_media();
         if !self.ended {
-            self.release_media();
             let _ = self.worker.try_send(FromSession {
                 key: self.key,
                 actions: vec![SipAction::Ended],

@@ -492,21 +492,6 @@ pub fn parse_ready_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     Some((sip?, http?))
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ready_line() {
-        let (s, h) =
-            parse_ready_line("cpmd ready sip=127.0.0.1:5060 http=127.0.0.1:8080\n").unwrap();
-        assert_eq!(s, "127.0.0.1:5060".parse().unwrap());
-        assert_eq!(h, "127.0.0.1:8080".parse().unwrap());
-        assert!(parse_ready_line("cpmd ready sip=127.0.0.1:5060").is_none());
-        assert!(parse_ready_line("INFO starting").is_none());
-    }
-}
-
 /// Ports in one block of [`MediaPorts`].
 pub const MEDIA_BLOCK: u16 = 200;
 
@@ -560,5 +545,20 @@ impl MediaPorts {
             }
         }
         panic!("no free block of {count} relay ports in 20000-29999");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_line() {
+        let (s, h) =
+            parse_ready_line("cpmd ready sip=127.0.0.1:5060 http=127.0.0.1:8080\n").unwrap();
+        assert_eq!(s, "127.0.0.1:5060".parse().unwrap());
+        assert_eq!(h, "127.0.0.1:8080".parse().unwrap());
+        assert!(parse_ready_line("cpmd ready sip=127.0.0.1:5060").is_none());
+        assert!(parse_ready_line("INFO starting").is_none());
     }
 }

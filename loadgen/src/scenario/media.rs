@@ -376,7 +376,9 @@ impl RtpMeter {
 /// §11), so that a run's media ports can be kept apart from other programs'.
 #[derive(Debug, Default)]
 pub struct SocketPool {
-    free: Vec<(SocketId, SocketAddr)>,
+    /// Returned sockets, reused oldest first: the last packets of a call that just ended
+    /// are less likely to reach the next one.
+    free: std::collections::VecDeque<(SocketId, SocketAddr)>,
     range: Option<(u16, u16)>,
     next: u16,
 }
@@ -385,7 +387,7 @@ impl SocketPool {
     /// A pool binding new sockets on even ports of `min..=max` (`--rtp-ports`).
     pub fn in_range(range: Option<(u16, u16)>) -> SocketPool {
         SocketPool {
-            free: Vec::new(),
+            free: std::collections::VecDeque::new(),
             range,
             next: range.map_or(0, |(min, _)| min + min % 2),
         }
@@ -397,7 +399,7 @@ impl SocketPool {
         ctx: &mut Ctx<'_>,
         ip: std::net::IpAddr,
     ) -> Result<(SocketId, SocketAddr), String> {
-        if let Some(s) = self.free.pop() {
+        if let Some(s) = self.free.pop_front() {
             return Ok(s);
         }
         let Some((min, max)) = self.range else {
@@ -425,7 +427,7 @@ impl SocketPool {
 
     /// Returns a socket for the next call.
     pub fn give_back(&mut self, socket: (SocketId, SocketAddr)) {
-        self.free.push(socket);
+        self.free.push_back(socket);
     }
 }
 

@@ -522,6 +522,37 @@ fn cancel_before_answer() {
     bob.expect_silence(Duration::from_millis(300), "anything after the CANCEL");
 }
 
+/// bob is busy: his 486 reaches alice (our To tag), both ACKs are hop-by-hop, the offer's ports
+/// go back, and the stop record says why.
+#[test]
+fn callee_busy_is_relayed() {
+    let (cpmd, mut alice, mut bob) = start(&[]);
+    let a_rtp = RtpEndpoint::bind();
+    let invite = invite(&mut alice, &[Stream::audio(a_rtp.port())]);
+    let inv = expect_request(&mut bob, "INVITE");
+    bob.reply(&inv, 486, "Busy Here");
+    let resp = expect_response(&mut alice, &invite, 200..=699);
+    assert_status(&resp, 486);
+    assert_eq!(
+        cpm_tests::reason(&resp),
+        "Busy Here",
+        "reason phrase relayed"
+    );
+    alice.ack(&invite, &resp);
+    expect_request(&mut bob, "ACK");
+    assert_released(&cpmd);
+    let call_id = invite.get("Call-ID").unwrap();
+    let stop = cpmd.wait_cdr(call_id, "stop", WAIT);
+    assert_eq!(stop["final_status"], 486, "{stop}");
+    assert!(
+        !cpmd
+            .cdrs()
+            .iter()
+            .any(|r| r["call_id"] == call_id && r["record"] == "start"),
+        "a start record for a call never answered"
+    );
+}
+
 // ---- 4. forking to two contacts --------------------------------------------------------------
 
 /// bob has two contacts: both get the INVITE, the first 200 wins, the other contact is
@@ -597,6 +628,94 @@ fn forking_to_two_contacts() {
     assert!(b.owns(&got.msg));
     bob1.reply(&got, 200, "OK");
     bob2.expect_silence(Duration::from_millis(300), "a BYE to the losing contact");
+    assert_released(&cpmd);
+}
+
+/// Both contacts answer (bob2's 200 crosses cpmd's CANCEL): the first 200 wins; the second is
+/// ACKed and ended with a BYE (RFC 3261 §13.2.2.4 for a UAC that wants one dialog), and alice
+/// sees one 200 only.
+#[test]
+fn forking_second_200_is_acked_and_byed() {
+    let cpmd = Cpmd::spawn(&[]);
+    let mut bob1 = registered(&cpmd, "bob");
+    let mut bob2 = registered(&cpmd, "bob");
+    let mut alice = registered(&cpmd, "alice");
+    let invite = invite(&mut alice, &[Stream::audio(9)]);
+    let inv1 = expect_request(&mut bob1, "INVITE");
+    let inv2 = expect_request(&mut bob2, "INVITE");
+    // A provisional first: cpmd may CANCEL bob2's branch only then (RFC 3261 §9.1).
+    answer(&mut bob2, &inv2, 180, "Ringing", None);
+    answer(&mut bob1, &inv1, 200, "OK", Some((1, &[Stream::audio(9)])));
+    let ok = expect_response(&mut alice, &invite, 200..=699);
+    assert_status(&ok, 200);
+    let mut a = Dialog::uac(&invite, &ok);
+    alice.send_req(&a.ack(&alice, invite.cseq().unwrap()));
+    expect_request(&mut bob1, "ACK");
+
+    let cancel = expect_request(&mut bob2, "CANCEL");
+    bob2.reply(&cancel, 200, "OK");
+    answer(&mut bob2, &inv2, 200, "OK", Some((1, &[Stream::audio(9)])));
+    let b2 = Dialog::uas(&inv2.msg, bob2.tag());
+    let ack = expect_request(&mut bob2, "ACK");
+    assert!(b2.owns(&ack.msg), "ACK of another dialog:\n{}", ack.msg);
+    let bye = expect_request(&mut bob2, "BYE");
+    assert!(b2.owns(&bye.msg), "BYE of another dialog:\n{}", bye.msg);
+    bob2.reply(&bye, 200, "OK");
+    assert_no_request(&mut alice, "anything from the second 200");
+    assert_held(&cpmd, 1.0, 1.0);
+
+    let bye = a.request(&alice, "BYE");
+    assert_status(&alice.request(&bye), 200);
+    let got = expect_request(&mut bob1, "BYE");
+    bob1.reply(&got, 200, "OK");
+    assert_released(&cpmd);
+}
+
+/// An INVITE without SDP (late offer, RFC 3264 via RFC 3261 §13.2.1): bob's offer comes in his
+/// 200, alice's answer in her ACK, each rewritten to cpmd's ports; media flows both ways.
+#[test]
+fn late_offer() {
+    let (cpmd, mut alice, mut bob) = start(&[]);
+    let mut a_rtp = RtpEndpoint::bind();
+    let mut b_rtp = RtpEndpoint::bind();
+    let contact = format!("<{}>", alice.contact_uri());
+    let invite = alice
+        .req("INVITE", "sip:bob@localhost")
+        .header("Contact", contact);
+    alice.send_req(&invite);
+    let inv = expect_request(&mut bob, "INVITE");
+    assert!(inv.msg.body.is_empty(), "an offer appeared:\n{}", inv.msg);
+    answer(
+        &mut bob,
+        &inv,
+        200,
+        "OK",
+        Some((1, &[Stream::audio(b_rtp.port())])),
+    );
+    let ok = expect_response(&mut alice, &invite, 200..=699);
+    assert_status(&ok, 200);
+    let offer = sdp_of(&ok);
+    assert_anchored(&cpmd, &offer, &[b_rtp.port()]);
+    let a_facing = offer.rtp_addr(0);
+    let a = Dialog::uac(&invite, &ok);
+    let ack = a.ack(&alice, invite.cseq().unwrap()).body(
+        SDP,
+        sdp::body(1, &[Stream::audio(a_rtp.port()).formats(&[PCMA])]),
+    );
+    alice.send_req(&ack);
+    let got = expect_request(&mut bob, "ACK");
+    let answer_sdp = sdp_of(&got.msg);
+    assert_eq!(answer_sdp.media[0].formats, ["8"], "{answer_sdp:?}");
+    assert_anchored(&cpmd, &answer_sdp, &[a_rtp.port(), a_facing.port()]);
+    let b_facing = answer_sdp.rtp_addr(0);
+    assert_held(&cpmd, 1.0, 1.0);
+    relay_one_way(&mut a_rtp, a_facing, &b_rtp, b_facing, N, PCMA);
+    relay_one_way(&mut b_rtp, b_facing, &a_rtp, a_facing, N, PCMA);
+    let mut b = Dialog::uas(&inv.msg, bob.tag());
+    let bye = b.request(&bob, "BYE");
+    assert_status(&bob.request(&bye), 200);
+    let got = expect_request(&mut alice, "BYE");
+    alice.reply(&got, 200, "OK");
     assert_released(&cpmd);
 }
 
@@ -680,6 +799,35 @@ fn reinvite_adds_video() {
         .unwrap_or_else(|| panic!("no video leg in {stop}"));
     assert_eq!(video["from_a"]["packets"], N, "{stop}");
     assert_eq!(video["from_b"]["packets"], N, "{stop}");
+}
+
+/// bob refuses a re-INVITE adding video (488): alice gets the 488, the offer is rolled back
+/// (RFC 3264 §8, RFC 6337): the video leg's ports return and audio flows on as before.
+#[test]
+fn rejected_reinvite_rolls_back() {
+    let (cpmd, mut alice, mut bob) = start(&[]);
+    let mut call = Call::setup(&cpmd, &mut alice, &mut bob);
+    let streams = [
+        Stream::audio(call.a_rtp.port()),
+        Stream::video(RtpEndpoint::bind().port()),
+    ];
+    let req = call
+        .a
+        .request(&alice, "INVITE")
+        .body(SDP, sdp::body(2, &streams));
+    alice.send_req(&req);
+    let got = expect_request(&mut bob, "INVITE");
+    assert!(call.b.owns(&got.msg));
+    assert_held(&cpmd, 1.0, 2.0);
+    bob.reply(&got, 488, "Not Acceptable Here");
+    let resp = expect_response(&mut alice, &req, 200..=699);
+    assert_status(&resp, 488);
+    alice.ack(&req, &resp);
+    expect_request(&mut bob, "ACK");
+    assert_held(&cpmd, 1.0, 1.0);
+    call.talk(N);
+    call.bye_from_alice(&mut alice, &mut bob);
+    assert_released(&cpmd);
 }
 
 // ---- 6. hold and resume ----------------------------------------------------------------------
@@ -1129,8 +1277,9 @@ fn next(ua: &mut Ua, what: &str) -> Message {
 fn resources_released_under_volume() {
     const SEQUENTIAL: usize = 200;
     const CONCURRENT: usize = 50;
-    // 400 ports: 200 per worker, room for 50 legs on either.
-    let cpmd = Cpmd::builder().media_ports(400).spawn();
+    // A leg's ports stay held for a second after its call (the media linger), so at this
+    // call rate a few hundred are held at once: 2,000 ports, 1,000 (250 legs) per worker.
+    let cpmd = Cpmd::builder().media_ports(2000).spawn();
     let mut bob = registered(&cpmd, "bob");
     let mut alice = registered(&cpmd, "alice");
     for _ in 0..SEQUENTIAL {

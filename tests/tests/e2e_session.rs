@@ -1118,6 +1118,27 @@ fn unparsable_sdp_is_400() {
     assert_released(&cpmd);
 }
 
+/// bob answers an offer with a 200 without SDP (RFC 3264 §5: the answer must come in the
+/// 2xx): nothing can be relayed, so bob's dialog is ACKed and ended with a BYE, and alice gets
+/// 488 (RFC 3261 §21.4.26).
+#[test]
+fn answer_without_sdp_is_488() {
+    let (cpmd, mut alice, mut bob) = start(&[]);
+    let invite = invite(&mut alice, &[Stream::audio(9)]);
+    let inv = expect_request(&mut bob, "INVITE");
+    answer(&mut bob, &inv, 200, "OK", None);
+    let b = Dialog::uas(&inv.msg, bob.tag());
+    let ack = expect_request(&mut bob, "ACK");
+    assert!(b.owns(&ack.msg));
+    let bye = expect_request(&mut bob, "BYE");
+    assert!(b.owns(&bye.msg));
+    bob.reply(&bye, 200, "OK");
+    let resp = expect_response(&mut alice, &invite, 200..=699);
+    assert_status(&resp, 488);
+    alice.ack(&invite, &resp);
+    assert_released(&cpmd);
+}
+
 /// A pool of 4 ports (one worker) holds one leg: a second concurrent call gets 503 with
 /// Retry-After (and a log line); once the first ends, its ports serve the next call.
 #[test]

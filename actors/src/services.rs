@@ -185,7 +185,7 @@ impl Services {
         }
         // Anything of a session's Call-IDs is the session's (in-dialog requests, a second
         // INVITE on the same Call-ID): it answers 481 for what matches none of its dialogs.
-        if let Some(actor) = self.sessions.by_call_id(req.call_id()) {
+        if let Some(actor) = self.sessions.route(&req) {
             actor.do_send(ToSession::Request {
                 tx: id,
                 request: req,
@@ -282,7 +282,7 @@ impl Services {
 
     /// The ACK of a 2xx (its own transaction, RFC 3261 §17): the session's, if any.
     pub fn on_ack(&mut self, ack: Message) {
-        if let Some(actor) = self.sessions.by_call_id(ack.call_id()) {
+        if let Some(actor) = self.sessions.route(&ack) {
             actor.do_send(ToSession::Ack(ack));
         }
     }
@@ -648,10 +648,6 @@ impl Services {
         let Some(worker) = self.worker_addr.clone() else {
             return Err(bad(503, "Service Unavailable"));
         };
-        let a_call_id = req
-            .call_id()
-            .cloned()
-            .ok_or_else(|| bad(400, "Missing Call-ID"))?;
         let contacts = self
             .local_targets(&req, now)?
             .into_iter()
@@ -665,7 +661,7 @@ impl Services {
         self.salt = self.salt.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let start = SessionStart {
             tx: id,
-            invite: req,
+            invite: req.clone(),
             source,
             reliable: transport.reliable(),
             contacts,
@@ -674,7 +670,7 @@ impl Services {
         };
         let key: SessionKey = self.sessions.next_key();
         let actor = SessionActor::new(key, start, self.env.clone(), worker, now).start();
-        self.sessions.insert(key, actor, [a_call_id, b_call_id], id);
+        self.sessions.insert(key, actor, (&req, id), b_call_id);
         Ok(())
     }
 

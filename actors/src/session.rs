@@ -540,13 +540,22 @@ impl Handler<MediaInactive> for SessionActor {
     }
 }
 
+/// How a request finds its session: A's side by Call-ID and A's From tag (another INVITE on
+/// the same Call-ID with another From tag is another call, RFC 3261 §12.2 and §8.2.2.2), B's
+/// side by the Call-ID cpmd chose for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Route {
+    A { call_id: Bytes, from_tag: Bytes },
+    B { call_id: Bytes },
+}
+
 /// The worker's routing of SIP traffic to its sessions.
 #[derive(Default)]
 pub struct SessionTable {
     next: u64,
     actors: HashMap<SessionKey, Addr<SessionActor>>,
-    by_call_id: HashMap<Bytes, SessionKey>,
-    call_ids: HashMap<SessionKey, Vec<Bytes>>,
+    routes: HashMap<Route, SessionKey>,
+    keys: HashMap<SessionKey, [Route; 2]>,
     client: HashMap<ClientTxId, (SessionKey, ReqId)>,
     client_of: HashMap<(SessionKey, ReqId), ClientTxId>,
     invite_tx: HashMap<ServerTxId, SessionKey>,
@@ -559,25 +568,41 @@ impl SessionTable {
         SessionKey(self.next)
     }
 
-    /// Registers a started session under its Call-IDs and A's INVITE transaction.
+    /// Registers a started session: A's INVITE (its Call-ID and From tag, its server
+    /// transaction) and the Call-ID of B's side.
     pub fn insert(
         &mut self,
         key: SessionKey,
         actor: Addr<SessionActor>,
-        call_ids: [Bytes; 2],
-        invite: ServerTxId,
+        invite: (&Message, ServerTxId),
+        b_call_id: Bytes,
     ) {
-        for c in &call_ids {
-            self.by_call_id.insert(c.clone(), key);
-        }
-        self.call_ids.insert(key, call_ids.to_vec());
-        self.invite_tx.insert(invite, key);
+        let (invite, invite_tx) = invite;
+        let a = Route::A {
+            call_id: invite.call_id().cloned().unwrap_or_default(),
+            from_tag: from_tag(invite),
+        };
+        let b = Route::B { call_id: b_call_id };
+        self.routes.insert(a.clone(), key);
+        self.routes.insert(b.clone(), key);
+        self.keys.insert(key, [a, b]);
+        self.invite_tx.insert(invite_tx, key);
         self.actors.insert(key, actor);
     }
 
-    /// The session a request belongs to, by Call-ID (A's or B's side).
-    pub fn by_call_id(&self, call_id: Option<&Bytes>) -> Option<&Addr<SessionActor>> {
-        let key = self.by_call_id.get(call_id?)?;
+    /// The session a request (or an ACK) belongs to: B's side by Call-ID, A's side by
+    /// Call-ID and From tag.
+    pub fn route(&self, req: &Message) -> Option<&Addr<SessionActor>> {
+        let call_id = req.call_id()?;
+        let b = Route::B {
+            call_id: call_id.clone(),
+        };
+        let key = self.routes.get(&b).or_else(|| {
+            self.routes.get(&Route::A {
+                call_id: call_id.clone(),
+                from_tag: from_tag(req),
+            })
+        })?;
         self.actors.get(key)
     }
 
@@ -619,8 +644,10 @@ impl SessionTable {
     /// still retransmits); their responses then find no session and are dropped.
     pub fn remove(&mut self, key: SessionKey) {
         self.actors.remove(&key);
-        for c in self.call_ids.remove(&key).unwrap_or_default() {
-            self.by_call_id.remove(&c);
+        for r in self.keys.remove(&key).into_iter().flatten() {
+            if self.routes.get(&r) == Some(&key) {
+                self.routes.remove(&r);
+            }
         }
         self.client.retain(|_, (k, _)| *k != key);
         self.client_of.retain(|(k, _), _| *k != key);
@@ -645,4 +672,12 @@ impl SessionTable {
             ..SessionTable::default()
         };
     }
+}
+
+/// The From tag of a message (empty without one).
+fn from_tag(m: &Message) -> Bytes {
+    m.headers
+        .get(&cpm_engine::sip::HeaderName::From)
+        .and_then(cpm_engine::sip::builder::tag_of)
+        .unwrap_or_default()
 }

@@ -1118,6 +1118,35 @@ fn unparsable_sdp_is_400() {
     assert_released(&cpmd);
 }
 
+/// cpmd allows only PCMU (`--codecs PCMU`): an offer of PCMA alone leaves no stream, 488
+/// (RFC 3264 §6, RFC 3261 §21.4.26) and bob hears nothing; an offer of PCMU and PCMA reaches
+/// bob with PCMA and its rtpmap removed.
+#[test]
+fn codecs_outside_the_allowed_list_are_refused_488() {
+    let (cpmd, mut alice, mut bob) = start(&["--codecs", "PCMU"]);
+    let req = alice
+        .req("INVITE", "sip:bob@localhost")
+        .header("Contact", format!("<{}>", alice.contact_uri()))
+        .body(SDP, sdp::body(1, &[Stream::audio(9).formats(&[8])]));
+    let resp = alice.request(&req);
+    assert_status(&resp, 488);
+    alice.ack(&req, &resp);
+    bob.expect_silence(
+        Duration::from_millis(300),
+        "an INVITE without an allowed codec",
+    );
+    assert_released(&cpmd);
+    let _call = invite(&mut alice, &[Stream::audio(9).formats(&[0, 8])]);
+    let inv = expect_request(&mut bob, "INVITE");
+    let body = String::from_utf8_lossy(&inv.msg.body).to_string();
+    let m_line = body
+        .lines()
+        .find(|l| l.starts_with("m=audio"))
+        .expect("m=audio");
+    assert!(m_line.ends_with("RTP/AVP 0"), "{body}");
+    assert!(!body.contains("PCMA"), "{body}");
+}
+
 /// bob answers an offer with a 200 without SDP (RFC 3264 §5: the answer must come in the
 /// 2xx): nothing can be relayed, so bob's dialog is ACKed and ended with a BYE, and alice gets
 /// 488 (RFC 3261 §21.4.26).
@@ -1178,17 +1207,9 @@ fn exhausted_port_pool_is_503() {
 /// A second INVITE with the Call-ID of a session alive but a new From tag is a new dialog
 /// (RFC 3261 §12: a dialog is Call-ID plus both tags): it is a call of its own.
 ///
-/// BUG: carol's INVITE (alice's live Call-ID, carol's own From tag, no To tag) gets
-/// `481 Call/Transaction Does Not Exist` and bob gets nothing. Services::on_request
-/// (actors/src/services.rs) hands every request whose Call-ID a session holds to that session
-/// (SessionTable::by_call_id, one session per Call-ID), and Session::handle_request
-/// (engine/src/session/machine/dialogs.rs) answers 481 when origin_of finds none of its
-/// dialogs. A request without a To tag is outside any dialog (RFC 3261 §12.2, §8.2); only one
-/// with the same From tag, Call-ID and CSeq is a merged request (§8.2.2.2, 482). Expected: a
-/// new session (the table keyed by Call-ID and A's From tag, or Session::matches consulted
-/// before routing, with an initial INVITE that matches no session starting one).
+/// A request without a To tag is outside any dialog (RFC 3261 §12.2, §8.2): sessions are found
+/// by Call-ID and the caller's From tag, so carol's INVITE starts a call of its own.
 #[test]
-#[ignore = "BUG: an INVITE reusing a live session's Call-ID with a new From tag gets 481, not a new session"]
 fn same_call_id_new_dialog_is_a_new_call() {
     let (cpmd, mut alice, mut bob) = start(&[]);
     let mut first = Call::setup(&cpmd, &mut alice, &mut bob);

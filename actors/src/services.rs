@@ -113,6 +113,7 @@ impl Services {
             charging: shared.charging.clone(),
             interim: cfg.cdr_interim(),
             media_timeout: cfg.media_timeout(),
+            test_hooks: cfg.test_hooks,
         });
         Services {
             sessions: SessionTable::default(),

@@ -149,12 +149,34 @@ pub struct SessionEnv {
     pub interim: Option<Duration>,
     /// The RTP inactivity limit (`None`: no check).
     pub media_timeout: Option<Duration>,
+    /// Test-only fault injection (`--test-hooks`): a request of the session carrying
+    /// `X-Cpm-Test: panic-session` makes its actor panic.
+    pub test_hooks: bool,
+}
+
+/// Whether a request asks for the injected session panic (`--test-hooks` only).
+fn is_panic_hook(req: &Message) -> bool {
+    req.headers.iter().any(|h| {
+        matches!(&h.name, cpm_engine::sip::HeaderName::Other(n) if n.eq_ignore_ascii_case(b"X-Cpm-Test"))
+            && &h.value[..] == b"panic-session"
+    })
 }
 
 /// The media side of one session: the engine's SDP relay over the worker's pool.
 struct MediaRelay {
     media: MediaSession,
     pool: Rc<RefCell<PortPool>>,
+}
+
+/// However the session ends (its actor stopping, or unwinding from a panic), its ports go back
+/// to the worker's pool. `try_borrow_mut`: a panic while the pool was borrowed must not turn
+/// into a second one.
+impl Drop for MediaRelay {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = self.pool.try_borrow_mut() {
+            self.media.release_all(&mut pool);
+        }
+    }
 }
 
 impl SdpRelay for MediaRelay {
@@ -231,6 +253,8 @@ impl SessionActor {
     /// Carries out what the session decided: media changes first (so the sockets are bound
     /// before the SDP naming them leaves), then the SIP actions in one batch to the worker.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        // Ended already: the media lingers, nothing more is carried out.
+        let was_ended = self.ended;
         self.apply_media(ctx);
         let mut out = Vec::new();
         while let Some(action) = self.session.poll_action() {
@@ -269,6 +293,9 @@ impl SessionActor {
                     self.ended = true;
                 }
             }
+        }
+        if was_ended {
+            return;
         }
         if self.ended {
             out.push(SipAction::Ended);
@@ -496,7 +523,16 @@ impl Actor for SessionActor {
             self.charge(record);
         }
         self.release_media();
+    }
+}
+
+/// A session actor that unwinds from a panic is dropped without `stopped()`: its legs stop
+/// with their last `Addr` (dropped with it), its ports return with its [`MediaRelay`], and
+/// here the worker is told to forget its routes.
+impl Drop for SessionActor {
+    fn drop(&mut self) {
         if !self.ended {
+            self.ended = true;
             let _ = self.worker.try_send(FromSession {
                 key: self.key,
                 actions: vec![SipAction::Ended],
@@ -511,7 +547,12 @@ impl Handler<ToSession> for SessionActor {
     fn handle(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
         let now = Instant::now();
         match msg {
-            ToSession::Request { tx, request } => self.session.on_request(tx, request, now),
+            ToSession::Request { tx, request } => {
+                if self.env.test_hooks && is_panic_hook(&request) {
+                    panic!("fault injected by X-Cpm-Test: panic-session");
+                }
+                self.session.on_request(tx, request, now)
+            }
             ToSession::Cancel {
                 cancel_tx,
                 invite_tx,

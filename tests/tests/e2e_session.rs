@@ -1405,3 +1405,38 @@ fn resources_released_under_volume() {
         cpmd.cdrs().len()
     );
 }
+
+// ---- a session actor that panics --------------------------------------------------------------
+
+/// With `--test-hooks`, a request carrying `X-Cpm-Test: panic-session` makes its session actor
+/// panic: that session's legs, ports and routes are released, while another call on the same
+/// cpmd (one worker: the same thread) goes on relaying and ends normally.
+#[test]
+fn a_panicking_session_releases_its_media_and_others_go_on() {
+    let (cpmd, mut alice, mut bob) = start(&["--test-hooks", "true", "--workers", "1"]);
+    let mut doomed = Call::setup(&cpmd, &mut alice, &mut bob);
+    let mut other = Call::setup(&cpmd, &mut alice, &mut bob);
+    cpmd.wait_metric("cpm_sessions", Duration::from_secs(5), |v| v == 2.0);
+    let info = doomed
+        .a
+        .request(&alice, "INFO")
+        .header("X-Cpm-Test", "panic-session");
+    alice.send_req(&info);
+    // The dead session's routes, legs and ports go; the other call's stay.
+    for (series, left) in [
+        ("cpm_sessions", 1.0),
+        ("cpm_media_legs", 1.0),
+        ("cpm_media_pool_ports_in_use", 4.0),
+    ] {
+        let v = cpmd.wait_metric(series, Duration::from_secs(5), |v| v == left);
+        assert_eq!(v, left, "{series}:\n{}", cpmd.metrics());
+    }
+    assert_eq!(
+        cpmd.metric("cpm_actor_restarts_total"),
+        0.0,
+        "the worker itself went on"
+    );
+    other.talk(20);
+    other.bye_from_alice(&mut alice, &mut bob);
+    assert_released(&cpmd);
+}

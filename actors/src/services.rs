@@ -163,11 +163,6 @@ impl Services {
         now: Instant,
         txn: &mut TransactionLayer,
     ) {
-        if self.shared.is_draining() {
-            let mut r = builder::local_response(&req, 503, "Service Unavailable (Shutting Down)");
-            r.headers.push(HeaderName::RetryAfter, "5");
-            return self.respond(id, r, now, txn);
-        }
         if self.shared.config.test_hooks
             && req.headers.iter().any(|h| {
                 matches!(&h.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(b"X-Cpm-Test"))
@@ -176,6 +171,21 @@ impl Services {
         {
             panic!("fault injected by X-Cpm-Test: panic");
         }
+        // Requests of a session go to it, also while shutting down (a BYE must get through).
+        // Sessions are found by Call-ID and the caller's From tag; the session answers 481
+        // for what matches none of its dialogs.
+        if let Some(actor) = self.sessions.route(&req) {
+            actor.do_send(ToSession::Request {
+                tx: id,
+                request: req,
+            });
+            return;
+        }
+        if self.shared.is_draining() {
+            let mut r = builder::local_response(&req, 503, "Service Unavailable (Shutting Down)");
+            r.headers.push(HeaderName::RetryAfter, "5");
+            return self.respond(id, r, now, txn);
+        }
         // RFC 3261 §8.2.2.3: a Require we do not understand gets 420 (never for ACK/CANCEL).
         let unsupported = cpm_engine::sip::validate::unsupported_requires(&req, SUPPORTED);
         if !unsupported.is_empty() {
@@ -183,15 +193,6 @@ impl Services {
             r.headers
                 .push(HeaderName::Unsupported, unsupported.join(", "));
             return self.respond(id, r, now, txn);
-        }
-        // Anything of a session's Call-IDs is the session's (in-dialog requests, a second
-        // INVITE on the same Call-ID): it answers 481 for what matches none of its dialogs.
-        if let Some(actor) = self.sessions.route(&req) {
-            actor.do_send(ToSession::Request {
-                tx: id,
-                request: req,
-            });
-            return;
         }
         let class = service::classify(&req, &self.svc);
         tracing::debug!(service = ?class.service, "classified");

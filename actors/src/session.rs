@@ -20,7 +20,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -32,8 +31,8 @@ use cpm_engine::media::{
     Side, StreamId,
 };
 use cpm_engine::session::{
-    Action, ChargingKind, ChargingRecord, FlowCounters, LegUsage, NoPolicy, ReqId, Session,
-    SessionConfig, SessionStart,
+    Action, ChargingKind, ChargingRecord, EndReason, FlowCounters, LegUsage, NoPolicy, ReqId,
+    Session, SessionConfig, SessionStart,
 };
 use cpm_engine::sip::transaction::{ClientTxId, ServerTxId};
 use cpm_engine::sip::Message;
@@ -84,53 +83,16 @@ pub enum ToSession {
     },
 }
 
-/// What a session asks its worker to do, in order.
-#[derive(Debug)]
-pub enum SipAction {
-    /// Start a client transaction and route its responses back as `id`.
-    SendRequest {
-        /// The session's name for it.
-        id: ReqId,
-        /// Where to.
-        dest: SocketAddr,
-        /// Over TCP.
-        reliable: bool,
-        /// The request.
-        request: Message,
-    },
-    /// CANCEL the INVITE client transaction of `id`.
-    Cancel {
-        /// The INVITE's name.
-        id: ReqId,
-    },
-    /// Answer on a server transaction.
-    Respond {
-        /// The transaction.
-        tx: ServerTxId,
-        /// The response.
-        response: Message,
-    },
-    /// Send the ACK of a 2xx, outside any transaction.
-    SendAck {
-        /// Where to.
-        dest: SocketAddr,
-        /// Over TCP.
-        reliable: bool,
-        /// The ACK.
-        ack: Message,
-    },
-    /// The session is over: forget its routes.
-    Ended,
-}
-
-/// A batch of [`SipAction`]s from one session.
+/// What a session asks its worker to do, in order: the session's [`Action`]s that touch the
+/// transaction layer (send a request, cancel, respond, send an ACK) and its end (the worker
+/// then forgets its routes). Timers and charging records stay with the actor.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct FromSession {
     /// Whose.
     pub key: SessionKey,
     /// What, in order.
-    pub actions: Vec<SipAction>,
+    pub actions: Vec<Action>,
 }
 
 /// Everything a worker's sessions share: settings, the port pool, the media plane.
@@ -259,46 +221,24 @@ impl SessionActor {
         let mut out = Vec::new();
         while let Some(action) = self.session.poll_action() {
             match action {
-                Action::SendRequest {
-                    id,
-                    dest,
-                    reliable,
-                    request,
-                    ..
-                } => out.push(SipAction::SendRequest {
-                    id,
-                    dest,
-                    reliable,
-                    request,
-                }),
-                Action::Cancel { id } => out.push(SipAction::Cancel { id }),
-                Action::Respond { tx, response } => out.push(SipAction::Respond { tx, response }),
-                Action::SendAck {
-                    dest,
-                    reliable,
-                    ack,
-                    ..
-                } => out.push(SipAction::SendAck {
-                    dest,
-                    reliable,
-                    ack,
-                }),
+                Action::SendRequest { .. }
+                | Action::Cancel { .. }
+                | Action::Respond { .. }
+                | Action::SendAck { .. } => out.push(action),
                 Action::Timer(at) => self.arm(at, ctx),
                 Action::Charging(record) if record.kind == ChargingKind::Stop => {
                     self.stop_record = Some(*record)
                 }
                 Action::Charging(record) => self.charge(*record),
                 Action::Ended(reason) => {
-                    tracing::debug!(session = self.key.0, ?reason, "session ended");
+                    tracing::debug!(session = self.key.0, %reason, "session ended");
                     self.ended = true;
+                    out.push(Action::Ended(reason));
                 }
             }
         }
         if was_ended {
             return;
-        }
-        if self.ended {
-            out.push(SipAction::Ended);
         }
         if !out.is_empty() {
             // The worker lives on this thread and outlives its sessions; a full mailbox is
@@ -535,7 +475,7 @@ impl Drop for SessionActor {
             self.ended = true;
             let _ = self.worker.try_send(FromSession {
                 key: self.key,
-                actions: vec![SipAction::Ended],
+                actions: vec![Action::Ended(EndReason::Aborted)],
             });
         }
     }

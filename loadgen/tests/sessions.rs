@@ -132,7 +132,7 @@ fn calls_through_cpmd_relay_every_packet_both_ways() {
     assert_eq!(count("from_b"), sent_b);
     for r in &stops {
         assert_eq!(r["final_status"], 200, "{r:#}");
-        assert_eq!(r["end_reason"], "Bye(A)", "{r:#}");
+        assert_eq!(r["end_reason"], "bye-caller", "{r:#}");
         assert_eq!(r["legs"][0]["media"], "audio", "{r:#}");
         assert!(r["duration_s"].as_f64().unwrap() >= 0.9, "{r:#}");
     }

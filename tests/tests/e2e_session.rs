@@ -446,7 +446,7 @@ fn basic_call() {
         "{start}"
     );
     let stop = cpmd.wait_cdr(call.call_id(), "stop", WAIT);
-    assert_eq!(stop["end_reason"], "Bye(A)", "{stop}");
+    assert_eq!(stop["end_reason"], "bye-caller", "{stop}");
     let legs = stop["legs"].as_array().expect("legs");
     assert_eq!(legs.len(), 1, "{stop}");
     assert_eq!(legs[0]["media"], "audio", "{stop}");
@@ -467,7 +467,7 @@ fn bye_from_callee() {
     call.bye_from_bob(&mut alice, &mut bob);
     assert_released(&cpmd);
     let stop = cpmd.wait_cdr(call.call_id(), "stop", WAIT);
-    assert_eq!(stop["end_reason"], "Bye(B)", "{stop}");
+    assert_eq!(stop["end_reason"], "bye-callee", "{stop}");
     assert_eq!(stop["legs"][0]["from_b"]["packets"], 10, "{stop}");
     // The relay is gone with the session.
     call.a_rtp.send(call.a_facing, 3, PCMA);
@@ -1064,7 +1064,7 @@ fn media_inactivity_without_rtp() {
     );
     assert_released(&cpmd);
     let stop = cpmd.wait_cdr(call.call_id(), "stop", WAIT);
-    assert_eq!(stop["end_reason"], "MediaInactive", "{stop}");
+    assert_eq!(stop["end_reason"], "media-inactive", "{stop}");
 }
 
 /// With `--media-timeout 2`, media that flows keeps the session past the timeout; once it
@@ -1093,7 +1093,7 @@ fn media_inactivity_after_media_stops() {
     );
     assert_released(&cpmd);
     let stop = cpmd.wait_cdr(call.call_id(), "stop", WAIT);
-    assert_eq!(stop["end_reason"], "MediaInactive", "{stop}");
+    assert_eq!(stop["end_reason"], "media-inactive", "{stop}");
 }
 
 // ---- 10. bad input ---------------------------------------------------------------------------

@@ -7,24 +7,34 @@
 #   bare-forwarder      perf/reference/bare-forwarder (call only): the call scenario's RTP without
 #                       signaling, from rtp-pairs: rate x hold streams, 50 packets/s each way,
 #                       for count / rate seconds (as many packets as the calls relay)
-#   cpmd                BIN/cpmd (options, register, message)
+#   cpmd                BIN/cpmd (every scenario; call: cpmd relays the calls as a B2BUA and
+#                       anchors their RTP on --media-ports CPMD_MEDIA_PORTS)
+#   direct              no server (call, message): cpm-loadgen straight to the uas, the floor of
+#                       the load's own delays and CPU at the same load
 # options pings the server itself (cpm-loadgen --to '': OPTIONS sip:target, RFC 3261 §11);
 # message goes to users of a cpm-loadgen uas registered at the target.
 # Options:
 #   --rate N [call 20, else 500]  --count N [call 200, else 5000]  --hold SECS [5]
 #   --users N [100]  --targets "..."
+#   --ptime MS [20]    call: one RTP packet every MS each way (cpm-loadgen --ptime, rtp-pairs --pps)
+#   --load-args "..."  more arguments of the load client (cpm-loadgen SCENARIO; split on spaces)
+#   --uas-args "..."   more arguments of the answering cpm-loadgen uas
+#   --taskset CPUS     run the load (uas and client, or rtp-pairs) under taskset -c CPUS
 #   --out DIR          where each run's files go [a new temp dir, kept]
 #   --bin-dir DIR      take the binaries from DIR and build nothing [target/release, built first]
 #   --no-build         use the binaries already in the binaries directory
 # Environment: BIN (as --bin-dir), LOADGEN (the cpm-loadgen binary [BIN/cpm-loadgen]),
-#   SIP_PORT [5070] NG_PORT [22222] RTP_MIN [33000] RTP_MAX [39999] (Kamailio and rtpengine).
+#   SIP_PORT [5070] NG_PORT [22222] RTP_MIN [33000] RTP_MAX [39999] (Kamailio and rtpengine),
+#   CPMD_MEDIA_PORTS [6000-15999] (cpmd's relay ports), CPMD_ARGS (more cpmd arguments).
 #
 # For each target: start it; start `cpm-loadgen uas --rtp echo` registered there as user0000..
 # (not for register); read the CPU time (/proc/PID/task/*/schedstat) of every server
-# process; run `cpm-loadgen SCENARIO`; read the CPU time again; stop everything. Then one table
-# and each target's ratios to the first one. Exit 0 when every target gave a result and every
-# load run met its thresholds (cpm-loadgen: all sessions succeeded; rtp-pairs: no packet lost),
-# 1 otherwise (reasons on stderr), 2 on a usage error.
+# process and their memory (Pss, VmRSS); run `cpm-loadgen SCENARIO`, sampling the memory; read
+# the CPU time again; stop everything (cpmd: after checking in /metrics that no session, leg
+# or port is left). Then one table and each target's ratios to the first one. Exit 0 when
+# every target gave a result and every load run met its thresholds (cpm-loadgen: all sessions
+# succeeded; rtp-pairs: no packet lost) and cpmd released everything, 1 otherwise (reasons on
+# stderr), 2 on a usage error.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
@@ -34,7 +44,8 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" 
 SCENARIO="${1:-}"
 [[ -n "$SCENARIO" && "$SCENARIO" != -* ]] || usage
 shift
-RATE="" COUNT="" HOLD=5 USERS=100 OUT="" BUILD=1 TARGETS="" BIN="${BIN:-}"
+RATE="" COUNT="" HOLD=5 USERS=100 OUT="" BUILD=1 TARGETS="" BIN="${BIN:-}" PTIME=20 LOAD_ARGS="" UAS_ARGS=""
+TASKSET=""
 while (($#)); do
     case "$1" in
     --rate) RATE=$2; shift 2 ;;
@@ -42,6 +53,10 @@ while (($#)); do
     --hold) HOLD=$2; shift 2 ;;
     --users) USERS=$2; shift 2 ;;
     --targets) TARGETS=$2; shift 2 ;;
+    --ptime) PTIME=$2; shift 2 ;;
+    --load-args) LOAD_ARGS=$2; shift 2 ;;
+    --uas-args) UAS_ARGS=$2; shift 2 ;;
+    --taskset) TASKSET=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --bin-dir) BIN=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
@@ -50,7 +65,7 @@ while (($#)); do
     esac
 done
 case "$SCENARIO" in
-call) : "${TARGETS:=kamailio-rtpengine bare-forwarder}" "${RATE:=20}" "${COUNT:=200}" ;;
+call) : "${TARGETS:=kamailio-rtpengine bare-forwarder cpmd}" "${RATE:=20}" "${COUNT:=200}" ;;
 options) : "${TARGETS:=kamailio-rtpengine cpmd}" "${RATE:=500}" "${COUNT:=5000}" ;;
 register | message) : "${TARGETS:=kamailio-rtpengine cpmd}" "${RATE:=500}" "${COUNT:=5000}" ;;
 *) echo "compare.sh: unknown scenario $SCENARIO" >&2; exit 2 ;;
@@ -70,6 +85,10 @@ OUT="$(cd "$OUT" && pwd)"
 SIP_PORT="${SIP_PORT:-5070}" NG_PORT="${NG_PORT:-22222}"
 RTP_MIN="${RTP_MIN:-33000}" RTP_MAX="${RTP_MAX:-39999}"
 UAS_PORT=16000 CPMD_PORT=5075 CPMD_HTTP=18075 FWD_LO=24000 FWD_MAX=30999
+CPMD_MEDIA_PORTS="${CPMD_MEDIA_PORTS:-6000-15999}"
+# The load processes, pinned with --taskset.
+PIN=()
+[[ -n "$TASKSET" ]] && PIN=(taskset -c "$TASKSET")
 
 log() { echo "== $*" >&2; }
 FAILURES=()
@@ -104,16 +123,74 @@ done
 # (first field of /proc/PID/task/TID/schedstat; clock ticks of /proc/PID/stat, utime + stime,
 # are 10 ms apart, too coarse for runs of a few seconds over eight Kamailio processes). A thread
 # that ends during the run takes its time with it: the servers' threads live as long as they.
+# An argument PID@NAME counts only PID's threads whose name (/proc/PID/task/TID/comm) starts
+# with NAME, PID@!NAME only the others (cpmd's media loops are the threads cpm-media-<k>).
 cpu_ns() {
-    local p
-    for p in "$@"; do cat "/proc/$p/task/"*/schedstat 2>/dev/null || true; done |
-        awk '{ s += $1 } END { printf "%.0f\n", s }'
+    local spec p name t comm
+    for spec in "$@"; do
+        p=${spec%%@*} name=""
+        [[ "$spec" == *@* ]] && name=${spec#*@}
+        for t in "/proc/$p/task/"*; do
+            if [[ -n "$name" ]]; then
+                comm=$(cat "$t/comm" 2>/dev/null) || continue
+                if [[ "$name" == !* ]]; then
+                    [[ "$comm" == "${name#!}"* ]] && continue
+                else
+                    [[ "$comm" == "$name"* ]] || continue
+                fi
+            fi
+            cat "$t/schedstat" 2>/dev/null || true
+        done
+    done | awk '{ s += $1 } END { printf "%.0f\n", s }'
 }
-# The server CPU counted from here (after the answering users are registered) to cpu_end.
-# shellcheck disable=SC2086 # the pid lists are split on purpose
-cpu_begin() { sig0=$(cpu_ns $SIG_PIDS) media0=$(cpu_ns $MEDIA_PIDS); }
+# Memory of the server processes (the pids of SIG_PIDS and MEDIA_PIDS) in KiB: "PSS RSS", the
+# sums of Pss (/proc/PID/smaps_rollup: shared pages split between the processes mapping them,
+# so Kamailio's shared memory counts once) and of VmRSS (/proc/PID/status).
+server_pids() { for s in $SIG_PIDS $MEDIA_PIDS; do echo "${s%%@*}"; done | sort -u; }
+mem_kib() {
+    local p
+    for p in $(server_pids); do
+        awk '$1 == "Pss:" { print "pss", $2 }' "/proc/$p/smaps_rollup" 2>/dev/null || true
+        awk '$1 == "VmRSS:" { print "rss", $2 }' "/proc/$p/status" 2>/dev/null || true
+    done | awk '{ s[$1] += $2 } END { printf "%d %d\n", s["pss"], s["rss"] }'
+}
+# The memory every 0.5 s (with cpmd's sessions alive) into $1, "PSS RSS [SESSIONS]" per line,
+# until killed.
+mem_sampler() {
+    while :; do
+        if [[ "$TARGET" == cpmd ]]; then
+            echo "$(mem_kib) $(cpmd_metric cpm_sessions)"
+        else
+            mem_kib
+        fi
+        sleep 0.5
+    done >"$1"
+}
+# The server CPU counted from here (after the answering users are registered) to cpu_end (the
+# pid lists are split on purpose: SC2086); the memory read at both ends, sampled in between.
+MEM_PID=""
 # shellcheck disable=SC2086
-cpu_end() { sig1=$(cpu_ns $SIG_PIDS) media1=$(cpu_ns $MEDIA_PIDS); }
+cpu_begin() {
+    read -r rcvbuf0 sndbuf0 < <(udp_errors)
+    read -r pss0 rss0 < <(mem_kib)
+    mem_sampler "$OUT/$TARGET.mem" &
+    MEM_PID=$!
+    sig0=$(cpu_ns $SIG_PIDS) media0=$(cpu_ns $MEDIA_PIDS)
+}
+# shellcheck disable=SC2086
+cpu_end() {
+    sig1=$(cpu_ns $SIG_PIDS) media1=$(cpu_ns $MEDIA_PIDS)
+    kill "$MEM_PID" 2>/dev/null || true
+    wait "$MEM_PID" 2>/dev/null || true
+    MEM_PID=""
+    read -r pss1 rss1 < <(mem_kib)
+    read -r rcvbuf1 sndbuf1 < <(udp_errors)
+}
+# The kernel's UDP drops, machine-wide (/proc/net/snmp): "RcvbufErrors SndbufErrors".
+udp_errors() {
+    awk '$1 == "Udp:" && !h { for (i = 2; i <= NF; i++) c[$i] = i; h = 1; next }
+         $1 == "Udp:" { print $c["RcvbufErrors"], $c["SndbufErrors"] }' /proc/net/snmp
+}
 secs() { calc "printf \"%.3f\", $1 / 1e9"; }
 
 # ---------------------------------------------------------------- targets
@@ -160,22 +237,51 @@ stop_bare-forwarder() {
     RTP_RELAYED=$(grep -o 'tx_packets=[0-9]*' "$OUT/bare-forwarder.out" | tail -1 | cut -d= -f2)
 }
 
+# No server: the load goes straight to the uas (user0000's socket answers every user).
+start_direct() { SIG_PIDS="" MEDIA_PIDS="" TARGET_ADDR=127.0.0.1:$UAS_PORT; }
+stop_direct() { :; }
+
 CPMD_PID=""
+# cpmd's /metrics, and the value of one series in it ("-" when absent).
+cpmd_metrics() { curl -sf --max-time 2 "http://127.0.0.1:$CPMD_HTTP/metrics"; }
+cpmd_metric() { cpmd_metrics | awk -v k="$1" '$1 == k { v = $2 } END { print (v == "" ? "-" : v) }'; }
 start_cpmd() {
+    # shellcheck disable=SC2086 # CPMD_ARGS is split on purpose
     "$BIN/cpmd" --sip-listen "127.0.0.1:$CPMD_PORT" --http-listen "127.0.0.1:$CPMD_HTTP" \
-        --data-dir "$OUT/cpmd-data" \
+        --data-dir "$OUT/cpmd-data" --media-ports "$CPMD_MEDIA_PORTS" ${CPMD_ARGS:-} \
         >"$OUT/cpmd.log" 2>&1 &
     CPMD_PID=$!
     for _ in $(seq 100); do
-        ss -Hlun "sport = :$CPMD_PORT" | grep -q . && break
+        ss -Hlun "sport = :$CPMD_PORT" | grep -q . && cpmd_metrics >/dev/null && break
         kill -0 "$CPMD_PID" 2>/dev/null || { tail "$OUT/cpmd.log" >&2; return 1; }
         sleep 0.1
     done
-    SIG_PIDS=$CPMD_PID MEDIA_PIDS=""
+    # One process: its media loop threads (cpm-media-<k>) are "media", the rest "sig".
+    if ! grep -qs '^cpm-media-' "/proc/$CPMD_PID/task/"*/comm; then
+        fail "cpmd: no cpm-media-* thread: its media CPU cannot be told apart"
+    fi
+    SIG_PIDS="$CPMD_PID@!cpm-media-" MEDIA_PIDS="$CPMD_PID@cpm-media-"
     TARGET_ADDR=127.0.0.1:$CPMD_PORT
 }
+# After a run cpmd must hold no session, leg nor port (the legs close a moment after the BYE):
+# wait up to 5 s for the gauges to read 0, keep the last /metrics in cpmd.metrics.
+CPMD_GAUGES="cpm_sessions cpm_media_legs cpm_media_pool_ports_in_use cpm_media_ports_in_use"
 stop_cpmd() {
     [[ -n "$CPMD_PID" ]] || return 0
+    local left="" g v
+    for _ in $(seq 25); do
+        cpmd_metrics >"$OUT/cpmd.metrics" || true
+        left=""
+        for g in $CPMD_GAUGES; do
+            v=$(awk -v k="$g" '$1 == k { print $2 }' "$OUT/cpmd.metrics")
+            [[ "$v" == 0 ]] || left+=" $g=${v:-?}"
+        done
+        [[ -z "$left" ]] && break
+        sleep 0.2
+    done
+    RTP_RELAYED=$(awk '$1 == "cpm_media_packets_relayed_total" { print $2 }' "$OUT/cpmd.metrics")
+    grep -E '^cpm_media_dropped_total.* [1-9]' "$OUT/cpmd.metrics" | sed 's/^/cpmd: /' >&2 || true
+    [[ -z "$left" ]] || fail "cpmd: still held 5 s after the run:$left ($OUT/cpmd.metrics)"
     kill -TERM "$CPMD_PID" 2>/dev/null || true
     wait "$CPMD_PID" 2>/dev/null || true
     CPMD_PID=""
@@ -187,7 +293,8 @@ stop_cpmd() {
 
 # cpm-loadgen's (or rtp-pairs') JSON report $1, and the answering uas's $2 (may be absent) →
 # "key value" lines: attempted succeeded failed rate lat p50_us p99_us rtp_sent rtp_received
-# loss_pct owd_p50_us owd_p99_us through gen_cpu_s ("-" when missing).
+# loss_pct owd_p50_us owd_p99_us owd_kind rtt_p50_us rtt_p99_us through gen_cpu_s ("-" when
+# missing).
 json_keys() {
     python3 - "$SCENARIO" "$1" "${2:-}" <<'EOF'
 import json, os, sys
@@ -211,7 +318,23 @@ out["lat"] = name if lat else None
 out["p50_us"], out["p99_us"] = lat.get("p50_us"), lat.get("p99_us")
 out["rtp_sent"], out["rtp_received"] = rtp.get("sent"), rtp.get("received")
 out["loss_pct"] = rtp.get("loss_pct")
+# What never came back, from the counts: the loss above counts the gaps in sequence numbers,
+# not the end of a stream that stopped arriving.
+if rtp.get("sent"):
+    out["miss_pct"] = round(100.0 * (rtp["sent"] - rtp.get("received", 0)) / rtp["sent"], 4)
+# The RTP delay. rtp-pairs: one way through the relay. cpm-loadgen: the echoing uas reads the
+# caller's send stamp on arrival, one way (caller -> relay -> uas, same clock); the caller reads
+# its own stamp on the echoed packet's return, a round trip through the relay twice and the uas.
 owd = q.get("rtp_owd") or {}
+uas_owd = (u.get("quantities") or {}).get("rtp_owd") or {}
+if d.get("scenario") == "rtp-pairs":
+    out["owd_kind"] = "1-way"
+elif uas_owd:
+    out["owd_kind"] = "1-way"
+    out["rtt_p50_us"], out["rtt_p99_us"] = owd.get("p50_us"), owd.get("p99_us")
+    owd = uas_owd
+elif owd:
+    out["owd_kind"] = "rtt"
 out["owd_p50_us"], out["owd_p99_us"] = owd.get("p50_us"), owd.get("p99_us")
 # The packets that crossed the relay, as the load source counts them: rtp-pairs' each crossed
 # once; cpm-loadgen's went to the echoing uas and came back, crossing twice (the uas counts
@@ -234,7 +357,11 @@ load_loadgen() {
         # The answering side: users user0000.. on ports UAS_PORT+i, registered at the target;
         # the client's requests go to sip:user%04d@target.
         uas_json="$OUT/$TARGET.uas.json"
-        "$LOADGEN" uas --listen "127.0.0.1:$UAS_PORT" --register-to "$TARGET_ADDR" \
+        local reg=(--register-to "$TARGET_ADDR")
+        [[ "$TARGET" == direct ]] && reg=()
+        # shellcheck disable=SC2206 # split on purpose
+        reg+=($UAS_ARGS)
+        "${PIN[@]}" "$LOADGEN" uas --listen "127.0.0.1:$UAS_PORT" "${reg[@]}" \
             --users "$USERS" --rtp echo --quiet --json "$uas_json" \
             >"$OUT/$TARGET.uas.out" 2>"$OUT/$TARGET.uas.log" &
         uas=$!
@@ -253,13 +380,15 @@ load_loadgen() {
         fi
     fi
     local extra=()
-    [[ "$SCENARIO" == call ]] && extra=(--hold "$HOLD")
+    [[ "$SCENARIO" == call ]] && extra=(--hold "$HOLD" --ptime "$PTIME")
     [[ "$SCENARIO" == options ]] && extra=(--to '')
+    # shellcheck disable=SC2206 # split on purpose
+    extra+=($LOAD_ARGS)
     cpu_begin
     timeout "$(calc "print int($COUNT / $RATE + $HOLD + 120)")" \
-        "$LOADGEN" "$SCENARIO" --target "$TARGET_ADDR" --users "$USERS" --rate "$RATE" \
-        --count "$COUNT" "${extra[@]}" --quiet --json "$json" >"$OUT/$TARGET.load.log" 2>&1 ||
-        rc=$?
+        "${PIN[@]}" "$LOADGEN" "$SCENARIO" --target "$TARGET_ADDR" --users "$USERS" \
+        --rate "$RATE" --count "$COUNT" "${extra[@]}" --quiet --json "$json" \
+        >"$OUT/$TARGET.load.log" 2>&1 || rc=$?
     cpu_end
     if [[ -n "$uas" ]]; then
         kill -INT "$uas" 2>/dev/null || true # it unregisters its users, then reports
@@ -274,6 +403,8 @@ load_loadgen() {
 load_rtp_pairs() {
     local res=$1 rc=0 duration
     duration=$(calc "print $COUNT / $RATE")
+    # shellcheck disable=SC2206 # split on purpose
+    local extra=($LOAD_ARGS)
     cpu_begin
     # rtp-pairs does not report its CPU time: python's getrusage of its child does.
     python3 -c 'import resource, subprocess, sys
@@ -281,7 +412,8 @@ rc = subprocess.call(sys.argv[2:])
 r = resource.getrusage(resource.RUSAGE_CHILDREN)
 open(sys.argv[1], "w").write("gen_cpu_s %.2f\n" % (r.ru_utime + r.ru_stime))
 sys.exit(rc)' "$OUT/$TARGET.gen" timeout "$(calc "print int($duration + 60)")" \
-        "$BIN/rtp-pairs" --target "$TARGET_ADDR" --streams "$STREAMS" --duration "$duration" \
+        "${PIN[@]}" "$BIN/rtp-pairs" --target "$TARGET_ADDR" --streams "$STREAMS" \
+        --duration "$duration" --pps "$(calc "print int(1000 / $PTIME + 0.5)")" "${extra[@]}" \
         --json "$OUT/$TARGET.json" >"$OUT/$TARGET.load.log" 2>&1 || rc=$?
     cpu_end
     # Streams are not calls: no call counts, rate nor setup time.
@@ -296,6 +428,7 @@ sys.exit(rc)' "$OUT/$TARGET.gen" timeout "$(calc "print int($duration + 60)")" \
 # ---------------------------------------------------------------- runs
 TARGET=""
 cleanup() {
+    if [[ -n "$MEM_PID" ]]; then kill "$MEM_PID" 2>/dev/null || true; fi
     if [[ -n "$TARGET" ]]; then "stop_$TARGET" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
@@ -303,13 +436,14 @@ trap cleanup EXIT
 RAN=()
 for TARGET in $TARGETS; do
     case "$TARGET:$SCENARIO" in
-    kamailio-rtpengine:* | bare-forwarder:call | cpmd:options | cpmd:register | cpmd:message) ;;
+    kamailio-rtpengine:* | bare-forwarder:call | cpmd:* | direct:call | direct:message) ;;
     *) fail "$TARGET does not serve $SCENARIO"; TARGET=""; continue ;;
     esac
     source=cpm-loadgen
     [[ "$TARGET" == bare-forwarder ]] && source=rtp-pairs
     log "$TARGET: $SCENARIO, rate $RATE, count $COUNT, hold $HOLD, users $USERS, load $source"
-    RTP_RELAYED="" sig0=0 sig1=0 media0=0 media1=0
+    RTP_RELAYED="" sig0=0 sig1=0 media0=0 media1=0 pss0="" pss1="" rss0="" rss1=""
+    rcvbuf0=0 rcvbuf1=0 sndbuf0=0 sndbuf1=0
     res="$OUT/$TARGET.res"
     rm -rf "${OUT:?}/$TARGET" "$OUT/$TARGET".* # an earlier run's files in the same --out
     if ! "start_$TARGET"; then
@@ -332,6 +466,11 @@ for TARGET in $TARGETS; do
         echo "cpu_sig_s $(secs $((sig1 - sig0)))"
         echo "cpu_media_s $(secs $((media1 - media0)))"
         echo "rtp_relayed ${RTP_RELAYED:--}"
+        echo "pss_kib ${pss0:--} ${pss1:--}"
+        echo "rss_kib ${rss0:--} ${rss1:--}"
+        echo "udp_drops $((rcvbuf1 - rcvbuf0)) $((sndbuf1 - sndbuf0))"
+        # The peak sample (by Pss) during the load: "PSS RSS [cpmd's sessions then]".
+        [[ -s "$OUT/$TARGET.mem" ]] && echo "mem_peak $(sort -n "$OUT/$TARGET.mem" | tail -1)"
     } >>"$res"
     RAN+=("$TARGET")
     TARGET=""
@@ -341,9 +480,9 @@ done
 log "results in $OUT"
 {
     echo "scenario $SCENARIO: rate $RATE/s, count $COUNT$([[ $SCENARIO == call ]] && echo ", hold $HOLD s"), users $USERS; $(nproc) cores, $(date -u +%Y-%m-%d)"
-    python3 - "$OUT" "$SCENARIO" "${RAN[@]}" <<'EOF'
+    python3 - "$OUT" "$SCENARIO" "$STREAMS" "${RAN[@]}" <<'EOF'
 import os, sys
-out, scenario, targets = sys.argv[1], sys.argv[2], sys.argv[3:]
+out, scenario, calls, targets = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4:]
 call = scenario == "call"
 def num(v):
     try:
@@ -359,19 +498,27 @@ for t in targets:
     sig, media = num(r.get("cpu_sig_s")) or 0.0, num(r.get("cpu_media_s")) or 0.0
     ok = num(r.get("succeeded"))
     relayed = num(r.get("rtp_relayed"))
-    # rtp-pairs' own streams: the delay is one way through the relay; cpm-loadgen's echoed
-    # packets carry the client's stamps: the delay is a round trip, through the relay twice.
-    delay_kind = "1-way" if t == "bare-forwarder" else "rtt"
+    delay_kind = r.get("owd_kind", "-")
+    pss = [num(x) for x in r.get("pss_kib", "").split()]
+    peak = [num(x) for x in r.get("mem_peak", "").split()]
+    base_kib = pss[0] if pss else None
+    peak_kib = max(x for x in [peak[0] if peak else None] + pss[1:] + [base_kib] if x is not None) \
+        if base_kib is not None else None
     rows.append({
         "target": t, "ok": ok, "attempted": num(r.get("attempted")), "rate": num(r.get("rate")),
         "sig": sig, "media": media,
         "per_k": 1000.0 * (sig + media) / ok if ok else None,
         "per_m": 1e6 * media / relayed if relayed else None,
         "relayed": relayed, "through": num(r.get("through")),
-        "loss": num(r.get("loss_pct")),
+        "loss": num(r.get("loss_pct")), "miss": num(r.get("miss_pct")),
+        "udp": r.get("udp_drops", "0 0"),
         "p50": num(r.get("p50_us")), "p99": num(r.get("p99_us")),
         "d50": num(r.get("owd_p50_us")), "d99": num(r.get("owd_p99_us")), "dkind": delay_kind,
+        "rtt99": num(r.get("rtt_p99_us")),
         "gen": num(r.get("gen_cpu_s")),
+        "mem0": base_kib, "memp": peak_kib,
+        # Calls (streams) in progress at once, rate x hold: the memory each one takes.
+        "per_call": (peak_kib - base_kib) / calls if base_kib is not None and call else None,
     })
 def f(v, fmt="{:.2f}"):
     return "-" if v is None else fmt.format(v)
@@ -387,11 +534,17 @@ if call:
     cols += [("cpu s/M rtp", lambda r: f(r["per_m"]), 11),
              ("rtp relayed", lambda r: f(r["relayed"], "{:.0f}"), 11),
              ("load count", lambda r: f(r["through"], "{:.0f}"), 10),
-             ("loss %", lambda r: f(r["loss"], "{:.3f}"), 6)]
+             ("loss %", lambda r: f(r["loss"], "{:.3f}"), 6),
+             ("miss %", lambda r: f(r["miss"], "{:.3f}"), 6)]
 cols += [(lat + " p50/p99 ms", lambda r: f(ms(r["p50"])) + "/" + f(ms(r["p99"])), 17)]
 if call:
     cols += [("rtp delay p50/p99 ms", lambda r: (f(ms(r["d50"])) + "/" + f(ms(r["d99"])) + " "
-              + r["dkind"]) if r["d50"] is not None else "-", 20)]
+              + r["dkind"]) if r["d50"] is not None else "-", 20),
+             ("rtt p99 ms", lambda r: f(ms(r["rtt99"])), 10)]
+cols += [("pss MiB base/peak", lambda r: f(None if r["mem0"] is None else r["mem0"] / 1024, "{:.1f}")
+          + "/" + f(None if r["memp"] is None else r["memp"] / 1024, "{:.1f}"), 16)]
+if call:
+    cols += [("KiB/call", lambda r: f(r["per_call"], "{:.1f}"), 8)]
 cols += [("gen cpu s", lambda r: f(r["gen"]), 9)]
 print("  ".join(n.ljust(w) if i == 0 else n.rjust(w) for i, (n, _, w) in enumerate(cols)))
 for r in rows:
@@ -401,6 +554,9 @@ if call:
              if r["relayed"] is not None and r["through"] is not None]
     if diffs:
         print("rtp relayed minus load count: " + ", ".join(diffs))
+    drops = [f"{r['target']} {r['udp'].replace(' ', '/')}" for r in rows if r["udp"] != "0 0"]
+    if drops:
+        print("kernel UDP drops during the run, machine-wide (rcvbuf/sndbuf): " + ", ".join(drops))
 if len(rows) > 1:
     base = rows[0]
     print(f"ratios to {base['target']} (cpu and latency: lower is better):")

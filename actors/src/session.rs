@@ -169,6 +169,7 @@ impl SdpRelay for MediaRelay {
 /// One relayed stream: its actor (which owns the sockets) and what the CDR needs.
 struct Leg {
     actor: Addr<RelayLeg>,
+    control: crate::media::LegControl,
     stats: crate::media::LegStatsReader,
     kind: MediaKind,
 }
@@ -336,7 +337,11 @@ impl SessionActor {
                     rtcp,
                 } => {
                     if let Some(leg) = self.legs.get(&stream) {
-                        leg.actor.do_send(crate::media::SetPeer { side, rtp, rtcp });
+                        // Synchronously: the peer is set before the SIP message that lets
+                        // it send (e.g. the 200 to A) leaves through the worker.
+                        if leg.control.set_peer(side, rtp, rtcp).is_err() {
+                            tracing::warn!(session = self.key.0, %stream, "media loop stopped");
+                        }
                     }
                 }
                 LegChange::Close { stream } => {
@@ -356,11 +361,20 @@ impl SessionActor {
         ctx: &mut Context<Self>,
     ) {
         let stats = handle.stats_reader();
+        let control = handle.control();
         let on_idle = ctx.address().recipient();
         let actor = RelayLeg::new(handle, Some(on_idle))
             .with_timeout(self.env.media_timeout)
             .start();
-        self.legs.insert(stream, Leg { actor, stats, kind });
+        self.legs.insert(
+            stream,
+            Leg {
+                actor,
+                control,
+                stats,
+                kind,
+            },
+        );
     }
 
     /// Returns every port and stops every leg (their sockets close).

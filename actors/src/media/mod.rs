@@ -57,7 +57,9 @@ pub mod stats;
 use std::fmt;
 
 pub use actor::{Close, GetStats, MediaInactive, RelayLeg, SetPeer, Snapshot};
-pub use plane::{LegHandle, LegStatsReader, MediaConfig, MediaPlane, OpenError, Reply, Stopped};
+pub use plane::{
+    LegControl, LegHandle, LegStatsReader, MediaConfig, MediaPlane, OpenError, Reply, Stopped,
+};
 pub use relay_loop::MAX_BATCHES_PER_TURN;
 pub use stats::{DirStats, DropReason, LegStats, RtpStats};
 

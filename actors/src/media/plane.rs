@@ -334,6 +334,16 @@ impl LegHandle {
         LegStatsReader(self.shared.clone())
     }
 
+    /// A way to set the leg's peers that outlives the handle's move into a
+    /// [`super::RelayLeg`]: the session sets them synchronously, before the SIP message that
+    /// lets the peer start sending leaves (an actor message could be overtaken by it).
+    pub fn control(&self) -> LegControl {
+        LegControl {
+            id: self.id,
+            plane: self.plane.clone(),
+        }
+    }
+
     /// When the last packet from either side arrived (the opening time if none did).
     pub fn last_activity(&self) -> Instant {
         self.shared.last_activity()
@@ -371,5 +381,29 @@ impl LegStatsReader {
     /// As [`LegHandle::stats`].
     pub fn stats(&self) -> LegStats {
         self.0.stats()
+    }
+}
+
+/// Sets one leg's peers without owning it ([`LegHandle::control`]).
+#[derive(Debug, Clone)]
+pub struct LegControl {
+    id: LegId,
+    plane: MediaPlane,
+}
+
+impl LegControl {
+    /// As [`LegHandle::set_peer`]; a leg already closed ignores it.
+    pub fn set_peer(
+        &self,
+        side: Side,
+        rtp: SocketAddr,
+        rtcp: Option<SocketAddr>,
+    ) -> Result<(), Stopped> {
+        self.plane.inner.send(Command::SetPeer {
+            id: self.id,
+            side,
+            rtp,
+            rtcp,
+        })
     }
 }

@@ -25,7 +25,8 @@
 #   --no-build         use the binaries already in the binaries directory
 # Environment: BIN (as --bin-dir), LOADGEN (the cpm-loadgen binary [BIN/cpm-loadgen]),
 #   SIP_PORT [5070] NG_PORT [22222] RTP_MIN [33000] RTP_MAX [39999] (Kamailio and rtpengine),
-#   CPMD_MEDIA_PORTS [6000-15999] (cpmd's relay ports), CPMD_ARGS (more cpmd arguments).
+#   CPMD_MEDIA_PORTS [6000-15999] (cpmd's relay ports), CPMD_ARGS (more cpmd arguments),
+#   UAS_PORT [16000] CPMD_PORT [5075] CPMD_HTTP [18075] FWD_LO [24000] FWD_MAX [30999].
 #
 # For each target: start it; start `cpm-loadgen uas --rtp echo` registered there as user0000..
 # (not for register); read the CPU time (/proc/PID/task/*/schedstat) of every server
@@ -84,7 +85,8 @@ OUT="$(cd "$OUT" && pwd)"
 # below the ephemeral range (32768-60999) where a whole range is bound at once.
 SIP_PORT="${SIP_PORT:-5070}" NG_PORT="${NG_PORT:-22222}"
 RTP_MIN="${RTP_MIN:-33000}" RTP_MAX="${RTP_MAX:-39999}"
-UAS_PORT=16000 CPMD_PORT=5075 CPMD_HTTP=18075 FWD_LO=24000 FWD_MAX=30999
+UAS_PORT="${UAS_PORT:-16000}" CPMD_PORT="${CPMD_PORT:-5075}" CPMD_HTTP="${CPMD_HTTP:-18075}"
+FWD_LO="${FWD_LO:-24000}" FWD_MAX="${FWD_MAX:-30999}"
 CPMD_MEDIA_PORTS="${CPMD_MEDIA_PORTS:-6000-15999}"
 # The load processes, pinned with --taskset.
 PIN=()

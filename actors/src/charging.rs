@@ -107,7 +107,7 @@ impl Cdr {
             "ended": self.ended.map(rfc3339),
             "duration_s": self.duration(SystemTime::now()).map(|d| d.as_secs_f64()),
             "final_status": self.final_status,
-            "end_reason": self.end_reason.map(|r| format!("{r:?}")),
+            "end_reason": self.end_reason.map(|r| r.as_str()),
             "legs": legs,
         })
     }
@@ -279,7 +279,7 @@ mod tests {
         assert_eq!(v["answered"], "2023-11-14T22:13:22Z");
         assert_eq!(v["duration_s"], 60.0);
         assert_eq!(v["final_status"], 200);
-        assert_eq!(v["end_reason"], "Bye(B)");
+        assert_eq!(v["end_reason"], "bye-callee");
         assert_eq!(v["legs"][0]["from_a"]["packets"], 3000);
         assert_eq!(v["legs"][0]["from_a"]["lost"], 2);
         assert_eq!(v["legs"][0]["codec"], "PCMU/8000");

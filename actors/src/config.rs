@@ -61,6 +61,39 @@ pub struct Config {
     /// Interim charging records of a session every this many seconds (`--cdr-interim`; 0:
     /// start and stop records only).
     pub cdr_interim: u64,
+    /// The codecs relayed sessions may use (`--codecs PCMU,PCMA,...`); empty: any. Formats
+    /// outside it are removed from offers; a stream left with none is refused (488 when no
+    /// stream is left, RFC 3264 §6).
+    pub codecs: CodecList,
+}
+
+/// A list of codecs by name (`PCMU,PCMA,G722,opus/48000/2`, see `Codec::from_spec`).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct CodecList(pub Vec<cpm_engine::sdp::Codec>);
+
+impl std::str::FromStr for CodecList {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|c| !c.is_empty())
+            .map(|c| {
+                cpm_engine::sdp::Codec::from_spec(c)
+                    .map_err(|e| format!("codec {c:?}: {}", e.reason()))
+            })
+            .collect::<Result<_, _>>()
+            .map(CodecList)
+    }
+}
+
+impl TryFrom<String> for CodecList {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
 }
 
 impl Default for Config {
@@ -91,6 +124,7 @@ impl Default for Config {
             media_timeout: 60,
             media_strict_source: true,
             cdr_interim: 300,
+            codecs: CodecList::default(),
         }
     }
 }
@@ -211,6 +245,7 @@ const KEYS: &[&str] = &[
     "media-timeout",
     "media-strict-source",
     "cdr-interim",
+    "codecs",
 ];
 
 /// The `--help` text.
@@ -244,6 +279,8 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
                             again to the new source) [default: true]
   --cdr-interim SECS        interim charging record of each session every SECS, 0 = none;
                             records go to DATA-DIR/cdr.jsonl [default: 300]
+  --codecs LIST             codecs relayed sessions may use, e.g. PCMU,PCMA,opus/48000/2;
+                            others are removed from offers (488 if none is left) [default: any]
   -h, --help                this text
 ";
 
@@ -335,6 +372,7 @@ impl Config {
             "media-ports" => self.media_ports = parse(key, value)?,
             "media-timeout" => self.media_timeout = parse(key, value)?,
             "cdr-interim" => self.cdr_interim = parse(key, value)?,
+            "codecs" => self.codecs = parse(key, value)?,
             "media-strict-source" => self.media_strict_source = parse(key, value)?,
             _ => return Err(ConfigError::UnknownFlag(format!("--{key}"))),
         }
@@ -424,6 +462,7 @@ mod tests {
                 "pin-workers" | "test-hooks" | "media-strict-source" => "false",
                 "media-ip" => "10.0.0.1",
                 "media-ports" => "40000-40099",
+                "codecs" => "PCMA,opus/48000/2",
                 "domain" | "data-dir" | "log" | "users-file" | "realm" => "x",
                 _ => "7",
             };
@@ -431,6 +470,10 @@ mod tests {
         }
         let e = Config::from_args(args("--workers")).unwrap_err();
         assert!(e.to_string().contains("needs a value"));
+        let e = Config::from_args(args("--codecs PCMA,opus")).unwrap_err();
+        assert!(e.to_string().contains("give NAME/RATE"), "{e}");
+        let c = Config::from_toml("codecs = \"PCMU, G722\"").unwrap();
+        assert_eq!(c.codecs.0.len(), 2);
         let e = Config::from_args(args("--workers many")).unwrap_err();
         assert!(e.to_string().contains("bad value \"many\" for workers"));
     }

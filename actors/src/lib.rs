@@ -15,7 +15,8 @@
 //!  Outbound ◄────┴─────────────── transmits ◄─────────────────┘
 //! ```
 //! All work of one call stays on one worker thread; the worker's actor is restarted by its
-//! [`actix::Supervisor`] if a handler panics, and the other workers go on.
+//! [`actix::Supervisor`] if a handler panics, and the other workers go on. Each worker has a
+//! media loop thread next to it ([`media`]) that owns the RTP relay sockets of its calls.
 //!
 //! ## Embedding
 //! ```
@@ -26,6 +27,7 @@
 //! config.sip_listen = "127.0.0.1:0".parse().unwrap(); // any free port
 //! config.http_listen = "127.0.0.1:0".parse().unwrap();
 //! config.domain.push("example.test".into());
+//! config.data_dir = std::env::temp_dir().join("cpm-doc-example"); // charging records go here
 //! let engine = Engine::start(config).expect("cpm server starts");
 //! println!("SIP on {}, metrics on http://{}/metrics", engine.sip_addr(), engine.http_addr());
 //! // ... the node runs ...

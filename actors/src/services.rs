@@ -99,7 +99,10 @@ impl Services {
                 local: cfg.sip_listen.to_string(),
                 ..SessionConfig::default()
             },
-            sdp: Arc::new(SdpConfig::new(cfg.media_ip)),
+            sdp: Arc::new(SdpConfig {
+                codecs: (!cfg.codecs.0.is_empty()).then(|| cfg.codecs.0.clone()),
+                ..SdpConfig::new(cfg.media_ip)
+            }),
             pool: Rc::new(RefCell::new(PortPool::partition(
                 cfg.media_ports.min,
                 cfg.media_ports.max,
@@ -110,6 +113,7 @@ impl Services {
             charging: shared.charging.clone(),
             interim: cfg.cdr_interim(),
             media_timeout: cfg.media_timeout(),
+            test_hooks: cfg.test_hooks,
         });
         Services {
             sessions: SessionTable::default(),
@@ -159,11 +163,6 @@ impl Services {
         now: Instant,
         txn: &mut TransactionLayer,
     ) {
-        if self.shared.is_draining() {
-            let mut r = builder::local_response(&req, 503, "Service Unavailable (Shutting Down)");
-            r.headers.push(HeaderName::RetryAfter, "5");
-            return self.respond(id, r, now, txn);
-        }
         if self.shared.config.test_hooks
             && req.headers.iter().any(|h| {
                 matches!(&h.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(b"X-Cpm-Test"))
@@ -172,6 +171,21 @@ impl Services {
         {
             panic!("fault injected by X-Cpm-Test: panic");
         }
+        // Requests of a session go to it, also while shutting down (a BYE must get through).
+        // Sessions are found by Call-ID and the caller's From tag; the session answers 481
+        // for what matches none of its dialogs.
+        if let Some(actor) = self.sessions.route(&req) {
+            actor.do_send(ToSession::Request {
+                tx: id,
+                request: req,
+            });
+            return;
+        }
+        if self.shared.is_draining() {
+            let mut r = builder::local_response(&req, 503, "Service Unavailable (Shutting Down)");
+            r.headers.push(HeaderName::RetryAfter, "5");
+            return self.respond(id, r, now, txn);
+        }
         // RFC 3261 §8.2.2.3: a Require we do not understand gets 420 (never for ACK/CANCEL).
         let unsupported = cpm_engine::sip::validate::unsupported_requires(&req, SUPPORTED);
         if !unsupported.is_empty() {
@@ -179,15 +193,6 @@ impl Services {
             r.headers
                 .push(HeaderName::Unsupported, unsupported.join(", "));
             return self.respond(id, r, now, txn);
-        }
-        // Anything of a session's Call-IDs is the session's (in-dialog requests, a second
-        // INVITE on the same Call-ID): it answers 481 for what matches none of its dialogs.
-        if let Some(actor) = self.sessions.by_call_id(req.call_id()) {
-            actor.do_send(ToSession::Request {
-                tx: id,
-                request: req,
-            });
-            return;
         }
         let class = service::classify(&req, &self.svc);
         tracing::debug!(service = ?class.service, "classified");
@@ -279,7 +284,7 @@ impl Services {
 
     /// The ACK of a 2xx (its own transaction, RFC 3261 §17): the session's, if any.
     pub fn on_ack(&mut self, ack: Message) {
-        if let Some(actor) = self.sessions.by_call_id(ack.call_id()) {
+        if let Some(actor) = self.sessions.route(&ack) {
             actor.do_send(ToSession::Ack(ack));
         }
     }
@@ -604,6 +609,10 @@ impl Services {
             .as_ref()
             .map(|u| String::from_utf8_lossy(u).into_owned())
             .unwrap_or_default();
+        if user.is_empty() {
+            // The server itself: nobody to deliver to (OPTIONS to it is answered elsewhere).
+            return Err(bad(404, "Not Found"));
+        }
         if let Some(users) = &self.shared.users {
             if users.lookup(&user, self.shared.auth.realm()).is_none() {
                 return Err(bad(404, "Not Found"));
@@ -641,10 +650,6 @@ impl Services {
         let Some(worker) = self.worker_addr.clone() else {
             return Err(bad(503, "Service Unavailable"));
         };
-        let a_call_id = req
-            .call_id()
-            .cloned()
-            .ok_or_else(|| bad(400, "Missing Call-ID"))?;
         let contacts = self
             .local_targets(&req, now)?
             .into_iter()
@@ -658,7 +663,7 @@ impl Services {
         self.salt = self.salt.wrapping_add(0x9e37_79b9_7f4a_7c15);
         let start = SessionStart {
             tx: id,
-            invite: req,
+            invite: req.clone(),
             source,
             reliable: transport.reliable(),
             contacts,
@@ -667,7 +672,7 @@ impl Services {
         };
         let key: SessionKey = self.sessions.next_key();
         let actor = SessionActor::new(key, start, self.env.clone(), worker, now).start();
-        self.sessions.insert(key, actor, [a_call_id, b_call_id], id);
+        self.sessions.insert(key, actor, (&req, id), b_call_id);
         Ok(())
     }
 

@@ -20,7 +20,6 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -32,16 +31,22 @@ use cpm_engine::media::{
     Side, StreamId,
 };
 use cpm_engine::session::{
-    Action, ChargingRecord, FlowCounters, LegUsage, NoPolicy, ReqId, Session, SessionConfig,
-    SessionStart,
+    Action, ChargingKind, ChargingRecord, EndReason, FlowCounters, LegUsage, NoPolicy, ReqId,
+    Session, SessionConfig, SessionStart,
 };
 use cpm_engine::sip::transaction::{ClientTxId, ServerTxId};
 use cpm_engine::sip::Message;
+use futures_util::FutureExt;
 
 use crate::charging::{Cdr, ChargingWriter};
 use crate::media::{
     LegHandle, LegSpec, LegStats, MediaInactive, MediaPlane, OpenError, RelayLeg, SidePorts,
 };
+
+/// How long a session's media is still relayed after its end: packets a party sent before
+/// the BYE reached it still get through (rtpengine keeps a deleted call for its
+/// `delete-delay`, 30 s by default; a second is enough on the networks cpmd serves).
+pub const MEDIA_LINGER: Duration = Duration::from_secs(1);
 
 /// A worker-local name of a session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -78,53 +83,16 @@ pub enum ToSession {
     },
 }
 
-/// What a session asks its worker to do, in order.
-#[derive(Debug)]
-pub enum SipAction {
-    /// Start a client transaction and route its responses back as `id`.
-    SendRequest {
-        /// The session's name for it.
-        id: ReqId,
-        /// Where to.
-        dest: SocketAddr,
-        /// Over TCP.
-        reliable: bool,
-        /// The request.
-        request: Message,
-    },
-    /// CANCEL the INVITE client transaction of `id`.
-    Cancel {
-        /// The INVITE's name.
-        id: ReqId,
-    },
-    /// Answer on a server transaction.
-    Respond {
-        /// The transaction.
-        tx: ServerTxId,
-        /// The response.
-        response: Message,
-    },
-    /// Send the ACK of a 2xx, outside any transaction.
-    SendAck {
-        /// Where to.
-        dest: SocketAddr,
-        /// Over TCP.
-        reliable: bool,
-        /// The ACK.
-        ack: Message,
-    },
-    /// The session is over: forget its routes.
-    Ended,
-}
-
-/// A batch of [`SipAction`]s from one session.
+/// What a session asks its worker to do, in order: the session's [`Action`]s that touch the
+/// transaction layer (send a request, cancel, respond, send an ACK) and its end (the worker
+/// then forgets its routes). Timers and charging records stay with the actor.
 #[derive(Debug, Message)]
 #[rtype(result = "()")]
 pub struct FromSession {
     /// Whose.
     pub key: SessionKey,
     /// What, in order.
-    pub actions: Vec<SipAction>,
+    pub actions: Vec<Action>,
 }
 
 /// Everything a worker's sessions share: settings, the port pool, the media plane.
@@ -143,6 +111,17 @@ pub struct SessionEnv {
     pub interim: Option<Duration>,
     /// The RTP inactivity limit (`None`: no check).
     pub media_timeout: Option<Duration>,
+    /// Test-only fault injection (`--test-hooks`): a request of the session carrying
+    /// `X-Cpm-Test: panic-session` makes its actor panic.
+    pub test_hooks: bool,
+}
+
+/// Whether a request asks for the injected session panic (`--test-hooks` only).
+fn is_panic_hook(req: &Message) -> bool {
+    req.headers.iter().any(|h| {
+        matches!(&h.name, cpm_engine::sip::HeaderName::Other(n) if n.eq_ignore_ascii_case(b"X-Cpm-Test"))
+            && &h.value[..] == b"panic-session"
+    })
 }
 
 /// The media side of one session: the engine's SDP relay over the worker's pool.
@@ -151,9 +130,31 @@ struct MediaRelay {
     pool: Rc<RefCell<PortPool>>,
 }
 
+/// However the session ends (its actor stopping, or unwinding from a panic), its ports go back
+/// to the worker's pool. `try_borrow_mut`: a panic while the pool was borrowed must not turn
+/// into a second one.
+impl Drop for MediaRelay {
+    fn drop(&mut self) {
+        if let Ok(mut pool) = self.pool.try_borrow_mut() {
+            self.media.release_all(&mut pool);
+        }
+    }
+}
+
 impl SdpRelay for MediaRelay {
     fn offer(&mut self, from: Side, sdp: &Bytes) -> Result<Bytes, MediaReject> {
-        self.media.offer(&mut self.pool.borrow_mut(), from, sdp)
+        let r = self.media.offer(&mut self.pool.borrow_mut(), from, sdp);
+        if let Err(e) = &r {
+            if e.status == 503 {
+                let pool = self.pool.borrow();
+                tracing::warn!(
+                    in_use = pool.in_use(),
+                    capacity = pool.capacity(),
+                    "media ports exhausted: session refused with 503"
+                );
+            }
+        }
+        r
     }
 
     fn answer(&mut self, from: Side, sdp: &Bytes) -> Result<Bytes, MediaReject> {
@@ -168,6 +169,7 @@ impl SdpRelay for MediaRelay {
 /// One relayed stream: its actor (which owns the sockets) and what the CDR needs.
 struct Leg {
     actor: Addr<RelayLeg>,
+    control: crate::media::LegControl,
     stats: crate::media::LegStatsReader,
     kind: MediaKind,
 }
@@ -181,6 +183,8 @@ pub struct SessionActor {
     legs: HashMap<StreamId, Leg>,
     timer: Option<(Instant, SpawnHandle)>,
     ended: bool,
+    /// The stop record, written once the legs are closed and their last figures known.
+    stop_record: Option<ChargingRecord>,
 }
 
 impl SessionActor {
@@ -205,51 +209,37 @@ impl SessionActor {
             legs: HashMap::new(),
             timer: None,
             ended: false,
+            stop_record: None,
         }
     }
 
     /// Carries out what the session decided: media changes first (so the sockets are bound
     /// before the SDP naming them leaves), then the SIP actions in one batch to the worker.
     fn pump(&mut self, ctx: &mut Context<Self>) {
+        // Ended already: the media lingers, nothing more is carried out.
+        let was_ended = self.ended;
         self.apply_media(ctx);
         let mut out = Vec::new();
         while let Some(action) = self.session.poll_action() {
             match action {
-                Action::SendRequest {
-                    id,
-                    dest,
-                    reliable,
-                    request,
-                    ..
-                } => out.push(SipAction::SendRequest {
-                    id,
-                    dest,
-                    reliable,
-                    request,
-                }),
-                Action::Cancel { id } => out.push(SipAction::Cancel { id }),
-                Action::Respond { tx, response } => out.push(SipAction::Respond { tx, response }),
-                Action::SendAck {
-                    dest,
-                    reliable,
-                    ack,
-                    ..
-                } => out.push(SipAction::SendAck {
-                    dest,
-                    reliable,
-                    ack,
-                }),
+                Action::SendRequest { .. }
+                | Action::Cancel { .. }
+                | Action::Respond { .. }
+                | Action::SendAck { .. } => out.push(action),
                 Action::Timer(at) => self.arm(at, ctx),
+                Action::Charging(record) if record.kind == ChargingKind::Stop => {
+                    self.stop_record = Some(*record)
+                }
                 Action::Charging(record) => self.charge(*record),
                 Action::Ended(reason) => {
-                    tracing::debug!(session = self.key.0, ?reason, "session ended");
+                    tracing::debug!(session = self.key.0, %reason, "session ended");
                     self.ended = true;
+                    out.push(Action::Ended(reason));
                 }
             }
         }
-        if self.ended {
-            self.release_media();
-            out.push(SipAction::Ended);
+        if was_ended {
+            return;
         }
         if !out.is_empty() {
             // The worker lives on this thread and outlives its sessions; a full mailbox is
@@ -262,8 +252,45 @@ impl SessionActor {
             }
         }
         if self.ended {
-            ctx.stop();
+            self.finish(ctx);
         }
+    }
+
+    /// The end: the legs relay on for [`MEDIA_LINGER`] (a BYE overtakes the media: the other
+    /// side sends until the BYE reaches it), then they are closed (each relays what its
+    /// sockets still hold first), then the stop record is written with their final figures,
+    /// and the actor stops. The session's SIP routes are gone already.
+    fn finish(&mut self, ctx: &mut Context<Self>) {
+        if self.legs.is_empty() {
+            return self.close_legs(ctx);
+        }
+        ctx.run_later(MEDIA_LINGER, |act, ctx| act.close_legs(ctx));
+    }
+
+    fn close_legs(&mut self, ctx: &mut Context<Self>) {
+        self.session
+            .relay_mut()
+            .media
+            .release_all(&mut self.env.pool.borrow_mut());
+        while self.session.relay_mut().media.poll_change().is_some() {}
+        let closes = self.legs.drain().map(|(stream, leg)| {
+            let kind = leg.kind;
+            leg.actor
+                .send(crate::media::Close)
+                .map(move |r| (stream, kind, r.ok().flatten()))
+        });
+        let closes = futures_util::future::join_all(closes);
+        ctx.wait(closes.into_actor(self).map(|closed, act, ctx| {
+            if let Some(mut record) = act.stop_record.take() {
+                record.legs = closed
+                    .into_iter()
+                    .filter_map(|(stream, kind, stats)| Some(usage(stream, kind, &stats?)))
+                    .collect();
+                record.legs.sort_by_key(|l| l.stream);
+                act.write(&record);
+            }
+            ctx.stop();
+        }));
     }
 
     /// Applies the media session's leg changes to the user plane.
@@ -310,7 +337,11 @@ impl SessionActor {
                     rtcp,
                 } => {
                     if let Some(leg) = self.legs.get(&stream) {
-                        leg.actor.do_send(crate::media::SetPeer { side, rtp, rtcp });
+                        // Synchronously: the peer is set before the SIP message that lets
+                        // it send (e.g. the 200 to A) leaves through the worker.
+                        if leg.control.set_peer(side, rtp, rtcp).is_err() {
+                            tracing::warn!(session = self.key.0, %stream, "media loop stopped");
+                        }
                     }
                 }
                 LegChange::Close { stream } => {
@@ -330,11 +361,20 @@ impl SessionActor {
         ctx: &mut Context<Self>,
     ) {
         let stats = handle.stats_reader();
+        let control = handle.control();
         let on_idle = ctx.address().recipient();
         let actor = RelayLeg::new(handle, Some(on_idle))
             .with_timeout(self.env.media_timeout)
             .start();
-        self.legs.insert(stream, Leg { actor, stats, kind });
+        self.legs.insert(
+            stream,
+            Leg {
+                actor,
+                control,
+                stats,
+                kind,
+            },
+        );
     }
 
     /// Returns every port and stops every leg (their sockets close).
@@ -363,7 +403,7 @@ impl SessionActor {
         self.timer = Some((at, h));
     }
 
-    /// Writes a charging record with the legs' counters.
+    /// Writes a start or interim record with the legs' counters as they are now.
     fn charge(&mut self, mut record: ChargingRecord) {
         record.legs = self
             .legs
@@ -371,9 +411,13 @@ impl SessionActor {
             .map(|(stream, leg)| usage(*stream, leg.kind, &leg.stats.stats()))
             .collect();
         record.legs.sort_by_key(|l| l.stream);
+        self.write(&record);
+    }
+
+    fn write(&self, record: &ChargingRecord) {
         self.env
             .charging
-            .write(Cdr::from_record(&record, Instant::now(), SystemTime::now()));
+            .write(Cdr::from_record(record, Instant::now(), SystemTime::now()));
     }
 
     /// Whether every leg has been idle for the media timeout (one idle leg, e.g. video on
@@ -427,12 +471,25 @@ impl Actor for SessionActor {
     }
 
     fn stopped(&mut self, _: &mut Context<Self>) {
-        // Whatever stopped the actor, its media goes back (legs stop, ports return).
+        // Whatever stopped the actor, its media goes back (legs stop, ports return), and a
+        // stop record not written yet is written with the figures at hand.
+        if let Some(record) = self.stop_record.take() {
+            self.charge(record);
+        }
+        self.release_media();
+    }
+}
+
+/// A session actor that unwinds from a panic is dropped without `stopped()`: its legs stop
+/// with their last `Addr` (dropped with it), its ports return with its [`MediaRelay`], and
+/// here the worker is told to forget its routes.
+impl Drop for SessionActor {
+    fn drop(&mut self) {
         if !self.ended {
-            self.release_media();
+            self.ended = true;
             let _ = self.worker.try_send(FromSession {
                 key: self.key,
-                actions: vec![SipAction::Ended],
+                actions: vec![Action::Ended(EndReason::Aborted)],
             });
         }
     }
@@ -444,7 +501,12 @@ impl Handler<ToSession> for SessionActor {
     fn handle(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
         let now = Instant::now();
         match msg {
-            ToSession::Request { tx, request } => self.session.on_request(tx, request, now),
+            ToSession::Request { tx, request } => {
+                if self.env.test_hooks && is_panic_hook(&request) {
+                    panic!("fault injected by X-Cpm-Test: panic-session");
+                }
+                self.session.on_request(tx, request, now)
+            }
             ToSession::Cancel {
                 cancel_tx,
                 invite_tx,
@@ -473,13 +535,22 @@ impl Handler<MediaInactive> for SessionActor {
     }
 }
 
+/// How a request finds its session: A's side by Call-ID and A's From tag (another INVITE on
+/// the same Call-ID with another From tag is another call, RFC 3261 §12.2 and §8.2.2.2), B's
+/// side by the Call-ID cpmd chose for it.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum Route {
+    A { call_id: Bytes, from_tag: Bytes },
+    B { call_id: Bytes },
+}
+
 /// The worker's routing of SIP traffic to its sessions.
 #[derive(Default)]
 pub struct SessionTable {
     next: u64,
     actors: HashMap<SessionKey, Addr<SessionActor>>,
-    by_call_id: HashMap<Bytes, SessionKey>,
-    call_ids: HashMap<SessionKey, Vec<Bytes>>,
+    routes: HashMap<Route, SessionKey>,
+    keys: HashMap<SessionKey, [Route; 2]>,
     client: HashMap<ClientTxId, (SessionKey, ReqId)>,
     client_of: HashMap<(SessionKey, ReqId), ClientTxId>,
     invite_tx: HashMap<ServerTxId, SessionKey>,
@@ -492,25 +563,41 @@ impl SessionTable {
         SessionKey(self.next)
     }
 
-    /// Registers a started session under its Call-IDs and A's INVITE transaction.
+    /// Registers a started session: A's INVITE (its Call-ID and From tag, its server
+    /// transaction) and the Call-ID of B's side.
     pub fn insert(
         &mut self,
         key: SessionKey,
         actor: Addr<SessionActor>,
-        call_ids: [Bytes; 2],
-        invite: ServerTxId,
+        invite: (&Message, ServerTxId),
+        b_call_id: Bytes,
     ) {
-        for c in &call_ids {
-            self.by_call_id.insert(c.clone(), key);
-        }
-        self.call_ids.insert(key, call_ids.to_vec());
-        self.invite_tx.insert(invite, key);
+        let (invite, invite_tx) = invite;
+        let a = Route::A {
+            call_id: invite.call_id().cloned().unwrap_or_default(),
+            from_tag: from_tag(invite),
+        };
+        let b = Route::B { call_id: b_call_id };
+        self.routes.insert(a.clone(), key);
+        self.routes.insert(b.clone(), key);
+        self.keys.insert(key, [a, b]);
+        self.invite_tx.insert(invite_tx, key);
         self.actors.insert(key, actor);
     }
 
-    /// The session a request belongs to, by Call-ID (A's or B's side).
-    pub fn by_call_id(&self, call_id: Option<&Bytes>) -> Option<&Addr<SessionActor>> {
-        let key = self.by_call_id.get(call_id?)?;
+    /// The session a request (or an ACK) belongs to: B's side by Call-ID, A's side by
+    /// Call-ID and From tag.
+    pub fn route(&self, req: &Message) -> Option<&Addr<SessionActor>> {
+        let call_id = req.call_id()?;
+        let b = Route::B {
+            call_id: call_id.clone(),
+        };
+        let key = self.routes.get(&b).or_else(|| {
+            self.routes.get(&Route::A {
+                call_id: call_id.clone(),
+                from_tag: from_tag(req),
+            })
+        })?;
         self.actors.get(key)
     }
 
@@ -552,8 +639,10 @@ impl SessionTable {
     /// still retransmits); their responses then find no session and are dropped.
     pub fn remove(&mut self, key: SessionKey) {
         self.actors.remove(&key);
-        for c in self.call_ids.remove(&key).unwrap_or_default() {
-            self.by_call_id.remove(&c);
+        for r in self.keys.remove(&key).into_iter().flatten() {
+            if self.routes.get(&r) == Some(&key) {
+                self.routes.remove(&r);
+            }
         }
         self.client.retain(|_, (k, _)| *k != key);
         self.client_of.retain(|(k, _), _| *k != key);
@@ -578,4 +667,12 @@ impl SessionTable {
             ..SessionTable::default()
         };
     }
+}
+
+/// The From tag of a message (empty without one).
+fn from_tag(m: &Message) -> Bytes {
+    m.headers
+        .get(&cpm_engine::sip::HeaderName::From)
+        .and_then(cpm_engine::sip::builder::tag_of)
+        .unwrap_or_default()
 }

@@ -23,9 +23,10 @@ use cpm_engine::sip::{builder, validate, Message, Method};
 
 use crate::metrics::{Drop as DropReason, WorkerMetrics};
 use crate::services::Services;
-use crate::session::{FromSession, SipAction, ToSession};
+use crate::session::{FromSession, ToSession};
 use crate::shared::Shared;
 use crate::transport::{tcp, udp, Inbound, Outbound, Router, Transport};
+use cpm_engine::session::Action;
 
 /// Starts the worker's socket tasks once every worker exists (so the router is complete).
 #[derive(Message)]
@@ -287,11 +288,12 @@ impl Worker {
         let key = msg.key;
         for action in msg.actions {
             match action {
-                SipAction::SendRequest {
+                Action::SendRequest {
                     id,
                     dest,
                     reliable,
                     request,
+                    ..
                 } => {
                     let refused = builder::local_response(&request, 503, "Service Unavailable");
                     match self.txn.send_request(request, dest, reliable, now) {
@@ -308,14 +310,14 @@ impl Worker {
                         }
                     }
                 }
-                SipAction::Cancel { id } => {
+                Action::Cancel { id } => {
                     if let Some(tx) = self.services.sessions.client_of(key, id) {
                         if let Err(e) = self.txn.cancel(tx, now) {
                             tracing::debug!(error = %e.reason(), "CANCEL not sent");
                         }
                     }
                 }
-                SipAction::Respond { tx, response } => {
+                Action::Respond { tx, response } => {
                     if let Some(code) = response.status() {
                         self.metrics.response_sent(code);
                     }
@@ -323,12 +325,15 @@ impl Worker {
                         tracing::debug!(error = %e.reason(), "session response not sent");
                     }
                 }
-                SipAction::SendAck {
+                Action::SendAck {
                     dest,
                     reliable,
                     ack,
+                    ..
                 } => self.txn.send_stateless(&ack, dest, reliable),
-                SipAction::Ended => self.services.sessions.remove(key),
+                Action::Ended(_) => self.services.sessions.remove(key),
+                // Timers and charging records stay with the session's actor.
+                Action::Timer(_) | Action::Charging(_) => {}
             }
         }
     }

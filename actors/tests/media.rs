@@ -553,3 +553,93 @@ fn an_idle_leg_notifies_its_session_once() {
         assert_eq!(session.send(Notices).await.unwrap().len(), 1);
     });
 }
+
+#[test]
+fn the_engine_runs_one_media_plane_per_worker_and_reports_it() {
+    let config = cpm_actors::Config {
+        sip_listen: "127.0.0.1:0".parse().unwrap(),
+        http_listen: "127.0.0.1:0".parse().unwrap(),
+        workers: 2,
+        pin_workers: false,
+        data_dir: std::env::temp_dir().join(format!("cpm-media-test-{}", std::process::id())),
+        ..cpm_actors::Config::default()
+    };
+    let engine = cpm_actors::Engine::start(config).expect("engine starts");
+    let planes = &engine.shared().media;
+    assert_eq!(planes.len(), 2);
+    assert_eq!(planes[1].worker(), 1);
+    assert_eq!(planes[1].config().timeout, Some(Duration::from_secs(60)));
+    let leg = planes[1].open_leg(&spec(true, false)).unwrap();
+    assert_eq!(
+        leg.local_rtp(Side::A).ip(),
+        std::net::IpAddr::from(LOOPBACK)
+    );
+    let (a, b) = (Endpoint::new(), Endpoint::new());
+    leg.set_peer(Side::B, b.addr(), None).unwrap();
+    a.send(leg.local_rtp(Side::A), &rtp(1, 0xa, 160));
+    a.send(leg.local_rtp(Side::A), b"junk");
+    assert_eq!(b.recv(1, Duration::from_millis(500)).len(), 1);
+    stats_when(&leg, |s| s.from_a.dropped_total() == 1);
+    let text = engine.metrics_text();
+    for line in [
+        "cpm_media_legs 1\n",
+        "cpm_media_ports_in_use 3\n",
+        "cpm_media_packets_relayed_total 1\n",
+        "cpm_media_bytes_relayed_total 172\n",
+        "cpm_media_dropped_total{reason=\"not_rtp\"} 1\n",
+    ] {
+        assert!(text.contains(line), "{line} in\n{text}");
+    }
+    leg.close().wait().expect("closed");
+    assert!(engine.metrics_text().contains("cpm_media_legs 0\n"));
+    let data_dir = engine.shared().config.data_dir.clone();
+    engine.shutdown(Duration::from_millis(100));
+    let _ = std::fs::remove_dir_all(data_dir);
+}
+
+#[test]
+fn connected_sockets_relay_filter_and_unlatch() {
+    let metrics = Arc::new(WorkerMetrics::default());
+    let config = MediaConfig {
+        ip: LOOPBACK.into(),
+        timeout: None,
+        connect_latched: true,
+        ..MediaConfig::default()
+    };
+    let p = MediaPlane::start(0, config, None, metrics).unwrap();
+    // Explicit ports, as the port pool gives (a socket on an OS-chosen port would lose it
+    // when disconnected).
+    let free = |_| {
+        let s = UdpSocket::bind(SocketAddr::from((LOOPBACK, 0))).unwrap();
+        s.local_addr().unwrap().port()
+    };
+    let ports: Vec<u16> = (0..2).map(free).collect();
+    let leg = p
+        .open_leg(&LegSpec {
+            a: SidePorts::mux(ports[0]),
+            b: SidePorts::mux(ports[1]),
+            clock_rate: 8000,
+        })
+        .unwrap();
+    let (a, b, stranger) = (Endpoint::new(), Endpoint::new(), Endpoint::new());
+    leg.set_peer(Side::B, b.addr(), None).unwrap();
+    let sent = send_stream(&a, leg.local_rtp(Side::A), 1, 5, 0xa);
+    let at_b = b.recv(5, Duration::from_millis(500));
+    assert!(at_b.iter().map(|(d, _)| d).eq(sent.iter()));
+    b.send(leg.local_rtp(Side::B), &rtp(1, 0xb, 160));
+    assert_eq!(a.recv(1, Duration::from_millis(500)).len(), 1);
+    // The kernel keeps strangers off a connected socket: nothing relayed (nor counted).
+    send_stream(&stranger, leg.local_rtp(Side::A), 100, 3, 0x5);
+    b.silent();
+    // A new SDP address for A disconnects its socket, so the new source latches.
+    let a2 = Endpoint::new();
+    leg.set_peer(Side::A, a2.addr(), None).unwrap();
+    // (Until the loop applied it, the kernel would still drop a2's packets: wait for it.)
+    stats(&leg);
+    send_stream(&a2, leg.local_rtp(Side::A), 6, 2, 0xa);
+    assert_eq!(b.recv(2, Duration::from_millis(500)).len(), 2);
+    assert_eq!(leg.local_rtp(Side::A).port(), ports[0]);
+    let s = stats(&leg);
+    assert_eq!((s.from_a.packets, s.from_b.packets), (7, 1));
+    assert_eq!(s.from_a.latched, Some(a2.addr()));
+}

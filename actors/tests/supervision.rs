@@ -71,6 +71,7 @@ fn a_panicking_worker_is_restarted_and_the_other_worker_goes_on() {
         http_listen: "127.0.0.1:0".parse().unwrap(),
         workers: 2,
         test_hooks: true,
+        data_dir: std::env::temp_dir().join(format!("cpm-supervision-{}", std::process::id())),
         ..Config::default()
     };
     let engine = Engine::start(config).expect("engine starts");

@@ -84,6 +84,7 @@ pub struct CpmdBuilder {
     args: Vec<String>,
     wrapper: Vec<String>,
     retry_bind: bool,
+    media_ports: u16,
 }
 
 impl CpmdBuilder {
@@ -112,18 +113,31 @@ impl CpmdBuilder {
         self
     }
 
+    /// The size of the relay port range cpmd gets when no `--media-ports` is given (default
+    /// [`MEDIA_BLOCK`]; larger sizes take several consecutive blocks, smaller ones the start of
+    /// one, e.g. 4 ports: one leg on one worker; at most 5,000).
+    pub fn media_ports(mut self, count: u16) -> CpmdBuilder {
+        self.media_ports = count.clamp(2, 25 * MEDIA_BLOCK);
+        self
+    }
+
     /// Starts cpmd and waits for its ready line (panics with its log if it does not come).
     pub fn spawn(self) -> Cpmd {
         let data_dir = self.dir.path().join("data");
         std::fs::create_dir_all(&data_dir).expect("create data dir");
         let data_dir = data_dir.to_str().expect("utf-8 temp path").to_string();
-        let media_ports = media_port_block();
+        let own_ports = self
+            .args
+            .iter()
+            .any(|a| a == "--media-ports" || a.starts_with("--media-ports="));
+        let media = (!own_ports).then(|| MediaPorts::reserve(self.media_ports));
+        let media_range = media.as_ref().map(|m| m.range.clone()).unwrap_or_default();
         let defaults = [
             ("--sip-listen", "127.0.0.1:0"),
             ("--http-listen", "127.0.0.1:0"),
             ("--data-dir", data_dir.as_str()),
             ("--workers", "2"),
-            ("--media-ports", media_ports.as_str()),
+            ("--media-ports", media_range.as_str()),
         ];
         let mut argv: Vec<String> = Vec::new();
         for (flag, value) in defaults {
@@ -155,6 +169,7 @@ impl CpmdBuilder {
                         status: None,
                         dir: self.dir,
                         argv,
+                        _media: media,
                     }
                 }
                 Err(Startup::Exited(status, log))
@@ -254,6 +269,8 @@ pub struct Cpmd {
     log_path: PathBuf,
     status: Option<ExitStatus>,
     argv: Vec<String>,
+    /// Its relay port range, reserved while it runs.
+    _media: Option<MediaPorts>,
     // Dropped last: the log lives in it.
     dir: TempDir,
 }
@@ -272,6 +289,7 @@ impl Cpmd {
             args: Vec::new(),
             wrapper: Vec::new(),
             retry_bind: true,
+            media_ports: MEDIA_BLOCK,
         }
     }
 
@@ -293,6 +311,62 @@ impl Cpmd {
     /// cpmd's temp dir (holds `data/`, `cpmd.log` and written files).
     pub fn dir(&self) -> &Path {
         self.dir.path()
+    }
+
+    /// The value of a command-line flag cpmd was started with (the last one given).
+    pub fn arg(&self, flag: &str) -> Option<&str> {
+        let prefix = format!("{flag}=");
+        let mut found = None;
+        for (i, a) in self.argv.iter().enumerate() {
+            if a == flag {
+                found = self.argv.get(i + 1).map(String::as_str);
+            } else if let Some(v) = a.strip_prefix(&prefix) {
+                found = Some(v);
+            }
+        }
+        found
+    }
+
+    /// The `--data-dir` (where `cdr.jsonl` is written).
+    pub fn data_dir(&self) -> PathBuf {
+        PathBuf::from(self.arg("--data-dir").expect("cpmd runs with --data-dir"))
+    }
+
+    /// The relay port range (`--media-ports MIN-MAX`).
+    pub fn media_ports(&self) -> std::ops::RangeInclusive<u16> {
+        let r = self
+            .arg("--media-ports")
+            .expect("cpmd runs with --media-ports");
+        let (min, max) = r
+            .split_once('-')
+            .and_then(|(a, b)| Some((a.parse().ok()?, b.parse().ok()?)))
+            .unwrap_or_else(|| panic!("--media-ports {r:?} is not MIN-MAX"));
+        min..=max
+    }
+
+    /// Every charging record of `DATA-DIR/cdr.jsonl` so far, one JSON object each (an
+    /// incomplete last line, being written, is left out).
+    pub fn cdrs(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.data_dir().join("cdr.jsonl")).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+
+    /// Polls `cdr.jsonl` until it holds a record of `kind` (`start`, `interim`, `stop`) for
+    /// A's Call-ID `call_id`; panics with the records seen after `timeout`.
+    pub fn wait_cdr(&self, call_id: &str, kind: &str, timeout: Duration) -> serde_json::Value {
+        crate::util::poll_until(timeout, || {
+            self.cdrs()
+                .into_iter()
+                .find(|r| r["call_id"] == call_id && r["record"] == kind)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "no {kind} record for {call_id} in cdr.jsonl within {timeout:?}: {:#?}",
+                self.cdrs()
+            )
+        })
     }
 
     /// Everything cpmd wrote to stdout and stderr so far.
@@ -418,6 +492,62 @@ pub fn parse_ready_line(line: &str) -> Option<(SocketAddr, SocketAddr)> {
     Some((sip?, http?))
 }
 
+/// Ports in one block of [`MediaPorts`].
+pub const MEDIA_BLOCK: u16 = 200;
+
+/// A relay port range of its own for each cpmd the tests start (`--media-ports`), so that cpmds
+/// of parallel tests, and of other test processes on the machine, never share ports: blocks of
+/// [`MEDIA_BLOCK`] ports in 20000-29999, below the kernel's ephemeral range (32768-60999),
+/// apart from the ranges of other test peers. Each block is reserved across processes by a TCP
+/// listener on its first port (cpmd binds only UDP there), held as long as this value; a block
+/// is taken only when that listener binds and its UDP ports are free at the time.
+#[derive(Debug)]
+struct MediaPorts {
+    /// `MIN-MAX`.
+    range: String,
+    _locks: Vec<std::net::TcpListener>,
+}
+
+impl MediaPorts {
+    /// `count` ports at the start of as many consecutive free blocks as they need (at most
+    /// 25). The process-wide cursor only moves forward, so the ranges of one process do not
+    /// overlap; blocks held by other processes are skipped. Panics when none is free.
+    fn reserve(count: u16) -> MediaPorts {
+        use std::net::{TcpListener, UdpSocket};
+        use std::sync::atomic::{AtomicU32, Ordering::Relaxed};
+        const BLOCKS: u32 = 50;
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let need = u32::from(count)
+            .div_ceil(u32::from(MEDIA_BLOCK))
+            .clamp(1, BLOCKS / 2);
+        let base = std::process::id().wrapping_mul(7);
+        for _ in 0..2 * BLOCKS {
+            let n = NEXT.fetch_add(need, Relaxed);
+            let block = base.wrapping_add(n) % BLOCKS;
+            // A range does not wrap from the last block to the first.
+            if block + need > BLOCKS {
+                continue;
+            }
+            let min = 20_000 + block * u32::from(MEDIA_BLOCK);
+            let max = min + u32::from(count) - 1;
+            let port = |p: u32| u16::try_from(p).expect("ports below 30000");
+            let locks: Option<Vec<TcpListener>> = (0..need)
+                .map(|b| {
+                    TcpListener::bind(("127.0.0.1", port(min + b * u32::from(MEDIA_BLOCK)))).ok()
+                })
+                .collect();
+            let Some(locks) = locks else { continue };
+            if (min..=max).all(|p| UdpSocket::bind(("127.0.0.1", port(p))).is_ok()) {
+                return MediaPorts {
+                    range: format!("{min}-{max}"),
+                    _locks: locks,
+                };
+            }
+        }
+        panic!("no free block of {count} relay ports in 20000-29999");
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -431,15 +561,4 @@ mod tests {
         assert!(parse_ready_line("cpmd ready sip=127.0.0.1:5060").is_none());
         assert!(parse_ready_line("INFO starting").is_none());
     }
-}
-
-/// A relay port range of its own for each cpmd a test process starts (`--media-ports`), so
-/// that cpmds of parallel tests never share ports: blocks of 200 ports in 20000-29999, below
-/// the kernel's ephemeral range (32768-60999), apart from the ranges of other test peers.
-fn media_port_block() -> String {
-    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let block = (std::process::id().wrapping_mul(7).wrapping_add(n)) % 50;
-    let min = 20_000 + block * 200;
-    format!("{min}-{}", min + 199)
 }

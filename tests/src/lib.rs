@@ -7,11 +7,13 @@
 //! - [`Ua`] is a scripted SIP user agent over real UDP/TCP sockets that writes requests as text
 //!   ([`Req`]), retransmits over UDP, answers digest challenges with
 //!   [`cpm_engine::sip::digest`], and plays a registered contact answering forwarded requests;
+//! - [`dialog`] keeps a scripted peer's side of a dialog through cpmd (in-dialog requests,
+//!   ACKs); [`sdp`] writes offers and answers and reads cpmd's rewritten SDP back;
 //! - [`netns`] runs commands inside a private network namespace, [`sipp`] runs SIPp scenarios;
 //! - [`baresip`] runs baresip user agents (no sound card: a sine source, WAV recordings) driven
 //!   over their control port; [`audio`] reads WAV files and finds tones in them (Goertzel);
-//!   [`rtp`] reads pcap captures and counts/echoes RTP; [`ports`] hands out port blocks of the
-//!   interop range 18000-18999.
+//!   [`rtp`] reads pcap captures, counts/echoes RTP, and sends and collects numbered RTP;
+//!   [`ports`] hands out port blocks of the interop range 18000-18999.
 //!
 //! Every wait is bounded; everything listens on 127.0.0.1 only.
 //!
@@ -28,10 +30,12 @@ pub mod audio;
 pub mod baresip;
 pub mod check;
 pub mod cpmd;
+pub mod dialog;
 pub mod http;
 pub mod netns;
 pub mod ports;
 pub mod rtp;
+pub mod sdp;
 pub mod sipp;
 pub mod torture;
 pub mod ua;

@@ -1,13 +1,15 @@
 //! RTP for interop tests: the UDP payloads of a pcap capture (what SIPp's `play_pcap_audio`
 //! sends), and [`RtpSink`], a UDP socket on a thread that records every datagram it gets and
-//! can echo it to its sender (like SIPp's `-rtp_echo`), so a test counts packets exactly.
+//! can echo it to its sender (like SIPp's `-rtp_echo`), so a test counts packets exactly;
+//! [`RtpEndpoint`], the media socket of a scripted peer that sends numbered RTP and collects
+//! what comes back.
 
 use std::net::{SocketAddr, UdpSocket};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The capture SIPp plays in the interop call scenarios (Debian `sip-tester`).
 pub const G711A_PCAP: &str = "/usr/share/sip-tester/g711a.pcap";
@@ -168,6 +170,120 @@ impl Drop for RtpSink {
     }
 }
 
+/// An RTP packet (RFC 3550 §5.1): version 2, no padding, extension or CSRC, marker clear,
+/// then `payload_len` bytes of 0xd5 (G.711 A-law silence).
+pub fn rtp_packet(pt: u8, seq: u16, ts: u32, ssrc: u32, payload_len: usize) -> Vec<u8> {
+    let mut p = Vec::with_capacity(12 + payload_len);
+    p.extend_from_slice(&[0x80, pt & 0x7f]);
+    p.extend_from_slice(&seq.to_be_bytes());
+    p.extend_from_slice(&ts.to_be_bytes());
+    p.extend_from_slice(&ssrc.to_be_bytes());
+    p.resize(12 + payload_len, 0xd5);
+    p
+}
+
+/// The SSRC of an RTP packet (RFC 3550 §5.1), if it is long enough.
+pub fn rtp_ssrc(pkt: &[u8]) -> Option<u32> {
+    Some(u32::from_be_bytes(pkt.get(8..12)?.try_into().ok()?))
+}
+
+/// The media socket of a scripted peer: one UDP socket on 127.0.0.1 that sends numbered RTP
+/// packets (20 ms of G.711 each) and collects what arrives, so a test counts a stream exactly.
+#[derive(Debug)]
+pub struct RtpEndpoint {
+    sock: UdpSocket,
+    addr: SocketAddr,
+    ssrc: u32,
+    seq: u16,
+    ts: u32,
+}
+
+impl RtpEndpoint {
+    /// Binds an ephemeral port of 127.0.0.1 with a random-looking SSRC.
+    pub fn bind() -> RtpEndpoint {
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("bind RTP endpoint on 127.0.0.1:0");
+        let addr = sock.local_addr().expect("local_addr");
+        let ssrc = u32::from_str_radix(&crate::util::token()[..8], 16).expect("hex token");
+        RtpEndpoint {
+            sock,
+            addr,
+            ssrc,
+            seq: ssrc as u16,
+            ts: ssrc.rotate_left(7),
+        }
+    }
+
+    /// The bound address (the port to put in an SDP `m=` line).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.addr.port()
+    }
+
+    /// The SSRC of the packets it sends.
+    pub fn ssrc(&self) -> u32 {
+        self.ssrc
+    }
+
+    /// Sends `count` packets of payload type `pt` to `dest`, numbered on from the last one
+    /// sent; returns their sequence numbers.
+    pub fn send(&mut self, dest: SocketAddr, count: usize, pt: u8) -> Vec<u16> {
+        (0..count)
+            .map(|_| {
+                let seq = self.seq;
+                let pkt = rtp_packet(pt, seq, self.ts, self.ssrc, 160);
+                self.sock
+                    .send_to(&pkt, dest)
+                    .unwrap_or_else(|e| panic!("RTP send to {dest}: {e}"));
+                self.seq = self.seq.wrapping_add(1);
+                self.ts = self.ts.wrapping_add(160);
+                seq
+            })
+            .collect()
+    }
+
+    /// Every datagram that arrives until `count` have come or `timeout` passed, and then for
+    /// `settle` longer (to see any beyond `count`).
+    pub fn recv(&self, count: usize, timeout: Duration, settle: Duration) -> Vec<Datagram> {
+        let mut got = Vec::new();
+        let mut deadline = Instant::now() + timeout;
+        let mut buf = [0u8; 2048];
+        let mut settling = false;
+        loop {
+            if !settling && got.len() >= count {
+                settling = true;
+                deadline = Instant::now() + settle;
+            }
+            let Some(left) = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())
+            else {
+                return got;
+            };
+            self.sock
+                .set_read_timeout(Some(left))
+                .expect("set_read_timeout");
+            match self.sock.recv_from(&mut buf) {
+                Ok((n, from)) => got.push(Datagram {
+                    from,
+                    data: buf[..n].to_vec(),
+                }),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                // ICMP port unreachable from an earlier send.
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => panic!("RTP recv: {e}"),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -209,6 +325,23 @@ mod tests {
         assert_eq!(rtp_payload(b"second"), None);
         assert!(parse_pcap_udp(&b[..b.len() - 1]).is_err());
         assert!(parse_pcap_udp(b"nonsense").is_err());
+    }
+
+    #[test]
+    fn endpoints_number_their_packets() {
+        let mut a = RtpEndpoint::bind();
+        let b = RtpEndpoint::bind();
+        let seqs = a.send(b.addr(), 3, 8);
+        assert_eq!(seqs.len(), 3);
+        assert_eq!(seqs[1], seqs[0].wrapping_add(1));
+        let got = b.recv(3, Duration::from_secs(2), Duration::from_millis(50));
+        assert_eq!(got.len(), 3);
+        assert!(got.iter().all(|d| d.from == a.addr()));
+        let p = &got[2].data;
+        assert_eq!((p.len(), p[1]), (172, 8));
+        assert_eq!(rtp_seq(p), Some(seqs[2]));
+        assert_eq!(rtp_ssrc(p), Some(a.ssrc()));
+        assert_eq!(rtp_payload(p).map(<[u8]>::len), Some(160));
     }
 
     #[test]

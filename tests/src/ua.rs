@@ -181,6 +181,11 @@ impl Ua {
         }
     }
 
+    /// The tag of this agent: in the From of its requests and the To of its responses.
+    pub fn tag(&self) -> &str {
+        &self.tag
+    }
+
     /// The next CSeq number of this agent.
     fn next_cseq(&mut self) -> u32 {
         self.cseq += 1;
@@ -513,6 +518,61 @@ impl Ua {
         result
     }
 
+    /// The next response to `req` (already sent; matched by top Via branch and CSeq method)
+    /// whose status `want` accepts, from the queue or the wire within `timeout`. Responses to
+    /// `req` that `want` refuses are dropped (e.g. 100 Trying); every other message received
+    /// meanwhile, request or response, is queued for [`Ua::recv`] and later waits. No
+    /// retransmission.
+    pub fn await_response(
+        &mut self,
+        req: &Req,
+        timeout: Duration,
+        want: impl Fn(u16) -> bool,
+    ) -> Option<Message> {
+        let branch = req.branch();
+        let is_it = |m: &Message| {
+            m.status().is_some() && matches_request(m, branch.as_deref(), &req.method)
+        };
+        if let Some(pos) = self
+            .inbox
+            .iter()
+            .position(|r| is_it(&r.msg) && r.msg.status().is_some_and(&want))
+        {
+            return self.inbox.remove(pos).map(|r| r.msg);
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline
+                .checked_duration_since(Instant::now())
+                .filter(|d| !d.is_zero())?;
+            let (raw, from) = self.recv_raw(left)?;
+            let msg = cpm_engine::sip::parse(raw.clone()).unwrap_or_else(|e| {
+                panic!(
+                    "unparsable message from {from} ({e}):\n{}",
+                    String::from_utf8_lossy(&raw)
+                )
+            });
+            if is_it(&msg) {
+                if msg.status().is_some_and(&want) {
+                    return Some(msg);
+                }
+                continue;
+            }
+            self.inbox.push_back(Received { msg, from });
+        }
+    }
+
+    /// The CANCEL of `invite` (RFC 3261 §9.1): its Request-URI, top Via (same branch),
+    /// Max-Forwards, From, To, Call-ID, and CSeq number with method CANCEL.
+    pub fn cancel_req(&self, invite: &Req) -> Req {
+        let num = invite.cseq().expect("INVITE has CSeq");
+        let mut cancel = Req::new("CANCEL", &invite.uri);
+        for name in ["Via", "Max-Forwards", "From", "To", "Call-ID"] {
+            cancel = cancel.header(name, invite.get(name).expect("INVITE header").to_string());
+        }
+        cancel.header("CSeq", format!("{num} CANCEL"))
+    }
+
     /// [`Ua::try_request`] with [`RESPONSE_TIMEOUT`]; panics when no final response comes.
     pub fn request(&mut self, req: &Req) -> Message {
         self.try_request(req, RESPONSE_TIMEOUT).unwrap_or_else(|| {
@@ -545,7 +605,19 @@ impl Ua {
     /// Answers a received request with `code reason` (no body), sent where RFC 3261 §18.2.2 says:
     /// on the connection for TCP; for UDP to the top Via's `received`/`rport` or sent-by.
     pub fn reply(&mut self, req: &Received, code: u16, reason: &str) {
-        let bytes = wire::response_to(&req.msg, code, reason, &self.tag, &[]);
+        self.reply_with(req, code, reason, &[], None);
+    }
+
+    /// [`Ua::reply`] with extra header lines (e.g. Contact) and a body `(content type, bytes)`.
+    pub fn reply_with(
+        &mut self,
+        req: &Received,
+        code: u16,
+        reason: &str,
+        extra: &[(&str, &str)],
+        body: Option<(&str, &[u8])>,
+    ) {
+        let bytes = wire::response_with(&req.msg, code, reason, &self.tag, extra, body);
         let dest = match self.transport {
             Transport::Tcp => self.server,
             Transport::Udp => response_destination(&req.msg).unwrap_or(req.from),

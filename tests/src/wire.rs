@@ -162,6 +162,18 @@ pub fn response_to(
     to_tag: &str,
     extra: &[(&str, &str)],
 ) -> Vec<u8> {
+    response_with(req, code, reason, to_tag, extra, None)
+}
+
+/// [`response_to`] with a body `(content type, bytes)`, e.g. an SDP answer.
+pub fn response_with(
+    req: &Message,
+    code: u16,
+    reason: &str,
+    to_tag: &str,
+    extra: &[(&str, &str)],
+    body: Option<(&str, &[u8])>,
+) -> Vec<u8> {
     let mut out = format!("SIP/2.0 {code} {reason}\r\n");
     for via in req.headers.get_all(&HeaderName::Via) {
         out.push_str(&format!("Via: {}\r\n", String::from_utf8_lossy(via)));
@@ -185,8 +197,14 @@ pub fn response_to(
     for (n, v) in extra {
         out.push_str(&format!("{n}: {v}\r\n"));
     }
-    out.push_str("Content-Length: 0\r\n\r\n");
-    out.into_bytes()
+    let body = body.unwrap_or(("", b""));
+    if !body.1.is_empty() {
+        out.push_str(&format!("Content-Type: {}\r\n", body.0));
+    }
+    out.push_str(&format!("Content-Length: {}\r\n\r\n", body.1.len()));
+    let mut out = out.into_bytes();
+    out.extend_from_slice(body.1);
+    out
 }
 
 /// One unit cut from a stream.
@@ -276,6 +294,18 @@ mod tests {
         assert_eq!(header_values(&resp, "Via").len(), 2);
         assert_eq!(header(&resp, "To").unwrap(), "<sip:bob@localhost>;tag=t9");
         assert_eq!(header(&resp, "CSeq").unwrap(), "1 MESSAGE");
+        let with = response_with(
+            &req,
+            200,
+            "OK",
+            "t9",
+            &[],
+            Some(("application/sdp", b"v=0\r\n")),
+        );
+        let with = cpm_engine::sip::parse(Bytes::from(with)).unwrap();
+        assert_eq!(&with.body[..], b"v=0\r\n");
+        assert_eq!(header(&with, "Content-Type").unwrap(), "application/sdp");
+        assert_eq!(header(&with, "Content-Length").unwrap(), "5");
     }
 
     #[test]

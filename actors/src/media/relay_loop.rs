@@ -263,9 +263,16 @@ impl RelayLoop {
     }
 
     fn close(&mut self, id: LegId, reply: Option<oneshot::Sender<LegStats>>) {
-        let Some(slot) = self.index.remove(&id) else {
+        let Some(&slot) = self.index.get(&id) else {
             return;
         };
+        // What the peers sent before the session ended is still relayed (and counted): the
+        // last packets before a BYE often sit in a socket when the close arrives.
+        let now = Instant::now();
+        for k in 0..4 {
+            self.on_readable(Token(slot << 2 | k), now);
+        }
+        self.index.remove(&id);
         let Some(leg) = self.legs.get_mut(slot).and_then(Option::take) else {
             return;
         };

@@ -48,7 +48,62 @@ const STATIC: [(u8, &str, u32, u16); 24] = [
     (34, "H263", 90000, 1),
 ];
 
+/// The first dynamic payload type (RFC 3551 §3): what [`Codec::from_spec`] gives a format
+/// that has no static one.
+pub const FIRST_DYNAMIC_PT: u8 = 96;
+
+/// Why a codec named on a command line or in a configuration was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CodecSpecError {
+    /// Not `NAME[/RATE[/CHANNELS]]` with numbers where numbers go.
+    Syntax,
+    /// A format without a static payload type needs its clock rate.
+    NeedsRate,
+    /// The name is not a token (RFC 8866 §6.6).
+    BadName,
+}
+
+impl CodecSpecError {
+    /// A phrase naming the problem.
+    pub fn reason(self) -> &'static str {
+        match self {
+            CodecSpecError::Syntax => "expected NAME[/RATE[/CHANNELS]]",
+            CodecSpecError::NeedsRate => "not a static payload type: give NAME/RATE",
+            CodecSpecError::BadName => "the name must be a token",
+        }
+    }
+}
+
 impl Codec {
+    /// A codec as people name it: `NAME[/RATE[/CHANNELS]]`, the `rtpmap` form. A static
+    /// payload type of that name (and rate and channels when given; one channel by default)
+    /// when there is one (`PCMA`, `G722`, `L16/44100/2`), else the dynamic payload type
+    /// [`FIRST_DYNAMIC_PT`], which needs the rate (`opus/48000/2`).
+    pub fn from_spec(spec: &str) -> Result<Codec, CodecSpecError> {
+        let mut parts = spec.split('/');
+        let name = parts.next().unwrap_or_default();
+        let num = |v: Option<&str>| -> Result<Option<u32>, CodecSpecError> {
+            v.map(|v| v.parse().map_err(|_| CodecSpecError::Syntax))
+                .transpose()
+        };
+        let rate = num(parts.next())?;
+        let channels = num(parts.next())?.unwrap_or(1);
+        if parts.next().is_some() || name.is_empty() || rate == Some(0) || channels == 0 {
+            return Err(CodecSpecError::Syntax);
+        }
+        let channels = u16::try_from(channels).map_err(|_| CodecSpecError::Syntax)?;
+        let fixed = STATIC.iter().find(|s| {
+            s.1.eq_ignore_ascii_case(name) && rate.is_none_or(|r| r == s.2) && s.3 == channels
+        });
+        if let Some(&(pt, _, _, _)) = fixed {
+            return Codec::from_static(pt).ok_or(CodecSpecError::Syntax);
+        }
+        let rate = rate.ok_or(CodecSpecError::NeedsRate)?;
+        Codec::dynamic(FIRST_DYNAMIC_PT, name.to_string(), rate)
+            .map(|c| c.with_channels(channels))
+            .map_err(|_| CodecSpecError::BadName)
+    }
+
     /// G.711 µ-law, static payload type 0 (RFC 3551 §4.5.14).
     pub const PCMU: Codec = Codec::fixed(0, "PCMU", 8000);
     /// G.711 A-law, static payload type 8 (RFC 3551 §4.5.14).
@@ -193,6 +248,28 @@ mod tests {
         assert_eq!(Codec::from_static(2), None);
         assert_eq!(Codec::well_known("g722").unwrap().payload_type(), 9);
         assert_eq!(Codec::well_known("opus"), None);
+    }
+
+    #[test]
+    fn codecs_from_specs() {
+        assert_eq!(Codec::from_spec("pcma"), Ok(Codec::PCMA));
+        assert_eq!(Codec::from_spec("PCMU/8000"), Ok(Codec::PCMU));
+        assert_eq!(Codec::from_spec("L16").unwrap().payload_type(), 11);
+        assert_eq!(Codec::from_spec("L16/44100/2").unwrap().payload_type(), 10);
+        let opus = Codec::from_spec("opus/48000/2").unwrap();
+        assert_eq!(
+            (opus.payload_type(), opus.clock_rate(), opus.channels()),
+            (FIRST_DYNAMIC_PT, 48000, 2)
+        );
+        assert_eq!(Codec::from_spec("opus"), Err(CodecSpecError::NeedsRate));
+        assert_eq!(Codec::from_spec("a b/8000"), Err(CodecSpecError::BadName));
+        for bad in ["", "PCMU/x", "PCMU/8000/1/1", "PCMU/0", "PCMU/8000/0"] {
+            assert_eq!(
+                Codec::from_spec(bad),
+                Err(CodecSpecError::Syntax),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

@@ -33,7 +33,7 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::{Bytes, BytesMut};
 
 pub use attr::{Attribute, Direction, Fmtp, Rtcp, RtpMap};
-pub use codec::Codec;
+pub use codec::{Codec, CodecSpecError, FIRST_DYNAMIC_PT};
 pub use fields::{AddrType, Connection, MediaLine, Origin, Proto};
 pub use line::Line;
 pub use media::MediaSection;

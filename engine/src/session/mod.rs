@@ -192,6 +192,9 @@ pub enum EndReason {
     NoAck,
     /// This side answered 481 or 408 to an in-dialog request: its dialog is gone (RFC 5057).
     PeerGone(Side),
+    /// The session's runtime stopped it from outside the state machine (its actor failed or
+    /// the server stopped).
+    Aborted,
 }
 
 impl EndReason {
@@ -209,6 +212,7 @@ impl EndReason {
             EndReason::NoAck => "no-ack",
             EndReason::PeerGone(Side::A) => "caller-gone",
             EndReason::PeerGone(Side::B) => "callee-gone",
+            EndReason::Aborted => "aborted",
         }
     }
 }

@@ -20,7 +20,7 @@ use crate::metrics::{Counter, Quantity};
 use crate::stamp;
 
 /// The payload type a codec without a static one gets (the first dynamic, RFC 3551 §3).
-pub const DYNAMIC_PT: u8 = 96;
+pub const DYNAMIC_PT: u8 = cpm_engine::sdp::FIRST_DYNAMIC_PT;
 
 /// The largest payload: what fits a UDP datagram after the 12-byte RTP header.
 pub const MAX_PAYLOAD: usize = 65_507 - 12;
@@ -207,39 +207,10 @@ pub fn natural_len(codec: &Codec, ptime_ms: u32) -> Option<usize> {
     })
 }
 
-/// Parses a codec as the command line names it: `NAME[/RATE[/CHANNELS]]`. A static payload
-/// type of that name (and rate and channels, when given; one channel by default) is used
-/// when there is one (`PCMA`, `G722`, `L16/44100/2`); any other format gets the dynamic
-/// payload type [`DYNAMIC_PT`] and needs its rate (`opus/48000/2`).
+/// Parses a codec as the command line names it (`NAME[/RATE[/CHANNELS]]`,
+/// [`Codec::from_spec`]): a static payload type when there is one, else [`DYNAMIC_PT`].
 pub fn parse_codec(spec: &str) -> Result<Codec, String> {
-    let mut parts = spec.split('/');
-    let name = parts.next().unwrap_or_default();
-    let num = |v: Option<&str>, what: &str| -> Result<Option<u32>, String> {
-        v.map(|v| {
-            v.parse()
-                .map_err(|_| format!("codec {spec:?}: bad {what} {v:?}"))
-        })
-        .transpose()
-    };
-    let rate = num(parts.next(), "clock rate")?;
-    let channels = num(parts.next(), "channel count")?.unwrap_or(1);
-    if parts.next().is_some() || name.is_empty() || rate == Some(0) || channels == 0 {
-        return Err(format!("codec {spec:?}: NAME[/RATE[/CHANNELS]]"));
-    }
-    let channels = u16::try_from(channels).map_err(|_| format!("codec {spec:?}: channels"))?;
-    let fixed = (0..DYNAMIC_PT).filter_map(Codec::from_static).find(|c| {
-        c.name().eq_ignore_ascii_case(name.as_bytes())
-            && rate.is_none_or(|r| r == c.clock_rate())
-            && c.channels() == channels
-    });
-    if let Some(c) = fixed {
-        return Ok(c);
-    }
-    let rate =
-        rate.ok_or_else(|| format!("codec {spec:?}: not a static payload type, give NAME/RATE"))?;
-    Codec::dynamic(DYNAMIC_PT, name.to_string(), rate)
-        .map(|c| c.with_channels(channels))
-        .map_err(|_| format!("codec {spec:?}: the name must be a token"))
+    Codec::from_spec(spec).map_err(|e| format!("codec {spec:?}: {}", e.reason()))
 }
 
 /// The codecs a `uas` accepts unless told otherwise: every static format of [`FIXED_RATE`].
@@ -376,7 +347,9 @@ impl RtpMeter {
 /// §11), so that a run's media ports can be kept apart from other programs'.
 #[derive(Debug, Default)]
 pub struct SocketPool {
-    free: Vec<(SocketId, SocketAddr)>,
+    /// Returned sockets, reused oldest first: the last packets of a call that just ended
+    /// are less likely to reach the next one.
+    free: std::collections::VecDeque<(SocketId, SocketAddr)>,
     range: Option<(u16, u16)>,
     next: u16,
 }
@@ -385,7 +358,7 @@ impl SocketPool {
     /// A pool binding new sockets on even ports of `min..=max` (`--rtp-ports`).
     pub fn in_range(range: Option<(u16, u16)>) -> SocketPool {
         SocketPool {
-            free: Vec::new(),
+            free: std::collections::VecDeque::new(),
             range,
             next: range.map_or(0, |(min, _)| min + min % 2),
         }
@@ -397,7 +370,7 @@ impl SocketPool {
         ctx: &mut Ctx<'_>,
         ip: std::net::IpAddr,
     ) -> Result<(SocketId, SocketAddr), String> {
-        if let Some(s) = self.free.pop() {
+        if let Some(s) = self.free.pop_front() {
             return Ok(s);
         }
         let Some((min, max)) = self.range else {
@@ -425,7 +398,7 @@ impl SocketPool {
 
     /// Returns a socket for the next call.
     pub fn give_back(&mut self, socket: (SocketId, SocketAddr)) {
-        self.free.push(socket);
+        self.free.push_back(socket);
     }
 }
 

@@ -4,6 +4,7 @@
 
 #![allow(dead_code)]
 
+pub mod cpmd;
 pub mod reference;
 pub mod relay;
 

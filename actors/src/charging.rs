@@ -308,6 +308,41 @@ mod tests {
         assert_eq!(c.ended, None);
     }
 
+    /// A sink that waits until the test lets it go: the queue in front of it fills.
+    struct Stuck(std::sync::mpsc::Receiver<()>, Arc<AtomicU64>);
+
+    impl ChargingSink for Stuck {
+        fn write(&mut self, _: &Cdr) -> io::Result<()> {
+            let _ = self.0.recv();
+            self.1.fetch_add(1, Relaxed);
+            Ok(())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_blocking() {
+        let (go, wait) = std::sync::mpsc::channel();
+        let sunk = Arc::new(AtomicU64::new(0));
+        let w = ChargingWriter::start(Box::new(Stuck(wait, sunk.clone()))).unwrap();
+        // The thread holds one record in the stuck sink; QUEUE more fill the queue.
+        let offered = QUEUE as u64 + 50;
+        let start = Instant::now();
+        for _ in 0..offered {
+            w.write(cdr(ChargingKind::Interim));
+        }
+        assert!(start.elapsed() < Duration::from_secs(5), "writes blocked");
+        let dropped = w.dropped();
+        assert!((49..=50).contains(&dropped), "dropped {dropped}");
+        for _ in 0..offered {
+            let _ = go.send(());
+        }
+        w.stop();
+        assert_eq!(sunk.load(Relaxed) + dropped, offered);
+    }
+
     #[test]
     fn the_writer_appends_lines_and_flushes_on_stop() {
         let dir = std::env::temp_dir().join(format!("cpm-cdr-{}", std::process::id()));

@@ -556,12 +556,7 @@ impl Services {
         now: Instant,
         txn: &mut TransactionLayer,
     ) -> Result<(), Box<Message>> {
-        let bad = |code: u16, reason: &str| Box::new(builder::local_response(req, code, reason));
-        // RFC 3261 §16.3 step 2: a request we would forward with Max-Forwards 0.
-        let mf = req.max_forwards().map_err(|e| bad(400, &e.reason()))?;
-        if mf == Some(0) {
-            return Err(bad(483, "Too Many Hops"));
-        }
+        // Max-Forwards was checked for every forwarded service in `on_request` (400, 483).
         let mut started = 0;
         for (b, dest, reliable) in self.local_targets(req, now)? {
             let fwd = self.forward_copy(req, &b, reliable, txn);
@@ -574,7 +569,11 @@ impl Services {
             }
         }
         if started == 0 {
-            return Err(bad(480, "Temporarily Unavailable"));
+            return Err(Box::new(builder::local_response(
+                req,
+                480,
+                "Temporarily Unavailable",
+            )));
         }
         self.forks.insert(
             id,
@@ -642,13 +641,13 @@ impl Services {
         transport: &Transport,
         now: Instant,
     ) -> Result<(), Box<Message>> {
-        let bad = |code: u16, reason: &str| Box::new(builder::local_response(&req, code, reason));
-        let mf = req.max_forwards().map_err(|e| bad(400, &e.reason()))?;
-        if mf == Some(0) {
-            return Err(bad(483, "Too Many Hops"));
-        }
+        // Max-Forwards was checked for every forwarded service in `on_request` (400, 483).
         let Some(worker) = self.worker_addr.clone() else {
-            return Err(bad(503, "Service Unavailable"));
+            return Err(Box::new(builder::local_response(
+                &req,
+                503,
+                "Service Unavailable",
+            )));
         };
         let contacts = self
             .local_targets(&req, now)?

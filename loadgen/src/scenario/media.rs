@@ -352,6 +352,9 @@ pub struct SocketPool {
     free: std::collections::VecDeque<(SocketId, SocketAddr)>,
     range: Option<(u16, u16)>,
     next: u16,
+    /// Every port of the range was found taken; set until a socket comes back, so that a run
+    /// over its range fails each call at once instead of trying the whole range again.
+    exhausted: bool,
 }
 
 impl SocketPool {
@@ -361,6 +364,7 @@ impl SocketPool {
             free: std::collections::VecDeque::new(),
             range,
             next: range.map_or(0, |(min, _)| min + min % 2),
+            exhausted: false,
         }
     }
 
@@ -379,6 +383,9 @@ impl SocketPool {
                 .bind_udp(bind, SocketKind::Raw)
                 .map_err(|e| format!("bind RTP {bind}: {e}"));
         };
+        if self.exhausted {
+            return Err(format!("no free RTP port in {min}-{max}"));
+        }
         let first = min + min % 2;
         for _ in 0..=(max.saturating_sub(first) / 2) {
             let port = self.next;
@@ -393,12 +400,14 @@ impl SocketPool {
                 Err(e) => return Err(format!("bind RTP {bind}: {e}")),
             }
         }
+        self.exhausted = true;
         Err(format!("no free RTP port in {min}-{max}"))
     }
 
     /// Returns a socket for the next call.
     pub fn give_back(&mut self, socket: (SocketId, SocketAddr)) {
         self.free.push_back(socket);
+        self.exhausted = false;
     }
 }
 

@@ -55,21 +55,22 @@ fn calls_through_cpmd_relay_every_packet_both_ways() {
     let sent_a = c["rtp"]["sent"].as_u64().unwrap();
     let sent_b = s["rtp"]["sent"].as_u64().unwrap();
     assert!(sent_a >= 10 * 49, "{c:#}");
-    for (sent, rx, who) in [(sent_a, &s, "callee"), (sent_b, &c, "caller")] {
+    // The caller's run ends with the last BYE's 200; what the callee sent just before that BYE
+    // reached it is relayed after the caller stopped reading: up to a tick of the last call
+    // is seen by nobody (cpmd's count below still has it). The uas runs on, so the callee's
+    // side is exact.
+    for (sent, rx, who, unseen) in [(sent_a, &s, "callee", 0), (sent_b, &c, "caller", 2)] {
         let late = ["rtp_after_call", "rtp_from_elsewhere"]
             .iter()
             .map(|k| rx["counters"][k].as_u64().unwrap_or(0))
             .sum::<u64>();
-        let received = rx["rtp"]["received"].as_u64().unwrap();
-        let drops: Vec<String> = cpmd
-            .metrics()
-            .lines()
-            .filter(|l| {
-                l.starts_with("cpm_media_dropped_total") || l.starts_with("cpm_media_packets")
-            })
-            .map(str::to_string)
-            .collect();
-        assert_eq!(received + late, sent, "{who}: {drops:?}\n{}", rx["rtp"]);
+        let seen = rx["rtp"]["received"].as_u64().unwrap() + late;
+        assert!(
+            seen <= sent && sent - seen <= unseen,
+            "{who}: {seen} of {sent} seen: {}\n{}",
+            rx["rtp"],
+            rx["counters"]
+        );
         assert!(
             late <= 20,
             "{who}: at most a tick or two per call came late: {rx:#}"

@@ -27,3 +27,4 @@ pub mod sdp;
 pub mod service;
 pub mod session;
 pub mod sip;
+pub mod store;

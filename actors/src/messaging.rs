@@ -53,8 +53,20 @@ impl MessageController {
         txn: &mut TransactionLayer,
     ) -> Result<(), Box<Message>> {
         // Max-Forwards was checked for every forwarded service by the caller (400, 483).
+        let aor = routing::local_user(shared, req)?;
+        if req.body.len() > shared.config.message_max_size {
+            return Err(Box::new(too_large(req, shared.config.message_max_size)));
+        }
+        let targets = routing::contacts(shared, &aor, now);
+        if targets.is_empty() {
+            return Err(Box::new(builder::local_response(
+                req,
+                480,
+                "Temporarily Unavailable",
+            )));
+        }
         let mut started = 0;
-        for (b, dest, reliable) in routing::local_targets(shared, req, now)? {
+        for (b, dest, reliable) in targets {
             let fwd = routing::forward_copy(shared, req, &b, reliable, txn);
             match txn.send_request(fwd, dest, reliable, now) {
                 Ok(cid) => {
@@ -133,6 +145,20 @@ impl MessageController {
         }
         Ok(relay.map(|r| (server, r)))
     }
+}
+
+/// Large message mode (RFC 3428 §7; OMA CPM / GSMA RCS "large message mode"): a pager-mode
+/// body over `max` bytes is refused with 413 (RFC 3261 §21.4.11), and a Warning (§20.43, 399
+/// miscellaneous) tells the sender to send it in an MSRP session instead.
+fn too_large(req: &Message, max: usize) -> Message {
+    let mut r = builder::local_response(req, 413, "Request Entity Too Large");
+    r.headers.push(
+        HeaderName::Warning,
+        format!(
+            "399 cpmd \"Pager-mode body over {max} bytes: send it as a large message in an MSRP session (RFC 4975)\""
+        ),
+    );
+    r
 }
 
 /// RFC 3261 §16.7 step 6: a 6xx beats everything; otherwise the lowest class wins, and within

@@ -487,7 +487,9 @@ mod tests {
             let mut c = Config::default();
             let v = match *k {
                 "sip-listen" | "http-listen" => "127.0.0.1:1",
-                "pin-workers" | "test-hooks" | "media-strict-source" => "false",
+                "pin-workers" | "test-hooks" | "media-strict-source" | "store-and-forward" => {
+                    "false"
+                }
                 "media-ip" => "10.0.0.1",
                 "media-ports" => "40000-40099",
                 "codecs" => "PCMA,opus/48000/2",

@@ -44,6 +44,7 @@ pub mod metrics;
 pub mod services;
 pub mod session;
 pub mod shared;
+pub mod storage;
 pub mod sys;
 pub mod time;
 pub mod transport;

@@ -46,6 +46,7 @@ pub mod routing;
 pub mod services;
 pub mod session;
 pub mod shared;
+pub mod storage;
 pub mod sys;
 pub mod time;
 pub mod transport;

@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cpim;
 pub mod hash;
 pub mod media;
 pub mod registrar;

@@ -256,7 +256,7 @@ impl CpimMessage {
                 .find(|(n, _)| n.eq_ignore_ascii_case(name.as_bytes()))
                 .map(|(_, v)| v)
         };
-        if !find("Content-Type").is_some_and(|v| !v.is_empty()) {
+        if find("Content-Type").is_none_or(Bytes::is_empty) {
             return Err(CpimError::MissingContentType);
         }
         let mut body = buf.slice(body_start.min(buf.len())..);

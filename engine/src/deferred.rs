@@ -25,7 +25,8 @@ pub struct DeferredPolicy {
     /// How many undelivered messages one recipient may have waiting (default 1,000).
     pub per_user_cap: usize,
     /// The largest pager-mode body accepted; larger ones must use large message mode, an
-    /// MSRP session (default 1,300 bytes: RFC 3428 §9, as CPM/RCS do).
+    /// MSRP session (default 1,300 bytes: RFC 3428's limit for a MESSAGE outside a session,
+    /// which CPM/RCS use).
     pub max_size: usize,
 }
 
@@ -44,7 +45,8 @@ impl Default for DeferredPolicy {
 #[non_exhaustive]
 pub enum Refusal {
     /// Body over [`DeferredPolicy::max_size`]: 413 Request Entity Too Large (RFC 3261
-    /// §21.4.11, RFC 3428 §9), with a hint to use large message mode (an MSRP session).
+    /// §21.4.11; RFC 3428's 1,300-byte limit), with a hint to use large message mode (an MSRP
+    /// session, RFC 4975), as cpmd's messaging controller already answers.
     TooLarge {
         /// The size limit in bytes.
         max: usize,

@@ -99,7 +99,17 @@ impl NameAddr {
     /// Parses `[Formal-name] <URI>`, or a bare URI (leniency).
     pub fn parse(v: &Bytes) -> Result<NameAddr, CpimError> {
         let v = trim(v);
-        let Some(lt) = memchr(b'<', &v) else {
+        // The '<' that opens the URI, after a quoted formal name if any ("a<b" <sip:x>).
+        let name_end = if v.first() == Some(&b'"') {
+            closing_quote(&v).ok_or(CpimError::MalformedAddress)? + 1
+        } else {
+            0
+        };
+        let Some(lt) = v
+            .get(name_end..)
+            .and_then(|rest| memchr(b'<', rest))
+            .map(|i| i + name_end)
+        else {
             // A bare URI: one token with a scheme.
             if v.is_empty() || v.iter().any(|&c| is_ws(c)) || memchr(b':', &v).is_none() {
                 return Err(CpimError::MalformedAddress);
@@ -149,6 +159,19 @@ impl fmt::Display for NameAddr {
         }
         write!(f, "<{}>", self.uri_str())
     }
+}
+
+/// The index of the quote closing the quoted string that starts `v` (backslash escapes skipped).
+fn closing_quote(v: &[u8]) -> Option<usize> {
+    let mut i = 1;
+    while let Some(&c) = v.get(i) {
+        match c {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
 }
 
 /// One CPIM message header (RFC 3862 §3.1), its prefix resolved to a namespace.

@@ -309,6 +309,13 @@ fn builder_round_trip() {
 fn name_addr_display() {
     let a = NameAddr::parse(&Bytes::from_static(b"\"Bob B\" <sip:b@x>")).unwrap();
     assert_eq!(a.to_string(), "\"Bob B\" <sip:b@x>");
+    let q = NameAddr::parse(&Bytes::from_static(b"\"a<b> \\\" c\" <sip:q@x>")).unwrap();
+    assert_eq!(q.display_str(), Some("a<b> \\\" c"));
+    assert_eq!(q.uri_str(), "sip:q@x");
+    assert_eq!(
+        NameAddr::parse(&Bytes::from_static(b"\"open <sip:q@x>")),
+        Err(CpimError::MalformedAddress)
+    );
     let b = NameAddr::parse(&Bytes::from_static(b"sip:b@x")).unwrap();
     assert_eq!(b.to_string(), "<sip:b@x>");
 }

@@ -19,7 +19,10 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cpim;
+pub mod deferred;
 pub mod hash;
+pub mod imdn;
 pub mod media;
 pub mod registrar;
 pub mod rtp;

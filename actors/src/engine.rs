@@ -254,6 +254,8 @@ impl EngineHandle {
             plane.shutdown();
         }
         self.shared.charging.stop();
+        // Every accepted write is committed before the process exits.
+        self.shared.storage.shutdown();
         tracing::info!("cpmd stopped");
     }
 }

@@ -76,8 +76,48 @@ pub struct WorkerMetrics {
     pub restarts: AtomicU64,
     /// TCP connections open on this worker (gauge).
     pub tcp_connections: AtomicU64,
+    /// Store and forward (`crate::messaging`): messages held, held ones delivered, failed
+    /// (refused by every device), expired, and failure IMDNs sent.
+    pub messages: MessageCounters,
     /// The counters of this worker's media loop (written by that thread only).
     pub media: MediaMetrics,
+}
+
+/// Store-and-forward counters of one worker.
+#[derive(Debug, Default)]
+pub struct MessageCounters {
+    held: AtomicU64,
+    delivered: AtomicU64,
+    failed: AtomicU64,
+    expired: AtomicU64,
+    imdn_sent: AtomicU64,
+}
+
+impl WorkerMetrics {
+    /// A message was held for an offline user (202 sent).
+    pub fn held(&self) {
+        self.messages.held.fetch_add(1, Relaxed);
+    }
+
+    /// A held message was delivered (a device answered 2xx).
+    pub fn held_delivered(&self) {
+        self.messages.delivered.fetch_add(1, Relaxed);
+    }
+
+    /// A held message was refused for good by the recipient's devices.
+    pub fn held_failed(&self) {
+        self.messages.failed.fetch_add(1, Relaxed);
+    }
+
+    /// A held message expired.
+    pub fn held_expired(&self) {
+        self.messages.expired.fetch_add(1, Relaxed);
+    }
+
+    /// The server sent a failure IMDN.
+    pub fn imdn_sent(&self) {
+        self.messages.imdn_sent.fetch_add(1, Relaxed);
+    }
 }
 
 /// One media loop's counters (`crate::media`), on cache lines of their own: the loop thread
@@ -267,10 +307,47 @@ pub fn render(
         workers.len()
     );
     render_media(&mut out, workers);
+    render_messages(&mut out, workers);
     out
 }
 
 /// The media plane's part of `/metrics`.
+fn render_messages(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
+    let sum = |f: &dyn Fn(&MessageCounters) -> &AtomicU64| {
+        workers
+            .iter()
+            .map(|w| f(&w.messages).load(Relaxed))
+            .sum::<u64>()
+    };
+    let _ = writeln!(
+        out,
+        "# HELP cpm_messages_held_total Pager-mode MESSAGEs held for an offline user (202).\n\
+         # TYPE cpm_messages_held_total counter\ncpm_messages_held_total {}",
+        sum(&|m| &m.held)
+    );
+    let _ = writeln!(
+        out,
+        "# HELP cpm_messages_held_done_total Held MESSAGEs done with, by outcome.\n\
+         # TYPE cpm_messages_held_done_total counter"
+    );
+    for (outcome, v) in [
+        ("delivered", sum(&|m| &m.delivered)),
+        ("refused", sum(&|m| &m.failed)),
+        ("expired", sum(&|m| &m.expired)),
+    ] {
+        let _ = writeln!(
+            out,
+            "cpm_messages_held_done_total{{outcome=\"{outcome}\"}} {v}"
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP cpm_imdn_sent_total Failure IMDNs the server sent (RFC 5438 §5.1).\n\
+         # TYPE cpm_imdn_sent_total counter\ncpm_imdn_sent_total {}",
+        sum(&|m| &m.imdn_sent)
+    );
+}
+
 fn render_media(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
     let sum = |f: &dyn Fn(&MediaMetrics) -> u64| workers.iter().map(|w| f(&w.media)).sum::<u64>();
     let series: [(&str, &str, &str, u64); 4] = [

@@ -12,6 +12,7 @@ use cpm_engine::sip::uri::Uri;
 use cpm_engine::sip::{builder, HeaderName, Message, StartLine};
 
 use crate::shared::Shared;
+use crate::transport::Router;
 
 /// Why a request has no contact to go to, as the response to send.
 pub type NoTarget = Box<Message>;
@@ -141,4 +142,18 @@ fn is_our_route(shared: &Shared, r: &Bytes) -> bool {
             shared.is_local_domain(&host)
                 && port.is_none_or(|p| p == shared.config.sip_listen.port())
         })
+}
+
+/// A fresh Call-ID that worker `worker` of `workers` owns (the router sends the traffic of
+/// that Call-ID there), for requests this worker originates: about N tries for N workers.
+pub fn owned_call_id(shared: &Shared, worker: usize, workers: usize, salt: &mut u64) -> Bytes {
+    loop {
+        *salt = salt
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        let id = Bytes::from(format!("{:016x}@{}", *salt, shared.config.sip_listen.ip()));
+        if Router::owner(Some(&id), workers) == worker {
+            return id;
+        }
+    }
 }

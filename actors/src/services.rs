@@ -27,11 +27,11 @@ use cpm_engine::sip::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 use cpm_engine::sip::uri::Uri;
 use cpm_engine::sip::{builder, HeaderName, Message, Method};
 
-use crate::messaging::MessageController;
+use crate::messaging::{MessageController, StoreDone, StoreEvent};
 use crate::routing;
 use crate::session::{FromSession, SessionActor, SessionEnv, SessionKey, SessionTable, ToSession};
 use crate::shared::Shared;
-use crate::transport::{Router, Transport};
+use crate::transport::Transport;
 
 /// Body types the server itself accepts (MESSAGE bodies of any type are relayed unchanged).
 pub const ACCEPT: &str = "text/plain, message/cpim, application/im-iscomposing+xml";
@@ -113,7 +113,7 @@ impl Services {
             svc,
             worker,
             workers,
-            messages: MessageController::default(),
+            messages: MessageController::new(worker, workers, seed),
             next_sweep: None,
             salt: seed,
         }
@@ -121,13 +121,14 @@ impl Services {
 
     /// Forgets per-call state (after a supervisor restart).
     pub fn reset(&mut self) {
-        self.messages.reset();
+        self.messages.reset(&self.shared);
         self.sessions.clear();
     }
 
     /// The worker's address, for the sessions it starts.
-    pub fn set_worker(&mut self, worker: Recipient<FromSession>) {
+    pub fn set_worker(&mut self, worker: Recipient<FromSession>, store: Recipient<StoreDone>) {
         self.worker_addr = Some(worker);
+        self.messages.set_worker(store);
     }
 
     /// Relay ports of this worker in use.
@@ -291,10 +292,20 @@ impl Services {
             });
             return;
         }
-        match self.messages.on_response(id, resp) {
-            Ok(Some((server, r))) => self.respond(server, r, now, txn),
-            Ok(None) => {}
-            Err(_) => {} // a late response to a transaction forgotten since
+        let shared = self.shared.clone();
+        // Err: a late response to a transaction forgotten since.
+        if let Ok(out) = self.messages.on_response(&shared, id, resp, now, txn) {
+            for (server, r) in out {
+                self.respond(server, r, now, txn);
+            }
+        }
+    }
+
+    /// A storage answer for the message controller.
+    pub fn on_store(&mut self, event: StoreEvent, now: Instant, txn: &mut TransactionLayer) {
+        let shared = self.shared.clone();
+        for (server, r) in self.messages.on_store(&shared, event, now, txn) {
+            self.respond(server, r, now, txn);
         }
     }
 
@@ -305,6 +316,8 @@ impl Services {
 
     /// Periodic work: sweep expired registrations out of this worker's registrar shards.
     pub fn handle_timeout(&mut self, now: Instant, _txn: &mut TransactionLayer) {
+        let shared = self.shared.clone();
+        self.messages.handle_timeout(&shared, now);
         if self.next_sweep.is_some_and(|t| t > now) {
             return;
         }
@@ -320,7 +333,10 @@ impl Services {
 
     /// When [`Services::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_sweep
+        [self.next_sweep, self.messages.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn respond(
@@ -426,6 +442,11 @@ impl Services {
         let result = self.shared.registrar(&aor).lock().apply(&aor, &reg, now);
         match result {
             Ok(bindings) => {
+                if !bindings.is_empty() {
+                    // Held messages follow the 200 (the storage read answers later).
+                    let shared = self.shared.clone();
+                    self.messages.on_registered(&shared, &aor);
+                }
                 let mut r = builder::response_to_with_tag(req, 200, "OK", Some(&self.tag(txn)));
                 for b in &bindings {
                     r.headers.push(HeaderName::Contact, b.contact_value(now));
@@ -545,23 +566,9 @@ impl Services {
         Ok(())
     }
 
-    /// A fresh Call-ID for the B side that this worker owns (the router sends its traffic
-    /// here): about N tries for N workers.
+    /// A fresh Call-ID for the B side that this worker owns.
     fn owned_call_id(&mut self) -> Bytes {
-        loop {
-            self.salt = self
-                .salt
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let id = Bytes::from(format!(
-                "{:016x}@{}",
-                self.salt,
-                self.shared.config.sip_listen.ip()
-            ));
-            if Router::owner(Some(&id), self.workers) == self.worker {
-                return id;
-            }
-        }
+        routing::owned_call_id(&self.shared, self.worker, self.workers, &mut self.salt)
     }
 
     fn local_targets_of(

@@ -7,6 +7,7 @@
 
 use std::io::Read as _;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use cpm_engine::registrar::{Aor, Registrar, RegistrarConfig};
@@ -18,6 +19,7 @@ use crate::config::Config;
 use crate::engine::StartError;
 use crate::media::{MediaConfig, MediaPlane};
 use crate::metrics::{self, WorkerMetrics};
+use crate::storage::{Storage, StorageOptions};
 use crate::transport::TcpRegistry;
 
 /// Registrar shards: an AOR's bindings live in shard hash(AOR) mod this.
@@ -37,6 +39,12 @@ pub struct Shared {
     pub media: Vec<MediaPlane>,
     /// Where the sessions' charging records go (`<data-dir>/cdr.jsonl`).
     pub charging: ChargingWriter,
+    /// Network storage and the store-and-forward queue (`<data-dir>/cpmd.db`).
+    pub storage: Storage,
+    /// The users whose held messages are being delivered right now (by one worker each), so a
+    /// second REGISTER elsewhere does not deliver them twice, and new messages for them queue
+    /// behind the held ones (order kept); the flag: more were held since the run's last read.
+    pub delivering: Mutex<HashMap<String, bool>>,
     /// Digest users (from `--users-file`); `None` means registration is open.
     pub users: Option<UserDb>,
     /// The digest server (realm and nonce secret).
@@ -98,8 +106,16 @@ impl Shared {
             .map_err(|e| {
                 StartError::Config(format!("charging records {}: {e}", cdr_path.display()))
             })?;
+        let storage = Storage::open(&config.data_dir, StorageOptions::default()).map_err(|e| {
+            StartError::Config(format!(
+                "storage in {}: {e}",
+                config.data_dir.display()
+            ))
+        })?;
         Ok(Shared {
             charging,
+            storage,
+            delivering: Mutex::new(HashMap::new()),
             auth: Authenticator::new(config.realm(), random[8..].to_vec()),
             users,
             registrar: (0..REGISTRAR_SHARDS)
@@ -178,7 +194,9 @@ impl Shared {
     /// The Prometheus text of `/metrics`.
     pub fn render_metrics(&self) -> String {
         let (contacts, aors) = self.registrations();
-        metrics::render(&self.metrics, contacts, aors)
+        let mut out = metrics::render(&self.metrics, contacts, aors);
+        self.storage.metrics().render(&mut out);
+        out
     }
 }
 

@@ -360,13 +360,13 @@ fn flags_and_states_update_and_messages_delete() {
         one(&mut s, set(Some("bob@x"), DeliveryState::Displayed)),
         WriteResult::Affected(1)
     );
-    // A late delivery notification does not undo the display; failure after delivery is refused.
+    // A late delivery notification does not undo the display; Displayed is final.
     assert_eq!(
         one(&mut s, set(None, DeliveryState::Delivered)),
         WriteResult::Affected(0)
     );
     assert_eq!(
-        one(&mut s, set(None, DeliveryState::Failed)),
+        one(&mut s, set(Some("bob@x"), DeliveryState::Failed)),
         WriteResult::Affected(0)
     );
     assert_eq!(
@@ -376,6 +376,15 @@ fn flags_and_states_update_and_messages_delete() {
     assert_eq!(
         get_message(&mut s, "bob@x", b).unwrap().state,
         DeliveryState::Displayed
+    );
+    // A negative IMDN after delivery fails alice's copy only (bob's is final).
+    assert_eq!(
+        one(&mut s, set(None, DeliveryState::Failed)),
+        WriteResult::Affected(1)
+    );
+    assert_eq!(
+        get_message(&mut s, "alice@x", a).unwrap().state,
+        DeliveryState::Failed
     );
 
     assert_eq!(

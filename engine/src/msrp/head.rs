@@ -294,6 +294,25 @@ pub struct Head {
 }
 
 impl Head {
+    /// A head with only the start line and the paths; set the other fields as needed.
+    pub fn new(tid: Bytes, kind: Kind, to_path: Bytes, from_path: Bytes) -> Head {
+        Head {
+            tid,
+            kind,
+            to_path,
+            from_path,
+            message_id: None,
+            byte_range: None,
+            success_report: None,
+            failure_report: None,
+            status: None,
+            content_type: None,
+            use_path: None,
+            other: Vec::new(),
+            has_body: false,
+        }
+    }
+
     /// True for a request.
     pub fn is_request(&self) -> bool {
         matches!(self.kind, Kind::Request(_))
@@ -392,21 +411,8 @@ pub(crate) fn parse_headers(
     lines_start: usize,
     has_body: bool,
 ) -> Result<Head, ParseError> {
-    let mut h = Head {
-        tid,
-        kind,
-        to_path: Bytes::new(),
-        from_path: Bytes::new(),
-        message_id: None,
-        byte_range: None,
-        success_report: None,
-        failure_report: None,
-        status: None,
-        content_type: None,
-        use_path: None,
-        other: Vec::new(),
-        has_body,
-    };
+    let mut h = Head::new(tid, kind, Bytes::new(), Bytes::new());
+    h.has_body = has_body;
     let (mut to_seen, mut from_seen) = (false, false);
     let mut i = lines_start;
     while i < head.len() {

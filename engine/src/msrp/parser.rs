@@ -942,4 +942,41 @@ Content-Disposition: inline\r\nContent-Type: text/plain\r\n\r\nhi\r\n-------abcd
         assert_eq!(h.other.len(), 2);
         assert_eq!(ev[1], body(b"hi"));
     }
+
+    /// Mutated streams fed in random pieces: no panic, and body never exceeds the limit.
+    #[test]
+    fn mutated_input_never_panics() {
+        let mut rng = crate::sip::builder::BranchGen::new(42);
+        let base = stream();
+        let limits = Limits {
+            max_head: 200,
+            max_chunk: 64,
+        };
+        for _ in 0..2000 {
+            let mut m = base.clone();
+            for _ in 0..(rng.next_u64() % 4 + 1) {
+                let at = (rng.next_u64() % m.len() as u64) as usize;
+                let byte = [b'\r', b'\n', b'-', b'$', b'#', b':', b' ', b'x']
+                    [(rng.next_u64() % 8) as usize];
+                m[at] = byte;
+            }
+            let mut p = Parser::new(limits);
+            let mut at = 0;
+            let mut body = 0u64;
+            while at < m.len() {
+                let n = (rng.next_u64() % 40 + 1) as usize;
+                let e = (at + n).min(m.len());
+                p.feed(Bytes::copy_from_slice(&m[at..e]));
+                at = e;
+                while let Some(ev) = p.poll() {
+                    match ev {
+                        Ok(Event::Body(b)) => body += b.len() as u64,
+                        Ok(Event::Head(_) | Event::End(_) | Event::Reject(_)) => body = 0,
+                        Err(e) => assert!(e.is_fatal()),
+                    }
+                    assert!(body <= limits.max_chunk);
+                }
+            }
+        }
+    }
 }

@@ -4,7 +4,7 @@
 //!   [`Head`] of each request or response, its body as slices of the received buffers (no copy,
 //!   forwarded before the chunk is complete), and the end line's [`Flag`]. Memory is bounded by
 //!   [`Limits`]; a bad transaction becomes a [`Reject`] carrying the status to answer.
-//! - [`write`] prints requests, responses and chunks, the body kept as its own `Bytes` for a
+//! - [`write`](mod@write) prints requests, responses and chunks, the body kept as its own `Bytes` for a
 //!   vectored write, and makes transaction ids from a caller-seeded generator.
 //! - [`relay`] is what a media anchor does per chunk: terminate one side's path and rewrite the
 //!   To-Path/From-Path for the other side, decide which responses and REPORTs are due

@@ -65,6 +65,16 @@ pub struct Config {
     /// outside it are removed from offers; a stream left with none is refused (488 when no
     /// stream is left, RFC 3264 §6).
     pub codecs: CodecList,
+    /// Hold MESSAGEs for a user who is offline (or whose contacts all fail) and deliver them
+    /// when the user registers (`--store-and-forward`); `false`: answer 480 as a plain proxy.
+    pub store_and_forward: bool,
+    /// A held MESSAGE is given up after this many seconds (`--message-expiry`).
+    pub message_expiry: u64,
+    /// Most MESSAGEs held for one user (`--message-user-cap`); more get 486.
+    pub message_user_cap: usize,
+    /// Largest pager-mode MESSAGE body in bytes (`--message-max-size`, large message mode of
+    /// RFC 3428 §7 / CPM); larger ones get 413 and are to be sent over MSRP.
+    pub message_max_size: usize,
 }
 
 /// A list of codecs by name (`PCMU,PCMA,G722,opus/48000/2`, see `Codec::from_spec`).
@@ -125,6 +135,10 @@ impl Default for Config {
             media_strict_source: true,
             cdr_interim: 300,
             codecs: CodecList::default(),
+            store_and_forward: true,
+            message_expiry: 72 * 3600,
+            message_user_cap: 1000,
+            message_max_size: 1300,
         }
     }
 }
@@ -246,6 +260,10 @@ const KEYS: &[&str] = &[
     "media-strict-source",
     "cdr-interim",
     "codecs",
+    "store-and-forward",
+    "message-expiry",
+    "message-user-cap",
+    "message-max-size",
 ];
 
 /// The `--help` text.
@@ -281,6 +299,12 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
                             records go to DATA-DIR/cdr.jsonl [default: 300]
   --codecs LIST             codecs relayed sessions may use, e.g. PCMU,PCMA,opus/48000/2;
                             others are removed from offers (488 if none is left) [default: any]
+  --store-and-forward BOOL  hold MESSAGEs for offline users (202) and deliver them on REGISTER,
+                            durably in DATA-DIR/cpmd.db [default: true]
+  --message-expiry SECS     a held MESSAGE is given up (failure IMDN if asked) [default: 259200]
+  --message-user-cap N      most MESSAGEs held per user, more get 486 [default: 1000]
+  --message-max-size BYTES  largest pager-mode body; larger gets 413 (send it over MSRP,
+                            large message mode) [default: 1300]
   -h, --help                this text
 ";
 
@@ -374,6 +398,10 @@ impl Config {
             "cdr-interim" => self.cdr_interim = parse(key, value)?,
             "codecs" => self.codecs = parse(key, value)?,
             "media-strict-source" => self.media_strict_source = parse(key, value)?,
+            "store-and-forward" => self.store_and_forward = parse(key, value)?,
+            "message-expiry" => self.message_expiry = parse(key, value)?,
+            "message-user-cap" => self.message_user_cap = parse(key, value)?,
+            "message-max-size" => self.message_max_size = parse(key, value)?,
             _ => return Err(ConfigError::UnknownFlag(format!("--{key}"))),
         }
         Ok(())
@@ -459,7 +487,9 @@ mod tests {
             let mut c = Config::default();
             let v = match *k {
                 "sip-listen" | "http-listen" => "127.0.0.1:1",
-                "pin-workers" | "test-hooks" | "media-strict-source" => "false",
+                "pin-workers" | "test-hooks" | "media-strict-source" | "store-and-forward" => {
+                    "false"
+                }
                 "media-ip" => "10.0.0.1",
                 "media-ports" => "40000-40099",
                 "codecs" => "PCMA,opus/48000/2",

@@ -260,3 +260,34 @@ fn vanished_tcp_contact_is_480_at_once() {
         started.elapsed()
     );
 }
+
+/// Large message mode (RFC 3428 §7): a body over `--message-max-size` gets 413 with a Warning
+/// pointing to MSRP, and nothing reaches bob; a body of exactly the limit is delivered.
+#[test]
+fn large_pager_body_is_413() {
+    let cpmd = Cpmd::spawn(&["--message-max-size", "1300"]);
+    let mut bob = registered(&cpmd, Transport::Udp, "bob");
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
+    let big = alice
+        .req("MESSAGE", "sip:bob@localhost")
+        .body("text/plain", "x".repeat(1301));
+    let resp = alice.request(&big);
+    assert_status(&resp, 413);
+    assert_echoes(&big, &resp);
+    let warning = header(&resp, "Warning").expect("a Warning with the hint");
+    assert!(
+        warning.starts_with("399 ") && warning.contains("MSRP"),
+        "{warning}"
+    );
+    bob.expect_silence(Duration::from_millis(300), "a MESSAGE over the size limit");
+    let fits = alice
+        .req("MESSAGE", "sip:bob@localhost")
+        .body("text/plain", "y".repeat(1300));
+    alice.send_req(&fits);
+    let got = expect_forwarded(&mut bob, &fits, &cpmd);
+    bob.reply(&got, 200, "OK");
+    assert_status(
+        &alice.await_final(&fits, WAIT).expect("a final response"),
+        200,
+    );
+}

@@ -8,7 +8,7 @@
 //! measured here, at the receiving side. An INVITE is answered 200 with SDP and its media
 //! handled per [`RtpMode`] ([`Uas::on_invite`]); the call is a session that a BYE ends.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -133,6 +133,29 @@ pub struct Uas {
     call_of_rtp: HashMap<SocketId, Bytes>,
     rtp_pool: SocketPool,
     calls_ended: u64,
+    /// Duplicates and reordering of stamped MESSAGEs.
+    delivery: DeliveryCheck,
+}
+
+/// What a store-and-forward server owes each recipient: every message once and, per recipient,
+/// in the order sent (one sender numbers its messages in ascending order).
+#[derive(Debug, Default)]
+struct DeliveryCheck {
+    /// (user socket, sequence number) of every stamped MESSAGE seen.
+    seen: HashSet<(SocketId, u64)>,
+    /// Per user socket: the highest sequence number delivered so far.
+    last: HashMap<SocketId, u64>,
+}
+
+impl DeliveryCheck {
+    /// Notes message `seq` delivered to `user`: `(duplicate, out of order)`.
+    fn on_delivery(&mut self, user: SocketId, seq: u64) -> (bool, bool) {
+        let duplicate = !self.seen.insert((user, seq));
+        let last = self.last.entry(user).or_insert(seq);
+        let out_of_order = seq < *last;
+        *last = (*last).max(seq);
+        (duplicate, out_of_order)
+    }
 }
 
 impl Uas {
@@ -157,6 +180,7 @@ impl Uas {
             call_of_rtp: HashMap::new(),
             rtp_pool,
             calls_ended: 0,
+            delivery: DeliveryCheck::default(),
         }
     }
 
@@ -265,7 +289,14 @@ impl Uas {
     fn on_message(&mut self, ctx: &mut Ctx<'_>, inc: Incoming) {
         let session = ctx.new_session(true);
         match stamp::read(&inc.request.body) {
-            Some((sent_us, _seq)) => {
+            Some((sent_us, seq)) => {
+                let (duplicate, out_of_order) = self.delivery.on_delivery(inc.socket, seq);
+                if duplicate {
+                    ctx.recorder().note("messages_duplicate", 1);
+                }
+                if out_of_order {
+                    ctx.recorder().note("messages_out_of_order", 1);
+                }
                 let now_us = ctx.unix_us();
                 if now_us < sent_us {
                     ctx.recorder().note("delivery_clock_skew", 1);
@@ -647,5 +678,25 @@ impl Scenario for Uas {
             out.push(format!("received: {}", parts.join(", ")));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_and_reordering_are_told_per_recipient() {
+        let mut c = DeliveryCheck::default();
+        let (bob, carol) = (SocketId(1), SocketId(2));
+        assert_eq!(c.on_delivery(bob, 1), (false, false));
+        assert_eq!(c.on_delivery(bob, 3), (false, false));
+        // Another recipient has its own order.
+        assert_eq!(c.on_delivery(carol, 2), (false, false));
+        // 2 after 3 for bob: reordered; 3 again: a duplicate (and not newer).
+        assert_eq!(c.on_delivery(bob, 2), (false, true));
+        assert_eq!(c.on_delivery(bob, 3), (true, false));
+        assert_eq!(c.on_delivery(bob, 1), (true, true));
+        assert_eq!(c.on_delivery(bob, 4), (false, false));
     }
 }

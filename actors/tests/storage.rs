@@ -360,13 +360,13 @@ fn flags_and_states_update_and_messages_delete() {
         one(&mut s, set(Some("bob@x"), DeliveryState::Displayed)),
         WriteResult::Affected(1)
     );
-    // A late delivery notification does not undo the display; failure after delivery is refused.
+    // A late delivery notification does not undo the display; Displayed is final.
     assert_eq!(
         one(&mut s, set(None, DeliveryState::Delivered)),
         WriteResult::Affected(0)
     );
     assert_eq!(
-        one(&mut s, set(None, DeliveryState::Failed)),
+        one(&mut s, set(Some("bob@x"), DeliveryState::Failed)),
         WriteResult::Affected(0)
     );
     assert_eq!(
@@ -376,6 +376,15 @@ fn flags_and_states_update_and_messages_delete() {
     assert_eq!(
         get_message(&mut s, "bob@x", b).unwrap().state,
         DeliveryState::Displayed
+    );
+    // A negative IMDN after delivery fails alice's copy only (bob's is final).
+    assert_eq!(
+        one(&mut s, set(None, DeliveryState::Failed)),
+        WriteResult::Affected(1)
+    );
+    assert_eq!(
+        get_message(&mut s, "alice@x", a).unwrap().state,
+        DeliveryState::Failed
     );
 
     assert_eq!(
@@ -705,6 +714,49 @@ fn a_batch_is_one_transaction() {
     assert!(
         held(&mut s, "bob@x", None, 10).is_empty(),
         "the first op was rolled back"
+    );
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
+fn a_rolled_back_file_leaves_no_row_and_its_orphan_is_replaced() {
+    let d = temp_dir("orphan");
+    let mut s = open(&d);
+    let add = |data: &'static [u8]| WriteOp::AddFile {
+        owner: "alice@x".into(),
+        name: "f.txt".into(),
+        content_type: "text/plain".into(),
+        data: Bytes::from_static(data),
+    };
+    let bad = StoredMessage {
+        file: Some(FileId(999)),
+        ..message("alice@x", "bob@x", Direction::In, 1, "bad")
+    };
+    assert!(s
+        .write(&[add(b"first"), WriteOp::StoreMessage(bad)])
+        .is_err());
+    assert_eq!(
+        s.read(&ReadQuery::File {
+            owner: "alice@x".into(),
+            id: FileId(1)
+        })
+        .unwrap(),
+        ReadResult::File(None)
+    );
+    // The id is handed out again and the orphan written before the rollback is replaced.
+    let WriteResult::File(f) = one(&mut s, add(b"second")) else {
+        panic!()
+    };
+    assert_eq!(f.id, FileId(1));
+    assert_eq!(std::fs::read(d.join(&f.record.path)).unwrap(), b"second");
+    let names: Vec<_> = std::fs::read_dir(d.join(&f.record.path).parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(
+        names,
+        vec![std::ffi::OsString::from("1")],
+        "no temp file left"
     );
     let _ = std::fs::remove_dir_all(&d);
 }

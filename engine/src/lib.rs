@@ -24,6 +24,7 @@ pub mod deferred;
 pub mod hash;
 pub mod imdn;
 pub mod media;
+pub mod msrp;
 pub mod registrar;
 pub mod rtp;
 pub mod sdp;

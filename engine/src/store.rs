@@ -51,14 +51,11 @@ impl DeliveryState {
         DeliveryState::ALL.into_iter().find(|d| d.as_str() == s)
     }
 
-    /// Whether a message in this state may move to `to`: states only go forward (a late
-    /// delivery IMDN does not undo a display, RFC 5438 §7), and only a message not yet delivered
-    /// can fail.
+    /// Whether a message in this state may move to `to` (the moves of `deferred::Delivery`):
+    /// only forward, and Displayed and Failed are final, so a late or duplicate IMDN changes
+    /// nothing (RFC 5438 §7).
     pub fn can_move_to(self, to: DeliveryState) -> bool {
-        match to {
-            DeliveryState::Failed => self == DeliveryState::Stored,
-            _ => self != DeliveryState::Failed && to > self,
-        }
+        matches!(self, DeliveryState::Stored | DeliveryState::Delivered) && to > self
     }
 }
 
@@ -641,7 +638,11 @@ mod tests {
         assert!(Delivered.can_move_to(Displayed));
         assert!(Stored.can_move_to(Failed));
         assert!(!Displayed.can_move_to(Delivered), "a late delivery IMDN");
-        assert!(!Delivered.can_move_to(Failed));
+        assert!(
+            Delivered.can_move_to(Failed),
+            "a negative IMDN after the device's 2xx"
+        );
+        assert!(!Displayed.can_move_to(Failed));
         assert!(!Failed.can_move_to(Delivered));
         assert!(!Delivered.can_move_to(Delivered));
     }

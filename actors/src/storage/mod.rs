@@ -70,6 +70,8 @@ pub struct StorageMetrics {
     pub rejected: AtomicU64,
     /// Duration of the last batch (transaction and fsync), microseconds (gauge).
     pub last_batch_us: AtomicU64,
+    /// Sum of the durations of every batch, microseconds (with `batches`: the mean).
+    pub batch_us_total: AtomicU64,
     /// Reads answered (successfully or not).
     pub reads: AtomicU64,
 }
@@ -77,7 +79,7 @@ pub struct StorageMetrics {
 impl StorageMetrics {
     /// Appends the counters in Prometheus text format.
     pub fn render(&self, out: &mut String) {
-        let series: [(&str, &str, &str, &AtomicU64); 7] = [
+        let series: [(&str, &str, &str, &AtomicU64); 8] = [
             (
                 "cpm_storage_queued",
                 "gauge",
@@ -115,6 +117,12 @@ impl StorageMetrics {
                 &self.last_batch_us,
             ),
             (
+                "cpm_storage_batch_seconds_total",
+                "counter",
+                "Time spent in storage transactions.",
+                &self.batch_us_total,
+            ),
+            (
                 "cpm_storage_reads_total",
                 "counter",
                 "Storage reads answered.",
@@ -124,7 +132,7 @@ impl StorageMetrics {
         for (name, kind, help, v) in series {
             let v = v.load(Relaxed);
             let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} ");
-            let _ = if name.ends_with("_seconds") {
+            let _ = if name.contains("_seconds") {
                 writeln!(out, "{:.6}", v as f64 / 1e6)
             } else {
                 writeln!(out, "{v}")
@@ -291,8 +299,9 @@ fn run_writer(
         let start = Instant::now();
         match store.write(&ops) {
             Ok(results) if results.len() == ops.len() => {
-                m.last_batch_us
-                    .store(start.elapsed().as_micros() as u64, Relaxed);
+                let us = start.elapsed().as_micros() as u64;
+                m.last_batch_us.store(us, Relaxed);
+                m.batch_us_total.fetch_add(us, Relaxed);
                 m.batches.fetch_add(1, Relaxed);
                 m.committed.fetch_add(ops.len() as u64, Relaxed);
                 for (done, r) in dones.drain(..).zip(results) {

@@ -494,9 +494,13 @@ fn write_durably(data_dir: &Path, rel: &str, data: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(data_dir);
     if !dir.exists() {
         fs::create_dir_all(dir)?;
+        // A new directory's entry lives in its parent: sync the parents up to the data dir.
         let mut d = dir;
-        while let Some(parent) = d.parent().filter(|_| d != data_dir) {
-            File::open(d)?.sync_all()?;
+        while let Some(parent) = d.parent() {
+            File::open(parent)?.sync_all()?;
+            if parent == data_dir {
+                break;
+            }
             d = parent;
         }
     }

@@ -127,9 +127,15 @@ struct Fork {
     best: Option<Message>,
 }
 
-/// A user's held messages being delivered by this worker.
+/// A user's held messages being looked for (a probe) or delivered by this worker.
 #[derive(Default)]
 struct Run {
+    /// Whether this worker delivers them (it holds the user's entry in `Shared::delivering`):
+    /// a run starts as a probe and owns the user's delivery only once it found messages, so
+    /// that a user with nothing held sees no change (new messages are held behind a run).
+    owned: bool,
+    /// A probe was asked again while its read was out: read once more if it finds nothing.
+    more: bool,
     queue: VecDeque<Row<DeferredId, DeferredMessage>>,
     /// The key of the last message taken from storage (the next read starts after it).
     last: Option<DeferredId>,
@@ -184,7 +190,7 @@ impl MessageController {
         self.forks.clear();
         self.branches.clear();
         let mut delivering = shared.delivering.lock();
-        for aor in self.runs.keys() {
+        for (aor, _) in self.runs.iter().filter(|(_, r)| r.owned) {
             delivering.remove(aor);
         }
         self.runs.clear();
@@ -376,7 +382,7 @@ impl MessageController {
                     self.finish_held(shared, &aor, &row, DeliveryState::Delivered);
                 } else if unreachable(code) {
                     // The device is not there after all: the rest waits for the next REGISTER.
-                    return self.end_run(shared, &aor);
+                    self.end_run(shared, &aor);
                 } else {
                     // Refused for good by the user's devices (RFC 5438 §5.1: the server gives
                     // up on it and tells the sender, if asked).
@@ -475,17 +481,7 @@ impl MessageController {
                 }
             },
             StoreEvent::Pending { aor, result } => match result {
-                Ok(ReadResult::Deferred(rows)) => {
-                    if rows.is_empty() {
-                        self.end_run(shared, &aor);
-                    } else {
-                        if let Some(run) = self.runs.get_mut(&aor) {
-                            run.last = rows.last().map(|r| r.id);
-                            run.queue.extend(rows);
-                        }
-                        self.deliver_next(shared, &aor, now, txn);
-                    }
-                }
+                Ok(ReadResult::Deferred(rows)) => self.on_pending(shared, &aor, rows, now, txn),
                 other => {
                     tracing::warn!(to = %aor, result = ?other, "held messages could not be read");
                     self.end_run(shared, &aor);
@@ -569,19 +565,59 @@ impl MessageController {
         }
     }
 
-    /// Starts delivering `aor`'s held messages here unless a worker does already (then it is
-    /// told that more may have arrived).
+    /// Looks for `aor`'s held messages to deliver them here, unless a worker delivers them
+    /// already (then it is told that more may have arrived).
     fn start_run(&mut self, shared: &Shared, aor: &str) {
-        {
-            let mut delivering = shared.delivering.lock();
-            if let Some(more) = delivering.get_mut(aor) {
-                *more = true;
-                return;
-            }
-            delivering.insert(aor.to_owned(), false);
+        if let Some(more) = shared.delivering.lock().get_mut(aor) {
+            *more = true;
+            return;
+        }
+        if let Some(probe) = self.runs.get_mut(aor) {
+            probe.more = true;
+            return;
         }
         self.runs.insert(aor.to_owned(), Run::default());
         self.read_more(shared, aor, None);
+    }
+
+    /// Held messages were read for `aor`: a probe that found some takes over the user's
+    /// delivery (unless another worker did meanwhile); then they are delivered in order.
+    fn on_pending(
+        &mut self,
+        shared: &Shared,
+        aor: &str,
+        rows: Vec<Row<DeferredId, DeferredMessage>>,
+        now: Instant,
+        txn: &mut TransactionLayer,
+    ) {
+        let Some(run) = self.runs.get_mut(aor) else {
+            return;
+        };
+        if !run.owned {
+            if rows.is_empty() {
+                if std::mem::take(&mut run.more) {
+                    return self.read_more(shared, aor, None);
+                }
+                self.runs.remove(aor);
+                return;
+            }
+            let mut delivering = shared.delivering.lock();
+            if let Some(more) = delivering.get_mut(aor) {
+                // Another worker delivers them.
+                *more = true;
+                drop(delivering);
+                self.runs.remove(aor);
+                return;
+            }
+            delivering.insert(aor.to_owned(), false);
+            run.owned = true;
+        }
+        if rows.is_empty() {
+            return self.end_run(shared, aor);
+        }
+        run.last = rows.last().map(|r| r.id);
+        run.queue.extend(rows);
+        self.deliver_next(shared, aor, now, txn);
     }
 
     fn read_more(&mut self, shared: &Shared, aor: &str, after: Option<DeferredId>) {
@@ -611,29 +647,26 @@ impl MessageController {
         now: Instant,
         txn: &mut TransactionLayer,
     ) {
-        loop {
-            let Some(run) = self.runs.get_mut(aor) else {
-                return;
-            };
-            let Some(row) = run.queue.pop_front() else {
-                let after = run.last;
-                return self.read_more(shared, aor, after);
-            };
-            let Ok(held) = cpm_engine::sip::parse(row.record.request.clone()) else {
-                // Only what parsed was ever held; a row that does not is dropped, not retried.
-                tracing::error!(id = %row.id, "held message does not parse: dropped");
-                return self.finish_held(shared, aor, &row, DeliveryState::Failed);
-            };
-            let req = self.redelivery(shared, held);
-            let origin = Origin::Held {
-                aor: aor.to_owned(),
-                row: Box::new(row),
-            };
-            if self.fork(shared, origin, &req, aor, now, txn) == 0 {
-                // Offline again: everything stays for the next REGISTER.
-                return self.end_run(shared, aor);
-            }
+        let Some(run) = self.runs.get_mut(aor) else {
             return;
+        };
+        let Some(row) = run.queue.pop_front() else {
+            let after = run.last;
+            return self.read_more(shared, aor, after);
+        };
+        let Ok(held) = cpm_engine::sip::parse(row.record.request.clone()) else {
+            // Only what parsed was ever held; a row that does not is dropped, not retried.
+            tracing::error!(id = %row.id, "held message does not parse: dropped");
+            return self.finish_held(shared, aor, &row, DeliveryState::Failed);
+        };
+        let req = self.redelivery(shared, held);
+        let origin = Origin::Held {
+            aor: aor.to_owned(),
+            row: Box::new(row),
+        };
+        if self.fork(shared, origin, &req, aor, now, txn) == 0 {
+            // Offline again: everything stays for the next REGISTER.
+            self.end_run(shared, aor);
         }
     }
 
@@ -686,6 +719,10 @@ impl MessageController {
     /// unless the user registered again or more was held meanwhile: then it starts over from
     /// the oldest held message.
     fn end_run(&mut self, shared: &Shared, aor: &str) {
+        if !self.runs.get(aor).is_some_and(|r| r.owned) {
+            self.runs.remove(aor);
+            return;
+        }
         let again = {
             let mut delivering = shared.delivering.lock();
             match delivering.get_mut(aor) {
@@ -700,7 +737,11 @@ impl MessageController {
             }
         };
         if again {
-            self.runs.insert(aor.to_owned(), Run::default());
+            let run = Run {
+                owned: true,
+                ..Run::default()
+            };
+            self.runs.insert(aor.to_owned(), run);
             self.read_more(shared, aor, None);
         } else {
             self.runs.remove(aor);
@@ -726,9 +767,9 @@ impl MessageController {
                     now: unix_ms(SystemTime::now()),
                     limit: EXPIRY_BATCH,
                 };
-                let queued = shared.storage.write(op, move |r| {
-                    done.do_send(StoreDone(StoreEvent::Expired(r)))
-                });
+                let queued = shared
+                    .storage
+                    .write(op, move |r| done.do_send(StoreDone(StoreEvent::Expired(r))));
                 if let Err(e) = queued {
                     tracing::warn!(error = %e, "expiry sweep not queued");
                 }
@@ -822,7 +863,8 @@ fn deferred_record(req: &Message, aor: &str, expiry: Duration, now: SystemTime) 
             .and_then(|f| f.uri.aor())
             .unwrap_or_default(),
         received_at,
-        expires_at: received_at.saturating_add(i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX)),
+        expires_at: received_at
+            .saturating_add(i64::try_from(expiry.as_millis()).unwrap_or(i64::MAX)),
         size: request.len() as u64,
         imdn_message_id: imdn.as_ref().map(|i| i.message_id.clone()),
         dispositions: imdn.as_ref().and_then(|i| {
@@ -961,7 +1003,10 @@ mod tests {
         assert_eq!((r.received_at, r.expires_at), (1_000_000, 1_060_000));
         assert_eq!(r.imdn_message_id.as_deref(), Some("Xs8d1"));
         let d = r.dispositions.unwrap();
-        assert!(d.contains("negative-delivery") && d.contains("positive-delivery"), "{d}");
+        assert!(
+            d.contains("negative-delivery") && d.contains("positive-delivery"),
+            "{d}"
+        );
         assert_eq!(cpm_engine::sip::parse(r.request).unwrap().body, req.body);
     }
 

@@ -5,9 +5,9 @@
 //! see (a user's bindings are read by whichever worker owns a MESSAGE's Call-ID) is here, behind
 //! short, sharded locks that are never held across I/O (decision 0002).
 
+use std::collections::HashMap;
 use std::io::Read as _;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use cpm_engine::registrar::{Aor, Registrar, RegistrarConfig};
@@ -107,10 +107,7 @@ impl Shared {
                 StartError::Config(format!("charging records {}: {e}", cdr_path.display()))
             })?;
         let storage = Storage::open(&config.data_dir, StorageOptions::default()).map_err(|e| {
-            StartError::Config(format!(
-                "storage in {}: {e}",
-                config.data_dir.display()
-            ))
+            StartError::Config(format!("storage in {}: {e}", config.data_dir.display()))
         })?;
         Ok(Shared {
             charging,

@@ -474,7 +474,9 @@ impl Cpmd {
             Err(Startup::Exited(status, log)) => {
                 panic!("restarted cpmd exited before ready ({status}); log:\n{log}")
             }
-            Err(Startup::Silent(log)) => panic!("restarted cpmd printed no ready line; log:\n{log}"),
+            Err(Startup::Silent(log)) => {
+                panic!("restarted cpmd printed no ready line; log:\n{log}")
+            }
         }
     }
 

@@ -71,7 +71,10 @@ fn held_messages_are_delivered_in_order_after_register() {
         let from = header(&got.msg, "From").unwrap();
         assert!(from.contains("sip:alice@localhost"), "From: {from}");
         let ruri = String::from_utf8_lossy(got.msg.request_uri().unwrap()).into_owned();
-        assert!(ruri.eq_ignore_ascii_case(&bob.contact_uri()), "Request-URI {ruri}");
+        assert!(
+            ruri.eq_ignore_ascii_case(&bob.contact_uri()),
+            "Request-URI {ruri}"
+        );
         bob.reply(&got, 200, "OK");
     }
     cpmd.wait_metric(
@@ -103,7 +106,10 @@ fn a_held_message_stays_until_a_2xx() {
     assert_status(&bob.register(300), 200);
     let got = next_message(&mut bob, "first attempt");
     bob.reply(&got, 480, "Temporarily Unavailable");
-    bob.expect_silence(Duration::from_millis(500), "a retry before the next REGISTER");
+    bob.expect_silence(
+        Duration::from_millis(500),
+        "a retry before the next REGISTER",
+    );
     assert_status(&bob.register(300), 200);
     let again = next_message(&mut bob, "second attempt");
     assert_eq!(body_text(&again), "persistent");
@@ -208,7 +214,10 @@ fn the_per_user_cap_refuses_more() {
     let resp = alice.request(&req);
     assert_status(&resp, 480);
     let warning = header(&resp, "Warning").expect("a Warning");
-    assert!(warning.starts_with("399 ") && warning.contains('2'), "{warning}");
+    assert!(
+        warning.starts_with("399 ") && warning.contains('2'),
+        "{warning}"
+    );
     // Another user's queue is not affected.
     assert_eq!(send_text(&mut alice, "carol", "for carol"), 202);
     let mut bob = Ua::udp(cpmd.sip_addr()).user("bob");

@@ -344,6 +344,9 @@ impl SessionActor {
                         }
                     }
                 }
+                LegChange::OpenMsrp { stream, .. } | LegChange::MsrpPeer { stream, .. } => {
+                    tracing::warn!(session = self.key.0, %stream, "MSRP plane not wired yet");
+                }
                 LegChange::Close { stream } => {
                     if let Some(leg) = self.legs.remove(&stream) {
                         leg.actor.do_send(crate::media::Close);

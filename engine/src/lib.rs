@@ -21,6 +21,7 @@
 
 pub mod hash;
 pub mod media;
+pub mod msrp;
 pub mod registrar;
 pub mod rtp;
 pub mod sdp;

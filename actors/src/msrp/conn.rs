@@ -170,23 +170,44 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<(Arc<LegState
 }
 
 /// Matches a new connection by the session-id of the first To-Path URI of its first request
-/// (RFC 4976 §6 style); an unknown one is answered 481 and the connection closed.
+/// (RFC 4976 §6 style), also when that request is malformed (it is then answered on the bound
+/// connection); an unknown one is answered 481 and the connection closed.
 async fn bind_incoming(
     plane: &Arc<Plane>,
     ev: &Event,
     wr: &mut Option<OwnedWriteHalf>,
 ) -> Option<Reader> {
-    let Event::Head(h) = ev else { return None };
-    let found = first_of_path(&h.to_path)
-        .ok()
+    let (to_path, request, answer) = match ev {
+        Event::Head(h) => (
+            Some(&h.to_path),
+            h.is_request(),
+            write::response(h, 481, None),
+        ),
+        Event::Reject(r) => {
+            let h = Head::new(
+                r.tid.clone(),
+                Kind::Request(Method::Send),
+                r.to_path.clone().unwrap_or_default(),
+                r.from_path.clone().unwrap_or_default(),
+            );
+            (
+                r.to_path.as_ref(),
+                r.request,
+                write::response(&h, 481, None),
+            )
+        }
+        _ => (None, false, None),
+    };
+    let found = to_path
+        .and_then(|p| first_of_path(p).ok())
         .and_then(|u| route(plane, u.session_id()));
     match found {
-        Some((leg, side)) if h.is_request() && !leg.is_closed() => {
+        Some((leg, side)) if request && !leg.is_closed() => {
             Some(Reader::bind(leg, side, plane, wr.take()?))
         }
         _ => {
             tracing::debug!("MSRP connection for no session: 481");
-            if let (Some(r), Some(w)) = (write::response(h, 481, None), wr.as_mut()) {
+            if let (Some(r), Some(w)) = (answer.filter(|_| request), wr.as_mut()) {
                 let _ = w
                     .write_all(&write::bodyless(&r, &mut BytesMut::new()))
                     .await;

@@ -185,3 +185,6 @@ impl Plane {
             .rotate_left(17)
     }
 }
+
+#[cfg(test)]
+mod tests;

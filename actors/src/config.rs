@@ -52,6 +52,9 @@ pub struct Config {
     pub media_ip: IpAddr,
     /// The UDP ports relay sockets may use (`--media-ports MIN-MAX`).
     pub media_ports: PortRange,
+    /// The TCP listener of the MSRP relay, shared by every MSRP session (`--msrp-listen`);
+    /// its port is the one rewritten SDP names, on `--media-ip`.
+    pub msrp_listen: SocketAddr,
     /// A media leg with no packet for this many seconds is reported inactive, so its session
     /// ends (`--media-timeout`; 0 turns the check off).
     pub media_timeout: u64,
@@ -133,6 +136,7 @@ impl Default for Config {
             },
             media_timeout: 60,
             media_strict_source: true,
+            msrp_listen: SocketAddr::from(([127, 0, 0, 1], 2855)),
             cdr_interim: 300,
             codecs: CodecList::default(),
             store_and_forward: true,
@@ -258,6 +262,7 @@ const KEYS: &[&str] = &[
     "media-ports",
     "media-timeout",
     "media-strict-source",
+    "msrp-listen",
     "cdr-interim",
     "codecs",
     "store-and-forward",
@@ -295,6 +300,8 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --media-timeout SECS      end a session whose media stopped this long, 0 = never [default: 60]
   --media-strict-source BOOL  after latching, drop packets from other sources (false: latch
                             again to the new source) [default: true]
+  --msrp-listen ADDR:PORT   TCP listener of the MSRP relay, shared by all MSRP sessions
+                            [default: 127.0.0.1:2855]
   --cdr-interim SECS        interim charging record of each session every SECS, 0 = none;
                             records go to DATA-DIR/cdr.jsonl [default: 300]
   --codecs LIST             codecs relayed sessions may use, e.g. PCMU,PCMA,opus/48000/2;
@@ -398,6 +405,7 @@ impl Config {
             "cdr-interim" => self.cdr_interim = parse(key, value)?,
             "codecs" => self.codecs = parse(key, value)?,
             "media-strict-source" => self.media_strict_source = parse(key, value)?,
+            "msrp-listen" => self.msrp_listen = parse(key, value)?,
             "store-and-forward" => self.store_and_forward = parse(key, value)?,
             "message-expiry" => self.message_expiry = parse(key, value)?,
             "message-user-cap" => self.message_user_cap = parse(key, value)?,
@@ -486,7 +494,7 @@ mod tests {
         for k in KEYS {
             let mut c = Config::default();
             let v = match *k {
-                "sip-listen" | "http-listen" => "127.0.0.1:1",
+                "sip-listen" | "http-listen" | "msrp-listen" => "127.0.0.1:1",
                 "pin-workers" | "test-hooks" | "media-strict-source" | "store-and-forward" => {
                     "false"
                 }

@@ -42,6 +42,7 @@ pub mod http;
 pub mod media;
 pub mod messaging;
 pub mod metrics;
+pub mod msrp;
 pub mod routing;
 pub mod services;
 pub mod session;

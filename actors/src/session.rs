@@ -105,6 +105,8 @@ pub struct SessionEnv {
     pub pool: Rc<RefCell<PortPool>>,
     /// This worker's media loop.
     pub plane: MediaPlane,
+    /// The MSRP relay, when it runs.
+    pub msrp: Option<crate::msrp::MsrpPlane>,
     /// Where charging records go.
     pub charging: ChargingWriter,
     /// Interim charging records every this long (`None`: none).
@@ -181,6 +183,8 @@ pub struct SessionActor {
     session: Session<MediaRelay, NoPolicy>,
     env: Rc<SessionEnv>,
     legs: HashMap<StreamId, Leg>,
+    /// The MSRP legs (dropping one closes its connections).
+    msrp: HashMap<StreamId, crate::msrp::MsrpLeg>,
     timer: Option<(Instant, SpawnHandle)>,
     ended: bool,
     /// The stop record, written once the legs are closed and their last figures known.
@@ -207,6 +211,7 @@ impl SessionActor {
             session,
             env,
             legs: HashMap::new(),
+            msrp: HashMap::new(),
             timer: None,
             ended: false,
             stop_record: None,
@@ -273,6 +278,7 @@ impl SessionActor {
             .media
             .release_all(&mut self.env.pool.borrow_mut());
         while self.session.relay_mut().media.poll_change().is_some() {}
+        self.msrp.clear();
         let closes = self.legs.drain().map(|(stream, leg)| {
             let kind = leg.kind;
             leg.actor
@@ -344,7 +350,33 @@ impl SessionActor {
                         }
                     }
                 }
+                LegChange::OpenMsrp {
+                    stream,
+                    a_facing,
+                    b_facing,
+                } => {
+                    let opened = self
+                        .env
+                        .msrp
+                        .as_ref()
+                        .map(|p| p.open_leg(&a_facing, &b_facing));
+                    match opened {
+                        Some(Ok(leg)) => {
+                            self.msrp.insert(stream, leg);
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(session = self.key.0, %stream, error = %e, "MSRP leg not opened")
+                        }
+                        None => tracing::warn!(session = self.key.0, %stream, "no MSRP relay"),
+                    }
+                }
+                LegChange::MsrpPeer { stream, side, peer } => {
+                    if let Some(leg) = self.msrp.get(&stream) {
+                        leg.set_peer(side, peer);
+                    }
+                }
                 LegChange::Close { stream } => {
+                    self.msrp.remove(&stream);
                     if let Some(leg) = self.legs.remove(&stream) {
                         leg.actor.do_send(crate::media::Close);
                     }
@@ -385,6 +417,7 @@ impl SessionActor {
             .release_all(&mut self.env.pool.borrow_mut());
         // The Close events of release_all, and any leg left: stop them all.
         while self.session.relay_mut().media.poll_change().is_some() {}
+        self.msrp.clear();
         for (_, leg) in self.legs.drain() {
             leg.actor.do_send(crate::media::Close);
         }

@@ -18,7 +18,8 @@ use crate::charging::{ChargingWriter, JsonLines};
 use crate::config::Config;
 use crate::engine::StartError;
 use crate::media::{MediaConfig, MediaPlane};
-use crate::metrics::{self, WorkerMetrics};
+use crate::metrics::{self, MsrpMetrics, WorkerMetrics};
+use crate::msrp::{MsrpPlane, MsrpSettings};
 use crate::storage::{Storage, StorageOptions};
 use crate::transport::TcpRegistry;
 
@@ -37,6 +38,11 @@ pub struct Shared {
     pub tcp: TcpRegistry,
     /// One media plane (RTP relay loop) per worker, index = worker id.
     pub media: Vec<MediaPlane>,
+    /// The MSRP relay (`--msrp-listen`); `None` when its port could not be bound: MSRP then
+    /// passes through unanchored, peer to peer.
+    pub msrp: Option<MsrpPlane>,
+    /// The MSRP relay's counters.
+    pub msrp_metrics: Arc<MsrpMetrics>,
     /// Where the sessions' charging records go (`<data-dir>/cdr.jsonl`).
     pub charging: ChargingWriter,
     /// Network storage and the store-and-forward queue (`<data-dir>/cpmd.db`).
@@ -100,6 +106,22 @@ impl Shared {
             })
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| StartError::Runtime(format!("media loop: {e}")))?;
+        let msrp_metrics = Arc::new(MsrpMetrics::default());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&random_bytes()[..32]);
+        let msrp = match MsrpPlane::start(
+            MsrpSettings::new(config.msrp_listen),
+            key,
+            seed ^ 0x6d73_7270,
+            msrp_metrics.clone(),
+        ) {
+            Ok(plane) => Some(plane),
+            Err(e) => {
+                tracing::warn!(listen = %config.msrp_listen, error = %e,
+                    "MSRP relay not started: MSRP sessions pass through unanchored");
+                None
+            }
+        };
         let cdr_path = config.data_dir.join("cdr.jsonl");
         let charging = JsonLines::open(&cdr_path)
             .and_then(|sink| ChargingWriter::start(Box::new(sink)))
@@ -122,6 +144,8 @@ impl Shared {
             metrics,
             tcp: TcpRegistry::default(),
             media,
+            msrp,
+            msrp_metrics,
             seed,
             draining: AtomicBool::new(false),
             config,
@@ -193,6 +217,7 @@ impl Shared {
         let (contacts, aors) = self.registrations();
         let mut out = metrics::render(&self.metrics, contacts, aors);
         self.storage.metrics().render(&mut out);
+        metrics::render_msrp(&mut out, &self.msrp_metrics);
         out
     }
 }

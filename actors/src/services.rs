@@ -90,7 +90,7 @@ impl Services {
             },
             sdp: Arc::new(SdpConfig {
                 codecs: (!cfg.codecs.0.is_empty()).then(|| cfg.codecs.0.clone()),
-                msrp: shared.msrp.as_ref().map(|p| p.sdp_config()),
+                msrp: Some(shared.msrp.sdp_config()),
                 ..SdpConfig::new(cfg.media_ip)
             }),
             pool: Rc::new(RefCell::new(PortPool::partition(
@@ -100,7 +100,7 @@ impl Services {
                 worker,
             ))),
             plane: shared.media[worker].clone(),
-            msrp: shared.msrp.clone(),
+            msrp: Some(shared.msrp.clone()),
             charging: shared.charging.clone(),
             interim: cfg.cdr_interim(),
             media_timeout: cfg.media_timeout(),

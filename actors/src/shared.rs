@@ -38,9 +38,8 @@ pub struct Shared {
     pub tcp: TcpRegistry,
     /// One media plane (RTP relay loop) per worker, index = worker id.
     pub media: Vec<MediaPlane>,
-    /// The MSRP relay (`--msrp-listen`); `None` when its port could not be bound: MSRP then
-    /// passes through unanchored, peer to peer.
-    pub msrp: Option<MsrpPlane>,
+    /// The MSRP relay (`--msrp-listen`).
+    pub msrp: MsrpPlane,
     /// The MSRP relay's counters.
     pub msrp_metrics: Arc<MsrpMetrics>,
     /// Where the sessions' charging records go (`<data-dir>/cdr.jsonl`).
@@ -109,19 +108,19 @@ impl Shared {
         let msrp_metrics = Arc::new(MsrpMetrics::default());
         let mut key = [0u8; 32];
         key.copy_from_slice(&random_bytes()[..32]);
-        let msrp = match MsrpPlane::start(
+        // A listener that cannot be bound is a configuration error, as for SIP: cpmd does not
+        // start rather than pass MSRP through unanchored without saying so.
+        let msrp = MsrpPlane::start(
             MsrpSettings::new(config.msrp_listen),
             key,
             seed ^ 0x6d73_7270,
             msrp_metrics.clone(),
-        ) {
-            Ok(plane) => Some(plane),
-            Err(e) => {
-                tracing::warn!(listen = %config.msrp_listen, error = %e,
-                    "MSRP relay not started: MSRP sessions pass through unanchored");
-                None
-            }
-        };
+        )
+        .map_err(|error| StartError::Bind {
+            what: "MSRP TCP",
+            addr: config.msrp_listen,
+            error,
+        })?;
         let cdr_path = config.data_dir.join("cdr.jsonl");
         let charging = JsonLines::open(&cdr_path)
             .and_then(|sink| ChargingWriter::start(Box::new(sink)))

@@ -135,6 +135,7 @@ impl CpmdBuilder {
         let defaults = [
             ("--sip-listen", "127.0.0.1:0"),
             ("--http-listen", "127.0.0.1:0"),
+            ("--msrp-listen", "127.0.0.1:0"),
             ("--data-dir", data_dir.as_str()),
             ("--workers", "2"),
             ("--media-ports", media_range.as_str()),

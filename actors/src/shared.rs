@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use cpm_engine::registrar::{Aor, Registrar, RegistrarConfig};
 use cpm_engine::sip::digest::{Authenticator, UserDb};
-use parking_lot::Mutex;
+use cpm_engine::store::{ReadQuery, ReadResult, UserSettings};
+use parking_lot::{Mutex, RwLock};
 
 use crate::charging::{ChargingWriter, JsonLines};
 use crate::config::Config;
@@ -50,6 +51,10 @@ pub struct Shared {
     /// second REGISTER elsewhere does not deliver them twice, and new messages for them queue
     /// behind the held ones (order kept); the flag: more were held since the run's last read.
     pub delivering: Mutex<HashMap<String, bool>>,
+    /// Every user's storage settings that differ from the defaults, by AOR: the message
+    /// controller's network-storage decision reads it; loaded from storage at startup, and
+    /// updated by whoever writes a user's settings (the HTTP API) once the write committed.
+    pub settings: RwLock<HashMap<String, UserSettings>>,
     /// Digest users (from `--users-file`); `None` means registration is open.
     pub users: Option<UserDb>,
     /// The digest server (realm and nonce secret).
@@ -130,7 +135,9 @@ impl Shared {
         let storage = Storage::open(&config.data_dir, StorageOptions::default()).map_err(|e| {
             StartError::Config(format!("storage in {}: {e}", config.data_dir.display()))
         })?;
+        let settings = load_settings(&storage)?;
         Ok(Shared {
+            settings: RwLock::new(settings),
             charging,
             storage,
             delivering: Mutex::new(HashMap::new()),
@@ -218,6 +225,21 @@ impl Shared {
         self.storage.metrics().render(&mut out);
         metrics::render_msrp(&mut out, &self.msrp_metrics);
         out
+    }
+}
+
+/// Every user's explicit storage settings, read once at startup (blocking: nothing runs yet).
+fn load_settings(storage: &Storage) -> Result<HashMap<String, UserSettings>, StartError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    storage
+        .read(ReadQuery::AllSettings, move |r| {
+            let _ = tx.send(r);
+        })
+        .map_err(|e| StartError::Config(format!("storage: {e}")))?;
+    match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(Ok(ReadResult::AllSettings(all))) => Ok(all.into_iter().collect()),
+        Ok(other) => Err(StartError::Config(format!("user settings: {other:?}"))),
+        Err(e) => Err(StartError::Config(format!("user settings: {e}"))),
     }
 }
 

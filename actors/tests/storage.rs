@@ -575,6 +575,11 @@ fn sessions_files_contacts_and_settings_round_trip() {
         },
     );
     assert_eq!(settings(&mut s), ReadResult::Settings(mine));
+    // The startup cache reads every explicit setting (bob never set any).
+    assert_eq!(
+        s.read(&ReadQuery::AllSettings).unwrap(),
+        ReadResult::AllSettings(vec![("alice@x".into(), mine)])
+    );
     let _ = std::fs::remove_dir_all(&d);
 }
 

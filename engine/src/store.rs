@@ -488,6 +488,9 @@ pub enum ReadQuery {
         /// The owner.
         owner: String,
     },
+    /// Every user's explicit settings (for the server's cache at startup; not owner-scoped,
+    /// never exposed through the API) → [`ReadResult::AllSettings`].
+    AllSettings,
     /// The owner's session history, newest first → [`ReadResult::Sessions`].
     Sessions {
         /// The owner.
@@ -536,6 +539,8 @@ pub enum ReadResult {
     Contacts(Vec<ContactEntry>),
     /// Settings.
     Settings(UserSettings),
+    /// Every user's explicit settings, by owner.
+    AllSettings(Vec<(String, UserSettings)>),
     /// History entries, newest first.
     Sessions(Vec<Row<HistoryId, SessionRecord>>),
 }

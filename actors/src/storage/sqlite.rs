@@ -701,6 +701,32 @@ fn query(conn: &Connection, q: &ReadQuery) -> Res<ReadResult> {
             })?
             .collect::<Result<_, _>>()?,
         ),
+        ReadQuery::AllSettings => {
+            let mut stmt =
+                conn.prepare_cached("SELECT owner, storage, record_sessions FROM settings")?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, bool>(2)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let mut all = Vec::with_capacity(rows.len());
+            for (owner, storage, record_sessions) in rows {
+                let storage = StoragePolicy::parse(&storage)
+                    .ok_or_else(|| StoreError::Corrupt(format!("storage policy {storage:?}")))?;
+                all.push((
+                    owner,
+                    UserSettings {
+                        storage,
+                        record_sessions,
+                    },
+                ));
+            }
+            ReadResult::AllSettings(all)
+        }
         ReadQuery::Settings { owner } => {
             let row: Option<(String, bool)> = conn
                 .prepare_cached("SELECT storage, record_sessions FROM settings WHERE owner = ?1")?

@@ -14,9 +14,15 @@
 //! frequency; it wants 48 kHz stereo, which baresip resamples to 8 kHz mono), `sndfile` (an
 //! audio filter writing what is sent, `dump-<time>-enc.wav`, and what is received and decoded,
 //! `dump-<time>-dec.wav`, as 8 kHz mono 16-bit WAV into the instance's `snd/`), `menu` (the
-//! `dial`, `hangup`, `uanew` commands), `ctrl_tcp` and `account`. No audio player module is
+//! `dial`, `hangup`, `uanew` commands), `contact` (its `message` command sends a pager-mode
+//! MESSAGE to the current contact, one of [`BaresipBuilder::contact`]), `ctrl_tcp` and `account`. No audio player module is
 //! loaded, so baresip plays nothing (the received audio still goes through the filters); no
 //! STUN/TURN/ICE module, so the SDP carries 127.0.0.1.
+//!
+//! It runs with `-s`: libre's SIP trace, every message sent and received, goes to its log. That
+//! is where MESSAGEs are read back ([`Baresip::received_messages`], [`Baresip::sent_messages`],
+//! with the final answer to each): baresip 1.0.0 reports none on `ctrl_tcp`, and `menu` prints a
+//! received one only to a UI module, of which none is loaded.
 //!
 //! The account is created after the control connection is up (`uanew`), so its
 //! `REGISTER_OK` event cannot be missed; it auto-answers (`answermode=auto`) and offers PCMA

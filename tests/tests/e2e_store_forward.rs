@@ -342,6 +342,32 @@ fn pager_messages_are_kept_in_network_storage() {
         std::thread::sleep(Duration::from_millis(20));
     }
     assert_eq!(stored_copies(&cpmd), expect_copies("delivered"));
+    // bob's display notification (RFC 5438 §7.2.1.2) for alice's first message, relayed to
+    // alice, moves both copies of it to "displayed"; the IMDN itself is not stored.
+    let imdn = "From: <sip:bob@localhost>\r\nTo: <sip:alice@localhost>\r\n\
+        DateTime: 2026-11-26T12:00:05Z\r\nNS: imdn <urn:ietf:params:imdn>\r\n\
+        imdn.Message-ID: Msg-imdn-1\r\n\r\n\
+        Content-Type: message/imdn+xml\r\nContent-Disposition: notification\r\n\r\n\
+        <?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+        <imdn xmlns=\"urn:ietf:params:xml:ns:imdn\"><message-id>Msg-kept-1</message-id>\
+        <datetime>2026-11-26T12:00:00Z</datetime><display-notification><status><displayed/>\
+        </status></display-notification></imdn>";
+    assert_status(&alice.register(300), 200);
+    let req = bob
+        .req("MESSAGE", "sip:alice@localhost")
+        .body("message/cpim", imdn);
+    bob.send_req(&req);
+    let got = next_message(&mut alice, "the display IMDN");
+    alice.reply(&got, 200, "OK");
+    assert_status(&bob.await_final(&req, WAIT).expect("final"), 200);
+    let mut want = expect_copies("delivered");
+    want[0].3 = s("displayed");
+    want[1].3 = s("displayed");
+    let deadline = std::time::Instant::now() + WAIT;
+    while stored_copies(&cpmd) != want && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stored_copies(&cpmd), want);
 }
 
 /// With `--store-and-forward false` cpmd is a plain proxy: 480 for an offline user.

@@ -14,7 +14,7 @@
 //! the failure IMDN their senders asked for (RFC 5438 §5.1, `engine::imdn`).
 //!
 //! ```text
-//!  MESSAGE ─► user offline? ─ yes ─► count (read) ─► cap? 480 ─► Defer (write) ─► 202
+//!  MESSAGE ─► user offline? ─ yes ─► DeferCapped (one write: count, cap? 480) ────► 202
 //!               │ no                                                  │
 //!               ▼                                                     ▼ user registers
 //!        fork to contacts ─► 2xx: relay         Pending (read, in order) ─► fork ─► 2xx: delete
@@ -51,17 +51,6 @@ const EXPIRY_BATCH: u32 = 1000;
 /// A storage answer, carried back to the worker that asked.
 #[derive(Debug)]
 pub enum StoreEvent {
-    /// How many messages are held for `aor`, before holding `req` too.
-    Counted {
-        /// The sender's transaction (none for a message the server sends itself).
-        tx: Option<ServerTxId>,
-        /// The recipient.
-        aor: String,
-        /// The request to hold.
-        req: Box<Message>,
-        /// The count, or why it could not be read.
-        result: Result<ReadResult, StoreError>,
-    },
     /// A held message is durable (or failed to be).
     Held {
         /// The sender's transaction, to answer 202.
@@ -403,8 +392,9 @@ impl MessageController {
 
     // ---- holding --------------------------------------------------------------------------
 
-    /// Holds `req` for `aor`: counts what is held already (the per-user cap), then writes it;
-    /// the 202 follows in [`MessageController::on_store`]. `Err` is the response to send now.
+    /// Holds `req` for `aor`: one write that counts what is held for the user and, under the
+    /// per-user cap, adds it, in one transaction; the 202 (or the 480 of a full queue) follows
+    /// in [`MessageController::on_store`]. `Err` is the response to send now.
     fn hold(
         &mut self,
         shared: &Shared,
@@ -415,26 +405,27 @@ impl MessageController {
         let Some(done) = self.store_done.clone() else {
             return Err(Box::new(unavailable(&req)));
         };
-        let q = ReadQuery::DeferredCount {
-            recipient: aor.clone(),
+        let policy = Self::policy(shared);
+        let op = WriteOp::DeferCapped {
+            message: deferred_record(&req, &aor, policy.expiry, SystemTime::now()),
+            cap: policy.per_user_cap as u64,
         };
-        let req = Box::new(req);
-        let copy = req.clone();
-        let read = shared.storage.read(q, move |result| {
-            done.do_send(StoreDone(StoreEvent::Counted {
-                tx,
-                aor,
-                req: copy,
-                result,
-            }))
-        });
-        match read {
-            Ok(()) => Ok(()),
-            Err(e) => {
+        let held = Box::new(req);
+        let copy = held.clone();
+        shared
+            .storage
+            .write(op, move |result| {
+                done.do_send(StoreDone(StoreEvent::Held {
+                    tx,
+                    aor,
+                    req: copy,
+                    result,
+                }))
+            })
+            .map_err(|e| {
                 tracing::warn!(error = %e, "message not held: storage busy");
-                Err(Box::new(unavailable(&req)))
-            }
-        }
+                Box::new(unavailable(&held))
+            })
     }
 
     /// A storage answer (see [`StoreEvent`]): the responses to send.
@@ -447,16 +438,6 @@ impl MessageController {
     ) -> Responses {
         let mut out = Vec::new();
         match event {
-            StoreEvent::Counted {
-                tx,
-                aor,
-                req,
-                result,
-            } => {
-                if let Err(r) = self.write_held(shared, tx, aor, *req, result) {
-                    out.extend(tx.map(|t| (t, *r)));
-                }
-            }
             StoreEvent::Held {
                 tx,
                 aor,
@@ -474,6 +455,13 @@ impl MessageController {
                     let online = !routing::contacts(shared, &Aor::new(aor.clone()), now).is_empty();
                     if online {
                         self.start_run(shared, &aor);
+                    }
+                }
+                Ok(WriteResult::CapReached { queued }) => {
+                    tracing::info!(to = %aor, queued, "message refused: the recipient's queue is full");
+                    if let Some(tx) = tx {
+                        let cap = shared.config.message_user_cap;
+                        out.push((tx, refused(&req, Refusal::QueueFull { cap })));
                     }
                 }
                 other => {
@@ -515,49 +503,6 @@ impl MessageController {
             },
         }
         out
-    }
-
-    /// The count of held messages came: refuse over the cap, else write the message.
-    fn write_held(
-        &mut self,
-        shared: &Shared,
-        tx: Option<ServerTxId>,
-        aor: String,
-        req: Message,
-        count: Result<ReadResult, StoreError>,
-    ) -> Result<(), Box<Message>> {
-        let queued = match count {
-            Ok(ReadResult::Count { messages, .. }) => messages as usize,
-            other => {
-                tracing::warn!(to = %aor, result = ?other, "held messages could not be counted");
-                return Err(Box::new(unavailable(&req)));
-            }
-        };
-        let policy = Self::policy(shared);
-        if let Err(refusal) = policy.admit(queued, req.body.len()) {
-            tracing::info!(to = %aor, queued, "message refused: the recipient's queue is full");
-            return Err(Box::new(refused(&req, refusal)));
-        }
-        let record = deferred_record(&req, &aor, policy.expiry, SystemTime::now());
-        let Some(done) = self.store_done.clone() else {
-            return Err(Box::new(unavailable(&req)));
-        };
-        let recipient = aor.clone();
-        let held = Box::new(req.clone());
-        shared
-            .storage
-            .write(WriteOp::Defer(record), move |result| {
-                done.do_send(StoreDone(StoreEvent::Held {
-                    tx,
-                    aor: recipient,
-                    req: held,
-                    result,
-                }))
-            })
-            .map_err(|e| {
-                tracing::warn!(error = %e, "message not held: storage busy");
-                Box::new(unavailable(&req))
-            })
     }
 
     // ---- delivering held messages ---------------------------------------------------------

@@ -118,6 +118,30 @@ fn page(before: Option<i64>, limit: u32) -> Page {
 }
 
 #[test]
+fn the_per_user_cap_is_counted_in_the_transaction() {
+    let d = temp_dir("capped");
+    let mut s = open(&d);
+    let capped = |to: &str, i: usize| WriteOp::DeferCapped {
+        message: deferred(to, i, 10_000),
+        cap: 2,
+    };
+    // Three in one batch: the third sees the first two, committed or not.
+    let r = s
+        .write(&[capped("bob@x", 0), capped("bob@x", 1), capped("bob@x", 2)])
+        .unwrap();
+    assert!(matches!(r[0], WriteResult::Deferred(_)));
+    assert!(matches!(r[1], WriteResult::Deferred(_)));
+    assert_eq!(r[2], WriteResult::CapReached { queued: 2 });
+    // Another recipient has a queue of its own.
+    assert!(matches!(
+        one(&mut s, capped("carol@x", 3)),
+        WriteResult::Deferred(_)
+    ));
+    assert_eq!(held(&mut s, "bob@x", None, 10).len(), 2);
+    let _ = std::fs::remove_dir_all(&d);
+}
+
+#[test]
 fn deferred_messages_come_back_in_arrival_order_page_by_page_and_expire() {
     let d = temp_dir("deferred");
     let mut s = open(&d);

@@ -310,6 +310,15 @@ pub struct UserSettings {
 pub enum WriteOp {
     /// Holds a message for an offline recipient → [`WriteResult::Deferred`].
     Defer(DeferredMessage),
+    /// Holds a message unless its recipient has `cap` messages held already, counted in the
+    /// same transaction (so the cap holds under concurrency) → [`WriteResult::Deferred`], or
+    /// [`WriteResult::CapReached`].
+    DeferCapped {
+        /// The message.
+        message: DeferredMessage,
+        /// The most messages one recipient may have held.
+        cap: u64,
+    },
     /// Drops a held message (delivered: a device answered 2xx) → [`WriteResult::Affected`].
     DeleteDeferred {
         /// Its key.
@@ -417,6 +426,11 @@ pub enum WriteResult {
     Affected(u64),
     /// The expired messages, deleted.
     Expired(Vec<Row<DeferredId, DeferredMessage>>),
+    /// Not held: the recipient has this many messages held, the cap.
+    CapReached {
+        /// Messages held for the recipient.
+        queued: u64,
+    },
 }
 
 /// A page of a listing, newest first: entries with a key below `before` (all when `None`).

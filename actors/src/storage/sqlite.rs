@@ -261,6 +261,16 @@ fn apply(
 ) -> Res<WriteResult> {
     let affected = |n: usize| Ok(WriteResult::Affected(n as u64));
     match op {
+        WriteOp::DeferCapped { message, cap } => {
+            let queued: i64 = tx
+                .prepare_cached("SELECT COUNT(*) FROM deferred WHERE recipient = ?1")?
+                .query_row([&message.recipient], |r| r.get(0))?;
+            let queued = u(queued);
+            if queued >= *cap {
+                return Ok(WriteResult::CapReached { queued });
+            }
+            apply(tx, dir, &WriteOp::Defer(message.clone()), unlink)
+        }
         WriteOp::Defer(m) => {
             tx.prepare_cached(
                 "INSERT INTO deferred (recipient, sender, received_at, expires_at, request,

@@ -73,7 +73,7 @@ pub struct Config {
     pub store_and_forward: bool,
     /// A held MESSAGE is given up after this many seconds (`--message-expiry`).
     pub message_expiry: u64,
-    /// Most MESSAGEs held for one user (`--message-user-cap`); more get 486.
+    /// Most MESSAGEs held for one user (`--message-user-cap`); more get 480 with a Warning.
     pub message_user_cap: usize,
     /// Largest pager-mode MESSAGE body in bytes (`--message-max-size`, large message mode of
     /// RFC 3428 §7 / CPM); larger ones get 413 and are to be sent over MSRP.
@@ -312,9 +312,9 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --codecs LIST             codecs relayed sessions may use, e.g. PCMU,PCMA,opus/48000/2;
                             others are removed from offers (488 if none is left) [default: any]
   --store-and-forward BOOL  hold MESSAGEs for offline users (202) and deliver them on REGISTER,
-                            durably in DATA-DIR/cpmd.db [default: true]
+                            durably in DATA-DIR/storage.db [default: true]
   --message-expiry SECS     a held MESSAGE is given up (failure IMDN if asked) [default: 259200]
-  --message-user-cap N      most MESSAGEs held per user, more get 486 [default: 1000]
+  --message-user-cap N      most MESSAGEs held per user, more get 480 [default: 1000]
   --message-max-size BYTES  largest pager-mode body; larger gets 413 (send it over MSRP,
                             large message mode) [default: 1300]
   --api-tokens FILE         bearer tokens of the HTTP API /api/v1 (`user token` per line);

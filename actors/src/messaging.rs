@@ -36,8 +36,8 @@ use cpm_engine::registrar::Aor;
 use cpm_engine::sip::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 use cpm_engine::sip::{builder, HeaderName, Message, StartLine};
 use cpm_engine::store::{
-    DeferredId, DeferredMessage, DeliveryState, ReadQuery, ReadResult, Row, StoreError, WriteOp,
-    WriteResult,
+    DeferredId, DeferredMessage, DeliveryState, Direction, Flags, ReadQuery, ReadResult, Row,
+    StoragePolicy, StoreError, StoredMessage, WriteOp, WriteResult,
 };
 
 use crate::routing;
@@ -373,6 +373,9 @@ impl MessageController {
                         out.push((tx, *r));
                     }
                 } else {
+                    if ok {
+                        store_copies(shared, &req, &aor, DeliveryState::Delivered);
+                    }
                     out.push((tx, resp));
                 }
             }
@@ -465,6 +468,7 @@ impl MessageController {
                     shared.metrics[self.worker].held();
                     // RFC 3428 §7: 202 Accepted, delivered later.
                     if let Some(tx) = tx {
+                        store_copies(shared, &req, &aor, DeliveryState::Stored);
                         out.push((tx, builder::local_response(&req, 202, "Accepted")));
                     }
                     let online = !routing::contacts(shared, &Aor::new(aor.clone()), now).is_empty();
@@ -501,8 +505,8 @@ impl MessageController {
                     for row in rows {
                         tracing::info!(to = %row.record.recipient, from = %row.record.sender, "held message expired");
                         shared.metrics[self.worker].held_expired();
-                        if let Some(mid) = &row.record.imdn_message_id {
-                            set_state(shared, mid, DeliveryState::Failed);
+                        if let Ok(held) = cpm_engine::sip::parse(row.record.request.clone()) {
+                            set_state(shared, &message_id(&held), DeliveryState::Failed);
                         }
                         self.send_failure_imdn(shared, &row.record, now, txn);
                     }
@@ -679,8 +683,8 @@ impl MessageController {
         row: &Row<DeferredId, DeferredMessage>,
         state: DeliveryState,
     ) {
-        if let Some(mid) = &row.record.imdn_message_id {
-            set_state(shared, mid, state);
+        if let Ok(held) = cpm_engine::sip::parse(row.record.request.clone()) {
+            set_state(shared, &message_id(&held), state);
         }
         let Some(done) = self.store_done.clone() else {
             return self.end_run(shared, aor);
@@ -882,7 +886,11 @@ fn deferred_record(req: &Message, aor: &str, expiry: Duration, now: SystemTime) 
 
 /// The IMDN request of a SIP MESSAGE (raw bytes) with a CPIM body, if it carries one.
 fn imdn_request_of(raw: &Bytes) -> Option<ImdnRequest> {
-    let msg = cpm_engine::sip::parse(raw.clone()).ok()?;
+    imdn_request_of_message(&cpm_engine::sip::parse(raw.clone()).ok()?)
+}
+
+/// The IMDN request of a SIP MESSAGE with a CPIM body, if it carries one.
+fn imdn_request_of_message(msg: &Message) -> Option<ImdnRequest> {
     let ct = msg.headers.get(&HeaderName::ContentType)?;
     let mime = ct.split(|&c| c == b';').next().unwrap_or_default();
     if !mime.trim_ascii().eq_ignore_ascii_case(b"message/cpim") {
@@ -890,6 +898,109 @@ fn imdn_request_of(raw: &Bytes) -> Option<ImdnRequest> {
     }
     let cpim = CpimMessage::parse(msg.body.clone()).ok()?;
     ImdnRequest::from_cpim(&cpim).ok()
+}
+
+/// The header with which a sender asks for a message to be kept in network storage when the
+/// user's policy is "on request" ([`StoragePolicy::OnRequest`]): `X-CPM-Store: yes`.
+const STORE_REQUEST_HEADER: &str = "X-CPM-Store";
+
+/// The id stored copies and delivery states are matched by: the IMDN Message-ID (RFC 5438
+/// §6.3) when the message carries one, else one of the server's own made of its Call-ID and
+/// CSeq (stable from relaying to holding to delivering).
+fn message_id(req: &Message) -> String {
+    if let Some(imdn) = imdn_request_of_message(req) {
+        return imdn.message_id;
+    }
+    let call_id = req
+        .call_id()
+        .map(|c| String::from_utf8_lossy(c).into_owned());
+    let seq = req.cseq().map(|c| c.seq).unwrap_or(0);
+    format!("{}/{seq}", call_id.unwrap_or_default())
+}
+
+/// Network storage (CM-5, the message policy's storage decision): a copy of a pager message
+/// for each local party whose settings keep it: "all", or "on request" when the sender asked
+/// ([`STORE_REQUEST_HEADER`]). IMDNs are delivery states, not messages: never stored. The
+/// copy holds the content (the inner one of a CPIM message).
+fn store_copies(shared: &Shared, req: &Message, recipient: &str, state: DeliveryState) {
+    if imdn::relayed_notification(req).is_some() {
+        return;
+    }
+    let Some(sender) = req.from().ok().and_then(|f| f.uri.aor()) else {
+        return;
+    };
+    let requested = req.headers.iter().any(|h| {
+        matches!(&h.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(STORE_REQUEST_HEADER.as_bytes()))
+            && h.value.trim_ascii().eq_ignore_ascii_case(b"yes")
+    });
+    let keeps = |owner: &str| {
+        let policy = shared
+            .settings
+            .read()
+            .get(owner)
+            .map(|s| s.storage)
+            .unwrap_or_default();
+        match policy {
+            StoragePolicy::All => true,
+            StoragePolicy::OnRequest => requested,
+            StoragePolicy::None => false,
+        }
+    };
+    let (content_type, body) = content_of(req);
+    let id = message_id(req);
+    let time = unix_ms(SystemTime::now());
+    let sender_is_local = routing::is_local_aor(shared, &sender);
+    for (owner, peer, direction) in [
+        (recipient, sender.as_str(), Direction::In),
+        (sender.as_str(), recipient, Direction::Out),
+    ] {
+        if direction == Direction::Out && !sender_is_local {
+            continue;
+        }
+        if !keeps(owner) {
+            continue;
+        }
+        let copy = StoredMessage {
+            owner: owner.to_owned(),
+            conversation: peer.to_owned(),
+            direction,
+            peer: peer.to_owned(),
+            sender: sender.clone(),
+            recipient: recipient.to_owned(),
+            time,
+            content_type: content_type.clone(),
+            body: body.clone(),
+            message_id: id.clone(),
+            state,
+            flags: Flags::default(),
+            session_id: None,
+            file: None,
+        };
+        if let Err(e) = shared.storage.write(WriteOp::StoreMessage(copy), |_| {}) {
+            tracing::debug!(error = %e, "message copy not stored");
+        }
+    }
+}
+
+/// The content type and body a stored copy keeps: CPIM's inner ones (RFC 3862), else the SIP
+/// message's.
+fn content_of(req: &Message) -> (String, Bytes) {
+    let outer = req
+        .headers
+        .get(&HeaderName::ContentType)
+        .map(|c| String::from_utf8_lossy(c).into_owned())
+        .unwrap_or_else(|| "text/plain".into());
+    if outer
+        .split(';')
+        .next()
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("message/cpim"))
+    {
+        if let Ok(cpim) = CpimMessage::parse(req.body.clone()) {
+            let inner = String::from_utf8_lossy(cpim.content_type()).into_owned();
+            return (inner, cpim.body().clone());
+        }
+    }
+    (outer, req.body.clone())
 }
 
 /// A relayed IMDN moves the delivery state of the message it is about (RFC 5438 §7).

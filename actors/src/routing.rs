@@ -47,6 +47,28 @@ pub fn local_user(shared: &Shared, req: &Message) -> Result<Aor, NoTarget> {
     Ok(Aor::new(target.aor().ok_or_else(|| bad(404, "Not Found"))?))
 }
 
+/// Whether an address-of-record (`sip:user@domain`) names a user served here: a local domain,
+/// a user part, and that user in the users file when there is one.
+pub fn is_local_aor(shared: &Shared, aor: &str) -> bool {
+    let Ok(uri) = Uri::parse(&Bytes::copy_from_slice(aor.as_bytes())) else {
+        return false;
+    };
+    let Some(sip) = uri.as_sip() else {
+        return false;
+    };
+    let user = sip
+        .user
+        .as_ref()
+        .map(|u| String::from_utf8_lossy(u).into_owned())
+        .unwrap_or_default();
+    shared.is_local_domain(&sip.host.to_lowercase())
+        && !user.is_empty()
+        && shared
+            .users
+            .as_ref()
+            .is_none_or(|u| u.lookup(&user, shared.auth.realm()).is_some())
+}
+
 /// The registered contacts of `aor` that can be reached now, with where each is sent and
 /// whether over a reliable transport.
 pub fn contacts(shared: &Shared, aor: &Aor, now: Instant) -> Vec<(Binding, SocketAddr, bool)> {

@@ -45,7 +45,7 @@ pub struct Shared {
     pub msrp_metrics: Arc<MsrpMetrics>,
     /// Where the sessions' charging records go (`<data-dir>/cdr.jsonl`).
     pub charging: ChargingWriter,
-    /// Network storage and the store-and-forward queue (`<data-dir>/cpmd.db`).
+    /// Network storage and the store-and-forward queue (`<data-dir>/storage.db`).
     pub storage: Storage,
     /// The users whose held messages are being delivered right now (by one worker each), so a
     /// second REGISTER elsewhere does not deliver them twice, and new messages for them queue

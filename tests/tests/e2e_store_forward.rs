@@ -251,6 +251,125 @@ fn held_messages_survive_kill_9() {
     bob.expect_silence(Duration::from_millis(500), "a message delivered twice");
 }
 
+/// The stored copies of cpmd's network storage: (owner, peer, direction, state, body), oldest
+/// first, read from its database (read-only, beside the running server: WAL).
+fn stored_copies(cpmd: &Cpmd) -> Vec<(String, String, String, String, String)> {
+    let db = cpmd.data_dir().join("storage.db");
+    let conn =
+        rusqlite::Connection::open_with_flags(&db, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)
+            .expect("open storage.db read-only");
+    let mut stmt = conn
+        .prepare("SELECT owner, peer, direction, state, body FROM messages ORDER BY id")
+        .unwrap();
+    stmt.query_map([], |r| {
+        let body: Vec<u8> = r.get(4)?;
+        Ok((
+            r.get(0)?,
+            r.get(1)?,
+            r.get(2)?,
+            r.get(3)?,
+            String::from_utf8_lossy(&body).into_owned(),
+        ))
+    })
+    .unwrap()
+    .collect::<Result<_, _>>()
+    .unwrap()
+}
+
+/// Network storage (CM-5) with the default policy "all": each pager message is kept once for
+/// its recipient (in) and once for its sender (out), with its delivery state: delivered when a
+/// device took it, stored while held, then delivered; a CPIM message keeps its inner content.
+#[test]
+fn pager_messages_are_kept_in_network_storage() {
+    let cpmd = Cpmd::spawn(&[]);
+    let mut bob = Ua::udp(cpmd.sip_addr()).user("bob");
+    assert_status(&bob.register(300), 200);
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
+    let req = alice.req("MESSAGE", "sip:bob@localhost").body(
+        "message/cpim",
+        cpim_with_imdn("Msg-kept-1", "kept for both"),
+    );
+    alice.send_req(&req);
+    let got = next_message(&mut bob, "online");
+    bob.reply(&got, 200, "OK");
+    assert_status(&alice.await_final(&req, WAIT).expect("final"), 200);
+    assert_eq!(send_text(&mut alice, "carol", "held for carol"), 202);
+    let s = |v: &str| v.to_string();
+    let expect_copies = |carol_state: &str| {
+        vec![
+            (
+                s("sip:bob@localhost"),
+                s("sip:alice@localhost"),
+                s("in"),
+                s("delivered"),
+                s("kept for both"),
+            ),
+            (
+                s("sip:alice@localhost"),
+                s("sip:bob@localhost"),
+                s("out"),
+                s("delivered"),
+                s("kept for both"),
+            ),
+            (
+                s("sip:carol@localhost"),
+                s("sip:alice@localhost"),
+                s("in"),
+                s(carol_state),
+                s("held for carol"),
+            ),
+            (
+                s("sip:alice@localhost"),
+                s("sip:carol@localhost"),
+                s("out"),
+                s(carol_state),
+                s("held for carol"),
+            ),
+        ]
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while stored_copies(&cpmd).len() < 4 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stored_copies(&cpmd), expect_copies("stored"));
+    let mut carol = Ua::udp(cpmd.sip_addr()).user("carol");
+    assert_status(&carol.register(300), 200);
+    let got = next_message(&mut carol, "held for carol");
+    carol.reply(&got, 200, "OK");
+    let deadline = std::time::Instant::now() + WAIT;
+    while stored_copies(&cpmd) != expect_copies("delivered") && std::time::Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stored_copies(&cpmd), expect_copies("delivered"));
+    // bob's display notification (RFC 5438 §7.2.1.2) for alice's first message, relayed to
+    // alice, moves both copies of it to "displayed"; the IMDN itself is not stored.
+    let imdn = "From: <sip:bob@localhost>\r\nTo: <sip:alice@localhost>\r\n\
+        DateTime: 2026-11-26T12:00:05Z\r\nNS: imdn <urn:ietf:params:imdn>\r\n\
+        imdn.Message-ID: Msg-imdn-1\r\n\r\n\
+        Content-Type: message/imdn+xml\r\nContent-Disposition: notification\r\n\r\n\
+        <?xml version=\"1.0\" encoding=\"UTF-8\"?>\
+        <imdn xmlns=\"urn:ietf:params:xml:ns:imdn\"><message-id>Msg-kept-1</message-id>\
+        <datetime>2026-11-26T12:00:00Z</datetime><display-notification><status><displayed/>\
+        </status></display-notification></imdn>";
+    assert_status(&alice.register(300), 200);
+    let req = bob
+        .req("MESSAGE", "sip:alice@localhost")
+        .body("message/cpim", imdn);
+    bob.send_req(&req);
+    let got = next_message(&mut alice, "the display IMDN");
+    alice.reply(&got, 200, "OK");
+    assert_status(&bob.await_final(&req, WAIT).expect("final"), 200);
+    let mut want = expect_copies("delivered");
+    want[0].3 = s("displayed");
+    want[1].3 = s("displayed");
+    let deadline = std::time::Instant::now() + WAIT;
+    while stored_copies(&cpmd) != want && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stored_copies(&cpmd), want);
+}
+
 /// With `--store-and-forward false` cpmd is a plain proxy: 480 for an offline user.
 #[test]
 fn store_and_forward_can_be_off() {

@@ -78,6 +78,9 @@ pub struct Config {
     /// Largest pager-mode MESSAGE body in bytes (`--message-max-size`, large message mode of
     /// RFC 3428 §7 / CPM); larger ones get 413 and are to be sent over MSRP.
     pub message_max_size: usize,
+    /// Bearer tokens of the HTTP API (`--api-tokens`): a file of `user token` lines; with
+    /// `--users-file` the API also takes HTTP Digest with the SIP credentials.
+    pub api_tokens: Option<PathBuf>,
 }
 
 /// A list of codecs by name (`PCMU,PCMA,G722,opus/48000/2`, see `Codec::from_spec`).
@@ -143,6 +146,7 @@ impl Default for Config {
             message_expiry: 72 * 3600,
             message_user_cap: 1000,
             message_max_size: 1300,
+            api_tokens: None,
         }
     }
 }
@@ -269,6 +273,7 @@ const KEYS: &[&str] = &[
     "message-expiry",
     "message-user-cap",
     "message-max-size",
+    "api-tokens",
 ];
 
 /// The `--help` text.
@@ -312,6 +317,8 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --message-user-cap N      most MESSAGEs held per user, more get 480 [default: 1000]
   --message-max-size BYTES  largest pager-mode body; larger gets 413 (send it over MSRP,
                             large message mode) [default: 1300]
+  --api-tokens FILE         bearer tokens of the HTTP API /api/v1 (`user token` per line);
+                            the API also takes digest with --users-file [default: none]
   -h, --help                this text
 ";
 
@@ -410,6 +417,7 @@ impl Config {
             "message-expiry" => self.message_expiry = parse(key, value)?,
             "message-user-cap" => self.message_user_cap = parse(key, value)?,
             "message-max-size" => self.message_max_size = parse(key, value)?,
+            "api-tokens" => self.api_tokens = Some(PathBuf::from(value)),
             _ => return Err(ConfigError::UnknownFlag(format!("--{key}"))),
         }
         Ok(())
@@ -501,7 +509,7 @@ mod tests {
                 "media-ip" => "10.0.0.1",
                 "media-ports" => "40000-40099",
                 "codecs" => "PCMA,opus/48000/2",
-                "domain" | "data-dir" | "log" | "users-file" | "realm" => "x",
+                "domain" | "data-dir" | "log" | "users-file" | "realm" | "api-tokens" => "x",
                 _ => "7",
             };
             c.set(k, v).unwrap_or_else(|e| panic!("{k}: {e}"));

@@ -35,6 +35,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod charging;
 pub mod config;
 pub mod engine;

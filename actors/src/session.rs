@@ -228,18 +228,23 @@ impl SessionActor {
             History::start(sh.storage.clone(), p, kind)
         });
         // A party whose settings say so has the session recorded from the start.
-        let recorder = env
+        let record_by = env
             .shared
             .as_ref()
             .zip(parties.as_ref())
-            .filter(|(sh, p)| {
+            .and_then(|(sh, p)| {
                 let settings = sh.settings.read();
-                p.aor.iter().zip(p.local).any(|(aor, local)| {
-                    local && settings.get(aor).is_some_and(|s| s.record_sessions)
+                [Side::A, Side::B].into_iter().find(|s| {
+                    p.local[s.index()]
+                        && settings
+                            .get(&p.aor[s.index()])
+                            .is_some_and(|u| u.record_sessions)
                 })
-            })
-            .map(|(sh, p)| recorder_for(sh, p, &start.invite));
-        let session = Session::new(env.config.clone(), start, relay, NoPolicy, now);
+            });
+        let mut session = Session::new(env.config.clone(), start, relay, NoPolicy, now);
+        if let Some(by) = record_by {
+            session.start_recording(by);
+        }
         SessionActor {
             key,
             worker,
@@ -252,7 +257,7 @@ impl SessionActor {
             stop_record: None,
             parties,
             history,
-            recorder,
+            recorder: None,
         }
     }
 
@@ -602,18 +607,6 @@ fn offers_msrp(invite: &Message) -> bool {
         .body
         .split(|&b| b == b'\n')
         .any(|l| l.starts_with(b"m=message "))
-}
-
-fn recorder_for(
-    shared: &crate::shared::Shared,
-    parties: &Parties,
-    invite: &Message,
-) -> Arc<Recorder> {
-    let id = invite
-        .call_id()
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .unwrap_or_default();
-    Recorder::new(shared.storage.clone(), parties.clone(), id)
 }
 
 /// A leg's counters as the charging record carries them.

@@ -26,13 +26,18 @@ fn registered(cpmd: &Cpmd, user: &str) -> Ua {
 }
 
 fn start() -> (Cpmd, Ua, Ua) {
+    start_with(|cpmd| cpmd)
+}
+
+/// cpmd (passed through `prepare` before the users register), alice and bob registered.
+fn start_with(prepare: impl FnOnce(Cpmd) -> Cpmd) -> (Cpmd, Ua, Ua) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
     let listen = format!("127.0.0.1:{port}");
-    let cpmd = Cpmd::builder().args(&["--msrp-listen", &listen]).spawn();
+    let cpmd = prepare(Cpmd::builder().args(&["--msrp-listen", &listen]).spawn());
     let bob = registered(&cpmd, "bob");
     let alice = registered(&cpmd, "alice");
     (cpmd, alice, bob)
@@ -303,6 +308,43 @@ fn refer_records_exactly_between_on_and_off_for_both_parties() {
     assert_eq!(m["bytes"]["from_b"], "recorded two".len() as u64, "{leg}");
     assert_eq!(m["reports_generated"], 0);
     assert_eq!(leg["from_a"]["bytes"], text_bytes);
+}
+
+/// bob's settings say "record my sessions": the session is recorded from its start, without
+/// a REFER (the settings are read from storage when cpmd starts).
+#[test]
+fn a_user_setting_records_from_the_start() {
+    let (cpmd, mut alice, mut bob) = start_with(|cpmd| {
+        let c = rusqlite::Connection::open(cpmd.data_dir().join("storage.db")).unwrap();
+        c.execute(
+            "INSERT INTO settings (owner, storage, record_sessions) VALUES (?1, 'all', 1)",
+            ["sip:bob@localhost"],
+        )
+        .unwrap();
+        drop(c);
+        cpmd.crash_and_restart()
+    });
+    let mut chat = Chat::setup(&mut alice, &mut bob, "");
+    chat.say(true, "from the start");
+    chat.say(false, "indeed");
+    refer_storage(&mut alice, &mut chat.a, &mut bob, "BYE");
+    chat.say(true, "not stored");
+    chat.bye(&mut alice, &mut bob);
+    let rows = stored(&cpmd.data_dir(), &chat.call_id, 4);
+    std::thread::sleep(Duration::from_millis(300));
+    let bodies: Vec<(String, String)> = stored(&cpmd.data_dir(), &chat.call_id, 4)
+        .into_iter()
+        .map(|r| (r.0, String::from_utf8_lossy(&r.2).into_owned()))
+        .collect();
+    assert_eq!(rows.len(), 4, "{bodies:?}");
+    for owner in ["sip:alice@localhost", "sip:bob@localhost"] {
+        for text in ["from the start", "indeed"] {
+            assert!(
+                bodies.contains(&(owner.to_string(), text.to_string())),
+                "{owner} {text}: {bodies:?}"
+            );
+        }
+    }
 }
 
 /// A file sent while recording is stored on disk (one copy per party), its message rows

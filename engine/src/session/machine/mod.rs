@@ -294,7 +294,19 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         self.record_changes.pop_front()
     }
 
-    /// Whether the session is being recorded on request (REFER `method=INVITE`).
+    /// Turns recording on as if `by` had REFERred the storage (a user setting that records
+    /// every session, CPM.md §5); announced by [`Session::poll_record`], stopped by a REFER
+    /// `method=BYE` like any other.
+    pub fn start_recording(&mut self, by: Side) {
+        if let Some(change) = self
+            .recording
+            .apply(crate::record::RecordCommand::Start, by)
+        {
+            self.record_changes.push_back(change);
+        }
+    }
+
+    /// Whether the session is being recorded (REFER `method=INVITE` or a user setting).
     pub fn is_recording(&self) -> bool {
         self.recording.is_on()
     }

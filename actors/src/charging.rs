@@ -94,6 +94,12 @@ impl Cdr {
                     "codec": l.codec,
                     "from_a": flow(&l.from_a),
                     "from_b": flow(&l.from_b),
+                    "msrp": l.msrp.map(|m| json!({
+                        "messages": { "from_a": m.messages[0], "from_b": m.messages[1] },
+                        "chunks": { "from_a": m.chunks[0], "from_b": m.chunks[1] },
+                        "bytes": { "from_a": m.bytes[0], "from_b": m.bytes[1] },
+                        "reports_generated": m.reports_generated,
+                    })),
                 })
             })
             .collect();
@@ -267,8 +273,32 @@ mod tests {
                     jitter_ms: 0.5,
                 },
                 from_b: FlowCounters::default(),
+                msrp: None,
             }],
         }
+    }
+
+    #[test]
+    fn an_msrp_leg_carries_its_message_figures() {
+        let mut c = cdr(ChargingKind::Stop);
+        c.legs.push(LegUsage {
+            stream: 1,
+            media: "message".into(),
+            msrp: Some(cpm_engine::session::MsrpUsage {
+                messages: [3, 2],
+                chunks: [5, 2],
+                bytes: [70_000, 20],
+                reports_generated: 1,
+            }),
+            ..LegUsage::default()
+        });
+        let v = c.to_json();
+        assert!(v["legs"][0]["msrp"].is_null(), "RTP legs have none");
+        let m = &v["legs"][1]["msrp"];
+        assert_eq!(m["messages"]["from_a"], 3);
+        assert_eq!(m["chunks"]["from_a"], 5);
+        assert_eq!(m["bytes"]["from_b"], 20);
+        assert_eq!(m["reports_generated"], 1);
     }
 
     #[test]

@@ -44,6 +44,7 @@ pub mod media;
 pub mod messaging;
 pub mod metrics;
 pub mod msrp;
+pub mod record;
 pub mod routing;
 pub mod services;
 pub mod session;

@@ -105,6 +105,7 @@ impl Services {
             interim: cfg.cdr_interim(),
             media_timeout: cfg.media_timeout(),
             test_hooks: cfg.test_hooks,
+            shared: Some(shared.clone()),
         });
         Services {
             sessions: SessionTable::default(),

@@ -25,6 +25,7 @@ pub mod hash;
 pub mod imdn;
 pub mod media;
 pub mod msrp;
+pub mod record;
 pub mod registrar;
 pub mod rtp;
 pub mod sdp;

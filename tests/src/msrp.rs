@@ -46,6 +46,21 @@ impl Chunk {
     }
 }
 
+/// Where a part of a message goes in the whole (for [`MsrpClient::send_part`]).
+#[derive(Debug, Clone, Copy)]
+pub struct Part<'a> {
+    /// The Message-ID.
+    pub message_id: &'a str,
+    /// The 0-based position of the part's first byte in the message.
+    pub offset: u64,
+    /// The size of the whole message.
+    pub total: u64,
+    /// Its Content-Type.
+    pub content_type: &'a str,
+    /// Chunks of at most this many bytes.
+    pub chunk: usize,
+}
+
 /// One MSRP connection of a test client.
 pub struct MsrpClient {
     stream: TcpStream,
@@ -122,33 +137,55 @@ impl MsrpClient {
         chunk: usize,
         extra: &[(&str, &str)],
     ) -> (String, Vec<String>) {
-        let message_id = self.id("m");
-        let total = body.len() as u64;
+        let message_id = String::from_utf8_lossy(&self.id("m")).into_owned();
+        let part = Part {
+            message_id: &message_id,
+            offset: 0,
+            total: body.len() as u64,
+            content_type,
+            chunk,
+        };
+        let tids = self.send_part(&part, body, extra);
+        (message_id, tids)
+    }
+
+    /// Sends `data`, the bytes of message `part.message_id` from `part.offset` (0-based), in
+    /// chunks of at most `part.chunk` bytes, each with its Byte-Range in the whole message of
+    /// `part.total` bytes: `$` on the chunk that ends the message, `+` on every other (a part
+    /// that stops short leaves the message unfinished, as an interrupted transfer does; RFC
+    /// 5547 §8 resumes it from an offset). Returns the transaction ids.
+    pub fn send_part(
+        &mut self,
+        part: &Part<'_>,
+        data: &[u8],
+        extra: &[(&str, &str)],
+    ) -> Vec<String> {
+        let message_id = Bytes::from(part.message_id.to_string());
         let mut tids = Vec::new();
         let mut start = 0usize;
         let mut buf = BytesMut::new();
         loop {
-            let end = (start + chunk.max(1)).min(body.len());
+            let end = (start + part.chunk.max(1)).min(data.len());
             let mut h = self.head(Method::Send);
             h.message_id = Some(message_id.clone());
             h.byte_range = Some(ByteRange {
-                start: start as u64 + 1,
-                end: Some(end as u64),
-                total: Some(total),
+                start: part.offset + start as u64 + 1,
+                end: Some(part.offset + end as u64),
+                total: Some(part.total),
             });
-            h.content_type = Some(Bytes::from(content_type.to_string()));
+            h.content_type = Some(Bytes::from(part.content_type.to_string()));
             for (n, v) in extra {
                 h.other
                     .push((Bytes::from(n.to_string()), Bytes::from(v.to_string())));
             }
-            let flag = if end == body.len() {
+            let flag = if part.offset + end as u64 == part.total {
                 Flag::Complete
             } else {
                 Flag::Continues
             };
             let parts = write::chunk(
                 &mut h,
-                Bytes::copy_from_slice(&body[start..end]),
+                Bytes::copy_from_slice(&data[start..end]),
                 flag,
                 &mut buf,
             );
@@ -161,11 +198,11 @@ impl MsrpClient {
             self.send_raw(&whole);
             tids.push(String::from_utf8_lossy(&h.tid).into_owned());
             start = end;
-            if start >= body.len() {
+            if start >= data.len() {
                 break;
             }
         }
-        (String::from_utf8_lossy(&message_id).into_owned(), tids)
+        tids
     }
 
     /// Sends an empty SEND (binds a connection we opened, RFC 4975 §5.4).

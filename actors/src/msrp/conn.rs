@@ -3,8 +3,12 @@
 //!
 //! The reader of side X parses what X sends and relays each request to side Y through Y's
 //! writer queue, a frame at a time as the body arrives; when that queue is full the reader
-//! waits, so X is not read any more (TCP then pushes back on X). Responses to our forwarded
-//! requests come back through Y's reader, which matches them by transaction id.
+//! waits, so X is not read any more (TCP then pushes back on X). What goes out is decided by
+//! `engine::msrp::relay`: the rewritten head ([`relay::forward`]), the pieces of each chunk
+//! ([`Rechunker`]), the transactions awaiting Y's responses ([`relay::Transactions`], matched
+//! by Y's reader) and the failure REPORTs. When a response or REPORT of ours waits behind a
+//! chunk X is slow to send, Y's writer signals X's reader, which ends the chunk early with `+`
+//! and goes on in a new one (RFC 4975 §7.1.1).
 
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
@@ -12,15 +16,16 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cpm_engine::media::Side;
+use cpm_engine::msrp::relay::{self, Pending, Piece, Rechunker};
 use cpm_engine::msrp::uri::first_of_path;
 use cpm_engine::msrp::write::{self, IdGen};
 use cpm_engine::msrp::{ByteRange, Event, Flag, Head, Kind, Method, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
-use super::leg::{route, Conn, Frame, LegState, PendingTx};
+use super::leg::{route, tag, Conn, Frame, LegState};
 use super::{Plane, TapEvent};
 
 /// Bytes read from a socket at a time (and so the largest frame queued).
@@ -45,9 +50,9 @@ pub(super) async fn accept_loop(listener: TcpListener, plane: Arc<Plane>) {
 /// Opens our connection to `side` (we are the active party, RFC 6135): to the first URI of
 /// its path; then serves it.
 pub(super) async fn connect(leg: Arc<LegState>, plane: Arc<Plane>, side: Side) {
-    let target = leg.peers.lock()[side.index()]
-        .as_ref()
-        .and_then(|p| first_of_path(&p.path).ok());
+    let target = Some(leg.side(side))
+        .filter(relay::Side::peer_known)
+        .and_then(|s| first_of_path(s.peer_path()).ok());
     let stream = match target {
         Some(uri) => {
             let host = String::from_utf8_lossy(uri.host());
@@ -86,20 +91,16 @@ pub(super) async fn timeouts(leg: Weak<LegState>, plane: Arc<Plane>) {
         }
         let now = Instant::now();
         for side in [Side::A, Side::B] {
-            let mut expired = Vec::new();
-            leg.pending[side.index()].lock().retain(|_, tx| {
-                let keep = tx.deadline > now;
-                if !keep {
-                    expired.push(tx.clone());
-                }
-                keep
-            });
-            for tx in expired {
-                if let Some(r) = leg.failure_report(&plane, &tx, 408, ids.next_id()) {
-                    leg.send_ctrl(tx.origin, r);
-                }
-            }
+            let ended = leg.pending[side.index()].lock().handle_timeout(now);
+            leg.report(&plane, ended, &mut ids);
         }
+    }
+}
+
+async fn wait_notified(n: &Option<Arc<Notify>>) {
+    match n {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -132,12 +133,19 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<(Arc<LegState
     let mut buf = BytesMut::new();
     'conn: loop {
         buf.reserve(READ);
+        let interrupt = reader.as_ref().and_then(Reader::interrupt_signal);
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             },
             _ = wait_closed(&mut closed) => break,
+            _ = wait_notified(&interrupt) => {
+                if let Some(r) = reader.as_mut() {
+                    r.interrupt().await;
+                }
+                continue;
+            }
         }
         parser.feed(buf.split().freeze());
         while let Some(ev) = parser.poll() {
@@ -218,18 +226,35 @@ async fn bind_incoming(
 }
 
 /// The writer of one connection: whole messages of ours from `ctrl` between forwarded
-/// messages, whose frames are written in order until their `End`.
+/// messages, whose frames are written in order until their `End`. One of ours that arrives in
+/// the middle of a forwarded message is held and `interrupt` signalled, so that the forwarder
+/// ends its chunk early (RFC 4975 §7.1.1) instead of leaving ours behind a stalled chunk.
 async fn writer(
     mut wr: OwnedWriteHalf,
     mut data: mpsc::Receiver<Frame>,
     mut ctrl: mpsc::Receiver<Bytes>,
+    interrupt: Arc<Notify>,
     mut closed: watch::Receiver<bool>,
 ) {
+    let mut mid = false;
+    let mut held: Option<Bytes> = None;
     loop {
-        let mut frame = tokio::select! {
+        if !mid {
+            if let Some(b) = held.take() {
+                if wr.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let frame = tokio::select! {
             biased;
             _ = closed.wait_for(|c| *c) => return,
-            c = ctrl.recv() => match c {
+            c = ctrl.recv(), if held.is_none() => match c {
+                Some(b) if mid => {
+                    held = Some(b);
+                    interrupt.notify_one();
+                    continue;
+                }
                 Some(b) => Frame::End(b),
                 None => return,
             },
@@ -238,24 +263,18 @@ async fn writer(
                 None => return,
             },
         };
-        loop {
-            let (bytes, end) = match frame {
-                Frame::Part(b) => (b, false),
-                Frame::End(b) => (b, true),
-            };
-            if wr.write_all(&bytes).await.is_err() {
-                return;
+        let bytes = match frame {
+            Frame::Part(b) => {
+                mid = true;
+                b
             }
-            if end {
-                break;
+            Frame::End(b) => {
+                mid = false;
+                b
             }
-            frame = tokio::select! {
-                _ = closed.wait_for(|c| *c) => return,
-                d = data.recv() => match d {
-                    Some(f) => f,
-                    None => return,
-                },
-            };
+        };
+        if wr.write_all(&bytes).await.is_err() {
+            return;
         }
     }
 }
@@ -269,17 +288,19 @@ enum Cur {
     Forward(Box<Fwd>),
 }
 
-/// A request being relayed: what came in and the (sub-)chunk going out.
+/// A request being relayed: what came in and what goes out.
 struct Fwd {
     head: Head,
     out: Option<Conn>,
     fail: Option<u16>,
-    /// The head we forward (our transaction id, the rewritten paths).
+    /// The head we forward ([`relay::forward`]); each outgoing chunk gets its own transaction
+    /// id and Byte-Range.
     sub: Head,
-    /// Body bytes in the open sub-chunk; `None` when none is open.
-    sub_len: Option<u64>,
-    /// The message position of the next body byte (from 1).
-    next: u64,
+    /// Cuts the body into outgoing chunks; `None` for a bodyless request (sent whole at its
+    /// end line).
+    chunks: Option<Rechunker>,
+    /// Some of it went out (an abort then ends it with `#`).
+    opened: bool,
     tap: Option<Vec<Bytes>>,
 }
 
@@ -292,6 +313,7 @@ struct Reader {
     ids: IdGen,
     cur: Cur,
     buf: BytesMut,
+    pieces: Vec<Piece>,
 }
 
 impl Reader {
@@ -300,12 +322,20 @@ impl Reader {
     fn bind(leg: Arc<LegState>, side: Side, plane: &Arc<Plane>, wr: OwnedWriteHalf) -> Reader {
         let (data_tx, data_rx) = mpsc::channel(plane.settings.queue);
         let (ctrl_tx, ctrl_rx) = mpsc::channel(plane.settings.queue);
+        let interrupt = Arc::new(Notify::new());
         let id = plane.next_seed();
-        tokio::spawn(writer(wr, data_rx, ctrl_rx, leg.closed.subscribe()));
+        tokio::spawn(writer(
+            wr,
+            data_rx,
+            ctrl_rx,
+            interrupt.clone(),
+            leg.closed.subscribe(),
+        ));
         let me = Conn {
             id,
             data: data_tx,
             ctrl: ctrl_tx,
+            interrupt,
         };
         leg.conns[side.index()].send_replace(Some(me.clone()));
         leg.ever[side.index()].store(true, Relaxed);
@@ -318,24 +348,23 @@ impl Reader {
             plane: plane.clone(),
             cur: Cur::Idle,
             buf: BytesMut::new(),
+            pieces: Vec::new(),
         }
     }
 
     /// The empty SEND the active party sends first so the other end can bind the connection
     /// (RFC 4975 §5.4, §7.1.1 `Byte-Range: 1-0/0`).
     async fn binding_send(&self) {
-        let Some(path) = self.leg.peers.lock()[self.side.index()]
-            .as_ref()
-            .map(|p| p.path.clone())
-        else {
+        let side = self.leg.side(self.side);
+        if !side.peer_known() {
             return;
-        };
+        }
         let mut ids = IdGen::new(self.plane.next_seed());
         let mut h = Head::new(
             ids.next_id(),
             Kind::Request(Method::Send),
-            path,
-            self.leg.local[self.side.index()].clone(),
+            side.peer_path().clone(),
+            side.local_bytes().clone(),
         );
         h.message_id = Some(ids.next_id());
         h.byte_range = Some(ByteRange {
@@ -367,7 +396,7 @@ impl Reader {
             Event::Reject(r) => {
                 tracing::debug!(side = ?self.side, error = %r.error, "MSRP request rejected");
                 if let Cur::Forward(mut f) = std::mem::replace(&mut self.cur, Cur::Idle) {
-                    self.close_sub(&mut f, Flag::Aborted).await;
+                    self.abort(&mut f).await;
                 }
                 if r.request {
                     let mut h = Head::new(
@@ -386,23 +415,14 @@ impl Reader {
     async fn on_head(&mut self, h: Head) {
         let Kind::Request(method) = &h.kind else {
             // A response to a request we forwarded to this side.
-            let tx = self.leg.pending[self.side.index()].lock().remove(&h.tid);
-            if let (Some(tx), Some(code)) = (tx, h.code()) {
-                if code != 200 {
-                    if let Some(r) =
-                        self.leg
-                            .failure_report(&self.plane, &tx, code, self.ids.next_id())
-                    {
-                        self.leg.send_ctrl(tx.origin, r);
-                    }
-                }
-            }
+            let ended = self.leg.pending[self.side.index()].lock().on_response(&h);
+            self.leg
+                .report(&self.plane, ended.into_iter().collect(), &mut self.ids);
             return;
         };
-        let ours =
-            first_of_path(&h.to_path).is_ok_and(|u| u == self.leg.local_uri[self.side.index()]);
-        if !ours {
-            return self.respond(&h, 481).await;
+        let ours = self.leg.sides.lock()[self.side.index()].accept(&h);
+        if let Err(e) = ours {
+            return self.respond(&h, e.status()).await;
         }
         match method {
             Method::Send if !h.has_body => self.respond(&h, 200).await,
@@ -438,75 +458,122 @@ impl Reader {
     }
 
     async fn start(&mut self, head: Head) {
-        let other = self.side.other();
         let out = self.other_conn().await;
-        let path = self.leg.peers.lock()[other.index()]
-            .as_ref()
-            .map(|p| p.path.clone());
+        let to = self.leg.side(self.side.other());
         let tap =
             (head.method() == Some(&Method::Send) && self.leg.tap.lock().is_some()).then(Vec::new);
-        let mut sub = head.clone();
-        sub.from_path = self.leg.local[other.index()].clone();
+        let chunks = head.has_body.then(|| {
+            let mut rc = Rechunker::new(self.plane.settings.rechunk);
+            rc.begin(head.range());
+            rc
+        });
         let mut f = Fwd {
-            next: head.range().start,
+            sub: relay::forward(&head, &to, Bytes::new()),
             head,
             fail: None,
             out: None,
-            sub,
-            sub_len: None,
+            chunks,
+            opened: false,
             tap,
         };
-        match (out, path) {
-            (Some(out), Some(path)) => {
-                f.sub.to_path = path;
-                f.out = Some(out);
-                self.open_sub(&mut f).await;
-            }
+        match out {
+            Some(out) if to.peer_known() => f.out = Some(out),
             _ => f.fail = Some(481),
         }
         self.cur = Cur::Forward(Box::new(f));
     }
 
-    /// Writes the head of the next (sub-)chunk: our transaction id, and, when the message is
-    /// cut, the Byte-Range of this piece (its end when the original's is known).
-    async fn open_sub(&mut self, f: &mut Fwd) {
-        let orig = f.head.range();
-        let max = self.plane.settings.rechunk.max(1);
-        f.sub.tid = self.ids.next_id();
-        if f.head.byte_range.is_some() || f.next > 1 {
-            f.sub.byte_range = Some(ByteRange {
-                start: f.next,
-                end: orig.end.map(|e| e.min(f.next + max - 1)),
-                total: orig.total,
-            });
+    /// Sends the pieces in `self.pieces` (from the [`Rechunker`]): each outgoing chunk has our
+    /// transaction id and, unless it is the whole of a chunk that had none, its Byte-Range; it
+    /// is tracked once its end line is out.
+    async fn emit(&mut self, f: &mut Fwd) {
+        let mut pieces = std::mem::take(&mut self.pieces);
+        for piece in pieces.drain(..) {
+            let frame = match piece {
+                Piece::Open(range) => {
+                    f.sub.tid = self.ids.next_id();
+                    f.sub.byte_range =
+                        (f.head.byte_range.is_some() || range.start > 1).then_some(range);
+                    f.opened = true;
+                    write::head(&f.sub, &mut self.buf);
+                    Frame::Part(self.buf.split().freeze())
+                }
+                Piece::Data(b) => {
+                    let n = b.len() as u64;
+                    self.plane.metrics.bytes_relayed.fetch_add(n, Relaxed);
+                    Frame::Part(b)
+                }
+                Piece::Close(flag) => {
+                    write::end_line(&f.sub.tid, flag, true, &mut self.buf);
+                    self.track(f);
+                    Frame::End(self.buf.split().freeze())
+                }
+            };
+            self.send(f, frame).await;
         }
-        write::head(&f.sub, &mut self.buf);
-        let head = self.buf.split().freeze();
-        f.sub_len = Some(0);
-        self.send(f, Frame::Part(head)).await;
+        self.pieces = pieces;
     }
 
-    /// Ends the open sub-chunk with `flag` and remembers its transaction.
-    async fn close_sub(&mut self, f: &mut Fwd, flag: Flag) {
-        if f.sub_len.take().is_none() {
+    /// Remembers the request `f.sub` just sent to the other side, awaiting its response.
+    fn track(&self, f: &Fwd) {
+        if f.out.is_some() {
+            self.leg.pending[self.side.other().index()].lock().on_sent(
+                &f.sub,
+                tag(self.side),
+                Instant::now(),
+            );
+        }
+    }
+
+    /// Ends what goes out of `f` with `flag`: the last chunk of a body, or a bodyless request
+    /// whole.
+    async fn close(&mut self, f: &mut Fwd, flag: Flag) {
+        if f.out.is_none() {
             return;
         }
-        write::end_line(&f.sub.tid, flag, f.sub.has_body, &mut self.buf);
-        let end = self.buf.split().freeze();
-        let fr = f.sub.failure_report();
-        if fr != cpm_engine::msrp::FailureReport::No {
-            let tx = PendingTx {
-                origin: self.side,
-                message_id: f.head.message_id.clone(),
-                range: f.sub.range(),
-                failure_report: fr,
-                deadline: Instant::now() + self.plane.settings.tx_timeout,
-            };
-            self.leg.pending[self.side.other().index()]
-                .lock()
-                .insert(f.sub.tid.clone(), tx);
+        match f.chunks.as_mut() {
+            Some(rc) => {
+                rc.end(flag, &mut self.pieces);
+                self.emit(f).await;
+            }
+            None => {
+                f.sub.tid = self.ids.next_id();
+                write::head(&f.sub, &mut self.buf);
+                write::end_line(&f.sub.tid, flag, false, &mut self.buf);
+                self.track(f);
+                let msg = self.buf.split().freeze();
+                self.send(f, Frame::End(msg)).await;
+            }
         }
-        self.send(f, Frame::End(end)).await;
+    }
+
+    /// The request stops half way (its sender's stream failed): what went out of it ends `#`.
+    async fn abort(&mut self, f: &mut Fwd) {
+        if f.opened {
+            self.close(f, Flag::Aborted).await;
+        }
+    }
+
+    /// The signal of the other side's writer while a chunk of ours is open toward it.
+    fn interrupt_signal(&self) -> Option<Arc<Notify>> {
+        match &self.cur {
+            Cur::Forward(f) if f.chunks.as_ref().is_some_and(Rechunker::is_open) => {
+                f.out.as_ref().map(|c| c.interrupt.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// A message of ours waits behind the open chunk: end it with `+` now (RFC 4975 §7.1.1);
+    /// the body goes on in a new chunk when more arrives.
+    async fn interrupt(&mut self) {
+        if let Cur::Forward(mut f) = std::mem::replace(&mut self.cur, Cur::Idle) {
+            if let Some(rc) = f.chunks.as_mut() {
+                rc.interrupt(&mut self.pieces);
+                self.emit(&mut f).await;
+            }
+            self.cur = Cur::Forward(f);
+        }
     }
 
     async fn send(&mut self, f: &mut Fwd, frame: Frame) {
@@ -517,33 +584,23 @@ impl Reader {
         }
     }
 
-    async fn body(&mut self, f: &mut Fwd, mut b: Bytes) {
+    async fn body(&mut self, f: &mut Fwd, b: Bytes) {
         let n = b.len() as u64;
         self.leg.counters.bytes[self.side.index()].fetch_add(n, Relaxed);
         if let Some(t) = &mut f.tap {
             t.push(b.clone());
         }
-        let max = self.plane.settings.rechunk.max(1);
-        while !b.is_empty() && f.out.is_some() {
-            if f.sub_len.is_some_and(|l| l >= max) {
-                // Re-chunking (RFC 4975 §7.1.1): this piece ends with `+`, the next has its
-                // own transaction and Byte-Range.
-                self.close_sub(f, Flag::Continues).await;
-                self.open_sub(f).await;
-                continue;
-            }
-            let room = max - f.sub_len.unwrap_or(0);
-            let piece = b.split_to((room.min(b.len() as u64)) as usize);
-            let len = piece.len() as u64;
-            f.sub_len = f.sub_len.map(|l| l + len);
-            f.next += len;
-            self.plane.metrics.bytes_relayed.fetch_add(len, Relaxed);
-            self.send(f, Frame::Part(piece)).await;
+        if f.out.is_none() {
+            return;
+        }
+        if let Some(rc) = f.chunks.as_mut() {
+            rc.push(b, &mut self.pieces);
+            self.emit(f).await;
         }
     }
 
     async fn end(&mut self, mut f: Fwd, flag: Flag) {
-        self.close_sub(&mut f, flag).await;
+        self.close(&mut f, flag).await;
         let from = self.side;
         if f.head.method() == Some(&Method::Send) {
             self.leg.counters.chunks[from.index()].fetch_add(1, Relaxed);
@@ -570,16 +627,10 @@ impl Reader {
                 tracing::debug!(side = ?from, code, "MSRP request not relayed");
                 self.respond(&f.head, code).await;
                 if f.head.method() == Some(&Method::Send) {
-                    let tx = PendingTx {
-                        origin: from,
-                        message_id: f.head.message_id.clone(),
-                        range: f.head.range(),
-                        failure_report: f.head.failure_report(),
-                        deadline: Instant::now(),
-                    };
-                    if let Some(r) =
+                    let p = Pending::of(&f.head, tag(from));
+                    if let Some((_, r)) =
                         self.leg
-                            .failure_report(&self.plane, &tx, code, self.ids.next_id())
+                            .failure_report(&self.plane, &p, code, self.ids.next_id())
                     {
                         let _ = self.me.ctrl.send(r).await;
                     }
@@ -592,7 +643,7 @@ impl Reader {
     /// disconnected, and what was forwarded to it unanswered fails (481 REPORTs).
     async fn finish(mut self) {
         if let Cur::Forward(mut f) = std::mem::replace(&mut self.cur, Cur::Idle) {
-            self.close_sub(&mut f, Flag::Aborted).await;
+            self.abort(&mut f).await;
         }
         let side = self.side.index();
         self.leg.conns[side].send_if_modified(|c| match c {
@@ -602,20 +653,9 @@ impl Reader {
             }
             _ => false,
         });
-        let lost: Vec<PendingTx> = self.leg.pending[side]
-            .lock()
-            .drain()
-            .map(|(_, tx)| tx)
-            .collect();
+        let lost = self.leg.pending[side].lock().fail_all(481);
         if !self.leg.is_closed() {
-            for tx in lost {
-                if let Some(r) = self
-                    .leg
-                    .failure_report(&self.plane, &tx, 481, self.ids.next_id())
-                {
-                    self.leg.send_ctrl(tx.origin, r);
-                }
-            }
+            self.leg.report(&self.plane, lost, &mut self.ids);
         }
         tracing::debug!(side = ?self.side, "MSRP connection closed");
     }

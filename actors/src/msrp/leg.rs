@@ -2,16 +2,16 @@
 //! to each side, its counters and its tap; and [`MsrpLeg`], the session actor's handle, whose
 //! drop closes the leg.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
-use std::time::Instant;
 
 use bytes::{Bytes, BytesMut};
 use cpm_engine::media::{MsrpPeer, Side};
-use cpm_engine::msrp::{write, ByteRange, FailureReport, Head, Kind, Method, Status, Uri};
+use cpm_engine::msrp::relay::{self, Outcome, Pending, Transactions};
+use cpm_engine::msrp::uri::parse_path;
+use cpm_engine::msrp::{write, Uri};
 use parking_lot::Mutex;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 
 use super::{Plane, Tap};
 
@@ -24,23 +24,28 @@ pub(super) enum Frame {
 }
 
 /// The queues into one connection's writer: forwarded messages and our own (responses,
-/// REPORTs), both bounded.
+/// REPORTs), both bounded; `interrupt` is signalled when one of ours waits behind a forwarded
+/// chunk, so that its forwarder ends the chunk early (RFC 4975 §7.1.1).
 #[derive(Clone)]
 pub(super) struct Conn {
     pub(super) id: u64,
     pub(super) data: mpsc::Sender<Frame>,
     pub(super) ctrl: mpsc::Sender<Bytes>,
+    pub(super) interrupt: Arc<Notify>,
 }
 
-/// A request forwarded to a side, awaiting its response.
-#[derive(Debug, Clone)]
-pub(super) struct PendingTx {
-    /// Who sent it (where a failure REPORT goes).
-    pub(super) origin: Side,
-    pub(super) message_id: Option<Bytes>,
-    pub(super) range: ByteRange,
-    pub(super) failure_report: FailureReport,
-    pub(super) deadline: Instant,
+/// The [`Transactions`] tag of a request: the side it came from (where a failure REPORT goes).
+pub(super) fn tag(origin: Side) -> u64 {
+    origin.index() as u64
+}
+
+/// The side a [`Transactions`] tag names.
+fn origin(p: &Pending) -> Side {
+    if p.tag == tag(Side::A) {
+        Side::A
+    } else {
+        Side::B
+    }
 }
 
 /// The counters of one leg, per direction (index: the sending side).
@@ -66,14 +71,13 @@ pub struct MsrpLegStats {
 }
 
 pub(crate) struct LegState {
-    pub(super) local: [Bytes; 2],
-    pub(super) local_uri: [Uri; 2],
-    pub(super) peers: Mutex<[Option<MsrpPeer>; 2]>,
+    /// Each side: our URI facing it and its path (empty until its SDP is known).
+    pub(super) sides: Mutex<[relay::Side; 2]>,
     pub(super) conns: [watch::Sender<Option<Conn>>; 2],
     /// Whether each side was ever connected (a request then fails at once when it is gone).
     pub(super) ever: [AtomicBool; 2],
-    /// Requests forwarded to each side, by our transaction id.
-    pub(super) pending: [Mutex<HashMap<Bytes, PendingTx>>; 2],
+    /// Requests forwarded to each side, by our transaction id, tagged with their origin.
+    pub(super) pending: [Mutex<Transactions>; 2],
     pub(super) counters: Counters,
     pub(super) tap: Mutex<Option<Arc<dyn Tap>>>,
     pub(super) closed: watch::Sender<bool>,
@@ -91,35 +95,40 @@ impl LegState {
         *self.closed.borrow()
     }
 
-    /// A failure REPORT (RFC 4975 §7.1.2, §7.3) to `tx.origin` for a request that failed with
-    /// `code`, if its Failure-Report asks for one; counted.
+    /// Side `side` as the relay sees it (our URI, its path).
+    pub(super) fn side(&self, side: Side) -> relay::Side {
+        self.sides.lock()[side.index()].clone()
+    }
+
+    /// The failure REPORT (RFC 4975 §7.1.2, §7.3) to the origin of `p`, a request that failed
+    /// with `code`, if its Failure-Report asks for one (`relay::failure_report`); counted.
     pub(super) fn failure_report(
         &self,
         plane: &Plane,
-        tx: &PendingTx,
+        p: &Pending,
         code: u16,
         tid: Bytes,
-    ) -> Option<Bytes> {
-        if tx.failure_report == FailureReport::No {
+    ) -> Option<(Side, Bytes)> {
+        let to = origin(p);
+        let side = self.side(to);
+        if !side.peer_known() {
             return None;
         }
-        let path = self.peers.lock()[tx.origin.index()].as_ref()?.path.clone();
-        let mut h = Head::new(
-            tid,
-            Kind::Request(Method::Report),
-            path,
-            self.local[tx.origin.index()].clone(),
-        );
-        h.message_id = tx.message_id.clone();
-        h.byte_range = Some(tx.range);
-        h.status = Some(Status {
-            namespace: 0,
-            code,
-            reason: Some(Bytes::from_static(write::reason(code).as_bytes())),
-        });
+        let h = relay::failure_report(p, code, &side, tid)?;
         self.counters.reports.fetch_add(1, Relaxed);
         plane.metrics.reports_generated.fetch_add(1, Relaxed);
-        Some(write::bodyless(&h, &mut BytesMut::new()))
+        Some((to, write::bodyless(&h, &mut BytesMut::new())))
+    }
+
+    /// Sends the failure REPORTs due for ended transactions `outcomes`.
+    pub(super) fn report(&self, plane: &Plane, outcomes: Vec<Outcome>, ids: &mut write::IdGen) {
+        for o in outcomes {
+            if let Outcome::Failed(p, code) = o {
+                if let Some((to, r)) = self.failure_report(plane, &p, code, ids.next_id()) {
+                    self.send_ctrl(to, r);
+                }
+            }
+        }
     }
 
     /// Sends a REPORT of ours to `side` without waiting: dropped (and logged) when its queue is
@@ -142,13 +151,13 @@ pub struct MsrpLeg {
 pub(super) fn open(plane: &Arc<Plane>, a: &Bytes, b: &Bytes) -> Result<MsrpLeg, String> {
     let parse = |v: &Bytes| Uri::parse(v).map_err(|e| e.reason().to_string());
     let local_uri = [parse(a)?, parse(b)?];
+    let sids = local_uri.clone().map(|u| u.session_id().clone());
+    let pending = || Mutex::new(Transactions::new(plane.settings.tx_timeout));
     let state = Arc::new(LegState {
-        local: [a.clone(), b.clone()],
-        local_uri,
-        peers: Mutex::new([None, None]),
+        sides: Mutex::new(local_uri.map(|u| relay::Side::new(u, &[]))),
         conns: [watch::channel(None).0, watch::channel(None).0],
         ever: Default::default(),
-        pending: Default::default(),
+        pending: [pending(), pending()],
         counters: Counters::default(),
         tap: Mutex::new(None),
         closed: watch::channel(false).0,
@@ -156,8 +165,7 @@ pub(super) fn open(plane: &Arc<Plane>, a: &Bytes, b: &Bytes) -> Result<MsrpLeg, 
     });
     {
         let mut routes = plane.routes.lock();
-        for side in [Side::A, Side::B] {
-            let sid = state.local_uri[side.index()].session_id().clone();
+        for (sid, side) in sids.into_iter().zip([Side::A, Side::B]) {
             routes.insert(sid, (Arc::downgrade(&state), side));
         }
     }
@@ -173,11 +181,22 @@ pub(super) fn open(plane: &Arc<Plane>, a: &Bytes, b: &Bytes) -> Result<MsrpLeg, 
 
 impl MsrpLeg {
     /// Where `side` is (from `LegChange::MsrpPeer`); when we are the active party toward it
-    /// and it is not connected, a connection to the first URI of its path is opened.
+    /// and it is not connected, a connection to the first URI of its path is opened. A path
+    /// that does not parse leaves the side unknown: what is sent to it fails (481).
     pub fn set_peer(&self, side: Side, peer: MsrpPeer) {
-        let connect = peer.we_connect;
-        self.state.peers.lock()[side.index()] = Some(peer);
-        if connect
+        let path = match parse_path(&peer.path) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(?side, error = e.reason(), "MSRP peer path ignored");
+                return;
+            }
+        };
+        {
+            let mut sides = self.state.sides.lock();
+            let s = &mut sides[side.index()];
+            *s = relay::Side::new(s.local().clone(), &path);
+        }
+        if peer.we_connect
             && self.state.conn(side).is_none()
             && !self.state.connecting[side.index()].swap(true, Relaxed)
         {
@@ -216,8 +235,8 @@ impl Drop for MsrpLeg {
     fn drop(&mut self) {
         {
             let mut routes = self.plane.routes.lock();
-            for u in &self.state.local_uri {
-                routes.remove(u.session_id());
+            for s in self.state.sides.lock().iter() {
+                routes.remove(s.local().session_id());
             }
         }
         self.state.closed.send_replace(true);

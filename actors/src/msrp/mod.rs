@@ -12,14 +12,16 @@
 //!
 //! A leg is two connections, one per side. For each SEND or REPORT from one side, a
 //! connection's reader rewrites To-Path (the other side's path) and From-Path (our URI facing
-//! it), forwards the head at once and the body slices as they arrive (no whole-message
-//! buffering; chunks longer than [`MsrpSettings::rechunk`] are cut into several with `+` and
-//! their Byte-Range), and answers the sender's transaction hop by hop (RFC 4975 §7.1.2). A
-//! failure downstream (the other side's connection gone, an error response, no response in
-//! [`MsrpSettings::tx_timeout`]) becomes a REPORT to the sender when its Failure-Report asks
-//! for one (§7.1.1). Each connection's writer is fed through bounded queues, so a side that
-//! stops reading stops the reading of the other side: memory per leg stays bounded whatever
-//! the peers do.
+//! it), forwards the head with the first body bytes and the body slices as they arrive (no
+//! whole-message buffering; chunks longer than [`MsrpSettings::rechunk`] are cut into several
+//! with `+` and their Byte-Range), and answers the sender's transaction hop by hop (RFC 4975
+//! §7.1.2). A failure downstream (the other side's connection gone, an error response, no
+//! response in [`MsrpSettings::tx_timeout`]) becomes a REPORT to the sender when its
+//! Failure-Report asks for one (§7.1.1). All of these rules are `cpm_engine::msrp::relay`'s;
+//! this module only moves bytes. Each connection's writer is fed through bounded queues, so a
+//! side that stops reading stops the reading of the other side: memory per leg stays bounded
+//! whatever the peers do. A response or REPORT of ours never waits behind a chunk the other
+//! side is slow to send: that chunk is interrupted with `+` (§7.1.1) and goes on in a new one.
 
 mod conn;
 mod leg;

@@ -12,7 +12,8 @@
 //!
 //! [`Rechunker`] splits the chunks of one side into chunks of at most N bytes for the other side,
 //! with correct Byte-Range and continuation flags (RFC 4975 §7.1.1), forwarding body slices as
-//! they are.
+//! they are; [`Rechunker::interrupt`] ends the open chunk early with `+` so that other messages
+//! (responses, REPORTs) can go out on the connection while the sender's chunk is stalled.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -73,7 +74,8 @@ pub struct Side {
 }
 
 impl Side {
-    /// A side whose endpoint is reached through `peer_path` and which knows us as `local`.
+    /// A side whose endpoint is reached through `peer_path` and which knows us as `local`; an
+    /// empty `peer_path` means the endpoint is not known yet (SDP answer pending).
     pub fn new(local: Uri, peer_path: &[Uri]) -> Side {
         let mut p = BytesMut::with_capacity(64 * peer_path.len().max(1));
         write_path(peer_path, &mut p);
@@ -89,9 +91,19 @@ impl Side {
         &self.local
     }
 
+    /// Our URI on this side as printed (the From-Path of what we send it).
+    pub fn local_bytes(&self) -> &Bytes {
+        &self.local_bytes
+    }
+
     /// The path to the endpoint of this side, as a header value.
     pub fn peer_path(&self) -> &Bytes {
         &self.peer_path
+    }
+
+    /// Whether the endpoint's path is known, so that requests can be sent to this side.
+    pub fn peer_known(&self) -> bool {
+        !self.peer_path.is_empty()
     }
 
     /// Checks that a request received on this side is for us (RFC 4975 §7.3, §6.1 comparison of
@@ -135,14 +147,27 @@ pub struct Pending {
     pub failure_report: FailureReport,
     /// Caller data (e.g. which side the request came from, its transaction id).
     pub tag: u64,
-    deadline: Instant,
+}
+
+impl Pending {
+    /// What a failure REPORT about request `req` needs (RFC 4975 §7.1.2): its Message-ID,
+    /// Byte-Range and Failure-Report; also for a request the anchor could not forward at all.
+    pub fn of(req: &Head, tag: u64) -> Pending {
+        Pending {
+            message_id: req.message_id.clone(),
+            byte_range: req.range(),
+            failure_report: req.failure_report(),
+            tag,
+        }
+    }
 }
 
 /// The anchor's outstanding requests of one side, by its own transaction id, with their
 /// deadlines (time is an input).
 #[derive(Debug)]
 pub struct Transactions {
-    pending: HashMap<Bytes, Pending>,
+    /// By transaction id: the request and its deadline.
+    pending: HashMap<Bytes, (Pending, Instant)>,
     timeout: Duration,
 }
 
@@ -174,13 +199,7 @@ impl Transactions {
         }
         self.pending.insert(
             sent.tid.clone(),
-            Pending {
-                message_id: sent.message_id.clone(),
-                byte_range: sent.range(),
-                failure_report,
-                tag,
-                deadline: now + self.timeout,
-            },
+            (Pending::of(sent, tag), now + self.timeout),
         );
     }
 
@@ -188,7 +207,7 @@ impl Transactions {
     /// not ours: ignore it).
     pub fn on_response(&mut self, resp: &Head) -> Option<Outcome> {
         let code = resp.code()?;
-        let p = self.pending.remove(&resp.tid)?;
+        let (p, _) = self.pending.remove(&resp.tid)?;
         Some(if code < 300 {
             Outcome::Delivered(p)
         } else {
@@ -198,7 +217,7 @@ impl Transactions {
 
     /// The earliest deadline, for the driver's timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending.values().map(|p| p.deadline).min()
+        self.pending.values().map(|(_, d)| *d).min()
     }
 
     /// Ends the transactions whose deadline passed: `Failed(_, 408)` for Failure-Report yes;
@@ -207,13 +226,13 @@ impl Transactions {
         let expired: Vec<Bytes> = self
             .pending
             .iter()
-            .filter(|(_, p)| p.deadline <= now)
+            .filter(|(_, (_, d))| *d <= now)
             .map(|(t, _)| t.clone())
             .collect();
         expired
             .into_iter()
             .filter_map(|t| self.pending.remove(&t))
-            .map(|p| match p.failure_report {
+            .map(|(p, _)| match p.failure_report {
                 FailureReport::Yes => Outcome::Failed(p, 408),
                 _ => Outcome::Delivered(p),
             })
@@ -224,7 +243,7 @@ impl Transactions {
     pub fn fail_all(&mut self, code: u16) -> Vec<Outcome> {
         self.pending
             .drain()
-            .map(|(_, p)| Outcome::Failed(p, code))
+            .map(|(_, (p, _))| Outcome::Failed(p, code))
             .collect()
     }
 
@@ -344,6 +363,23 @@ impl Rechunker {
                 out.push(Piece::Close(Flag::Continues));
                 self.open = None;
             }
+        }
+    }
+
+    /// Whether an outgoing chunk is open (its head sent, its end line not yet).
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    /// Ends the open outgoing chunk now with `+` (RFC 4975 §7.1.1: a sender may interrupt a
+    /// chunk to send other messages); the rest of the incoming chunk goes out in a new chunk
+    /// from the next position. Nothing when no chunk is open.
+    ///
+    /// The interrupted chunk's Byte-Range may have declared a larger end than the bytes it
+    /// carries: the end line is what ends it.
+    pub fn interrupt(&mut self, out: &mut Vec<Piece>) {
+        if self.open.take().is_some() {
+            out.push(Piece::Close(Flag::Continues));
         }
     }
 
@@ -644,6 +680,63 @@ mod tests {
             assert_eq!(got, msg);
             assert_eq!(ends.len(), chunks.len());
         }
+    }
+
+    #[test]
+    fn an_interrupted_chunk_goes_on_in_a_new_chunk() {
+        let mut rc = Rechunker::new(4);
+        let mut out = Vec::new();
+        rc.interrupt(&mut out);
+        assert!(
+            out.is_empty() && !rc.is_open(),
+            "nothing open, nothing to end"
+        );
+        rc.begin(ByteRange::whole(7));
+        rc.push("ab".into(), &mut out);
+        assert!(rc.is_open());
+        rc.interrupt(&mut out);
+        assert!(!rc.is_open());
+        rc.interrupt(&mut out);
+        rc.push("cdefg".into(), &mut out);
+        rc.end(Flag::Complete, &mut out);
+        let r = |start, end| ByteRange {
+            start,
+            end: Some(end),
+            total: Some(7),
+        };
+        assert_eq!(
+            chunks_of(&out),
+            [
+                (r(1, 4), b"ab".to_vec(), Flag::Continues),
+                (r(3, 6), b"cdef".to_vec(), Flag::Continues),
+                (r(7, 7), b"g".to_vec(), Flag::Complete),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_side_without_peer_and_a_refused_request() {
+        let (a, _) = sides();
+        let early = Side::new(a.local().clone(), &[]);
+        assert!(!early.peer_known() && a.peer_known());
+        assert_eq!(
+            early.accept(&first_head(CHUNK1)),
+            Ok(()),
+            "ours before the SDP answer"
+        );
+        assert_eq!(
+            &early.local_bytes()[..],
+            b"msrp://alice.example.com:7777/iau39soe2843z;tcp"
+        );
+        // A request never forwarded still gets its REPORT from what it carried.
+        let h = first_head(CHUNK1);
+        let p = Pending::of(&h, 1);
+        assert_eq!(
+            (p.message_id.clone(), p.byte_range, p.failure_report, p.tag),
+            (h.message_id.clone(), h.range(), FailureReport::Yes, 1)
+        );
+        let rep = failure_report(&p, 481, &a, "rep00003".into()).unwrap();
+        assert_eq!(rep.status.map(|s| s.code), Some(481));
     }
 
     #[test]

@@ -40,6 +40,7 @@ use cpm_engine::store::{
     StoragePolicy, StoreError, StoredMessage, WriteOp, WriteResult,
 };
 
+use crate::charging::MessageEvent;
 use crate::routing;
 use crate::shared::Shared;
 
@@ -365,12 +366,15 @@ impl MessageController {
                     if ok {
                         store_copies(shared, &req, &aor, DeliveryState::Delivered);
                     }
+                    let outcome = if ok { "delivered" } else { "failed" };
+                    charge(shared, &req, &aor, outcome, Some(code));
                     out.push((tx, resp));
                 }
             }
             Origin::Held { aor, row } => {
                 if ok {
                     shared.metrics[self.worker].held_delivered();
+                    charge_held(shared, &row.record, "delivered-held", Some(code));
                     self.finish_held(shared, &aor, &row, DeliveryState::Delivered);
                 } else if unreachable(code) {
                     // The device is not there after all: the rest waits for the next REGISTER.
@@ -380,6 +384,7 @@ impl MessageController {
                     // up on it and tells the sender, if asked).
                     tracing::info!(to = %aor, code, "held message refused by the recipient");
                     shared.metrics[self.worker].held_failed();
+                    charge_held(shared, &row.record, "refused", Some(code));
                     self.finish_held(shared, &aor, &row, DeliveryState::Failed);
                     self.send_failure_imdn(shared, &row.record, now, txn);
                 }
@@ -450,6 +455,7 @@ impl MessageController {
                     // RFC 3428 §7: 202 Accepted, delivered later.
                     if let Some(tx) = tx {
                         store_copies(shared, &req, &aor, DeliveryState::Stored);
+                        charge(shared, &req, &aor, "held", Some(202));
                         out.push((tx, builder::local_response(&req, 202, "Accepted")));
                     }
                     let online = !routing::contacts(shared, &Aor::new(aor.clone()), now).is_empty();
@@ -461,6 +467,7 @@ impl MessageController {
                     tracing::info!(to = %aor, queued, "message refused: the recipient's queue is full");
                     if let Some(tx) = tx {
                         let cap = shared.config.message_user_cap;
+                        charge(shared, &req, &aor, "failed", Some(480));
                         out.push((tx, refused(&req, Refusal::QueueFull { cap })));
                     }
                 }
@@ -493,6 +500,7 @@ impl MessageController {
                     for row in rows {
                         tracing::info!(to = %row.record.recipient, from = %row.record.sender, "held message expired");
                         shared.metrics[self.worker].held_expired();
+                        charge_held(shared, &row.record, "expired", None);
                         if let Ok(held) = cpm_engine::sip::parse(row.record.request.clone()) {
                             set_state(shared, &message_id(&held), DeliveryState::Failed);
                         }
@@ -946,6 +954,38 @@ fn content_of(req: &Message) -> (String, Bytes) {
         }
     }
     (outer, req.body.clone())
+}
+
+/// The charging event of a pager message (CH-x; IMDNs are charged like any message).
+fn charge(shared: &Shared, req: &Message, to: &str, outcome: &'static str, status: Option<u16>) {
+    shared.charging.write_message(MessageEvent {
+        at: SystemTime::now(),
+        call_id: req
+            .call_id()
+            .map(|c| String::from_utf8_lossy(c).into_owned())
+            .unwrap_or_default(),
+        from: req
+            .from()
+            .ok()
+            .and_then(|f| f.uri.aor())
+            .unwrap_or_default(),
+        to: to.to_owned(),
+        size: req.body.len(),
+        outcome,
+        status,
+    });
+}
+
+/// [`charge`] for a held message.
+fn charge_held(
+    shared: &Shared,
+    held: &DeferredMessage,
+    outcome: &'static str,
+    status: Option<u16>,
+) {
+    if let Ok(req) = cpm_engine::sip::parse(held.request.clone()) {
+        charge(shared, &req, &held.recipient, outcome, status);
+    }
 }
 
 /// A relayed IMDN moves the delivery state of the message it is about (RFC 5438 §7).

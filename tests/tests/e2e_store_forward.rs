@@ -93,6 +93,41 @@ fn held_messages_are_delivered_in_order_after_register() {
     bob.reply(&got, 200, "OK");
     assert_status(&alice.await_final(&req, WAIT).expect("final"), 200);
     assert_eq!(cpmd.metric("cpm_messages_held_total"), 3.0);
+    // The message policy's charging events (CH-x): held, delivered when held, delivered.
+    let outcomes = || -> Vec<(String, String)> {
+        cpmd.cdrs()
+            .into_iter()
+            .filter(|r| r["record"] == "event" && r["service"] == "message")
+            .map(|r| {
+                assert_eq!(r["from"], "sip:alice@localhost", "{r}");
+                assert_eq!(r["to"], "sip:bob@localhost", "{r}");
+                (
+                    r["outcome"].as_str().unwrap().to_string(),
+                    r["status"].to_string(),
+                )
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + WAIT;
+    while outcomes().len() < 7 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut got = outcomes();
+    got.sort();
+    let mut want: Vec<(String, String)> = [
+        ("held", "202"),
+        ("held", "202"),
+        ("held", "202"),
+        ("delivered-held", "200"),
+        ("delivered-held", "200"),
+        ("delivered-held", "200"),
+        ("delivered", "200"),
+    ]
+    .iter()
+    .map(|(o, s)| (o.to_string(), s.to_string()))
+    .collect();
+    want.sort();
+    assert_eq!(got, want);
 }
 
 /// A held message stays held until a device answers 2xx: bob's 480 leaves it for his next

@@ -18,6 +18,7 @@
 pub mod call;
 pub mod media;
 pub mod message;
+pub mod msrp;
 pub mod options;
 pub mod register;
 pub mod uas;

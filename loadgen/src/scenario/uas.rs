@@ -7,6 +7,9 @@
 //! the sender ([`crate::stamp`]) gives the delivery latency ([`Quantity::MessageDelivery`]),
 //! measured here, at the receiving side. An INVITE is answered 200 with SDP and its media
 //! handled per [`RtpMode`] ([`Uas::on_invite`]); the call is a session that a BYE ends.
+//! An INVITE offering `m=message TCP/MSRP` is a chat ([`Uas::on_chat_invite`]): answered
+//! `a=setup:active`, the MSRP connection to the offered path runs on a [`Plane`] that answers
+//! and checks every message (`msrp_delivery`, `msrp_messages_*` notes).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -23,6 +26,7 @@ use super::register::{RegFlow, Secrets};
 use super::{Incoming, Outcome, Pattern, Scenario, SessionId, SocketId, SocketKind, NO_SESSION};
 use crate::driver::Ctx;
 use crate::metrics::{Counter, Quantity};
+use crate::msrp::{self as plane, Open, Plane, Role};
 use crate::stamp;
 
 /// What the answering side does with the media of a call (`--rtp`), for the `call` scenario.
@@ -78,6 +82,9 @@ pub struct UasConfig {
     pub payload_len: Option<usize>,
     /// RTP sockets on even ports of this range (default: any free port).
     pub rtp_ports: Option<(u16, u16)>,
+    /// Registrations start after this delay (`--register-after`: what a store-and-forward
+    /// server holds meanwhile is delivered on REGISTER); the side is ready at once.
+    pub register_after: Duration,
 }
 
 /// Timer tokens: `user << 2 | kind`, or for a call [`CALL_TIMER`]` | kind` with the call's
@@ -87,6 +94,7 @@ const UNREGISTER: u64 = 1;
 const CALL_TIMER: u64 = 1 << 63;
 const RETRANSMIT_2XX: u64 = CALL_TIMER;
 const RTP_TICK: u64 = CALL_TIMER | 1;
+const MSRP_POLL: u64 = CALL_TIMER | 2;
 
 /// RFC 3261 §17.1.1.1 T1 and T2: the 2xx is sent again at T1, 2·T1, .. capped at T2 until the
 /// ACK arrives, for 64·T1 at most (§13.3.1.4).
@@ -135,6 +143,24 @@ pub struct Uas {
     calls_ended: u64,
     /// Duplicates and reordering of stamped MESSAGEs.
     delivery: DeliveryCheck,
+    /// The MSRP connections of chats (started at the first chat offer).
+    plane: Option<Plane>,
+    /// Chats (MSRP sessions) answered, by Call-ID: their session and 200.
+    chats: HashMap<Bytes, (SessionId, Message)>,
+    msrp_polling: bool,
+    chats_ended: u64,
+    msrp: MsrpTotals,
+}
+
+/// What the chats received.
+#[derive(Debug, Default, Clone, Copy)]
+struct MsrpTotals {
+    messages: u64,
+    chunks: u64,
+    bytes: u64,
+    duplicates: u64,
+    corrupted: u64,
+    window: Option<(Instant, Instant)>,
 }
 
 /// What a store-and-forward server owes each recipient: every message once and, per recipient,
@@ -181,6 +207,11 @@ impl Uas {
             rtp_pool,
             calls_ended: 0,
             delivery: DeliveryCheck::default(),
+            plane: None,
+            chats: HashMap::new(),
+            msrp_polling: false,
+            chats_ended: 0,
+            msrp: MsrpTotals::default(),
         }
     }
 
@@ -324,6 +355,12 @@ impl Uas {
         if let Some(call) = self.calls.get(&call_id) {
             return ctx.respond(inc.tx, &call.ok);
         }
+        if let Some((_, ok)) = self.chats.get(&call_id) {
+            return ctx.respond(inc.tx, ok);
+        }
+        if super::msrp::chat_media(&inc.request.body).is_some() {
+            return self.on_chat_invite(ctx, inc, call_id);
+        }
         let session = ctx.new_session(true);
         let user = self
             .sockets
@@ -391,6 +428,121 @@ impl Uas {
         self.calls.insert(call_id, call);
     }
 
+    /// An INVITE offering a chat (RFC 4975 §8): 200 with our path and `a=setup:active` when
+    /// the offer lets us connect (`passive`/`actpass`, RFC 6135), and a receiving MSRP
+    /// connection to the first URI of the offered path; 488 otherwise (we never listen).
+    pub fn on_chat_invite(&mut self, ctx: &mut Ctx<'_>, inc: Incoming, call_id: Bytes) {
+        let session = ctx.new_session(true);
+        let user = self
+            .sockets
+            .iter()
+            .position(|(id, _)| *id == inc.socket)
+            .unwrap_or(0);
+        let Some(contact) = self.contact_addr(user) else {
+            return self.refuse(ctx, session, &inc, 500, "Server Internal Error");
+        };
+        let target = super::msrp::chat_media(&inc.request.body).and_then(|(path, setup)| {
+            if !super::msrp::we_may_connect(setup.as_ref()) {
+                return None;
+            }
+            Some((super::msrp::first_hop(&path)?, path))
+        });
+        let Some((connect, to_path)) = target else {
+            return self.refuse(ctx, session, &inc, 488, "Not Acceptable Here");
+        };
+        if self.plane.is_none() {
+            match Plane::spawn(ctx.random_u64()) {
+                Ok(p) => self.plane = Some(p),
+                Err(e) => {
+                    ctx.recorder().note(&format!("msrp: {e}"), 1);
+                    return self.refuse(ctx, session, &inc, 500, "Server Internal Error");
+                }
+            }
+        }
+        let host = match contact.ip() {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        let local = format!("msrp://{host}:9/uas{:x};tcp", session.0);
+        let mut ok = builder::local_response(&inc.request, 200, "OK");
+        for rr in inc.request.headers.get_all(&HeaderName::RecordRoute) {
+            ok.headers.push(HeaderName::RecordRoute, rr.clone());
+        }
+        ok.headers.push(
+            HeaderName::Contact,
+            format!(
+                "<sip:{}@{}>",
+                self.cfg.pattern.expand(user as u64),
+                super::hostport(contact)
+            ),
+        );
+        ok.set_body(
+            super::msrp::chat_sdp(contact.ip(), &local, "active"),
+            Some("application/sdp"),
+        );
+        ctx.respond(inc.tx, &ok);
+        if let Some(p) = &self.plane {
+            p.open(Open {
+                key: session.0,
+                connect,
+                local: Bytes::from(local),
+                to_path,
+                role: Role::Receive,
+            });
+        }
+        self.chats.insert(call_id, (session, ok));
+        if !self.msrp_polling {
+            self.msrp_polling = true;
+            ctx.set_timer(ctx.now() + super::msrp::POLL, NO_SESSION, MSRP_POLL);
+        }
+    }
+
+    /// Reads the chats' MSRP events.
+    fn poll_msrp(&mut self, ctx: &mut Ctx<'_>) {
+        let events = match &self.plane {
+            Some(p) => p.poll_events(10_000),
+            None => Vec::new(),
+        };
+        let now = ctx.now();
+        for ev in events {
+            let plane::Event::Delivered {
+                latency_us,
+                bytes,
+                duplicate,
+                corrupted,
+                chunks,
+                ..
+            } = ev
+            else {
+                continue;
+            };
+            let t = &mut self.msrp;
+            t.messages += 1;
+            t.chunks += chunks;
+            t.bytes += bytes;
+            t.duplicates += u64::from(duplicate);
+            t.corrupted += u64::from(corrupted);
+            t.window = Some(t.window.map_or((now, now), |(a, _)| (a, now)));
+            let rec = ctx.recorder();
+            rec.note("msrp_messages_received", 1);
+            if duplicate {
+                rec.note("msrp_messages_duplicate", 1);
+            }
+            if corrupted {
+                rec.note("msrp_messages_corrupted", 1);
+            }
+            match latency_us {
+                Some(us) => ctx.record(super::msrp::DELIVERY, Duration::from_micros(us)),
+                None => ctx.recorder().note("msrp_messages_without_stamp", 1),
+            }
+        }
+        if self.chats.is_empty() {
+            self.msrp_polling = false;
+        } else {
+            ctx.set_timer(now + super::msrp::POLL, NO_SESSION, MSRP_POLL);
+        }
+    }
+
     fn refuse(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -406,6 +558,17 @@ impl Uas {
 
     /// BYE (RFC 3261 §15.1.2): 200 and the call's end (a success); 481 for no such call.
     fn on_bye(&mut self, ctx: &mut Ctx<'_>, inc: Incoming) {
+        if let Some((session, _)) = inc.request.call_id().and_then(|id| self.chats.remove(id)) {
+            // What is still in flight on the connection is read before it closes.
+            self.poll_msrp(ctx);
+            if let Some(p) = &self.plane {
+                p.close(session.0);
+            }
+            let r = builder::local_response(&inc.request, 200, "OK");
+            ctx.respond(inc.tx, &r);
+            self.chats_ended += 1;
+            return ctx.finish(session, Outcome::Success);
+        }
         let call = inc.request.call_id().and_then(|id| self.calls.remove(id));
         let Some(mut call) = call else {
             let r = builder::local_response(&inc.request, 481, "Call/Transaction Does Not Exist");
@@ -490,7 +653,7 @@ impl Scenario for Uas {
         }
         if self.cfg.register_to.is_some() {
             let rate = self.cfg.register_rate.max(0.001);
-            let t0 = ctx.now();
+            let t0 = ctx.now() + self.cfg.register_after;
             for i in 0..users as usize {
                 let at = t0 + Duration::from_secs_f64(i as f64 / rate);
                 ctx.set_timer(at, NO_SESSION, token(i, REGISTER));
@@ -500,6 +663,9 @@ impl Scenario for Uas {
     }
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, session: SessionId, token: u64) {
+        if token == MSRP_POLL {
+            return self.poll_msrp(ctx);
+        }
         if token & CALL_TIMER != 0 {
             return self.on_call_timer(ctx, session, token);
         }
@@ -619,7 +785,9 @@ impl Scenario for Uas {
     }
 
     fn is_ready(&self) -> bool {
-        self.cfg.register_to.is_none() || self.first_done.iter().all(|&d| d)
+        self.cfg.register_to.is_none()
+            || !self.cfg.register_after.is_zero()
+            || self.first_done.iter().all(|&d| d)
     }
 
     fn on_stop(&mut self, ctx: &mut Ctx<'_>) {
@@ -668,6 +836,29 @@ impl Scenario for Uas {
                 self.calls.len(),
                 self.cfg.rtp
             ));
+        }
+        if self.chats_ended > 0 || !self.chats.is_empty() {
+            let t = &self.msrp;
+            out.push(format!(
+                "chats: {} ended by BYE, {} still up; msrp received {} messages ({} chunks, \
+                 {:.3} MB), {} duplicated, {} corrupted",
+                self.chats_ended,
+                self.chats.len(),
+                t.messages,
+                t.chunks,
+                t.bytes as f64 / 1e6,
+                t.duplicates,
+                t.corrupted
+            ));
+            if let Some((a, b)) = t.window.filter(|(a, b)| b > a) {
+                let secs = (b - a).as_secs_f64();
+                out.push(format!(
+                    "msrp received over {secs:.3} s: {:.0} messages/s, {:.0} chunks/s, {:.2} MB/s",
+                    t.messages as f64 / secs,
+                    t.chunks as f64 / secs,
+                    t.bytes as f64 / 1e6 / secs
+                ));
+            }
         }
         if !self.received.is_empty() {
             let parts: Vec<String> = self

@@ -95,6 +95,10 @@ const CALL_TIMER: u64 = 1 << 63;
 const RETRANSMIT_2XX: u64 = CALL_TIMER;
 const RTP_TICK: u64 = CALL_TIMER | 1;
 const MSRP_POLL: u64 = CALL_TIMER | 2;
+const MSRP_CLOSE: u64 = CALL_TIMER | 3;
+
+/// How long a chat's MSRP connection is read after the BYE, unless the peer closes it first.
+const CHAT_LINGER: Duration = Duration::from_secs(5);
 
 /// RFC 3261 §17.1.1.1 T1 and T2: the 2xx is sent again at T1, 2·T1, .. capped at T2 until the
 /// ACK arrives, for 64·T1 at most (§13.3.1.4).
@@ -148,6 +152,8 @@ pub struct Uas {
     /// Chats (MSRP sessions) answered, by Call-ID: their session and 200.
     chats: HashMap<Bytes, (SessionId, Message)>,
     msrp_polling: bool,
+    /// MSRP connections open (by chat session), read until the peer closes them.
+    msrp_open: HashSet<u64>,
     chats_ended: u64,
     msrp: MsrpTotals,
 }
@@ -210,6 +216,7 @@ impl Uas {
             plane: None,
             chats: HashMap::new(),
             msrp_polling: false,
+            msrp_open: HashSet::new(),
             chats_ended: 0,
             msrp: MsrpTotals::default(),
         }
@@ -491,6 +498,7 @@ impl Uas {
             });
         }
         self.chats.insert(call_id, (session, ok));
+        self.msrp_open.insert(session.0);
         if !self.msrp_polling {
             self.msrp_polling = true;
             ctx.set_timer(ctx.now() + super::msrp::POLL, NO_SESSION, MSRP_POLL);
@@ -505,16 +513,23 @@ impl Uas {
         };
         let now = ctx.now();
         for ev in events {
-            let plane::Event::Delivered {
-                latency_us,
-                bytes,
-                duplicate,
-                corrupted,
-                chunks,
-                ..
-            } = ev
-            else {
-                continue;
+            let (latency_us, bytes, duplicate, corrupted, chunks) = match ev {
+                plane::Event::Delivered {
+                    latency_us,
+                    bytes,
+                    duplicate,
+                    corrupted,
+                    chunks,
+                    ..
+                } => (latency_us, bytes, duplicate, corrupted, chunks),
+                plane::Event::Closed { key, error } => {
+                    self.msrp_open.remove(&key);
+                    if let Some(e) = error.filter(|e| e != "closed by the peer") {
+                        ctx.recorder().note(&format!("msrp: {e}"), 1);
+                    }
+                    continue;
+                }
+                _ => continue,
             };
             let t = &mut self.msrp;
             t.messages += 1;
@@ -536,7 +551,7 @@ impl Uas {
                 None => ctx.recorder().note("msrp_messages_without_stamp", 1),
             }
         }
-        if self.chats.is_empty() {
+        if self.chats.is_empty() && self.msrp_open.is_empty() {
             self.msrp_polling = false;
         } else {
             ctx.set_timer(now + super::msrp::POLL, NO_SESSION, MSRP_POLL);
@@ -559,11 +574,9 @@ impl Uas {
     /// BYE (RFC 3261 §15.1.2): 200 and the call's end (a success); 481 for no such call.
     fn on_bye(&mut self, ctx: &mut Ctx<'_>, inc: Incoming) {
         if let Some((session, _)) = inc.request.call_id().and_then(|id| self.chats.remove(id)) {
-            // What is still in flight on the connection is read before it closes.
-            self.poll_msrp(ctx);
-            if let Some(p) = &self.plane {
-                p.close(session.0);
-            }
+            // The connection stays: what is still in flight on it is read until the relay
+            // closes it (cpmd does when the session ends), or for CHAT_LINGER at most.
+            ctx.set_timer(ctx.now() + CHAT_LINGER, session, MSRP_CLOSE);
             let r = builder::local_response(&inc.request, 200, "OK");
             ctx.respond(inc.tx, &r);
             self.chats_ended += 1;
@@ -665,6 +678,12 @@ impl Scenario for Uas {
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, session: SessionId, token: u64) {
         if token == MSRP_POLL {
             return self.poll_msrp(ctx);
+        }
+        if token == MSRP_CLOSE {
+            if let Some(p) = &self.plane {
+                p.close(session.0);
+            }
+            return;
         }
         if token & CALL_TIMER != 0 {
             return self.on_call_timer(ctx, session, token);
@@ -808,7 +827,7 @@ impl Scenario for Uas {
     }
 
     fn is_idle(&self) -> bool {
-        self.unregister_pending == 0 && self.active.is_empty()
+        self.unregister_pending == 0 && self.active.is_empty() && self.msrp_open.is_empty()
     }
 
     fn summary_lines(&self) -> Vec<String> {

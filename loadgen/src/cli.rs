@@ -58,6 +58,8 @@ CLIENT OPTIONS (call, options, register, message, msrp):
   --size BYTES           msrp: bytes per message, send stamp included [100]
   --chunk BYTES          msrp: bytes per chunk at most [4096; 65536 with --file]
   --file BYTES           msrp: one message of BYTES per session (a file transfer)
+  --relay HOST:PORT      msrp: authenticate at this RFC 4976 relay (AUTH) and put it in our
+                         path (Kamailio's msrp module; the uas needs --msrp-relay too)
   --receiver ADDR:PORT   message: run a receiving uas in this process (registered at --target
                          unless --target is omitted or equal), so one run reports delivery
   --password PW          register: digest password of every user
@@ -82,6 +84,7 @@ UAS OPTIONS:
   --duration SECS        stop after this long [until SIGINT/SIGTERM]
   --register-after SECS  register the users only after this delay (a store-and-forward server
                          holds what comes before and delivers it on REGISTER)
+  --msrp-relay HOST:PORT chats: authenticate at this RFC 4976 relay and put it in our path
   (an INVITE with an m=message TCP/MSRP offer is answered a=setup:active: the uas connects to
   the offered path, answers every SEND 200 and checks each message's stamp and bytes)
 
@@ -186,6 +189,8 @@ pub struct ClientArgs {
     pub expect: Vec<u16>,
     /// `--messages`, `--size`, `--chunk`, `--file` (msrp).
     pub msrp: crate::msrp::Load,
+    /// `--relay` (msrp): an RFC 4976 relay to authenticate at, unresolved.
+    pub relay: Option<String>,
     /// `--password`.
     pub password: Option<String>,
     /// `--users-file`.
@@ -231,6 +236,8 @@ pub struct UasArgs {
     pub duration: Option<Duration>,
     /// `--register-after`.
     pub register_after: Duration,
+    /// `--msrp-relay`: the RFC 4976 relay chats authenticate at, unresolved.
+    pub msrp_relay: Option<String>,
     /// Common options.
     pub common: Common,
 }
@@ -372,6 +379,7 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
         content_type: "text/plain".into(),
         receiver: None,
         expect: Vec::new(),
+        relay: None,
         msrp: crate::msrp::Load {
             messages: 10,
             size: 100,
@@ -429,6 +437,7 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
             "--size" if kind == ScenarioKind::Msrp => a.msrp.size = num(&k, &v)?,
             "--chunk" if kind == ScenarioKind::Msrp => chunk = Some(num(&k, &v)?),
             "--file" if kind == ScenarioKind::Msrp => file = Some(num(&k, &v)?),
+            "--relay" if kind == ScenarioKind::Msrp => a.relay = Some(v),
             "--receiver" if kind == ScenarioKind::Message => {
                 a.receiver = Some(num(&k, &v)?);
             }
@@ -491,6 +500,7 @@ fn parse_uas(args: &[String]) -> Result<UasArgs, String> {
         rtp_ports: None,
         duration: None,
         register_after: Duration::ZERO,
+        msrp_relay: None,
         common: Common::default(),
     };
     for (k, v) in pairs(args)? {
@@ -514,6 +524,7 @@ fn parse_uas(args: &[String]) -> Result<UasArgs, String> {
             }
             "--duration" => a.duration = Some(secs(&k, &v)?),
             "--register-after" => a.register_after = secs(&k, &v)?,
+            "--msrp-relay" => a.msrp_relay = Some(v),
             "--codec" => {
                 a.codecs = v
                     .split(',')

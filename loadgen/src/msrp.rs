@@ -13,6 +13,12 @@
 //! back). A [`Role::Receive`] connection binds, answers every SEND 200, and checks every
 //! message: contiguous byte ranges, the stamp, the padding, the total; each whole message is
 //! an [`Event::Delivered`] with its latency from the stamp.
+//!
+//! Through an RFC 4976 relay that is not a media anchor (Kamailio's `msrp` module) a client
+//! first authenticates: [`Plane::auth`] connects to the relay and sends AUTH with our URI (the
+//! connection's own address, so that the relay reaches us on it); the 200's Use-Path followed
+//! by our URI is the path to put in the SDP ([`Event::Authed`]). Once the peer's path is known,
+//! [`Plane::start`] gives the connection its role.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{self, IoSlice, Read, Write};
@@ -139,6 +145,14 @@ pub enum Event {
         /// Chunks it came in.
         chunks: u64,
     },
+    /// The AUTH of [`Plane::auth`] ended: our whole path (the relay's Use-Path, then our URI)
+    /// or why not.
+    Authed {
+        /// The key.
+        key: u64,
+        /// The path to announce in SDP, or the error.
+        path: Result<Bytes, String>,
+    },
     /// A receiving connection ended (closed by the peer, or failed).
     Closed {
         /// The [`Open::key`].
@@ -150,6 +164,15 @@ pub enum Event {
 
 enum Command {
     Open(Open),
+    Auth {
+        key: u64,
+        relay: SocketAddr,
+    },
+    Start {
+        key: u64,
+        to_path: Bytes,
+        role: Role,
+    },
     Close(u64),
     Shutdown,
 }
@@ -188,6 +211,7 @@ impl Plane {
                     buf: BytesMut::new(),
                     read_buf: BytesMut::new(),
                     ready: VecDeque::new(),
+                    in_ready: HashSet::new(),
                 };
                 if let Err(e) = l.run() {
                     tracing::warn!(error = %e, "msrp thread ended");
@@ -204,6 +228,17 @@ impl Plane {
     /// Opens a connection.
     pub fn open(&self, open: Open) {
         self.send(Command::Open(open));
+    }
+
+    /// Connects to the RFC 4976 relay at `relay` and authenticates there (AUTH, §5.1); an
+    /// [`Event::Authed`] tells the path to announce.
+    pub fn auth(&self, key: u64, relay: SocketAddr) {
+        self.send(Command::Auth { key, relay });
+    }
+
+    /// Gives the authenticated connection of `key` its role toward the peer at `to_path`.
+    pub fn start(&self, key: u64, to_path: Bytes, role: Role) {
+        self.send(Command::Start { key, to_path, role });
     }
 
     /// Closes the connections of `key` (e.g. at BYE).
@@ -275,8 +310,28 @@ struct Receiver {
 }
 
 enum State {
+    /// Authenticating at a relay (the AUTH's transaction id), or waiting for its role.
+    Idle(Option<Bytes>),
     Send(Box<Sender>),
     Receive(Receiver),
+}
+
+impl State {
+    fn of(role: Role) -> State {
+        match role {
+            Role::Send(load) => State::Send(Box::new(Sender {
+                load,
+                next_seq: 0,
+                current: None,
+                waiting: HashMap::new(),
+                unanswered: HashMap::new(),
+                sent: Sent::default(),
+                bound: false,
+                done: false,
+            })),
+            Role::Receive => State::Receive(Receiver::default()),
+        }
+    }
 }
 
 struct Conn {
@@ -302,6 +357,8 @@ struct Loop {
     buf: BytesMut,
     read_buf: BytesMut,
     ready: VecDeque<usize>,
+    /// The connections in `ready`.
+    in_ready: HashSet<usize>,
 }
 
 impl Loop {
@@ -324,10 +381,10 @@ impl Loop {
                     continue;
                 }
                 let t = ev.token().0;
-                if ev.is_readable() || ev.is_read_closed() || ev.is_error() {
-                    if !self.ready.contains(&t) {
-                        self.ready.push_back(t);
-                    }
+                if (ev.is_readable() || ev.is_read_closed() || ev.is_error())
+                    && self.in_ready.insert(t)
+                {
+                    self.ready.push_back(t);
                 }
                 touched.push(t);
             }
@@ -335,6 +392,8 @@ impl Loop {
             loop {
                 match self.commands.try_recv() {
                     Ok(Command::Open(o)) => self.open(o),
+                    Ok(Command::Auth { key, relay }) => self.auth(key, relay),
+                    Ok(Command::Start { key, to_path, role }) => self.start(key, to_path, role),
                     Ok(Command::Close(key)) => self.close_key(key),
                     Ok(Command::Shutdown) | Err(mpsc::TryRecvError::Disconnected) => return Ok(()),
                     Err(mpsc::TryRecvError::Empty) => break,
@@ -346,6 +405,8 @@ impl Loop {
                 };
                 if self.read(t) {
                     self.ready.push_back(t);
+                } else {
+                    self.in_ready.remove(&t);
                 }
                 touched.push(t);
             }
@@ -375,19 +436,7 @@ impl Loop {
             queued: 0,
             local: o.local.clone(),
             to_path: o.to_path.clone(),
-            state: match o.role {
-                Role::Send(load) => State::Send(Box::new(Sender {
-                    load,
-                    next_seq: 0,
-                    current: None,
-                    waiting: HashMap::new(),
-                    unanswered: HashMap::new(),
-                    sent: Sent::default(),
-                    bound: false,
-                    done: false,
-                })),
-                Role::Receive => State::Receive(Receiver::default()),
-            },
+            state: State::of(o.role),
         };
         if let Err(e) = self.poll.registry().register(
             &mut conn.stream,
@@ -396,7 +445,12 @@ impl Loop {
         ) {
             return self.failed_open(&o, format!("register: {e}"));
         }
-        // The empty SEND that binds the connection at the peer (RFC 4975 §5.4, §7.1.1).
+        self.bind(&mut conn);
+        self.conns.insert(token, conn);
+    }
+
+    /// Queues the empty SEND that binds the connection at the peer (RFC 4975 §5.4, §7.1.1).
+    fn bind(&mut self, conn: &mut Conn) {
         let mut h = Head::new(
             self.ids.next_id(),
             Kind::Request(Method::Send),
@@ -410,7 +464,84 @@ impl Loop {
             s.unanswered.insert(h.tid.clone(), u64::MAX);
         }
         conn.push(bind);
+    }
+
+    /// Connects to a relay and sends AUTH (RFC 4976 §5.1) with our URI: the connection's own
+    /// address, which the relay reaches us on.
+    fn auth(&mut self, key: u64, relay: SocketAddr) {
+        let fail = |l: &Loop, e: String| {
+            let _ = l.events.send(Event::Authed { key, path: Err(e) });
+        };
+        let mut stream = match TcpStream::connect(relay) {
+            Ok(s) => s,
+            Err(e) => return fail(self, format!("connect {relay}: {e}")),
+        };
+        let local = match stream.local_addr() {
+            Ok(a) => a,
+            Err(e) => return fail(self, format!("local address: {e}")),
+        };
+        let token = self.next_token;
+        self.next_token += 1;
+        if let Err(e) = self.poll.registry().register(
+            &mut stream,
+            Token(token),
+            Interest::READABLE | Interest::WRITABLE,
+        ) {
+            return fail(self, format!("register: {e}"));
+        }
+        let uri = |a: SocketAddr, sid: &[u8]| {
+            Bytes::from(format!(
+                "msrp://{a}{}{};tcp",
+                if sid.is_empty() { "" } else { "/" },
+                String::from_utf8_lossy(sid)
+            ))
+        };
+        let local = uri(local, &self.ids.next_id());
+        let h = Head::new(
+            self.ids.next_id(),
+            Kind::Request(Method::Auth),
+            uri(relay, b""),
+            local.clone(),
+        );
+        let mut conn = Conn {
+            key,
+            stream,
+            connected: false,
+            opened: Instant::now(),
+            parser: Parser::new(Limits::default()),
+            out: VecDeque::new(),
+            queued: 0,
+            local,
+            to_path: Bytes::new(),
+            state: State::Idle(Some(h.tid.clone())),
+        };
+        conn.push(write::bodyless(&h, &mut self.buf));
         self.conns.insert(token, conn);
+    }
+
+    /// Gives the idle connection of `key` its role toward `to_path`.
+    fn start(&mut self, key: u64, to_path: Bytes, role: Role) {
+        let Some(t) = self
+            .conns
+            .iter()
+            .find(|(_, c)| c.key == key && matches!(c.state, State::Idle(None)))
+            .map(|(t, _)| *t)
+        else {
+            let _ = self.events.send(Event::Done {
+                key,
+                sent: Sent::default(),
+                error: Some("no authenticated connection".into()),
+            });
+            return;
+        };
+        let Some(mut conn) = self.conns.remove(&t) else {
+            return;
+        };
+        conn.to_path = to_path;
+        conn.state = State::of(role);
+        self.bind(&mut conn);
+        self.conns.insert(t, conn);
+        self.progress(t);
     }
 
     fn failed_open(&self, o: &Open, error: String) {
@@ -535,6 +666,10 @@ impl Loop {
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let ev = match conn.state {
+            State::Idle(Some(_)) => Event::Authed {
+                key: conn.key,
+                path: Err(error.unwrap_or_else(|| "closed during AUTH".into())),
+            },
             State::Send(s) if s.done => return,
             State::Send(mut s) => {
                 s.sent.messages_failed +=
@@ -545,7 +680,7 @@ impl Loop {
                     error: Some(error.unwrap_or_else(|| "closed before the end".into())),
                 }
             }
-            State::Receive(_) => Event::Closed {
+            State::Receive(_) | State::Idle(None) => Event::Closed {
                 key: conn.key,
                 error,
             },
@@ -645,6 +780,30 @@ impl Conn {
                             });
                         }
                     }
+                }
+            }
+            (Kind::Response { code, .. }, State::Idle(auth)) => {
+                if auth.as_ref() != Some(&h.tid) {
+                    return Ok(());
+                }
+                *auth = None;
+                let path = match (&h.use_path, code) {
+                    (Some(p), 200) => {
+                        let mut v = BytesMut::from(&p[..]);
+                        v.extend_from_slice(b" ");
+                        v.extend_from_slice(&self.local);
+                        Ok(v.freeze())
+                    }
+                    (None, 200) => Err("AUTH 200 without Use-Path".to_string()),
+                    _ => Err(format!("AUTH answered {code}")),
+                };
+                let failed = path.is_err();
+                let _ = events.send(Event::Authed {
+                    key: self.key,
+                    path,
+                });
+                if failed {
+                    return Err("AUTH failed".into());
                 }
             }
             (Kind::Response { .. }, State::Receive(_)) => {}

@@ -226,6 +226,7 @@ pub fn run_uas(a: &UasArgs) -> Result<Report, String> {
         payload_len: a.payload_len,
         rtp_ports: a.rtp_ports,
         register_after: a.register_after,
+        msrp_relay: a.msrp_relay.as_deref().map(resolve).transpose()?,
     };
     let cpu_before = sys::cpu_used();
     let users = a.users;
@@ -342,6 +343,7 @@ pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
                 payload_len: None,
                 rtp_ports: None,
                 register_after: Duration::ZERO,
+                msrp_relay: None,
             };
             Some(Receiver::start(cfg, seed ^ 0x5eed, start)?)
         }
@@ -381,6 +383,7 @@ pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
             MsrpConfig {
                 load: a.msrp,
                 hold: a.hold,
+                relay: a.relay.as_deref().map(resolve).transpose()?,
             },
         )),
         ScenarioKind::Register => Box::new(Register::new(

@@ -251,6 +251,7 @@ fn uas_config(listen: SocketAddr, users: u64, register_to: Option<SocketAddr>) -
         payload_len: None,
         rtp_ports: None,
         register_after: Duration::ZERO,
+        msrp_relay: None,
     }
 }
 

@@ -79,6 +79,11 @@ fn messages_to_offline_users_are_stored_then_delivered_once_in_order() {
         "messages_out_of_order",
         "messages_without_stamp",
     ] {
-        assert!(r["counters"][bad].is_null(), "{bad}: {r:#}");
+        assert!(
+            r["counters"][bad].is_null(),
+            "{bad}: receiver {}\nsender {}",
+            r["counters"],
+            v["counters"]
+        );
     }
 }

@@ -10,6 +10,11 @@
 //! timer. Measures: `msrp_message` (first chunk queued → 200 of the last, per message) here;
 //! `msrp_delivery` (stamp → last byte) at the receiving `uas`. The summary prints messages/s,
 //! chunks/s and MB/s over the transfer window (first chunk → last 200).
+//!
+//! With `--relay HOST:PORT` (an RFC 4976 relay that is not a media anchor, e.g. Kamailio's
+//! `msrp` module) each session first authenticates at the relay (AUTH), offers the relay's
+//! Use-Path followed by our URI as its path, and sends to the answer's path over the same
+//! connection; the `uas` does the same with its `--msrp-relay` (perf/reference/README.md).
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -46,10 +51,15 @@ pub struct MsrpConfig {
     pub load: Load,
     /// Time between the last 200 and the BYE.
     pub hold: Duration,
+    /// The RFC 4976 relay both sides authenticate at (`--relay`); `None`: the SDP answer's
+    /// path is connected to directly (cpmd's anchor).
+    pub relay: Option<SocketAddr>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
 enum State {
+    /// AUTH at the relay in progress; the INVITE follows (session number `n`).
+    Authing(u64),
     Inviting,
     Sending,
     Holding,
@@ -180,6 +190,22 @@ impl MsrpScenario {
             }
             Some((first_hop(path)?, path.clone()))
         });
+        if self.cfg.relay.is_some() {
+            // Both sides are connected to the relay already: the answer's path is the To-Path.
+            match media {
+                Some((path, _)) => {
+                    if let Some(p) = &self.plane {
+                        p.start(session.0, path, Role::Send(self.cfg.load));
+                    }
+                    self.totals.first.get_or_insert(ctx.now());
+                }
+                None => {
+                    leg.failure = Some("answer without an m=message path".into());
+                    return self.hang_up(ctx, session);
+                }
+            }
+            return self.ensure_polling(ctx);
+        }
         let Some((connect, to_path)) = open else {
             leg.failure = Some(match media {
                 None => "answer without an m=message path".into(),
@@ -198,9 +224,55 @@ impl MsrpScenario {
             });
         }
         self.totals.first.get_or_insert(ctx.now());
+        self.ensure_polling(ctx);
+    }
+
+    fn ensure_polling(&mut self, ctx: &mut Ctx<'_>) {
         if !self.polling {
             self.polling = true;
             ctx.set_timer(ctx.now() + POLL, NO_SESSION, POLL_TOKEN);
+        }
+    }
+
+    /// Sends the INVITE of session `n` offering `path` (ours, or the relay's then ours).
+    fn invite(&mut self, ctx: &mut Ctx<'_>, session: SessionId, n: u64, path: &str) {
+        let Some((socket, local)) = self.socket else {
+            return ctx.finish(session, Outcome::Failure("no socket".into()));
+        };
+        let uri = self.target.to_uri(n);
+        let call_id = ctx.new_call_id();
+        let mut invite = RequestSpec {
+            method: Method::Invite,
+            uri: &uri,
+            via: local,
+            from: &self.target.from_uri(n),
+            to: &uri,
+            call_id: &call_id,
+            cseq: 1,
+        }
+        .build(ctx);
+        invite.headers.push(
+            HeaderName::Contact,
+            format!("<sip:loadgen@{}>", super::hostport(local)),
+        );
+        invite.set_body(
+            chat_sdp(local.ip(), path, "active"),
+            Some("application/sdp"),
+        );
+        self.legs.insert(
+            session,
+            Leg {
+                state: State::Inviting,
+                invite: invite.clone(),
+                invite_sent: ctx.now(),
+                ack: None,
+                bye: None,
+                failure: None,
+            },
+        );
+        self.by_call_id.insert(Bytes::from(call_id), session);
+        if let Err(e) = ctx.send_request(session, socket, invite, self.target.addr) {
+            self.end(ctx, session, Outcome::Failure(e.reason()));
         }
     }
 
@@ -229,6 +301,17 @@ impl MsrpScenario {
         for ev in events {
             match ev {
                 Event::Acked { rtt, .. } => ctx.record(MESSAGE_RTT, rtt),
+                Event::Authed { key, path } => {
+                    let session = SessionId(key);
+                    let Some(State::Authing(n)) = self.legs.get(&session).map(|l| &l.state) else {
+                        continue;
+                    };
+                    let n = *n;
+                    match path {
+                        Ok(p) => self.invite(ctx, session, n, &String::from_utf8_lossy(&p)),
+                        Err(e) => self.end(ctx, session, Outcome::Failure(format!("msrp: {e}"))),
+                    }
+                }
                 Event::Done { key, sent, error } => {
                     let session = SessionId(key);
                     self.totals.sent.messages_ok += sent.messages_ok;
@@ -257,7 +340,10 @@ impl MsrpScenario {
                 Event::Delivered { .. } | Event::Closed { .. } => {}
             }
         }
-        let sending = self.legs.values().any(|l| l.state == State::Sending);
+        let sending = self
+            .legs
+            .values()
+            .any(|l| matches!(l.state, State::Sending | State::Authing(_)));
         if sending {
             ctx.set_timer(ctx.now() + POLL, NO_SESSION, POLL_TOKEN);
         } else {
@@ -296,43 +382,34 @@ impl Scenario for MsrpScenario {
     }
 
     fn start(&mut self, ctx: &mut Ctx<'_>, session: SessionId, n: u64) {
-        let Some((socket, local)) = self.socket else {
+        let Some((_, local)) = self.socket else {
             return ctx.finish(session, Outcome::Failure("no socket".into()));
         };
-        let uri = self.target.to_uri(n);
-        let call_id = ctx.new_call_id();
-        let mut invite = RequestSpec {
-            method: Method::Invite,
-            uri: &uri,
-            via: local,
-            from: &self.target.from_uri(n),
-            to: &uri,
-            call_id: &call_id,
-            cseq: 1,
+        if let (Some(relay), Some(p)) = (self.cfg.relay, &self.plane) {
+            p.auth(session.0, relay);
+            self.legs.insert(
+                session,
+                Leg {
+                    state: State::Authing(n),
+                    invite: Message {
+                        start: cpm_engine::sip::StartLine::Request {
+                            method: Method::Invite,
+                            uri: Bytes::new(),
+                            version: Bytes::from_static(b"SIP/2.0"),
+                        },
+                        headers: cpm_engine::sip::Headers::new(),
+                        body: Bytes::new(),
+                    },
+                    invite_sent: ctx.now(),
+                    ack: None,
+                    bye: None,
+                    failure: None,
+                },
+            );
+            return self.ensure_polling(ctx);
         }
-        .build(ctx);
-        invite.headers.push(
-            HeaderName::Contact,
-            format!("<sip:loadgen@{}>", super::hostport(local)),
-        );
         let path = local_uri(local.ip(), session);
-        let sdp = chat_sdp(local.ip(), &String::from_utf8_lossy(&path), "active");
-        invite.set_body(sdp, Some("application/sdp"));
-        self.legs.insert(
-            session,
-            Leg {
-                state: State::Inviting,
-                invite: invite.clone(),
-                invite_sent: ctx.now(),
-                ack: None,
-                bye: None,
-                failure: None,
-            },
-        );
-        self.by_call_id.insert(Bytes::from(call_id), session);
-        if let Err(e) = ctx.send_request(session, socket, invite, self.target.addr) {
-            self.end(ctx, session, Outcome::Failure(e.reason()));
-        }
+        self.invite(ctx, session, n, &String::from_utf8_lossy(&path));
     }
 
     fn on_response(

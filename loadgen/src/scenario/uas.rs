@@ -85,6 +85,8 @@ pub struct UasConfig {
     /// Registrations start after this delay (`--register-after`: what a store-and-forward
     /// server holds meanwhile is delivered on REGISTER); the side is ready at once.
     pub register_after: Duration,
+    /// The RFC 4976 relay chats authenticate at (`--msrp-relay`).
+    pub msrp_relay: Option<SocketAddr>,
 }
 
 /// Timer tokens: `user << 2 | kind`, or for a call [`CALL_TIMER`]` | kind` with the call's
@@ -154,8 +156,21 @@ pub struct Uas {
     msrp_polling: bool,
     /// MSRP connections open (by chat session), read until the peer closes them.
     msrp_open: HashSet<u64>,
+    /// Chat offers waiting for our AUTH at the relay, by session.
+    pending_chats: HashMap<u64, PendingChat>,
     chats_ended: u64,
     msrp: MsrpTotals,
+}
+
+/// A chat offer being answered.
+#[derive(Debug)]
+struct PendingChat {
+    inc: Incoming,
+    call_id: Bytes,
+    /// The offered path (our To-Path).
+    to_path: Bytes,
+    /// Where our connection goes (the path's first hop, or the relay).
+    connect: SocketAddr,
 }
 
 /// What the chats received.
@@ -217,6 +232,7 @@ impl Uas {
             chats: HashMap::new(),
             msrp_polling: false,
             msrp_open: HashSet::new(),
+            pending_chats: HashMap::new(),
             chats_ended: 0,
             msrp: MsrpTotals::default(),
         }
@@ -437,25 +453,22 @@ impl Uas {
 
     /// An INVITE offering a chat (RFC 4975 §8): 200 with our path and `a=setup:active` when
     /// the offer lets us connect (`passive`/`actpass`, RFC 6135), and a receiving MSRP
-    /// connection to the first URI of the offered path; 488 otherwise (we never listen).
+    /// connection to the first URI of the offered path; 488 otherwise (we never listen). With
+    /// `--msrp-relay` the 200 waits for our AUTH at the relay (RFC 4976 §5.1), whose Use-Path
+    /// heads our path, and the connection to the relay carries the chat.
     pub fn on_chat_invite(&mut self, ctx: &mut Ctx<'_>, inc: Incoming, call_id: Bytes) {
         let session = ctx.new_session(true);
-        let user = self
-            .sockets
-            .iter()
-            .position(|(id, _)| *id == inc.socket)
-            .unwrap_or(0);
-        let Some(contact) = self.contact_addr(user) else {
-            return self.refuse(ctx, session, &inc, 500, "Server Internal Error");
-        };
-        let target = super::msrp::chat_media(&inc.request.body).and_then(|(path, setup)| {
-            if !super::msrp::we_may_connect(setup.as_ref()) {
-                return None;
-            }
-            Some((super::msrp::first_hop(&path)?, path))
-        });
-        let Some((connect, to_path)) = target else {
+        let Some((to_path, setup)) = super::msrp::chat_media(&inc.request.body) else {
             return self.refuse(ctx, session, &inc, 488, "Not Acceptable Here");
+        };
+        let connect = match self.cfg.msrp_relay {
+            Some(relay) => relay,
+            None => match super::msrp::first_hop(&to_path)
+                .filter(|_| super::msrp::we_may_connect(setup.as_ref()))
+            {
+                Some(a) => a,
+                None => return self.refuse(ctx, session, &inc, 488, "Not Acceptable Here"),
+            },
         };
         if self.plane.is_none() {
             match Plane::spawn(ctx.random_u64()) {
@@ -466,11 +479,56 @@ impl Uas {
                 }
             }
         }
+        self.msrp_open.insert(session.0);
+        self.ensure_msrp_polling(ctx);
+        let chat = PendingChat {
+            inc,
+            call_id,
+            to_path,
+            connect,
+        };
+        if self.cfg.msrp_relay.is_some() {
+            if let Some(p) = &self.plane {
+                p.auth(session.0, connect);
+            }
+            self.pending_chats.insert(session.0, chat);
+            return;
+        }
+        let Some(contact) = self.contact_addr(self.user_of(chat.inc.socket)) else {
+            return self.refuse(ctx, session, &chat.inc, 500, "Server Internal Error");
+        };
         let host = match contact.ip() {
             IpAddr::V4(a) => a.to_string(),
             IpAddr::V6(a) => format!("[{a}]"),
         };
         let local = format!("msrp://{host}:9/uas{:x};tcp", session.0);
+        self.answer_chat(ctx, session, chat, Ok(Bytes::from(local)));
+    }
+
+    fn user_of(&self, socket: SocketId) -> usize {
+        self.sockets
+            .iter()
+            .position(|(id, _)| *id == socket)
+            .unwrap_or(0)
+    }
+
+    /// Answers a chat offer with our `path` (or 500 when there is none) and starts receiving.
+    fn answer_chat(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        session: SessionId,
+        chat: PendingChat,
+        path: Result<Bytes, String>,
+    ) {
+        let user = self.user_of(chat.inc.socket);
+        let (Some(contact), Ok(path)) = (self.contact_addr(user), path) else {
+            self.msrp_open.remove(&session.0);
+            if let Some(p) = &self.plane {
+                p.close(session.0);
+            }
+            return self.refuse(ctx, session, &chat.inc, 500, "Server Internal Error");
+        };
+        let inc = chat.inc;
         let mut ok = builder::local_response(&inc.request, 200, "OK");
         for rr in inc.request.headers.get_all(&HeaderName::RecordRoute) {
             ok.headers.push(HeaderName::RecordRoute, rr.clone());
@@ -484,21 +542,27 @@ impl Uas {
             ),
         );
         ok.set_body(
-            super::msrp::chat_sdp(contact.ip(), &local, "active"),
+            super::msrp::chat_sdp(contact.ip(), &String::from_utf8_lossy(&path), "active"),
             Some("application/sdp"),
         );
         ctx.respond(inc.tx, &ok);
         if let Some(p) = &self.plane {
-            p.open(Open {
-                key: session.0,
-                connect,
-                local: Bytes::from(local),
-                to_path,
-                role: Role::Receive,
-            });
+            if self.cfg.msrp_relay.is_some() {
+                p.start(session.0, chat.to_path, Role::Receive);
+            } else {
+                p.open(Open {
+                    key: session.0,
+                    connect: chat.connect,
+                    local: path,
+                    to_path: chat.to_path,
+                    role: Role::Receive,
+                });
+            }
         }
-        self.chats.insert(call_id, (session, ok));
-        self.msrp_open.insert(session.0);
+        self.chats.insert(chat.call_id, (session, ok));
+    }
+
+    fn ensure_msrp_polling(&mut self, ctx: &mut Ctx<'_>) {
         if !self.msrp_polling {
             self.msrp_polling = true;
             ctx.set_timer(ctx.now() + super::msrp::POLL, NO_SESSION, MSRP_POLL);
@@ -522,6 +586,15 @@ impl Uas {
                     chunks,
                     ..
                 } => (latency_us, bytes, duplicate, corrupted, chunks),
+                plane::Event::Authed { key, path } => {
+                    if let Some(chat) = self.pending_chats.remove(&key) {
+                        if let Err(e) = &path {
+                            ctx.recorder().note(&format!("msrp: {e}"), 1);
+                        }
+                        self.answer_chat(ctx, SessionId(key), chat, path);
+                    }
+                    continue;
+                }
                 plane::Event::Closed { key, error } => {
                     self.msrp_open.remove(&key);
                     if let Some(e) = error.filter(|e| e != "closed by the peer") {
@@ -551,7 +624,7 @@ impl Uas {
                 None => ctx.recorder().note("msrp_messages_without_stamp", 1),
             }
         }
-        if self.chats.is_empty() && self.msrp_open.is_empty() {
+        if self.chats.is_empty() && self.msrp_open.is_empty() && self.pending_chats.is_empty() {
             self.msrp_polling = false;
         } else {
             ctx.set_timer(now + super::msrp::POLL, NO_SESSION, MSRP_POLL);

@@ -319,7 +319,19 @@ impl MsrpScenario {
                     self.totals.sent.chunks += sent.chunks;
                     self.totals.sent.chunks_ok += sent.chunks_ok;
                     self.totals.sent.bytes_ok += sent.bytes_ok;
-                    self.totals.last = Some(ctx.now());
+                    // The totals as notes too (the JSON's counters): the window's growth in µs.
+                    let now = ctx.now();
+                    let since = self.totals.last.or(self.totals.first).unwrap_or(now);
+                    self.totals.last = Some(now.max(since));
+                    let rec = ctx.recorder();
+                    rec.note("msrp_messages_ok", sent.messages_ok);
+                    rec.note("msrp_messages_failed", sent.messages_failed);
+                    rec.note("msrp_chunks_ok", sent.chunks_ok);
+                    rec.note("msrp_bytes_ok", sent.bytes_ok);
+                    rec.note(
+                        "msrp_window_us",
+                        now.saturating_duration_since(since).as_micros() as u64,
+                    );
                     let Some(leg) = self.legs.get_mut(&session) else {
                         continue;
                     };

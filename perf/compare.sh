@@ -24,7 +24,7 @@
 # Options:
 #   --rate N [call 20, else 500]  --count N [call 200, else 5000]  --hold SECS [5]
 #   --users N [100]  --targets "..."
-#   --file BYTES [1048576] --chunk BYTES [32768] --messages M [200] --size BYTES [100]   msrp
+#   --file BYTES [1048576] --chunk BYTES [8192] --messages M [200] --size BYTES [100]   msrp
 #   --ptime MS [20]    call: one RTP packet every MS each way (cpm-loadgen --ptime, rtp-pairs --pps)
 #   --load-args "..."  more arguments of the load client (cpm-loadgen SCENARIO; split on spaces)
 #   --uas-args "..."   more arguments of the answering cpm-loadgen uas
@@ -56,7 +56,7 @@ SCENARIO="${1:-}"
 [[ -n "$SCENARIO" && "$SCENARIO" != -* ]] || usage
 shift
 RATE="" COUNT="" HOLD=5 USERS=100 OUT="" BUILD=1 TARGETS="" BIN="${BIN:-}" PTIME=20 LOAD_ARGS="" UAS_ARGS=""
-TASKSET="" MSRP_FILE=1048576 MSRP_CHUNK=32768 MSRP_MESSAGES=200 MSRP_SIZE=100
+TASKSET="" MSRP_FILE=1048576 MSRP_CHUNK=8192 MSRP_MESSAGES=200 MSRP_SIZE=100
 while (($#)); do
     case "$1" in
     --rate) RATE=$2; shift 2 ;;

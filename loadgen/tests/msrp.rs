@@ -106,3 +106,98 @@ fn a_one_megabyte_file_per_session_through_cpmd() {
     assert_eq!(note(&s, "msrp_messages_corrupted"), 0, "{s:#}");
     assert_eq!(note(&s, "msrp_messages_duplicate"), 0, "{s:#}");
 }
+
+/// Kamailio's msrp module as the relay (perf/reference/kamailio-msrp/ctl.sh), stopped on drop.
+struct KamailioMsrp {
+    dir: TempDir,
+}
+
+/// Its TCP port on 127.0.0.1 (fixed: one test uses it).
+const KAMAILIO_MSRP_PORT: u16 = 46857;
+
+impl KamailioMsrp {
+    fn ctl(&self, cmd: &str) -> std::process::Output {
+        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../perf/reference/kamailio-msrp/ctl.sh");
+        std::process::Command::new(script)
+            .arg(cmd)
+            .env("REF_DIR", self.dir.path())
+            .env("MSRP_PORT", KAMAILIO_MSRP_PORT.to_string())
+            .output()
+            .expect("run ctl.sh")
+    }
+
+    fn start() -> KamailioMsrp {
+        let k = KamailioMsrp {
+            dir: TempDir::new(),
+        };
+        let out = k.ctl("start");
+        assert!(out.status.success(), "ctl.sh start: {out:?}");
+        k
+    }
+}
+
+impl Drop for KamailioMsrp {
+    fn drop(&mut self) {
+        let _ = self.ctl("stop");
+    }
+}
+
+/// The RFC 4976 mode: both ends AUTH at Kamailio's relay and put its Use-Path in their SDP
+/// paths; the SIP goes straight to the uas; every chunk crosses Kamailio.
+#[test]
+#[ignore = "needs kamailio"]
+fn chat_and_files_through_kamailio_msrp_relay() {
+    let kam = KamailioMsrp::start();
+    let relay = format!("127.0.0.1:{KAMAILIO_MSRP_PORT}");
+    let dir = TempDir::new();
+    let (client, server) = (dir.path().join("c.json"), dir.path().join("s.json"));
+    let uas = Uas::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--msrp-relay",
+        &relay,
+        "--users",
+        "2",
+        "--duration",
+        "100",
+        "--json",
+        server.to_str().unwrap(),
+    ]);
+    let target = uas.addr.to_string();
+    for (args, messages) in [
+        (
+            &["--messages", "25", "--size", "3000", "--chunk", "1024"][..],
+            4 * 25,
+        ),
+        (&["--file", "1048576", "--chunk", "8192"][..], 4),
+    ] {
+        let mut all = vec![
+            "msrp",
+            "--target",
+            &target,
+            "--relay",
+            &relay,
+            "--users",
+            "2",
+            "--rate",
+            "10",
+            "--count",
+            "4",
+            "--json",
+            client.to_str().unwrap(),
+        ];
+        all.extend_from_slice(args);
+        let out = run(&all, T);
+        assert_eq!(out.code, 0, "{out:?}\n{:?}", kam.ctl("status"));
+        let c = json(&client);
+        assert_all_succeeded(&c, "msrp", 4);
+        assert_eq!(note(&c, "msrp_messages_ok"), messages, "{c:#}");
+    }
+    let u = uas.stop();
+    assert_eq!(u.code, 0, "{u:?}");
+    let s = json(&server);
+    assert_eq!(note(&s, "msrp_messages_received"), 4 * 25 + 4, "{s:#}");
+    assert_eq!(note(&s, "msrp_messages_duplicate"), 0, "{s:#}");
+    assert_eq!(note(&s, "msrp_messages_corrupted"), 0, "{s:#}");
+}

@@ -1,5 +1,5 @@
 //! The MSRP endpoints of a run (RFC 4975) on a thread of their own: non-blocking TCP on one
-//! `mio` poll, framing with the engine's [`Parser`] and [`write`] (no second MSRP codec).
+//! `mio` poll, framing with the engine's [`Parser`] and [`write`](mod@write) (no second MSRP codec).
 //!
 //! The SIP side of a session stays in the [`Driver`](crate::driver::Driver); once the SDP says
 //! where to connect, the scenario hands the [`Plane`] an [`Open`] and later reads the

@@ -250,6 +250,8 @@ fn uas_config(listen: SocketAddr, users: u64, register_to: Option<SocketAddr>) -
         codecs: crate::scenario::media::fixed_rate_codecs(),
         payload_len: None,
         rtp_ports: None,
+        register_after: Duration::ZERO,
+        msrp_relay: None,
     }
 }
 

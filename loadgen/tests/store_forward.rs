@@ -44,8 +44,10 @@ fn messages_to_offline_users_are_stored_then_delivered_once_in_order() {
             &target,
             "--users",
             "3",
+            // 150 ms between two messages to one user: the order cpmd stores them in (its
+            // workers take them as they come, each on its own Call-ID) is the order sent.
             "--rate",
-            "100",
+            "20",
             "--count",
             "60",
             "--expect",

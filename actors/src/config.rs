@@ -75,6 +75,9 @@ pub struct Config {
     pub message_expiry: u64,
     /// Most MESSAGEs held for one user (`--message-user-cap`); more get 480 with a Warning.
     pub message_user_cap: usize,
+    /// Which messages go to network storage for a user who set nothing
+    /// (`--storage-default all|none|on-request`).
+    pub storage_default: StorageDefault,
     /// Largest pager-mode MESSAGE body in bytes (`--message-max-size`, large message mode of
     /// RFC 3428 §7 / CPM); larger ones get 413 and are to be sent over MSRP.
     pub message_max_size: usize,
@@ -146,8 +149,32 @@ impl Default for Config {
             message_expiry: 72 * 3600,
             message_user_cap: 1000,
             message_max_size: 1300,
+            storage_default: StorageDefault(cpm_engine::store::StoragePolicy::All),
             api_tokens: None,
         }
+    }
+}
+
+/// A storage policy by name (`all`, `none`, `on-request`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct StorageDefault(pub cpm_engine::store::StoragePolicy);
+
+impl std::str::FromStr for StorageDefault {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        cpm_engine::store::StoragePolicy::parse(s)
+            .map(StorageDefault)
+            .ok_or_else(|| "expected all, none or on-request".to_string())
+    }
+}
+
+impl TryFrom<String> for StorageDefault {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
     }
 }
 
@@ -317,6 +344,8 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --message-user-cap N      most MESSAGEs held per user, more get 480 [default: 1000]
   --message-max-size BYTES  largest pager-mode body; larger gets 413 (send it over MSRP,
                             large message mode) [default: 1300]
+  --storage-default POLICY  network storage of users who set nothing: all, none, or
+                            on-request (X-CPM-Store: yes) [default: all]
   --api-tokens FILE         bearer tokens of the HTTP API /api/v1 (`user token` per line);
                             the API also takes digest with --users-file [default: none]
   -h, --help                this text
@@ -417,6 +446,7 @@ impl Config {
             "message-expiry" => self.message_expiry = parse(key, value)?,
             "message-user-cap" => self.message_user_cap = parse(key, value)?,
             "message-max-size" => self.message_max_size = parse(key, value)?,
+            "storage-default" => self.storage_default = parse(key, value)?,
             "api-tokens" => self.api_tokens = Some(PathBuf::from(value)),
             _ => return Err(ConfigError::UnknownFlag(format!("--{key}"))),
         }
@@ -509,6 +539,7 @@ mod tests {
                 "media-ip" => "10.0.0.1",
                 "media-ports" => "40000-40099",
                 "codecs" => "PCMA,opus/48000/2",
+                "storage-default" => "on-request",
                 "domain" | "data-dir" | "log" | "users-file" | "realm" | "api-tokens" => "x",
                 _ => "7",
             };

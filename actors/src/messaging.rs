@@ -872,7 +872,8 @@ fn message_id(req: &Message) -> String {
 }
 
 /// Network storage (CM-5, the message policy's storage decision): a copy of a pager message
-/// for each local party whose settings keep it: "all", or "on request" when the sender asked
+/// for each local party whose settings (or `--storage-default`, for a user who set none) keep
+/// it: "all", or "on request" when the sender asked
 /// ([`STORE_REQUEST_HEADER`]). IMDNs are delivery states, not messages: never stored. The
 /// copy holds the content (the inner one of a CPIM message).
 fn store_copies(shared: &Shared, req: &Message, recipient: &str, state: DeliveryState) {
@@ -892,7 +893,7 @@ fn store_copies(shared: &Shared, req: &Message, recipient: &str, state: Delivery
             .read()
             .get(owner)
             .map(|s| s.storage)
-            .unwrap_or_default();
+            .unwrap_or(shared.config.storage_default.0);
         match policy {
             StoragePolicy::All => true,
             StoragePolicy::OnRequest => requested,

@@ -51,7 +51,7 @@ pub struct Shared {
     /// second REGISTER elsewhere does not deliver them twice, and new messages for them queue
     /// behind the held ones (order kept); the flag: more were held since the run's last read.
     pub delivering: Mutex<HashMap<String, bool>>,
-    /// Every user's storage settings that differ from the defaults, by AOR: the message
+    /// Every user's explicit storage settings (set through the API), by AOR: the message
     /// controller's network-storage decision reads it; loaded from storage at startup, and
     /// updated by whoever writes a user's settings (the HTTP API) once the write committed.
     pub settings: RwLock<HashMap<String, UserSettings>>,

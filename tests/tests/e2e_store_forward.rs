@@ -405,6 +405,26 @@ fn pager_messages_are_kept_in_network_storage() {
     assert_eq!(stored_copies(&cpmd), want);
 }
 
+/// With `--storage-default none`, users who set nothing get no network-storage copies; the
+/// message is still held and delivered.
+#[test]
+fn storage_default_none_keeps_no_copies() {
+    let cpmd = Cpmd::spawn(&["--storage-default", "none"]);
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
+    assert_eq!(send_text(&mut alice, "bob", "not kept"), 202);
+    let mut bob = Ua::udp(cpmd.sip_addr()).user("bob");
+    assert_status(&bob.register(300), 200);
+    let got = next_message(&mut bob, "held");
+    assert_eq!(body_text(&got), "not kept");
+    bob.reply(&got, 200, "OK");
+    cpmd.wait_metric(
+        "cpm_messages_held_done_total{outcome=\"delivered\"}",
+        WAIT,
+        |v| v == 1.0,
+    );
+    assert_eq!(stored_copies(&cpmd), vec![]);
+}
+
 /// With `--store-and-forward false` cpmd is a plain proxy: 480 for an offline user.
 #[test]
 fn store_and_forward_can_be_off() {

@@ -534,15 +534,25 @@ async fn delete_contact(api: Api, owner: Owner, q: web::Query<UriParam>) -> Repl
     Ok(HttpResponse::NoContent().finish())
 }
 
+/// The user's settings as in force: `Shared::settings` (loaded from storage at startup and
+/// updated after every committed PUT) or, for a user who set none, the server's defaults
+/// (`--storage-default`).
 async fn get_settings(api: Api, owner: Owner) -> Reply {
-    match api.read(ReadQuery::Settings { owner: owner.0 }).await? {
-        ReadResult::Settings(s) => Ok(HttpResponse::Ok().json(SettingsIo::from(s))),
-        other => Err(unexpected(&other)),
-    }
+    let settings = api
+        .shared
+        .settings
+        .read()
+        .get(&owner.0)
+        .copied()
+        .unwrap_or(UserSettings {
+            storage: api.shared.config.storage_default.0,
+            record_sessions: false,
+        });
+    Ok(HttpResponse::Ok().json(SettingsIo::from(settings)))
 }
 
 /// Stores the settings, then (on the writer thread, in commit order, so two quick PUTs leave
-/// the cache as the database) updates `Shared::settings`, which holds non-default ones only.
+/// the cache as the database) updates `Shared::settings`, which holds every explicit setting.
 async fn put_settings(api: Api, owner: Owner, body: web::Json<SettingsIo>) -> Reply {
     let storage = StoragePolicy::parse(&body.storage).ok_or_else(|| {
         ApiError::BadRequest("storage must be one of all, none, on-request".into())
@@ -558,12 +568,7 @@ async fn put_settings(api: Api, owner: Owner, body: web::Json<SettingsIo>) -> Re
         settings,
     };
     api.write_then(op, move |_| {
-        let mut cache = shared.settings.write();
-        if settings == UserSettings::default() {
-            cache.remove(&aor);
-        } else {
-            cache.insert(aor, settings);
-        }
+        shared.settings.write().insert(aor, settings);
     })
     .await?;
     Ok(HttpResponse::Ok().json(SettingsIo::from(settings)))

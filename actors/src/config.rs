@@ -300,6 +300,7 @@ const KEYS: &[&str] = &[
     "message-expiry",
     "message-user-cap",
     "message-max-size",
+    "storage-default",
     "api-tokens",
 ];
 

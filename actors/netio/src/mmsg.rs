@@ -308,6 +308,32 @@ pub(super) fn disconnect(socket: &UdpSocket) -> io::Result<()> {
     }
 }
 
+/// Raises the soft limit of open descriptors to the hard limit and returns the new soft limit.
+pub(super) fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the local value the pointer refers to.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    if lim.rlim_cur < lim.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: lim.rlim_max,
+            rlim_max: lim.rlim_max,
+        };
+        // SAFETY: setrlimit only reads the local, initialised rlimit the pointer refers to.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        lim = raised;
+    }
+    // rlim_t is u32 on some 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    Ok(u64::from(lim.rlim_cur))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,11 +36,11 @@ pub struct MediaConfig {
     pub timeout: Option<Duration>,
     /// SO_RCVBUF and SO_SNDBUF of each relay socket, in bytes.
     pub socket_buffer: usize,
-    /// With strict source, `connect()` a socket to the source it latched: about 8% less CPU
-    /// per relayed packet, but packets from other sources are then dropped by the kernel and
-    /// not counted as [`super::DropReason::WrongSource`], and so are a new source's packets
-    /// until a changed SDP address reached the loop. Needs explicit ports (a socket bound to
-    /// port 0 loses its port when disconnected). Off by default.
+    /// `connect()` an RTP socket to the source it latched, with a catch-all socket on the
+    /// same port for every other source ([`cpm_netio::BatchSocket::open_catch_all`]): the
+    /// kernel then finds the latched source's socket by its 4-tuple and sends without a route
+    /// lookup; strangers are still counted ([`super::DropReason::WrongSource`]) or latch again.
+    /// Costs a second descriptor per connected port. On by default.
     pub connect_latched: bool,
 }
 
@@ -53,6 +53,15 @@ impl Default for MediaConfig {
 }
 
 impl MediaConfig {
+    /// The options of each relay socket.
+    fn socket_config(&self) -> SocketConfig {
+        SocketConfig {
+            recv_buffer: self.socket_buffer,
+            send_buffer: self.socket_buffer,
+            ..SocketConfig::default()
+        }
+    }
+
     /// The media settings of the server configuration.
     pub fn from_config(c: &Config) -> MediaConfig {
         MediaConfig {
@@ -60,7 +69,7 @@ impl MediaConfig {
             strict_source: c.media_strict_source,
             timeout: c.media_timeout(),
             socket_buffer: 256 << 10,
-            connect_latched: false,
+            connect_latched: true,
         }
     }
 }
@@ -172,7 +181,16 @@ impl MediaPlane {
         // Unbounded: commands are control traffic (a few per call), and a close sent from a
         // Drop must never be refused.
         let (tx, rx) = crossbeam::channel::unbounded();
-        let (strict, connect) = (config.strict_source, config.connect_latched);
+        let socket_config = config.socket_config();
+        let strict = config.strict_source;
+        let connect = config.connect_latched.then_some(socket_config);
+        if config.connect_latched {
+            // A connected port holds two sockets: give the process all the descriptors it may.
+            match cpm_netio::raise_fd_limit() {
+                Ok(n) => tracing::debug!(worker, limit = n, "open file limit"),
+                Err(e) => tracing::debug!(worker, error = %e, "cannot raise the open file limit"),
+            }
+        }
         let thread = std::thread::Builder::new()
             .name(format!("cpm-media-{worker}"))
             .spawn(move || {
@@ -208,11 +226,7 @@ impl MediaPlane {
     /// starts relaying at once. On a bind failure the sockets already bound are closed and the
     /// port that failed is named, so the caller can pick another.
     pub fn open_leg(&self, spec: &LegSpec) -> Result<LegHandle, OpenError> {
-        let socket_config = SocketConfig {
-            recv_buffer: self.inner.config.socket_buffer,
-            send_buffer: self.inner.config.socket_buffer,
-            ..SocketConfig::default()
-        };
+        let socket_config = self.inner.config.socket_config();
         let ip = self.inner.config.ip;
         let bind = |port: u16| {
             let s = BatchSocket::bind_with(SocketAddr::new(ip, port), socket_config)

@@ -184,7 +184,7 @@ pub struct SessionActor {
     timer: Option<(Instant, SpawnHandle)>,
     ended: bool,
     /// The stop record, written once the legs are closed and their last figures known.
-    stop_record: Option<ChargingRecord>,
+    stop_record: Option<Box<ChargingRecord>>,
 }
 
 impl SessionActor {
@@ -228,7 +228,7 @@ impl SessionActor {
                 | Action::SendAck { .. } => out.push(action),
                 Action::Timer(at) => self.arm(at, ctx),
                 Action::Charging(record) if record.kind == ChargingKind::Stop => {
-                    self.stop_record = Some(*record)
+                    self.stop_record = Some(record)
                 }
                 Action::Charging(record) => self.charge(*record),
                 Action::Ended(reason) => {
@@ -474,7 +474,7 @@ impl Actor for SessionActor {
         // Whatever stopped the actor, its media goes back (legs stop, ports return), and a
         // stop record not written yet is written with the figures at hand.
         if let Some(record) = self.stop_record.take() {
-            self.charge(record);
+            self.charge(*record);
         }
         self.release_media();
     }

@@ -85,7 +85,8 @@ pub(crate) struct OpenLeg {
 pub(crate) struct RelayLoop {
     poll: Poll,
     commands: Receiver<Command>,
-    legs: Vec<Option<Leg>>,
+    /// Boxed: the table grows by doubling, and a free slot then costs a pointer, not a leg.
+    legs: Vec<Option<Box<Leg>>>,
     free: Vec<usize>,
     index: HashMap<LegId, usize>,
     batch: BytesBatch,
@@ -293,7 +294,7 @@ impl RelayLoop {
 
     fn leg_mut(&mut self, id: LegId) -> Option<&mut Leg> {
         let slot = *self.index.get(&id)?;
-        self.legs.get_mut(slot)?.as_mut()
+        self.legs.get_mut(slot)?.as_deref_mut()
     }
 
     fn open(&mut self, o: OpenLeg) {
@@ -301,7 +302,13 @@ impl RelayLoop {
             self.legs.push(None);
             self.legs.len() - 1
         });
-        let leg = Leg::new(o.id, o.sockets, o.shared, o.clock_rate, self.connect);
+        let leg = Box::new(Leg::new(
+            o.id,
+            o.sockets,
+            o.shared,
+            o.clock_rate,
+            self.connect,
+        ));
         let registry = self.poll.registry();
         for (k, s) in leg.sockets.iter().enumerate() {
             let Some(s) = s else { continue };

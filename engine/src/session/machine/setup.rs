@@ -60,6 +60,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
             self.rollback_setup_offer();
             return self.reject_setup(480, "Temporarily Unavailable", Headers::new(), now);
         }
+        self.branches.reserve_exact(contacts.len());
         for peer in contacts {
             self.fork(peer, body.as_ref());
         }
@@ -296,8 +297,8 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         if code >= 600 {
             self.cancel_branches();
         }
-        if better(&resp, self.best.as_ref()) {
-            self.best = Some(resp);
+        if better(&resp, self.best.as_deref()) {
+            self.best = Some(Box::new(resp));
         }
     }
 
@@ -310,9 +311,10 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         if self.phase != Phase::Setup || self.winner.is_some() || !decided {
             return;
         }
-        let best = self.best.take().unwrap_or_else(|| {
-            response_to_with_tag(&self.a_invite, 480, "Temporarily Unavailable", None)
-        });
+        let best = self.best.take().map_or_else(
+            || response_to_with_tag(&self.a_invite, 480, "Temporarily Unavailable", None),
+            |b| *b,
+        );
         let r = self.to_a(&best);
         let code = r.status().unwrap_or(480);
         self.rollback_setup_offer();

@@ -42,7 +42,7 @@ mkdir -p "$OUT"
 RELAY=""
 trap '[[ -n "$RELAY" ]] && kill "$RELAY" 2>/dev/null || true' EXIT
 
-cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { print s + 0 }'; }
+cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
 
 one() { # target run
     local t=$1 log="$OUT/$1.$2"
@@ -71,10 +71,10 @@ one() { # target run
     kill -INT "$RELAY" 2>/dev/null || true
     wait "$RELAY" 2>/dev/null || true
     RELAY=""
-    awk -v t="$t" -v r="$2" -v c="$((c1 - c0))" -v load="$load" -v rc="$rc" '
+    awk -v t="$t" -v r="$2" -v c0="$c0" -v c1="$c1" -v load="$load" -v rc="$rc" '
         /^rtp-pairs:/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
         END { printf "run %d %-17s us/pkt %5.2f  received %8d  lost %d  owd p50/p99 us %5d/%6d  load %s%s\n",
-              r, t, c / 1000 / (v["received"] > 0 ? v["received"] : 1), v["received"], v["lost"],
+              r, t, (c1 - c0) / 1000 / (v["received"] > 0 ? v["received"] : 1), v["received"], v["lost"],
               v["owd_p50_us"], v["owd_p99_us"], load, rc ? "  (rtp-pairs exit " rc ")" : "" }' \
         "$log.load" | tee -a "$OUT/result.txt"
 }

@@ -295,8 +295,13 @@ impl BatchSocket {
     fn send_chunk<B: AsRef<[u8]>>(&self, chunk: &[(SocketAddr, B)]) -> io::Result<usize> {
         // One datagram: a plain send is cheaper than building an mmsghdr array.
         #[cfg(target_os = "linux")]
-        if self.batching == Batching::Mmsg && chunk.len() > 1 {
-            return mmsg::send(&self.socket, self.peer, chunk);
+        if self.batching == Batching::Mmsg {
+            return match chunk {
+                [(dest, data)] => {
+                    mmsg::send_one(&self.socket, self.peer, dest, data.as_ref()).map(|_| 1)
+                }
+                _ => mmsg::send(&self.socket, self.peer, chunk),
+            };
         }
         send_loop(&self.socket, self.peer, chunk)
     }

@@ -4,7 +4,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cpm_engine::rtp::{self, rtcp, ReceiverStats};
@@ -12,6 +12,12 @@ use cpm_netio::{BatchSocket, BytesBatch, SocketConfig, MAX_BATCH};
 
 use super::stats::{DropReason, LegShared, Published, Tally};
 use super::{LegId, Side};
+
+/// How long a leg's counts may wait in the loop before they are added to its shared counters:
+/// the shared line is a cache miss per write (touched once per packet interval), so writing it
+/// once per a few packets instead of per packet saves most of that (about 60 ns per packet).
+/// Snapshots, the once-a-second publish and the close add them at once.
+pub(crate) const COUNT_FLUSH: Duration = Duration::from_millis(100);
 
 /// Index of a leg's socket: A RTP, A RTCP, B RTP, B RTCP.
 pub(crate) fn socket_index(side: Side, rtcp: bool) -> usize {
@@ -91,6 +97,10 @@ pub(crate) struct Leg {
     /// RTP reception, per sending side.
     rtp: [ReceiverStats; 2],
     pub shared: Arc<LegShared>,
+    /// Counts per sending side not yet added to `shared` (see [`COUNT_FLUSH`]).
+    counts: [Tally; 2],
+    /// When `counts` go to `shared` at the latest (on the next batch after it).
+    flush_at: Instant,
     /// Something arrived since the last publish.
     pub dirty: bool,
     /// Connect RTP sockets to the source they latched, with catch-alls of these settings
@@ -119,6 +129,8 @@ impl Leg {
                 ReceiverStats::new(clock_rate),
             ],
             shared,
+            counts: Default::default(),
+            flush_at: Instant::now(),
             dirty: false,
             connect,
             relatched: 0,
@@ -351,6 +363,26 @@ impl Leg {
         if socket.peer() != Some(source) {
             if let Err(e) = socket.connect(source) {
                 tracing::debug!(leg = %self.id, error = %e, "connect to the latched source failed");
+            }
+        }
+    }
+
+    /// Adds a batch's tally from `side` to the leg's counts, and these to the shared counters
+    /// when [`COUNT_FLUSH`] has passed since they were last.
+    pub fn count(&mut self, side: Side, tally: &Tally, now: Instant) {
+        self.counts[side.index()].add(tally);
+        if now >= self.flush_at {
+            self.flush_counts();
+            self.flush_at = now + COUNT_FLUSH;
+        }
+    }
+
+    /// Adds the counts waiting in the loop to the shared counters.
+    pub fn flush_counts(&mut self) {
+        for side in [Side::A, Side::B] {
+            let t = std::mem::take(&mut self.counts[side.index()]);
+            if !t.is_empty() {
+                self.shared.apply(side, &t);
             }
         }
     }

@@ -49,7 +49,7 @@
 //! descriptors; the plane raises `RLIMIT_NOFILE` to its hard limit at start.
 //!
 //! **Counters** (see [`stats`]): packets, bytes and drops by reason are single-writer atomics,
-//! always current; RTP loss/jitter and latched addresses are published once per second and on
+//! at most 100 ms behind while packets flow (a second once they stop); RTP loss/jitter and latched addresses are published once per second and on
 //! demand ([`LegHandle::snapshot`]). Every leg also feeds its worker's Prometheus counters
 //! ([`crate::metrics::MediaMetrics`]).
 //!

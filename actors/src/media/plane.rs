@@ -326,8 +326,9 @@ impl LegHandle {
         })
     }
 
-    /// The figures now: packet, byte and drop counts are current; RTP loss and jitter and the
-    /// latched addresses are as the loop last published them (at most a second old).
+    /// The figures now: packet, byte and drop counts at most 100 ms behind while packets flow
+    /// (a second once they stop); RTP loss and jitter and the latched addresses as the loop
+    /// last published them (at most a second old).
     pub fn stats(&self) -> LegStats {
         self.shared.stats()
     }

@@ -241,7 +241,7 @@ impl RelayLoop {
                 &mut self.out,
                 &mut tally,
             );
-            leg.shared.apply(side, &tally);
+            leg.count(side, &tally, now);
             let m = &self.metrics.media;
             bump(&m.packets, tally.packets);
             bump(&m.bytes, tally.bytes);
@@ -282,6 +282,7 @@ impl RelayLoop {
                 Ok(Command::Close { id, reply }) => self.close(id, reply),
                 Ok(Command::Snapshot { id, reply }) => {
                     if let Some(leg) = self.leg_mut(id) {
+                        leg.flush_counts();
                         leg.shared.publish(leg.published());
                         let _ = reply.send(leg.shared.stats());
                     }
@@ -340,9 +341,10 @@ impl RelayLoop {
             self.relay_from(slot, k, now);
         }
         self.index.remove(&id);
-        let Some(leg) = self.legs.get_mut(slot).and_then(Option::take) else {
+        let Some(mut leg) = self.legs.get_mut(slot).and_then(Option::take) else {
             return;
         };
+        leg.flush_counts();
         self.free.push(slot);
         deregister(&self.poll, &leg);
         let m = &self.metrics.media;
@@ -366,6 +368,7 @@ impl RelayLoop {
     fn publish_dirty(&mut self) {
         for leg in self.legs.iter_mut().flatten() {
             if leg.dirty {
+                leg.flush_counts();
                 leg.shared.publish(leg.published());
                 leg.dirty = false;
             }

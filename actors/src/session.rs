@@ -174,13 +174,52 @@ struct Leg {
     kind: MediaKind,
 }
 
+/// A session's relayed streams by id: one or two, so a short list (a hash map of one entry
+/// reserves four).
+#[derive(Default)]
+struct Legs(Vec<(StreamId, Leg)>);
+
+impl Legs {
+    fn get(&self, stream: &StreamId) -> Option<&Leg> {
+        self.0.iter().find(|(s, _)| s == stream).map(|(_, l)| l)
+    }
+
+    fn remove(&mut self, stream: &StreamId) -> Option<Leg> {
+        let i = self.0.iter().position(|(s, _)| s == stream)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    /// Adds a stream's leg, replacing (and so stopping) one it had.
+    fn insert(&mut self, stream: StreamId, leg: Leg) {
+        self.remove(&stream);
+        self.0.reserve_exact(1);
+        self.0.push((stream, leg));
+    }
+
+    fn drain(&mut self) -> std::vec::IntoIter<(StreamId, Leg)> {
+        std::mem::take(&mut self.0).into_iter()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&StreamId, &Leg)> {
+        self.0.iter().map(|(s, l)| (s, l))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Leg> {
+        self.0.iter().map(|(_, l)| l)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// One 1-to-1 session.
 pub struct SessionActor {
     key: SessionKey,
     worker: Recipient<FromSession>,
     session: Session<MediaRelay, NoPolicy>,
     env: Rc<SessionEnv>,
-    legs: HashMap<StreamId, Leg>,
+    legs: Legs,
     timer: Option<(Instant, SpawnHandle)>,
     ended: bool,
     /// The stop record, written once the legs are closed and their last figures known.
@@ -206,7 +245,7 @@ impl SessionActor {
             worker,
             session,
             env,
-            legs: HashMap::new(),
+            legs: Legs::default(),
             timer: None,
             ended: false,
             stop_record: None,

@@ -208,6 +208,9 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         let peer = self.branches[i].peer.clone();
         let id = self.branches[i].id;
         let seq = self.branches[i].invite.cseq().map_or(1, |c| c.seq);
+        // The winner's INVITE is not read again (its dialog and ACK are made): its header
+        // list goes, as an idle session's memory is a goal (issue 4).
+        self.branches[i].invite.headers = Headers::new();
         self.peers[Side::B.index()] = Some(peer.clone());
         self.dialogs[Side::B.index()] = Some(dialog);
         let late = match self.offer {

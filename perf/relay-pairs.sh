@@ -12,8 +12,8 @@
 #   cpmd-unconnected   the same with --connect false (every datagram filtered in user space)
 # The relay is pinned to core RELAY_CORE [1], rtp-pairs to LOAD_CORE [0]. The relay's CPU is
 # the sum over its threads of /proc/PID/task/*/schedstat (ns on a CPU) from just before the load
-# to its end, divided by the packets it relayed (rtp-pairs' received count: each packet crosses
-# the relay once). Prints one line per target and run with the load average, then the medians
+# to its end, divided by the packets it relayed (its own tx_packets count; the forwarder's
+# includes one latch packet per port). Prints one line per target and run with the load average, then the medians
 # of the runs without loss (a run where rtp-pairs fell behind, exit 1, is left out).
 #
 # Ports (env): RELAY_PORTS [42000-43999] (2 per stream). Needs the release builds:
@@ -51,10 +51,10 @@ one() { # target run
     bare-forwarder)
         taskset -c "$RELAY_CORE" "$BIN/bare-forwarder" --listen "127.0.0.1:$LO-$HI" >"$log.relay" 2>&1 & ;;
     cpmd)
-        "$BIN/examples/media_relay" --listen "127.0.0.1:$LO-$HI" --pin "$RELAY_CORE" --idle 30 \
+        "$BIN/examples/media_relay" --listen "127.0.0.1:$LO-$HI" --pin "$RELAY_CORE" --idle 2 \
             --connect true >"$log.relay" 2>&1 & ;;
     cpmd-unconnected)
-        "$BIN/examples/media_relay" --listen "127.0.0.1:$LO-$HI" --pin "$RELAY_CORE" --idle 30 \
+        "$BIN/examples/media_relay" --listen "127.0.0.1:$LO-$HI" --pin "$RELAY_CORE" --idle 2 \
             --connect false >"$log.relay" 2>&1 & ;;
     *) echo "unknown target $t" >&2; exit 2 ;;
     esac
@@ -69,15 +69,20 @@ one() { # target run
         --target "127.0.0.1:$LO-$HI" --streams "$STREAMS" --duration "$DURATION" --pps "$PPS" \
         >"$log.load" 2>&1 || rc=$?
     c1=$(cpu_ns "$RELAY")
+    # The forwarder prints its counters on SIGINT; media_relay once idle for 2 s.
+    [[ $t == bare-forwarder ]] && kill -INT "$RELAY" 2>/dev/null
+    for _ in $(seq 100); do kill -0 "$RELAY" 2>/dev/null || break; sleep 0.1; done
     kill -INT "$RELAY" 2>/dev/null || true
     wait "$RELAY" 2>/dev/null || true
     RELAY=""
     awk -v t="$t" -v r="$2" -v c0="$c0" -v c1="$c1" -v load="$load" -v rc="$rc" '
-        /^rtp-pairs:/ { for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
-        END { printf "run %d %-17s us/pkt %5.2f  received %8d  lost %d  owd p50/p99 us %5d/%6d  load %s%s\n",
-              r, t, (c1 - c0) / 1000 / (v["received"] > 0 ? v["received"] : 1), v["received"], v["lost"],
+        /^(rtp-pairs|bare-forwarder|media_relay):/ {
+            for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] } }
+        END { n = v["tx_packets"] > 0 ? v["tx_packets"] : v["received"]
+              printf "run %d %-17s us/pkt %5.2f  relayed %8d  received %8d  lost %d  owd p50/p99 us %5d/%6d  load %s%s\n",
+              r, t, (c1 - c0) / 1000 / (n > 0 ? n : 1), n, v["received"], v["lost"],
               v["owd_p50_us"], v["owd_p99_us"], load, rc ? "  (rtp-pairs exit " rc ")" : "" }' \
-        "$log.load" | tee -a "$OUT/result.txt"
+        "$log.load" "$log.relay" | tee -a "$OUT/result.txt"
 }
 
 read -r -a order <<<"$TARGETS"

@@ -58,6 +58,9 @@ pub struct Config {
     /// After latching, drop packets from other sources (`true`) or latch again to the new
     /// source (`false`) (`--media-strict-source`).
     pub media_strict_source: bool,
+    /// Connect a relay socket to the source it latched, strangers going to a catch-all socket
+    /// (`--media-connect`; decision 0009).
+    pub media_connect: bool,
     /// Interim charging records of a session every this many seconds (`--cdr-interim`; 0:
     /// start and stop records only).
     pub cdr_interim: u64,
@@ -123,6 +126,7 @@ impl Default for Config {
             },
             media_timeout: 60,
             media_strict_source: true,
+            media_connect: true,
             cdr_interim: 300,
             codecs: CodecList::default(),
         }
@@ -244,6 +248,7 @@ const KEYS: &[&str] = &[
     "media-ports",
     "media-timeout",
     "media-strict-source",
+    "media-connect",
     "cdr-interim",
     "codecs",
 ];
@@ -277,6 +282,8 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --media-timeout SECS      end a session whose media stopped this long, 0 = never [default: 60]
   --media-strict-source BOOL  after latching, drop packets from other sources (false: latch
                             again to the new source) [default: true]
+  --media-connect BOOL      connect each relay socket to the source it latched, others'
+                            packets reaching a second socket on the port [default: true]
   --cdr-interim SECS        interim charging record of each session every SECS, 0 = none;
                             records go to DATA-DIR/cdr.jsonl [default: 300]
   --codecs LIST             codecs relayed sessions may use, e.g. PCMU,PCMA,opus/48000/2;
@@ -374,6 +381,7 @@ impl Config {
             "cdr-interim" => self.cdr_interim = parse(key, value)?,
             "codecs" => self.codecs = parse(key, value)?,
             "media-strict-source" => self.media_strict_source = parse(key, value)?,
+            "media-connect" => self.media_connect = parse(key, value)?,
             _ => return Err(ConfigError::UnknownFlag(format!("--{key}"))),
         }
         Ok(())
@@ -459,7 +467,7 @@ mod tests {
             let mut c = Config::default();
             let v = match *k {
                 "sip-listen" | "http-listen" => "127.0.0.1:1",
-                "pin-workers" | "test-hooks" | "media-strict-source" => "false",
+                "pin-workers" | "test-hooks" | "media-strict-source" | "media-connect" => "false",
                 "media-ip" => "10.0.0.1",
                 "media-ports" => "40000-40099",
                 "codecs" => "PCMA,opus/48000/2",
@@ -496,16 +504,17 @@ mod tests {
         assert_eq!((c.media_ports.min, c.media_ports.max), (30_000, 39_999));
         assert_eq!(c.media_ports.len(), 10_000);
         assert_eq!(c.media_timeout(), Some(Duration::from_secs(60)));
-        assert!(c.media_strict_source);
+        assert!(c.media_strict_source && c.media_connect);
         let c = Config::from_args(args(
-            "--media-ip ::1 --media-ports 40000-40099 --media-timeout 0 --media-strict-source false",
+            "--media-ip ::1 --media-ports 40000-40099 --media-timeout 0 --media-strict-source false \
+             --media-connect false",
         ))
         .unwrap()
         .unwrap();
         assert_eq!(c.media_ip.to_string(), "::1");
         assert_eq!(c.media_ports.to_string(), "40000-40099");
         assert_eq!(c.media_timeout(), None);
-        assert!(!c.media_strict_source);
+        assert!(!c.media_strict_source && !c.media_connect);
         let c = Config::from_toml(
             "media_ports = \"20000-20001\"\nmedia_timeout = 5\nmedia_strict_source = false\n",
         )

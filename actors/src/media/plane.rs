@@ -69,7 +69,7 @@ impl MediaConfig {
             strict_source: c.media_strict_source,
             timeout: c.media_timeout(),
             socket_buffer: 256 << 10,
-            connect_latched: true,
+            connect_latched: c.media_connect,
         }
     }
 }

@@ -3,13 +3,17 @@
 # same `rtp-pairs` load (no signaling): the user-plane half of perf/compare.sh's call scenario.
 #
 #   perf/relay-pairs.sh [--streams 1000] [--duration 10] [--pps 50] [--runs 3]
-#                       [--targets "bare-forwarder cpmd cpmd-unconnected"] [--bin-dir DIR]
+#                       [--targets "bare-forwarder cpmd cpmd-unpaced cpmd-unconnected"] [--bin-dir DIR]
 #
 # Targets, each run in turn (the order alternates every run, the machine being shared):
 #   bare-forwarder     BIN/bare-forwarder (one thread, epoll, recvmmsg/sendmmsg, no parsing)
 #   cpmd               BIN/examples/media_relay: one worker's media loop (cpm-actors
-#                      MediaPlane), one rtcp-mux leg per port pair, connected fast path on
-#   cpmd-unconnected   the same with --connect false (every datagram filtered in user space)
+#                      MediaPlane), one rtcp-mux leg per port pair, its defaults (connected
+#                      fast path, 500 us pace)
+#   cpmd-paceN         the same with --pace N (microseconds)
+#   cpmd-unpaced       the same with --pace 0 (the loop wakes up for every datagram)
+#   cpmd-unconnected   --connect false --pace 0 (every datagram filtered in user space: the
+#                      media loop as it was before the connected fast path and the pace)
 # The relay is pinned to core RELAY_CORE [1], rtp-pairs to LOAD_CORE [0]. The relay's CPU is
 # the sum over its threads of /proc/PID/task/*/schedstat (ns on a CPU) from just before the load
 # to its end, divided by the packets it relayed (its own tx_packets count; the forwarder's
@@ -20,7 +24,7 @@
 #   cargo build --release -p cpm-bare-forwarder -p cpm-actors --example media_relay
 set -euo pipefail
 
-STREAMS=1000 DURATION=10 PPS=50 RUNS=3 TARGETS="bare-forwarder cpmd cpmd-unconnected" BIN="${BIN:-}"
+STREAMS=1000 DURATION=10 PPS=50 RUNS=3 TARGETS="bare-forwarder cpmd cpmd-unpaced cpmd-unconnected" BIN="${BIN:-}"
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --streams) STREAMS=$2; shift 2 ;;
@@ -45,24 +49,43 @@ trap '[[ -n "$RELAY" ]] && kill "$RELAY" 2>/dev/null || true' EXIT
 
 cpu_ns() { cat /proc/"$1"/task/*/schedstat 2>/dev/null | awk '{ s += $1 } END { printf "%.0f\n", s }'; }
 
-one() { # target run
+one() { # target run: up to 3 tries (a port of the range may be held by another process)
+    local try
+    for try in 1 2 3; do
+        start_relay "$@" && { measure "$@"; return 0; }
+        echo "run $2 $1: the relay did not start (try $try): $(grep -m1 -i 'error\|panicked' "$OUT/$1.$2.relay")" >&2
+        sleep 2
+    done
+}
+
+start_relay() {
     local t=$1 log="$OUT/$1.$2"
     case "$t" in
     bare-forwarder)
         taskset -c "$RELAY_CORE" "$BIN/bare-forwarder" --listen "127.0.0.1:$LO-$HI" >"$log.relay" 2>&1 & ;;
     cpmd)
         "$BIN/examples/media_relay" --listen "127.0.0.1:$LO-$HI" --pin "$RELAY_CORE" --idle 2 \
-            --connect true >"$log.relay" 2>&1 & ;;
+            >"$log.relay" 2>&1 & ;;
+    cpmd-pace*) # cpmd-paceMICROS: the defaults with another pace
+        "$BIN/examples/media_relay" --listen "127.0.0.1:$LO-$HI" --pin "$RELAY_CORE" --idle 2 \
+            --pace "${t#cpmd-pace}" >"$log.relay" 2>&1 & ;;
+    cpmd-unpaced)
+        "$BIN/examples/media_relay" --listen "127.0.0.1:$LO-$HI" --pin "$RELAY_CORE" --idle 2 \
+            --connect true --pace 0 >"$log.relay" 2>&1 & ;;
     cpmd-unconnected)
         "$BIN/examples/media_relay" --listen "127.0.0.1:$LO-$HI" --pin "$RELAY_CORE" --idle 2 \
-            --connect false >"$log.relay" 2>&1 & ;;
+            --connect false --pace 0 >"$log.relay" 2>&1 & ;;
     *) echo "unknown target $t" >&2; exit 2 ;;
     esac
     RELAY=$!
     # Bound (every port) once the last port of the range is in use.
     for _ in $(seq 100); do ss -Hlun "sport = :$HI" | grep -q . && break; sleep 0.1; done
     sleep 0.5
-    local load c0 c1 rc=0
+    kill -0 "$RELAY" 2>/dev/null || { wait "$RELAY" 2>/dev/null || true; RELAY=""; return 1; }
+}
+
+measure() {
+    local t=$1 log="$OUT/$1.$2" load c0 c1 rc=0
     load=$(cut -d' ' -f1 /proc/loadavg)
     c0=$(cpu_ns "$RELAY")
     timeout $((DURATION + 60)) taskset -c "$LOAD_CORE" "$BIN/rtp-pairs" \

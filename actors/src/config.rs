@@ -61,6 +61,9 @@ pub struct Config {
     /// Connect a relay socket to the source it latched, strangers going to a catch-all socket
     /// (`--media-connect`; decision 0009).
     pub media_connect: bool,
+    /// While busy, the media loop looks at its sockets at most once per this many microseconds
+    /// (`--media-pace`; 0: at every datagram; decision 0009).
+    pub media_pace: u64,
     /// Interim charging records of a session every this many seconds (`--cdr-interim`; 0:
     /// start and stop records only).
     pub cdr_interim: u64,
@@ -127,6 +130,7 @@ impl Default for Config {
             media_timeout: 60,
             media_strict_source: true,
             media_connect: true,
+            media_pace: 500,
             cdr_interim: 300,
             codecs: CodecList::default(),
         }
@@ -249,6 +253,7 @@ const KEYS: &[&str] = &[
     "media-timeout",
     "media-strict-source",
     "media-connect",
+    "media-pace",
     "cdr-interim",
     "codecs",
 ];
@@ -284,6 +289,9 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
                             again to the new source) [default: true]
   --media-connect BOOL      connect each relay socket to the source it latched, others'
                             packets reaching a second socket on the port [default: true]
+  --media-pace MICROS       a busy media loop looks at its sockets at most once per MICROS
+                            (fewer wake-ups; adds up to that delay), 0 = at every datagram
+                            [default: 500]
   --cdr-interim SECS        interim charging record of each session every SECS, 0 = none;
                             records go to DATA-DIR/cdr.jsonl [default: 300]
   --codecs LIST             codecs relayed sessions may use, e.g. PCMU,PCMA,opus/48000/2;
@@ -382,6 +390,7 @@ impl Config {
             "codecs" => self.codecs = parse(key, value)?,
             "media-strict-source" => self.media_strict_source = parse(key, value)?,
             "media-connect" => self.media_connect = parse(key, value)?,
+            "media-pace" => self.media_pace = parse(key, value)?,
             _ => return Err(ConfigError::UnknownFlag(format!("--{key}"))),
         }
         Ok(())
@@ -505,9 +514,10 @@ mod tests {
         assert_eq!(c.media_ports.len(), 10_000);
         assert_eq!(c.media_timeout(), Some(Duration::from_secs(60)));
         assert!(c.media_strict_source && c.media_connect);
+        assert_eq!(c.media_pace, 500);
         let c = Config::from_args(args(
             "--media-ip ::1 --media-ports 40000-40099 --media-timeout 0 --media-strict-source false \
-             --media-connect false",
+             --media-connect false --media-pace 0",
         ))
         .unwrap()
         .unwrap();
@@ -515,6 +525,7 @@ mod tests {
         assert_eq!(c.media_ports.to_string(), "40000-40099");
         assert_eq!(c.media_timeout(), None);
         assert!(!c.media_strict_source && !c.media_connect);
+        assert_eq!(c.media_pace, 0);
         let c = Config::from_toml(
             "media_ports = \"20000-20001\"\nmedia_timeout = 5\nmedia_strict_source = false\n",
         )

@@ -642,12 +642,19 @@ fn await_sockets_on(port: u16, expected: &[Option<SocketAddr>]) {
     }
 }
 
+/// A plane with or without the connected fast path; without it also unpaced (the loop as it
+/// was before both), with it paced as by default.
 fn connected_plane(strict: bool, connect: bool) -> MediaPlane {
     let config = MediaConfig {
         ip: LOOPBACK.into(),
         strict_source: strict,
         timeout: None,
         connect_latched: connect,
+        pace: if connect {
+            MediaConfig::default().pace
+        } else {
+            Duration::ZERO
+        },
         ..MediaConfig::default()
     };
     MediaPlane::start(0, config, None, Arc::new(WorkerMetrics::default())).unwrap()
@@ -656,6 +663,7 @@ fn connected_plane(strict: bool, connect: bool) -> MediaPlane {
 #[test]
 fn the_connected_fast_path_is_the_default() {
     assert!(MediaConfig::default().connect_latched);
+    assert_eq!(MediaConfig::default().pace, Duration::from_micros(500));
 }
 
 #[test]

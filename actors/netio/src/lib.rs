@@ -12,7 +12,7 @@
 //!   [`bytes::Bytes`] without a copy, and its buffer is reused once that `Bytes` is dropped.
 //!
 //! All `unsafe` lives in the Linux-only `mmsg` submodule, each block with its `// SAFETY:`
-//! argument; the rest of the crate is safe code.
+//! argument, and in [`prefetch`]; the rest of the crate is safe code.
 //!
 //! Sockets are non-blocking: an empty receive queue or a full send buffer is
 //! [`io::ErrorKind::WouldBlock`], to be waited on with the caller's poller (mio, epoll).
@@ -84,6 +84,23 @@ pub fn raise_fd_limit() -> io::Result<u64> {
     return mmsg::raise_fd_limit();
     #[cfg(not(target_os = "linux"))]
     Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// Asks the CPU to bring the cache line holding `value` closer (x86-64 `prefetcht0`; nothing
+/// elsewhere): a relay touching per-stream state once per packet interval finds it cold, and
+/// can ask for the next ready stream's while the kernel serves the current one.
+#[inline]
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetcht0 only hints the cache; it never faults and reads nothing visible, and
+    // `value` is a valid reference anyway. SSE, which it needs, is part of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            std::ptr::from_ref(value).cast(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 /// Where and how long the datagram in one [`RecvBatch`] slot is.

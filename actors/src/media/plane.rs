@@ -42,6 +42,13 @@ pub struct MediaConfig {
     /// lookup; strangers are still counted ([`super::DropReason::WrongSource`]) or latch again.
     /// Costs a second descriptor per connected port. On by default.
     pub connect_latched: bool,
+    /// While the loop is busy, the least time between two looks at its sockets: datagrams
+    /// that arrive meanwhile wait (at most this long) and are relayed in one turn, instead of
+    /// a wake-up of the loop thread for each (on a busy relay most of a datagram's cost; see
+    /// docs/decisions/0009-media-plane.md). An idle loop still wakes at the first datagram.
+    /// Zero: no pacing. Default 500 µs (`--media-pace`), a quarter of issue 4's 2 ms budget
+    /// for the one-way delay.
+    pub pace: Duration,
 }
 
 impl Default for MediaConfig {
@@ -70,6 +77,7 @@ impl MediaConfig {
             timeout: c.media_timeout(),
             socket_buffer: 256 << 10,
             connect_latched: c.media_connect,
+            pace: Duration::from_micros(c.media_pace),
         }
     }
 }
@@ -182,7 +190,7 @@ impl MediaPlane {
         // Drop must never be refused.
         let (tx, rx) = crossbeam::channel::unbounded();
         let socket_config = config.socket_config();
-        let strict = config.strict_source;
+        let (strict, pace) = (config.strict_source, config.pace);
         let connect = config.connect_latched.then_some(socket_config);
         if config.connect_latched {
             // A connected port holds two sockets: give the process all the descriptors it may.
@@ -199,7 +207,7 @@ impl MediaPlane {
                         tracing::info!(worker, core, "could not pin media loop to core");
                     }
                 }
-                RelayLoop::new(poll, rx, strict, connect, metrics).run();
+                RelayLoop::new(poll, rx, strict, connect, pace, metrics).run();
             })?;
         Ok(MediaPlane {
             inner: Arc::new(Inner {

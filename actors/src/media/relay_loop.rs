@@ -94,6 +94,8 @@ pub(crate) struct RelayLoop {
     strict: bool,
     /// Catch-all settings when latched RTP sockets are connected.
     connect: Option<SocketConfig>,
+    /// The least time between two looks at the sockets while busy (`MediaConfig::pace`).
+    pace: Duration,
     metrics: Arc<WorkerMetrics>,
     /// Sockets not drained in their turn, and the list being worked through.
     pending: Vec<Token>,
@@ -106,6 +108,7 @@ impl RelayLoop {
         commands: Receiver<Command>,
         strict: bool,
         connect: Option<SocketConfig>,
+        pace: Duration,
         metrics: Arc<WorkerMetrics>,
     ) -> RelayLoop {
         RelayLoop {
@@ -118,6 +121,7 @@ impl RelayLoop {
             out: Outbox::default(),
             strict,
             connect,
+            pace,
             metrics,
             pending: Vec::new(),
             retry: Vec::new(),
@@ -128,8 +132,19 @@ impl RelayLoop {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
+        // The start of the last turn that relayed something (see `MediaConfig::pace`).
+        let mut busy_since: Option<Instant> = None;
         loop {
-            let timeout = if self.pending.is_empty() {
+            if let Some(start) = busy_since.filter(|_| !self.pace.is_zero()) {
+                // Busy: let datagrams gather for one pace before looking again, instead of
+                // waking up for each (a wake-up costs more than relaying a datagram).
+                let wake = start + self.pace;
+                let now = Instant::now();
+                if wake > now {
+                    std::thread::sleep(wake - now);
+                }
+            }
+            let timeout = if self.pending.is_empty() && busy_since.is_none() {
                 next_publish.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
@@ -147,16 +162,23 @@ impl RelayLoop {
             }
             // One clock read per wake-up: the arrival time of everything read in this turn.
             let now = Instant::now();
+            let relayed = !self.pending.is_empty() || events.iter().any(|e| e.token() != WAKER);
+            busy_since = relayed.then_some(now);
             std::mem::swap(&mut self.pending, &mut self.retry);
             for k in 0..self.retry.len() {
                 let token = self.retry[k];
                 self.on_readable(token, now);
             }
             self.retry.clear();
-            for ev in events.iter() {
-                if ev.token() != WAKER {
-                    self.on_readable(ev.token(), now);
+            let mut ready = events.iter().map(|ev| ev.token()).filter(|&t| t != WAKER);
+            let mut next = ready.next();
+            while let Some(token) = next {
+                // The next leg's state is fetched while this one's system calls run.
+                next = ready.next();
+                if let Some(t) = next {
+                    self.prefetch(t);
                 }
+                self.on_readable(token, now);
             }
             if now >= next_publish {
                 self.publish_dirty();
@@ -220,6 +242,13 @@ impl RelayLoop {
         let catch_all = CATCH_ALL + side.index();
         if !self.relay_from(slot, catch_all, now) {
             self.pending.push(token(slot, catch_all));
+        }
+    }
+
+    /// Prefetches the leg state socket `token` will need.
+    fn prefetch(&self, token: Token) {
+        if let Some(Some(leg)) = self.legs.get(token.0 >> 3) {
+            leg.prefetch(token.0 & 7);
         }
     }
 

@@ -22,6 +22,11 @@
 //! cannot starve the others. Control commands (open, set peer, close, snapshot) arrive on a
 //! crossbeam channel with a [`mio::Waker`].
 //!
+//! **Pace** ([`MediaConfig::pace`], 500 µs by default): once a turn relayed something, the
+//! loop waits until a pace after its start before it looks at the sockets again, so that one
+//! wake-up serves all the datagrams that arrived meanwhile instead of one each (a wake-up of
+//! the thread costs more than relaying a datagram); an idle loop still wakes at the first one.
+//!
 //! **A leg** relays one RTP stream between an A-facing and a B-facing local socket pair: RTP
 //! on an even port and RTCP on the next (RFC 3550 §11), or RTP and RTCP on one port when that
 //! side uses rtcp-mux (RFC 5761; RTCP told apart by its packet type, §4). Latching is symmetric

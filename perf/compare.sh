@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # perf/compare.sh SCENARIO [options]: the same cpm-loadgen workload against each target, one table.
 #
-# SCENARIO: call | options | register | message
+# SCENARIO: call | options | register | message | msrp
 # Targets (--targets "A B", in that order; default: every target that serves the scenario):
 #   kamailio-rtpengine  perf/reference/kamailio-rtpengine (every scenario)
 #   bare-forwarder      perf/reference/bare-forwarder (call only): the call scenario's RTP without
@@ -11,11 +11,20 @@
 #                       anchors their RTP on --media-ports CPMD_MEDIA_PORTS)
 #   direct              no server (call, message): cpm-loadgen straight to the uas, the floor of
 #                       the load's own delays and CPU at the same load
+#   kamailio-msrp       perf/reference/kamailio-msrp (msrp only): Kamailio's msrp module as an
+#                       RFC 4976 relay; the SIP goes straight to the uas, both ends AUTH at the
+#                       relay and put it in their paths (cpm-loadgen msrp --relay, uas --msrp-relay)
+# msrp runs two loads per target, each COUNT sessions at RATE: "file" (one --file BYTES message
+# per session in --chunk BYTES chunks) and "chat" (--messages M of --size BYTES each); it prints
+# MB/s and chunks/s (sender: first chunk to last 200), the receiver's delivery p50/p99, server
+# CPU per MB, and the ratios to the first target (cpmd: the whole process, SIP B2BUA included,
+# and its cpm-msrp thread apart).
 # options pings the server itself (cpm-loadgen --to '': OPTIONS sip:target, RFC 3261 §11);
 # message goes to users of a cpm-loadgen uas registered at the target.
 # Options:
 #   --rate N [call 20, else 500]  --count N [call 200, else 5000]  --hold SECS [5]
 #   --users N [100]  --targets "..."
+#   --file BYTES [1048576] --chunk BYTES [8192] --messages M [200] --size BYTES [100]   msrp
 #   --ptime MS [20]    call: one RTP packet every MS each way (cpm-loadgen --ptime, rtp-pairs --pps)
 #   --load-args "..."  more arguments of the load client (cpm-loadgen SCENARIO; split on spaces)
 #   --uas-args "..."   more arguments of the answering cpm-loadgen uas
@@ -26,7 +35,8 @@
 # Environment: BIN (as --bin-dir), LOADGEN (the cpm-loadgen binary [BIN/cpm-loadgen]),
 #   SIP_PORT [5070] NG_PORT [22222] RTP_MIN [33000] RTP_MAX [39999] (Kamailio and rtpengine),
 #   CPMD_MEDIA_PORTS [6000-15999] (cpmd's relay ports), CPMD_ARGS (more cpmd arguments),
-#   UAS_PORT [16000] CPMD_PORT [5075] CPMD_HTTP [18075] FWD_LO [24000] FWD_MAX [30999].
+#   UAS_PORT [16000] CPMD_PORT [5075] CPMD_HTTP [18075] FWD_LO [24000] FWD_MAX [30999],
+#   MSRP_PORT [2855] (Kamailio's MSRP relay), CPMD_MSRP [2856] (cpmd's --msrp-listen).
 #
 # For each target: start it; start `cpm-loadgen uas --rtp echo` registered there as user0000..
 # (not for register); read the CPU time (/proc/PID/task/*/schedstat) of every server
@@ -46,7 +56,7 @@ SCENARIO="${1:-}"
 [[ -n "$SCENARIO" && "$SCENARIO" != -* ]] || usage
 shift
 RATE="" COUNT="" HOLD=5 USERS=100 OUT="" BUILD=1 TARGETS="" BIN="${BIN:-}" PTIME=20 LOAD_ARGS="" UAS_ARGS=""
-TASKSET=""
+TASKSET="" MSRP_FILE=1048576 MSRP_CHUNK=8192 MSRP_MESSAGES=200 MSRP_SIZE=100
 while (($#)); do
     case "$1" in
     --rate) RATE=$2; shift 2 ;;
@@ -58,6 +68,10 @@ while (($#)); do
     --load-args) LOAD_ARGS=$2; shift 2 ;;
     --uas-args) UAS_ARGS=$2; shift 2 ;;
     --taskset) TASKSET=$2; shift 2 ;;
+    --file) MSRP_FILE=$2; shift 2 ;;
+    --chunk) MSRP_CHUNK=$2; shift 2 ;;
+    --messages) MSRP_MESSAGES=$2; shift 2 ;;
+    --size) MSRP_SIZE=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --bin-dir) BIN=$2; shift 2 ;;
     --no-build) BUILD=0; shift ;;
@@ -69,6 +83,7 @@ case "$SCENARIO" in
 call) : "${TARGETS:=kamailio-rtpengine bare-forwarder cpmd}" "${RATE:=20}" "${COUNT:=200}" ;;
 options) : "${TARGETS:=kamailio-rtpengine cpmd}" "${RATE:=500}" "${COUNT:=5000}" ;;
 register | message) : "${TARGETS:=kamailio-rtpengine cpmd}" "${RATE:=500}" "${COUNT:=5000}" ;;
+msrp) : "${TARGETS:=kamailio-msrp cpmd}" "${RATE:=50}" "${COUNT:=50}" ;;
 *) echo "compare.sh: unknown scenario $SCENARIO" >&2; exit 2 ;;
 esac
 if [[ -n "$BIN" ]]; then
@@ -88,6 +103,7 @@ RTP_MIN="${RTP_MIN:-33000}" RTP_MAX="${RTP_MAX:-39999}"
 UAS_PORT="${UAS_PORT:-16000}" CPMD_PORT="${CPMD_PORT:-5075}" CPMD_HTTP="${CPMD_HTTP:-18075}"
 FWD_LO="${FWD_LO:-24000}" FWD_MAX="${FWD_MAX:-30999}"
 CPMD_MEDIA_PORTS="${CPMD_MEDIA_PORTS:-6000-15999}"
+MSRP_PORT="${MSRP_PORT:-2855}" CPMD_MSRP="${CPMD_MSRP:-2856}"
 # The load processes, pinned with --taskset.
 PIN=()
 [[ -n "$TASKSET" ]] && PIN=(taskset -c "$TASKSET")
@@ -250,7 +266,7 @@ cpmd_metrics() { curl -sf --max-time 2 "http://127.0.0.1:$CPMD_HTTP/metrics"; }
 start_cpmd() {
     # shellcheck disable=SC2086 # CPMD_ARGS is split on purpose
     "$BIN/cpmd" --sip-listen "127.0.0.1:$CPMD_PORT" --http-listen "127.0.0.1:$CPMD_HTTP" \
-        --data-dir "$OUT/cpmd-data" --media-ports "$CPMD_MEDIA_PORTS" ${CPMD_ARGS:-} \
+        --msrp-listen "127.0.0.1:$CPMD_MSRP" --data-dir "$OUT/cpmd-data" --media-ports "$CPMD_MEDIA_PORTS" ${CPMD_ARGS:-} \
         >"$OUT/cpmd.log" 2>&1 &
     CPMD_PID=$!
     for _ in $(seq 100); do
@@ -427,6 +443,151 @@ sys.exit(rc)' "$OUT/$TARGET.gen" timeout "$(calc "print int($duration + 60)")" \
     return "$rc"
 }
 
+# ---------------------------------------------------------------- msrp
+kctl() { REF_DIR="$OUT/kamailio-msrp" MSRP_PORT=$MSRP_PORT "$REF/kamailio-msrp/ctl.sh" "$@"; }
+start_kamailio-msrp() {
+    kctl start >&2 || return 1
+    SIG_PIDS="" MEDIA_PIDS=$(kctl pids | tr '\n' ' ')
+    TARGET_ADDR=127.0.0.1:$UAS_PORT
+}
+stop_kamailio-msrp() { kctl stop; }
+
+# One msrp load ($2: file | chat) against $TARGET, "key value" lines into $1: the sender's and
+# the receiver's figures (JSON), the server's CPU (all, and cpmd's cpm-msrp thread).
+load_msrp() {
+    local res=$1 kind=$2 rc=0 uas json="$OUT/$TARGET.$2.json" uas_json="$OUT/$TARGET.$2.uas.json"
+    local reg=(--register-to "$TARGET_ADDR") relay=()
+    if [[ "$TARGET" == kamailio-msrp ]]; then
+        reg=(--msrp-relay "127.0.0.1:$MSRP_PORT") relay=(--relay "127.0.0.1:$MSRP_PORT")
+    fi
+    "${PIN[@]}" "$LOADGEN" uas --listen "127.0.0.1:$UAS_PORT" "${reg[@]}" --users "$USERS" \
+        --quiet --json "$uas_json" >"$OUT/$TARGET.$kind.uas.out" 2>"$OUT/$TARGET.$kind.uas.log" &
+    uas=$!
+    for _ in $(seq 100); do
+        grep -q 'uas ready' "$OUT/$TARGET.$kind.uas.out" && break
+        kill -0 "$uas" 2>/dev/null || break
+        sleep 0.1
+    done
+    local what=(--file "$MSRP_FILE" --chunk "$MSRP_CHUNK")
+    [[ "$kind" == chat ]] && what=(--messages "$MSRP_MESSAGES" --size "$MSRP_SIZE")
+    local all0 msrp0 all1 msrp1
+    # shellcheck disable=SC2086 # split on purpose
+    all0=$(cpu_ns $MEDIA_PIDS) msrp0=$(cpu_ns ${MSRP_THREAD:-})
+    # shellcheck disable=SC2206 # split on purpose
+    local extra=($LOAD_ARGS)
+    timeout "$(calc "print int($COUNT / $RATE + 120)")" "${PIN[@]}" "$LOADGEN" msrp \
+        --target "$TARGET_ADDR" "${relay[@]}" --users "$USERS" --rate "$RATE" --count "$COUNT" \
+        "${what[@]}" "${extra[@]}" --drain 60 --quiet --json "$json" \
+        >"$OUT/$TARGET.$kind.load.log" 2>&1 || rc=$?
+    # shellcheck disable=SC2086 # split on purpose
+    all1=$(cpu_ns $MEDIA_PIDS) msrp1=$(cpu_ns ${MSRP_THREAD:-})
+    kill -INT "$uas" 2>/dev/null || true
+    wait "$uas" 2>/dev/null || true
+    python3 - "$json" "$uas_json" "$(secs $((all1 - all0)))" "$(secs $((msrp1 - msrp0)))" \
+        >"$res" <<'EOF'
+import json, sys
+def load(p):
+    try:
+        return json.load(open(p))
+    except (OSError, ValueError):
+        return {}
+d, u = load(sys.argv[1]), load(sys.argv[2])
+c, uc = d.get("counters") or {}, u.get("counters") or {}
+q = (u.get("quantities") or {}).get("msrp_delivery") or {}
+secs = c.get("msrp_window_us", 0) / 1e6
+mb = c.get("msrp_bytes_ok", 0) / 1e6
+print("sessions", d.get("succeeded", 0), d.get("attempted", 0))
+print("mb", mb)
+print("mbps", mb / secs if secs else 0)
+print("chunks_ps", c.get("msrp_chunks_ok", 0) / secs if secs else 0)
+print("msgs_ps", c.get("msrp_messages_ok", 0) / secs if secs else 0)
+print("received", uc.get("msrp_messages_received", 0), c.get("msrp_messages_ok", 0))
+print("bad", uc.get("msrp_messages_duplicate", 0), uc.get("msrp_messages_corrupted", 0))
+print("deliv_ms", q.get("p50_us", 0) / 1000, q.get("p99_us", 0) / 1000)
+print("cpu_s", sys.argv[3], sys.argv[4])
+EOF
+    return "$rc"
+}
+
+run_msrp() {
+    local ran=() kind
+    for TARGET in $TARGETS; do
+        case "$TARGET" in
+        kamailio-msrp | cpmd) ;;
+        *) fail "$TARGET does not serve msrp"; continue ;;
+        esac
+        log "$TARGET: msrp, rate $RATE, count $COUNT, users $USERS"
+        rm -rf "${OUT:?}/$TARGET" "$OUT/$TARGET".*
+        "start_$TARGET" || { fail "$TARGET did not start"; continue; }
+        MSRP_THREAD=""
+        [[ "$TARGET" == cpmd ]] && MEDIA_PIDS=$CPMD_PID MSRP_THREAD="$CPMD_PID@cpm-msrp"
+        for kind in file chat; do
+            load_msrp "$OUT/$TARGET.$kind.res" "$kind" ||
+                fail "$TARGET $kind: the load run failed ($OUT/$TARGET.$kind.load.log)"
+        done
+        "stop_$TARGET" >&2 || true
+        ran+=("$TARGET")
+    done
+    TARGET=""
+    log "results in $OUT"
+    {
+        echo "scenario msrp: $COUNT sessions at $RATE/s, users $USERS; file $MSRP_FILE B in $MSRP_CHUNK B chunks; chat $MSRP_MESSAGES x $MSRP_SIZE B; $(nproc) cores, $(date -u +%Y-%m-%d)"
+        python3 - "$OUT" "${ran[@]}" <<'EOF'
+import os, sys
+out, targets = sys.argv[1], sys.argv[2:]
+def res(t, k):
+    r = {}
+    try:
+        for line in open(os.path.join(out, f"{t}.{k}.res")):
+            key, _, v = line.strip().partition(" ")
+            r[key] = v.split()
+    except OSError:
+        pass
+    return r
+print(f"{'target':14} {'load':4} {'ok/att':>7} {'MB':>7} {'MB/s':>7} {'chunks/s':>8} {'msgs/s':>7} "
+      f"{'recv/sent':>11} {'dup/bad':>7} {'deliv p50/p99 ms':>17} {'srv cpu s (msrp thr)':>20} {'cpu s/MB':>8}")
+rows = {}
+for t in targets:
+    for k in ("file", "chat"):
+        r = res(t, k)
+        if not r:
+            continue
+        g = lambda key, i=0: float(r.get(key, ["0"] * 2)[i])
+        cpu, cpu_msrp, mb = g("cpu_s"), g("cpu_s", 1), g("mb")
+        rows[(t, k)] = {"mbps": g("mbps"), "cps": g("chunks_ps"), "cpu_mb": cpu / mb if mb else 0}
+        thr = f"{cpu:.3f} ({cpu_msrp:.3f})" if t == "cpmd" else f"{cpu:.3f}"
+        deliv = f"{g('deliv_ms'):.2f}/{g('deliv_ms', 1):.2f}"
+        print(f"{t:14} {k:4} {'/'.join(r['sessions']):>7} {mb:7.2f} {g('mbps'):7.2f} "
+              f"{g('chunks_ps'):8.0f} {g('msgs_ps'):7.0f} {'/'.join(r['received']):>11} "
+              f"{'/'.join(r['bad']):>7} {deliv:>17} {thr:>20} {cpu / mb if mb else 0:8.4f}")
+if len(targets) > 1:
+    base = targets[0]
+    for t in targets[1:]:
+        for k in ("file", "chat"):
+            a, b = rows.get((base, k)), rows.get((t, k))
+            if not a or not b:
+                continue
+            q = lambda x, y: f"{x / y:.2f}x" if y else "-"
+            print(f"{t} / {base}, {k}: MB/s {q(b['mbps'], a['mbps'])}, chunks/s "
+                  f"{q(b['cps'], a['cps'])}, cpu/MB {q(b['cpu_mb'], a['cpu_mb'])}")
+EOF
+    } | tee "$OUT/table.txt"
+    for TARGET in "${ran[@]}"; do
+        for kind in file chat; do
+            grep -Eq '^sessions ([1-9][0-9]*) \1$' "$OUT/$TARGET.$kind.res" 2>/dev/null ||
+                fail "$TARGET $kind: not every session succeeded"
+            grep -Eq '^bad 0 0$' "$OUT/$TARGET.$kind.res" 2>/dev/null ||
+                fail "$TARGET $kind: duplicated or corrupted messages"
+        done
+    done
+    TARGET=""
+    if ((${#FAILURES[@]})); then
+        printf 'compare.sh: FAILED: %s\n' "${FAILURES[@]}" >&2
+        exit 1
+    fi
+    exit 0
+}
+
 # ---------------------------------------------------------------- runs
 TARGET=""
 cleanup() {
@@ -434,6 +595,7 @@ cleanup() {
     if [[ -n "$TARGET" ]]; then "stop_$TARGET" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
+[[ "$SCENARIO" == msrp ]] && run_msrp
 
 RAN=()
 for TARGET in $TARGETS; do

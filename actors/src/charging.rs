@@ -6,7 +6,8 @@
 //! [`ChargingWriter`]: one thread that owns the [`ChargingSink`], so a slow disk never blocks
 //! a worker. The channel is bounded: when it is full the record is counted as dropped and
 //! logged, never waited for. The default sink, [`JsonLines`], appends one JSON object per line
-//! to `<data-dir>/cdr.jsonl`, flushed after every batch the thread drains.
+//! to `<data-dir>/cdr.jsonl`, flushed after every batch the thread drains. The message
+//! controller writes one [`MessageEvent`] per pager message whose delivery is settled.
 
 use std::fs::{File, OpenOptions};
 use std::io::{self, BufWriter, Write};
@@ -22,6 +23,63 @@ use parking_lot::Mutex;
 use serde_json::{json, Value};
 
 use crate::time::rfc3339;
+
+/// One charging record: a session's (start, interim, stop) or a message's event.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ChargingEvent {
+    /// A session record.
+    Session(Cdr),
+    /// A pager-mode message event.
+    Message(MessageEvent),
+}
+
+impl ChargingEvent {
+    /// The JSON object of one line.
+    pub fn to_json(&self) -> Value {
+        match self {
+            ChargingEvent::Session(c) => c.to_json(),
+            ChargingEvent::Message(m) => m.to_json(),
+        }
+    }
+}
+
+/// The charging event of one pager-mode message (CPM.md §5 fig. 5: the message policy's
+/// charging event), written when its delivery is settled: relayed to a device, held, delivered
+/// later, refused or expired.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MessageEvent {
+    /// When it happened.
+    pub at: SystemTime,
+    /// The sender's Call-ID.
+    pub call_id: String,
+    /// The sender (its From AOR).
+    pub from: String,
+    /// The recipient (AOR).
+    pub to: String,
+    /// Body bytes.
+    pub size: usize,
+    /// `delivered`, `held`, `delivered-held`, `refused`, `expired` or `failed`.
+    pub outcome: &'static str,
+    /// The final status the sender got, when there was one.
+    pub status: Option<u16>,
+}
+
+impl MessageEvent {
+    /// The JSON object of one line: `{"record":"event","service":"message",...}`.
+    pub fn to_json(&self) -> Value {
+        json!({
+            "record": "event",
+            "service": "message",
+            "at": rfc3339(self.at),
+            "call_id": self.call_id,
+            "from": self.from,
+            "to": self.to,
+            "size": self.size,
+            "outcome": self.outcome,
+            "status": self.status,
+        })
+    }
+}
 
 /// Records queued for the writer thread at most; beyond, records are dropped and counted.
 const QUEUE: usize = 10_000;
@@ -94,6 +152,12 @@ impl Cdr {
                     "codec": l.codec,
                     "from_a": flow(&l.from_a),
                     "from_b": flow(&l.from_b),
+                    "msrp": l.msrp.map(|m| json!({
+                        "messages": { "from_a": m.messages[0], "from_b": m.messages[1] },
+                        "chunks": { "from_a": m.chunks[0], "from_b": m.chunks[1] },
+                        "bytes": { "from_a": m.bytes[0], "from_b": m.bytes[1] },
+                        "reports_generated": m.reports_generated,
+                    })),
                 })
             })
             .collect();
@@ -116,7 +180,7 @@ impl Cdr {
 /// Where charging records go. Implementations run on the writer thread only.
 pub trait ChargingSink: Send + 'static {
     /// Writes one record (buffered is fine).
-    fn write(&mut self, cdr: &Cdr) -> io::Result<()>;
+    fn write(&mut self, record: &ChargingEvent) -> io::Result<()>;
     /// Makes what was written durable enough to survive the process.
     fn flush(&mut self) -> io::Result<()>;
 }
@@ -140,8 +204,8 @@ impl JsonLines {
 }
 
 impl ChargingSink for JsonLines {
-    fn write(&mut self, cdr: &Cdr) -> io::Result<()> {
-        serde_json::to_writer(&mut self.out, &cdr.to_json())?;
+    fn write(&mut self, record: &ChargingEvent) -> io::Result<()> {
+        serde_json::to_writer(&mut self.out, &record.to_json())?;
         self.out.write_all(b"\n")
     }
 
@@ -151,7 +215,7 @@ impl ChargingSink for JsonLines {
 }
 
 enum Cmd {
-    Write(Box<Cdr>),
+    Write(Box<ChargingEvent>),
     Stop,
 }
 
@@ -181,9 +245,18 @@ impl ChargingWriter {
         })
     }
 
-    /// Queues a record; a full queue drops it (counted, logged).
+    /// Queues a session record; a full queue drops it (counted, logged).
     pub fn write(&self, cdr: Cdr) {
-        match self.tx.try_send(Cmd::Write(Box::new(cdr))) {
+        self.submit(ChargingEvent::Session(cdr));
+    }
+
+    /// Queues a message event; a full queue drops it (counted, logged).
+    pub fn write_message(&self, event: MessageEvent) {
+        self.submit(ChargingEvent::Message(event));
+    }
+
+    fn submit(&self, record: ChargingEvent) {
+        match self.tx.try_send(Cmd::Write(Box::new(record))) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
                 self.dropped.fetch_add(1, Relaxed);
@@ -267,8 +340,32 @@ mod tests {
                     jitter_ms: 0.5,
                 },
                 from_b: FlowCounters::default(),
+                msrp: None,
             }],
         }
+    }
+
+    #[test]
+    fn an_msrp_leg_carries_its_message_figures() {
+        let mut c = cdr(ChargingKind::Stop);
+        c.legs.push(LegUsage {
+            stream: 1,
+            media: "message".into(),
+            msrp: Some(cpm_engine::session::MsrpUsage {
+                messages: [3, 2],
+                chunks: [5, 2],
+                bytes: [70_000, 20],
+                reports_generated: 1,
+            }),
+            ..LegUsage::default()
+        });
+        let v = c.to_json();
+        assert!(v["legs"][0]["msrp"].is_null(), "RTP legs have none");
+        let m = &v["legs"][1]["msrp"];
+        assert_eq!(m["messages"]["from_a"], 3);
+        assert_eq!(m["chunks"]["from_a"], 5);
+        assert_eq!(m["bytes"]["from_b"], 20);
+        assert_eq!(m["reports_generated"], 1);
     }
 
     #[test]
@@ -312,7 +409,7 @@ mod tests {
     struct Stuck(std::sync::mpsc::Receiver<()>, Arc<AtomicU64>);
 
     impl ChargingSink for Stuck {
-        fn write(&mut self, _: &Cdr) -> io::Result<()> {
+        fn write(&mut self, _: &ChargingEvent) -> io::Result<()> {
             let _ = self.0.recv();
             self.1.fetch_add(1, Relaxed);
             Ok(())

@@ -52,6 +52,9 @@ pub struct Config {
     pub media_ip: IpAddr,
     /// The UDP ports relay sockets may use (`--media-ports MIN-MAX`).
     pub media_ports: PortRange,
+    /// The TCP listener of the MSRP relay, shared by every MSRP session (`--msrp-listen`);
+    /// its port is the one rewritten SDP names, on `--media-ip`.
+    pub msrp_listen: SocketAddr,
     /// A media leg with no packet for this many seconds is reported inactive, so its session
     /// ends (`--media-timeout`; 0 turns the check off).
     pub media_timeout: u64,
@@ -71,6 +74,19 @@ pub struct Config {
     /// outside it are removed from offers; a stream left with none is refused (488 when no
     /// stream is left, RFC 3264 §6).
     pub codecs: CodecList,
+    /// Hold MESSAGEs for a user who is offline (or whose contacts all fail) and deliver them
+    /// when the user registers (`--store-and-forward`); `false`: answer 480 as a plain proxy.
+    pub store_and_forward: bool,
+    /// A held MESSAGE is given up after this many seconds (`--message-expiry`).
+    pub message_expiry: u64,
+    /// Most MESSAGEs held for one user (`--message-user-cap`); more get 480 with a Warning.
+    pub message_user_cap: usize,
+    /// Largest pager-mode MESSAGE body in bytes (`--message-max-size`, large message mode of
+    /// RFC 3428 §7 / CPM); larger ones get 413 and are to be sent over MSRP.
+    pub message_max_size: usize,
+    /// Bearer tokens of the HTTP API (`--api-tokens`): a file of `user token` lines; with
+    /// `--users-file` the API also takes HTTP Digest with the SIP credentials.
+    pub api_tokens: Option<PathBuf>,
 }
 
 /// A list of codecs by name (`PCMU,PCMA,G722,opus/48000/2`, see `Codec::from_spec`).
@@ -131,8 +147,14 @@ impl Default for Config {
             media_strict_source: true,
             media_connect: true,
             media_pace: 500,
+            msrp_listen: SocketAddr::from(([127, 0, 0, 1], 2855)),
             cdr_interim: 300,
             codecs: CodecList::default(),
+            store_and_forward: true,
+            message_expiry: 72 * 3600,
+            message_user_cap: 1000,
+            message_max_size: 1300,
+            api_tokens: None,
         }
     }
 }
@@ -254,8 +276,14 @@ const KEYS: &[&str] = &[
     "media-strict-source",
     "media-connect",
     "media-pace",
+    "msrp-listen",
     "cdr-interim",
     "codecs",
+    "store-and-forward",
+    "message-expiry",
+    "message-user-cap",
+    "message-max-size",
+    "api-tokens",
 ];
 
 /// The `--help` text.
@@ -292,10 +320,20 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --media-pace MICROS       a busy media loop looks at its sockets at most once per MICROS
                             (fewer wake-ups; adds up to that delay), 0 = at every datagram
                             [default: 500]
+  --msrp-listen ADDR:PORT   TCP listener of the MSRP relay, shared by all MSRP sessions
+                            [default: 127.0.0.1:2855]
   --cdr-interim SECS        interim charging record of each session every SECS, 0 = none;
                             records go to DATA-DIR/cdr.jsonl [default: 300]
   --codecs LIST             codecs relayed sessions may use, e.g. PCMU,PCMA,opus/48000/2;
                             others are removed from offers (488 if none is left) [default: any]
+  --store-and-forward BOOL  hold MESSAGEs for offline users (202) and deliver them on REGISTER,
+                            durably in DATA-DIR/storage.db [default: true]
+  --message-expiry SECS     a held MESSAGE is given up (failure IMDN if asked) [default: 259200]
+  --message-user-cap N      most MESSAGEs held per user, more get 480 [default: 1000]
+  --message-max-size BYTES  largest pager-mode body; larger gets 413 (send it over MSRP,
+                            large message mode) [default: 1300]
+  --api-tokens FILE         bearer tokens of the HTTP API /api/v1 (`user token` per line);
+                            the API also takes digest with --users-file [default: none]
   -h, --help                this text
 ";
 
@@ -391,6 +429,12 @@ impl Config {
             "media-strict-source" => self.media_strict_source = parse(key, value)?,
             "media-connect" => self.media_connect = parse(key, value)?,
             "media-pace" => self.media_pace = parse(key, value)?,
+            "msrp-listen" => self.msrp_listen = parse(key, value)?,
+            "store-and-forward" => self.store_and_forward = parse(key, value)?,
+            "message-expiry" => self.message_expiry = parse(key, value)?,
+            "message-user-cap" => self.message_user_cap = parse(key, value)?,
+            "message-max-size" => self.message_max_size = parse(key, value)?,
+            "api-tokens" => self.api_tokens = Some(PathBuf::from(value)),
             _ => return Err(ConfigError::UnknownFlag(format!("--{key}"))),
         }
         Ok(())
@@ -475,12 +519,16 @@ mod tests {
         for k in KEYS {
             let mut c = Config::default();
             let v = match *k {
-                "sip-listen" | "http-listen" => "127.0.0.1:1",
-                "pin-workers" | "test-hooks" | "media-strict-source" | "media-connect" => "false",
+                "sip-listen" | "http-listen" | "msrp-listen" => "127.0.0.1:1",
+                "pin-workers"
+                | "test-hooks"
+                | "media-strict-source"
+                | "store-and-forward"
+                | "media-connect" => "false",
                 "media-ip" => "10.0.0.1",
                 "media-ports" => "40000-40099",
                 "codecs" => "PCMA,opus/48000/2",
-                "domain" | "data-dir" | "log" | "users-file" | "realm" => "x",
+                "domain" | "data-dir" | "log" | "users-file" | "realm" | "api-tokens" => "x",
                 _ => "7",
             };
             c.set(k, v).unwrap_or_else(|e| panic!("{k}: {e}"));

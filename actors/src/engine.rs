@@ -181,8 +181,10 @@ fn bind_sip(listen: SocketAddr, n: usize) -> Result<SipSockets, StartError> {
         let sip_addr = udp_socks[0]
             .local_addr()
             .map_err(|e| bind_err("SIP UDP", listen, e))?;
+        // A port we picked must be ours alone on TCP too.
+        let picked = listen.port() == 0;
         match (0..n)
-            .map(|_| tcp::bind_reuseport(sip_addr))
+            .map(|i| tcp::bind_reuseport(sip_addr, picked && i == 0))
             .collect::<Result<Vec<_>, _>>()
         {
             Ok(tcp_socks) => return Ok((udp_socks, tcp_socks, sip_addr)),
@@ -254,6 +256,8 @@ impl EngineHandle {
             plane.shutdown();
         }
         self.shared.charging.stop();
+        // Every accepted write is committed before the process exits.
+        self.shared.storage.shutdown();
         tracing::info!("cpmd stopped");
     }
 }

@@ -1,5 +1,5 @@
-//! The HTTP side: `/health` and Prometheus `/metrics` (actix-web on its own thread, so a slow
-//! scraper never delays a SIP worker).
+//! The HTTP side: `/health`, Prometheus `/metrics` and the network storage API under `/api/v1`
+//! ([`crate::api`]) (actix-web on its own thread, so a slow scraper never delays a SIP worker).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -29,12 +29,17 @@ pub fn server(
     shared: Arc<Shared>,
     addr: SocketAddr,
 ) -> std::io::Result<(actix_web::dev::Server, SocketAddr)> {
+    // A bad `--api-tokens` file stops startup.
+    let api = crate::api::ApiState::new(shared.clone())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    let api = web::Data::new(api);
     let data = web::Data::new(shared);
     let server = HttpServer::new(move || {
         App::new()
             .app_data(data.clone())
             .route("/health", web::get().to(health))
             .route("/metrics", web::get().to(metrics))
+            .service(crate::api::scope(api.clone()))
     })
     .workers(1)
     .disable_signals()

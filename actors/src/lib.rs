@@ -35,15 +35,21 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod api;
 pub mod charging;
 pub mod config;
 pub mod engine;
 pub mod http;
 pub mod media;
+pub mod messaging;
 pub mod metrics;
+pub mod msrp;
+pub mod record;
+pub mod routing;
 pub mod services;
 pub mod session;
 pub mod shared;
+pub mod storage;
 pub mod sys;
 pub mod time;
 pub mod transport;

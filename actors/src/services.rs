@@ -2,15 +2,13 @@
 //! (CPM.md §3–4): the registrar, OPTIONS, and pager-mode MESSAGE delivery. Services not served
 //! yet get the answer `cpm_engine::service` gives them.
 //!
-//! Pager mode (CPM.md §5 fig. 5, RFC 3428) is delivered as a stateful forking proxy (RFC 3261
-//! §16): one client transaction per registered contact of the target, the first 2xx relayed at
-//! once, otherwise the best final response when every branch has answered (§16.7).
+//! Pager mode (CPM.md §5 fig. 5, RFC 3428) is the [`MessageController`]'s; where a request
+//! goes (the target's contacts, the forwarded copy) is [`routing`]'s.
 //!
 //! A 1-to-1 session (CPM.md §5 fig. 6-7) gets a [`SessionActor`] on this worker: an INVITE to a
 //! registered local user starts one, and every later request, ACK, CANCEL and response of its
 //! Call-IDs is routed to it through the [`SessionTable`].
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -27,11 +25,13 @@ use cpm_engine::session::{Peer, SessionConfig, SessionStart};
 use cpm_engine::sip::digest::{Credentials, Verdict};
 use cpm_engine::sip::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 use cpm_engine::sip::uri::Uri;
-use cpm_engine::sip::{builder, HeaderName, Message, Method, StartLine};
+use cpm_engine::sip::{builder, HeaderName, Message, Method};
 
+use crate::messaging::{MessageController, StoreDone, StoreEvent};
+use crate::routing;
 use crate::session::{FromSession, SessionActor, SessionEnv, SessionKey, SessionTable, ToSession};
 use crate::shared::Shared;
-use crate::transport::{Router, Transport};
+use crate::transport::Transport;
 
 /// Body types the server itself accepts (MESSAGE bodies of any type are relayed unchanged).
 pub const ACCEPT: &str = "text/plain, message/cpim, application/im-iscomposing+xml";
@@ -43,16 +43,6 @@ pub const SERVER: &str = concat!("cpm-engine/", env!("CARGO_PKG_VERSION"));
 /// How often each worker sweeps expired registrations out of its registrar shards.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
 
-/// One MESSAGE being delivered to every contact of its target (RFC 3261 §16.6-16.7).
-struct Fork {
-    /// Branches still without a final response.
-    pending: usize,
-    /// Whether a final response was relayed already (a 2xx).
-    answered: bool,
-    /// The best final response so far.
-    best: Option<Message>,
-}
-
 /// The controllers of one worker.
 pub struct Services {
     shared: Arc<Shared>,
@@ -60,8 +50,7 @@ pub struct Services {
     svc: ServiceConfig,
     worker: usize,
     workers: usize,
-    forks: HashMap<ServerTxId, Fork>,
-    branches: HashMap<ClientTxId, ServerTxId>,
+    messages: MessageController,
     next_sweep: Option<Instant>,
     salt: u64,
     /// The sessions of this worker and how their traffic reaches them.
@@ -101,6 +90,7 @@ impl Services {
             },
             sdp: Arc::new(SdpConfig {
                 codecs: (!cfg.codecs.0.is_empty()).then(|| cfg.codecs.0.clone()),
+                msrp: Some(shared.msrp.sdp_config()),
                 ..SdpConfig::new(cfg.media_ip)
             }),
             pool: Rc::new(RefCell::new(PortPool::partition(
@@ -110,10 +100,12 @@ impl Services {
                 worker,
             ))),
             plane: shared.media[worker].clone(),
+            msrp: Some(shared.msrp.clone()),
             charging: shared.charging.clone(),
             interim: cfg.cdr_interim(),
             media_timeout: cfg.media_timeout(),
             test_hooks: cfg.test_hooks,
+            shared: Some(shared.clone()),
         });
         Services {
             sessions: SessionTable::default(),
@@ -124,8 +116,7 @@ impl Services {
             svc,
             worker,
             workers,
-            forks: HashMap::new(),
-            branches: HashMap::new(),
+            messages: MessageController::new(worker, workers, seed),
             next_sweep: None,
             salt: seed,
         }
@@ -133,14 +124,14 @@ impl Services {
 
     /// Forgets per-call state (after a supervisor restart).
     pub fn reset(&mut self) {
-        self.forks.clear();
-        self.branches.clear();
+        self.messages.reset(&self.shared);
         self.sessions.clear();
     }
 
     /// The worker's address, for the sessions it starts.
-    pub fn set_worker(&mut self, worker: Recipient<FromSession>) {
+    pub fn set_worker(&mut self, worker: Recipient<FromSession>, store: Recipient<StoreDone>) {
         self.worker_addr = Some(worker);
+        self.messages.set_worker(store);
     }
 
     /// Relay ports of this worker in use.
@@ -150,7 +141,7 @@ impl Services {
 
     /// Deliveries in progress.
     pub fn forks_in_flight(&self) -> usize {
-        self.forks.len()
+        self.messages.in_flight()
     }
 
     /// A new server transaction: decide the service and serve it.
@@ -293,7 +284,7 @@ impl Services {
     pub fn on_response(
         &mut self,
         id: ClientTxId,
-        mut resp: Message,
+        resp: Message,
         now: Instant,
         txn: &mut TransactionLayer,
     ) {
@@ -304,45 +295,19 @@ impl Services {
             });
             return;
         }
-        let code = resp.status().unwrap_or(0);
-        if code < 200 {
-            return; // provisional responses to MESSAGE are not relayed
-        }
-        let Some(server) = self.branches.remove(&id) else {
-            return;
-        };
-        let Some(fork) = self.forks.get_mut(&server) else {
-            return;
-        };
-        fork.pending = fork.pending.saturating_sub(1);
-        // Our own Via is on top; the response continues with the rest (§16.7 step 9).
-        resp.headers.remove_first_value(&HeaderName::Via);
-        // §16.7 step 6: a 503 (here: a contact we could not reach, or a device that is
-        // overloaded) is not forwarded upstream, where it would mean "this server is down".
-        // The user cannot be reached just now: 480.
-        if code == 503 {
-            if let StartLine::Response { code, reason, .. } = &mut resp.start {
-                *code = 480;
-                *reason = Bytes::from_static(b"Temporarily Unavailable");
+        let shared = self.shared.clone();
+        // Err: a late response to a transaction forgotten since.
+        if let Ok(out) = self.messages.on_response(&shared, id, resp, now, txn) {
+            for (server, r) in out {
+                self.respond(server, r, now, txn);
             }
         }
-        let mut relay = None;
-        if !fork.answered {
-            if (200..300).contains(&code) {
-                fork.answered = true;
-                relay = Some(resp);
-            } else if better(&resp, fork.best.as_ref()) {
-                fork.best = Some(resp);
-            }
-        }
-        if fork.pending == 0 {
-            if let Some(done) = self.forks.remove(&server) {
-                if !done.answered {
-                    relay = done.best;
-                }
-            }
-        }
-        if let Some(r) = relay {
+    }
+
+    /// A storage answer for the message controller.
+    pub fn on_store(&mut self, event: StoreEvent, now: Instant, txn: &mut TransactionLayer) {
+        let shared = self.shared.clone();
+        for (server, r) in self.messages.on_store(&shared, event, now, txn) {
             self.respond(server, r, now, txn);
         }
     }
@@ -354,6 +319,8 @@ impl Services {
 
     /// Periodic work: sweep expired registrations out of this worker's registrar shards.
     pub fn handle_timeout(&mut self, now: Instant, _txn: &mut TransactionLayer) {
+        let shared = self.shared.clone();
+        self.messages.handle_timeout(&shared, now);
         if self.next_sweep.is_some_and(|t| t > now) {
             return;
         }
@@ -369,7 +336,10 @@ impl Services {
 
     /// When [`Services::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_sweep
+        [self.next_sweep, self.messages.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     fn respond(
@@ -475,6 +445,11 @@ impl Services {
         let result = self.shared.registrar(&aor).lock().apply(&aor, &reg, now);
         match result {
             Ok(bindings) => {
+                if !bindings.is_empty() {
+                    // Held messages follow the 200 (the storage read answers later).
+                    let shared = self.shared.clone();
+                    self.messages.on_registered(&shared, &aor);
+                }
                 let mut r = builder::response_to_with_tag(req, 200, "OK", Some(&self.tag(txn)));
                 for b in &bindings {
                     r.headers.push(HeaderName::Contact, b.contact_value(now));
@@ -543,90 +518,9 @@ impl Services {
     // ---- pager-mode MESSAGE (CPM.md §5 fig. 5, RFC 3428) ---------------------------------
 
     fn message(&mut self, id: ServerTxId, req: Message, now: Instant, txn: &mut TransactionLayer) {
-        match self.try_message(id, &req, now, txn) {
-            Ok(()) => {}
-            Err(r) => self.respond(id, *r, now, txn),
+        if let Err(r) = self.messages.on_message(&self.shared, id, &req, now, txn) {
+            self.respond(id, *r, now, txn);
         }
-    }
-
-    fn try_message(
-        &mut self,
-        id: ServerTxId,
-        req: &Message,
-        now: Instant,
-        txn: &mut TransactionLayer,
-    ) -> Result<(), Box<Message>> {
-        // Max-Forwards was checked for every forwarded service in `on_request` (400, 483).
-        let mut started = 0;
-        for (b, dest, reliable) in self.local_targets(req, now)? {
-            let fwd = self.forward_copy(req, &b, reliable, txn);
-            match txn.send_request(fwd, dest, reliable, now) {
-                Ok(cid) => {
-                    self.branches.insert(cid, id);
-                    started += 1;
-                }
-                Err(e) => tracing::debug!(error = %e.reason(), "branch not started"),
-            }
-        }
-        if started == 0 {
-            return Err(Box::new(builder::local_response(
-                req,
-                480,
-                "Temporarily Unavailable",
-            )));
-        }
-        self.forks.insert(
-            id,
-            Fork {
-                pending: started,
-                answered: false,
-                best: None,
-            },
-        );
-        Ok(())
-    }
-
-    /// The registered contacts of the local user a request is for, with where each is reached:
-    /// 400 for a malformed Request-URI, 404 for a domain or user not served here, 480 when
-    /// the user has no reachable contact (decision 0003).
-    fn local_targets(
-        &self,
-        req: &Message,
-        now: Instant,
-    ) -> Result<Vec<(Binding, SocketAddr, bool)>, Box<Message>> {
-        let bad = |code: u16, reason: &str| Box::new(builder::local_response(req, code, reason));
-        let target = req
-            .request_uri()
-            .and_then(|u| Uri::parse(u).ok())
-            .ok_or_else(|| bad(400, "Malformed Request-URI"))?;
-        let sip = target.as_sip().ok_or_else(|| bad(404, "Not Found"))?;
-        if !self.shared.is_local_domain(&sip.host.to_lowercase()) {
-            return Err(bad(404, "Domain Not Served"));
-        }
-        let user = sip
-            .user
-            .as_ref()
-            .map(|u| String::from_utf8_lossy(u).into_owned())
-            .unwrap_or_default();
-        if user.is_empty() {
-            // The server itself: nobody to deliver to (OPTIONS to it is answered elsewhere).
-            return Err(bad(404, "Not Found"));
-        }
-        if let Some(users) = &self.shared.users {
-            if users.lookup(&user, self.shared.auth.realm()).is_none() {
-                return Err(bad(404, "Not Found"));
-            }
-        }
-        let aor = Aor::new(target.aor().ok_or_else(|| bad(404, "Not Found"))?);
-        let bindings = self.shared.registrar(&aor).lock().lookup(&aor, now);
-        let targets: Vec<_> = bindings
-            .into_iter()
-            .filter_map(|b| self.destination(&b).map(|(d, r)| (b, d, r)))
-            .collect();
-        if targets.is_empty() {
-            return Err(bad(480, "Temporarily Unavailable"));
-        }
-        Ok(targets)
     }
 
     // ---- 1-to-1 sessions (CPM.md §5 fig. 6-7) -------------------------------------------
@@ -650,7 +544,7 @@ impl Services {
             )));
         };
         let contacts = self
-            .local_targets(&req, now)?
+            .local_targets_of(&req, now)?
             .into_iter()
             .map(|(b, dest, reliable)| Peer {
                 uri: b.contact.clone(),
@@ -675,113 +569,16 @@ impl Services {
         Ok(())
     }
 
-    /// A fresh Call-ID for the B side that this worker owns (the router sends its traffic
-    /// here): about N tries for N workers.
+    /// A fresh Call-ID for the B side that this worker owns.
     fn owned_call_id(&mut self) -> Bytes {
-        loop {
-            self.salt = self
-                .salt
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            let id = Bytes::from(format!(
-                "{:016x}@{}",
-                self.salt,
-                self.shared.config.sip_listen.ip()
-            ));
-            if Router::owner(Some(&id), self.workers) == self.worker {
-                return id;
-            }
-        }
+        routing::owned_call_id(&self.shared, self.worker, self.workers, &mut self.salt)
     }
 
-    /// Where a binding is reached: over the TCP connection it registered on while that is
-    /// open; else at the contact URI's address when it is an IP literal; else at the address
-    /// the REGISTER came from (a client behind NAT, RFC 3581 style). Decision 0003.
-    fn destination(&self, b: &Binding) -> Option<(SocketAddr, bool)> {
-        let registered_tcp = b.transport.as_deref() == Some(&b"TCP"[..]);
-        if registered_tcp {
-            if let Some(src) = b.source {
-                if self.shared.tcp.get(&src).is_some() {
-                    return Some((src, true));
-                }
-            }
-        }
-        let uri = Uri::parse(&b.contact).ok()?;
-        let sip = uri.as_sip()?;
-        let reliable = sip
-            .transport()
-            .is_some_and(|t| t.eq_ignore_ascii_case(b"tcp"))
-            || registered_tcp;
-        match sip.host.ip() {
-            Some(ip) => Some((SocketAddr::new(ip, sip.port.unwrap_or(5060)), reliable)),
-            None => b.source.map(|s| (s, reliable)),
-        }
-    }
-
-    /// The request as forwarded to one contact (RFC 3261 §16.6): Request-URI = the contact,
-    /// Max-Forwards decremented, our Via on top with a fresh branch, Routes to us removed.
-    fn forward_copy(
-        &mut self,
+    fn local_targets_of(
+        &self,
         req: &Message,
-        b: &Binding,
-        reliable: bool,
-        txn: &mut TransactionLayer,
-    ) -> Message {
-        let mut fwd = req.clone();
-        if let StartLine::Request { uri, .. } = &mut fwd.start {
-            *uri = b.contact.clone();
-        }
-        let mf = req.max_forwards().ok().flatten().unwrap_or(70);
-        fwd.headers
-            .set(HeaderName::MaxForwards, (mf.saturating_sub(1)).to_string());
-        let routes: Vec<Bytes> = fwd.headers.values(&HeaderName::Route).collect();
-        if !routes.is_empty() {
-            fwd.headers.remove(&HeaderName::Route);
-            for r in routes.into_iter().filter(|r| !self.is_our_route(r)) {
-                fwd.headers.push(HeaderName::Route, r);
-            }
-        }
-        let via = format!(
-            "SIP/2.0/{} {};branch={};rport",
-            if reliable { "TCP" } else { "UDP" },
-            self.shared.config.sip_listen,
-            String::from_utf8_lossy(&txn.new_branch())
-        );
-        fwd.headers.push_front(HeaderName::Via, via);
-        fwd
-    }
-
-    fn is_our_route(&self, r: &Bytes) -> bool {
-        cpm_engine::sip::hdr::NameAddr::parse(r, "Route")
-            .ok()
-            .and_then(|na| na.uri.as_sip().map(|s| (s.host.to_lowercase(), s.port)))
-            .is_some_and(|(host, port)| {
-                self.shared.is_local_domain(&host)
-                    && port.is_none_or(|p| p == self.shared.config.sip_listen.port())
-            })
-    }
-}
-
-/// RFC 3261 §16.7 step 6: a 6xx beats everything; otherwise the lowest class wins, and within
-/// a class the first response stays.
-fn better(new: &Message, old: Option<&Message>) -> bool {
-    let Some(old) = old else { return true };
-    let (n, o) = (new.status().unwrap_or(500), old.status().unwrap_or(500));
-    let rank = |c: u16| if c >= 600 { 0 } else { c / 100 };
-    rank(n) < rank(o)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn best_response_ranking() {
-        let r =
-            |c: u16| cpm_engine::sip::parse(Bytes::from(format!("SIP/2.0 {c} X\r\n\r\n"))).unwrap();
-        assert!(better(&r(404), Some(&r(503))));
-        assert!(!better(&r(503), Some(&r(404))));
-        assert!(better(&r(603), Some(&r(404))));
-        assert!(!better(&r(486), Some(&r(404))));
+        now: Instant,
+    ) -> Result<Vec<(Binding, SocketAddr, bool)>, Box<Message>> {
+        routing::local_targets(&self.shared, req, now)
     }
 }

@@ -31,17 +31,19 @@ use cpm_engine::media::{
     Side, StreamId,
 };
 use cpm_engine::session::{
-    Action, ChargingKind, ChargingRecord, EndReason, FlowCounters, LegUsage, NoPolicy, ReqId,
-    Session, SessionConfig, SessionStart,
+    Action, ChargingKind, ChargingRecord, EndReason, FlowCounters, LegUsage, MsrpUsage, NoPolicy,
+    ReqId, Session, SessionConfig, SessionStart,
 };
 use cpm_engine::sip::transaction::{ClientTxId, ServerTxId};
 use cpm_engine::sip::Message;
+use cpm_engine::store::SessionKind;
 use futures_util::FutureExt;
 
 use crate::charging::{Cdr, ChargingWriter};
 use crate::media::{
     LegHandle, LegSpec, LegStats, MediaInactive, MediaPlane, OpenError, RelayLeg, SidePorts,
 };
+use crate::record::{History, Parties, Recorder};
 
 /// How long a session's media is still relayed after its end: packets a party sent before
 /// the BYE reached it still get through (rtpengine keeps a deleted call for its
@@ -105,12 +107,17 @@ pub struct SessionEnv {
     pub pool: Rc<RefCell<PortPool>>,
     /// This worker's media loop.
     pub plane: MediaPlane,
+    /// The MSRP relay, when it runs.
+    pub msrp: Option<crate::msrp::MsrpPlane>,
     /// Where charging records go.
     pub charging: ChargingWriter,
     /// Interim charging records every this long (`None`: none).
     pub interim: Option<Duration>,
     /// The RTP inactivity limit (`None`: no check).
     pub media_timeout: Option<Duration>,
+    /// The shared state, for network storage (session history, recording, CPM.md §5 fig.
+    /// 12), the users' settings and our domains; `None`: no history, no recording.
+    pub shared: Option<Arc<crate::shared::Shared>>,
     /// Test-only fault injection (`--test-hooks`): a request of the session carrying
     /// `X-Cpm-Test: panic-session` makes its actor panic.
     pub test_hooks: bool,
@@ -220,10 +227,18 @@ pub struct SessionActor {
     session: Session<MediaRelay, NoPolicy>,
     env: Rc<SessionEnv>,
     legs: Legs,
+    /// The MSRP legs (dropping one closes its connections).
+    msrp: HashMap<StreamId, crate::msrp::MsrpLeg>,
     timer: Option<(Instant, SpawnHandle)>,
     ended: bool,
     /// The stop record, written once the legs are closed and their last figures known.
     stop_record: Option<Box<ChargingRecord>>,
+    /// The parties' AORs and which are ours (for history and recording).
+    parties: Option<Parties>,
+    /// The session's history entries.
+    history: Option<History>,
+    /// The MSRP tap while the session is recorded (fig. 12).
+    recorder: Option<Arc<Recorder>>,
 }
 
 impl SessionActor {
@@ -239,16 +254,77 @@ impl SessionActor {
             media: MediaSession::new(env.sdp.clone()),
             pool: env.pool.clone(),
         };
-        let session = Session::new(env.config.clone(), start, relay, NoPolicy, now);
+        let parties = env
+            .shared
+            .as_deref()
+            .and_then(|sh| parties_of(&start.invite, sh));
+        let history = env.shared.as_ref().zip(parties.as_ref()).map(|(sh, p)| {
+            let kind = if offers_msrp(&start.invite) {
+                SessionKind::Chat
+            } else {
+                SessionKind::Call
+            };
+            History::start(sh.storage.clone(), p, kind)
+        });
+        // A party whose settings say so has the session recorded from the start.
+        let record_by = env
+            .shared
+            .as_ref()
+            .zip(parties.as_ref())
+            .and_then(|(sh, p)| {
+                let settings = sh.settings.read();
+                [Side::A, Side::B].into_iter().find(|s| {
+                    p.local[s.index()]
+                        && settings
+                            .get(&p.aor[s.index()])
+                            .is_some_and(|u| u.record_sessions)
+                })
+            });
+        let mut session = Session::new(env.config.clone(), start, relay, NoPolicy, now);
+        if let Some(by) = record_by {
+            session.start_recording(by);
+        }
         SessionActor {
             key,
             worker,
             session,
             env,
             legs: Legs::default(),
+            msrp: HashMap::new(),
             timer: None,
             ended: false,
             stop_record: None,
+            parties,
+            history,
+            recorder: None,
+        }
+    }
+
+    /// Starts or stops the recording the session asked for (a REFER to the storage).
+    fn apply_record(&mut self) {
+        while let Some(change) = self.session.poll_record() {
+            let on = change.on;
+            self.recorder = match (on, &self.env.shared, &self.parties) {
+                (true, Some(sh), Some(p)) if self.recorder.is_none() => {
+                    let id = String::from_utf8_lossy(self.session.call_ids()[0]).into_owned();
+                    Some(Recorder::new(sh.storage.clone(), p.clone(), id))
+                }
+                (true, ..) => self.recorder.take(),
+                (false, ..) => None,
+            };
+            tracing::info!(session = self.key.0, on, by = ?change.by, "session recording");
+            self.set_taps();
+        }
+    }
+
+    /// Every MSRP leg's tap: the recorder, or none.
+    fn set_taps(&self) {
+        for leg in self.msrp.values() {
+            leg.set_tap(
+                self.recorder
+                    .clone()
+                    .map(|r| r as Arc<dyn crate::msrp::Tap>),
+            );
         }
     }
 
@@ -258,6 +334,7 @@ impl SessionActor {
         // Ended already: the media lingers, nothing more is carried out.
         let was_ended = self.ended;
         self.apply_media(ctx);
+        self.apply_record();
         let mut out = Vec::new();
         while let Some(action) = self.session.poll_action() {
             match action {
@@ -272,6 +349,9 @@ impl SessionActor {
                 Action::Charging(record) => self.charge(*record),
                 Action::Ended(reason) => {
                     tracing::debug!(session = self.key.0, %reason, "session ended");
+                    if let Some(h) = &self.history {
+                        h.end(reason.as_str());
+                    }
                     self.ended = true;
                     out.push(Action::Ended(reason));
                 }
@@ -312,6 +392,8 @@ impl SessionActor {
             .media
             .release_all(&mut self.env.pool.borrow_mut());
         while self.session.relay_mut().media.poll_change().is_some() {}
+        let msrp_usage: Vec<LegUsage> = self.msrp_usage();
+        self.msrp.clear();
         let closes = self.legs.drain().map(|(stream, leg)| {
             let kind = leg.kind;
             leg.actor
@@ -324,6 +406,7 @@ impl SessionActor {
                 record.legs = closed
                     .into_iter()
                     .filter_map(|(stream, kind, stats)| Some(usage(stream, kind, &stats?)))
+                    .chain(msrp_usage)
                     .collect();
                 record.legs.sort_by_key(|l| l.stream);
                 act.write(&record);
@@ -383,7 +466,36 @@ impl SessionActor {
                         }
                     }
                 }
+                LegChange::OpenMsrp {
+                    stream,
+                    a_facing,
+                    b_facing,
+                } => {
+                    let opened = self
+                        .env
+                        .msrp
+                        .as_ref()
+                        .map(|p| p.open_leg(&a_facing, &b_facing));
+                    match opened {
+                        Some(Ok(leg)) => {
+                            if let Some(r) = &self.recorder {
+                                leg.set_tap(Some(r.clone() as Arc<dyn crate::msrp::Tap>));
+                            }
+                            self.msrp.insert(stream, leg);
+                        }
+                        Some(Err(e)) => {
+                            tracing::warn!(session = self.key.0, %stream, error = %e, "MSRP leg not opened")
+                        }
+                        None => tracing::warn!(session = self.key.0, %stream, "no MSRP relay"),
+                    }
+                }
+                LegChange::MsrpPeer { stream, side, peer } => {
+                    if let Some(leg) = self.msrp.get(&stream) {
+                        leg.set_peer(side, peer);
+                    }
+                }
                 LegChange::Close { stream } => {
+                    self.msrp.remove(&stream);
                     if let Some(leg) = self.legs.remove(&stream) {
                         leg.actor.do_send(crate::media::Close);
                     }
@@ -424,6 +536,7 @@ impl SessionActor {
             .release_all(&mut self.env.pool.borrow_mut());
         // The Close events of release_all, and any leg left: stop them all.
         while self.session.relay_mut().media.poll_change().is_some() {}
+        self.msrp.clear();
         for (_, leg) in self.legs.drain() {
             leg.actor.do_send(crate::media::Close);
         }
@@ -448,6 +561,7 @@ impl SessionActor {
             .legs
             .iter()
             .map(|(stream, leg)| usage(*stream, leg.kind, &leg.stats.stats()))
+            .chain(self.msrp_usage())
             .collect();
         record.legs.sort_by_key(|l| l.stream);
         self.write(&record);
@@ -457,6 +571,14 @@ impl SessionActor {
         self.env
             .charging
             .write(Cdr::from_record(record, Instant::now(), SystemTime::now()));
+    }
+
+    /// The MSRP legs' figures as charging records carry them.
+    fn msrp_usage(&self) -> Vec<LegUsage> {
+        self.msrp
+            .iter()
+            .map(|(stream, leg)| msrp_usage(*stream, &leg.stats()))
+            .collect()
     }
 
     /// Whether every leg has been idle for the media timeout (one idle leg, e.g. video on
@@ -469,6 +591,61 @@ impl SessionActor {
             .values()
             .all(|l| now.saturating_duration_since(l.stats.stats().last_activity()) >= timeout)
     }
+}
+
+/// An MSRP leg's counters as the charging record carries them: its flows count SEND chunks
+/// and body bytes, `msrp` the messages and generated REPORTs too.
+fn msrp_usage(stream: StreamId, s: &crate::msrp::MsrpLegStats) -> LegUsage {
+    let flow = |i: usize| FlowCounters {
+        packets: s.chunks[i],
+        bytes: s.bytes[i],
+        ..FlowCounters::default()
+    };
+    LegUsage {
+        stream: stream.0,
+        media: "message".into(),
+        codec: None,
+        from_a: flow(0),
+        from_b: flow(1),
+        msrp: Some(MsrpUsage {
+            messages: s.messages,
+            chunks: s.chunks,
+            bytes: s.bytes,
+            reports_generated: s.reports_generated,
+        }),
+    }
+}
+
+/// The canonical AOR of a From or To value.
+fn aor_of(msg: &Message, name: cpm_engine::sip::HeaderName) -> Option<String> {
+    let v = msg.headers.get(&name)?;
+    cpm_engine::sip::hdr::NameAddr::parse(v, "From")
+        .ok()?
+        .uri
+        .aor()
+}
+
+/// The session's parties from A's INVITE (From and To) and which are served here.
+fn parties_of(invite: &Message, shared: &crate::shared::Shared) -> Option<Parties> {
+    use cpm_engine::sip::HeaderName;
+    let aor = [
+        aor_of(invite, HeaderName::From)?,
+        aor_of(invite, HeaderName::To)?,
+    ];
+    let local = aor.clone().map(|a| {
+        let domain = a.rsplit('@').next().unwrap_or("").to_ascii_lowercase();
+        let domain = domain.split(':').next().unwrap_or("");
+        shared.domains.iter().any(|d| d == domain)
+    });
+    Some(Parties { aor, local })
+}
+
+/// Whether an INVITE offers an MSRP stream (`m=message`, RFC 4975 §8.1).
+fn offers_msrp(invite: &Message) -> bool {
+    invite
+        .body
+        .split(|&b| b == b'\n')
+        .any(|l| l.starts_with(b"m=message "))
 }
 
 /// A leg's counters as the charging record carries them.
@@ -493,6 +670,7 @@ fn usage(stream: StreamId, kind: MediaKind, s: &LegStats) -> LegUsage {
         codec: None,
         from_a: flow(Side::A),
         from_b: flow(Side::B),
+        msrp: None,
     }
 }
 
@@ -515,6 +693,9 @@ impl Actor for SessionActor {
         if let Some(record) = self.stop_record.take() {
             self.charge(*record);
         }
+        if let Some(h) = &self.history {
+            h.end(EndReason::Aborted.as_str());
+        }
         self.release_media();
     }
 }
@@ -526,6 +707,9 @@ impl Drop for SessionActor {
     fn drop(&mut self) {
         if !self.ended {
             self.ended = true;
+            if let Some(h) = &self.history {
+                h.end(EndReason::Aborted.as_str());
+            }
             let _ = self.worker.try_send(FromSession {
                 key: self.key,
                 actions: vec![Action::Ended(EndReason::Aborted)],

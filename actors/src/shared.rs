@@ -5,19 +5,23 @@
 //! see (a user's bindings are read by whichever worker owns a MESSAGE's Call-ID) is here, behind
 //! short, sharded locks that are never held across I/O (decision 0002).
 
+use std::collections::HashMap;
 use std::io::Read as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cpm_engine::registrar::{Aor, Registrar, RegistrarConfig};
 use cpm_engine::sip::digest::{Authenticator, UserDb};
-use parking_lot::Mutex;
+use cpm_engine::store::{ReadQuery, ReadResult, UserSettings};
+use parking_lot::{Mutex, RwLock};
 
 use crate::charging::{ChargingWriter, JsonLines};
 use crate::config::Config;
 use crate::engine::StartError;
 use crate::media::{MediaConfig, MediaPlane};
-use crate::metrics::{self, WorkerMetrics};
+use crate::metrics::{self, MsrpMetrics, WorkerMetrics};
+use crate::msrp::{MsrpPlane, MsrpSettings};
+use crate::storage::{Storage, StorageOptions};
 use crate::transport::TcpRegistry;
 
 /// Registrar shards: an AOR's bindings live in shard hash(AOR) mod this.
@@ -35,8 +39,22 @@ pub struct Shared {
     pub tcp: TcpRegistry,
     /// One media plane (RTP relay loop) per worker, index = worker id.
     pub media: Vec<MediaPlane>,
+    /// The MSRP relay (`--msrp-listen`).
+    pub msrp: MsrpPlane,
+    /// The MSRP relay's counters.
+    pub msrp_metrics: Arc<MsrpMetrics>,
     /// Where the sessions' charging records go (`<data-dir>/cdr.jsonl`).
     pub charging: ChargingWriter,
+    /// Network storage and the store-and-forward queue (`<data-dir>/storage.db`).
+    pub storage: Storage,
+    /// The users whose held messages are being delivered right now (by one worker each), so a
+    /// second REGISTER elsewhere does not deliver them twice, and new messages for them queue
+    /// behind the held ones (order kept); the flag: more were held since the run's last read.
+    pub delivering: Mutex<HashMap<String, bool>>,
+    /// Every user's storage settings that differ from the defaults, by AOR: the message
+    /// controller's network-storage decision reads it; loaded from storage at startup, and
+    /// updated by whoever writes a user's settings (the HTTP API) once the write committed.
+    pub settings: RwLock<HashMap<String, UserSettings>>,
     /// Digest users (from `--users-file`); `None` means registration is open.
     pub users: Option<UserDb>,
     /// The digest server (realm and nonce secret).
@@ -92,14 +110,37 @@ impl Shared {
             })
             .collect::<std::io::Result<Vec<_>>>()
             .map_err(|e| StartError::Runtime(format!("media loop: {e}")))?;
+        let msrp_metrics = Arc::new(MsrpMetrics::default());
+        let mut key = [0u8; 32];
+        key.copy_from_slice(&random_bytes()[..32]);
+        // A listener that cannot be bound is a configuration error, as for SIP: cpmd does not
+        // start rather than pass MSRP through unanchored without saying so.
+        let msrp = MsrpPlane::start(
+            MsrpSettings::new(config.msrp_listen),
+            key,
+            seed ^ 0x6d73_7270,
+            msrp_metrics.clone(),
+        )
+        .map_err(|error| StartError::Bind {
+            what: "MSRP TCP",
+            addr: config.msrp_listen,
+            error,
+        })?;
         let cdr_path = config.data_dir.join("cdr.jsonl");
         let charging = JsonLines::open(&cdr_path)
             .and_then(|sink| ChargingWriter::start(Box::new(sink)))
             .map_err(|e| {
                 StartError::Config(format!("charging records {}: {e}", cdr_path.display()))
             })?;
+        let storage = Storage::open(&config.data_dir, StorageOptions::default()).map_err(|e| {
+            StartError::Config(format!("storage in {}: {e}", config.data_dir.display()))
+        })?;
+        let settings = load_settings(&storage)?;
         Ok(Shared {
+            settings: RwLock::new(settings),
             charging,
+            storage,
+            delivering: Mutex::new(HashMap::new()),
             auth: Authenticator::new(config.realm(), random[8..].to_vec()),
             users,
             registrar: (0..REGISTRAR_SHARDS)
@@ -109,6 +150,8 @@ impl Shared {
             metrics,
             tcp: TcpRegistry::default(),
             media,
+            msrp,
+            msrp_metrics,
             seed,
             draining: AtomicBool::new(false),
             config,
@@ -178,7 +221,25 @@ impl Shared {
     /// The Prometheus text of `/metrics`.
     pub fn render_metrics(&self) -> String {
         let (contacts, aors) = self.registrations();
-        metrics::render(&self.metrics, contacts, aors)
+        let mut out = metrics::render(&self.metrics, contacts, aors);
+        self.storage.metrics().render(&mut out);
+        metrics::render_msrp(&mut out, &self.msrp_metrics);
+        out
+    }
+}
+
+/// Every user's explicit storage settings, read once at startup (blocking: nothing runs yet).
+fn load_settings(storage: &Storage) -> Result<HashMap<String, UserSettings>, StartError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    storage
+        .read(ReadQuery::AllSettings, move |r| {
+            let _ = tx.send(r);
+        })
+        .map_err(|e| StartError::Config(format!("storage: {e}")))?;
+    match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+        Ok(Ok(ReadResult::AllSettings(all))) => Ok(all.into_iter().collect()),
+        Ok(other) => Err(StartError::Config(format!("user settings: {other:?}"))),
+        Err(e) => Err(StartError::Config(format!("user settings: {e}"))),
     }
 }
 

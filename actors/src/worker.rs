@@ -21,6 +21,7 @@ use cpm_engine::sip::transaction::{
 };
 use cpm_engine::sip::{builder, validate, Message, Method};
 
+use crate::messaging::StoreDone;
 use crate::metrics::{Drop as DropReason, WorkerMetrics};
 use crate::services::Services;
 use crate::session::{FromSession, ToSession};
@@ -355,7 +356,8 @@ impl Actor for Worker {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
-        self.services.set_worker(ctx.address().recipient());
+        self.services
+            .set_worker(ctx.address().recipient(), ctx.address().recipient());
         // After a supervisor restart `out` is already set: the sockets and their tasks run on,
         // and the timer is re-armed for the periodic work.
         if let Some(out) = self.out.clone() {
@@ -402,6 +404,18 @@ impl Handler<FromSession> for Worker {
             let Some(out) = w.out.clone() else { return };
             let now = Instant::now();
             w.on_session_actions(msg, now);
+            w.drive(now, &out, ctx);
+        });
+    }
+}
+
+impl Handler<StoreDone> for Worker {
+    type Result = ();
+    fn handle(&mut self, msg: StoreDone, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |w, ctx| {
+            let Some(out) = w.out.clone() else { return };
+            let now = Instant::now();
+            w.services.on_store(msg.0, now, &mut w.txn);
             w.drive(now, &out, ctx);
         });
     }

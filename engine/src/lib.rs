@@ -19,8 +19,13 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod cpim;
+pub mod deferred;
 pub mod hash;
+pub mod imdn;
 pub mod media;
+pub mod msrp;
+pub mod record;
 pub mod registrar;
 pub mod rtp;
 pub mod sdp;

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! cpm-loadgen uas --listen ADDR:PORT [--register-to HOST:PORT --users N] [--rtp echo|sink|generate]
-//! cpm-loadgen call|options|register|message --target HOST:PORT [--to USER_PATTERN] --rate PER_S
+//! cpm-loadgen call|options|register|message|msrp --target HOST:PORT [--to USER_PATTERN] --rate PER_S
 //!     (--count N | --duration SECS) [--hold SECS] [--concurrency N] [--ramp-up SECS]
 //!     [--json FILE] [--html FILE] [--max-loss PCT] [--max-p99-ms MS] [--min-success PCT]
 //! ```
@@ -25,11 +25,11 @@ cpm-loadgen: the load generator of cpm-engine
 
 USAGE:
   cpm-loadgen uas --listen ADDR:PORT [--register-to HOST:PORT --users N] [--rtp echo|sink|generate]
-  cpm-loadgen (call|options|register|message) --target HOST:PORT [--to USER_PATTERN] --rate PER_S
+  cpm-loadgen (call|options|register|message|msrp) --target HOST:PORT [--to USER_PATTERN] --rate PER_S
               (--count N | --duration SECS) [--hold SECS] [--concurrency N] [--ramp-up SECS]
               [--json FILE] [--html FILE] [--max-loss PCT] [--max-p99-ms MS] [--min-success PCT]
 
-CLIENT OPTIONS (call, options, register, message):
+CLIENT OPTIONS (call, options, register, message, msrp):
   --target HOST:PORT     where requests go (a server, or a uas directly)
   --to PATTERN           user of session n: PATTERN with %d / %0Nd = n mod --users [user%04d];
                          '' = the target itself (sip:DOMAIN, e.g. an OPTIONS ping of a proxy)
@@ -42,7 +42,7 @@ CLIENT OPTIONS (call, options, register, message):
   --ramp-up SECS         rate grows linearly from 0 over this time [0]
   --concurrency N        sessions in flight at most; due sessions wait [10000]
   --drain SECS           after the last start, time for sessions in flight to end [35]
-  --hold SECS            call: time between ACK and BYE [5]
+  --hold SECS            call: time between ACK and BYE [5]; msrp: last 200 to BYE [0]
   --codec NAME[/RATE[/CH]]  call: the codec offered: a static RTP payload type (PCMU, PCMA,
                          G722, L16, GSM, G729, ...) or any other as dynamic type 96 (opus/48000/2)
                          [PCMU]
@@ -52,6 +52,14 @@ CLIENT OPTIONS (call, options, register, message):
   --rtp-ports MIN-MAX    call: RTP sockets on even ports of this range [any free port]
   --body-size BYTES      message: body size, send stamp included [100]
   --content-type TYPE    message: body type [text/plain]
+  --expect CODES         message: final codes that count as success, comma-separated [2xx];
+                         202 (\"stored\" by a store-and-forward server) is counted apart
+  --messages M           msrp: messages per session [10]
+  --size BYTES           msrp: bytes per message, send stamp included [100]
+  --chunk BYTES          msrp: bytes per chunk at most [4096; 65536 with --file]
+  --file BYTES           msrp: one message of BYTES per session (a file transfer)
+  --relay HOST:PORT      msrp: authenticate at this RFC 4976 relay (AUTH) and put it in our
+                         path (Kamailio's msrp module; the uas needs --msrp-relay too)
   --receiver ADDR:PORT   message: run a receiving uas in this process (registered at --target
                          unless --target is omitted or equal), so one run reports delivery
   --password PW          register: digest password of every user
@@ -74,6 +82,11 @@ UAS OPTIONS:
   --payload-size BYTES   payload of a generated stream [the codec's for the ptime; else 160]
   --rtp-ports MIN-MAX    RTP sockets on even ports of this range [any free port]
   --duration SECS        stop after this long [until SIGINT/SIGTERM]
+  --register-after SECS  register the users only after this delay (a store-and-forward server
+                         holds what comes before and delivers it on REGISTER)
+  --msrp-relay HOST:PORT chats: authenticate at this RFC 4976 relay and put it in our path
+  (an INVITE with an m=message TCP/MSRP offer is answered a=setup:active: the uas connects to
+  the offered path, answers every SEND 200 and checks each message's stamp and bytes)
 
 COMMON:
   --json FILE            JSON report
@@ -101,6 +114,8 @@ pub enum ScenarioKind {
     Register,
     /// One pager-mode MESSAGE.
     Message,
+    /// INVITE with a chat offer, MSRP messages, BYE.
+    Msrp,
 }
 
 impl ScenarioKind {
@@ -111,6 +126,7 @@ impl ScenarioKind {
             ScenarioKind::Options => "options",
             ScenarioKind::Register => "register",
             ScenarioKind::Message => "message",
+            ScenarioKind::Msrp => "msrp",
         }
     }
 }
@@ -169,6 +185,12 @@ pub struct ClientArgs {
     pub content_type: String,
     /// `--receiver` (message).
     pub receiver: Option<SocketAddr>,
+    /// `--expect` (message): the final codes that count as success (empty: any 2xx).
+    pub expect: Vec<u16>,
+    /// `--messages`, `--size`, `--chunk`, `--file` (msrp).
+    pub msrp: crate::msrp::Load,
+    /// `--relay` (msrp): an RFC 4976 relay to authenticate at, unresolved.
+    pub relay: Option<String>,
     /// `--password`.
     pub password: Option<String>,
     /// `--users-file`.
@@ -212,6 +234,10 @@ pub struct UasArgs {
     pub rtp_ports: Option<(u16, u16)>,
     /// `--duration`.
     pub duration: Option<Duration>,
+    /// `--register-after`.
+    pub register_after: Duration,
+    /// `--msrp-relay`: the RFC 4976 relay chats authenticate at, unresolved.
+    pub msrp_relay: Option<String>,
     /// Common options.
     pub common: Common,
 }
@@ -248,6 +274,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         "options" => parse_client(ScenarioKind::Options, rest).map(Command::client),
         "register" => parse_client(ScenarioKind::Register, rest).map(Command::client),
         "message" => parse_client(ScenarioKind::Message, rest).map(Command::client),
+        "msrp" => parse_client(ScenarioKind::Msrp, rest).map(Command::client),
         other => Err(format!("unknown subcommand {other:?}")),
     }
 }
@@ -351,6 +378,13 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
         body_size: 100,
         content_type: "text/plain".into(),
         receiver: None,
+        expect: Vec::new(),
+        relay: None,
+        msrp: crate::msrp::Load {
+            messages: 10,
+            size: 100,
+            chunk: 4096,
+        },
         password: None,
         users_file: None,
         expires: 3600,
@@ -364,6 +398,7 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
         },
     };
     let mut rate = None;
+    let (mut hold, mut chunk, mut file) = (None, None, None);
     let (mut codec, mut ptime, mut payload_len) = (Codec::PCMU, 20, None);
     for (k, v) in pairs(args)? {
         let v = v.unwrap_or_default();
@@ -382,13 +417,27 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
             "--ramp-up" => a.ramp_up = secs(&k, &v)?,
             "--concurrency" => a.concurrency = num(&k, &v)?,
             "--drain" => a.drain = secs(&k, &v)?,
-            "--hold" => a.hold = secs(&k, &v)?,
+            "--hold" => hold = Some(secs(&k, &v)?),
             "--codec" => codec = media::parse_codec(&v)?,
             "--ptime" => ptime = num(&k, &v)?,
             "--payload-size" => payload_len = Some(num(&k, &v)?),
             "--rtp-ports" => a.rtp_ports = Some(port_range(&k, &v)?),
             "--body-size" => a.body_size = num(&k, &v)?,
             "--content-type" => a.content_type = v,
+            "--expect" if kind == ScenarioKind::Message => {
+                a.expect = v
+                    .split(',')
+                    .map(|c| match num::<u16>(&k, c.trim())? {
+                        c @ 200..=699 => Ok(c),
+                        c => Err(format!("--expect {c}: a final status code")),
+                    })
+                    .collect::<Result<_, _>>()?
+            }
+            "--messages" if kind == ScenarioKind::Msrp => a.msrp.messages = num(&k, &v)?,
+            "--size" if kind == ScenarioKind::Msrp => a.msrp.size = num(&k, &v)?,
+            "--chunk" if kind == ScenarioKind::Msrp => chunk = Some(num(&k, &v)?),
+            "--file" if kind == ScenarioKind::Msrp => file = Some(num(&k, &v)?),
+            "--relay" if kind == ScenarioKind::Msrp => a.relay = Some(v),
             "--receiver" if kind == ScenarioKind::Message => {
                 a.receiver = Some(num(&k, &v)?);
             }
@@ -405,6 +454,18 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
         }
     }
     a.rate = rate.ok_or("--rate PER_S is required")?;
+    a.hold = hold.unwrap_or(match kind {
+        ScenarioKind::Msrp => Duration::ZERO,
+        _ => Duration::from_secs(5),
+    });
+    if let Some(bytes) = file {
+        a.msrp.messages = 1;
+        a.msrp.size = bytes;
+    }
+    a.msrp.chunk = chunk.unwrap_or(if file.is_some() { 65_536 } else { 4096 });
+    if a.msrp.chunk == 0 || a.msrp.size == 0 {
+        return Err("--chunk, --size and --file must be at least 1".into());
+    }
     a.media = MediaProfile::new(codec, ptime, payload_len)?;
     if a.count.is_none() && a.duration.is_none() {
         return Err("--count N or --duration SECS is required (runs are always bounded)".into());
@@ -438,6 +499,8 @@ fn parse_uas(args: &[String]) -> Result<UasArgs, String> {
         payload_len: None,
         rtp_ports: None,
         duration: None,
+        register_after: Duration::ZERO,
+        msrp_relay: None,
         common: Common::default(),
     };
     for (k, v) in pairs(args)? {
@@ -460,6 +523,8 @@ fn parse_uas(args: &[String]) -> Result<UasArgs, String> {
                     .ok_or_else(|| format!("--rtp {v}: echo, sink or generate"))?
             }
             "--duration" => a.duration = Some(secs(&k, &v)?),
+            "--register-after" => a.register_after = secs(&k, &v)?,
+            "--msrp-relay" => a.msrp_relay = Some(v),
             "--codec" => {
                 a.codecs = v
                     .split(',')

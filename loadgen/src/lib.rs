@@ -65,6 +65,7 @@ pub mod cli;
 pub mod driver;
 pub mod io;
 pub mod metrics;
+pub mod msrp;
 pub mod net;
 pub mod pacing;
 pub mod report;

@@ -14,6 +14,7 @@ use crate::pacing::{Pacer, Schedule};
 use crate::report::{self, Report};
 use crate::scenario::call::Call;
 use crate::scenario::message::{Body, MessageScenario};
+use crate::scenario::msrp::{MsrpConfig, MsrpScenario};
 use crate::scenario::options::Options;
 use crate::scenario::register::{Register, Secrets};
 use crate::scenario::uas::{Uas, UasConfig};
@@ -224,6 +225,8 @@ pub fn run_uas(a: &UasArgs) -> Result<Report, String> {
         codecs: a.codecs.clone(),
         payload_len: a.payload_len,
         rtp_ports: a.rtp_ports,
+        register_after: a.register_after,
+        msrp_relay: a.msrp_relay.as_deref().map(resolve).transpose()?,
     };
     let cpu_before = sys::cpu_used();
     let users = a.users;
@@ -339,6 +342,8 @@ pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
                 codecs: crate::scenario::media::fixed_rate_codecs(),
                 payload_len: None,
                 rtp_ports: None,
+                register_after: Duration::ZERO,
+                msrp_relay: None,
             };
             Some(Receiver::start(cfg, seed ^ 0x5eed, start)?)
         }
@@ -363,11 +368,22 @@ pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
     };
     let scenario: Box<dyn Scenario> = match a.kind {
         ScenarioKind::Options => Box::new(Options::new(target)),
-        ScenarioKind::Message => Box::new(MessageScenario::new(
+        ScenarioKind::Message => Box::new(
+            MessageScenario::new(
+                target,
+                Body {
+                    size: a.body_size,
+                    content_type: a.content_type.clone(),
+                },
+            )
+            .expecting(&a.expect),
+        ),
+        ScenarioKind::Msrp => Box::new(MsrpScenario::new(
             target,
-            Body {
-                size: a.body_size,
-                content_type: a.content_type.clone(),
+            MsrpConfig {
+                load: a.msrp,
+                hold: a.hold,
+                relay: a.relay.as_deref().map(resolve).transpose()?,
             },
         )),
         ScenarioKind::Register => Box::new(Register::new(
@@ -392,7 +408,7 @@ pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
         concurrency: a.concurrency,
         // A call in flight at the last start still has its hold to go.
         drain: match a.kind {
-            ScenarioKind::Call => a.drain + a.hold,
+            ScenarioKind::Call | ScenarioKind::Msrp => a.drain + a.hold,
             _ => a.drain,
         },
         run_for: None,

@@ -250,6 +250,8 @@ fn uas_config(listen: SocketAddr, users: u64, register_to: Option<SocketAddr>) -
         codecs: crate::scenario::media::fixed_rate_codecs(),
         payload_len: None,
         rtp_ports: None,
+        register_after: Duration::ZERO,
+        msrp_relay: None,
     }
 }
 
@@ -335,6 +337,8 @@ fn message_delivery_latency_is_measured_at_the_receiver() {
     assert_eq!(d.min_us, 3_000);
     assert!(within(d.max_us, 3_000), "{d:?}");
     assert_eq!(u.recorder.noted("messages_without_stamp"), 0);
+    assert_eq!(u.recorder.noted("messages_duplicate"), 0);
+    assert_eq!(u.recorder.noted("messages_out_of_order"), 0);
     assert!(u.summary_lines.iter().any(|l| l == "received: MESSAGE 40"));
 }
 

@@ -57,8 +57,72 @@ Content-Length: 45\r\n\
 \r\n\
 Hello Bob, are we still on for lunch at noon?";
 
+/// An MSRP stream (RFC 4975 §7.1.1): a SEND in two chunks, its 200, and a REPORT.
+pub const MSRP_STREAM: &[u8] = b"MSRP a786hjs2 SEND\r\n\
+To-Path: msrp://biloxi.example.com:12763/kjhd37s2s20w2a;tcp\r\n\
+From-Path: msrp://atlanta.example.com:7654/jshA7weztas;tcp\r\n\
+Message-ID: 87652491\r\n\
+Byte-Range: 1-5/10\r\n\
+Content-Type: text/plain\r\n\
+\r\n\
+Hello\r\n\
+-------a786hjs2+\r\n\
+MSRP a786hjs3 SEND\r\n\
+To-Path: msrp://biloxi.example.com:12763/kjhd37s2s20w2a;tcp\r\n\
+From-Path: msrp://atlanta.example.com:7654/jshA7weztas;tcp\r\n\
+Message-ID: 87652491\r\n\
+Byte-Range: 6-10/10\r\n\
+Success-Report: yes\r\n\
+Content-Type: text/plain\r\n\
+\r\n\
+ Bob!\r\n\
+-------a786hjs3$\r\n\
+MSRP a786hjs2 200 OK\r\n\
+To-Path: msrp://atlanta.example.com:7654/jshA7weztas;tcp\r\n\
+From-Path: msrp://biloxi.example.com:12763/kjhd37s2s20w2a;tcp\r\n\
+-------a786hjs2$\r\n\
+MSRP dkei38sd REPORT\r\n\
+To-Path: msrp://atlanta.example.com:7654/jshA7weztas;tcp\r\n\
+From-Path: msrp://biloxi.example.com:12763/kjhd37s2s20w2a;tcp\r\n\
+Message-ID: 87652491\r\n\
+Byte-Range: 1-10/10\r\n\
+Status: 000 200 OK\r\n\
+-------dkei38sd$\r\n";
+
+/// A CPIM message (RFC 3862) asking for IMDNs (RFC 5438 §6).
+pub const CPIM: &[u8] = b"From: Alice <sip:alice@atlanta.example.com>\r\n\
+To: Bob <sip:bob@biloxi.example.com>\r\n\
+DateTime: 2026-11-26T12:00:00Z\r\n\
+NS: imdn <urn:ietf:params:imdn>\r\n\
+imdn.Message-ID: 34jk324j\r\n\
+imdn.Disposition-Notification: positive-delivery, display\r\n\
+\r\n\
+Content-Type: text/plain; charset=utf-8\r\n\
+Content-Length: 12\r\n\
+\r\n\
+Hello world!";
+
+/// An IMDN document (RFC 5438 §7.2.1.1): a delivery notification.
+pub const IMDN: &[u8] = b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\r\n\
+<imdn xmlns=\"urn:ietf:params:xml:ns:imdn\">\r\n\
+<message-id>34jk324j</message-id>\r\n\
+<datetime>2026-11-26T12:00:00Z</datetime>\r\n\
+<recipient-uri>sip:bob@biloxi.example.com</recipient-uri>\r\n\
+<original-recipient-uri>sip:bob@biloxi.example.com</original-recipient-uri>\r\n\
+<delivery-notification><status><delivered/></status></delivery-notification>\r\n\
+</imdn>";
+
 /// Every message const, with a name (for bench ids and fuzz seed files).
 pub const MESSAGES: &[(&str, &[u8])] = &[("invite", INVITE), ("message", MESSAGE)];
+
+/// Every seed for the fuzz targets: the SIP messages and the MSRP, CPIM and IMDN examples.
+pub const SEEDS: &[(&str, &[u8])] = &[
+    ("invite", INVITE),
+    ("message", MESSAGE),
+    ("msrp", MSRP_STREAM),
+    ("cpim", CPIM),
+    ("imdn", IMDN),
+];
 
 /// What a stateless proxy reads from a request before forwarding it: the transaction key and
 /// the dialog identifiers (RFC 3261 §16.3, §17.2.3, §12.1).

@@ -14,9 +14,15 @@
 //! frequency; it wants 48 kHz stereo, which baresip resamples to 8 kHz mono), `sndfile` (an
 //! audio filter writing what is sent, `dump-<time>-enc.wav`, and what is received and decoded,
 //! `dump-<time>-dec.wav`, as 8 kHz mono 16-bit WAV into the instance's `snd/`), `menu` (the
-//! `dial`, `hangup`, `uanew` commands), `ctrl_tcp` and `account`. No audio player module is
+//! `dial`, `hangup`, `uanew` commands), `contact` (its `message` command sends a pager-mode
+//! MESSAGE to the current contact, one of [`BaresipBuilder::contact`]), `ctrl_tcp` and `account`. No audio player module is
 //! loaded, so baresip plays nothing (the received audio still goes through the filters); no
 //! STUN/TURN/ICE module, so the SDP carries 127.0.0.1.
+//!
+//! It runs with `-s`: libre's SIP trace, every message sent and received, goes to its log. That
+//! is where MESSAGEs are read back ([`Baresip::received_messages`], [`Baresip::sent_messages`],
+//! with the final answer to each): baresip 1.0.0 reports none on `ctrl_tcp`, and `menu` prints a
+//! received one only to a UI module, of which none is loaded.
 //!
 //! The account is created after the control connection is up (`uanew`), so its
 //! `REGISTER_OK` event cannot be missed; it auto-answers (`answermode=auto`) and offers PCMA
@@ -32,17 +38,22 @@ use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
+use cpm_engine::sip::{self, hdr::Via, Message};
 use serde_json::Value;
 
 use crate::audio::{self, ToneReport, Wav};
 use crate::ports;
 use crate::util::{poll_until, TempDir};
+use crate::wire::header;
 
 /// Where Debian installs baresip's modules.
 pub const MODULE_PATH: &str = "/usr/lib/baresip/modules";
 
 /// The modules an instance loads (all in `baresip-core`).
-pub const MODULES: &[&str] = &["g711", "ausine", "sndfile", "account", "menu", "ctrl_tcp"];
+pub const MODULES: &[&str] = &[
+    "g711", "ausine", "sndfile", "account", "menu", "contact", "ctrl_tcp",
+];
 
 /// Ports taken per instance (see the module docs for the layout).
 pub const PORTS: u16 = 16;
@@ -75,6 +86,7 @@ pub struct BaresipBuilder {
     registrar: Option<SocketAddr>,
     password: Option<String>,
     lifetime: Duration,
+    contacts: Vec<String>,
 }
 
 impl BaresipBuilder {
@@ -98,6 +110,12 @@ impl BaresipBuilder {
         self
     }
 
+    /// Adds `uri` to its `contacts` file, a peer [`Baresip::send_message`] can write to.
+    pub fn contact(mut self, uri: &str) -> BaresipBuilder {
+        self.contacts.push(uri.to_string());
+        self
+    }
+
     /// Quits by itself after this long (`baresip -t`), a bound on a stuck test. Default 120 s.
     pub fn lifetime(mut self, lifetime: Duration) -> BaresipBuilder {
         self.lifetime = lifetime;
@@ -116,7 +134,8 @@ impl BaresipBuilder {
         std::fs::create_dir_all(&snd).expect("create snd dir");
         dir.write("config", &config(sip, ctrl_port, &rtp, self.tone_hz, &snd));
         dir.write("accounts", "");
-        dir.write("contacts", "");
+        let contacts: String = self.contacts.iter().map(|c| format!("<{c}>\n")).collect();
+        dir.write("contacts", &contacts);
 
         let log_path = dir.path().join("baresip.log");
         let log = std::fs::File::create(&log_path).expect("create baresip log");
@@ -125,6 +144,7 @@ impl BaresipBuilder {
             .arg(dir.path())
             .arg("-t")
             .arg(self.lifetime.as_secs().max(1).to_string())
+            .arg("-s")
             .current_dir(dir.path())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
@@ -138,6 +158,8 @@ impl BaresipBuilder {
             rtp,
             tone_hz: self.tone_hz,
             registrar: self.registrar,
+            contacts: self.contacts.clone(),
+            current_contact: 0,
             ctrl: None,
             events: VecDeque::new(),
             seen: Vec::new(),
@@ -191,7 +213,7 @@ fn config(sip: SocketAddr, ctrl_port: u16, rtp: &Range<u16>, tone_hz: u32, snd: 
         c.push_str(&format!("module\t\t\t{m}.so\n"));
     }
     c.push_str("module_tmp\t\taccount.so\n");
-    for m in ["menu", "ctrl_tcp"] {
+    for m in ["menu", "contact", "ctrl_tcp"] {
         c.push_str(&format!("module_app\t\t{m}.so\n"));
     }
     c
@@ -216,6 +238,139 @@ impl Event {
     pub fn get(&self, key: &str) -> Option<&str> {
         self.0.get(key).and_then(Value::as_str)
     }
+}
+
+/// One SIP message in an instance's trace (`baresip -s`), sent or received.
+#[derive(Debug, Clone)]
+pub struct Traced {
+    /// `UDP`, `TCP` or `TLS`.
+    pub transport: String,
+    /// Where it came from.
+    pub src: SocketAddr,
+    /// Where it went.
+    pub dst: SocketAddr,
+    /// The message.
+    pub msg: Message,
+}
+
+/// What opens each trace entry (libre prints it in cyan), then `TRANSPORT SRC -> DST`.
+const TRACE_START: &str = "\x1b[36;1m#\n";
+/// What closes each trace entry, right after the message's last byte.
+const TRACE_END: &str = "\x1b[;m\n";
+
+/// Every complete entry of a SIP trace in `log` (an entry still being written is skipped;
+/// one that does not parse as SIP panics: it means the format assumed here is wrong).
+pub fn parse_trace(log: &str) -> Vec<Traced> {
+    let mut out = Vec::new();
+    for entry in log.split(TRACE_START).skip(1) {
+        let Some((head, rest)) = entry.split_once('\n') else {
+            continue;
+        };
+        let Some((raw, _)) = rest.split_once(TRACE_END) else {
+            continue;
+        };
+        let mut words = head.split_whitespace();
+        let (Some(transport), Some(src), Some("->"), Some(dst)) =
+            (words.next(), words.next(), words.next(), words.next())
+        else {
+            panic!("baresip trace entry with an unknown heading {head:?}");
+        };
+        let (Ok(src), Ok(dst)) = (src.parse(), dst.parse()) else {
+            panic!("baresip trace entry with unknown addresses {head:?}");
+        };
+        let msg = sip::parse(Bytes::copy_from_slice(raw.as_bytes())).unwrap_or_else(|e| {
+            panic!("baresip traced a message that does not parse ({e:?}):\n{raw}")
+        });
+        out.push(Traced {
+            transport: transport.to_string(),
+            src,
+            dst,
+            msg,
+        });
+    }
+    out
+}
+
+/// A pager-mode MESSAGE (RFC 3428) in an instance's trace, with the final answer to it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PagerMessage {
+    /// The From header.
+    pub from: String,
+    /// The To header.
+    pub to: String,
+    /// The Request-URI.
+    pub uri: String,
+    /// The Content-Type header.
+    pub content_type: String,
+    /// The body as text.
+    pub text: String,
+    /// The Call-ID, with the CSeq what tells retransmissions apart from new messages.
+    pub call_id: String,
+    /// The CSeq header.
+    pub cseq: String,
+    /// The final status it was answered with (sent by the instance for a message it received,
+    /// received for one it sent), once there is one.
+    pub status: Option<u16>,
+}
+
+impl PagerMessage {
+    fn key(msg: &Message) -> (String, String) {
+        (
+            header(msg, "Call-ID").unwrap_or_default(),
+            header(msg, "CSeq").unwrap_or_default(),
+        )
+    }
+
+    fn is_answered(&self) -> bool {
+        self.status.is_some()
+    }
+}
+
+/// The MESSAGEs of `trace` that `sent` tells (true: those `me` sent, by their top Via's
+/// sent-by; false: the others), once each in first-seen order (retransmissions folded), each
+/// with the final response to it.
+pub fn pager_messages(trace: &[Traced], me: SocketAddr, sent: bool) -> Vec<PagerMessage> {
+    let mine = |m: &Message| {
+        m.top_via()
+            .is_ok_and(|v: Via| v.sent_by() == me.to_string())
+    };
+    let mut out: Vec<PagerMessage> = Vec::new();
+    for t in trace {
+        let m = &t.msg;
+        if m.method().map(|m| m.as_str()) != Some("MESSAGE") || mine(m) != sent {
+            continue;
+        }
+        let (call_id, cseq) = PagerMessage::key(m);
+        if out.iter().any(|p| p.call_id == call_id && p.cseq == cseq) {
+            continue;
+        }
+        out.push(PagerMessage {
+            from: header(m, "From").unwrap_or_default(),
+            to: header(m, "To").unwrap_or_default(),
+            uri: m
+                .request_uri()
+                .map(|u| String::from_utf8_lossy(u).into_owned())
+                .unwrap_or_default(),
+            content_type: header(m, "Content-Type").unwrap_or_default(),
+            text: String::from_utf8_lossy(&m.body).into_owned(),
+            call_id,
+            cseq,
+            status: None,
+        });
+    }
+    for t in trace {
+        let Some(code @ 200..) = t.msg.status() else {
+            continue;
+        };
+        let (call_id, cseq) = PagerMessage::key(&t.msg);
+        if let Some(p) = out
+            .iter_mut()
+            .find(|p| p.call_id == call_id && p.cseq == cseq && p.status.is_none())
+        {
+            p.status = Some(code);
+        }
+    }
+    out
 }
 
 /// Which recording of a call: what baresip sent (`enc`) or what it received (`dec`).
@@ -245,6 +400,9 @@ pub struct Baresip {
     rtp: Range<u16>,
     tone_hz: u32,
     registrar: Option<SocketAddr>,
+    contacts: Vec<String>,
+    /// The index in `contacts` of the contact module's current contact.
+    current_contact: usize,
     ctrl: Option<Ctrl>,
     events: VecDeque<Event>,
     seen: Vec<Event>,
@@ -263,6 +421,7 @@ impl Baresip {
             registrar: None,
             password: None,
             lifetime: Duration::from_secs(120),
+            contacts: Vec::new(),
         }
     }
 
@@ -516,6 +675,95 @@ impl Baresip {
         })
     }
 
+    /// Every complete SIP message it sent or received so far (it runs with `-s`).
+    pub fn sip_trace(&self) -> Vec<Traced> {
+        parse_trace(&self.log())
+    }
+
+    /// The pager-mode MESSAGEs it received so far, in arrival order, with its answers.
+    pub fn received_messages(&self) -> Vec<PagerMessage> {
+        pager_messages(&self.sip_trace(), self.sip, false)
+    }
+
+    /// The pager-mode MESSAGEs it sent so far, in order, with the final responses it got.
+    pub fn sent_messages(&self) -> Vec<PagerMessage> {
+        pager_messages(&self.sip_trace(), self.sip, true)
+    }
+
+    /// Sends `text` (text/plain) in a MESSAGE to `to`, one of its [`BaresipBuilder::contact`]s
+    /// (the `contact` module's `message` command writes to its current contact, chosen first
+    /// with `contact_next`/`contact_prev`). Returns at once; see [`Baresip::wait_sent`].
+    pub fn send_message(&mut self, to: &str, text: &str) {
+        let Some(target) = self.contacts.iter().position(|c| c == to) else {
+            panic!(
+                "baresip {}: {to} is not among its contacts {:?}",
+                self.user, self.contacts
+            );
+        };
+        while self.current_contact != target {
+            let cmd = if self.current_contact < target {
+                self.current_contact += 1;
+                "contact_next"
+            } else {
+                self.current_contact -= 1;
+                "contact_prev"
+            };
+            let out = self
+                .command(cmd, "")
+                .unwrap_or_else(|e| panic!("baresip {}: {cmd}: {e}", self.user));
+            let want = &self.contacts[self.current_contact];
+            assert!(
+                out.contains(want.as_str()),
+                "baresip {}: {cmd} says {out:?}, not {want}",
+                self.user
+            );
+        }
+        if let Err(e) = self.command("message", text) {
+            panic!(
+                "baresip {}: message {text:?} to {to}: {e}; log:\n{}",
+                self.user,
+                self.log()
+            );
+        }
+    }
+
+    /// Waits until the MESSAGE it sent with body `text` got a final response (the last such
+    /// message if several), and returns it; panics after `timeout`.
+    pub fn wait_sent(&self, text: &str, timeout: Duration) -> PagerMessage {
+        poll_until(timeout, || {
+            self.sent_messages()
+                .into_iter()
+                .rev()
+                .find(|m| m.text == text)
+                .filter(PagerMessage::is_answered)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "baresip {}: no final response to its MESSAGE {text:?} within {timeout:?}; log:\n{}",
+                self.user,
+                self.log()
+            )
+        })
+    }
+
+    /// Waits until it has received `count` MESSAGEs and answered each finally, and returns
+    /// them (all it received, in order); panics after `timeout`.
+    pub fn wait_received(&self, count: usize, timeout: Duration) -> Vec<PagerMessage> {
+        poll_until(timeout, || {
+            let got = self.received_messages();
+            (got.len() >= count && got.iter().all(PagerMessage::is_answered)).then_some(got)
+        })
+        .unwrap_or_else(|| {
+            panic!(
+                "baresip {}: not {count} MESSAGEs received and answered within {timeout:?}: \
+                 {:?}; log:\n{}",
+                self.user,
+                self.received_messages(),
+                self.log()
+            )
+        })
+    }
+
     fn ctrl_mut(&mut self) -> &mut Ctrl {
         self.ctrl.as_mut().expect("control connection")
     }
@@ -682,6 +930,89 @@ mod tests {
         assert_eq!(parse_netstring(b"5:hello"), None);
         assert_eq!(parse_netstring(b"5:hellox"), None);
         assert_eq!(parse_netstring(b"x:hello,"), None);
+    }
+
+    /// A trace as baresip 1.0.0 writes it (`-s`): one entry per message, `#`, the heading,
+    /// the message in CRLF lines, the colour reset right after its body.
+    fn traced(transport: &str, src: &str, dst: &str, msg: &str) -> String {
+        format!("{TRACE_START}{transport} {src} -> {dst}\n{msg}{TRACE_END}")
+    }
+
+    const ME: &str = "127.0.0.1:27000";
+    const PEER: &str = "127.0.0.1:5060";
+
+    fn message(via: &str, cseq: u32, text: &str) -> String {
+        format!(
+            "MESSAGE sip:bob@127.0.0.1:5060 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP {via};branch=z9hG4bK{cseq};rport\r\n\
+             To: <sip:bob@127.0.0.1:5060>\r\n\
+             From: <sip:alice@127.0.0.1:5060>;tag=a\r\n\
+             Call-ID: c1\r\n\
+             CSeq: {cseq} MESSAGE\r\n\
+             Content-Type: text/plain\r\n\
+             Content-Length: {}\r\n\r\n{text}",
+            text.len()
+        )
+    }
+
+    fn response(via: &str, cseq: u32, code: u16) -> String {
+        format!(
+            "SIP/2.0 {code} Whatever\r\n\
+             Via: SIP/2.0/UDP {via};branch=z9hG4bK{cseq};rport\r\n\
+             To: <sip:bob@127.0.0.1:5060>;tag=b\r\n\
+             From: <sip:alice@127.0.0.1:5060>;tag=a\r\n\
+             Call-ID: c1\r\n\
+             CSeq: {cseq} MESSAGE\r\n\
+             Content-Length: 0\r\n\r\n"
+        )
+    }
+
+    #[test]
+    fn trace_entries_parse_and_a_partial_one_is_skipped() {
+        let mut log = String::from("baresip is ready.\n");
+        log += &traced("UDP", ME, PEER, &message(ME, 1, "hi there"));
+        log += "ua: some other line\n";
+        log += &traced("TCP", PEER, ME, &response(ME, 1, 202));
+        // Still being written: no closing reset yet.
+        log += &format!("{TRACE_START}UDP {PEER} -> {ME}\nSIP/2.0 200 OK\r\n");
+        let t = parse_trace(&log);
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert_eq!(t[0].transport, "UDP");
+        assert_eq!(t[0].src, ME.parse().unwrap());
+        assert_eq!(t[0].dst, PEER.parse().unwrap());
+        assert_eq!(&t[0].msg.body[..], b"hi there");
+        assert_eq!(t[1].transport, "TCP");
+        assert_eq!(t[1].msg.status(), Some(202));
+    }
+
+    #[test]
+    fn pager_messages_fold_retransmissions_and_take_the_final_answer() {
+        let me: SocketAddr = ME.parse().unwrap();
+        let mut log = String::new();
+        // Sent by me (my Via), retransmitted, 100 then 202.
+        log += &traced("UDP", ME, PEER, &message(ME, 1, "one"));
+        log += &traced("UDP", ME, PEER, &message(ME, 1, "one"));
+        log += &traced("UDP", PEER, ME, &response(ME, 1, 100));
+        log += &traced("UDP", PEER, ME, &response(ME, 1, 202));
+        // Received (the proxy's Via on top), answered 200 by me; a second one unanswered.
+        log += &traced("UDP", PEER, ME, &message(PEER, 7, "two"));
+        log += &traced("UDP", ME, PEER, &response(PEER, 7, 200));
+        log += &traced("UDP", PEER, ME, &message(PEER, 8, "three"));
+        let t = parse_trace(&log);
+
+        let sent = pager_messages(&t, me, true);
+        assert_eq!(sent.len(), 1, "{sent:?}");
+        assert_eq!(sent[0].text, "one");
+        assert_eq!(sent[0].status, Some(202));
+        assert_eq!(sent[0].cseq, "1 MESSAGE");
+
+        let got = pager_messages(&t, me, false);
+        let summary: Vec<(&str, Option<u16>)> =
+            got.iter().map(|m| (m.text.as_str(), m.status)).collect();
+        assert_eq!(summary, [("two", Some(200)), ("three", None)]);
+        assert_eq!(got[0].uri, "sip:bob@127.0.0.1:5060");
+        assert_eq!(got[0].content_type, "text/plain");
+        assert!(got[0].from.starts_with("<sip:alice@"));
     }
 
     #[test]

@@ -135,6 +135,7 @@ impl CpmdBuilder {
         let defaults = [
             ("--sip-listen", "127.0.0.1:0"),
             ("--http-listen", "127.0.0.1:0"),
+            ("--msrp-listen", "127.0.0.1:0"),
             ("--data-dir", data_dir.as_str()),
             ("--workers", "2"),
             ("--media-ports", media_range.as_str()),
@@ -207,9 +208,16 @@ impl CpmdBuilder {
 
     /// Starts the process with stdout and stderr appended to a fresh log file.
     fn launch(&self, argv: &[String], log_path: &Path) -> Child {
+        launch(&self.wrapper, argv, log_path)
+    }
+}
+
+/// Starts cpmd (through `wrapper`, if any) with stdout and stderr going to a fresh log file.
+fn launch(wrapper: &[String], argv: &[String], log_path: &Path) -> Child {
+    {
         let log = std::fs::File::create(log_path).expect("create cpmd log");
         let bin = cpmd_bin();
-        let mut cmd = match self.wrapper.split_first() {
+        let mut cmd = match wrapper.split_first() {
             Some((first, rest)) => {
                 let mut c = Command::new(first);
                 c.args(rest).arg(&bin);
@@ -445,6 +453,32 @@ impl Cpmd {
     /// Whether the process is still running.
     pub fn is_running(&mut self) -> bool {
         self.try_status().is_none()
+    }
+
+    /// Kills cpmd with SIGKILL, as a crash would (nothing is flushed that was not durable
+    /// already), and starts it again with the same arguments and data directory. Its listeners
+    /// were port 0, so they are new: ask [`Cpmd::sip_addr`] again. The first run's log is kept
+    /// as `cpmd.log.crashed`. Not for cpmd behind a wrapper.
+    pub fn crash_and_restart(mut self) -> Cpmd {
+        self.signal(libc::SIGKILL);
+        let status = self.child.wait().expect("wait for the killed cpmd");
+        assert!(!status.success(), "cpmd survived SIGKILL: {status}");
+        let _ = std::fs::rename(&self.log_path, self.dir.path().join("cpmd.log.crashed"));
+        self.child = launch(&[], &self.argv, &self.log_path);
+        self.status = None;
+        match wait_ready(&mut self.child, &self.log_path) {
+            Ok((sip, http)) => {
+                self.sip = sip;
+                self.http = http;
+                self
+            }
+            Err(Startup::Exited(status, log)) => {
+                panic!("restarted cpmd exited before ready ({status}); log:\n{log}")
+            }
+            Err(Startup::Silent(log)) => {
+                panic!("restarted cpmd printed no ready line; log:\n{log}")
+            }
+        }
     }
 
     /// Waits for the process to exit; panics (with the log) after `timeout`.

@@ -1,5 +1,6 @@
-//! A minimal HTTP/1.0 GET over `std::net::TcpStream` and a Prometheus text-format reader, enough
-//! for cpmd's `/health` and `/metrics`.
+//! A minimal HTTP/1.0 client over `std::net::TcpStream` (GET for `/health` and `/metrics`; any
+//! method with headers and a body for the `/api/v1` storage API) and a Prometheus text-format
+//! reader.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -28,6 +29,100 @@ pub fn get(addr: SocketAddr, path: &str, timeout: Duration) -> std::io::Result<H
     s.read_to_end(&mut raw)?;
     parse_response(&raw)
         .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad HTTP response"))
+}
+
+/// A full response: status, headers in order, and the body's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    /// The status code.
+    pub status: u16,
+    /// Header lines as (name, value), in order.
+    pub headers: Vec<(String, String)>,
+    /// The body.
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The first value of a header (name case-insensitive).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.header_all(name).into_iter().next()
+    }
+
+    /// Every value of a header, in order.
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    /// The body as text (lossy UTF-8).
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The body as JSON (panics, showing it, when it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| {
+            panic!(
+                "HTTP {} body is not JSON ({e}): {}",
+                self.status,
+                self.text()
+            )
+        })
+    }
+}
+
+/// `METHOD path` with HTTP/1.0, the given headers and body (Content-Length is added when the
+/// body is not empty); the server closes the connection after the response.
+pub fn request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &[u8],
+    timeout: Duration,
+) -> std::io::Result<Response> {
+    let mut s = TcpStream::connect_timeout(&addr, timeout)?;
+    s.set_read_timeout(Some(timeout))?;
+    s.set_write_timeout(Some(timeout))?;
+    let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (n, v) in headers {
+        head.push_str(&format!("{n}: {v}\r\n"));
+    }
+    if !body.is_empty() {
+        head.push_str(&format!("Content-Length: {}\r\n", body.len()));
+    }
+    head.push_str("\r\n");
+    let mut out = head.into_bytes();
+    out.extend_from_slice(body);
+    s.write_all(&out)?;
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    parse_full(&raw)
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidData, "bad HTTP response"))
+}
+
+/// Splits a response into status, headers and the body's bytes.
+fn parse_full(raw: &[u8]) -> Option<Response> {
+    let end = raw.windows(4).position(|w| w == b"\r\n\r\n")?;
+    let head = std::str::from_utf8(&raw[..end]).ok()?;
+    let mut lines = head.split("\r\n");
+    let mut parts = lines.next()?.split_whitespace();
+    if !parts.next()?.starts_with("HTTP/") {
+        return None;
+    }
+    let status = parts.next()?.parse().ok()?;
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Some(Response {
+        status,
+        headers,
+        body: raw[end + 4..].to_vec(),
+    })
 }
 
 /// Splits `HTTP/1.x CODE reason\r\n headers \r\n\r\n body`.
@@ -149,5 +244,21 @@ mod tests {
             }
         );
         assert!(parse_response(b"garbage").is_none());
+    }
+
+    #[test]
+    fn parses_full_responses() {
+        let r = parse_full(
+            b"HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Bearer realm=\"x\"\r\n\
+              www-authenticate: Digest realm=\"x\"\r\n\r\n\xff{}",
+        )
+        .unwrap();
+        assert_eq!(r.status, 401);
+        assert_eq!(
+            r.header_all("WWW-Authenticate"),
+            vec!["Bearer realm=\"x\"", "Digest realm=\"x\""]
+        );
+        assert_eq!(r.body, b"\xff{}");
+        assert!(parse_full(b"HTTP/1.1 200 OK\r\n").is_none());
     }
 }

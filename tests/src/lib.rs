@@ -32,6 +32,7 @@ pub mod check;
 pub mod cpmd;
 pub mod dialog;
 pub mod http;
+pub mod msrp;
 pub mod netns;
 pub mod ports;
 pub mod rtp;

@@ -1,5 +1,6 @@
 //! MESSAGE (RFC 3428) through cpmd acting as a stateful proxy (RFC 3261 §16): forked to every
-//! registered contact, body untouched, the final response relayed back; 404 and 480.
+//! registered contact, body untouched, the final response relayed back; 404, 413 and (without
+//! store and forward) 480.
 
 use std::time::Duration;
 
@@ -200,9 +201,13 @@ fn unknown_user_is_404(t: Transport) {
     assert_echoes(&req, &resp);
 }
 
-/// A known user without a binding is temporarily unavailable (RFC 3261 §21.4.18).
+/// A known user without a binding is temporarily unavailable (RFC 3261 §21.4.18), when cpmd
+/// does not hold messages (store and forward: e2e_store_forward.rs).
 fn known_unregistered_user_is_480(t: Transport) {
-    let cpmd = Cpmd::builder().users("bob hunter2\n").spawn();
+    let cpmd = Cpmd::builder()
+        .users("bob hunter2\n")
+        .args(&["--store-and-forward", "false"])
+        .spawn();
     let mut alice = Ua::new(t, cpmd.sip_addr()).user("alice");
     let req = alice
         .req("MESSAGE", "sip:bob@localhost")
@@ -215,7 +220,10 @@ fn known_unregistered_user_is_480(t: Transport) {
 /// After bob unregisters, a MESSAGE to him is no longer forwarded.
 #[test]
 fn unregistered_contact_gets_nothing() {
-    let cpmd = Cpmd::builder().users("bob hunter2\n").spawn();
+    let cpmd = Cpmd::builder()
+        .users("bob hunter2\n")
+        .args(&["--store-and-forward", "false"])
+        .spawn();
     let mut bob = Ua::udp(cpmd.sip_addr()).user("bob").password("hunter2");
     assert_status(&bob.register(300), 200);
     assert_status(&bob.register(0), 200);
@@ -230,10 +238,10 @@ fn unregistered_contact_gets_nothing() {
 /// A contact that vanished: bob registered over TCP, then his connection and his listening
 /// port are gone. The forwarded MESSAGE cannot be delivered; the connect failure reaches the
 /// transaction at once (no 32 s Timer F), and alice gets 480 (a 503 is never relayed upstream,
-/// RFC 3261 §16.7 step 6).
+/// RFC 3261 §16.7 step 6). Without store and forward (with it, the message is held: 202).
 #[test]
 fn vanished_tcp_contact_is_480_at_once() {
-    let cpmd = Cpmd::spawn(&[]);
+    let cpmd = Cpmd::spawn(&["--store-and-forward", "false"]);
     // A port nobody listens on: bind, learn it, close it.
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -258,5 +266,36 @@ fn vanished_tcp_contact_is_480_at_once() {
         started.elapsed() < Duration::from_secs(5),
         "the failure took {:?}",
         started.elapsed()
+    );
+}
+
+/// Large message mode (RFC 3428 §7): a body over `--message-max-size` gets 413 with a Warning
+/// pointing to MSRP, and nothing reaches bob; a body of exactly the limit is delivered.
+#[test]
+fn large_pager_body_is_413() {
+    let cpmd = Cpmd::spawn(&["--message-max-size", "1300"]);
+    let mut bob = registered(&cpmd, Transport::Udp, "bob");
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
+    let big = alice
+        .req("MESSAGE", "sip:bob@localhost")
+        .body("text/plain", "x".repeat(1301));
+    let resp = alice.request(&big);
+    assert_status(&resp, 413);
+    assert_echoes(&big, &resp);
+    let warning = header(&resp, "Warning").expect("a Warning with the hint");
+    assert!(
+        warning.starts_with("399 ") && warning.contains("MSRP"),
+        "{warning}"
+    );
+    bob.expect_silence(Duration::from_millis(300), "a MESSAGE over the size limit");
+    let fits = alice
+        .req("MESSAGE", "sip:bob@localhost")
+        .body("text/plain", "y".repeat(1300));
+    alice.send_req(&fits);
+    let got = expect_forwarded(&mut bob, &fits, &cpmd);
+    bob.reply(&got, 200, "OK");
+    assert_status(
+        &alice.await_final(&fits, WAIT).expect("a final response"),
+        200,
     );
 }

@@ -89,13 +89,20 @@ pub struct TcpLimits {
     pub idle_timeout: Duration,
 }
 
-/// Binds a TCP listener with `SO_REUSEPORT` (one per worker, same address).
-pub fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+/// Binds a TCP listener with `SO_REUSEPORT` (one per worker, same address). With `exclusive`,
+/// the flag is set only after binding, so the bind fails if any other socket holds the port
+/// (the first listener of a port the server picked itself: see `udp::bind_reuseport`).
+pub fn bind_reuseport(addr: SocketAddr, exclusive: bool) -> std::io::Result<std::net::TcpListener> {
     let sock = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
-    sock.set_reuse_port(true)?;
+    if !exclusive {
+        sock.set_reuse_port(true)?;
+    }
     sock.set_reuse_address(true)?;
     sock.set_nonblocking(true)?;
     sock.bind(&addr.into())?;
+    if exclusive {
+        sock.set_reuse_port(true)?;
+    }
     sock.listen(1024)?;
     Ok(sock.into())
 }

@@ -15,19 +15,28 @@ const MAX_DATAGRAM: usize = 65_535;
 
 /// Binds `n` UDP sockets to one address with `SO_REUSEPORT`. When the port is 0, the first
 /// socket picks it and the others join it.
+///
+/// The first socket of a port-0 bind sets `SO_REUSEPORT` only after binding: the kernel's
+/// port-0 choice skips ports held by other sockets, except those that could share with the
+/// new one (another process's `SO_REUSEPORT` sockets of the same user), so with the flag set
+/// before, two servers (e.g. parallel tests) could be given one port and split its traffic.
 pub fn bind_reuseport(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::UdpSocket>> {
     let mut out = Vec::with_capacity(n);
     let mut addr = addr;
     for _ in 0..n.max(1) {
         let sock = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-        sock.set_reuse_port(true)?;
+        let pick = addr.port() == 0;
+        if !pick {
+            sock.set_reuse_port(true)?;
+        }
         sock.set_reuse_address(true)?;
         // Room for bursts of signaling: 4 MiB each way (the kernel caps it at rmem_max).
         let _ = sock.set_recv_buffer_size(4 << 20);
         let _ = sock.set_send_buffer_size(4 << 20);
         sock.set_nonblocking(true)?;
         sock.bind(&addr.into())?;
-        if addr.port() == 0 {
+        if pick {
+            sock.set_reuse_port(true)?;
             addr = sock
                 .local_addr()?
                 .as_socket()

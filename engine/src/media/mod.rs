@@ -15,6 +15,7 @@
 //!                          └──► poll_change(): Open / SetPeer / Close ──► media loop (actors)
 //! ```
 
+mod msrp;
 mod pool;
 mod rewrite;
 mod session;
@@ -28,6 +29,7 @@ use bytes::Bytes;
 
 use crate::sdp::Codec;
 
+pub use msrp::{MsrpConfig, MsrpPeer};
 pub use pool::{LocalPorts, PortPool};
 pub use session::{MediaSession, Relay};
 
@@ -168,7 +170,29 @@ pub enum LegChange {
         /// Where to send its RTCP (`a=rtcp`, RFC 3605, else RTP port + 1).
         rtcp: Option<SocketAddr>,
     },
-    /// Stop relaying and close the leg's sockets; its ports are back in the pool.
+    /// Open an MSRP leg (RFC 4975, anchored like an RFC 4976 relay on the shared MSRP
+    /// listener): our URI facing each side; the sides' paths follow in [`LegChange::MsrpPeer`].
+    /// Connections arriving at the listener are matched by the session-id of these URIs.
+    OpenMsrp {
+        /// The stream.
+        stream: StreamId,
+        /// Our URI side A sends to (`msrp://<media-ip>:<port>/<session-id>;tcp`).
+        a_facing: Bytes,
+        /// Our URI side B sends to.
+        b_facing: Bytes,
+    },
+    /// Where `side` of an MSRP leg is: its `a=path` and whether we connect to it (else it
+    /// connects to us), per `a=setup` (RFC 6135).
+    MsrpPeer {
+        /// The stream.
+        stream: StreamId,
+        /// Whose path this is.
+        side: Side,
+        /// Its path and role.
+        peer: MsrpPeer,
+    },
+    /// Stop relaying and close the leg's sockets (RTP) or connections (MSRP); RTP ports are
+    /// back in the pool.
     Close {
         /// The stream.
         stream: StreamId,
@@ -185,18 +209,21 @@ pub struct MediaConfig {
     pub codecs: Option<Vec<Codec>>,
     /// Seconds in the `Retry-After` of a 503 when the pool is exhausted.
     pub retry_after: u32,
+    /// Where MSRP streams are anchored; `None` passes them through unanchored, end to end.
+    pub msrp: Option<MsrpConfig>,
 }
 
 impl MediaConfig {
     /// The default `Retry-After` of a 503 for an exhausted pool, in seconds.
     pub const DEFAULT_RETRY_AFTER: u32 = 5;
 
-    /// Relay on `ip`, every codec allowed.
+    /// Relay on `ip`, every codec allowed, MSRP not anchored.
     pub fn new(ip: IpAddr) -> MediaConfig {
         MediaConfig {
             ip,
             codecs: None,
             retry_after: MediaConfig::DEFAULT_RETRY_AFTER,
+            msrp: None,
         }
     }
 }

@@ -25,8 +25,11 @@ const RELAYED_PROTOS: [&[u8]; 6] = [
 /// What the controller does with one offered `m=` line.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) enum Plan {
-    /// Not ours to relay (port 0, MSRP, RTP over TCP, ...): passed through as received.
+    /// Not ours to relay (port 0, MSRP when not anchored, MSRP over TLS, RTP over TCP, ...):
+    /// passed through as received.
     Pass,
+    /// An MSRP stream anchored on our MSRP listener ([`super::msrp`]).
+    Msrp,
     /// An RTP stream the codec policy leaves without a media codec, or one spread over
     /// several ports (`m=video 49170/2`, RFC 8866 §5.14), which a leg cannot relay: sent on
     /// with port 0 (RFC 3264 §6, §8.2), so both sides see it rejected.
@@ -41,13 +44,21 @@ pub(super) enum Plan {
     },
 }
 
-/// The plan for `m` under the codec policy `allowed` (`None`: every format is allowed).
+/// The plan for `m` under the codec policy `allowed` (`None`: every format is allowed);
+/// `msrp`: whether `TCP/MSRP` streams are anchored (one without `a=path` is then rejected,
+/// RFC 4975 §8.1 requires it).
 ///
 /// With a policy, a format is kept when it resolves to a codec (by `rtpmap`, else the static
 /// table of RFC 3551) that has the same format as an allowed one (RFC 3264 §6.1); DTMF and
 /// comfort noise (RFC 4733, RFC 3389) need to be allowed too. A stream left without a format
 /// other than those two is rejected. Without a policy nothing is removed or judged.
-pub(super) fn plan(m: &MediaSection, allowed: Option<&[Codec]>) -> Plan {
+pub(super) fn plan(m: &MediaSection, allowed: Option<&[Codec]>, msrp: bool) -> Plan {
+    if msrp && m.port() != 0 && super::msrp::anchorable(m) {
+        return match super::msrp::path_of(m) {
+            Some(_) => Plan::Msrp,
+            None => Plan::Reject,
+        };
+    }
     let relayed = RELAYED_PROTOS
         .iter()
         .any(|p| m.media_line().proto.as_bytes().eq_ignore_ascii_case(p));
@@ -201,12 +212,18 @@ mod tests {
             "m=video 4010/1 RTP/AVP 31\r\n",
         ));
         let m = d.media();
-        assert_eq!(plan(&m[1], None), Plan::Pass, "RTP over TCP");
-        assert_eq!(plan(&m[2], None), Plan::Pass, "port 0");
-        assert_eq!(plan(&m[4], None), Plan::Pass, "MSRP");
-        assert_eq!(plan(&m[5], None), Plan::Reject, "two port pairs");
-        assert!(matches!(plan(&m[6], None), Plan::Relay { .. }));
-        let vp8_only = plan(&m[3], None);
+        assert_eq!(plan(&m[1], None, false), Plan::Pass, "RTP over TCP");
+        assert_eq!(plan(&m[2], None, false), Plan::Pass, "port 0");
+        assert_eq!(plan(&m[4], None, false), Plan::Pass, "MSRP, not anchored");
+        assert_eq!(
+            plan(&m[4], None, true),
+            Plan::Reject,
+            "anchored MSRP without a=path"
+        );
+        assert_eq!(plan(&m[1], None, true), Plan::Pass, "RTP over TCP still");
+        assert_eq!(plan(&m[5], None, false), Plan::Reject, "two port pairs");
+        assert!(matches!(plan(&m[6], None, false), Plan::Relay { .. }));
+        let vp8_only = plan(&m[3], None, false);
         assert_eq!(
             vp8_only,
             Plan::Relay {
@@ -216,16 +233,16 @@ mod tests {
         );
         let pcma_dtmf = [Codec::PCMA, Codec::telephone_event(96).unwrap()];
         assert_eq!(
-            plan(&m[0], Some(&pcma_dtmf)),
+            plan(&m[0], Some(&pcma_dtmf), false),
             Plan::Relay {
                 removed: vec![Bytes::from("0")],
                 single: false
             }
         );
-        assert_eq!(plan(&m[3], Some(&pcma_dtmf)), Plan::Reject);
+        assert_eq!(plan(&m[3], Some(&pcma_dtmf), false), Plan::Reject);
         let dtmf_only = [Codec::telephone_event(101).unwrap()];
         assert_eq!(
-            plan(&m[0], Some(&dtmf_only)),
+            plan(&m[0], Some(&dtmf_only), false),
             Plan::Reject,
             "DTMF alone is no media"
         );

@@ -19,6 +19,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use super::msrp::{self, MsrpLeg};
 use super::rewrite::{self, Peer, Plan};
 use super::{LegChange, LocalPorts, MediaConfig, MediaKind, MediaReject, PortPool, SdpRelay};
 use super::{Side, StreamId};
@@ -63,6 +64,8 @@ struct Pending {
     from: Side,
     /// The legs as the offer made them, one entry per m-line.
     legs: Vec<Option<Leg>>,
+    /// The anchored MSRP streams as the offer made them, one entry per m-line.
+    msrp: Vec<Option<MsrpLeg>>,
     /// The m-lines we sent with port 0 (codec policy), which the answer must keep at 0.
     zeroed: Vec<bool>,
 }
@@ -93,6 +96,7 @@ struct Sent {
 pub struct MediaSession {
     config: Arc<MediaConfig>,
     legs: Vec<Option<Leg>>,
+    msrp: Vec<Option<MsrpLeg>>,
     pending: Option<Pending>,
     answered: Option<Answered>,
     sent: [Option<Sent>; 2],
@@ -136,6 +140,7 @@ impl MediaSession {
         MediaSession {
             config,
             legs: Vec::new(),
+            msrp: Vec::new(),
             pending: None,
             answered: None,
             sent: [None, None],
@@ -150,6 +155,11 @@ impl MediaSession {
             session: self,
             pool,
         }
+    }
+
+    /// The configuration this session rewrites with.
+    pub fn config(&self) -> &Arc<MediaConfig> {
+        &self.config
     }
 
     /// The next change for the user plane, in order.
@@ -167,9 +177,16 @@ impl MediaSession {
         self.pending.is_some()
     }
 
-    /// The number of legs the user plane runs now.
+    /// The number of legs the user plane runs now (RTP and MSRP).
     pub fn leg_count(&self) -> usize {
-        self.live().iter().flatten().count()
+        self.live().iter().flatten().count() + self.live_msrp().iter().flatten().count()
+    }
+
+    /// Our A-facing and B-facing MSRP URIs of `stream`, if it is anchored now.
+    pub fn msrp_uris(&self, stream: StreamId) -> Option<(Bytes, Bytes)> {
+        let leg = self.live_msrp().get(stream.0)?.as_ref()?;
+        let [a, b] = leg.local.clone();
+        Some((a, b))
     }
 
     /// The A-facing and B-facing ports of `stream`'s leg, if it is relayed now.
@@ -204,7 +221,7 @@ impl MediaSession {
         let plans: Vec<Plan> = offer
             .media()
             .iter()
-            .map(|m| rewrite::plan(m, allowed))
+            .map(|m| rewrite::plan(m, allowed, self.config.msrp.is_some()))
             .collect();
         let rejected = plans.contains(&Plan::Reject);
         let active = offer
@@ -217,6 +234,7 @@ impl MediaSession {
             return Err(reject(NoCommonCodec::STATUS, NoCommonCodec.reason()));
         }
         let legs = self.plan_legs(pool, &offer, &plans, from)?;
+        let msrp = self.plan_msrp(&offer, &plans, from);
         let mut out = offer.clone();
         for (m, plan) in out.media_mut().iter_mut().zip(&plans) {
             match plan {
@@ -227,15 +245,16 @@ impl MediaSession {
                 _ => {}
             }
         }
-        self.point(&mut out, &legs, to);
+        self.point(&mut out, &legs, &msrp, to, true);
         self.seed
             .get_or_insert_with(|| fnv1a(offer.origin().to_bytes().as_ref()));
         let body = self.stamp(to, &mut out);
-        emit_diff(&mut self.changes, &self.legs, &legs);
+        emit_changes(&mut self.changes, (&self.legs, &legs), (&self.msrp, &msrp));
         self.answered = None;
         self.pending = Some(Pending {
             from,
             legs,
+            msrp,
             zeroed: plans.iter().map(|p| *p == Plan::Reject).collect(),
         });
         Ok(body)
@@ -289,6 +308,38 @@ impl MediaSession {
         Ok(legs)
     }
 
+    /// The MSRP legs after an offer from `from`: kept (same m-line, still anchored: same
+    /// session-ids, the offerer's path and role updated) or new, per m-line.
+    fn plan_msrp(
+        &self,
+        offer: &SessionDescription,
+        plans: &[Plan],
+        from: Side,
+    ) -> Vec<Option<MsrpLeg>> {
+        let Some(config) = &self.config.msrp else {
+            return vec![None; plans.len()];
+        };
+        let host = match self.config.ip {
+            std::net::IpAddr::V4(v4) => v4.to_string(),
+            std::net::IpAddr::V6(v6) => format!("[{v6}]"),
+        };
+        offer
+            .media()
+            .iter()
+            .zip(plans)
+            .enumerate()
+            .map(|(i, (m, plan))| {
+                if *plan != Plan::Msrp {
+                    return None;
+                }
+                let kept = self.msrp.get(i).and_then(Option::as_ref).cloned();
+                let mut leg = kept.unwrap_or_else(|| MsrpLeg::new(config, &host));
+                leg.peers[idx(from)] = msrp::peer_of(m, true);
+                Some(leg)
+            })
+            .collect()
+    }
+
     /// Releases the ports of `legs` that no agreed leg holds (the new ones of an offer).
     fn release_new(&self, pool: &mut PortPool, legs: &[Option<Leg>]) {
         release_unheld(pool, legs.iter().flatten(), &self.legs);
@@ -309,11 +360,16 @@ impl MediaSession {
         from: Side,
         sdp: &Bytes,
     ) -> Result<Bytes, MediaReject> {
-        let (to, mut legs, zeroed) = match (&self.pending, &self.answered) {
-            (Some(p), _) if p.from == from.other() => (p.from, p.legs.clone(), p.zeroed.clone()),
-            (None, Some(a)) if a.offerer == from.other() => {
-                (a.offerer, self.legs.clone(), a.zeroed.clone())
+        let (to, mut legs, mut msrp, zeroed) = match (&self.pending, &self.answered) {
+            (Some(p), _) if p.from == from.other() => {
+                (p.from, p.legs.clone(), p.msrp.clone(), p.zeroed.clone())
             }
+            (None, Some(a)) if a.offerer == from.other() => (
+                a.offerer,
+                self.legs.clone(),
+                self.msrp.clone(),
+                a.zeroed.clone(),
+            ),
             _ => return Err(reject(500, "No SDP Offer Pending")),
         };
         let answer = parse(sdp)?;
@@ -333,25 +389,43 @@ impl MediaSession {
                 _ => *slot = None,
             }
         }
+        for ((slot, m), &zeroed) in msrp.iter_mut().zip(answer.media()).zip(&zeroed) {
+            let peer = (m.port() != 0 && !zeroed)
+                .then(|| msrp::peer_of(m, false))
+                .flatten();
+            match (slot.as_mut(), peer) {
+                (Some(leg), Some(peer)) => leg.peers[idx(from)] = Some(peer),
+                _ => *slot = None,
+            }
+        }
         let mut out = answer.clone();
-        for (m, &zeroed) in out.media_mut().iter_mut().zip(&zeroed) {
-            if zeroed && m.port() != 0 {
+        let offered_msrp = self.live_msrp();
+        for (i, (m, &zeroed)) in out.media_mut().iter_mut().zip(&zeroed).enumerate() {
+            // An anchored stream the answer accepts without a path cannot be relayed.
+            let unusable = offered_msrp.get(i).is_some_and(Option::is_some) && msrp[i].is_none();
+            if (zeroed || unusable) && m.port() != 0 {
                 m.set_port(0);
             }
         }
-        self.point(&mut out, &legs, to);
+        self.point(&mut out, &legs, &msrp, to, false);
         let body = self.stamp(to, &mut out);
         let relayed = self.pending.as_ref().map_or(&self.legs, |p| &p.legs);
+        let anchored = self.live_msrp();
+        let gone = |i: usize| {
+            let rtp = relayed.get(i).is_some_and(Option::is_some) && legs[i].is_none();
+            let msrp = anchored.get(i).is_some_and(Option::is_some) && msrp[i].is_none();
+            rtp || msrp
+        };
         let zeroed = zeroed
             .iter()
-            .zip(relayed.iter().zip(&legs))
-            .map(|(&z, (before, after))| z || (before.is_some() && after.is_none()))
+            .enumerate()
+            .map(|(i, &z)| z || gone(i))
             .collect();
         self.answered = Some(Answered {
             offerer: to,
             zeroed,
         });
-        self.settle(pool, legs);
+        self.settle(pool, legs, msrp);
         Ok(body)
     }
 
@@ -361,25 +435,40 @@ impl MediaSession {
     pub fn rollback(&mut self, pool: &mut PortPool) {
         if self.pending.is_some() {
             let agreed = self.legs.clone();
-            self.settle(pool, agreed);
+            let msrp = self.msrp.clone();
+            self.settle(pool, agreed, msrp);
         }
     }
 
     /// Ends the session's media: a `Close` for every leg, every port back to `pool`.
     pub fn release_all(&mut self, pool: &mut PortPool) {
         self.answered = None;
-        self.settle(pool, Vec::new());
+        self.settle(pool, Vec::new(), Vec::new());
     }
 
     /// Makes `agreed` the agreed legs with no offer pending: emits the changes from the live
     /// legs and releases the ports no state holds any more.
-    fn settle(&mut self, pool: &mut PortPool, agreed: Vec<Option<Leg>>) {
-        let pending = self.pending.take().map(|p| p.legs);
+    fn settle(
+        &mut self,
+        pool: &mut PortPool,
+        agreed: Vec<Option<Leg>>,
+        agreed_msrp: Vec<Option<MsrpLeg>>,
+    ) {
+        let (pending, pending_msrp) = match self.pending.take() {
+            Some(p) => (Some(p.legs), Some(p.msrp)),
+            None => (None, None),
+        };
         let live = pending.as_deref().unwrap_or(&self.legs);
-        emit_diff(&mut self.changes, live, &agreed);
+        let live_msrp = pending_msrp.as_deref().unwrap_or(&self.msrp);
+        emit_changes(
+            &mut self.changes,
+            (live, &agreed),
+            (live_msrp, &agreed_msrp),
+        );
         let held = self.legs.iter().chain(pending.iter().flatten());
         release_unheld(pool, held.flatten(), &agreed);
         self.legs = agreed;
+        self.msrp = agreed_msrp;
     }
 
     /// The legs the user plane runs: the pending offer's, else the agreed ones.
@@ -390,17 +479,39 @@ impl MediaSession {
         }
     }
 
-    /// Points the relayed streams of `d` (those with a leg) and its session `c=` at our ports
-    /// facing `to`.
-    fn point(&self, d: &mut SessionDescription, legs: &[Option<Leg>], to: Side) {
+    /// The MSRP legs the user plane runs: the pending offer's, else the agreed ones.
+    fn live_msrp(&self) -> &[Option<MsrpLeg>] {
+        match &self.pending {
+            Some(p) => &p.msrp,
+            None => &self.msrp,
+        }
+    }
+
+    /// Points the relayed streams of `d` (those with a leg: RTP ports, or our MSRP URI and
+    /// role, `offer` telling which `a=setup` to write) and its session `c=` at us facing `to`.
+    fn point(
+        &self,
+        d: &mut SessionDescription,
+        legs: &[Option<Leg>],
+        msrp: &[Option<MsrpLeg>],
+        to: Side,
+        offer: bool,
+    ) {
         let ip = self.config.ip;
         let session_c = d.connection().is_some();
-        for (m, leg) in d.media_mut().iter_mut().zip(legs) {
-            if let Some(leg) = leg {
+        for (i, m) in d.media_mut().iter_mut().enumerate() {
+            if let Some(Some(leg)) = legs.get(i) {
                 rewrite::point_stream(m, leg.ports[idx(to)], ip, session_c);
             }
+            if let (Some(Some(leg)), Some(config)) = (msrp.get(i), &self.config.msrp) {
+                msrp::point(m, config, ip, session_c, leg, to, offer);
+            }
         }
-        let relayed: Vec<bool> = legs.iter().map(Option::is_some).collect();
+        let relayed: Vec<bool> = (0..d.media().len())
+            .map(|i| {
+                legs.get(i).is_some_and(Option::is_some) || msrp.get(i).is_some_and(Option::is_some)
+            })
+            .collect();
         rewrite::point_session(d, &relayed, ip);
     }
 
@@ -500,6 +611,64 @@ fn emit_diff(out: &mut VecDeque<LegChange>, before: &[Option<Leg>], after: &[Opt
             let now = new.set_peer(stream, side);
             if now.is_some() && now != was {
                 out.extend(now);
+            }
+        }
+    }
+}
+
+/// The changes that take the RTP and the MSRP legs from their `(before, after)`: the MSRP
+/// `Close`s first, then the RTP changes, then the other MSRP ones, so a stream that changes
+/// from RTP to MSRP at one m-line index (a port-0 m-line reused, RFC 3264 §8.1) or back is
+/// closed before it is opened again.
+fn emit_changes(
+    out: &mut VecDeque<LegChange>,
+    rtp: (&[Option<Leg>], &[Option<Leg>]),
+    msrp: (&[Option<MsrpLeg>], &[Option<MsrpLeg>]),
+) {
+    let mut anchored = VecDeque::new();
+    emit_msrp_diff(&mut anchored, msrp.0, msrp.1);
+    let (closes, rest): (Vec<_>, Vec<_>) = anchored
+        .into_iter()
+        .partition(|c| matches!(c, LegChange::Close { .. }));
+    out.extend(closes);
+    emit_diff(out, rtp.0, rtp.1);
+    out.extend(rest);
+}
+
+/// The changes that take the MSRP legs from `before` to `after`: `Close` for a leg gone or
+/// replaced (other session-ids), `OpenMsrp` for a new one, `MsrpPeer` for a side whose path or
+/// role is new.
+fn emit_msrp_diff(
+    out: &mut VecDeque<LegChange>,
+    before: &[Option<MsrpLeg>],
+    after: &[Option<MsrpLeg>],
+) {
+    for i in 0..before.len().max(after.len()) {
+        let stream = StreamId(i);
+        let old = before.get(i).and_then(Option::as_ref);
+        let new = after.get(i).and_then(Option::as_ref);
+        let same = matches!((old, new), (Some(o), Some(n)) if o.local == n.local);
+        if old.is_some() && !same {
+            out.push_back(LegChange::Close { stream });
+        }
+        let Some(new) = new else { continue };
+        if !same {
+            out.push_back(LegChange::OpenMsrp {
+                stream,
+                a_facing: new.local[0].clone(),
+                b_facing: new.local[1].clone(),
+            });
+        }
+        for side in [Side::A, Side::B] {
+            let was = old
+                .filter(|_| same)
+                .and_then(|o| o.peers[idx(side)].as_ref());
+            if let Some(peer) = new.peers[idx(side)].as_ref().filter(|p| Some(*p) != was) {
+                out.push_back(LegChange::MsrpPeer {
+                    stream,
+                    side,
+                    peer: peer.clone(),
+                });
             }
         }
     }

@@ -424,8 +424,10 @@ fn dropping_rtcp_mux_only_moves_the_leg_to_a_pair() {
     assert_eq!(pool.in_use(), 4, "the single ports went back");
 }
 
+/// Without an MSRP listener (`MediaConfig::msrp` unset) MSRP is not anchored: its lines pass
+/// through byte-exact and the peers connect to each other directly.
 #[test]
-fn msrp_lines_pass_through_byte_exact() {
+fn msrp_lines_pass_through_byte_exact_when_not_anchored() {
     let chat = sdp(&[
         "v=0",
         "o=- 3740371870 3740371870 IN IP4 10.0.0.5",
@@ -964,9 +966,11 @@ fn ipv6_connections_are_rewritten() {
 fn check_changes(s: &mut MediaSession, open: &mut BTreeSet<StreamId>) {
     while let Some(c) = s.poll_change() {
         match c {
-            LegChange::Open { stream, .. } => assert!(open.insert(stream), "{stream} opened twice"),
+            LegChange::Open { stream, .. } | LegChange::OpenMsrp { stream, .. } => {
+                assert!(open.insert(stream), "{stream} opened twice")
+            }
             LegChange::Close { stream } => assert!(open.remove(&stream), "{stream} not open"),
-            LegChange::SetPeer { stream, .. } => {
+            LegChange::SetPeer { stream, .. } | LegChange::MsrpPeer { stream, .. } => {
                 assert!(open.contains(&stream), "{stream} not open")
             }
         }
@@ -975,9 +979,10 @@ fn check_changes(s: &mut MediaSession, open: &mut BTreeSet<StreamId>) {
 
 /// Drives a session through every call with `body` from both sides, out of turn too; the
 /// controller must never panic and must end with no port held and no leg open.
-fn run_anything(body: &Bytes, pool: &mut PortPool, codecs: Option<Vec<Codec>>) {
+fn run_anything(body: &Bytes, pool: &mut PortPool, codecs: Option<Vec<Codec>>, msrp: bool) {
     let mut s = MediaSession::new(Arc::new(MediaConfig {
         codecs,
+        msrp: msrp.then(|| MsrpConfig::new(MSRP_PORT, [3; 32])),
         ..MediaConfig::new(ip(RELAY))
     }));
     let mut open = BTreeSet::new();
@@ -1016,20 +1021,304 @@ fn any_parsable_sdp_never_panics_the_controller() {
     let mut pool = PortPool::new(30000, 30011);
     let mut corpus = all_offers();
     corpus.extend([alice_audio(), alice_av(), bob_adds_video()]);
+    corpus.extend([alice_chat(""), bob_chat("a=setup:active")]);
     let mut parsed = 0;
     for body in corpus {
         for end in (0..=body.len()).step_by(3) {
-            run_anything(&body.slice(..end), &mut pool, None);
+            run_anything(&body.slice(..end), &mut pool, None, end % 2 == 0);
         }
         for _ in 0..300 {
             let m = mutate(&mut rng, &body);
             parsed += usize::from(SessionDescription::parse(&m).is_ok());
-            run_anything(&m, &mut pool, None);
-            run_anything(&m, &mut pool, Some(vec![Codec::PCMU, Codec::PCMA]));
+            run_anything(&m, &mut pool, None, false);
+            run_anything(&m, &mut pool, None, true);
+            run_anything(&m, &mut pool, Some(vec![Codec::PCMU, Codec::PCMA]), true);
         }
     }
     assert!(
         parsed > 500,
         "the mutations should mostly still parse ({parsed})"
     );
+}
+
+// ---- MSRP anchored on the media plane (RFC 4975 §8.1, RFC 6135) ----
+
+const MSRP_PORT: u16 = 2855;
+
+fn msrp_setup() -> (MediaSession, PortPool) {
+    let config = MediaConfig {
+        msrp: Some(MsrpConfig::new(MSRP_PORT, [9; 32])),
+        ..MediaConfig::new(ip(RELAY))
+    };
+    (
+        MediaSession::new(Arc::new(config)),
+        PortPool::new(30000, 30099),
+    )
+}
+
+fn alice_chat(setup: &str) -> Bytes {
+    let mut lines = vec![
+        "v=0",
+        "o=alice 3740371870 3740371870 IN IP4 10.0.0.5",
+        "s=-",
+        "c=IN IP4 10.0.0.5",
+        "t=0 0",
+        "m=message 7394 TCP/MSRP *",
+        "a=accept-types:message/cpim text/plain",
+        "a=accept-wrapped-types:*",
+        "a=path:msrp://10.0.0.5:7394/alice1;tcp",
+    ];
+    if !setup.is_empty() {
+        lines.push(setup);
+    }
+    lines.push("a=sendrecv");
+    sdp(&lines)
+}
+
+fn bob_chat(setup: &str) -> Bytes {
+    let mut lines = vec![
+        "v=0",
+        "o=bob 1 1 IN IP4 10.0.0.9",
+        "s=-",
+        "c=IN IP4 10.0.0.9",
+        "t=0 0",
+        "m=message 8000 TCP/MSRP *",
+        "a=accept-types:text/plain",
+        "a=path:msrp://10.0.0.9:8000/bob1;tcp",
+    ];
+    if !setup.is_empty() {
+        lines.push(setup);
+    }
+    sdp(&lines)
+}
+
+/// The `a=path` URI of stream `i` in `body`.
+fn path_in(body: &Bytes, i: usize) -> String {
+    let d = SessionDescription::parse(body).unwrap();
+    text(d.media()[i].attribute("path").unwrap().value().unwrap())
+}
+
+fn msrp_peer(stream: usize, side: Side, path: &str, we_connect: bool) -> LegChange {
+    LegChange::MsrpPeer {
+        stream: StreamId(stream),
+        side,
+        peer: MsrpPeer {
+            path: Bytes::from(path.to_string()),
+            we_connect,
+        },
+    }
+}
+
+#[test]
+fn msrp_chat_is_anchored_on_our_listener_with_fresh_session_ids() {
+    let (mut s, mut pool) = msrp_setup();
+    let to_b = s
+        .offer(&mut pool, Side::A, &alice_chat("a=setup:actpass"))
+        .unwrap();
+    let (a_uri, b_uri) = s.msrp_uris(StreamId(0)).unwrap();
+    let (a_uri, b_uri) = (text(&a_uri), text(&b_uri));
+    assert!(a_uri.starts_with("msrp://203.0.113.1:2855/") && a_uri.ends_with(";tcp"));
+    assert_ne!(a_uri, b_uri, "one session-id per side");
+    let b_path = format!("a=path:{b_uri}");
+    expect(
+        &to_b,
+        1,
+        &[
+            "v=0",
+            "s=-",
+            "c=IN IP4 203.0.113.1",
+            "t=0 0",
+            "m=message 2855 TCP/MSRP *",
+            "a=accept-types:message/cpim text/plain",
+            "a=accept-wrapped-types:*",
+            &b_path,
+            "a=setup:actpass",
+            "a=sendrecv",
+        ],
+    );
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            LegChange::OpenMsrp {
+                stream: StreamId(0),
+                a_facing: Bytes::from(a_uri.clone()),
+                b_facing: Bytes::from(b_uri.clone()),
+            },
+            msrp_peer(0, Side::A, "msrp://10.0.0.5:7394/alice1;tcp", false),
+        ]
+    );
+    let to_a = s
+        .answer(&mut pool, Side::B, &bob_chat("a=setup:active"))
+        .unwrap();
+    let a_path = format!("a=path:{a_uri}");
+    expect(
+        &to_a,
+        1,
+        &[
+            "v=0",
+            "s=-",
+            "c=IN IP4 203.0.113.1",
+            "t=0 0",
+            "m=message 2855 TCP/MSRP *",
+            "a=accept-types:text/plain",
+            &a_path,
+            "a=setup:passive",
+        ],
+    );
+    assert_eq!(
+        drain(&mut s),
+        vec![msrp_peer(
+            0,
+            Side::B,
+            "msrp://10.0.0.9:8000/bob1;tcp",
+            false
+        )]
+    );
+    assert_eq!((s.leg_count(), pool.in_use()), (1, 0), "no RTP port taken");
+
+    // Another session of the same process (the config is shared): other session-ids.
+    let mut s2 = MediaSession::new(s.config().clone());
+    s2.offer(&mut pool, Side::A, &alice_chat("")).unwrap();
+    let (a2, _) = s2.msrp_uris(StreamId(0)).unwrap();
+    assert_ne!(text(&a2), a_uri);
+
+    s.release_all(&mut pool);
+    assert_eq!(drain(&mut s), vec![close(0)]);
+    assert_eq!(s.leg_count(), 0);
+}
+
+#[test]
+fn msrp_roles_follow_setup_and_rfc4975_defaults() {
+    // (A's offer, B's answer) -> (we connect to A, we connect to B, setup sent to A).
+    let cases = [
+        ("a=setup:actpass", "a=setup:active", false, false, "passive"),
+        ("a=setup:active", "a=setup:passive", false, true, "passive"),
+        ("a=setup:passive", "", true, false, "active"),
+        ("", "", true, false, "active"),
+    ];
+    for (offer, answer, to_a, to_b, setup_a) in cases {
+        let (mut s, mut pool) = msrp_setup();
+        s.offer(&mut pool, Side::A, &alice_chat(offer)).unwrap();
+        let to_a_sdp = s.answer(&mut pool, Side::B, &bob_chat(answer)).unwrap();
+        let changes = drain(&mut s);
+        let roles: Vec<(Side, bool)> = changes
+            .iter()
+            .filter_map(|c| match c {
+                LegChange::MsrpPeer { side, peer, .. } => Some((*side, peer.we_connect)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            roles,
+            vec![(Side::A, to_a), (Side::B, to_b)],
+            "{offer:?} {answer:?}"
+        );
+        assert!(
+            text(&to_a_sdp).contains(&format!("a=setup:{setup_a}\r\n")),
+            "{offer:?}: {}",
+            text(&to_a_sdp)
+        );
+    }
+}
+
+#[test]
+fn reinvite_adds_audio_to_a_chat_and_removes_it_again() {
+    let (mut s, mut pool) = msrp_setup();
+    let first_b = s
+        .offer(&mut pool, Side::A, &alice_chat("a=setup:actpass"))
+        .unwrap();
+    let first_a = s
+        .answer(&mut pool, Side::B, &bob_chat("a=setup:active"))
+        .unwrap();
+    drain(&mut s);
+    let chat_and_audio = |version: &str, audio_port: &str| {
+        let t = text(&alice_chat("a=setup:actpass"))
+            .replace("3740371870 IN", &format!("{version} IN"))
+            + &format!("m=audio {audio_port} RTP/AVP 0\r\n");
+        Bytes::from(t)
+    };
+    let to_b = s
+        .offer(&mut pool, Side::A, &chat_and_audio("3740371871", "49170"))
+        .unwrap();
+    assert_eq!(
+        path_in(&to_b, 0),
+        path_in(&first_b, 0),
+        "the chat keeps its URI"
+    );
+    assert!(
+        text(&to_b).contains("a=setup:passive\r\n"),
+        "B keeps connecting to us"
+    );
+    assert!(text(&to_b).contains("m=audio 30002 RTP/AVP 0\r\n"));
+    assert_eq!(
+        drain(&mut s),
+        vec![
+            open(1, MediaKind::Audio, 30000, 30002, false),
+            set_peer(1, Side::A, "10.0.0.5:49170", Some("10.0.0.5:49171")),
+        ],
+        "no MSRP change: its connections stay"
+    );
+    let bob_both = Bytes::from(text(&bob_chat("a=setup:active")) + "m=audio 6000 RTP/AVP 0\r\n");
+    let to_a = s.answer(&mut pool, Side::B, &bob_both).unwrap();
+    assert_eq!(path_in(&to_a, 0), path_in(&first_a, 0));
+    assert!(text(&to_a).contains("m=audio 30000 RTP/AVP 0\r\n"));
+    assert_eq!(
+        drain(&mut s),
+        vec![set_peer(1, Side::B, "10.0.0.9:6000", Some("10.0.0.9:6001"))]
+    );
+    assert_eq!(s.leg_count(), 2);
+
+    // B takes the audio away again (port 0): the chat stays.
+    let bob_offer = Bytes::from(text(&bob_chat("a=setup:active")) + "m=audio 0 RTP/AVP 0\r\n");
+    let to_a = s.offer(&mut pool, Side::B, &bob_offer).unwrap();
+    assert!(
+        text(&to_a).contains("a=setup:passive\r\n"),
+        "A keeps its role"
+    );
+    s.answer(&mut pool, Side::A, &chat_and_audio("3740371872", "0"))
+        .unwrap();
+    assert_eq!(drain(&mut s), vec![close(1)]);
+    assert_eq!((s.leg_count(), pool.in_use()), (1, 0));
+    assert!(s.msrp_uris(StreamId(0)).is_some());
+}
+
+#[test]
+fn msrp_rejected_rolled_back_or_over_tls() {
+    // B rejects the chat: the leg closes and A sees port 0.
+    let (mut s, mut pool) = msrp_setup();
+    s.offer(&mut pool, Side::A, &alice_chat("")).unwrap();
+    let rejected = Bytes::from(text(&bob_chat("")).replace("m=message 8000", "m=message 0"));
+    let to_a = s.answer(&mut pool, Side::B, &rejected).unwrap();
+    assert!(text(&to_a).contains("m=message 0 TCP/MSRP *"));
+    let changes = drain(&mut s);
+    assert_eq!(changes.last(), Some(&close(0)));
+    assert_eq!(s.leg_count(), 0);
+
+    // An answer without a=path cannot be anchored: port 0 to A too.
+    let (mut s, mut pool) = msrp_setup();
+    s.offer(&mut pool, Side::A, &alice_chat("")).unwrap();
+    let no_path =
+        Bytes::from(text(&bob_chat("")).replace("a=path:msrp://10.0.0.9:8000/bob1;tcp\r\n", ""));
+    let to_a = s.answer(&mut pool, Side::B, &no_path).unwrap();
+    assert!(text(&to_a).contains("m=message 0 TCP/MSRP *"));
+    assert_eq!(s.leg_count(), 0);
+
+    // An offer rolled back (CANCEL): the leg it opened closes.
+    let (mut s, mut pool) = msrp_setup();
+    s.offer(&mut pool, Side::A, &alice_chat("")).unwrap();
+    drain(&mut s);
+    s.rollback(&mut pool);
+    assert_eq!(drain(&mut s), vec![close(0)]);
+
+    // msrps is not anchored: it passes through as offered.
+    let (mut s, mut pool) = msrp_setup();
+    let tls = Bytes::from(
+        text(&alice_chat(""))
+            .replace("TCP/MSRP", "TCP/TLS/MSRP")
+            .replace("msrp://", "msrps://"),
+    );
+    let to_b = s.offer(&mut pool, Side::A, &tls).unwrap();
+    assert!(text(&to_b).contains("m=message 7394 TCP/TLS/MSRP *\r\n"));
+    assert_eq!(path_in(&to_b, 0), "msrps://10.0.0.5:7394/alice1;tcp");
+    assert_eq!(drain(&mut s), vec![]);
 }

@@ -31,6 +31,19 @@ pub struct FlowCounters {
     pub jitter_ms: f64,
 }
 
+/// MSRP counters of one message stream (RFC 4975), `[from A, from B]` each.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MsrpUsage {
+    /// Complete messages relayed (chunks ending in `$`).
+    pub messages: [u64; 2],
+    /// SEND chunks relayed.
+    pub chunks: [u64; 2],
+    /// Body bytes relayed.
+    pub bytes: [u64; 2],
+    /// Failure REPORTs the relay generated (RFC 4975 §7.1.2).
+    pub reports_generated: u64,
+}
+
 /// Usage of one media leg (one `m=` line relayed).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LegUsage {
@@ -44,6 +57,8 @@ pub struct LegUsage {
     pub from_a: FlowCounters,
     /// What B sent (relayed toward A).
     pub from_b: FlowCounters,
+    /// An MSRP leg's figures (`m=message`; its flows then count chunks and body bytes).
+    pub msrp: Option<MsrpUsage>,
 }
 
 /// One charging record.

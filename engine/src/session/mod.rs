@@ -52,7 +52,7 @@ use crate::sip::transaction::ServerTxId;
 use crate::sip::{builder, Message};
 
 pub use crate::media::{MediaReject, SdpRelay, Side};
-pub use charging::{ChargingKind, ChargingRecord, FlowCounters, LegUsage};
+pub use charging::{ChargingKind, ChargingRecord, FlowCounters, LegUsage, MsrpUsage};
 pub use machine::Session;
 pub use policy::{Admission, NoPolicy, SessionInfo, SessionPolicy, SessionState};
 

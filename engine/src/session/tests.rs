@@ -1371,3 +1371,87 @@ fn late_offer_without_ack_from_a_acks_b_before_the_bye() {
     assert!(ack_pos < bye_pos);
     assert_eq!(ended(&out), Some(EndReason::NoAck));
 }
+
+/// CPM.md §5 fig. 12: a REFER to the storage controller is answered by the session (202,
+/// then the final NOTIFY in the referrer's dialog), never relayed; it turns recording on and
+/// off; a REFER to anyone else (a transfer) is relayed as before.
+#[test]
+fn refer_to_storage_is_answered_here_and_toggles_recording() {
+    let (mut h, mut a, mut b, _) = H::connect("");
+    let refer = |d: &mut Dialog, via: Bytes, to: &str| {
+        let mut r = d.request(Method::Refer, via);
+        r.headers.push(HeaderName::ReferTo, to.to_string());
+        r
+    };
+    let tx = h.tx();
+    let req = refer(
+        &mut a,
+        a_via("z9hG4bKr1"),
+        "<sip:storage@cpm.example;method=INVITE>",
+    );
+    let refer_seq = a.local_seq().unwrap();
+    let out = h.request(tx, req);
+    let ok = response_on(&out, tx).expect("answered here");
+    assert_eq!(status(&ok), 202);
+    assert!(ok.headers.get(&HeaderName::Contact).is_some());
+    let sent = requests(&out);
+    assert_eq!(sent.len(), 1, "only the NOTIFY, nothing to B: {out:#?}");
+    let (_, side, notify) = &sent[0];
+    assert_eq!(*side, Side::A);
+    assert_eq!(notify.method(), Some(&Method::Notify));
+    assert_eq!(
+        hdr(notify, HeaderName::Event),
+        format!("refer;id={refer_seq}")
+    );
+    assert!(hdr(notify, HeaderName::SubscriptionState).starts_with("terminated"));
+    assert_eq!(
+        hdr(notify, HeaderName::ContentType),
+        "message/sipfrag;version=2.0"
+    );
+    assert_eq!(body(notify), "SIP/2.0 200 OK\r\n");
+    assert_eq!(notify.call_id(), Some(&a.id().call_id), "in A's dialog");
+    assert_eq!(to_tag(notify), a.id().local_tag, "toward A");
+    assert!(h.s.is_recording());
+    assert_eq!(
+        h.s.poll_record(),
+        Some(crate::record::RecordChange {
+            on: true,
+            by: Side::A
+        })
+    );
+    assert_eq!(h.s.poll_record(), None);
+
+    // B stops it; the session goes on.
+    let tx = h.tx();
+    let req = refer(
+        &mut b,
+        b_via("z9hG4bKr2"),
+        "<sip:storage@cpm.example;method=BYE>",
+    );
+    let out = h.request(tx, req);
+    assert_eq!(status(&response_on(&out, tx).unwrap()), 202);
+    assert_eq!(requests(&out)[0].1, Side::B);
+    assert!(!h.s.is_recording());
+    assert_eq!(h.s.poll_record().map(|c| c.on), Some(false));
+    assert!(ended(&out).is_none());
+
+    // A transfer is relayed to the other side.
+    let tx = h.tx();
+    let req = refer(&mut a, a_via("z9hG4bKr3"), "<sip:carol@cpm.example>");
+    let out = h.request(tx, req);
+    assert!(response_on(&out, tx).is_none());
+    let (_, to_b) = single_request(&out);
+    assert_eq!(to_b.method(), Some(&Method::Refer));
+    assert_eq!(h.s.poll_record(), None);
+
+    // Storage with a method it does not do: 400, nothing relayed.
+    let tx = h.tx();
+    let req = refer(
+        &mut a,
+        a_via("z9hG4bKr4"),
+        "<sip:storage@cpm.example;method=MESSAGE>",
+    );
+    let out = h.request(tx, req);
+    assert_eq!(status(&response_on(&out, tx).unwrap()), 400);
+    assert!(requests(&out).is_empty());
+}

@@ -150,7 +150,7 @@ impl Call {
 /// target (Contact) as Request-URI, the reversed Record-Route as Route, the To with the
 /// remote tag, our From, Call-ID; CSeq `cseq` (the INVITE's for an ACK, §13.2.2.4). The Via
 /// branch is `branch` (set later for a BYE, which gets its own transaction).
-fn in_dialog(
+pub(crate) fn in_dialog(
     invite: &Message,
     resp: &Message,
     method: Method,
@@ -204,7 +204,7 @@ fn in_dialog(
 }
 
 /// Replaces the top Via with ours at `local` with `branch` (and `rport`).
-fn set_branch(m: &mut Message, local: SocketAddr, branch: &[u8]) {
+pub(crate) fn set_branch(m: &mut Message, local: SocketAddr, branch: &[u8]) {
     let via = format!(
         "SIP/2.0/UDP {local};branch={};rport",
         String::from_utf8_lossy(branch)

@@ -11,13 +11,15 @@
 //! sessions at their due time ([`Scenario::start`]); the scenario ends each one with
 //! [`Ctx::finish`] and an [`Outcome`].
 //!
-//! Scenarios of this crate: [`options`], [`register`], [`message`], [`call`] (with the RTP
+//! Scenarios of this crate: [`options`], [`register`], [`message`], [`msrp`] (MSRP over
+//! [`crate::msrp`]), [`call`] (with the RTP
 //! of [`media`]), and the answering side [`uas`]. See the crate documentation for how `msrp`
 //! and `conference` plug in.
 
 pub mod call;
 pub mod media;
 pub mod message;
+pub mod msrp;
 pub mod options;
 pub mod register;
 pub mod uas;

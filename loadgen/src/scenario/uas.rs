@@ -7,8 +7,11 @@
 //! the sender ([`crate::stamp`]) gives the delivery latency ([`Quantity::MessageDelivery`]),
 //! measured here, at the receiving side. An INVITE is answered 200 with SDP and its media
 //! handled per [`RtpMode`] ([`Uas::on_invite`]); the call is a session that a BYE ends.
+//! An INVITE offering `m=message TCP/MSRP` is a chat ([`Uas::on_chat_invite`]): answered
+//! `a=setup:active`, the MSRP connection to the offered path runs on a [`Plane`] that answers
+//! and checks every message (`msrp_delivery`, `msrp_messages_*` notes).
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
@@ -23,6 +26,7 @@ use super::register::{RegFlow, Secrets};
 use super::{Incoming, Outcome, Pattern, Scenario, SessionId, SocketId, SocketKind, NO_SESSION};
 use crate::driver::Ctx;
 use crate::metrics::{Counter, Quantity};
+use crate::msrp::{self as plane, Open, Plane, Role};
 use crate::stamp;
 
 /// What the answering side does with the media of a call (`--rtp`), for the `call` scenario.
@@ -78,6 +82,11 @@ pub struct UasConfig {
     pub payload_len: Option<usize>,
     /// RTP sockets on even ports of this range (default: any free port).
     pub rtp_ports: Option<(u16, u16)>,
+    /// Registrations start after this delay (`--register-after`: what a store-and-forward
+    /// server holds meanwhile is delivered on REGISTER); the side is ready at once.
+    pub register_after: Duration,
+    /// The RFC 4976 relay chats authenticate at (`--msrp-relay`).
+    pub msrp_relay: Option<SocketAddr>,
 }
 
 /// Timer tokens: `user << 2 | kind`, or for a call [`CALL_TIMER`]` | kind` with the call's
@@ -87,6 +96,11 @@ const UNREGISTER: u64 = 1;
 const CALL_TIMER: u64 = 1 << 63;
 const RETRANSMIT_2XX: u64 = CALL_TIMER;
 const RTP_TICK: u64 = CALL_TIMER | 1;
+const MSRP_POLL: u64 = CALL_TIMER | 2;
+const MSRP_CLOSE: u64 = CALL_TIMER | 3;
+
+/// How long a chat's MSRP connection is read after the BYE, unless the peer closes it first.
+const CHAT_LINGER: Duration = Duration::from_secs(5);
 
 /// RFC 3261 §17.1.1.1 T1 and T2: the 2xx is sent again at T1, 2·T1, .. capped at T2 until the
 /// ACK arrives, for 64·T1 at most (§13.3.1.4).
@@ -133,6 +147,62 @@ pub struct Uas {
     call_of_rtp: HashMap<SocketId, Bytes>,
     rtp_pool: SocketPool,
     calls_ended: u64,
+    /// Duplicates and reordering of stamped MESSAGEs.
+    delivery: DeliveryCheck,
+    /// The MSRP connections of chats (started at the first chat offer).
+    plane: Option<Plane>,
+    /// Chats (MSRP sessions) answered, by Call-ID: their session and 200.
+    chats: HashMap<Bytes, (SessionId, Message)>,
+    msrp_polling: bool,
+    /// MSRP connections open (by chat session), read until the peer closes them.
+    msrp_open: HashSet<u64>,
+    /// Chat offers waiting for our AUTH at the relay, by session.
+    pending_chats: HashMap<u64, PendingChat>,
+    chats_ended: u64,
+    msrp: MsrpTotals,
+}
+
+/// A chat offer being answered.
+#[derive(Debug)]
+struct PendingChat {
+    inc: Incoming,
+    call_id: Bytes,
+    /// The offered path (our To-Path).
+    to_path: Bytes,
+    /// Where our connection goes (the path's first hop, or the relay).
+    connect: SocketAddr,
+}
+
+/// What the chats received.
+#[derive(Debug, Default, Clone, Copy)]
+struct MsrpTotals {
+    messages: u64,
+    chunks: u64,
+    bytes: u64,
+    duplicates: u64,
+    corrupted: u64,
+    window: Option<(Instant, Instant)>,
+}
+
+/// What a store-and-forward server owes each recipient: every message once and, per recipient,
+/// in the order sent (one sender numbers its messages in ascending order).
+#[derive(Debug, Default)]
+struct DeliveryCheck {
+    /// (user socket, sequence number) of every stamped MESSAGE seen.
+    seen: HashSet<(SocketId, u64)>,
+    /// Per user socket: the highest sequence number delivered so far.
+    last: HashMap<SocketId, u64>,
+}
+
+impl DeliveryCheck {
+    /// Notes message `seq` delivered to `user`: `(duplicate, out of order)`.
+    fn on_delivery(&mut self, user: SocketId, seq: u64) -> (bool, bool) {
+        let duplicate = !self.seen.insert((user, seq));
+        let last = self.last.entry(user).or_insert(seq);
+        let out_of_order = seq < *last;
+        *last = (*last).max(seq);
+        (duplicate, out_of_order)
+    }
 }
 
 impl Uas {
@@ -157,6 +227,14 @@ impl Uas {
             call_of_rtp: HashMap::new(),
             rtp_pool,
             calls_ended: 0,
+            delivery: DeliveryCheck::default(),
+            plane: None,
+            chats: HashMap::new(),
+            msrp_polling: false,
+            msrp_open: HashSet::new(),
+            pending_chats: HashMap::new(),
+            chats_ended: 0,
+            msrp: MsrpTotals::default(),
         }
     }
 
@@ -265,7 +343,14 @@ impl Uas {
     fn on_message(&mut self, ctx: &mut Ctx<'_>, inc: Incoming) {
         let session = ctx.new_session(true);
         match stamp::read(&inc.request.body) {
-            Some((sent_us, _seq)) => {
+            Some((sent_us, seq)) => {
+                let (duplicate, out_of_order) = self.delivery.on_delivery(inc.socket, seq);
+                if duplicate {
+                    ctx.recorder().note("messages_duplicate", 1);
+                }
+                if out_of_order {
+                    ctx.recorder().note("messages_out_of_order", 1);
+                }
                 let now_us = ctx.unix_us();
                 if now_us < sent_us {
                     ctx.recorder().note("delivery_clock_skew", 1);
@@ -292,6 +377,12 @@ impl Uas {
         };
         if let Some(call) = self.calls.get(&call_id) {
             return ctx.respond(inc.tx, &call.ok);
+        }
+        if let Some((_, ok)) = self.chats.get(&call_id) {
+            return ctx.respond(inc.tx, ok);
+        }
+        if super::msrp::chat_media(&inc.request.body).is_some() {
+            return self.on_chat_invite(ctx, inc, call_id);
         }
         let session = ctx.new_session(true);
         let user = self
@@ -360,6 +451,186 @@ impl Uas {
         self.calls.insert(call_id, call);
     }
 
+    /// An INVITE offering a chat (RFC 4975 §8): 200 with our path and `a=setup:active` when
+    /// the offer lets us connect (`passive`/`actpass`, RFC 6135), and a receiving MSRP
+    /// connection to the first URI of the offered path; 488 otherwise (we never listen). With
+    /// `--msrp-relay` the 200 waits for our AUTH at the relay (RFC 4976 §5.1), whose Use-Path
+    /// heads our path, and the connection to the relay carries the chat.
+    pub fn on_chat_invite(&mut self, ctx: &mut Ctx<'_>, inc: Incoming, call_id: Bytes) {
+        let session = ctx.new_session(true);
+        let Some((to_path, setup)) = super::msrp::chat_media(&inc.request.body) else {
+            return self.refuse(ctx, session, &inc, 488, "Not Acceptable Here");
+        };
+        let connect = match self.cfg.msrp_relay {
+            Some(relay) => relay,
+            None => match super::msrp::first_hop(&to_path)
+                .filter(|_| super::msrp::we_may_connect(setup.as_ref()))
+            {
+                Some(a) => a,
+                None => return self.refuse(ctx, session, &inc, 488, "Not Acceptable Here"),
+            },
+        };
+        if self.plane.is_none() {
+            match Plane::spawn(ctx.random_u64()) {
+                Ok(p) => self.plane = Some(p),
+                Err(e) => {
+                    ctx.recorder().note(&format!("msrp: {e}"), 1);
+                    return self.refuse(ctx, session, &inc, 500, "Server Internal Error");
+                }
+            }
+        }
+        self.msrp_open.insert(session.0);
+        self.ensure_msrp_polling(ctx);
+        let chat = PendingChat {
+            inc,
+            call_id,
+            to_path,
+            connect,
+        };
+        if self.cfg.msrp_relay.is_some() {
+            if let Some(p) = &self.plane {
+                p.auth(session.0, connect);
+            }
+            self.pending_chats.insert(session.0, chat);
+            return;
+        }
+        let Some(contact) = self.contact_addr(self.user_of(chat.inc.socket)) else {
+            return self.refuse(ctx, session, &chat.inc, 500, "Server Internal Error");
+        };
+        let host = match contact.ip() {
+            IpAddr::V4(a) => a.to_string(),
+            IpAddr::V6(a) => format!("[{a}]"),
+        };
+        let local = format!("msrp://{host}:9/uas{:x};tcp", session.0);
+        self.answer_chat(ctx, session, chat, Ok(Bytes::from(local)));
+    }
+
+    fn user_of(&self, socket: SocketId) -> usize {
+        self.sockets
+            .iter()
+            .position(|(id, _)| *id == socket)
+            .unwrap_or(0)
+    }
+
+    /// Answers a chat offer with our `path` (or 500 when there is none) and starts receiving.
+    fn answer_chat(
+        &mut self,
+        ctx: &mut Ctx<'_>,
+        session: SessionId,
+        chat: PendingChat,
+        path: Result<Bytes, String>,
+    ) {
+        let user = self.user_of(chat.inc.socket);
+        let (Some(contact), Ok(path)) = (self.contact_addr(user), path) else {
+            self.msrp_open.remove(&session.0);
+            if let Some(p) = &self.plane {
+                p.close(session.0);
+            }
+            return self.refuse(ctx, session, &chat.inc, 500, "Server Internal Error");
+        };
+        let inc = chat.inc;
+        let mut ok = builder::local_response(&inc.request, 200, "OK");
+        for rr in inc.request.headers.get_all(&HeaderName::RecordRoute) {
+            ok.headers.push(HeaderName::RecordRoute, rr.clone());
+        }
+        ok.headers.push(
+            HeaderName::Contact,
+            format!(
+                "<sip:{}@{}>",
+                self.cfg.pattern.expand(user as u64),
+                super::hostport(contact)
+            ),
+        );
+        ok.set_body(
+            super::msrp::chat_sdp(contact.ip(), &String::from_utf8_lossy(&path), "active"),
+            Some("application/sdp"),
+        );
+        ctx.respond(inc.tx, &ok);
+        if let Some(p) = &self.plane {
+            if self.cfg.msrp_relay.is_some() {
+                p.start(session.0, chat.to_path, Role::Receive);
+            } else {
+                p.open(Open {
+                    key: session.0,
+                    connect: chat.connect,
+                    local: path,
+                    to_path: chat.to_path,
+                    role: Role::Receive,
+                });
+            }
+        }
+        self.chats.insert(chat.call_id, (session, ok));
+    }
+
+    fn ensure_msrp_polling(&mut self, ctx: &mut Ctx<'_>) {
+        if !self.msrp_polling {
+            self.msrp_polling = true;
+            ctx.set_timer(ctx.now() + super::msrp::POLL, NO_SESSION, MSRP_POLL);
+        }
+    }
+
+    /// Reads the chats' MSRP events.
+    fn poll_msrp(&mut self, ctx: &mut Ctx<'_>) {
+        let events = match &self.plane {
+            Some(p) => p.poll_events(10_000),
+            None => Vec::new(),
+        };
+        let now = ctx.now();
+        for ev in events {
+            let (latency_us, bytes, duplicate, corrupted, chunks) = match ev {
+                plane::Event::Delivered {
+                    latency_us,
+                    bytes,
+                    duplicate,
+                    corrupted,
+                    chunks,
+                    ..
+                } => (latency_us, bytes, duplicate, corrupted, chunks),
+                plane::Event::Authed { key, path } => {
+                    if let Some(chat) = self.pending_chats.remove(&key) {
+                        if let Err(e) = &path {
+                            ctx.recorder().note(&format!("msrp: {e}"), 1);
+                        }
+                        self.answer_chat(ctx, SessionId(key), chat, path);
+                    }
+                    continue;
+                }
+                plane::Event::Closed { key, error } => {
+                    self.msrp_open.remove(&key);
+                    if let Some(e) = error.filter(|e| e != "closed by the peer") {
+                        ctx.recorder().note(&format!("msrp: {e}"), 1);
+                    }
+                    continue;
+                }
+                _ => continue,
+            };
+            let t = &mut self.msrp;
+            t.messages += 1;
+            t.chunks += chunks;
+            t.bytes += bytes;
+            t.duplicates += u64::from(duplicate);
+            t.corrupted += u64::from(corrupted);
+            t.window = Some(t.window.map_or((now, now), |(a, _)| (a, now)));
+            let rec = ctx.recorder();
+            rec.note("msrp_messages_received", 1);
+            if duplicate {
+                rec.note("msrp_messages_duplicate", 1);
+            }
+            if corrupted {
+                rec.note("msrp_messages_corrupted", 1);
+            }
+            match latency_us {
+                Some(us) => ctx.record(super::msrp::DELIVERY, Duration::from_micros(us)),
+                None => ctx.recorder().note("msrp_messages_without_stamp", 1),
+            }
+        }
+        if self.chats.is_empty() && self.msrp_open.is_empty() && self.pending_chats.is_empty() {
+            self.msrp_polling = false;
+        } else {
+            ctx.set_timer(now + super::msrp::POLL, NO_SESSION, MSRP_POLL);
+        }
+    }
+
     fn refuse(
         &mut self,
         ctx: &mut Ctx<'_>,
@@ -375,6 +646,15 @@ impl Uas {
 
     /// BYE (RFC 3261 §15.1.2): 200 and the call's end (a success); 481 for no such call.
     fn on_bye(&mut self, ctx: &mut Ctx<'_>, inc: Incoming) {
+        if let Some((session, _)) = inc.request.call_id().and_then(|id| self.chats.remove(id)) {
+            // The connection stays: what is still in flight on it is read until the relay
+            // closes it (cpmd does when the session ends), or for CHAT_LINGER at most.
+            ctx.set_timer(ctx.now() + CHAT_LINGER, session, MSRP_CLOSE);
+            let r = builder::local_response(&inc.request, 200, "OK");
+            ctx.respond(inc.tx, &r);
+            self.chats_ended += 1;
+            return ctx.finish(session, Outcome::Success);
+        }
         let call = inc.request.call_id().and_then(|id| self.calls.remove(id));
         let Some(mut call) = call else {
             let r = builder::local_response(&inc.request, 481, "Call/Transaction Does Not Exist");
@@ -459,7 +739,7 @@ impl Scenario for Uas {
         }
         if self.cfg.register_to.is_some() {
             let rate = self.cfg.register_rate.max(0.001);
-            let t0 = ctx.now();
+            let t0 = ctx.now() + self.cfg.register_after;
             for i in 0..users as usize {
                 let at = t0 + Duration::from_secs_f64(i as f64 / rate);
                 ctx.set_timer(at, NO_SESSION, token(i, REGISTER));
@@ -469,6 +749,15 @@ impl Scenario for Uas {
     }
 
     fn on_timer(&mut self, ctx: &mut Ctx<'_>, session: SessionId, token: u64) {
+        if token == MSRP_POLL {
+            return self.poll_msrp(ctx);
+        }
+        if token == MSRP_CLOSE {
+            if let Some(p) = &self.plane {
+                p.close(session.0);
+            }
+            return;
+        }
         if token & CALL_TIMER != 0 {
             return self.on_call_timer(ctx, session, token);
         }
@@ -588,7 +877,9 @@ impl Scenario for Uas {
     }
 
     fn is_ready(&self) -> bool {
-        self.cfg.register_to.is_none() || self.first_done.iter().all(|&d| d)
+        self.cfg.register_to.is_none()
+            || !self.cfg.register_after.is_zero()
+            || self.first_done.iter().all(|&d| d)
     }
 
     fn on_stop(&mut self, ctx: &mut Ctx<'_>) {
@@ -609,7 +900,7 @@ impl Scenario for Uas {
     }
 
     fn is_idle(&self) -> bool {
-        self.unregister_pending == 0 && self.active.is_empty()
+        self.unregister_pending == 0 && self.active.is_empty() && self.msrp_open.is_empty()
     }
 
     fn summary_lines(&self) -> Vec<String> {
@@ -638,6 +929,29 @@ impl Scenario for Uas {
                 self.cfg.rtp
             ));
         }
+        if self.chats_ended > 0 || !self.chats.is_empty() {
+            let t = &self.msrp;
+            out.push(format!(
+                "chats: {} ended by BYE, {} still up; msrp received {} messages ({} chunks, \
+                 {:.3} MB), {} duplicated, {} corrupted",
+                self.chats_ended,
+                self.chats.len(),
+                t.messages,
+                t.chunks,
+                t.bytes as f64 / 1e6,
+                t.duplicates,
+                t.corrupted
+            ));
+            if let Some((a, b)) = t.window.filter(|(a, b)| b > a) {
+                let secs = (b - a).as_secs_f64();
+                out.push(format!(
+                    "msrp received over {secs:.3} s: {:.0} messages/s, {:.0} chunks/s, {:.2} MB/s",
+                    t.messages as f64 / secs,
+                    t.chunks as f64 / secs,
+                    t.bytes as f64 / 1e6 / secs
+                ));
+            }
+        }
         if !self.received.is_empty() {
             let parts: Vec<String> = self
                 .received
@@ -647,5 +961,25 @@ impl Scenario for Uas {
             out.push(format!("received: {}", parts.join(", ")));
         }
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn duplicates_and_reordering_are_told_per_recipient() {
+        let mut c = DeliveryCheck::default();
+        let (bob, carol) = (SocketId(1), SocketId(2));
+        assert_eq!(c.on_delivery(bob, 1), (false, false));
+        assert_eq!(c.on_delivery(bob, 3), (false, false));
+        // Another recipient has its own order.
+        assert_eq!(c.on_delivery(carol, 2), (false, false));
+        // 2 after 3 for bob: reordered; 3 again: a duplicate (and not newer).
+        assert_eq!(c.on_delivery(bob, 2), (false, true));
+        assert_eq!(c.on_delivery(bob, 3), (true, false));
+        assert_eq!(c.on_delivery(bob, 1), (true, true));
+        assert_eq!(c.on_delivery(bob, 4), (false, false));
     }
 }

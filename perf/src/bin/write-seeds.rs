@@ -9,7 +9,7 @@ fn main() -> std::io::Result<()> {
         std::process::exit(2);
     };
     std::fs::create_dir_all(&dir)?;
-    for (name, raw) in cpm_perf::MESSAGES {
+    for (name, raw) in cpm_perf::SEEDS {
         std::fs::write(dir.join(format!("perf-{name}")), raw)?;
     }
     Ok(())

@@ -57,10 +57,46 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
                         self.terminate(EndReason::Bye(side), &[side.other()], now)
                     }
                     Method::Invite | Method::Update => self.offer_request(side, tx, req),
+                    Method::Refer => self.refer(side, tx, req),
                     _ => self.forward(side, tx, req, Offer::None, None, None),
                 }
             }
         }
+    }
+
+    /// A REFER from `from`: one naming the storage controller is answered here (202, then
+    /// the final NOTIFY, RFC 3515 §2.4.4-§2.4.5) and starts or stops the recording
+    /// (CPM.md §5 fig. 12); any other (a transfer) is relayed to the other side as before.
+    pub(super) fn refer(&mut self, from: Side, tx: ServerTxId, req: Message) {
+        let domains: Vec<String> = [&self.info.from, &self.info.to]
+            .into_iter()
+            .filter_map(crate::record::domain_of)
+            .collect();
+        let domains: Vec<&str> = domains.iter().map(String::as_str).collect();
+        let cmd = match crate::record::classify_refer(&req, &domains) {
+            None => return self.forward(from, tx, req, Offer::None, None, None),
+            Some(Err(e)) => return self.respond(tx, reply(&req, e.status(), e.reason())),
+            Some(Ok(cmd)) => cmd,
+        };
+        let Some(peer) = self.peer(from) else {
+            return self.respond(tx, crate::session::no_dialog(&req));
+        };
+        let mut accepted = reply(&req, 202, "Accepted");
+        accepted
+            .headers
+            .push(HeaderName::Contact, self.contact(peer.reliable));
+        self.respond(tx, accepted);
+        if let Some(change) = self.recording.apply(cmd, from) {
+            self.record_changes.push_back(change);
+        }
+        let refer_seq = req.cseq().map_or(0, |c| c.seq);
+        let via = self.via(&peer);
+        let Some(dialog) = self.dialogs[from.index()].as_mut() else {
+            return;
+        };
+        let notify = crate::record::refer_notify(dialog, via, refer_seq, 200, "OK");
+        let id = self.next_id();
+        self.send(id, from, &peer, notify);
     }
 
     /// A re-INVITE or UPDATE from `from`: glare (RFC 3261 §14.2, RFC 3311 §5.2), session

@@ -17,6 +17,7 @@ use super::{
     Action, Admission, ChargingKind, ChargingRecord, EndReason, MediaReject, NoPolicy, Peer, ReqId,
     SdpRelay, SessionConfig, SessionInfo, SessionPolicy, SessionStart, SessionState, Side,
 };
+use crate::record::{RecordChange, Recording};
 use crate::sip::builder::{response_to_with_tag, tag_of, BranchGen};
 use crate::sip::dialog::{is_target_refresh, via_value, Dialog, DialogId};
 use crate::sip::hdr::NameAddr;
@@ -198,6 +199,10 @@ pub struct Session<R: SdpRelay, P: SessionPolicy = NoPolicy> {
     next_req: u64,
     /// Freed whenever drained (an idle session holds none).
     actions: VecDeque<Action>,
+    /// Recording into network storage (REFER to the storage controller, fig. 12).
+    recording: Recording,
+    /// Recording changes for the runtime ([`Session::poll_record`]).
+    record_changes: VecDeque<RecordChange>,
 }
 
 impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
@@ -268,6 +273,8 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
             armed: None,
             next_req: 0,
             actions: VecDeque::new(),
+            recording: Recording::default(),
+            record_changes: VecDeque::new(),
         };
         s.begin(start.contacts, now);
         s.rearm();
@@ -288,6 +295,29 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
     /// When `on_timer` wants to run next (also announced by [`Action::Timer`]).
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.armed
+    }
+
+    /// The next change of the session's recording (REFER to the storage controller, CPM.md
+    /// §5 fig. 12): the runtime starts or stops taping the session's MSRP traffic.
+    pub fn poll_record(&mut self) -> Option<RecordChange> {
+        self.record_changes.pop_front()
+    }
+
+    /// Turns recording on as if `by` had REFERred the storage (a user setting that records
+    /// every session, CPM.md §5); announced by [`Session::poll_record`], stopped by a REFER
+    /// `method=BYE` like any other.
+    pub fn start_recording(&mut self, by: Side) {
+        if let Some(change) = self
+            .recording
+            .apply(crate::record::RecordCommand::Start, by)
+        {
+            self.record_changes.push_back(change);
+        }
+    }
+
+    /// Whether the session is being recorded (REFER `method=INVITE` or a user setting).
+    pub fn is_recording(&self) -> bool {
+        self.recording.is_on()
     }
 
     /// What the policy and the charging records know of the session.

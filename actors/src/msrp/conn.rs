@@ -1,0 +1,662 @@
+//! The connections of the MSRP plane: accepting and matching them to legs, connecting to
+//! peers, one reader and one writer per connection, and the transaction timeouts of a leg.
+//!
+//! The reader of side X parses what X sends and relays each request to side Y through Y's
+//! writer queue, a frame at a time as the body arrives; when that queue is full the reader
+//! waits, so X is not read any more (TCP then pushes back on X). What goes out is decided by
+//! `engine::msrp::relay`: the rewritten head ([`relay::forward`]), the pieces of each chunk
+//! ([`Rechunker`]), the transactions awaiting Y's responses ([`relay::Transactions`], matched
+//! by Y's reader) and the failure REPORTs. When a response or REPORT of ours waits behind a
+//! chunk X is slow to send, Y's writer signals X's reader, which ends the chunk early with `+`
+//! and goes on in a new one (RFC 4975 §7.1.1).
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use cpm_engine::media::Side;
+use cpm_engine::msrp::relay::{self, Pending, Piece, Rechunker};
+use cpm_engine::msrp::uri::first_of_path;
+use cpm_engine::msrp::write::{self, IdGen};
+use cpm_engine::msrp::{ByteRange, Event, Flag, Head, Kind, Method, Parser};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, watch, Notify};
+
+use super::leg::{route, tag, Conn, Frame, LegState};
+use super::{Plane, TapEvent};
+
+/// Bytes read from a socket at a time (and so the largest frame queued).
+const READ: usize = 64 * 1024;
+
+/// Accepts connections for ever; each is served by its own task.
+pub(super) async fn accept_loop(listener: TcpListener, plane: Arc<Plane>) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                tokio::spawn(serve(stream, plane.clone(), None));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "MSRP accept");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Opens our connection to `side` (we are the active party, RFC 6135): to the first URI of
+/// its path; then serves it.
+pub(super) async fn connect(leg: Arc<LegState>, plane: Arc<Plane>, side: Side) {
+    let target = Some(leg.side(side))
+        .filter(relay::Side::peer_known)
+        .and_then(|s| first_of_path(s.peer_path()).ok());
+    let stream = match target {
+        Some(uri) => {
+            let host = String::from_utf8_lossy(uri.host());
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let port = uri.port().unwrap_or(2855);
+            let attempt = TcpStream::connect((host.as_str(), port));
+            tokio::time::timeout(plane.settings.peer_wait, attempt).await
+        }
+        None => return leg.connecting[side.index()].store(false, Relaxed),
+    };
+    leg.connecting[side.index()].store(false, Relaxed);
+    match stream {
+        Ok(Ok(stream)) if !leg.is_closed() => {
+            let _ = stream.set_nodelay(true);
+            serve(stream, plane, Some((leg, side))).await;
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(?side, error = %e, "MSRP connect failed"),
+        Err(_) => tracing::debug!(?side, "MSRP connect timed out"),
+    }
+}
+
+/// Every second, the requests forwarded longer than the transaction timeout ago fail with a
+/// 408 REPORT to their sender (RFC 4975 §7.1.2). Ends with the leg.
+pub(super) async fn timeouts(leg: Weak<LegState>, plane: Arc<Plane>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut ids = IdGen::new(plane.next_seed());
+    loop {
+        tick.tick().await;
+        let Some(leg) = leg.upgrade() else { return };
+        if leg.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        for side in [Side::A, Side::B] {
+            let ended = leg.pending[side.index()].lock().handle_timeout(now);
+            leg.report(&plane, ended, &mut ids);
+        }
+    }
+}
+
+async fn wait_notified(n: &Option<Arc<Notify>>) {
+    match n {
+        Some(n) => n.notified().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn wait_closed(rx: &mut Option<watch::Receiver<bool>>) {
+    match rx {
+        Some(rx) => {
+            let _ = rx.wait_for(|c| *c).await;
+        }
+        None => std::future::pending().await,
+    }
+}
+
+/// Serves one connection: unbound until its first request names one of our URIs (`bound`
+/// given when we connected), then relayed by a [`Reader`] until it closes or the leg does.
+async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<(Arc<LegState>, Side)>) {
+    plane.metrics.connections.fetch_add(1, Relaxed);
+    let (mut rd, wr) = stream.into_split();
+    let mut wr = Some(wr);
+    let mut parser = Parser::new(plane.settings.limits);
+    let mut reader = None;
+    let mut closed = None;
+    if let Some((leg, side)) = bound {
+        if let Some(w) = wr.take() {
+            let r = Reader::bind(leg, side, &plane, w);
+            r.binding_send().await;
+            closed = Some(r.leg.closed.subscribe());
+            reader = Some(r);
+        }
+    }
+    let mut buf = BytesMut::new();
+    'conn: loop {
+        buf.reserve(READ);
+        let interrupt = reader.as_ref().and_then(Reader::interrupt_signal);
+        tokio::select! {
+            r = rd.read_buf(&mut buf) => match r {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            },
+            _ = wait_closed(&mut closed) => break,
+            _ = wait_notified(&interrupt) => {
+                if let Some(r) = reader.as_mut() {
+                    r.interrupt().await;
+                }
+                continue;
+            }
+        }
+        parser.feed(buf.split().freeze());
+        while let Some(ev) = parser.poll() {
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => {
+                    // The stream cannot be resynchronised (RFC 4975 §9 start line): close.
+                    tracing::debug!(error = %e, "MSRP stream lost");
+                    break 'conn;
+                }
+            };
+            if reader.is_none() {
+                match bind_incoming(&plane, &ev, &mut wr).await {
+                    Some(r) => {
+                        closed = Some(r.leg.closed.subscribe());
+                        reader = Some(r);
+                    }
+                    None => break 'conn,
+                }
+            }
+            if let Some(r) = reader.as_mut() {
+                r.on_event(ev).await;
+            }
+        }
+    }
+    if let Some(r) = reader {
+        r.finish().await;
+    }
+    plane.metrics.connections.fetch_sub(1, Relaxed);
+}
+
+/// Matches a new connection by the session-id of the first To-Path URI of its first request
+/// (RFC 4976 §6 style), also when that request is malformed (it is then answered on the bound
+/// connection); an unknown one is answered 481 and the connection closed.
+async fn bind_incoming(
+    plane: &Arc<Plane>,
+    ev: &Event,
+    wr: &mut Option<OwnedWriteHalf>,
+) -> Option<Reader> {
+    let (to_path, request, answer) = match ev {
+        Event::Head(h) => (
+            Some(&h.to_path),
+            h.is_request(),
+            write::response(h, 481, None),
+        ),
+        Event::Reject(r) => {
+            let h = Head::new(
+                r.tid.clone(),
+                Kind::Request(Method::Send),
+                r.to_path.clone().unwrap_or_default(),
+                r.from_path.clone().unwrap_or_default(),
+            );
+            (
+                r.to_path.as_ref(),
+                r.request,
+                write::response(&h, 481, None),
+            )
+        }
+        _ => (None, false, None),
+    };
+    let found = to_path
+        .and_then(|p| first_of_path(p).ok())
+        .and_then(|u| route(plane, u.session_id()));
+    match found {
+        Some((leg, side)) if request && !leg.is_closed() => {
+            Some(Reader::bind(leg, side, plane, wr.take()?))
+        }
+        _ => {
+            tracing::debug!("MSRP connection for no session: 481");
+            if let (Some(r), Some(w)) = (answer.filter(|_| request), wr.as_mut()) {
+                let _ = w
+                    .write_all(&write::bodyless(&r, &mut BytesMut::new()))
+                    .await;
+            }
+            None
+        }
+    }
+}
+
+/// The writer of one connection: whole messages of ours from `ctrl` between forwarded
+/// messages, whose frames are written in order until their `End`. One of ours that arrives in
+/// the middle of a forwarded message is held and `interrupt` signalled, so that the forwarder
+/// ends its chunk early (RFC 4975 §7.1.1) instead of leaving ours behind a stalled chunk.
+async fn writer(
+    mut wr: OwnedWriteHalf,
+    mut data: mpsc::Receiver<Frame>,
+    mut ctrl: mpsc::Receiver<Bytes>,
+    interrupt: Arc<Notify>,
+    mut closed: watch::Receiver<bool>,
+) {
+    let mut mid = false;
+    let mut held: Option<Bytes> = None;
+    loop {
+        if !mid {
+            if let Some(b) = held.take() {
+                if wr.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+        }
+        let frame = tokio::select! {
+            biased;
+            _ = closed.wait_for(|c| *c) => return,
+            c = ctrl.recv(), if held.is_none() => match c {
+                Some(b) if mid => {
+                    held = Some(b);
+                    interrupt.notify_one();
+                    continue;
+                }
+                Some(b) => Frame::End(b),
+                None => return,
+            },
+            d = data.recv() => match d {
+                Some(f) => f,
+                None => return,
+            },
+        };
+        let bytes = match frame {
+            Frame::Part(b) => {
+                mid = true;
+                b
+            }
+            Frame::End(b) => {
+                mid = false;
+                b
+            }
+        };
+        if wr.write_all(&bytes).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What the reader is doing with the current transaction.
+enum Cur {
+    /// Between transactions, or consuming one that needs nothing more (responses, answered
+    /// requests).
+    Idle,
+    /// Relaying a request to the other side.
+    Forward(Box<Fwd>),
+}
+
+/// A request being relayed: what came in and what goes out.
+struct Fwd {
+    head: Head,
+    out: Option<Conn>,
+    fail: Option<u16>,
+    /// The head we forward ([`relay::forward`]); each outgoing chunk gets its own transaction
+    /// id and Byte-Range.
+    sub: Head,
+    /// Cuts the body into outgoing chunks; `None` for a bodyless request (sent whole at its
+    /// end line).
+    chunks: Option<Rechunker>,
+    /// Some of it went out (an abort then ends it with `#`).
+    opened: bool,
+    tap: Option<Vec<Bytes>>,
+}
+
+/// The reader side of a bound connection: side `side` of `leg`.
+struct Reader {
+    leg: Arc<LegState>,
+    plane: Arc<Plane>,
+    side: Side,
+    me: Conn,
+    ids: IdGen,
+    cur: Cur,
+    buf: BytesMut,
+    pieces: Vec<Piece>,
+}
+
+impl Reader {
+    /// Binds a connection to `side` of `leg`: starts its writer and makes it the side's
+    /// connection (replacing an older one).
+    fn bind(leg: Arc<LegState>, side: Side, plane: &Arc<Plane>, wr: OwnedWriteHalf) -> Reader {
+        let (data_tx, data_rx) = mpsc::channel(plane.settings.queue);
+        let (ctrl_tx, ctrl_rx) = mpsc::channel(plane.settings.queue);
+        let interrupt = Arc::new(Notify::new());
+        let id = plane.next_seed();
+        tokio::spawn(writer(
+            wr,
+            data_rx,
+            ctrl_rx,
+            interrupt.clone(),
+            leg.closed.subscribe(),
+        ));
+        let me = Conn {
+            id,
+            data: data_tx,
+            ctrl: ctrl_tx,
+            interrupt,
+        };
+        leg.conns[side.index()].send_replace(Some(me.clone()));
+        leg.ever[side.index()].store(true, Relaxed);
+        tracing::debug!(?side, "MSRP connection bound");
+        Reader {
+            leg,
+            side,
+            me,
+            ids: IdGen::new(plane.next_seed()),
+            plane: plane.clone(),
+            cur: Cur::Idle,
+            buf: BytesMut::new(),
+            pieces: Vec::new(),
+        }
+    }
+
+    /// The empty SEND the active party sends first so the other end can bind the connection
+    /// (RFC 4975 §5.4, §7.1.1 `Byte-Range: 1-0/0`).
+    async fn binding_send(&self) {
+        let side = self.leg.side(self.side);
+        if !side.peer_known() {
+            return;
+        }
+        let mut ids = IdGen::new(self.plane.next_seed());
+        let mut h = Head::new(
+            ids.next_id(),
+            Kind::Request(Method::Send),
+            side.peer_path().clone(),
+            side.local_bytes().clone(),
+        );
+        h.message_id = Some(ids.next_id());
+        h.byte_range = Some(ByteRange {
+            start: 1,
+            end: Some(0),
+            total: Some(0),
+        });
+        let _ = self
+            .me
+            .ctrl
+            .send(write::bodyless(&h, &mut BytesMut::new()))
+            .await;
+    }
+
+    async fn on_event(&mut self, ev: Event) {
+        match ev {
+            Event::Head(h) => self.on_head(h).await,
+            Event::Body(b) => {
+                if let Cur::Forward(mut f) = std::mem::replace(&mut self.cur, Cur::Idle) {
+                    self.body(&mut f, b).await;
+                    self.cur = Cur::Forward(f);
+                }
+            }
+            Event::End(flag) => {
+                if let Cur::Forward(f) = std::mem::replace(&mut self.cur, Cur::Idle) {
+                    self.end(*f, flag).await;
+                }
+            }
+            Event::Reject(r) => {
+                tracing::debug!(side = ?self.side, error = %r.error, "MSRP request rejected");
+                if let Cur::Forward(mut f) = std::mem::replace(&mut self.cur, Cur::Idle) {
+                    self.abort(&mut f).await;
+                }
+                if r.request {
+                    let mut h = Head::new(
+                        r.tid,
+                        Kind::Request(Method::Send),
+                        r.to_path.unwrap_or_default(),
+                        r.from_path.unwrap_or_default(),
+                    );
+                    h.failure_report = None;
+                    self.respond(&h, r.error.status()).await;
+                }
+            }
+        }
+    }
+
+    async fn on_head(&mut self, h: Head) {
+        let Kind::Request(method) = &h.kind else {
+            // A response to a request we forwarded to this side.
+            let ended = self.leg.pending[self.side.index()].lock().on_response(&h);
+            self.leg
+                .report(&self.plane, ended.into_iter().collect(), &mut self.ids);
+            return;
+        };
+        let ours = self.leg.sides.lock()[self.side.index()].accept(&h);
+        if let Err(e) = ours {
+            return self.respond(&h, e.status()).await;
+        }
+        match method {
+            Method::Send if !h.has_body => self.respond(&h, 200).await,
+            Method::Send | Method::Report => self.start(h).await,
+            _ => self.respond(&h, 501).await,
+        }
+    }
+
+    /// Answers `req` hop by hop with `code` (RFC 4975 §7.2), unless its Failure-Report says
+    /// not to.
+    async fn respond(&mut self, req: &Head, code: u16) {
+        if let Some(r) = write::response(req, code, None) {
+            let _ = self.me.ctrl.send(write::bodyless(&r, &mut self.buf)).await;
+        }
+    }
+
+    /// The other side's connection; when it never connected yet, waits for it a while.
+    async fn other_conn(&self) -> Option<Conn> {
+        let other = self.side.other();
+        if let Some(c) = self.leg.conn(other) {
+            return Some(c);
+        }
+        if self.leg.ever[other.index()].load(Relaxed) {
+            return None;
+        }
+        let mut rx = self.leg.conns[other.index()].subscribe();
+        let wait = rx.wait_for(|c| c.is_some());
+        let got = match tokio::time::timeout(self.plane.settings.peer_wait, wait).await {
+            Ok(Ok(c)) => c.clone(),
+            _ => None,
+        };
+        got
+    }
+
+    async fn start(&mut self, head: Head) {
+        let out = self.other_conn().await;
+        let to = self.leg.side(self.side.other());
+        let tap =
+            (head.method() == Some(&Method::Send) && self.leg.tap.lock().is_some()).then(Vec::new);
+        let chunks = head.has_body.then(|| {
+            let mut rc = Rechunker::new(self.plane.settings.rechunk);
+            rc.begin(head.range());
+            rc
+        });
+        let mut f = Fwd {
+            sub: relay::forward(&head, &to, Bytes::new()),
+            head,
+            fail: None,
+            out: None,
+            chunks,
+            opened: false,
+            tap,
+        };
+        match out {
+            Some(out) if to.peer_known() => f.out = Some(out),
+            _ => f.fail = Some(481),
+        }
+        self.cur = Cur::Forward(Box::new(f));
+    }
+
+    /// Sends the pieces in `self.pieces` (from the [`Rechunker`]): each outgoing chunk has our
+    /// transaction id and, unless it is the whole of a chunk that had none, its Byte-Range; it
+    /// is tracked once its end line is out.
+    async fn emit(&mut self, f: &mut Fwd) {
+        let mut pieces = std::mem::take(&mut self.pieces);
+        for piece in pieces.drain(..) {
+            let frame = match piece {
+                Piece::Open(range) => {
+                    f.sub.tid = self.ids.next_id();
+                    f.sub.byte_range =
+                        (f.head.byte_range.is_some() || range.start > 1).then_some(range);
+                    f.opened = true;
+                    write::head(&f.sub, &mut self.buf);
+                    Frame::Part(self.buf.split().freeze())
+                }
+                Piece::Data(b) => {
+                    let n = b.len() as u64;
+                    self.plane.metrics.bytes_relayed.fetch_add(n, Relaxed);
+                    Frame::Part(b)
+                }
+                Piece::Close(flag) => {
+                    write::end_line(&f.sub.tid, flag, true, &mut self.buf);
+                    self.track(f);
+                    Frame::End(self.buf.split().freeze())
+                }
+            };
+            self.send(f, frame).await;
+        }
+        self.pieces = pieces;
+    }
+
+    /// Remembers the request `f.sub` just sent to the other side, awaiting its response.
+    fn track(&self, f: &Fwd) {
+        if f.out.is_some() {
+            self.leg.pending[self.side.other().index()].lock().on_sent(
+                &f.sub,
+                tag(self.side),
+                Instant::now(),
+            );
+        }
+    }
+
+    /// Ends what goes out of `f` with `flag`: the last chunk of a body, or a bodyless request
+    /// whole.
+    async fn close(&mut self, f: &mut Fwd, flag: Flag) {
+        if f.out.is_none() {
+            return;
+        }
+        match f.chunks.as_mut() {
+            Some(rc) => {
+                rc.end(flag, &mut self.pieces);
+                self.emit(f).await;
+            }
+            None => {
+                f.sub.tid = self.ids.next_id();
+                write::head(&f.sub, &mut self.buf);
+                write::end_line(&f.sub.tid, flag, false, &mut self.buf);
+                self.track(f);
+                let msg = self.buf.split().freeze();
+                self.send(f, Frame::End(msg)).await;
+            }
+        }
+    }
+
+    /// The request stops half way (its sender's stream failed): what went out of it ends `#`.
+    async fn abort(&mut self, f: &mut Fwd) {
+        if f.opened {
+            self.close(f, Flag::Aborted).await;
+        }
+    }
+
+    /// The signal of the other side's writer while a chunk of ours is open toward it.
+    fn interrupt_signal(&self) -> Option<Arc<Notify>> {
+        match &self.cur {
+            Cur::Forward(f) if f.chunks.as_ref().is_some_and(Rechunker::is_open) => {
+                f.out.as_ref().map(|c| c.interrupt.clone())
+            }
+            _ => None,
+        }
+    }
+
+    /// A message of ours waits behind the open chunk: end it with `+` now (RFC 4975 §7.1.1);
+    /// the body goes on in a new chunk when more arrives.
+    async fn interrupt(&mut self) {
+        if let Cur::Forward(mut f) = std::mem::replace(&mut self.cur, Cur::Idle) {
+            if let Some(rc) = f.chunks.as_mut() {
+                rc.interrupt(&mut self.pieces);
+                self.emit(&mut f).await;
+            }
+            self.cur = Cur::Forward(f);
+        }
+    }
+
+    async fn send(&mut self, f: &mut Fwd, frame: Frame) {
+        let Some(out) = &f.out else { return };
+        if out.data.send(frame).await.is_err() {
+            f.out = None;
+            f.fail = Some(481);
+        }
+    }
+
+    async fn body(&mut self, f: &mut Fwd, b: Bytes) {
+        let n = b.len() as u64;
+        self.leg.counters.bytes[self.side.index()].fetch_add(n, Relaxed);
+        if let Some(t) = &mut f.tap {
+            t.push(b.clone());
+        }
+        if f.out.is_none() {
+            return;
+        }
+        if let Some(rc) = f.chunks.as_mut() {
+            rc.push(b, &mut self.pieces);
+            self.emit(f).await;
+        }
+    }
+
+    async fn end(&mut self, mut f: Fwd, flag: Flag) {
+        self.close(&mut f, flag).await;
+        let from = self.side;
+        if f.head.method() == Some(&Method::Send) {
+            self.leg.counters.chunks[from.index()].fetch_add(1, Relaxed);
+            if flag == Flag::Complete {
+                self.leg.counters.messages[from.index()].fetch_add(1, Relaxed);
+            }
+        }
+        if let Some(body) = f.tap.take() {
+            let tap = self.leg.tap.lock().clone();
+            if let Some(tap) = tap {
+                tap.on_send(TapEvent {
+                    from,
+                    message_id: f.head.message_id.clone(),
+                    content_type: f.head.content_type.clone(),
+                    byte_range: f.head.range(),
+                    flag,
+                    body,
+                });
+            }
+        }
+        match f.fail {
+            None => self.respond(&f.head, 200).await,
+            Some(code) => {
+                tracing::debug!(side = ?from, code, "MSRP request not relayed");
+                self.respond(&f.head, code).await;
+                if f.head.method() == Some(&Method::Send) {
+                    let p = Pending::of(&f.head, tag(from));
+                    if let Some((_, r)) =
+                        self.leg
+                            .failure_report(&self.plane, &p, code, self.ids.next_id())
+                    {
+                        let _ = self.me.ctrl.send(r).await;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The connection ended: a chunk left half forwarded is ended `#`, the side is
+    /// disconnected, and what was forwarded to it unanswered fails (481 REPORTs).
+    async fn finish(mut self) {
+        if let Cur::Forward(mut f) = std::mem::replace(&mut self.cur, Cur::Idle) {
+            self.abort(&mut f).await;
+        }
+        let side = self.side.index();
+        self.leg.conns[side].send_if_modified(|c| match c {
+            Some(conn) if conn.id == self.me.id => {
+                *c = None;
+                true
+            }
+            _ => false,
+        });
+        let lost = self.leg.pending[side].lock().fail_all(481);
+        if !self.leg.is_closed() {
+            self.leg.report(&self.plane, lost, &mut self.ids);
+        }
+        tracing::debug!(side = ?self.side, "MSRP connection closed");
+    }
+}

@@ -1,0 +1,192 @@
+//! The MSRP plane (CPM.md §5 fig. 6; RFC 4975, RFC 4976 §7): MSRP sessions anchored in the
+//! media plane like RTP, on one shared TCP listener (`--msrp-listen`) in the manner of an
+//! RFC 4976 relay. Decision 0012.
+//!
+//! ```text
+//!   session actor ── open_leg / set_peer / drop ──► MsrpPlane (its own thread, tokio
+//!                                                     current-thread runtime)
+//!   A ══TCP══► listener ─ matched by the session-id of the first To-Path URI ─┐
+//!                                                                           leg: A side ⇄ B side
+//!   B ◄══TCP══ we connect to B's path when B's a=setup makes us active ───────┘
+//! ```
+//!
+//! A leg is two connections, one per side. For each SEND or REPORT from one side, a
+//! connection's reader rewrites To-Path (the other side's path) and From-Path (our URI facing
+//! it), forwards the head with the first body bytes and the body slices as they arrive (no
+//! whole-message buffering; chunks longer than [`MsrpSettings::rechunk`] are cut into several
+//! with `+` and their Byte-Range), and answers the sender's transaction hop by hop (RFC 4975
+//! §7.1.2). A failure downstream (the other side's connection gone, an error response, no
+//! response in [`MsrpSettings::tx_timeout`]) becomes a REPORT to the sender when its
+//! Failure-Report asks for one (§7.1.1). All of these rules are `cpm_engine::msrp::relay`'s;
+//! this module only moves bytes. Each connection's writer is fed through bounded queues, so a
+//! side that stops reading stops the reading of the other side: memory per leg stays bounded
+//! whatever the peers do. A response or REPORT of ours never waits behind a chunk the other
+//! side is slow to send: that chunk is interrupted with `+` (§7.1.1) and goes on in a new one.
+
+mod conn;
+mod leg;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use bytes::Bytes;
+use cpm_engine::media::{MsrpConfig, Side};
+use cpm_engine::msrp::{ByteRange, Flag, Limits};
+use parking_lot::Mutex;
+
+pub use leg::{MsrpLeg, MsrpLegStats};
+
+use crate::metrics::MsrpMetrics;
+use leg::LegState;
+
+/// The MSRP plane's settings.
+#[derive(Debug, Clone)]
+pub struct MsrpSettings {
+    /// The listening address (`--msrp-listen`).
+    pub listen: SocketAddr,
+    /// Chunks with a longer body are forwarded as several chunks of at most this many bytes.
+    pub rechunk: u64,
+    /// Parser bounds: the header section (413 above) and one chunk's body (413, then cut).
+    pub limits: Limits,
+    /// How long a request waits for the other side's first connection.
+    pub peer_wait: Duration,
+    /// How long a forwarded request waits for its response before a 408 REPORT (§7.1.2).
+    pub tx_timeout: Duration,
+    /// Frames queued toward one connection (each at most one read, 64 KiB): the backpressure
+    /// bound.
+    pub queue: usize,
+}
+
+impl MsrpSettings {
+    /// The defaults on `listen`: 64 KiB re-chunking, 16 KiB heads, 16 MiB chunks, 10 s wait
+    /// for a peer's connection, 30 s transaction timeout, 16 queued frames per connection.
+    pub fn new(listen: SocketAddr) -> MsrpSettings {
+        MsrpSettings {
+            listen,
+            rechunk: 64 * 1024,
+            limits: Limits {
+                max_head: 16 * 1024,
+                max_chunk: 16 * 1024 * 1024,
+            },
+            peer_wait: Duration::from_secs(10),
+            tx_timeout: Duration::from_secs(30),
+            queue: 16,
+        }
+    }
+}
+
+/// One relayed SEND chunk, handed to a leg's [`Tap`] once its end line was forwarded.
+#[derive(Debug, Clone)]
+pub struct TapEvent {
+    /// The side that sent it.
+    pub from: Side,
+    /// Its Message-ID.
+    pub message_id: Option<Bytes>,
+    /// Its Content-Type (absent on a bodyless SEND and on later chunks of some senders).
+    pub content_type: Option<Bytes>,
+    /// Its Byte-Range as received.
+    pub byte_range: ByteRange,
+    /// `$` the message is complete, `+` more chunks follow, `#` aborted.
+    pub flag: Flag,
+    /// The body, as the slices it arrived in.
+    pub body: Vec<Bytes>,
+}
+
+/// A recorder of what a leg relays (the storage controller, CPM.md §5 fig. 12). Called on the
+/// MSRP plane's thread: it must not block.
+pub trait Tap: Send + Sync {
+    /// A SEND chunk was relayed.
+    fn on_send(&self, event: TapEvent);
+}
+
+/// The MSRP plane: its listener thread, the legs by session-id. Cheap to clone.
+#[derive(Clone)]
+pub struct MsrpPlane {
+    inner: Arc<Plane>,
+}
+
+pub(crate) struct Plane {
+    settings: MsrpSettings,
+    local: SocketAddr,
+    rt: tokio::runtime::Handle,
+    /// Our URIs' session-ids → the leg and the side that URI faces.
+    routes: Mutex<HashMap<Bytes, (Weak<LegState>, Side)>>,
+    metrics: Arc<MsrpMetrics>,
+    sdp: MsrpConfig,
+    seeds: AtomicU64,
+}
+
+impl MsrpPlane {
+    /// Binds the listener and starts the plane's thread. `key` makes the session-ids
+    /// unguessable, `seed` the transaction ids; both from the OS random source.
+    pub fn start(
+        settings: MsrpSettings,
+        key: [u8; 32],
+        seed: u64,
+        metrics: Arc<MsrpMetrics>,
+    ) -> std::io::Result<MsrpPlane> {
+        let listener = std::net::TcpListener::bind(settings.listen)?;
+        listener.set_nonblocking(true)?;
+        let local = listener.local_addr()?;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let inner = Arc::new(Plane {
+            sdp: MsrpConfig::new(local.port(), key),
+            settings,
+            local,
+            rt: rt.handle().clone(),
+            routes: Mutex::new(HashMap::new()),
+            metrics,
+            seeds: AtomicU64::new(seed),
+        });
+        let plane = inner.clone();
+        std::thread::Builder::new()
+            .name("cpm-msrp".into())
+            .spawn(move || {
+                rt.block_on(async move {
+                    match tokio::net::TcpListener::from_std(listener) {
+                        Ok(l) => conn::accept_loop(l, plane).await,
+                        Err(e) => tracing::error!(error = %e, "MSRP listener"),
+                    }
+                })
+            })?;
+        tracing::info!(%local, "MSRP relay listening");
+        Ok(MsrpPlane { inner })
+    }
+
+    /// The engine's MSRP configuration for this plane: its port and session-id sequence.
+    pub fn sdp_config(&self) -> MsrpConfig {
+        self.inner.sdp.clone()
+    }
+
+    /// The bound listening address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner.local
+    }
+
+    /// Opens a leg between our URIs `a_facing` and `b_facing` (from
+    /// `LegChange::OpenMsrp`): connections to them are routed to it until it is dropped.
+    pub fn open_leg(&self, a_facing: &Bytes, b_facing: &Bytes) -> Result<MsrpLeg, String> {
+        leg::open(&self.inner, a_facing, b_facing)
+    }
+
+    /// Legs open now.
+    pub fn leg_count(&self) -> usize {
+        self.inner.routes.lock().len() / 2
+    }
+}
+
+impl Plane {
+    fn next_seed(&self) -> u64 {
+        self.seeds
+            .fetch_add(0x9e37_79b9_7f4a_7c15, Relaxed)
+            .rotate_left(17)
+    }
+}
+
+#[cfg(test)]
+mod tests;

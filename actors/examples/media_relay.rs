@@ -23,7 +23,7 @@ use cpm_actors::media::{DropReason, LegSpec, MediaConfig, MediaPlane, SidePorts}
 use cpm_actors::metrics::WorkerMetrics;
 
 const USAGE: &str =
-    "usage: media_relay --listen IP:LO-HI [--idle SECS] [--pin CORE] [--connect true|false]";
+    "usage: media_relay --listen IP:LO-HI [--idle SECS] [--pin CORE] [--connect true|false] [--pace MICROS]";
 
 /// Nanoseconds the thread named `name` of this process has run, from its schedstat.
 fn thread_cpu_ns(name: &str) -> Option<u64> {
@@ -56,6 +56,7 @@ fn main() -> ExitCode {
     let mut args = std::env::args().skip(1);
     let (mut listen, mut idle, mut pin) = (None, Duration::from_secs(2), None);
     let mut connect = MediaConfig::default().connect_latched;
+    let mut pace = MediaConfig::default().pace;
     while let Some(a) = args.next() {
         let v = args.next();
         match (a.as_str(), v) {
@@ -63,6 +64,7 @@ fn main() -> ExitCode {
             ("--idle", Some(v)) => idle = Duration::from_secs_f64(v.parse().unwrap_or(2.0)),
             ("--pin", Some(v)) => pin = v.parse().ok(),
             ("--connect", Some(v)) => connect = v == "true",
+            ("--pace", Some(v)) => pace = Duration::from_micros(v.parse().unwrap_or(0)),
             _ => {
                 eprintln!("{USAGE}");
                 return ExitCode::from(2);
@@ -79,6 +81,7 @@ fn main() -> ExitCode {
         timeout: None,
         socket_buffer: 1 << 20,
         connect_latched: connect,
+        pace,
         ..MediaConfig::default()
     };
     let plane = MediaPlane::start(0, config, pin, metrics.clone()).expect("media loop");

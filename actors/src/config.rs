@@ -61,6 +61,12 @@ pub struct Config {
     /// After latching, drop packets from other sources (`true`) or latch again to the new
     /// source (`false`) (`--media-strict-source`).
     pub media_strict_source: bool,
+    /// Connect a relay socket to the source it latched, strangers going to a catch-all socket
+    /// (`--media-connect`; decision 0009).
+    pub media_connect: bool,
+    /// While busy, the media loop looks at its sockets at most once per this many microseconds
+    /// (`--media-pace`; 0: at every datagram; decision 0009).
+    pub media_pace: u64,
     /// Interim charging records of a session every this many seconds (`--cdr-interim`; 0:
     /// start and stop records only).
     pub cdr_interim: u64,
@@ -142,6 +148,8 @@ impl Default for Config {
             },
             media_timeout: 60,
             media_strict_source: true,
+            media_connect: true,
+            media_pace: 500,
             msrp_listen: SocketAddr::from(([127, 0, 0, 1], 2855)),
             cdr_interim: 300,
             codecs: CodecList::default(),
@@ -293,6 +301,8 @@ const KEYS: &[&str] = &[
     "media-ports",
     "media-timeout",
     "media-strict-source",
+    "media-connect",
+    "media-pace",
     "msrp-listen",
     "cdr-interim",
     "codecs",
@@ -333,6 +343,11 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --media-timeout SECS      end a session whose media stopped this long, 0 = never [default: 60]
   --media-strict-source BOOL  after latching, drop packets from other sources (false: latch
                             again to the new source) [default: true]
+  --media-connect BOOL      connect each relay socket to the source it latched, others'
+                            packets reaching a second socket on the port [default: true]
+  --media-pace MICROS       a busy media loop looks at its sockets at most once per MICROS
+                            (fewer wake-ups; adds up to that delay), 0 = at every datagram
+                            [default: 500]
   --msrp-listen ADDR:PORT   TCP listener of the MSRP relay, shared by all MSRP sessions
                             [default: 127.0.0.1:2855]
   --cdr-interim SECS        interim charging record of each session every SECS, 0 = none;
@@ -442,6 +457,8 @@ impl Config {
             "cdr-interim" => self.cdr_interim = parse(key, value)?,
             "codecs" => self.codecs = parse(key, value)?,
             "media-strict-source" => self.media_strict_source = parse(key, value)?,
+            "media-connect" => self.media_connect = parse(key, value)?,
+            "media-pace" => self.media_pace = parse(key, value)?,
             "msrp-listen" => self.msrp_listen = parse(key, value)?,
             "store-and-forward" => self.store_and_forward = parse(key, value)?,
             "message-expiry" => self.message_expiry = parse(key, value)?,
@@ -534,9 +551,11 @@ mod tests {
             let mut c = Config::default();
             let v = match *k {
                 "sip-listen" | "http-listen" | "msrp-listen" => "127.0.0.1:1",
-                "pin-workers" | "test-hooks" | "media-strict-source" | "store-and-forward" => {
-                    "false"
-                }
+                "pin-workers"
+                | "test-hooks"
+                | "media-strict-source"
+                | "store-and-forward"
+                | "media-connect" => "false",
                 "media-ip" => "10.0.0.1",
                 "media-ports" => "40000-40099",
                 "codecs" => "PCMA,opus/48000/2",
@@ -574,16 +593,19 @@ mod tests {
         assert_eq!((c.media_ports.min, c.media_ports.max), (30_000, 39_999));
         assert_eq!(c.media_ports.len(), 10_000);
         assert_eq!(c.media_timeout(), Some(Duration::from_secs(60)));
-        assert!(c.media_strict_source);
+        assert!(c.media_strict_source && c.media_connect);
+        assert_eq!(c.media_pace, 500);
         let c = Config::from_args(args(
-            "--media-ip ::1 --media-ports 40000-40099 --media-timeout 0 --media-strict-source false",
+            "--media-ip ::1 --media-ports 40000-40099 --media-timeout 0 --media-strict-source false \
+             --media-connect false --media-pace 0",
         ))
         .unwrap()
         .unwrap();
         assert_eq!(c.media_ip.to_string(), "::1");
         assert_eq!(c.media_ports.to_string(), "40000-40099");
         assert_eq!(c.media_timeout(), None);
-        assert!(!c.media_strict_source);
+        assert!(!c.media_strict_source && !c.media_connect);
+        assert_eq!(c.media_pace, 0);
         let c = Config::from_toml(
             "media_ports = \"20000-20001\"\nmedia_timeout = 5\nmedia_strict_source = false\n",
         )

@@ -181,19 +181,58 @@ struct Leg {
     kind: MediaKind,
 }
 
+/// A session's relayed streams by id: one or two, so a short list (a hash map of one entry
+/// reserves four).
+#[derive(Default)]
+struct Legs(Vec<(StreamId, Leg)>);
+
+impl Legs {
+    fn get(&self, stream: &StreamId) -> Option<&Leg> {
+        self.0.iter().find(|(s, _)| s == stream).map(|(_, l)| l)
+    }
+
+    fn remove(&mut self, stream: &StreamId) -> Option<Leg> {
+        let i = self.0.iter().position(|(s, _)| s == stream)?;
+        Some(self.0.swap_remove(i).1)
+    }
+
+    /// Adds a stream's leg, replacing (and so stopping) one it had.
+    fn insert(&mut self, stream: StreamId, leg: Leg) {
+        self.remove(&stream);
+        self.0.reserve_exact(1);
+        self.0.push((stream, leg));
+    }
+
+    fn drain(&mut self) -> std::vec::IntoIter<(StreamId, Leg)> {
+        std::mem::take(&mut self.0).into_iter()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (&StreamId, &Leg)> {
+        self.0.iter().map(|(s, l)| (s, l))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &Leg> {
+        self.0.iter().map(|(_, l)| l)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 /// One 1-to-1 session.
 pub struct SessionActor {
     key: SessionKey,
     worker: Recipient<FromSession>,
     session: Session<MediaRelay, NoPolicy>,
     env: Rc<SessionEnv>,
-    legs: HashMap<StreamId, Leg>,
+    legs: Legs,
     /// The MSRP legs (dropping one closes its connections).
     msrp: HashMap<StreamId, crate::msrp::MsrpLeg>,
     timer: Option<(Instant, SpawnHandle)>,
     ended: bool,
     /// The stop record, written once the legs are closed and their last figures known.
-    stop_record: Option<ChargingRecord>,
+    stop_record: Option<Box<ChargingRecord>>,
     /// The parties' AORs and which are ours (for history and recording).
     parties: Option<Parties>,
     /// The session's history entries.
@@ -250,7 +289,7 @@ impl SessionActor {
             worker,
             session,
             env,
-            legs: HashMap::new(),
+            legs: Legs::default(),
             msrp: HashMap::new(),
             timer: None,
             ended: false,
@@ -305,7 +344,7 @@ impl SessionActor {
                 | Action::SendAck { .. } => out.push(action),
                 Action::Timer(at) => self.arm(at, ctx),
                 Action::Charging(record) if record.kind == ChargingKind::Stop => {
-                    self.stop_record = Some(*record)
+                    self.stop_record = Some(record)
                 }
                 Action::Charging(record) => self.charge(*record),
                 Action::Ended(reason) => {
@@ -652,7 +691,7 @@ impl Actor for SessionActor {
         // Whatever stopped the actor, its media goes back (legs stop, ports return), and a
         // stop record not written yet is written with the figures at hand.
         if let Some(record) = self.stop_record.take() {
-            self.charge(record);
+            self.charge(*record);
         }
         if let Some(h) = &self.history {
             h.end(EndReason::Aborted.as_str());

@@ -597,49 +597,162 @@ fn the_engine_runs_one_media_plane_per_worker_and_reports_it() {
     let _ = std::fs::remove_dir_all(data_dir);
 }
 
-#[test]
-fn connected_sockets_relay_filter_and_unlatch() {
-    let metrics = Arc::new(WorkerMetrics::default());
+/// The UDP sockets bound to local `port` (any address) in this network namespace, each with
+/// the peer it is connected to, from `/proc/net/udp` and `/proc/net/udp6`.
+fn udp_sockets_on(port: u16) -> Vec<Option<SocketAddr>> {
+    let mut found = Vec::new();
+    for table in ["/proc/net/udp", "/proc/net/udp6"] {
+        let text = std::fs::read_to_string(table).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(remote)) = (f.get(1), f.get(2)) else {
+                continue;
+            };
+            let port_of = |a: &str| u16::from_str_radix(a.rsplit(':').next()?, 16).ok();
+            if port_of(local) != Some(port) {
+                continue;
+            }
+            let peer = match (remote.split_once(':'), port_of(remote)) {
+                (Some((ip, _)), Some(p)) if p != 0 && ip.len() == 8 => {
+                    let ip = u32::from_str_radix(ip, 16).unwrap_or(0).to_ne_bytes();
+                    Some(SocketAddr::from((ip, p)))
+                }
+                _ => None,
+            };
+            found.push(peer);
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Waits (at most 1 s) until the sockets on `port` are as `expected` (sorted: `None` first).
+fn await_sockets_on(port: u16, expected: &[Option<SocketAddr>]) {
+    let deadline = Instant::now() + Duration::from_secs(1);
+    loop {
+        let found = udp_sockets_on(port);
+        if found == expected {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "port {port}: {found:?}, expected {expected:?}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+/// A plane with or without the connected fast path; without it also unpaced (the loop as it
+/// was before both), with it paced as by default.
+fn connected_plane(strict: bool, connect: bool) -> MediaPlane {
     let config = MediaConfig {
         ip: LOOPBACK.into(),
+        strict_source: strict,
         timeout: None,
-        connect_latched: true,
+        connect_latched: connect,
+        pace: if connect {
+            MediaConfig::default().pace
+        } else {
+            Duration::ZERO
+        },
         ..MediaConfig::default()
     };
-    let p = MediaPlane::start(0, config, None, metrics).unwrap();
-    // Explicit ports, as the port pool gives (a socket on an OS-chosen port would lose it
-    // when disconnected).
-    let free = |_| {
-        let s = UdpSocket::bind(SocketAddr::from((LOOPBACK, 0))).unwrap();
-        s.local_addr().unwrap().port()
-    };
-    let ports: Vec<u16> = (0..2).map(free).collect();
-    let leg = p
-        .open_leg(&LegSpec {
-            a: SidePorts::mux(ports[0]),
-            b: SidePorts::mux(ports[1]),
-            clock_rate: 8000,
-        })
-        .unwrap();
-    let (a, b, stranger) = (Endpoint::new(), Endpoint::new(), Endpoint::new());
+    MediaPlane::start(0, config, None, Arc::new(WorkerMetrics::default())).unwrap()
+}
+
+#[test]
+fn the_connected_fast_path_is_the_default() {
+    assert!(MediaConfig::default().connect_latched);
+    assert_eq!(MediaConfig::default().pace, Duration::from_micros(500));
+}
+
+#[test]
+fn connected_sockets_count_strangers_as_wrong_source() {
+    for connect in [true, false] {
+        let p = connected_plane(true, connect);
+        let leg = p.open_leg(&spec(true, true)).unwrap();
+        let (a, b, stranger) = (Endpoint::new(), Endpoint::new(), Endpoint::new());
+        let port_a = leg.local_rtp(Side::A).port();
+        leg.set_peer(Side::B, b.addr(), None).unwrap();
+        let sent = send_stream(&a, leg.local_rtp(Side::A), 1, 5, 0xa);
+        let at_b = b.recv(5, Duration::from_millis(500));
+        assert!(at_b.iter().map(|(d, _)| d).eq(sent.iter()));
+        // Latched: the A-facing socket is connected to A, its catch-all to no one.
+        if connect {
+            await_sockets_on(port_a, &[None, Some(a.addr())]);
+        } else {
+            await_sockets_on(port_a, &[None]);
+        }
+        // A stranger's packets reach the catch-all and are counted, A's pass.
+        send_stream(&stranger, leg.local_rtp(Side::A), 500, 7, 0x5);
+        let sent = send_stream(&a, leg.local_rtp(Side::A), 6, 5, 0xa);
+        let at_b = b.recv(12, Duration::from_millis(150));
+        assert!(at_b.iter().map(|(d, _)| d).eq(sent.iter()), "only A's pass");
+        let s = stats_when(&leg, |s| s.from_a.dropped(DropReason::WrongSource) == 7);
+        assert_eq!(
+            s.from_a.dropped(DropReason::WrongSource),
+            7,
+            "connect {connect}"
+        );
+        assert_eq!((s.from_a.packets, s.from_a.relatches), (10, 0));
+        assert_eq!(s.from_a.latched, Some(a.addr()));
+        // B's media goes to A (sent on the connected socket), not to the stranger.
+        b.send(leg.local_rtp(Side::B), &rtp(1, 0xb, 160));
+        assert_eq!(
+            a.recv(1, Duration::from_millis(500)),
+            [(rtp(1, 0xb, 160), leg.local_rtp(Side::A))]
+        );
+        stranger.silent();
+        // A new SDP address (re-INVITE): the new source latches through the catch-all, and
+        // the socket is connected to it.
+        let a2 = Endpoint::new();
+        leg.set_peer(Side::A, a2.addr(), None).unwrap();
+        stats(&leg);
+        let sent = send_stream(&a2, leg.local_rtp(Side::A), 11, 3, 0xa);
+        let at_b = b.recv(3, Duration::from_millis(500));
+        assert!(at_b.iter().map(|(d, _)| d).eq(sent.iter()));
+        if connect {
+            await_sockets_on(port_a, &[None, Some(a2.addr())]);
+        }
+        b.send(leg.local_rtp(Side::B), &rtp(2, 0xb, 160));
+        assert_eq!(a2.recv(1, Duration::from_millis(500)).len(), 1);
+        // The old source is now a stranger.
+        send_stream(&a, leg.local_rtp(Side::A), 20, 2, 0xa);
+        let s = stats_when(&leg, |s| s.from_a.dropped(DropReason::WrongSource) == 9);
+        assert_eq!(s.from_a.dropped(DropReason::WrongSource), 9);
+        assert_eq!((s.from_a.latched, s.from_a.packets), (Some(a2.addr()), 13));
+        b.silent();
+        // Closing releases the port, catch-all included.
+        leg.close().wait().expect("closed");
+        await_sockets_on(port_a, &[]);
+        assert!(can_bind(&[port_a]));
+    }
+}
+
+#[test]
+fn connected_sockets_latch_again_without_strict_source() {
+    let p = connected_plane(false, true);
+    let leg = p.open_leg(&spec(false, false)).unwrap();
+    let (a, b, moved) = (Endpoint::new(), Endpoint::new(), Endpoint::new());
+    let port_a = leg.local_rtp(Side::A).port();
     leg.set_peer(Side::B, b.addr(), None).unwrap();
-    let sent = send_stream(&a, leg.local_rtp(Side::A), 1, 5, 0xa);
-    let at_b = b.recv(5, Duration::from_millis(500));
+    send_stream(&a, leg.local_rtp(Side::A), 1, 3, 0xa);
+    assert_eq!(b.recv(3, Duration::from_millis(500)).len(), 3);
+    await_sockets_on(port_a, &[None, Some(a.addr())]);
+    // A moves: its packets arrive on the catch-all, pass, and the socket follows them.
+    let sent = send_stream(&moved, leg.local_rtp(Side::A), 4, 3, 0xa);
+    let at_b = b.recv(3, Duration::from_millis(500));
     assert!(at_b.iter().map(|(d, _)| d).eq(sent.iter()));
+    await_sockets_on(port_a, &[None, Some(moved.addr())]);
     b.send(leg.local_rtp(Side::B), &rtp(1, 0xb, 160));
-    assert_eq!(a.recv(1, Duration::from_millis(500)).len(), 1);
-    // The kernel keeps strangers off a connected socket: nothing relayed (nor counted).
-    send_stream(&stranger, leg.local_rtp(Side::A), 100, 3, 0x5);
-    b.silent();
-    // A new SDP address for A disconnects its socket, so the new source latches.
-    let a2 = Endpoint::new();
-    leg.set_peer(Side::A, a2.addr(), None).unwrap();
-    // (Until the loop applied it, the kernel would still drop a2's packets: wait for it.)
-    stats(&leg);
-    send_stream(&a2, leg.local_rtp(Side::A), 6, 2, 0xa);
-    assert_eq!(b.recv(2, Duration::from_millis(500)).len(), 2);
-    assert_eq!(leg.local_rtp(Side::A).port(), ports[0]);
+    assert_eq!(moved.recv(1, Duration::from_millis(500)).len(), 1);
+    a.silent();
     let s = stats(&leg);
-    assert_eq!((s.from_a.packets, s.from_b.packets), (7, 1));
-    assert_eq!(s.from_a.latched, Some(a2.addr()));
+    assert_eq!(
+        (s.from_a.relatches, s.from_a.latched, s.from_a.packets),
+        (1, Some(moved.addr()), 6)
+    );
+    assert_eq!(s.from_a.dropped_total(), 0);
+    // The RTCP port (not muxed) is not connected: one socket, no peer.
+    await_sockets_on(leg.local_rtcp(Side::A).unwrap().port(), &[None]);
 }

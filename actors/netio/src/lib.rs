@@ -12,7 +12,7 @@
 //!   [`bytes::Bytes`] without a copy, and its buffer is reused once that `Bytes` is dropped.
 //!
 //! All `unsafe` lives in the Linux-only `mmsg` submodule, each block with its `// SAFETY:`
-//! argument; the rest of the crate is safe code.
+//! argument, and in [`prefetch`]; the rest of the crate is safe code.
 //!
 //! Sockets are non-blocking: an empty receive queue or a full send buffer is
 //! [`io::ErrorKind::WouldBlock`], to be waited on with the caller's poller (mio, epoll).
@@ -73,6 +73,34 @@ impl Default for SocketConfig {
             batching: Batching::best(),
         }
     }
+}
+
+/// Raises this process's soft limit of open descriptors (`RLIMIT_NOFILE`) to its hard limit
+/// and returns the limit now in force: a relay holds a socket per port, and a second one per
+/// connected port ([`BatchSocket::open_catch_all`]). Linux only (elsewhere
+/// [`io::ErrorKind::Unsupported`]).
+pub fn raise_fd_limit() -> io::Result<u64> {
+    #[cfg(target_os = "linux")]
+    return mmsg::raise_fd_limit();
+    #[cfg(not(target_os = "linux"))]
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
+/// Asks the CPU to bring the cache line holding `value` closer (x86-64 `prefetcht0`; nothing
+/// elsewhere): a relay touching per-stream state once per packet interval finds it cold, and
+/// can ask for the next ready stream's while the kernel serves the current one.
+#[inline]
+pub fn prefetch<T>(value: &T) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: prefetcht0 only hints the cache; it never faults and reads nothing visible, and
+    // `value` is a valid reference anyway. SSE, which it needs, is part of x86-64.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(
+            std::ptr::from_ref(value).cast(),
+        );
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = value;
 }
 
 /// Where and how long the datagram in one [`RecvBatch`] slot is.
@@ -221,6 +249,31 @@ impl BatchSocket {
         Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 
+    /// Opens this socket's catch-all: a second socket bound to the same address and port, both
+    /// with `SO_REUSEPORT`, that is never connected. Once `self` is [connected](Self::connect),
+    /// the kernel delivers datagrams from its peer to `self` (a connected socket matches the
+    /// full 4-tuple and wins) and every other source's to the catch-all, which a relay then
+    /// counts or re-latches from instead of losing them. While both are unconnected the kernel
+    /// spreads the sources over the two (by a hash of the source), so read both alike.
+    ///
+    /// Setting `SO_REUSEPORT` on `self` only now keeps its bind exclusive until then: a
+    /// plain bind of the port still fails while `self` holds it alone. Linux only.
+    pub fn open_catch_all(&self, config: SocketConfig) -> io::Result<BatchSocket> {
+        let local = self.local_addr()?;
+        SockRef::from(&self.socket).set_reuse_port(true)?;
+        let socket = Socket::new(Domain::for_address(local), Type::DGRAM, Some(Protocol::UDP))?;
+        socket.set_reuse_port(true)?;
+        let _ = socket.set_recv_buffer_size(config.recv_buffer);
+        let _ = socket.set_send_buffer_size(config.send_buffer);
+        socket.set_nonblocking(true)?;
+        socket.bind(&local.into())?;
+        Ok(BatchSocket {
+            socket: socket.into(),
+            batching: self.batching,
+            peer: None,
+        })
+    }
+
     /// The peer set by [`Self::connect`].
     pub fn peer(&self) -> Option<SocketAddr> {
         self.peer
@@ -259,8 +312,13 @@ impl BatchSocket {
     fn send_chunk<B: AsRef<[u8]>>(&self, chunk: &[(SocketAddr, B)]) -> io::Result<usize> {
         // One datagram: a plain send is cheaper than building an mmsghdr array.
         #[cfg(target_os = "linux")]
-        if self.batching == Batching::Mmsg && chunk.len() > 1 {
-            return mmsg::send(&self.socket, self.peer, chunk);
+        if self.batching == Batching::Mmsg {
+            return match chunk {
+                [(dest, data)] => {
+                    mmsg::send_one(&self.socket, self.peer, dest, data.as_ref()).map(|_| 1)
+                }
+                _ => mmsg::send(&self.socket, self.peer, chunk),
+            };
         }
         send_loop(&self.socket, self.peer, chunk)
     }
@@ -534,6 +592,48 @@ mod tests {
         assert_eq!(got, [(b"anyone".to_vec(), c.local_addr().unwrap())]);
         // Disconnecting an unconnected socket is harmless.
         a.disconnect().unwrap();
+    }
+
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_catch_all_receives_what_the_connected_socket_does_not() {
+        let mut main = bind(Batching::Mmsg);
+        let here = main.local_addr().unwrap();
+        let catch_all = main.open_catch_all(SocketConfig::default()).unwrap();
+        assert_eq!(catch_all.local_addr().unwrap(), here);
+        let (peer, stranger, peer2) = (
+            bind(Batching::Mmsg),
+            bind(Batching::Mmsg),
+            bind(Batching::Mmsg),
+        );
+        main.connect(peer.local_addr().unwrap()).unwrap();
+        let mut batch = RecvBatch::new(64, 64);
+        // Many datagrams each, so a hash spreading them would show on both sockets.
+        for i in 0..40u8 {
+            peer.send_batch(&[(here, &[i][..])]).unwrap();
+            stranger.send_batch(&[(here, &[100 + i][..])]).unwrap();
+        }
+        let (at_main, _) = recv_n(&main, &mut batch, 40);
+        let (at_catch_all, _) = recv_n(&catch_all, &mut batch, 40);
+        let from = |s: &BatchSocket| s.local_addr().unwrap();
+        assert_eq!(at_main.len(), 40);
+        assert!(at_main.iter().all(|(_, a)| *a == from(&peer)));
+        assert_eq!(at_catch_all.len(), 40);
+        assert!(at_catch_all.iter().all(|(_, a)| *a == from(&stranger)));
+        // Connected again, elsewhere: the old peer is now a stranger.
+        main.connect(from(&peer2)).unwrap();
+        for i in 0..20u8 {
+            peer2.send_batch(&[(here, &[i][..])]).unwrap();
+            peer.send_batch(&[(here, &[i][..])]).unwrap();
+        }
+        let (at_main, _) = recv_n(&main, &mut batch, 20);
+        let (at_catch_all, _) = recv_n(&catch_all, &mut batch, 20);
+        assert!(at_main.len() == 20 && at_main.iter().all(|(_, a)| *a == from(&peer2)));
+        assert!(at_catch_all.len() == 20 && at_catch_all.iter().all(|(_, a)| *a == from(&peer)));
+        std::thread::sleep(Duration::from_millis(5));
+        assert!(main.recv_batch(&mut batch).is_err() && catch_all.recv_batch(&mut batch).is_err());
+        // Another process's plain bind of the port still fails.
+        assert!(UdpSocket::bind(here).is_err());
     }
 
     #[test]

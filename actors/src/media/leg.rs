@@ -4,18 +4,45 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cpm_engine::rtp::{self, rtcp, ReceiverStats};
-use cpm_netio::{BatchSocket, BytesBatch, MAX_BATCH};
+use cpm_netio::{BatchSocket, BytesBatch, SocketConfig, MAX_BATCH};
 
 use super::stats::{DropReason, LegShared, Published, Tally};
 use super::{LegId, Side};
 
+/// How long a leg's counts may wait in the loop before they are added to its shared counters:
+/// the shared line is a cache miss per write (touched once per packet interval), so writing it
+/// once per a few packets instead of per packet saves most of that (about 60 ns per packet).
+/// Snapshots, the once-a-second publish and the close add them at once.
+pub(crate) const COUNT_FLUSH: Duration = Duration::from_millis(100);
+
 /// Index of a leg's socket: A RTP, A RTCP, B RTP, B RTCP.
 pub(crate) fn socket_index(side: Side, rtcp: bool) -> usize {
     side.index() * 2 + usize::from(rtcp)
+}
+
+/// Receiving sockets of a leg: the four of [`socket_index`], then the catch-alls of A's and
+/// B's RTP sockets ([`CATCH_ALL`] + side).
+pub(crate) const RECEIVERS: usize = 6;
+
+/// The receiver index of the catch-all of `side`'s RTP socket is `CATCH_ALL + side.index()`.
+pub(crate) const CATCH_ALL: usize = 4;
+
+/// The side a receiver index faces.
+pub(crate) fn receiver_side(k: usize) -> Side {
+    Side::from_index(if k >= CATCH_ALL { k - CATCH_ALL } else { k / 2 })
+}
+
+/// The socket whose traffic receiver `k` carries: itself, or for a catch-all its RTP socket.
+fn flow_socket(k: usize) -> usize {
+    if k >= CATCH_ALL {
+        socket_index(receiver_side(k), false)
+    } else {
+        k
+    }
 }
 
 /// Where one flow (RTP or RTCP) of one side goes: the address from SDP until a packet from
@@ -63,14 +90,25 @@ pub(crate) struct Leg {
     pub id: LegId,
     /// A RTP, A RTCP, B RTP, B RTCP (see [`socket_index`]); no RTCP socket on a muxed side.
     pub sockets: [Option<BatchSocket>; 4],
+    /// Per side, the catch-all of its RTP socket ([`BatchSocket::open_catch_all`]), opened
+    /// when that socket is first connected to the source it latched.
+    pub catch_all: [Option<BatchSocket>; 2],
     peers: [Peer; 2],
     /// RTP reception, per sending side.
     rtp: [ReceiverStats; 2],
     pub shared: Arc<LegShared>,
+    /// Counts per sending side not yet added to `shared` (see [`COUNT_FLUSH`]).
+    counts: [Tally; 2],
+    /// When `counts` go to `shared` at the latest (on the next batch after it).
+    flush_at: Instant,
     /// Something arrived since the last publish.
     pub dirty: bool,
-    /// Connect a socket to the source it latched (strict source only).
-    connect: bool,
+    /// Connect RTP sockets to the source they latched, with catch-alls of these settings
+    /// (`None`: never connect).
+    connect: Option<SocketConfig>,
+    /// Sides whose RTP socket latched a new source since the last [`Leg::connect_latched`]
+    /// (bit `side.index()`).
+    relatched: u8,
 }
 
 impl Leg {
@@ -79,19 +117,23 @@ impl Leg {
         sockets: [Option<BatchSocket>; 4],
         shared: Arc<LegShared>,
         clock_rate: u32,
-        connect: bool,
+        connect: Option<SocketConfig>,
     ) -> Leg {
         Leg {
             id,
             sockets,
+            catch_all: [None, None],
             peers: Default::default(),
             rtp: [
                 ReceiverStats::new(clock_rate),
                 ReceiverStats::new(clock_rate),
             ],
             shared,
+            counts: Default::default(),
+            flush_at: Instant::now(),
             dirty: false,
             connect,
+            relatched: 0,
         }
     }
 
@@ -99,14 +141,43 @@ impl Leg {
         self.sockets[socket_index(side, true)].is_none()
     }
 
-    /// How many sockets (ports) the leg holds.
+    /// How many ports the leg holds (a connected port's catch-all shares its port).
     pub fn port_count(&self) -> usize {
         self.sockets.iter().flatten().count()
     }
 
+    /// Prefetches what relaying a datagram from receiver `k` reads first: the receiving
+    /// socket, both sides' peers, the sender's RTP statistics and counts, and the sending
+    /// socket (each a cache miss otherwise: a leg is touched once per packet interval).
+    pub fn prefetch(&self, k: usize) {
+        let s = receiver_side(k);
+        let other = s.other();
+        cpm_netio::prefetch(&self.sockets[flow_socket(k)]);
+        cpm_netio::prefetch(&self.peers[s.index()]);
+        cpm_netio::prefetch(&self.peers[other.index()]);
+        cpm_netio::prefetch(&self.rtp[s.index()]);
+        cpm_netio::prefetch(&self.counts[s.index()]);
+        cpm_netio::prefetch(&self.sockets[socket_index(other, false)]);
+    }
+
+    /// Receiver `k` (see [`RECEIVERS`]), if the leg has it.
+    pub fn receiver(&self, k: usize) -> Option<&BatchSocket> {
+        match k.checked_sub(CATCH_ALL) {
+            Some(s) => self.catch_all.get(s)?.as_ref(),
+            None => self.sockets.get(k)?.as_ref(),
+        }
+    }
+
+    /// Every receiving socket of the leg, catch-alls included.
+    pub fn receivers(&self) -> impl Iterator<Item = &BatchSocket> {
+        self.sockets.iter().chain(&self.catch_all).flatten()
+    }
+
     /// The SDP address of one side (RTP; RTCP at `rtcp`, or the next port when `None`, RFC
     /// 3550 §11, unless the side is muxed). A changed address forgets what was latched there,
-    /// so the side's new source can latch (a re-INVITE moved the media).
+    /// so the side's new source can latch (a re-INVITE moved the media). A connected socket
+    /// stays connected to the old source until then: the new one's packets reach its catch-all,
+    /// and the first valid one latches and reconnects it.
     pub fn set_peer(&mut self, side: Side, rtp: SocketAddr, rtcp: Option<SocketAddr>) {
         let rtcp = match rtcp {
             Some(a) => a,
@@ -117,33 +188,24 @@ impl Leg {
             }
         };
         let p = &mut self.peers[side.index()];
-        for (flow, addr, is_rtcp) in [(&mut p.rtp, rtp, false), (&mut p.rtcp, rtcp, true)] {
-            if flow.sdp == Some(addr) {
-                continue;
-            }
-            *flow = Flow {
-                sdp: Some(addr),
-                latched: None,
-            };
-            // A connected socket would only hear the old source.
-            if let Some(s) = self.sockets[socket_index(side, is_rtcp)].as_mut() {
-                if s.peer().is_some() {
-                    if let Err(e) = s.disconnect() {
-                        tracing::debug!(leg = %self.id, error = %e, "disconnect failed");
-                    }
-                }
+        for (flow, addr) in [(&mut p.rtp, rtp), (&mut p.rtcp, rtcp)] {
+            if flow.sdp != Some(addr) {
+                *flow = Flow {
+                    sdp: Some(addr),
+                    latched: None,
+                };
             }
         }
         self.dirty = true;
     }
 
-    /// Receives up to `window` datagrams waiting on socket `index` into `batch`, relays them,
+    /// Receives up to `window` datagrams waiting on receiver `k` into `batch`, relays them,
     /// and returns how many arrived, with the direction's tally. `now` stands for their arrival
     /// time (the loop reads the clock once per wake-up).
     #[allow(clippy::too_many_arguments)]
     pub fn relay(
         &mut self,
-        index: usize,
+        k: usize,
         batch: &mut BytesBatch,
         window: usize,
         now: Instant,
@@ -151,11 +213,13 @@ impl Leg {
         out: &mut Outbox,
         tally: &mut Tally,
     ) -> io::Result<usize> {
-        let Some(socket) = self.sockets.get(index).and_then(Option::as_ref) else {
+        let Some(socket) = self.receiver(k) else {
             return Ok(0);
         };
         let n = socket.recv_bytes_upto(batch, window)?;
-        let side = Side::from_index(index / 2);
+        // What a catch-all receives is its RTP socket's traffic from other sources.
+        let index = flow_socket(k);
+        let side = receiver_side(k);
         for i in 0..n {
             self.accept(index, batch, i, now, strict, out, tally);
         }
@@ -215,8 +279,8 @@ impl Leg {
             if relatch {
                 self.peers[s].relatches += 1;
             }
-            if self.connect && strict {
-                self.connect_to(index, meta.source);
+            if !on_rtcp_port {
+                self.relatched |= 1 << s;
             }
         }
         tally.last = Some(now);
@@ -266,12 +330,73 @@ impl Leg {
         }
     }
 
-    /// Connects socket `index` to the source it latched: the kernel then delivers only that
-    /// source's datagrams to it (strict source), and sends to it skip a route lookup.
-    fn connect_to(&mut self, index: usize, source: SocketAddr) {
-        if let Some(s) = self.sockets[index].as_mut() {
-            if let Err(e) = s.connect(source) {
+    /// The sides whose RTP socket latched a new source since the last call and is to be
+    /// connected to it ([`Self::connect_rtp`]); none when connecting is off.
+    pub fn take_relatched(&mut self) -> [Option<Side>; 2] {
+        let bits = std::mem::take(&mut self.relatched);
+        let on = self.connect.is_some();
+        [Side::A, Side::B].map(|s| (on && bits & (1 << s.index()) != 0).then_some(s))
+    }
+
+    /// Opens the catch-all of `side`'s RTP socket unless it has one
+    /// ([`BatchSocket::open_catch_all`]), handing it to `register` with its receiver index to
+    /// be polled; true when it was opened now. Must precede [`Self::connect_rtp`], so that no
+    /// other source's datagram is lost.
+    pub fn open_catch_all(
+        &mut self,
+        side: Side,
+        register: impl FnOnce(usize, &BatchSocket) -> io::Result<()>,
+    ) -> io::Result<bool> {
+        let s = side.index();
+        let (Some(config), None) = (self.connect, &self.catch_all[s]) else {
+            return Ok(false);
+        };
+        let Some(socket) = self.sockets[socket_index(side, false)].as_ref() else {
+            return Ok(false);
+        };
+        let c = socket.open_catch_all(config)?;
+        register(CATCH_ALL + s, &c)?;
+        self.catch_all[s] = Some(c);
+        Ok(true)
+    }
+
+    /// Connects `side`'s RTP socket to the source it latched, if it has a catch-all: the
+    /// kernel then delivers that source's datagrams to it by their 4-tuple (and sends to it
+    /// without a route lookup), and every other source's to the catch-all, where they are
+    /// counted as [`DropReason::WrongSource`] or latch again. Without a catch-all the socket
+    /// stays unconnected and strangers are filtered here.
+    pub fn connect_rtp(&mut self, side: Side) {
+        let s = side.index();
+        let (Some(source), Some(_), Some(socket)) = (
+            self.peers[s].rtp.latched,
+            &self.catch_all[s],
+            self.sockets[socket_index(side, false)].as_mut(),
+        ) else {
+            return;
+        };
+        if socket.peer() != Some(source) {
+            if let Err(e) = socket.connect(source) {
                 tracing::debug!(leg = %self.id, error = %e, "connect to the latched source failed");
+            }
+        }
+    }
+
+    /// Adds a batch's tally from `side` to the leg's counts, and these to the shared counters
+    /// when [`COUNT_FLUSH`] has passed since they were last.
+    pub fn count(&mut self, side: Side, tally: &Tally, now: Instant) {
+        self.counts[side.index()].add(tally);
+        if now >= self.flush_at {
+            self.flush_counts();
+            self.flush_at = now + COUNT_FLUSH;
+        }
+    }
+
+    /// Adds the counts waiting in the loop to the shared counters.
+    pub fn flush_counts(&mut self) {
+        for side in [Side::A, Side::B] {
+            let t = std::mem::take(&mut self.counts[side.index()]);
+            if !t.is_empty() {
+                self.shared.apply(side, &t);
             }
         }
     }
@@ -320,5 +445,10 @@ mod tests {
         assert_eq!(socket_index(Side::A, true), 1);
         assert_eq!(socket_index(Side::B, false), 2);
         assert_eq!(socket_index(Side::B, true), 3);
+        assert_eq!(receiver_side(CATCH_ALL), Side::A);
+        assert_eq!(receiver_side(CATCH_ALL + 1), Side::B);
+        assert_eq!(receiver_side(3), Side::B);
+        assert_eq!(flow_socket(CATCH_ALL + 1), 2);
+        assert_eq!(flow_socket(1), 1);
     }
 }

@@ -22,6 +22,11 @@
 //! cannot starve the others. Control commands (open, set peer, close, snapshot) arrive on a
 //! crossbeam channel with a [`mio::Waker`].
 //!
+//! **Pace** ([`MediaConfig::pace`], 500 µs by default): once a turn relayed something, the
+//! loop waits until a pace after its start before it looks at the sockets again, so that one
+//! wake-up serves all the datagrams that arrived meanwhile instead of one each (a wake-up of
+//! the thread costs more than relaying a datagram); an idle loop still wakes at the first one.
+//!
 //! **A leg** relays one RTP stream between an A-facing and a B-facing local socket pair: RTP
 //! on an even port and RTCP on the next (RFC 3550 §11), or RTP and RTCP on one port when that
 //! side uses rtcp-mux (RFC 5761; RTCP told apart by its packet type, §4). Latching is symmetric
@@ -34,13 +39,22 @@
 //! first header only (version, packet type 192..=223, length within the datagram), so SRTCP
 //! and reduced-size RTCP (RFC 5506) pass, and is relayed untouched.
 //!
-//! With [`MediaConfig::connect_latched`] (off by default), a socket is `connect()`ed to the
-//! source it latched: sends skip the kernel's route lookup (about 8% less CPU per packet,
-//! docs/decisions/0009-media-plane.md) and the kernel itself drops other sources, which are
-//! then no longer counted per leg.
+//! **Connected fast path** ([`MediaConfig::connect_latched`], on by default): once an RTP
+//! socket latched its source it is `connect()`ed to it, after a second, never connected
+//! "catch-all" socket was bound to the same address and port (both `SO_REUSEPORT`,
+//! [`cpm_netio::BatchSocket::open_catch_all`]). The kernel then finds the connected socket by
+//! the datagram's 4-tuple and delivers the latched source's datagrams to it, and sends to that
+//! source without a route lookup; every other source's datagrams reach the catch-all, where
+//! they are counted ([`DropReason::WrongSource`]) or, without strict source, latch again (the
+//! RTP socket is then connected to the new source). The catch-all is read like its RTP socket;
+//! when connecting, the RTP socket is drained, connected, then the catch-all drained, so the
+//! source's datagrams keep their order across the switch. A changed SDP address leaves the
+//! socket connected until the new source's first packet (on the catch-all) latches it. RTCP on
+//! its own port (a packet every few seconds) is not connected. A connected port holds two
+//! descriptors; the plane raises `RLIMIT_NOFILE` to its hard limit at start.
 //!
 //! **Counters** (see [`stats`]): packets, bytes and drops by reason are single-writer atomics,
-//! always current; RTP loss/jitter and latched addresses are published once per second and on
+//! at most 100 ms behind while packets flow (a second once they stop); RTP loss/jitter and latched addresses are published once per second and on
 //! demand ([`LegHandle::snapshot`]). Every leg also feeds its worker's Prometheus counters
 //! ([`crate::metrics::MediaMetrics`]).
 //!

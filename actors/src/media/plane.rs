@@ -36,12 +36,19 @@ pub struct MediaConfig {
     pub timeout: Option<Duration>,
     /// SO_RCVBUF and SO_SNDBUF of each relay socket, in bytes.
     pub socket_buffer: usize,
-    /// With strict source, `connect()` a socket to the source it latched: about 8% less CPU
-    /// per relayed packet, but packets from other sources are then dropped by the kernel and
-    /// not counted as [`super::DropReason::WrongSource`], and so are a new source's packets
-    /// until a changed SDP address reached the loop. Needs explicit ports (a socket bound to
-    /// port 0 loses its port when disconnected). Off by default.
+    /// `connect()` an RTP socket to the source it latched, with a catch-all socket on the
+    /// same port for every other source ([`cpm_netio::BatchSocket::open_catch_all`]): the
+    /// kernel then finds the latched source's socket by its 4-tuple and sends without a route
+    /// lookup; strangers are still counted ([`super::DropReason::WrongSource`]) or latch again.
+    /// Costs a second descriptor per connected port. On by default.
     pub connect_latched: bool,
+    /// While the loop is busy, the least time between two looks at its sockets: datagrams
+    /// that arrive meanwhile wait (at most this long) and are relayed in one turn, instead of
+    /// a wake-up of the loop thread for each (on a busy relay most of a datagram's cost; see
+    /// docs/decisions/0009-media-plane.md). An idle loop still wakes at the first datagram.
+    /// Zero: no pacing. Default 500 µs (`--media-pace`), a quarter of issue 4's 2 ms budget
+    /// for the one-way delay.
+    pub pace: Duration,
 }
 
 impl Default for MediaConfig {
@@ -53,6 +60,15 @@ impl Default for MediaConfig {
 }
 
 impl MediaConfig {
+    /// The options of each relay socket.
+    fn socket_config(&self) -> SocketConfig {
+        SocketConfig {
+            recv_buffer: self.socket_buffer,
+            send_buffer: self.socket_buffer,
+            ..SocketConfig::default()
+        }
+    }
+
     /// The media settings of the server configuration.
     pub fn from_config(c: &Config) -> MediaConfig {
         MediaConfig {
@@ -60,7 +76,8 @@ impl MediaConfig {
             strict_source: c.media_strict_source,
             timeout: c.media_timeout(),
             socket_buffer: 256 << 10,
-            connect_latched: false,
+            connect_latched: c.media_connect,
+            pace: Duration::from_micros(c.media_pace),
         }
     }
 }
@@ -172,7 +189,16 @@ impl MediaPlane {
         // Unbounded: commands are control traffic (a few per call), and a close sent from a
         // Drop must never be refused.
         let (tx, rx) = crossbeam::channel::unbounded();
-        let (strict, connect) = (config.strict_source, config.connect_latched);
+        let socket_config = config.socket_config();
+        let (strict, pace) = (config.strict_source, config.pace);
+        let connect = config.connect_latched.then_some(socket_config);
+        if config.connect_latched {
+            // A connected port holds two sockets: give the process all the descriptors it may.
+            match cpm_netio::raise_fd_limit() {
+                Ok(n) => tracing::debug!(worker, limit = n, "open file limit"),
+                Err(e) => tracing::debug!(worker, error = %e, "cannot raise the open file limit"),
+            }
+        }
         let thread = std::thread::Builder::new()
             .name(format!("cpm-media-{worker}"))
             .spawn(move || {
@@ -181,7 +207,7 @@ impl MediaPlane {
                         tracing::info!(worker, core, "could not pin media loop to core");
                     }
                 }
-                RelayLoop::new(poll, rx, strict, connect, metrics).run();
+                RelayLoop::new(poll, rx, strict, connect, pace, metrics).run();
             })?;
         Ok(MediaPlane {
             inner: Arc::new(Inner {
@@ -208,11 +234,7 @@ impl MediaPlane {
     /// starts relaying at once. On a bind failure the sockets already bound are closed and the
     /// port that failed is named, so the caller can pick another.
     pub fn open_leg(&self, spec: &LegSpec) -> Result<LegHandle, OpenError> {
-        let socket_config = SocketConfig {
-            recv_buffer: self.inner.config.socket_buffer,
-            send_buffer: self.inner.config.socket_buffer,
-            ..SocketConfig::default()
-        };
+        let socket_config = self.inner.config.socket_config();
         let ip = self.inner.config.ip;
         let bind = |port: u16| {
             let s = BatchSocket::bind_with(SocketAddr::new(ip, port), socket_config)
@@ -312,8 +334,9 @@ impl LegHandle {
         })
     }
 
-    /// The figures now: packet, byte and drop counts are current; RTP loss and jitter and the
-    /// latched addresses are as the loop last published them (at most a second old).
+    /// The figures now: packet, byte and drop counts at most 100 ms behind while packets flow
+    /// (a second once they stop); RTP loss and jitter and the latched addresses as the loop
+    /// last published them (at most a second old).
     pub fn stats(&self) -> LegStats {
         self.shared.stats()
     }

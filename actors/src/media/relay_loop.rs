@@ -15,13 +15,13 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use cpm_netio::{BatchSocket, BytesBatch, MAX_BATCH};
+use cpm_netio::{BatchSocket, BytesBatch, SocketConfig, MAX_BATCH};
 use crossbeam::channel::{Receiver, TryRecvError};
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::oneshot;
 
-use super::leg::{Leg, Outbox};
+use super::leg::{receiver_side, socket_index, Leg, Outbox, CATCH_ALL, RECEIVERS};
 use super::stats::{bump, LegShared, Tally};
 use super::{LegId, LegStats, Side};
 use crate::metrics::WorkerMetrics;
@@ -39,8 +39,14 @@ pub(crate) const SLOT_SIZE: usize = 2048;
 /// How often RTP figures and latched addresses are published for the control side.
 const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
-/// The token of the command waker; sockets use `slot << 2 | socket index`.
+/// The token of the command waker; sockets use `slot << 3 | receiver index` (see
+/// [`RECEIVERS`]).
 pub(crate) const WAKER: Token = Token(usize::MAX);
+
+/// The poll token of receiver `k` of the leg in `slot`.
+fn token(slot: usize, k: usize) -> Token {
+    Token(slot << 3 | k)
+}
 
 /// What the control side asks of the loop.
 pub(crate) enum Command {
@@ -79,13 +85,17 @@ pub(crate) struct OpenLeg {
 pub(crate) struct RelayLoop {
     poll: Poll,
     commands: Receiver<Command>,
-    legs: Vec<Option<Leg>>,
+    /// Boxed: the table grows by doubling, and a free slot then costs a pointer, not a leg.
+    legs: Vec<Option<Box<Leg>>>,
     free: Vec<usize>,
     index: HashMap<LegId, usize>,
     batch: BytesBatch,
     out: Outbox,
     strict: bool,
-    connect: bool,
+    /// Catch-all settings when latched RTP sockets are connected.
+    connect: Option<SocketConfig>,
+    /// The least time between two looks at the sockets while busy (`MediaConfig::pace`).
+    pace: Duration,
     metrics: Arc<WorkerMetrics>,
     /// Sockets not drained in their turn, and the list being worked through.
     pending: Vec<Token>,
@@ -97,7 +107,8 @@ impl RelayLoop {
         poll: Poll,
         commands: Receiver<Command>,
         strict: bool,
-        connect: bool,
+        connect: Option<SocketConfig>,
+        pace: Duration,
         metrics: Arc<WorkerMetrics>,
     ) -> RelayLoop {
         RelayLoop {
@@ -110,6 +121,7 @@ impl RelayLoop {
             out: Outbox::default(),
             strict,
             connect,
+            pace,
             metrics,
             pending: Vec::new(),
             retry: Vec::new(),
@@ -120,8 +132,19 @@ impl RelayLoop {
     pub fn run(mut self) {
         let mut events = Events::with_capacity(1024);
         let mut next_publish = Instant::now() + PUBLISH_EVERY;
+        // The start of the last turn that relayed something (see `MediaConfig::pace`).
+        let mut busy_since: Option<Instant> = None;
         loop {
-            let timeout = if self.pending.is_empty() {
+            if let Some(start) = busy_since.filter(|_| !self.pace.is_zero()) {
+                // Busy: let datagrams gather for one pace before looking again, instead of
+                // waking up for each (a wake-up costs more than relaying a datagram).
+                let wake = start + self.pace;
+                let now = Instant::now();
+                if wake > now {
+                    std::thread::sleep(wake - now);
+                }
+            }
+            let timeout = if self.pending.is_empty() && busy_since.is_none() {
                 next_publish.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
@@ -139,16 +162,23 @@ impl RelayLoop {
             }
             // One clock read per wake-up: the arrival time of everything read in this turn.
             let now = Instant::now();
+            let relayed = !self.pending.is_empty() || events.iter().any(|e| e.token() != WAKER);
+            busy_since = relayed.then_some(now);
             std::mem::swap(&mut self.pending, &mut self.retry);
             for k in 0..self.retry.len() {
                 let token = self.retry[k];
                 self.on_readable(token, now);
             }
             self.retry.clear();
-            for ev in events.iter() {
-                if ev.token() != WAKER {
-                    self.on_readable(ev.token(), now);
+            let mut ready = events.iter().map(|ev| ev.token()).filter(|&t| t != WAKER);
+            let mut next = ready.next();
+            while let Some(token) = next {
+                // The next leg's state is fetched while this one's system calls run.
+                next = ready.next();
+                if let Some(t) = next {
+                    self.prefetch(t);
                 }
+                self.on_readable(token, now);
             }
             if now >= next_publish {
                 self.publish_dirty();
@@ -162,18 +192,77 @@ impl RelayLoop {
     }
 
     /// Relays what socket `token` holds, up to [`MAX_BATCHES_PER_TURN`] batches: a first small
-    /// one ([`FIRST_WINDOW`] datagrams, what an RTP port usually holds), then full ones.
+    /// one ([`FIRST_WINDOW`] datagrams, what an RTP port usually holds), then full ones; then
+    /// connects the RTP sockets that latched a new source.
     fn on_readable(&mut self, token: Token, now: Instant) {
-        let (slot, index) = (token.0 >> 2, token.0 & 3);
+        let (slot, k) = (token.0 >> 3, token.0 & 7);
+        let drained = self.relay_from(slot, k, now);
         let Some(Some(leg)) = self.legs.get_mut(slot) else {
             return;
         };
-        let side = Side::from_index(index / 2);
+        for side in leg.take_relatched().into_iter().flatten() {
+            self.connect_rtp(slot, side, now);
+        }
+        if !drained {
+            self.pending.push(token);
+        }
+    }
+
+    /// Connects `side`'s RTP socket of the leg in `slot` to the source it latched, opening its
+    /// catch-all first, without reordering that source's datagrams. While the two sockets are
+    /// both unconnected, the kernel puts each source's datagrams on one of them (a hash of the
+    /// 4-tuple): so the RTP socket is drained (what came before the catch-all), connected, and
+    /// then the catch-all is drained (what the source sent before the connect, if it went
+    /// there), before anything newer is read from the RTP socket.
+    fn connect_rtp(&mut self, slot: usize, side: Side, now: Instant) {
+        let Some(Some(leg)) = self.legs.get_mut(slot) else {
+            return;
+        };
+        let registry = self.poll.registry();
+        let opened = leg.open_catch_all(side, |k, socket| {
+            let fd = socket.socket().as_raw_fd();
+            registry.register(&mut SourceFd(&fd), token(slot, k), Interest::READABLE)
+        });
+        match opened {
+            Ok(true) => {
+                let rtp = socket_index(side, false);
+                if !self.relay_from(slot, rtp, now) {
+                    self.pending.push(token(slot, rtp));
+                }
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::debug!(leg = %leg.id, error = %e, "no catch-all: not connected");
+                return;
+            }
+        }
+        if let Some(Some(leg)) = self.legs.get_mut(slot) {
+            leg.connect_rtp(side);
+        }
+        let catch_all = CATCH_ALL + side.index();
+        if !self.relay_from(slot, catch_all, now) {
+            self.pending.push(token(slot, catch_all));
+        }
+    }
+
+    /// Prefetches the leg state socket `token` will need.
+    fn prefetch(&self, token: Token) {
+        if let Some(Some(leg)) = self.legs.get(token.0 >> 3) {
+            leg.prefetch(token.0 & 7);
+        }
+    }
+
+    /// Relays from receiver `k` of the leg in `slot`; false when it was not drained.
+    fn relay_from(&mut self, slot: usize, k: usize, now: Instant) -> bool {
+        let Some(Some(leg)) = self.legs.get_mut(slot) else {
+            return true;
+        };
+        let side = receiver_side(k);
         let mut window = FIRST_WINDOW;
         for _ in 0..MAX_BATCHES_PER_TURN {
             let mut tally = Tally::default();
             let r = leg.relay(
-                index,
+                k,
                 &mut self.batch,
                 window,
                 now,
@@ -181,7 +270,7 @@ impl RelayLoop {
                 &mut self.out,
                 &mut tally,
             );
-            leg.shared.apply(side, &tally);
+            leg.count(side, &tally, now);
             let m = &self.metrics.media;
             bump(&m.packets, tally.packets);
             bump(&m.bytes, tally.bytes);
@@ -190,18 +279,18 @@ impl RelayLoop {
             }
             match r {
                 Ok(n) if n == window => window = self.batch.capacity(),
-                Ok(_) => return,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Ok(_) => return true,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return true,
                 // An ICMP error queued on the socket (a peer went away): not ours to stop.
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => continue,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
                 Err(e) => {
                     tracing::debug!(leg = %leg.id, error = %e, "relay receive failed");
-                    return;
+                    return true;
                 }
             }
         }
-        self.pending.push(token);
+        false
     }
 
     /// Applies waiting commands; false when the loop must end.
@@ -222,6 +311,7 @@ impl RelayLoop {
                 Ok(Command::Close { id, reply }) => self.close(id, reply),
                 Ok(Command::Snapshot { id, reply }) => {
                     if let Some(leg) = self.leg_mut(id) {
+                        leg.flush_counts();
                         leg.shared.publish(leg.published());
                         let _ = reply.send(leg.shared.stats());
                     }
@@ -234,7 +324,7 @@ impl RelayLoop {
 
     fn leg_mut(&mut self, id: LegId) -> Option<&mut Leg> {
         let slot = *self.index.get(&id)?;
-        self.legs.get_mut(slot)?.as_mut()
+        self.legs.get_mut(slot)?.as_deref_mut()
     }
 
     fn open(&mut self, o: OpenLeg) {
@@ -242,13 +332,20 @@ impl RelayLoop {
             self.legs.push(None);
             self.legs.len() - 1
         });
-        let leg = Leg::new(o.id, o.sockets, o.shared, o.clock_rate, self.connect);
+        let leg = Box::new(Leg::new(
+            o.id,
+            o.sockets,
+            o.shared,
+            o.clock_rate,
+            self.connect,
+        ));
         let registry = self.poll.registry();
         for (k, s) in leg.sockets.iter().enumerate() {
             let Some(s) = s else { continue };
             let fd = s.socket().as_raw_fd();
-            let token = Token(slot << 2 | k);
-            if let Err(e) = registry.register(&mut SourceFd(&fd), token, Interest::READABLE) {
+            if let Err(e) =
+                registry.register(&mut SourceFd(&fd), token(slot, k), Interest::READABLE)
+            {
                 tracing::warn!(leg = %o.id, error = %e, "cannot poll a relay socket; leg closed");
                 deregister(&self.poll, &leg);
                 self.free.push(slot);
@@ -269,13 +366,14 @@ impl RelayLoop {
         // What the peers sent before the session ended is still relayed (and counted): the
         // last packets before a BYE often sit in a socket when the close arrives.
         let now = Instant::now();
-        for k in 0..4 {
-            self.on_readable(Token(slot << 2 | k), now);
+        for k in 0..RECEIVERS {
+            self.relay_from(slot, k, now);
         }
         self.index.remove(&id);
-        let Some(leg) = self.legs.get_mut(slot).and_then(Option::take) else {
+        let Some(mut leg) = self.legs.get_mut(slot).and_then(Option::take) else {
             return;
         };
+        leg.flush_counts();
         self.free.push(slot);
         deregister(&self.poll, &leg);
         let m = &self.metrics.media;
@@ -299,6 +397,7 @@ impl RelayLoop {
     fn publish_dirty(&mut self) {
         for leg in self.legs.iter_mut().flatten() {
             if leg.dirty {
+                leg.flush_counts();
                 leg.shared.publish(leg.published());
                 leg.dirty = false;
             }
@@ -309,7 +408,7 @@ impl RelayLoop {
 /// Removes a leg's sockets from the poll set (closing them would too; this keeps the set
 /// exact should a descriptor be duplicated).
 fn deregister(poll: &Poll, leg: &Leg) {
-    for s in leg.sockets.iter().flatten() {
+    for s in leg.receivers() {
         let fd = s.socket().as_raw_fd();
         let _ = poll.registry().deregister(&mut SourceFd(&fd));
     }

@@ -1,8 +1,10 @@
 //! What a relay leg counts, and how the media loop shares it with the control side.
 //!
 //! The media loop is the only writer. Packet, byte and drop counters and the last-packet time
-//! are atomics it updates once per received batch (a relaxed load and store: a single writer
-//! needs no read-modify-write instruction), so they are current whenever read. The RTP
+//! are atomics (a relaxed load and store: a single writer needs no read-modify-write
+//! instruction) that it updates from its own per-leg counts at most every 100 ms while packets
+//! arrive (`leg::COUNT_FLUSH`: the shared line is a cache miss per write), at the once-a-second
+//! publish and on snapshot and close. The RTP
 //! receiver figures (RFC 3550 A.3 loss, A.8 jitter) and the latched addresses live in the
 //! loop's own state and are published under a per-leg mutex once per second for legs that
 //! received anything, and on demand ([`super::LegHandle::snapshot`], close).
@@ -167,6 +169,17 @@ impl Tally {
     pub fn is_empty(&self) -> bool {
         self.packets == 0 && self.last.is_none() && self.drops.iter().all(|&d| d == 0)
     }
+
+    /// Adds a later tally of the same direction.
+    pub fn add(&mut self, t: &Tally) {
+        self.packets += t.packets;
+        self.bytes += t.bytes;
+        self.rtcp_packets += t.rtcp_packets;
+        for (d, n) in self.drops.iter_mut().zip(&t.drops) {
+            *d += n;
+        }
+        self.last = t.last.or(self.last);
+    }
 }
 
 /// Adds to a counter that only the calling thread writes.
@@ -176,7 +189,7 @@ pub(crate) fn bump(counter: &AtomicU64, by: u64) {
     }
 }
 
-/// The always-current counters of one direction: one cache line, the one the loop writes per
+/// The shared counters of one direction: one cache line, the one the loop writes per
 /// batch.
 #[derive(Debug, Default)]
 #[repr(align(64))]
@@ -313,5 +326,15 @@ mod tests {
         assert_eq!(st.from_a.last_packet, Some(t0 + Duration::from_millis(40)));
         assert!(Tally::default().is_empty());
         assert!(!u.is_empty());
+        // Tallies add up in the loop before they reach the shared counters.
+        let mut sum = Tally::default();
+        sum.add(&t);
+        sum.add(&u);
+        assert_eq!((sum.packets, sum.bytes, sum.rtcp_packets), (3, 516, 1));
+        assert_eq!(sum.drops[DropReason::WrongSource as usize], 1);
+        assert_eq!(sum.drops[DropReason::NotRtp as usize], 1);
+        assert_eq!(sum.last, u.last, "the later packet");
+        sum.add(&Tally::default());
+        assert_eq!(sum.last, u.last);
     }
 }

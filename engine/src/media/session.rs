@@ -164,7 +164,12 @@ impl MediaSession {
 
     /// The next change for the user plane, in order.
     pub fn poll_change(&mut self) -> Option<LegChange> {
-        self.changes.pop_front()
+        let next = self.changes.pop_front();
+        // Freed once drained: an idle session holds none.
+        if next.is_none() && self.changes.capacity() > 0 {
+            self.changes = VecDeque::new();
+        }
+        next
     }
 
     /// Whether an offer was sent on and its answer (or rollback) is awaited.

@@ -225,6 +225,9 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
             return;
         }
         let rel = self.relays.remove(p);
+        if self.relays.is_empty() {
+            self.relays = Vec::new();
+        }
         if code < 300 {
             self.relayed_2xx(rel, resp, now);
         } else {

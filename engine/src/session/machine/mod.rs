@@ -180,19 +180,24 @@ pub struct Session<R: SdpRelay, P: SessionPolicy = NoPolicy> {
     b_tag: Bytes,
     peers: [Option<Peer>; 2],
     dialogs: [Option<Dialog>; 2],
+    /// One per contact (reserved exactly: a push into an empty `Vec` of these would reserve
+    /// four, 2.7 KiB).
     branches: Vec<Branch>,
     winner: Option<usize>,
-    best: Option<Message>,
+    /// Boxed, as the other parts an idle session does not need: its memory is the goal.
+    best: Option<Box<Message>>,
     offer: Offer,
     early_media: Option<usize>,
     setup_timer: Option<TimerOffer>,
+    /// Emptied when the last one is answered.
     relays: Vec<Relayed>,
-    awaiting_ack: [Option<AwaitAck>; 2],
-    sent_acks: [Option<SentAck>; 2],
+    awaiting_ack: [Option<Box<AwaitAck>>; 2],
+    sent_acks: [Option<Box<SentAck>>; 2],
     bye_deferred: [bool; 2],
     timers: [Option<Instant>; TIMERS],
     armed: Option<Instant>,
     next_req: u64,
+    /// Freed whenever drained (an idle session holds none).
     actions: VecDeque<Action>,
     /// Recording into network storage (REFER to the storage controller, fig. 12).
     recording: Recording,
@@ -280,7 +285,11 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
 
     /// The next thing to do.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let next = self.actions.pop_front();
+        if next.is_none() && self.actions.capacity() > 0 {
+            self.actions = VecDeque::new();
+        }
+        next
     }
 
     /// When `on_timer` wants to run next (also announced by [`Action::Timer`]).

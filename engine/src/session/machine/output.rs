@@ -141,7 +141,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
             response: response.clone(),
         });
         let t1 = self.cfg.t1;
-        self.awaiting_ack[side.index()] = Some(AwaitAck {
+        self.awaiting_ack[side.index()] = Some(Box::new(AwaitAck {
             tx,
             response,
             cseq,
@@ -149,7 +149,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
             next: (!reliable).then_some(now + t1),
             give_up: now + t1 * 64,
             late,
-        });
+        }));
         self.arm_ack_timer(side);
     }
 
@@ -165,10 +165,10 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         if let Some(b) = body {
             ack.set_body(b, Some(SDP));
         }
-        self.sent_acks[side.index()] = Some(SentAck {
+        self.sent_acks[side.index()] = Some(Box::new(SentAck {
             id,
             ack: ack.clone(),
-        });
+        }));
         self.push_ack(side, &peer, ack);
     }
 

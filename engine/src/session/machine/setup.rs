@@ -60,6 +60,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
             self.rollback_setup_offer();
             return self.reject_setup(480, "Temporarily Unavailable", Headers::new(), now);
         }
+        self.branches.reserve_exact(contacts.len());
         for peer in contacts {
             self.fork(peer, body.as_ref());
         }
@@ -207,6 +208,9 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         let peer = self.branches[i].peer.clone();
         let id = self.branches[i].id;
         let seq = self.branches[i].invite.cseq().map_or(1, |c| c.seq);
+        // The winner's INVITE is not read again (its dialog and ACK are made): its header
+        // list goes, as an idle session's memory is a goal (issue 4).
+        self.branches[i].invite.headers = Headers::new();
         self.peers[Side::B.index()] = Some(peer.clone());
         self.dialogs[Side::B.index()] = Some(dialog);
         let late = match self.offer {
@@ -296,8 +300,8 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         if code >= 600 {
             self.cancel_branches();
         }
-        if better(&resp, self.best.as_ref()) {
-            self.best = Some(resp);
+        if better(&resp, self.best.as_deref()) {
+            self.best = Some(Box::new(resp));
         }
     }
 
@@ -310,9 +314,10 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         if self.phase != Phase::Setup || self.winner.is_some() || !decided {
             return;
         }
-        let best = self.best.take().unwrap_or_else(|| {
-            response_to_with_tag(&self.a_invite, 480, "Temporarily Unavailable", None)
-        });
+        let best = self.best.take().map_or_else(
+            || response_to_with_tag(&self.a_invite, 480, "Temporarily Unavailable", None),
+            |b| *b,
+        );
         let r = self.to_a(&best);
         let code = r.status().unwrap_or(480);
         self.rollback_setup_offer();

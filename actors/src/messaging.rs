@@ -903,12 +903,13 @@ fn store_copies(shared: &Shared, req: &Message, recipient: &str, state: Delivery
     let (content_type, body) = content_of(req);
     let id = message_id(req);
     let time = unix_ms(SystemTime::now());
-    let sender_is_local = routing::is_local_aor(shared, &sender);
+    let sender_copy =
+        routing::is_local_aor(shared, &sender) && sender_verified(shared, req, &sender);
     for (owner, peer, direction) in [
         (recipient, sender.as_str(), Direction::In),
         (sender.as_str(), recipient, Direction::Out),
     ] {
-        if direction == Direction::Out && !sender_is_local {
+        if direction == Direction::Out && !sender_copy {
             continue;
         }
         if !keeps(owner) {
@@ -934,6 +935,36 @@ fn store_copies(shared: &Shared, req: &Message, recipient: &str, state: Delivery
             tracing::debug!(error = %e, "message copy not stored");
         }
     }
+}
+
+/// Whether the sender's history may hold a copy of `req`. MESSAGE is not authenticated (only
+/// REGISTER is, decision 0003), so where users authenticate (`--users-file`) the From alone
+/// proves nothing: the request must come from an address the sender registered from (its top
+/// Via as the transaction layer stamped it: `received`, `rport`, RFC 3261 §18.2.1, RFC 3581).
+/// Otherwise nothing is written in the name of the user the From names.
+fn sender_verified(shared: &Shared, req: &Message, sender: &str) -> bool {
+    if shared.users.is_none() {
+        return true;
+    }
+    let Ok(via) = req.top_via() else {
+        return false;
+    };
+    let host = via
+        .received()
+        .map(|r| String::from_utf8_lossy(r).into_owned())
+        .unwrap_or_else(|| String::from_utf8_lossy(&via.host).into_owned());
+    let port = via.rport().flatten().or(via.port).unwrap_or(5060);
+    let Ok(ip) = host.trim_matches(|c| c == '[' || c == ']').parse() else {
+        return false;
+    };
+    let source = std::net::SocketAddr::new(ip, port);
+    let aor = Aor::new(sender.to_owned());
+    shared
+        .registrar(&aor)
+        .lock()
+        .lookup(&aor, Instant::now())
+        .iter()
+        .any(|b| b.source == Some(source))
 }
 
 /// The content type and body a stored copy keeps: CPIM's inner ones (RFC 3862), else the SIP
@@ -1001,14 +1032,27 @@ fn note_imdn(shared: &Shared, req: &Message) {
         Some(E::ImdnFailed) => DeliveryState::Failed,
         _ => return,
     };
-    set_state(shared, &n.message_id, state);
+    // Only the copies of the two parties of this IMDN (RFC 5438 §7: it travels from the
+    // original recipient back to the original sender), never every user's copy of that id.
+    for party in [req.from().ok(), req.to().ok()]
+        .into_iter()
+        .flatten()
+        .filter_map(|na| na.uri.aor())
+    {
+        set_state_of(shared, Some(party), &n.message_id, state);
+    }
 }
 
 /// Moves every stored copy of `message_id` to `state` (fire and forget: a lost update only
 /// leaves a state behind).
 fn set_state(shared: &Shared, message_id: &str, state: DeliveryState) {
+    set_state_of(shared, None, message_id, state);
+}
+
+/// [`set_state`] for one owner's copies only (`None`: every copy).
+fn set_state_of(shared: &Shared, owner: Option<String>, message_id: &str, state: DeliveryState) {
     let op = WriteOp::SetState {
-        owner: None,
+        owner,
         message_id: message_id.to_owned(),
         state,
     };

@@ -632,11 +632,17 @@ fn parties_of(invite: &Message, shared: &crate::shared::Shared) -> Option<Partie
         aor_of(invite, HeaderName::From)?,
         aor_of(invite, HeaderName::To)?,
     ];
-    let local = aor.clone().map(|a| {
+    let mut local = aor.clone().map(|a| {
         let domain = a.rsplit('@').next().unwrap_or("").to_ascii_lowercase();
         let domain = domain.split(':').next().unwrap_or("");
         shared.domains.iter().any(|d| d == domain)
     });
+    // An INVITE's From is not authenticated (only REGISTER is): where users authenticate
+    // (`--users-file`), the caller it names gets no history or recording written in their
+    // name; the callee, reached through their registration, does.
+    if shared.users.is_some() {
+        local[0] = false;
+    }
     Some(Parties { aor, local })
 }
 

@@ -101,8 +101,12 @@ fn cpmd_with_api(extra: &[&str]) -> Cpmd {
         .spawn()
 }
 
-/// alice sends `texts` to offline `to` (each answered 202: held, and kept for both).
+/// alice sends `texts` to offline `to` (each answered 202: held, and kept for both). She
+/// registers first: the sender's copy is kept only for a MESSAGE from an address the sender
+/// registered from (MESSAGE itself is not authenticated).
 fn send_held(cpmd: &Cpmd, alice: &mut Ua, to: &str, texts: &[&str]) {
+    let reg = alice.register(300);
+    assert_eq!(reg.status(), Some(200), "{reg}");
     for t in texts {
         let req = alice
             .req("MESSAGE", &format!("sip:{to}@localhost"))

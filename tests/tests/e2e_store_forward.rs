@@ -425,6 +425,52 @@ fn storage_default_none_keeps_no_copies() {
     assert_eq!(stored_copies(&cpmd), vec![]);
 }
 
+/// Where users authenticate, a MESSAGE's From proves nothing (MESSAGE is not challenged): the
+/// sender's history gets a copy only when the MESSAGE comes from an address the sender
+/// registered from; the recipient's copy is always kept.
+#[test]
+fn a_forged_from_writes_nothing_in_the_senders_history() {
+    let cpmd = Cpmd::builder()
+        .users("alice alice-pw\nbob bob-pw\n")
+        .spawn();
+    // mallory, unregistered, sends as alice.
+    let mut mallory = Ua::udp(cpmd.sip_addr()).user("alice");
+    assert_eq!(send_text(&mut mallory, "bob", "forged"), 202);
+    // alice herself, registered from her address.
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice").password("alice-pw");
+    assert_status(&alice.register(300), 200);
+    assert_eq!(send_text(&mut alice, "bob", "genuine"), 202);
+    let s = |v: &str| v.to_string();
+    let want = vec![
+        (
+            s("sip:bob@localhost"),
+            s("sip:alice@localhost"),
+            s("in"),
+            s("stored"),
+            s("forged"),
+        ),
+        (
+            s("sip:bob@localhost"),
+            s("sip:alice@localhost"),
+            s("in"),
+            s("stored"),
+            s("genuine"),
+        ),
+        (
+            s("sip:alice@localhost"),
+            s("sip:bob@localhost"),
+            s("out"),
+            s("stored"),
+            s("genuine"),
+        ),
+    ];
+    let deadline = std::time::Instant::now() + WAIT;
+    while stored_copies(&cpmd) != want && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(stored_copies(&cpmd), want);
+}
+
 /// With `--store-and-forward false` cpmd is a plain proxy: 480 for an offline user.
 #[test]
 fn store_and_forward_can_be_off() {

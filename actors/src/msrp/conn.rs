@@ -113,6 +113,9 @@ async fn wait_closed(rx: &mut Option<watch::Receiver<bool>>) {
     }
 }
 
+/// How long a connection may stay without a request naming one of our sessions.
+const UNBOUND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// Serves one connection: unbound until its first request names one of our URIs (`bound`
 /// given when we connected), then relayed by a [`Reader`] until it closes or the leg does.
 async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<(Arc<LegState>, Side)>) {
@@ -131,14 +134,28 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<(Arc<LegState
         }
     }
     let mut buf = BytesMut::new();
+    // A connection that names no session of ours in time is closed: an idle or trickling
+    // stranger must not hold a socket and a task for ever.
+    let bind_deadline = tokio::time::Instant::now() + UNBOUND_TIMEOUT;
     'conn: loop {
         buf.reserve(READ);
         let interrupt = reader.as_ref().and_then(Reader::interrupt_signal);
+        let unbound = reader.is_none();
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             },
+            _ = async move {
+                if unbound {
+                    tokio::time::sleep_until(bind_deadline).await
+                } else {
+                    std::future::pending().await
+                }
+            } => {
+                tracing::debug!("MSRP connection closed: no request for one of our sessions in time");
+                break;
+            }
             _ = wait_closed(&mut closed) => break,
             _ = wait_notified(&interrupt) => {
                 if let Some(r) = reader.as_mut() {

@@ -497,6 +497,10 @@ impl MessageController {
             },
             StoreEvent::Expired(result) => match result {
                 Ok(WriteResult::Expired(rows)) => {
+                    if rows.len() >= EXPIRY_BATCH as usize {
+                        // A full batch: more may have expired; sweep again at once.
+                        self.next_expiry_sweep = Some(now);
+                    }
                     for row in rows {
                         tracing::info!(to = %row.record.recipient, from = %row.record.sender, "held message expired");
                         shared.metrics[self.worker].held_expired();
@@ -611,6 +615,11 @@ impl MessageController {
             let after = run.last;
             return self.read_more(shared, aor, after);
         };
+        if row.record.expires_at <= unix_ms(SystemTime::now()) {
+            // Expired while waiting: the sweep fails it (and tells the sender); never both
+            // delivered and reported failed.
+            return self.deliver_next(shared, aor, now, txn);
+        }
         let Ok(held) = cpm_engine::sip::parse(row.record.request.clone()) else {
             // Only what parsed was ever held; a row that does not is dropped, not retried.
             tracing::error!(id = %row.id, "held message does not parse: dropped");

@@ -138,6 +138,16 @@ fn the_per_user_cap_is_counted_in_the_transaction() {
         WriteResult::Deferred(_)
     ));
     assert_eq!(held(&mut s, "bob@x", None, 10).len(), 2);
+    // A message already expired (not swept yet) does not count against the cap.
+    one(&mut s, WriteOp::Defer(deferred("dave@x", 4, 500)));
+    let r = one(
+        &mut s,
+        WriteOp::DeferCapped {
+            message: deferred("dave@x", 5, 10_000),
+            cap: 1,
+        },
+    );
+    assert!(matches!(r, WriteResult::Deferred(_)), "{r:?}");
     let _ = std::fs::remove_dir_all(&d);
 }
 

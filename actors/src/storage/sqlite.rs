@@ -267,9 +267,14 @@ fn apply(
     let affected = |n: usize| Ok(WriteResult::Affected(n as u64));
     match op {
         WriteOp::DeferCapped { message, cap } => {
+            // Messages already expired (not swept yet) do not count: they will never be sent.
             let queued: i64 = tx
-                .prepare_cached("SELECT COUNT(*) FROM deferred WHERE recipient = ?1")?
-                .query_row([&message.recipient], |r| r.get(0))?;
+                .prepare_cached(
+                    "SELECT COUNT(*) FROM deferred WHERE recipient = ?1 AND expires_at > ?2",
+                )?
+                .query_row(params![message.recipient, message.received_at], |r| {
+                    r.get(0)
+                })?;
             let queued = u(queued);
             if queued >= *cap {
                 return Ok(WriteResult::CapReached { queued });

@@ -56,6 +56,8 @@ pub struct Parties {
 
 /// A message being assembled from its chunks (RFC 4975 §5.1, Byte-Range).
 struct Partial {
+    /// When assembly began (the oldest gives way when too many are open).
+    opened: std::time::Instant,
     content_type: Option<Bytes>,
     /// The position (from 1) of the first byte kept.
     base: u64,
@@ -100,12 +102,25 @@ impl Recorder {
                 return self.store(ev.from, &key.1, ev.content_type, body, incomplete);
             }
             if parts.len() >= MAX_PARTIAL {
-                tracing::warn!(session = %self.session_id, "recording: too many messages in assembly, chunk not stored");
-                return;
+                // A sender that never ends its messages must not stop the recording (nor
+                // hold more than MAX_PARTIAL of them): the oldest is stored as it is,
+                // marked incomplete, and gives way.
+                let oldest = parts
+                    .iter()
+                    .min_by_key(|(_, p)| p.opened)
+                    .map(|(k, _)| k.clone());
+                if let Some(old) = oldest.and_then(|k| parts.remove_entry(&k)) {
+                    let ((from, id), p) = old;
+                    tracing::warn!(session = %self.session_id, "recording: an unfinished message stored incomplete");
+                    drop(parts);
+                    self.store(from, &id, p.content_type, p.data.freeze(), true);
+                    parts = self.partial.lock();
+                }
             }
             parts.insert(
                 key.clone(),
                 Partial {
+                    opened: std::time::Instant::now(),
                     content_type: ev.content_type.clone(),
                     base: ev.byte_range.start.max(1),
                     data: BytesMut::new(),
@@ -476,8 +491,41 @@ mod tests {
     }
 
     #[test]
+    fn unfinished_messages_give_way_oldest_first() {
+        let (s, dir) = storage("evict");
+        let r = Recorder::new(s.clone(), parties(), "c3".into());
+        // MAX_PARTIAL + 1 messages that never end: the first is stored incomplete when the
+        // last one needs its slot, and the recording goes on.
+        for i in 0..=MAX_PARTIAL {
+            r.on_send(ev(
+                Side::A,
+                &format!("u{i}"),
+                (1, 3, 9),
+                Flag::Continues,
+                b"abc",
+            ));
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
+        r.on_send(ev(Side::A, "done", (1, 2, 2), Flag::Complete, b"ok"));
+        s.shutdown();
+        let s = Storage::open(&dir, Default::default()).unwrap();
+        let msgs = messages(&s, "sip:alice@x", "sip:bob@x");
+        let ids: Vec<&str> = msgs.iter().map(|m| m.message_id.as_str()).collect();
+        assert!(ids.contains(&"u0") && ids.contains(&"done"), "{ids:?}");
+        assert!(!ids.contains(&"u1"), "{ids:?}");
+        let u0 = msgs.iter().find(|m| m.message_id == "u0").unwrap();
+        assert!(
+            u0.content_type.contains(TRUNCATED_PARAM),
+            "{}",
+            u0.content_type
+        );
+        s.shutdown();
+    }
+
+    #[test]
     fn append_caps_and_skips() {
         let mut p = Partial {
+            opened: std::time::Instant::now(),
             content_type: None,
             base: 1,
             data: BytesMut::new(),

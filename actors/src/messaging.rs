@@ -29,7 +29,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use actix::prelude::*;
 use bytes::Bytes;
-use cpm_engine::cpim::CpimMessage;
+use cpm_engine::cpim::{self, CpimMessage};
 use cpm_engine::deferred::{DeferredPolicy, Refusal};
 use cpm_engine::imdn::{self, ImdnRequest};
 use cpm_engine::registrar::Aor;
@@ -819,7 +819,7 @@ fn unreachable(code: u16) -> bool {
 /// The record of a MESSAGE held for `aor` at `now`.
 fn deferred_record(req: &Message, aor: &str, expiry: Duration, now: SystemTime) -> DeferredMessage {
     let request = req.to_bytes();
-    let imdn = imdn_request_of(&request);
+    let imdn = imdn_request_of_message(req);
     let received_at = unix_ms(now);
     DeferredMessage {
         recipient: aor.to_owned(),
@@ -853,13 +853,7 @@ fn imdn_request_of(raw: &Bytes) -> Option<ImdnRequest> {
 
 /// The IMDN request of a SIP MESSAGE with a CPIM body, if it carries one.
 fn imdn_request_of_message(msg: &Message) -> Option<ImdnRequest> {
-    let ct = msg.headers.get(&HeaderName::ContentType)?;
-    let mime = ct.split(|&c| c == b';').next().unwrap_or_default();
-    if !mime.trim_ascii().eq_ignore_ascii_case(b"message/cpim") {
-        return None;
-    }
-    let cpim = CpimMessage::parse(msg.body.clone()).ok()?;
-    ImdnRequest::from_cpim(&cpim).ok()
+    ImdnRequest::from_cpim(&cpim::of_sip(msg)?.ok()?).ok()
 }
 
 /// The header with which a sender asks for a message to be kept in network storage when the
@@ -870,7 +864,12 @@ const STORE_REQUEST_HEADER: &str = "X-CPM-Store";
 /// §6.3) when the message carries one, else one of the server's own made of its Call-ID and
 /// CSeq (stable from relaying to holding to delivering).
 fn message_id(req: &Message) -> String {
-    if let Some(imdn) = imdn_request_of_message(req) {
+    message_id_in(req, cpim::of_sip(req).and_then(Result::ok).as_ref())
+}
+
+/// [`message_id`] of a request whose CPIM envelope (if any) is parsed already.
+fn message_id_in(req: &Message, cpim: Option<&CpimMessage>) -> String {
+    if let Some(imdn) = cpim.and_then(|c| ImdnRequest::from_cpim(c).ok()) {
         return imdn.message_id;
     }
     let call_id = req
@@ -886,7 +885,9 @@ fn message_id(req: &Message) -> String {
 /// ([`STORE_REQUEST_HEADER`]). IMDNs are delivery states, not messages: never stored. The
 /// copy holds the content (the inner one of a CPIM message).
 fn store_copies(shared: &Shared, req: &Message, recipient: &str, state: DeliveryState) {
-    if imdn::relayed_notification(req).is_some() {
+    // The envelope is parsed once: IMDN test, message id and stored content all read it.
+    let envelope = cpim::of_sip(req).and_then(Result::ok);
+    if envelope.as_ref().is_some_and(imdn::is_imdn) {
         return;
     }
     let Some(sender) = req.from().ok().and_then(|f| f.uri.aor()) else {
@@ -909,8 +910,20 @@ fn store_copies(shared: &Shared, req: &Message, recipient: &str, state: Delivery
             StoragePolicy::None => false,
         }
     };
-    let (content_type, body) = content_of(req);
-    let id = message_id(req);
+    let (content_type, body) = match &envelope {
+        Some(c) => (
+            String::from_utf8_lossy(c.content_type()).into_owned(),
+            c.body().clone(),
+        ),
+        None => (
+            req.headers
+                .get(&HeaderName::ContentType)
+                .map(|c| String::from_utf8_lossy(c).into_owned())
+                .unwrap_or_else(|| "text/plain".into()),
+            req.body.clone(),
+        ),
+    };
+    let id = message_id_in(req, envelope.as_ref());
     let time = unix_ms(SystemTime::now());
     let sender_copy =
         routing::is_local_aor(shared, &sender) && sender_verified(shared, req, &sender);
@@ -974,27 +987,6 @@ fn sender_verified(shared: &Shared, req: &Message, sender: &str) -> bool {
         .lookup(&aor, Instant::now())
         .iter()
         .any(|b| b.source == Some(source))
-}
-
-/// The content type and body a stored copy keeps: CPIM's inner ones (RFC 3862), else the SIP
-/// message's.
-fn content_of(req: &Message) -> (String, Bytes) {
-    let outer = req
-        .headers
-        .get(&HeaderName::ContentType)
-        .map(|c| String::from_utf8_lossy(c).into_owned())
-        .unwrap_or_else(|| "text/plain".into());
-    if outer
-        .split(';')
-        .next()
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("message/cpim"))
-    {
-        if let Ok(cpim) = CpimMessage::parse(req.body.clone()) {
-            let inner = String::from_utf8_lossy(cpim.content_type()).into_owned();
-            return (inner, cpim.body().clone());
-        }
-    }
-    (outer, req.body.clone())
 }
 
 /// The charging event of a pager message (CH-x; IMDNs are charged like any message).

@@ -155,7 +155,11 @@ impl Recorder {
         body: Bytes,
         incomplete: bool,
     ) {
-        let (mut ct, body) = unwrap_cpim(content_type, body);
+        let (mut ct, body) = cpm_engine::cpim::unwrap_content(
+            content_type.as_deref(),
+            body,
+            "application/octet-stream",
+        );
         if is_composing(&ct) {
             return; // RFC 3994 state, not a message
         }
@@ -274,20 +278,6 @@ fn append(p: &mut Partial, start: u64, body: &[Bytes]) {
 }
 
 /// The content type and content to store: a `message/cpim` body's inner ones (RFC 3862).
-fn unwrap_cpim(ct: Option<Bytes>, body: Bytes) -> (String, Bytes) {
-    let ct_str = ct
-        .as_deref()
-        .map(|c| String::from_utf8_lossy(c).trim().to_string())
-        .unwrap_or_else(|| "application/octet-stream".into());
-    if mime_is(&ct_str, "message/cpim") {
-        if let Ok(m) = cpm_engine::cpim::CpimMessage::parse(body.clone()) {
-            let inner = String::from_utf8_lossy(m.content_type()).trim().to_string();
-            return (inner, m.body().clone());
-        }
-    }
-    (ct_str, body)
-}
-
 fn mime_is(ct: &str, mime: &str) -> bool {
     ct.split(';')
         .next()
@@ -543,14 +533,9 @@ mod tests {
         assert!(p.incomplete, "a gap");
     }
 
+    /// CPIM unwrapping is `cpm_engine::cpim::unwrap_content`'s (tested there).
     #[test]
-    fn cpim_is_unwrapped() {
-        let body = Bytes::from_static(
-            b"From: <sip:a@x>\r\nTo: <sip:b@x>\r\n\r\nContent-Type: text/plain\r\n\r\nyo",
-        );
-        let (ct, b) = unwrap_cpim(Some(Bytes::from_static(b"message/cpim")), body);
-        assert_eq!(ct, "text/plain");
-        assert_eq!(&b[..], b"yo");
+    fn text_is_kept_inline() {
         assert!(is_text_like("text/plain; charset=utf-8"));
         assert!(!is_text_like("application/octet-stream"));
     }

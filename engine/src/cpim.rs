@@ -213,6 +213,38 @@ impl CpimHeader {
     }
 }
 
+/// Whether a Content-Type value names `message/cpim` (parameters ignored, case-insensitive).
+pub fn is_cpim(content_type: &[u8]) -> bool {
+    let mime = content_type
+        .split(|&c| c == b';')
+        .next()
+        .unwrap_or_default();
+    mime.trim_ascii()
+        .eq_ignore_ascii_case(CPIM_CONTENT_TYPE.as_bytes())
+}
+
+/// The CPIM envelope a SIP request carries (RFC 3862 over RFC 3428): `None` when its
+/// Content-Type is not `message/cpim`, else the parsed body or why it does not parse.
+pub fn of_sip(msg: &crate::sip::Message) -> Option<Result<CpimMessage, CpimError>> {
+    let ct = msg.headers.get(&crate::sip::HeaderName::ContentType)?;
+    is_cpim(ct).then(|| CpimMessage::parse(msg.body.clone()))
+}
+
+/// The content a store keeps of a body of type `content_type`: a CPIM message's inner type
+/// and content (no copy), anything else as it is (`default` when the type is missing).
+pub fn unwrap_content(content_type: Option<&[u8]>, body: Bytes, default: &str) -> (String, Bytes) {
+    let outer = content_type
+        .map(|c| String::from_utf8_lossy(c).trim().to_string())
+        .unwrap_or_else(|| default.to_string());
+    if is_cpim(outer.as_bytes()) {
+        if let Ok(m) = CpimMessage::parse(body.clone()) {
+            let inner = String::from_utf8_lossy(m.content_type()).trim().to_string();
+            return (inner, m.body().clone());
+        }
+    }
+    (outer, body)
+}
+
 /// A parsed `message/cpim` body (RFC 3862 §2): message headers, MIME headers, content.
 #[derive(Debug, Clone)]
 pub struct CpimMessage {

@@ -18,9 +18,9 @@ use quick_xml::events::Event;
 use quick_xml::name::ResolveResult;
 use quick_xml::NsReader;
 
-use crate::cpim::{CpimBuilder, CpimError, CpimMessage, CPIM_CONTENT_TYPE, CPIM_HEADERS_NS};
+use crate::cpim::{CpimBuilder, CpimError, CpimMessage, CPIM_HEADERS_NS};
 use crate::deferred::DeliveryEvent;
-use crate::sip::{HeaderName, Message};
+use crate::sip::Message;
 
 /// The CPIM header namespace of the IMDN headers (RFC 5438 §6, `NS: imdn <urn:ietf:params:imdn>`).
 pub const IMDN_NS: &str = "urn:ietf:params:imdn";
@@ -532,15 +532,7 @@ pub fn notification_in(cpim: &CpimMessage) -> Option<Result<Notification, ImdnEr
 /// `message/imdn+xml`): `None` if it is not one, so the server can update the delivery state
 /// of `message_id` from its `status` ([`Notification::delivery_event`]).
 pub fn relayed_notification(msg: &Message) -> Option<Result<Notification, ImdnError>> {
-    let ct = msg.headers.get(&HeaderName::ContentType)?;
-    let mime = ct.split(|&c| c == b';').next().unwrap_or_default();
-    if !mime
-        .trim_ascii()
-        .eq_ignore_ascii_case(CPIM_CONTENT_TYPE.as_bytes())
-    {
-        return None;
-    }
-    match CpimMessage::parse(msg.body.clone()) {
+    match crate::cpim::of_sip(msg)? {
         Ok(cpim) => notification_in(&cpim),
         Err(e) => Some(Err(e.into())),
     }

@@ -326,12 +326,7 @@ impl LegHandle {
         rtp: SocketAddr,
         rtcp: Option<SocketAddr>,
     ) -> Result<(), Stopped> {
-        self.plane.inner.send(Command::SetPeer {
-            id: self.id,
-            side,
-            rtp,
-            rtcp,
-        })
+        self.control().set_peer(side, rtp, rtcp)
     }
 
     /// The figures now: packet, byte and drop counts at most 100 ms behind while packets flow

@@ -319,3 +319,28 @@ fn name_addr_display() {
     let b = NameAddr::parse(&Bytes::from_static(b"sip:b@x")).unwrap();
     assert_eq!(b.to_string(), "<sip:b@x>");
 }
+
+#[test]
+fn the_envelope_of_a_sip_request_and_its_content() {
+    assert!(super::is_cpim(b"message/cpim"));
+    assert!(super::is_cpim(b" Message/CPIM ; charset=utf-8"));
+    assert!(!super::is_cpim(b"text/plain"));
+    let body = "From: <sip:a@x>\r\nTo: <sip:b@x>\r\n\r\nContent-Type: text/plain\r\n\r\nhi";
+    let sip = |ct: &str| {
+        crate::sip::parse(Bytes::from(format!(
+            "MESSAGE sip:b@x SIP/2.0\r\nContent-Type: {ct}\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )))
+        .unwrap()
+    };
+    let env = super::of_sip(&sip("message/cpim")).unwrap().unwrap();
+    assert_eq!(&env.body()[..], b"hi");
+    assert!(super::of_sip(&sip("text/plain")).is_none());
+    // Stored content: CPIM unwrapped, anything else (or a CPIM that does not parse) as it is.
+    let (ct, b) = super::unwrap_content(Some(b"message/cpim"), Bytes::from(body), "x/y");
+    assert_eq!((ct.as_str(), &b[..]), ("text/plain", &b"hi"[..]));
+    let (ct, b) = super::unwrap_content(Some(b"message/cpim"), Bytes::from_static(b"junk"), "x/y");
+    assert_eq!((ct.as_str(), &b[..]), ("message/cpim", &b"junk"[..]));
+    let (ct, _) = super::unwrap_content(None, Bytes::from_static(b"raw"), "x/y");
+    assert_eq!(ct, "x/y");
+}

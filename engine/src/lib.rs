@@ -19,6 +19,7 @@
 #![forbid(unsafe_code)]
 #![deny(missing_docs)]
 
+pub mod conference;
 pub mod cpim;
 pub mod deferred;
 pub mod hash;

@@ -1,0 +1,1 @@
+//! Filled by the conference work (issue 6).

@@ -22,7 +22,7 @@ use crate::media::{MediaConfig, MediaPlane};
 use crate::metrics::{self, MsrpMetrics, WorkerMetrics};
 use crate::msrp::{MsrpPlane, MsrpSettings};
 use crate::storage::{Storage, StorageOptions};
-use crate::transport::TcpRegistry;
+use crate::transport::{SourceLimits, TcpRegistry};
 
 /// Registrar shards: an AOR's bindings live in shard hash(AOR) mod this.
 const REGISTRAR_SHARDS: usize = 16;
@@ -37,6 +37,8 @@ pub struct Shared {
     pub metrics: Vec<Arc<WorkerMetrics>>,
     /// Open TCP connections.
     pub tcp: TcpRegistry,
+    /// Per-source request rates and TCP connection counts.
+    pub source_limits: Arc<SourceLimits>,
     /// One media plane (RTP relay loop) per worker, index = worker id.
     pub media: Vec<MediaPlane>,
     /// The MSRP relay (`--msrp-listen`).
@@ -149,6 +151,7 @@ impl Shared {
             domains,
             metrics,
             tcp: TcpRegistry::default(),
+            source_limits: SourceLimits::new(config.source_limits()),
             media,
             msrp,
             msrp_metrics,

@@ -236,6 +236,9 @@ impl MessageController {
         txn: &mut TransactionLayer,
     ) -> Result<(), Box<Message>> {
         // Max-Forwards was checked for every forwarded service by the caller (400, 483).
+        if shared.config.test_hooks {
+            fault_hook(shared, req);
+        }
         let aor = routing::local_user(shared, req)?;
         if let Err(refusal) = Self::policy(shared).admit(0, req.body.len()) {
             return Err(Box::new(refused(req, refusal)));
@@ -927,6 +930,26 @@ impl MessageController {
         {
             let _ = self.hold(shared, None, req, aor);
         }
+    }
+}
+
+/// Test-only fault injection (`--test-hooks`): a MESSAGE carrying
+/// `X-Cpm-Test: fail-storage-read=K` makes the storage read after the next `K` fail once.
+fn fault_hook(shared: &Shared, req: &Message) {
+    let hook = req.headers.iter().find_map(|h| match &h.name {
+        HeaderName::Other(n) if n.eq_ignore_ascii_case(b"X-Cpm-Test") => {
+            std::str::from_utf8(&h.value)
+                .ok()?
+                .strip_prefix("fail-storage-read=")?
+                .trim()
+                .parse()
+                .ok()
+        }
+        _ => None,
+    });
+    if let Some(after) = hook {
+        tracing::warn!(after, "test hook: a storage read will fail");
+        shared.storage.fail_reads(after, 1);
     }
 }
 

@@ -190,8 +190,8 @@ impl LargeMessages {
         resp.headers.push(HeaderName::Contact, contact(shared));
         let answer = sdp(shared, &uri, "passive", "*", "recvonly");
         resp.set_body(answer, Some("application/sdp"));
-        let dialog = Dialog::uas(req, &resp, contact(shared))
-            .map_err(|_| refuse(400, "Bad Request"))?;
+        let dialog =
+            Dialog::uas(req, &resp, contact(shared)).map_err(|_| refuse(400, "Bad Request"))?;
         if let Err(e) = txn.respond(id, &resp, now) {
             tracing::debug!(error = %e.reason(), "large-message 200 not sent");
             return Ok(());
@@ -245,7 +245,9 @@ impl LargeMessages {
         for k in idle {
             if let Some(mut s) = self.inbound.remove(&k) {
                 tracing::debug!("large-message session idle: BYE");
-                let bye = s.dialog.request(Method::Bye, self.via(shared, s.reliable, txn));
+                let bye = s
+                    .dialog
+                    .request(Method::Bye, self.via(shared, s.reliable, txn));
                 if let Ok(cid) = txn.send_request(bye, s.dest, s.reliable, now) {
                     self.byes.insert(cid);
                 }
@@ -390,11 +392,18 @@ impl LargeMessages {
         };
         d.dialog = Some(dialog);
         let held = &d.held;
-        let message_id = super::message_id(held);
+        // An MSRP Message-ID is an `ident` of at most 32 characters (RFC 4975 §9): ours is
+        // made from the message's id (an IMDN id or Call-ID/CSeq may hold other characters)
+        // and the row's key, so a resend of the same message gets the same one.
+        let id = super::message_id(held);
+        let h = cpm_engine::hash::fnv1a_extend(
+            cpm_engine::hash::fnv1a(id.as_bytes()),
+            &d.row.id.0.to_be_bytes(),
+        );
         let msg = Outgoing {
             local: d.local_uri.clone(),
             peer_path: path,
-            message_id: Bytes::from(message_id),
+            message_id: Bytes::from(format!("{h:016x}")),
             content_type: held
                 .headers
                 .get(&HeaderName::ContentType)

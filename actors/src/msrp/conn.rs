@@ -119,7 +119,7 @@ enum Binding {
     /// A side of a relay leg.
     Relay(Reader),
     /// A large-message sink (cpmd is the endpoint).
-    Sink(SinkConn),
+    Sink(Box<SinkConn>),
 }
 
 /// Serves one connection: unbound until its first request names one of our URIs (`bound`
@@ -196,20 +196,22 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<(Arc<LegState
                     None => break 'conn,
                 }
             }
-            match reader.as_mut() {
-                Some(Binding::Relay(r)) => r.on_event(ev).await,
-                Some(Binding::Sink(s)) => {
-                    if !s.on_event(ev).await {
-                        break 'conn;
-                    }
+            let open = match reader.as_mut() {
+                Some(Binding::Relay(r)) => {
+                    r.on_event(ev).await;
+                    true
                 }
-                None => {}
+                Some(Binding::Sink(s)) => s.on_event(ev).await,
+                None => true,
+            };
+            if !open {
+                break 'conn;
             }
         }
     }
     match reader {
         Some(Binding::Relay(r)) => r.finish().await,
-        Some(Binding::Sink(s)) => s.finish(),
+        Some(Binding::Sink(s)) => (*s).finish(),
         None => {}
     }
     plane.metrics.connections.fetch_sub(1, Relaxed);
@@ -251,9 +253,9 @@ async fn bind_incoming(
         Some(Bound::Leg(leg, side)) if request && !leg.is_closed() => {
             Some(Binding::Relay(Reader::bind(leg, side, plane, wr.take()?)))
         }
-        Some(Bound::Sink(sink)) if request && !sink.is_closed() => {
-            Some(Binding::Sink(SinkConn::bind(sink, plane, wr.take()?)))
-        }
+        Some(Bound::Sink(sink)) if request && !sink.is_closed() => Some(Binding::Sink(Box::new(
+            SinkConn::bind(sink, plane, wr.take()?),
+        ))),
         _ => {
             tracing::debug!("MSRP connection for no session: 481");
             if let (Some(r), Some(w)) = (answer.filter(|_| request), wr.as_mut()) {

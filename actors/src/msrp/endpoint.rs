@@ -128,7 +128,7 @@ pub(super) fn open_sink(
 enum Cur {
     Idle,
     /// A SEND chunk being joined.
-    Joining(Head),
+    Joining(Box<Head>),
 }
 
 /// The reader of a connection bound to a sink.
@@ -167,7 +167,7 @@ impl SinkConn {
                 true
             }
             Event::End(flag) => match std::mem::replace(&mut self.cur, Cur::Idle) {
-                Cur::Joining(h) => self.on_end(h, flag).await,
+                Cur::Joining(h) => self.on_end(*h, flag).await,
                 Cur::Idle => true,
             },
             Event::Reject(r) => {
@@ -200,7 +200,7 @@ impl SinkConn {
         match method {
             Method::Send if h.has_body => {
                 self.asm.on_head(&h);
-                self.cur = Cur::Joining(h);
+                self.cur = Cur::Joining(Box::new(h));
                 true
             }
             Method::Send => self.respond(&h, 200).await,

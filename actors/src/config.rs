@@ -96,6 +96,15 @@ pub struct Config {
     /// Largest pager-mode MESSAGE body in bytes (`--message-max-size`, large message mode of
     /// RFC 3428 §7 / CPM); larger ones get 413 and are to be sent over MSRP.
     pub message_max_size: usize,
+    /// Largest message taken in large message mode, a one-shot MSRP session to an offline
+    /// user (`--large-message-max`); larger ones get MSRP 413 and are not stored.
+    pub large_message_max: u64,
+    /// An MSRP connection naming none of our sessions within this many seconds is closed
+    /// (`--msrp-bind-timeout`).
+    pub msrp_bind_timeout: u64,
+    /// Storage writes queued at most (`--storage-queue`); beyond, a MESSAGE to hold gets 503.
+    /// 0 refuses every write (a test knob).
+    pub storage_queue: usize,
     /// Bearer tokens of the HTTP API (`--api-tokens`): a file of `user token` lines; with
     /// `--users-file` the API also takes HTTP Digest with the SIP credentials.
     pub api_tokens: Option<PathBuf>,
@@ -170,6 +179,9 @@ impl Default for Config {
             message_expiry: 72 * 3600,
             message_user_cap: 1000,
             message_max_size: 1300,
+            large_message_max: 10 * 1024 * 1024,
+            msrp_bind_timeout: 30,
+            storage_queue: 16_384,
             storage_default: StorageDefault(cpm_engine::store::StoragePolicy::All),
             api_tokens: None,
         }
@@ -327,6 +339,9 @@ const KEYS: &[&str] = &[
     "message-expiry",
     "message-user-cap",
     "message-max-size",
+    "large-message-max",
+    "msrp-bind-timeout",
+    "storage-queue",
     "storage-default",
     "api-tokens",
 ];
@@ -383,6 +398,12 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --message-user-cap N      most MESSAGEs held per user, more get 480 [default: 1000]
   --message-max-size BYTES  largest pager-mode body; larger gets 413 (send it over MSRP,
                             large message mode) [default: 1300]
+  --large-message-max BYTES largest message taken over a one-shot MSRP session for an offline
+                            user (large message mode); larger gets MSRP 413 [default: 10485760]
+  --msrp-bind-timeout SECS  an MSRP connection naming none of our sessions is closed
+                            [default: 30]
+  --storage-queue N         storage writes queued at most; beyond, a MESSAGE to hold gets 503
+                            (0: refuse every write, for tests) [default: 16384]
   --storage-default POLICY  network storage of users who set nothing: all, none, or
                             on-request (X-CPM-Store: yes) [default: all]
   --api-tokens FILE         bearer tokens of the HTTP API /api/v1 (`user token` per line);
@@ -491,6 +512,9 @@ impl Config {
             "message-expiry" => self.message_expiry = parse(key, value)?,
             "message-user-cap" => self.message_user_cap = parse(key, value)?,
             "message-max-size" => self.message_max_size = parse(key, value)?,
+            "large-message-max" => self.large_message_max = parse(key, value)?,
+            "msrp-bind-timeout" => self.msrp_bind_timeout = parse(key, value)?,
+            "storage-queue" => self.storage_queue = parse(key, value)?,
             "storage-default" => self.storage_default = parse(key, value)?,
             "api-tokens" => self.api_tokens = Some(PathBuf::from(value)),
             _ => return Err(ConfigError::UnknownFlag(format!("--{key}"))),

@@ -55,6 +55,9 @@ pub struct Config {
     pub max_contacts_per_aor: usize,
     /// On SIGTERM, how long in-flight transactions may take to finish, in seconds.
     pub shutdown_grace: u64,
+    /// On SIGTERM, how long established sessions may go on before they are ended with a BYE,
+    /// in seconds (`--drain-time`).
+    pub drain_time: u64,
     /// Enables test-only hooks (fault injection). Never in production.
     pub test_hooks: bool,
     /// The address relay sockets are bound on, and that rewritten SDP names (`--media-ip`).
@@ -162,6 +165,7 @@ impl Default for Config {
             default_expires: 3600,
             max_contacts_per_aor: 16,
             shutdown_grace: 5,
+            drain_time: 10,
             test_hooks: false,
             media_ip: IpAddr::from([127, 0, 0, 1]),
             media_ports: PortRange {
@@ -325,6 +329,7 @@ const KEYS: &[&str] = &[
     "default-expires",
     "max-contacts-per-aor",
     "shutdown-grace",
+    "drain-time",
     "test-hooks",
     "media-ip",
     "media-ports",
@@ -376,6 +381,8 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --default-expires SECS    registration expiry when none is asked [default: 3600]
   --max-contacts-per-aor N  contacts per address-of-record [default: 16]
   --shutdown-grace SECS     time for in-flight transactions on SIGTERM [default: 5]
+  --drain-time SECS         on SIGTERM, established sessions may go on this long before
+                            cpmd ends them with a BYE [default: 10]
   --media-ip ADDR           address of the RTP relay sockets [default: 127.0.0.1]
   --media-ports MIN-MAX     UDP ports of the RTP relay [default: 30000-39999]
   --media-timeout SECS      end a session whose media stopped this long, 0 = never [default: 60]
@@ -498,6 +505,7 @@ impl Config {
             "default-expires" => self.default_expires = parse(key, value)?,
             "max-contacts-per-aor" => self.max_contacts_per_aor = parse(key, value)?,
             "shutdown-grace" => self.shutdown_grace = parse(key, value)?,
+            "drain-time" => self.drain_time = parse(key, value)?,
             "test-hooks" => self.test_hooks = parse(key, value)?,
             "media-ip" => self.media_ip = parse(key, value)?,
             "media-ports" => self.media_ports = parse(key, value)?,

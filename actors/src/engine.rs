@@ -6,13 +6,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use actix::Supervisor;
+use actix::{Addr, Supervisor};
 use actix_rt::{Arbiter, System};
 
 use crate::config::Config;
 use crate::shared::Shared;
 use crate::transport::{tcp, udp, Router};
-use crate::worker::{StartIo, Worker};
+use crate::worker::{EndSessions, StartIo, Worker};
 
 /// Signaling messages a worker may have queued before new ones are refused (overload).
 const MAILBOX_CAPACITY: usize = 16 * 1024;
@@ -60,6 +60,7 @@ pub struct EngineHandle {
     shared: Arc<Shared>,
     system: System,
     arbiters: Vec<Arbiter>,
+    workers: Vec<Addr<Worker>>,
     http: actix_web::dev::ServerHandle,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -126,8 +127,13 @@ impl Engine {
                         Ok((server, http_addr)) => {
                             let handle = server.handle();
                             actix_rt::spawn(server);
-                            let _ =
-                                ready_tx.send(Ok((System::current(), arbiters, handle, http_addr)));
+                            let _ = ready_tx.send(Ok((
+                                System::current(),
+                                arbiters,
+                                addrs,
+                                handle,
+                                http_addr,
+                            )));
                         }
                         Err(e) => {
                             let _ = ready_tx.send(Err(bind_err("HTTP", http_listen, e)));
@@ -139,7 +145,7 @@ impl Engine {
             })
             .map_err(|e| StartError::Runtime(e.to_string()))?;
 
-        let (system, arbiters, http, http_addr) = ready_rx
+        let (system, arbiters, workers, http, http_addr) = ready_rx
             .recv()
             .map_err(|_| StartError::Runtime("control thread ended during start".into()))??;
         let handle = EngineHandle {
@@ -148,6 +154,7 @@ impl Engine {
             shared,
             system,
             arbiters,
+            workers,
             http,
             thread: Some(thread),
         };
@@ -215,24 +222,48 @@ impl EngineHandle {
         self.shared.render_metrics()
     }
 
-    /// Graceful shutdown: new requests are refused with 503 at once; requests in flight (a
-    /// MESSAGE waiting for its recipient's answer) get up to `grace` to finish and have their
-    /// final response relayed; then every worker stops and this returns. Transactions that
-    /// only absorb retransmissions of an answer already sent do not hold the shutdown.
-    pub fn shutdown(mut self, grace: Duration) {
+    /// Graceful shutdown: new requests are refused with 503 at once (in-dialog requests of
+    /// live sessions still reach them); established sessions get `drain` to end by themselves,
+    /// then the ones left are ended (BYE to both parties, 503 to a caller still being
+    /// connected); requests in flight (a MESSAGE waiting for its recipient's answer, the BYEs)
+    /// get up to `grace` to finish and have their final response relayed; then every worker
+    /// stops, the charging records and storage are flushed, and this returns. Transactions
+    /// that only absorb retransmissions of an answer already sent do not hold the shutdown.
+    pub fn shutdown(mut self, drain: Duration, grace: Duration) {
         self.shared.start_draining();
-        let deadline = Instant::now() + grace;
-        while self.shared.pending_requests() > 0 && Instant::now() < deadline {
+        let sessions = |shared: &Shared| -> u64 {
+            shared
+                .metrics
+                .iter()
+                .map(|m| m.sessions.load(std::sync::atomic::Ordering::Relaxed))
+                .sum()
+        };
+        let drained = Instant::now() + drain;
+        while sessions(&self.shared) > 0 && Instant::now() < drained {
             std::thread::sleep(Duration::from_millis(10));
         }
-        let left = self.shared.pending_requests();
+        let left = sessions(&self.shared);
         if left > 0 {
+            tracing::info!(sessions = left, "drain time over: ending the sessions left");
+            for w in &self.workers {
+                w.do_send(EndSessions);
+            }
+        }
+        let deadline = Instant::now() + grace;
+        while (self.shared.pending_requests() > 0 || sessions(&self.shared) > 0)
+            && Instant::now() < deadline
+        {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let (left, sessions_left) = (self.shared.pending_requests(), sessions(&self.shared));
+        if left > 0 || sessions_left > 0 {
             tracing::warn!(
                 requests = left,
-                "shutdown grace elapsed with requests in flight"
+                sessions = sessions_left,
+                "shutdown grace elapsed with work in flight"
             );
         }
-        // Give the last relayed responses a moment to leave the workers' sockets.
+        // Give the last relayed responses and BYEs a moment to leave the workers' sockets.
         std::thread::sleep(Duration::from_millis(20));
         self.stop_now();
     }

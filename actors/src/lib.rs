@@ -31,7 +31,8 @@
 //! let engine = Engine::start(config).expect("cpm server starts");
 //! println!("SIP on {}, metrics on http://{}/metrics", engine.sip_addr(), engine.http_addr());
 //! // ... the node runs ...
-//! engine.shutdown(Duration::from_secs(5)); // answers in-flight transactions, then stops
+//! // Sessions get 10 s to end, then a BYE; in-flight transactions 5 s more; then it stops.
+//! engine.shutdown(Duration::from_secs(10), Duration::from_secs(5));
 //! ```
 #![deny(missing_docs)]
 

@@ -84,6 +84,9 @@ pub enum ToSession {
         /// The response.
         response: Message,
     },
+    /// The server is shutting down and its drain time passed: end the session (BYE to both
+    /// parties, or 503 to a caller still being connected).
+    Shutdown,
 }
 
 /// What a session asks its worker to do, in order: the session's [`Action`]s that touch the
@@ -855,6 +858,7 @@ impl Handler<ToSession> for SessionActor {
                 .on_cancel(cancel_tx, Some(invite_tx), request, now),
             ToSession::Ack(ack) => self.session.on_ack(ack, now),
             ToSession::Response { id, response } => self.session.on_response(id, response, now),
+            ToSession::Shutdown => self.session.shutdown(now),
         }
         self.pump(ctx);
     }
@@ -991,6 +995,11 @@ impl SessionTable {
     /// Sessions alive.
     pub fn len(&self) -> usize {
         self.actors.len()
+    }
+
+    /// Every session's actor.
+    pub fn actors(&self) -> impl Iterator<Item = &Addr<SessionActor>> {
+        self.actors.values()
     }
 
     /// No session is alive.

@@ -37,6 +37,25 @@ pub struct StartIo {
     pub router: Router,
 }
 
+/// The server's drain time passed on shutdown: end every session of this worker (BYE to both
+/// parties of an established one, 503 to a caller still being connected).
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct EndSessions;
+
+impl Handler<EndSessions> for Worker {
+    type Result = ();
+    fn handle(&mut self, _: EndSessions, _: &mut Context<Self>) {
+        let n = self.services.sessions.len();
+        if n > 0 {
+            tracing::info!(worker = self.id, sessions = n, "ending the sessions left");
+        }
+        for actor in self.services.sessions.actors() {
+            actor.do_send(crate::session::ToSession::Shutdown);
+        }
+    }
+}
+
 /// A send the worker's transport accepted failed later (a TCP connection could not be opened):
 /// the transaction is told at once (RFC 3261 §8.1.3.1: its TU sees a 503).
 #[derive(Message)]

@@ -593,7 +593,7 @@ fn the_engine_runs_one_media_plane_per_worker_and_reports_it() {
     leg.close().wait().expect("closed");
     assert!(engine.metrics_text().contains("cpm_media_legs 0\n"));
     let data_dir = engine.shared().config.data_dir.clone();
-    engine.shutdown(Duration::from_millis(100));
+    engine.shutdown(Duration::ZERO, Duration::from_millis(100));
     let _ = std::fs::remove_dir_all(data_dir);
 }
 

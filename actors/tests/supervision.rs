@@ -150,5 +150,5 @@ fn a_panicking_worker_is_restarted_and_the_other_worker_goes_on() {
         carol.recv(Duration::from_secs(5)).and_then(|m| m.status()),
         Some(200)
     );
-    engine.shutdown(Duration::from_secs(1));
+    engine.shutdown(Duration::ZERO, Duration::from_secs(1));
 }

@@ -1485,3 +1485,55 @@ fn a_panicking_session_releases_its_media_and_others_go_on() {
     other.bye_from_alice(&mut alice, &mut bob);
     assert_released(&cpmd);
 }
+
+// ---- graceful shutdown (issue 7) -------------------------------------------------------------
+
+/// SIGTERM: established calls go on for `--drain-time` (media included) while new calls get
+/// 503; then cpmd ends them with a BYE to both parties, writes their stop records and exits 0.
+#[test]
+fn sigterm_drains_then_ends_sessions_with_bye() {
+    let (mut cpmd, mut alice, mut bob) = start(&["--drain-time", "1"]);
+    let mut carol = registered(&cpmd, "carol");
+    let mut call = Call::setup(&cpmd, &mut alice, &mut bob);
+    let since = Instant::now();
+    cpmd.terminate();
+    call.talk(5);
+    let c_rtp = RtpEndpoint::bind();
+    let req = invite(&mut carol, &[Stream::audio(c_rtp.port())]);
+    let resp = expect_response(&mut carol, &req, 200..=699);
+    assert_status(&resp, 503);
+    carol.ack(&req, &resp);
+    expect_byes_from_cpmd(
+        &call,
+        &mut alice,
+        &mut bob,
+        since,
+        Duration::from_millis(900),
+        Duration::from_secs(4),
+    );
+    let status = cpmd.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    let stop = cpmd.wait_cdr(call.call_id(), "stop", WAIT);
+    assert_eq!(stop["end_reason"], "shutdown", "{stop}");
+}
+
+/// A call that ends by itself during the drain time lets cpmd exit at once, without waiting
+/// for the rest of the drain time.
+#[test]
+fn sigterm_exits_when_the_last_call_ends() {
+    let (mut cpmd, mut alice, mut bob) = start(&["--drain-time", "30"]);
+    let mut call = Call::setup(&cpmd, &mut alice, &mut bob);
+    cpmd.terminate();
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(cpmd.is_running(), "cpmd exited with a call up");
+    let hung_up = Instant::now();
+    call.bye_from_alice(&mut alice, &mut bob);
+    let status = cpmd.wait_exit(Duration::from_secs(8));
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+    assert!(
+        hung_up.elapsed() < Duration::from_secs(8),
+        "cpmd waited for the drain time"
+    );
+    let stop = cpmd.wait_cdr(call.call_id(), "stop", WAIT);
+    assert_eq!(stop["end_reason"], "bye-caller", "{stop}");
+}

@@ -36,6 +36,7 @@ fn main() {
         }
     };
     let grace = Duration::from_secs(config.shutdown_grace);
+    let drain = Duration::from_secs(config.drain_time);
     let engine = match Engine::start(config) {
         Ok(e) => e,
         Err(e) => {
@@ -52,5 +53,5 @@ fn main() {
     if let Some(sig) = signals.forever().next() {
         tracing::info!(signal = sig, "shutting down");
     }
-    engine.shutdown(grace);
+    engine.shutdown(drain, grace);
 }

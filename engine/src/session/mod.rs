@@ -195,6 +195,9 @@ pub enum EndReason {
     /// The session's runtime stopped it from outside the state machine (its actor failed or
     /// the server stopped).
     Aborted,
+    /// The server is shutting down: its drain time passed with the session still up, so it
+    /// ended it (BYE to both parties, or 503 to a caller still being connected).
+    Shutdown,
 }
 
 impl EndReason {
@@ -213,6 +216,7 @@ impl EndReason {
             EndReason::PeerGone(Side::A) => "caller-gone",
             EndReason::PeerGone(Side::B) => "callee-gone",
             EndReason::Aborted => "aborted",
+            EndReason::Shutdown => "shutdown",
         }
     }
 }

@@ -1287,6 +1287,44 @@ fn media_inactivity_ends_with_bye_both() {
 }
 
 #[test]
+fn shutdown_ends_a_connected_session_with_bye_both() {
+    let (mut h, _a, _b, _) = H::connect("");
+    h.at(30.0);
+    h.s.shutdown(h.now);
+    let out = h.drain();
+    let byes = requests(&out);
+    assert_eq!(byes.len(), 2);
+    assert_eq!(
+        (byes[0].1, byes[1].1),
+        (Side::A, Side::B),
+        "a BYE to each side"
+    );
+    assert!(byes.iter().all(|b| b.2.method() == Some(&Method::Bye)));
+    assert_eq!(ended(&out), Some(EndReason::Shutdown));
+    assert_eq!(charging(&out)[0].end_reason, Some(EndReason::Shutdown));
+    assert!(
+        !matches!(timer_of(&out), Some(Some(_))),
+        "no timer left armed"
+    );
+    // Once over, shutting down again does nothing.
+    h.s.shutdown(h.now);
+    assert!(h.drain().is_empty());
+}
+
+#[test]
+fn shutdown_during_setup_answers_503_and_cancels() {
+    let (mut h, out) = H::start("", Some(OFFER), 1);
+    let (id, inv) = single_request(&out);
+    h.response(id, b_resp(&inv, 180, "b1", None));
+    h.s.shutdown(h.now);
+    let out = h.drain();
+    assert_eq!(status(&response_on(&out, A_TX).unwrap()), 503);
+    assert_eq!(cancels(&out), vec![id]);
+    let out = h.response(id, b_resp(&inv, 487, "b1", None));
+    assert_eq!(ended(&out), Some(EndReason::Shutdown));
+}
+
+#[test]
 fn interim_records_on_demand() {
     let (mut h, _a, _b, _) = H::connect("");
     h.at(300.0);

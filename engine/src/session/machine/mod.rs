@@ -429,6 +429,23 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         self.rearm();
     }
 
+    /// The server is shutting down: a connected session is ended with a BYE to both sides
+    /// (deferred while a 2xx waits for its ACK, as any BYE); one still being set up answers A
+    /// 503 and cancels its branches (RFC 3261 §21.5.4).
+    pub fn shutdown(&mut self, now: Instant) {
+        match self.phase {
+            Phase::Setup => self.abort_setup(
+                EndReason::Shutdown,
+                503,
+                "Service Unavailable (Shutting Down)",
+                now,
+            ),
+            Phase::Connected => self.terminate(EndReason::Shutdown, &[Side::A, Side::B], now),
+            Phase::Ending | Phase::Ended => {}
+        }
+        self.rearm();
+    }
+
     /// Produces an interim charging record now (the actor's configurable interval).
     pub fn interim(&mut self, now: Instant) {
         if self.phase == Phase::Connected {

@@ -143,6 +143,27 @@ pub struct JitterStats {
     pub target: Duration,
 }
 
+/// A played frame before decoding (see [`JitterBuffer::pop_encoded`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Playout<'a> {
+    /// The encoded payload of a received packet.
+    Audio(&'a [u8]),
+    /// A concealment frame, decoded.
+    Concealed(&'a Frame),
+    /// Silence.
+    Silence,
+}
+
+/// What [`JitterBuffer::play`] produced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Step {
+    /// The payload at `last_played`.
+    Audio,
+    /// Concealment in `out`.
+    Concealed,
+    Silence,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
     /// No packet yet.
@@ -195,7 +216,9 @@ pub struct JitterBuffer {
     /// (seq, ts) of the last far-away packet, which the next in sequence confirms.
     candidate: Option<(SeqNo, u32)>,
     concealed_run: u8,
-    last_audio: [i16; FRAME_SAMPLES],
+    /// The slot holding the payload of the last frame played (the concealment source); slot
+    /// `capacity` is a spare that keeps it when a new packet takes its slot.
+    last_played: Option<usize>,
     out: Frame,
     stats: JitterStats,
 }
@@ -213,7 +236,7 @@ impl JitterBuffer {
             jitter_factor: config.jitter_factor,
             plc_frames: config.plc_frames,
             slots: vec![Slot::default(); capacity],
-            payloads: vec![0; capacity * codec.frame_bytes()],
+            payloads: vec![0; (capacity + 1) * codec.frame_bytes()],
             state: State::Idle,
             epoch: None,
             next_ts: 0,
@@ -230,7 +253,7 @@ impl JitterBuffer {
             window_packets: 0,
             candidate: None,
             concealed_run: u8::MAX,
-            last_audio: [0; FRAME_SAMPLES],
+            last_played: None,
             out: Frame::SILENCE,
             stats: JitterStats::default(),
         }
@@ -398,6 +421,12 @@ impl JitterBuffer {
         }
         *slot = Slot { ts, filled: true };
         let size = payload.len();
+        if self.last_played == Some(index) {
+            let spare = self.slots.len();
+            self.payloads
+                .copy_within(index * size..(index + 1) * size, spare * size);
+            self.last_played = Some(spare);
+        }
         self.payloads[index * size..(index + 1) * size].copy_from_slice(payload);
         self.stored += 1;
         self.stats.received += 1;
@@ -419,11 +448,46 @@ impl JitterBuffer {
         PushOutcome::Stored
     }
 
-    /// Playout: the next 20 ms at time `now` (call once per mixer tick).
+    /// Playout: the next 20 ms at time `now` (call once per mixer tick), decoded.
     pub fn pop(&mut self, now: Instant) -> &Frame {
+        match self.play(now) {
+            Step::Audio => {
+                let payload = self.last_payload();
+                let mut samples = [0; FRAME_SAMPLES];
+                self.codec.decode(payload, &mut samples);
+                self.out.samples = samples;
+                self.out.kind = FrameKind::Audio;
+            }
+            Step::Concealed => {}
+            Step::Silence => {
+                if self.out.kind != FrameKind::Silence {
+                    self.out = Frame::SILENCE;
+                }
+            }
+        }
+        &self.out
+    }
+
+    /// Like [`Self::pop`], but an audio frame comes out still encoded, so that a caller that
+    /// only needs its energy (e.g. with [`Codec::mean_square`]) need not decode it.
+    pub fn pop_encoded(&mut self, now: Instant) -> Playout<'_> {
+        match self.play(now) {
+            Step::Audio => Playout::Audio(self.last_payload()),
+            Step::Concealed => Playout::Concealed(&self.out),
+            Step::Silence => Playout::Silence,
+        }
+    }
+
+    fn last_payload(&self) -> &[u8] {
+        let size = self.codec.frame_bytes();
+        let i = self.last_played.unwrap_or(0);
+        &self.payloads[i * size..(i + 1) * size]
+    }
+
+    fn play(&mut self, now: Instant) -> Step {
         let now = self.units(now);
         match self.state {
-            State::Idle | State::Underrun => return self.silence(),
+            State::Idle | State::Underrun => return Step::Silence,
             State::Buffering { start_at } if now < start_at => return self.conceal(),
             State::Buffering { .. } => self.state = State::Playing,
             State::Playing => {}
@@ -451,20 +515,16 @@ impl JitterBuffer {
         }
         let slot = self.slots[self.head];
         if slot.filled && slot.ts == self.next_ts {
-            let size = self.codec.frame_bytes();
-            let payload = &self.payloads[self.head * size..(self.head + 1) * size];
-            self.codec.decode(payload, &mut self.out.samples);
-            self.out.kind = FrameKind::Audio;
-            self.last_audio = self.out.samples;
+            self.last_played = Some(self.head);
             self.concealed_run = 0;
             self.advance();
             self.played |= 1;
-            return &self.out;
+            return Step::Audio;
         }
         self.advance();
         if self.stored == 0 && self.concealed_run >= self.plc_frames {
             self.state = State::Underrun;
-            return self.silence();
+            return Step::Silence;
         }
         self.stats.concealed += 1;
         self.conceal()
@@ -482,34 +542,26 @@ impl JitterBuffer {
         self.played <<= 1;
     }
 
-    fn silence(&mut self) -> &Frame {
-        self.out = Frame::SILENCE;
-        &self.out
-    }
-
-    /// The last audio frame repeated with a falling gain, or silence once it has faded out.
-    fn conceal(&mut self) -> &Frame {
+    /// The last audio frame repeated with a falling gain into `out`, or silence once it has
+    /// faded out.
+    fn conceal(&mut self) -> Step {
         let plc = u32::from(self.plc_frames);
         let run = u32::from(self.concealed_run);
-        if run >= plc {
-            return self.silence();
+        if run >= plc || self.last_played.is_none() {
+            return Step::Silence;
         }
+        let mut last = [0; FRAME_SAMPLES];
+        self.codec.decode(self.last_payload(), &mut last);
         // Gain from (plc - run)/plc to (plc - run - 1)/plc across the frame, in 1/2^15.
         let total = (plc * FRAME_TS) as i32;
         let start = ((plc - run) * FRAME_TS) as i32;
-        for (i, (o, &s)) in self
-            .out
-            .samples
-            .iter_mut()
-            .zip(&self.last_audio)
-            .enumerate()
-        {
+        for (i, (o, &s)) in self.out.samples.iter_mut().zip(&last).enumerate() {
             let gain = ((start - i as i32) << 15) / total;
             *o = ((i32::from(s) * gain) >> 15) as i16;
         }
         self.out.kind = FrameKind::Concealed;
         self.concealed_run = self.concealed_run.saturating_add(1);
-        &self.out
+        Step::Concealed
     }
 
     /// Counters and current estimates.
@@ -699,8 +751,21 @@ mod tests {
         assert!((6_600..6_700).contains(&gains[1].1) && (3_300..3_400).contains(&gains[1].2));
         assert!((3_300..3_400).contains(&gains[2].1) && gains[2].2 < 100);
         assert_eq!(gains[3], (FrameKind::Silence, 0, 0));
-        // Each step within a frame is small: no click.
         assert_eq!(jb.stats().concealed, 3);
+    }
+
+    #[test]
+    fn the_concealment_source_survives_its_slot_being_reused() {
+        let mut jb = JitterBuffer::new(Codec::L16, &JitterConfig::default());
+        let t0 = Instant::now();
+        let l16 = |v: i16| -> Vec<u8> { [v; 160].iter().flat_map(|s| s.to_be_bytes()).collect() };
+        jb.push(0, 0, false, &l16(10_000), t0);
+        assert_eq!(jb.pop(t0 + 20 * MS).samples[0], 10_000);
+        // Frame 16 lands in the slot frame 0 was played from; frame 1 is missing.
+        let outcome = jb.push(16, 16 * FRAME_TS, false, &l16(-5), t0 + 21 * MS);
+        assert_eq!(outcome, PushOutcome::Stored);
+        let f = jb.pop(t0 + 40 * MS);
+        assert_eq!((f.kind, f.samples[0]), (FrameKind::Concealed, 10_000));
     }
 
     #[test]

@@ -21,11 +21,12 @@
 //! is cheaper than a second buffer per datagram in the sender's batched I/O.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::jitter::{FrameKind, JitterBuffer, JitterConfig, JitterStats, PushOutcome};
+use super::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout, PushOutcome};
 use super::talker::{dbov, mean_square, TalkerConfig, TalkerDetector};
 use super::{Codec, ParticipantId, FRAME_SAMPLES};
 use crate::rtp::FIXED_HEADER_LEN;
@@ -147,7 +148,7 @@ struct Participant {
 pub struct Mixer {
     config: MixerConfig,
     parts: Vec<Participant>,
-    index: HashMap<ParticipantId, usize>,
+    index: HashMap<ParticipantId, usize, BuildHasherDefault<IdHasher>>,
     /// The samples each contributor put into the mix this tick (after any fade).
     contributions: Vec<[i16; FRAME_SAMPLES]>,
     total: [i32; FRAME_SAMPLES],
@@ -165,7 +166,7 @@ impl Mixer {
         Mixer {
             config,
             parts: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             contributions: Vec::new(),
             total: [0; FRAME_SAMPLES],
             mix: [0; FRAME_SAMPLES],
@@ -318,17 +319,26 @@ impl Mixer {
         self.total = [0; FRAME_SAMPLES];
         let mut loudest: Option<(ParticipantId, u32)> = None;
         for p in &mut self.parts {
-            let frame = p.jb.pop(now);
-            let energy = match frame.kind {
-                FrameKind::Silence => 0,
-                FrameKind::Audio | FrameKind::Concealed => mean_square(&frame.samples),
+            // Non-talkers' frames are only measured, never decoded.
+            let played = p.jb.pop_encoded(now);
+            let energy = match played {
+                Playout::Silence => 0,
+                Playout::Audio(payload) => p.codec.mean_square(payload),
+                Playout::Concealed(frame) => mean_square(&frame.samples),
             };
             let talking = p.talk.update(energy);
             p.level = p.level - p.level / 4 + energy / 4;
             let wanted = talking && !p.muted && !p.leaving;
             p.contribution = None;
             if wanted || p.mixed {
-                let mut samples = frame.samples;
+                let mut samples = [0; FRAME_SAMPLES];
+                match played {
+                    Playout::Audio(payload) => {
+                        p.codec.decode(payload, &mut samples);
+                    }
+                    Playout::Concealed(frame) => samples = frame.samples,
+                    Playout::Silence => {}
+                }
                 if wanted != p.mixed {
                     fade(&mut samples, wanted);
                 }
@@ -426,6 +436,31 @@ impl Mixer {
                 minus_own,
             });
         }
+    }
+}
+
+/// A multiplicative hash for participant ids, which the conference picks (not the network), so
+/// SipHash's flooding resistance is not needed on this per-packet lookup.
+#[derive(Debug, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 << 8 | u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     }
 }
 

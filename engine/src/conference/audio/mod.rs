@@ -31,7 +31,7 @@ pub mod tone;
 use std::time::Duration;
 
 pub use codec::{Codec, CodecError};
-pub use jitter::{Frame, FrameKind, JitterBuffer, JitterConfig, JitterStats, PushOutcome};
+pub use jitter::{Frame, FrameKind, JitterBuffer, JitterConfig, JitterStats, Playout, PushOutcome};
 pub use mixer::{Mixer, MixerConfig, MixerError, OutPacket, ParticipantStats, TickOutput};
 pub use talker::{TalkerConfig, TalkerDetector};
 

@@ -1,7 +1,8 @@
 //! The mix-minus audio mixer of one conference (issue 6, "Media in conferences").
 //!
 //! At each 20 ms [`Mixer::tick`]:
-//! 1. every participant's jitter buffer plays one frame, whose energy feeds its talker detector;
+//! 1. every participant's jitter buffer plays one frame, whose energy feeds its talker detector
+//!    (G.711 energy is read from the codes through a table: a frame is decoded only if mixed);
 //! 2. the frames of the talkers (talking and not muted) are summed in `i32`, then clamped to
 //!    `i16` once: only talkers are summed, so a conference of 1,000 with 3 talkers costs 3
 //!    frame sums;

@@ -19,7 +19,7 @@
 //! its ports go back to the pool.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -27,8 +27,8 @@ use std::time::{Duration, Instant, SystemTime};
 use actix::prelude::*;
 use bytes::Bytes;
 use cpm_engine::media::{
-    LegChange, MediaConfig as SdpConfig, MediaKind, MediaReject, MediaSession, PortPool, SdpRelay,
-    Side, StreamId,
+    LegChange, LocalPorts, MediaConfig as SdpConfig, MediaKind, MediaReject, MediaSession,
+    PortPool, SdpRelay, Side, StreamId,
 };
 use cpm_engine::session::{
     Action, ChargingKind, ChargingRecord, EndReason, FlowCounters, LegUsage, MsrpUsage, NoPolicy,
@@ -41,7 +41,8 @@ use futures_util::FutureExt;
 
 use crate::charging::{Cdr, ChargingWriter};
 use crate::media::{
-    LegHandle, LegSpec, LegStats, MediaInactive, MediaPlane, OpenError, RelayLeg, SidePorts,
+    BoundLeg, LegHandle, LegSpec, LegStats, MediaInactive, MediaPlane, OpenError, RelayLeg,
+    SidePorts,
 };
 use crate::record::{History, Parties, Recorder};
 
@@ -131,10 +132,106 @@ fn is_panic_hook(req: &Message) -> bool {
     })
 }
 
-/// The media side of one session: the engine's SDP relay over the worker's pool.
+/// How many times an offer is planned again when a port it picked cannot be bound (another
+/// process holds it): each failed port is kept out of the pool for a round.
+const BIND_ATTEMPTS: usize = 4;
+
+/// The media side of one session: the engine's SDP relay over the worker's pool. The ports of
+/// every new leg are bound while the offer is made, before the SDP naming them is sent: a port
+/// another process holds is marked unusable and the offer planned again on other ports.
 struct MediaRelay {
     media: MediaSession,
     pool: Rc<RefCell<PortPool>>,
+    plane: MediaPlane,
+    /// The engine's leg changes, in order, taken out of `media` after each step.
+    changes: VecDeque<LegChange>,
+    /// Legs bound by an offer, started when their `Open` is applied.
+    bound: Vec<(StreamId, BoundLeg)>,
+}
+
+impl MediaRelay {
+    /// The next change for the user plane, with the sockets bound for it when it opens a leg.
+    fn poll_change(&mut self) -> Option<(LegChange, Option<BoundLeg>)> {
+        self.take_changes();
+        let change = self.changes.pop_front()?;
+        let bound = match &change {
+            LegChange::Open { stream, .. } => self
+                .bound
+                .iter()
+                .position(|(s, _)| s == stream)
+                .map(|i| self.bound.swap_remove(i).1),
+            _ => None,
+        };
+        Some((change, bound))
+    }
+
+    /// Ends the media: every port back to the pool, no change left to apply.
+    fn release_all(&mut self) {
+        self.media.release_all(&mut self.pool.borrow_mut());
+        while self.media.poll_change().is_some() {}
+        self.changes.clear();
+        self.bound.clear();
+    }
+
+    fn take_changes(&mut self) {
+        while let Some(c) = self.media.poll_change() {
+            self.changes.push_back(c);
+        }
+    }
+
+    /// Binds the legs the changes from `from` on open. On a bind failure, the port is marked
+    /// unusable and the legs bound here are closed again.
+    fn bind_new_legs(&mut self, from: usize) -> Result<(), OpenError> {
+        let first_bound = self.bound.len();
+        let opens = self.changes.range(from..).filter_map(|c| match c {
+            LegChange::Open {
+                stream,
+                kind,
+                a_facing,
+                b_facing,
+                ..
+            } => Some((*stream, leg_spec(*kind, a_facing, b_facing))),
+            _ => None,
+        });
+        let mut result = Ok(());
+        let mut bound = Vec::new();
+        for (stream, spec) in opens {
+            match self.plane.bind_leg(&spec) {
+                Ok(leg) => bound.push((stream, leg)),
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        match result {
+            Ok(()) => self.bound.extend(bound),
+            Err(OpenError::Bind { port, .. }) => {
+                self.pool.borrow_mut().mark_unusable(port);
+                self.bound.truncate(first_bound);
+            }
+            Err(_) => {}
+        }
+        result
+    }
+}
+
+/// The sockets a leg of `kind` needs on the given ports.
+fn leg_spec(kind: MediaKind, a: &LocalPorts, b: &LocalPorts) -> LegSpec {
+    LegSpec {
+        a: SidePorts {
+            rtp: a.rtp,
+            rtcp: a.rtcp,
+        },
+        b: SidePorts {
+            rtp: b.rtp,
+            rtcp: b.rtcp,
+        },
+        clock_rate: match kind {
+            MediaKind::Video => 90_000,
+            _ => 8_000,
+        },
+    }
 }
 
 /// However the session ends (its actor stopping, or unwinding from a panic), its ports go back
@@ -150,18 +247,43 @@ impl Drop for MediaRelay {
 
 impl SdpRelay for MediaRelay {
     fn offer(&mut self, from: Side, sdp: &Bytes) -> Result<Bytes, MediaReject> {
-        let r = self.media.offer(&mut self.pool.borrow_mut(), from, sdp);
-        if let Err(e) = &r {
-            if e.status == 503 {
-                let pool = self.pool.borrow();
-                tracing::warn!(
-                    in_use = pool.in_use(),
-                    capacity = pool.capacity(),
-                    "media ports exhausted: session refused with 503"
-                );
+        self.take_changes();
+        let mark = self.changes.len();
+        let mut attempts = 0;
+        loop {
+            let r = self.media.offer(&mut self.pool.borrow_mut(), from, sdp);
+            if let Err(e) = &r {
+                if e.status == 503 {
+                    let pool = self.pool.borrow();
+                    tracing::warn!(
+                        in_use = pool.in_use(),
+                        capacity = pool.capacity(),
+                        "media ports exhausted: session refused with 503"
+                    );
+                }
+                return r;
+            }
+            self.take_changes();
+            match self.bind_new_legs(mark) {
+                Ok(()) => return r,
+                Err(e) => {
+                    // Back to the state before this offer: its changes never reach the user
+                    // plane, nor do the rollback's.
+                    self.changes.truncate(mark);
+                    self.media.rollback(&mut self.pool.borrow_mut());
+                    while self.media.poll_change().is_some() {}
+                    attempts += 1;
+                    tracing::warn!(error = %e, attempts, "media port not bindable: offer planned again");
+                    if attempts == BIND_ATTEMPTS || !matches!(e, OpenError::Bind { .. }) {
+                        return Err(MediaReject {
+                            status: 503,
+                            reason: "Media Ports Unavailable".into(),
+                            retry_after: Some(self.media.config().retry_after),
+                        });
+                    }
+                }
             }
         }
-        r
     }
 
     fn answer(&mut self, from: Side, sdp: &Bytes) -> Result<Bytes, MediaReject> {
@@ -253,6 +375,9 @@ impl SessionActor {
         let relay = MediaRelay {
             media: MediaSession::new(env.sdp.clone()),
             pool: env.pool.clone(),
+            plane: env.plane.clone(),
+            changes: VecDeque::new(),
+            bound: Vec::new(),
         };
         let parties = env
             .shared
@@ -387,11 +512,7 @@ impl SessionActor {
     }
 
     fn close_legs(&mut self, ctx: &mut Context<Self>) {
-        self.session
-            .relay_mut()
-            .media
-            .release_all(&mut self.env.pool.borrow_mut());
-        while self.session.relay_mut().media.poll_change().is_some() {}
+        self.session.relay_mut().release_all();
         let msrp_usage: Vec<LegUsage> = self.msrp_usage();
         self.msrp.clear();
         let closes = self.legs.drain().map(|(stream, leg)| {
@@ -417,7 +538,7 @@ impl SessionActor {
 
     /// Applies the media session's leg changes to the user plane.
     fn apply_media(&mut self, ctx: &mut Context<Self>) {
-        while let Some(change) = self.session.relay_mut().media.poll_change() {
+        while let Some((change, bound)) = self.session.relay_mut().poll_change() {
             match change {
                 LegChange::Open {
                     stream,
@@ -426,21 +547,14 @@ impl SessionActor {
                     b_facing,
                     ..
                 } => {
-                    let spec = LegSpec {
-                        a: SidePorts {
-                            rtp: a_facing.rtp,
-                            rtcp: a_facing.rtcp,
-                        },
-                        b: SidePorts {
-                            rtp: b_facing.rtp,
-                            rtcp: b_facing.rtcp,
-                        },
-                        clock_rate: match kind {
-                            MediaKind::Video => 90_000,
-                            _ => 8_000,
-                        },
+                    let opened = match bound {
+                        Some(leg) => self.env.plane.start_leg(leg),
+                        None => self
+                            .env
+                            .plane
+                            .open_leg(&leg_spec(kind, &a_facing, &b_facing)),
                     };
-                    match self.env.plane.open_leg(&spec) {
+                    match opened {
                         Ok(handle) => self.add_leg(stream, kind, handle, ctx),
                         Err(e) => {
                             // The SDP naming these ports is being sent: the stream will carry
@@ -530,12 +644,8 @@ impl SessionActor {
 
     /// Returns every port and stops every leg (their sockets close).
     fn release_media(&mut self) {
-        self.session
-            .relay_mut()
-            .media
-            .release_all(&mut self.env.pool.borrow_mut());
-        // The Close events of release_all, and any leg left: stop them all.
-        while self.session.relay_mut().media.poll_change().is_some() {}
+        // The Close events of release_all are dropped: every leg left is stopped here.
+        self.session.relay_mut().release_all();
         self.msrp.clear();
         for (_, leg) in self.legs.drain() {
             leg.actor.do_send(crate::media::Close);

@@ -1220,6 +1220,35 @@ fn exhausted_port_pool_is_503() {
     assert_released(&cpmd);
 }
 
+/// A relay port another process holds is found while the offer is made, before any SDP names
+/// it: the offer is planned again on other ports and the call carries media; the held port is
+/// never offered.
+#[test]
+fn busy_relay_port_is_skipped_before_the_offer() {
+    let cpmd = Cpmd::builder()
+        .media_ports(8)
+        .args(&["--workers", "1"])
+        .spawn();
+    let ports = cpmd.media_ports();
+    let squatter = std::net::UdpSocket::bind(("127.0.0.1", *ports.start()))
+        .expect("hold the first relay port");
+    let mut bob = registered(&cpmd, "bob");
+    let mut alice = registered(&cpmd, "alice");
+    let mut call = Call::setup(&cpmd, &mut alice, &mut bob);
+    for port in [call.a_facing.port(), call.b_facing.port()] {
+        assert_ne!(port, *ports.start(), "the held port was offered");
+    }
+    call.talk(5);
+    assert!(
+        cpmd.log().contains("offer planned again"),
+        "no log line for the busy port:\n{}",
+        cpmd.log()
+    );
+    call.bye_from_alice(&mut alice, &mut bob);
+    assert_released(&cpmd);
+    drop(squatter);
+}
+
 /// A second INVITE with the Call-ID of a session alive but a new From tag is a new dialog
 /// (RFC 3261 §12: a dialog is Call-ID plus both tags): it is a call of its own.
 ///

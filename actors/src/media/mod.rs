@@ -72,7 +72,8 @@ use std::fmt;
 
 pub use actor::{Close, GetStats, MediaInactive, RelayLeg, SetPeer, Snapshot};
 pub use plane::{
-    LegControl, LegHandle, LegStatsReader, MediaConfig, MediaPlane, OpenError, Reply, Stopped,
+    BoundLeg, LegControl, LegHandle, LegStatsReader, MediaConfig, MediaPlane, OpenError, Reply,
+    Stopped,
 };
 pub use relay_loop::MAX_BATCHES_PER_TURN;
 pub use stats::{DirStats, DropReason, LegStats, RtpStats};

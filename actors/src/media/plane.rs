@@ -234,6 +234,13 @@ impl MediaPlane {
     /// starts relaying at once. On a bind failure the sockets already bound are closed and the
     /// port that failed is named, so the caller can pick another.
     pub fn open_leg(&self, spec: &LegSpec) -> Result<LegHandle, OpenError> {
+        self.start_leg(self.bind_leg(spec)?)
+    }
+
+    /// Binds the leg's ports on the media address without starting it, so a caller can learn
+    /// that a port is taken before it names the port in SDP. On a bind failure the sockets
+    /// already bound are closed and the port that failed is named.
+    pub fn bind_leg(&self, spec: &LegSpec) -> Result<BoundLeg, OpenError> {
         let socket_config = self.inner.config.socket_config();
         let ip = self.inner.config.ip;
         let bind = |port: u16| {
@@ -247,14 +254,27 @@ impl MediaPlane {
         let (a_rtp, b_rtp) = (bind(spec.a.rtp)?, bind(spec.b.rtp)?);
         let a_rtcp = spec.a.rtcp.map(bind).transpose()?;
         let b_rtcp = spec.b.rtcp.map(bind).transpose()?;
-        let rtp = [a_rtp.1, b_rtp.1];
-        let rtcp = [a_rtcp.as_ref().map(|s| s.1), b_rtcp.as_ref().map(|s| s.1)];
-        let sockets = [
-            Some(a_rtp.0),
-            a_rtcp.map(|s| s.0),
-            Some(b_rtp.0),
-            b_rtcp.map(|s| s.0),
-        ];
+        Ok(BoundLeg {
+            rtp: [a_rtp.1, b_rtp.1],
+            rtcp: [a_rtcp.as_ref().map(|s| s.1), b_rtcp.as_ref().map(|s| s.1)],
+            sockets: [
+                Some(a_rtp.0),
+                a_rtcp.map(|s| s.0),
+                Some(b_rtp.0),
+                b_rtcp.map(|s| s.0),
+            ],
+            clock_rate: spec.clock_rate,
+        })
+    }
+
+    /// Hands a bound leg's sockets to the loop, which starts relaying at once.
+    pub fn start_leg(&self, leg: BoundLeg) -> Result<LegHandle, OpenError> {
+        let BoundLeg {
+            rtp,
+            rtcp,
+            sockets,
+            clock_rate,
+        } = leg;
         let id = LegId(NEXT_LEG.fetch_add(1, Relaxed));
         let shared = Arc::new(LegShared::new(id, Instant::now()));
         self.inner
@@ -262,7 +282,7 @@ impl MediaPlane {
                 id,
                 sockets,
                 shared: shared.clone(),
-                clock_rate: spec.clock_rate,
+                clock_rate,
             })))
             .map_err(|_| OpenError::Stopped)?;
         Ok(LegHandle {
@@ -282,6 +302,16 @@ impl MediaPlane {
             let _ = t.join();
         }
     }
+}
+
+/// A leg whose ports are bound but not yet relayed ([`MediaPlane::bind_leg`]); dropping it
+/// closes its sockets.
+#[derive(Debug)]
+pub struct BoundLeg {
+    rtp: [SocketAddr; 2],
+    rtcp: [Option<SocketAddr>; 2],
+    sockets: [Option<BatchSocket>; 4],
+    clock_rate: u32,
 }
 
 /// The control handle of one open leg. Dropping it closes the leg (without waiting).

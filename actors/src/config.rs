@@ -604,15 +604,8 @@ mod tests {
                 "media-ports" => "40000-40099",
                 "codecs" => "PCMA,opus/48000/2",
                 "storage-default" => "on-request",
-                "domain"
-                | "data-dir"
-                | "log"
-                | "users-file"
-                | "realm"
-                | "api-tokens"
-                | "conference-factory"
-                | "conferences-file"
-                | "api-admin-token" => "x",
+                "domain" | "data-dir" | "log" | "users-file" | "realm" | "api-tokens"
+                | "conference-factory" | "conferences-file" | "api-admin-token" => "x",
                 _ => "7",
             };
             c.set(k, v).unwrap_or_else(|e| panic!("{k}: {e}"));

@@ -50,7 +50,7 @@ pub fn escape(s: &str) -> String {
 fn user(u: &UserInfo, change: Change, out: &mut String) {
     let entity = escape(&u.entity);
     if change == Change::Deleted {
-        let _ = write!(out, "    <user entity=\"{entity}\" state=\"deleted\"/>\n");
+        let _ = writeln!(out, "    <user entity=\"{entity}\" state=\"deleted\"/>");
         return;
     }
     let _ = writeln!(out, "    <user entity=\"{entity}\" state=\"full\">");

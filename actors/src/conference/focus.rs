@@ -122,7 +122,10 @@ mod tests {
         };
         let of = |u: &str| names.conference_of(&req(u)).map(|b| b.to_vec());
         assert_eq!(of("sip:conf-ab12@localhost"), Some(b"conf-ab12".to_vec()));
-        assert_eq!(of("sips:weekly@x.test;transport=tcp"), Some(b"weekly".to_vec()));
+        assert_eq!(
+            of("sips:weekly@x.test;transport=tcp"),
+            Some(b"weekly".to_vec())
+        );
         assert_eq!(of("sip:conf-factory@localhost"), None);
         assert!(names.is_factory(&req("sip:conf-factory@localhost")));
         assert_eq!(of("sip:alice@localhost"), None);

@@ -70,7 +70,10 @@ impl Predefined {
                 return Err(format!("conference {:?} defined twice", c.name));
             }
             if let Some(m) = c.media.iter().find(|m| m.as_str() != "audio") {
-                return Err(format!("conference {:?}: media {m:?} not supported", c.name));
+                return Err(format!(
+                    "conference {:?}: media {m:?} not supported",
+                    c.name
+                ));
             }
         }
         Ok(file.conference)

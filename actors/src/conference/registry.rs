@@ -93,7 +93,10 @@ impl Registry {
         Ok(Registry {
             names,
             factory,
-            predefined: predefined.into_iter().map(|p| (p.name.clone(), p)).collect(),
+            predefined: predefined
+                .into_iter()
+                .map(|p| (p.name.clone(), p))
+                .collect(),
             max: config.conference_max,
             running: Mutex::new(HashMap::new()),
             workers: Mutex::new(vec![None; workers]),
@@ -153,7 +156,10 @@ impl Registry {
     /// Conferences running, and their participants.
     pub fn counts(&self) -> (usize, usize) {
         let r = self.running.lock();
-        let participants = r.values().map(|c| c.summary.lock().participants.len()).sum();
+        let participants = r
+            .values()
+            .map(|c| c.summary.lock().participants.len())
+            .sum();
         (r.len(), participants)
     }
 

@@ -102,9 +102,7 @@ pub fn choose(body: &Bytes) -> Result<Negotiated, NoAudio> {
         }) else {
             continue;
         };
-        let rtp = sdp
-            .media_address(m)
-            .filter(|a| !a.ip().is_unspecified());
+        let rtp = sdp.media_address(m).filter(|a| !a.ip().is_unspecified());
         let rtcp = m.rtcp().and_then(|r| {
             let ip = r.connection.and_then(|c| c.ip()).or(rtp.map(|a| a.ip()))?;
             Some(SocketAddr::new(ip, r.port))
@@ -224,9 +222,14 @@ mod tests {
         let offer = body("m=audio 4000 RTP/AVP 97 0\r\na=rtpmap:97 L16/8000\r\n");
         assert_eq!(choose(&offer).unwrap().codec, AudioCodec::L16);
         // L16 at 44.1 kHz and stereo are not taken.
-        let offer = body("m=audio 4000 RTP/AVP 97 98\r\na=rtpmap:97 L16/44100\r\na=rtpmap:98 L16/8000/2\r\n");
+        let offer = body(
+            "m=audio 4000 RTP/AVP 97 98\r\na=rtpmap:97 L16/44100\r\na=rtpmap:98 L16/8000/2\r\n",
+        );
         assert_eq!(choose(&offer), Err(NoAudio::NoCodec));
-        assert_eq!(choose(&Bytes::from_static(b"junk")), Err(NoAudio::Malformed));
+        assert_eq!(
+            choose(&Bytes::from_static(b"junk")),
+            Err(NoAudio::Malformed)
+        );
     }
 
     #[test]

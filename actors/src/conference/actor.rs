@@ -181,6 +181,8 @@ pub struct ConferenceActor {
     ended: bool,
     /// Whether anyone was ever in it (an ad-hoc conference ends when the last one leaves).
     joined: bool,
+    /// Where the room's events go (this actor; set when it starts).
+    events: Option<Recipient<RoomEvent>>,
 }
 
 impl ConferenceActor {
@@ -224,6 +226,7 @@ impl ConferenceActor {
             out: Vec::new(),
             ended: false,
             joined: false,
+            events: None,
         }
     }
 
@@ -467,8 +470,7 @@ impl ConferenceActor {
     /// placeholder (dial-out, before the answer).
     fn open_media(&mut self, pid: u32, chosen: &Negotiated) -> Option<(Ports, Local)> {
         if self.room.is_none() {
-            let events = None::<Recipient<RoomEvent>>;
-            self.room = self.env.plane.open_room(events).ok();
+            self.room = self.env.plane.open_room(self.events.clone()).ok();
         }
         let room = self.room.as_ref()?;
         let ports = {
@@ -1117,6 +1119,7 @@ impl Actor for ConferenceActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Context<Self>) {
+        self.events = Some(ctx.address().recipient());
         ctx.run_interval(HOUSEKEEPING, |act, ctx| {
             act.housekeeping(Instant::now());
             act.after(ctx);

@@ -9,42 +9,12 @@ use std::net::{IpAddr, SocketAddr};
 use bytes::Bytes;
 use cpm_engine::sdp::SessionDescription;
 
-/// The audio codecs the mixer takes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum AudioCodec {
-    /// G.711 µ-law (static payload type 0).
-    Pcmu,
-    /// G.711 A-law (static payload type 8).
-    Pcma,
-    /// 16-bit linear PCM at 8 kHz, mono (a dynamic payload type).
-    L16,
-}
+/// The audio codecs the mixer takes (PCMU, PCMA, L16 at 8 kHz mono).
+pub use cpm_engine::conference::audio::Codec as AudioCodec;
 
-impl AudioCodec {
-    /// The codec of an `rtpmap` encoding name and clock rate (mono only).
-    pub fn of(name: &[u8], clock_rate: u32, channels: u16) -> Option<AudioCodec> {
-        if clock_rate != 8000 || channels > 1 {
-            return None;
-        }
-        if name.eq_ignore_ascii_case(b"PCMU") {
-            Some(AudioCodec::Pcmu)
-        } else if name.eq_ignore_ascii_case(b"PCMA") {
-            Some(AudioCodec::Pcma)
-        } else if name.eq_ignore_ascii_case(b"L16") {
-            Some(AudioCodec::L16)
-        } else {
-            None
-        }
-    }
-
-    /// The `rtpmap` encoding name.
-    pub fn name(self) -> &'static str {
-        match self {
-            AudioCodec::Pcmu => "PCMU",
-            AudioCodec::Pcma => "PCMA",
-            AudioCodec::L16 => "L16",
-        }
-    }
+/// The mixer's codec of an `rtpmap` encoding name, clock rate and channel count.
+fn codec_of(name: &[u8], clock_rate: u32, channels: u16) -> Option<AudioCodec> {
+    AudioCodec::from_rtpmap(std::str::from_utf8(name).ok()?, clock_rate, channels)
 }
 
 /// The audio stream agreed with one participant.
@@ -98,7 +68,7 @@ pub fn choose(body: &Bytes) -> Result<Negotiated, NoAudio> {
             continue;
         }
         let Some((codec, pt)) = m.codecs().iter().find_map(|c| {
-            AudioCodec::of(c.name(), c.clock_rate(), c.channels()).map(|a| (a, c.payload_type()))
+            codec_of(c.name(), c.clock_rate(), c.channels()).map(|a| (a, c.payload_type()))
         }) else {
             continue;
         };

@@ -33,6 +33,8 @@ use cpm_netio::{BatchSocket, BytesBatch};
 use mio::unix::SourceFd;
 use mio::{Interest, Poll, Token};
 
+use cpm_engine::conference::audio::{Mixer, MixerConfig, ParticipantId};
+
 use super::stats::bump;
 use crate::conference::sdp::AudioCodec;
 use crate::metrics::WorkerMetrics;
@@ -460,7 +462,81 @@ impl Rooms {
 
 /// The mixer rooms use: the engine's (`cpm_engine::conference::audio`).
 pub(crate) fn default_mix() -> MixFactory {
-    Arc::new(|| Box::new(NullMix) as Box<dyn Mix>)
+    let rooms = AtomicU64::new(1);
+    Arc::new(move || {
+        let seed = rooms.fetch_add(1, Relaxed);
+        Box::new(EngineMix::new(seed)) as Box<dyn Mix>
+    })
+}
+
+/// The engine's mix-minus mixer behind [`Mix`].
+pub struct EngineMix {
+    mixer: Mixer,
+    speaker: Option<u32>,
+    ssrcs: std::collections::hash_map::RandomState,
+    seed: u64,
+}
+
+impl EngineMix {
+    /// A mixer with the default jitter and talker settings; `seed` varies the SSRCs.
+    pub fn new(seed: u64) -> EngineMix {
+        EngineMix {
+            mixer: Mixer::new(MixerConfig::default()),
+            speaker: None,
+            ssrcs: Default::default(),
+            seed,
+        }
+    }
+
+    /// A random SSRC for the mix a participant receives (RFC 3550 §8.1).
+    fn ssrc(&self, pid: u32) -> u32 {
+        use std::hash::BuildHasher;
+        self.ssrcs.hash_one((self.seed, pid)) as u32
+    }
+}
+
+impl Mix for EngineMix {
+    fn add(&mut self, pid: u32, codec: AudioCodec, pt: u8) {
+        let ssrc = self.ssrc(pid);
+        if let Err(e) = self.mixer.add(ParticipantId(pid), codec, pt, ssrc) {
+            tracing::debug!(pid, error = e.reason(), "mixer refused a participant");
+        }
+    }
+
+    fn update(&mut self, pid: u32, codec: AudioCodec, pt: u8) {
+        // The mixer has no codec change: the participant is added again (a fresh stream).
+        let _ = self.mixer.remove(ParticipantId(pid));
+        self.add(pid, codec, pt);
+    }
+
+    fn remove(&mut self, pid: u32) {
+        let _ = self.mixer.remove(ParticipantId(pid));
+    }
+
+    fn set_muted(&mut self, pid: u32, muted: bool) {
+        let _ = self.mixer.set_muted(ParticipantId(pid), muted);
+    }
+
+    fn push(&mut self, pid: u32, p: &rtp::RtpPacket, arrival: Instant) {
+        let _ = self.mixer.push_rtp(
+            ParticipantId(pid),
+            p.seq().0,
+            p.timestamp(),
+            p.marker(),
+            p.payload_bytes(),
+            arrival,
+        );
+    }
+
+    fn tick(&mut self, now: Instant, out: &mut Vec<(u32, Bytes)>) -> Option<Option<u32>> {
+        let t = self.mixer.tick(now);
+        out.extend(t.packets.iter().map(|p| (p.id.0, p.packet.clone())));
+        let speaker = t.active_speaker.map(|p| p.0);
+        (speaker != self.speaker).then(|| {
+            self.speaker = speaker;
+            speaker
+        })
+    }
 }
 
 /// A mixer that mixes nothing (rooms of a plane started without one, e.g. in unit tests).

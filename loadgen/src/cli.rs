@@ -848,6 +848,50 @@ mod tests {
     }
 
     #[test]
+    fn the_conference_line() {
+        let Command::Client(c) = parse(&args(
+            "conference --target 127.0.0.1:5060 --conferences 2 --participants 20 --talkers 3 \
+             --duration 4 --factory sip:conf@example.com --codec pcma --register --password pw",
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.kind, ScenarioKind::Conference);
+        let k = &c.conference;
+        assert_eq!((k.conferences, k.participants, k.talkers), (2, 20, 3));
+        assert_eq!(k.factory.as_deref(), Some("sip:conf@example.com"));
+        assert_eq!(k.law, Law::A);
+        assert!(k.register);
+        assert_eq!(c.password.as_deref(), Some("pw"));
+        // Every participant is a session, all in flight at once; joins at 50/s by default.
+        assert_eq!(c.count, Some(40));
+        assert_eq!(c.concurrency, 40);
+        assert_eq!(c.rate, 50.0);
+        assert_eq!(c.duration, Some(Duration::from_secs(4)));
+        assert_eq!(c.from.expand(7), "part0007");
+        let Command::Client(c) = parse(&args("conference --target h:1")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.conference, ConferenceArgs::default());
+        assert_eq!(c.duration, Some(Duration::from_secs(10)));
+        assert!(!c.conference.register);
+        for (bad, want) in [
+            ("--codec g722", "pcmu or pcma"),
+            ("--talkers 29", "at most 28"),
+            ("--participants 0", "at least 1"),
+            ("--factory conf@x", "sip: URI"),
+        ] {
+            let e = parse(&args(&format!("conference --target h:1 {bad}"))).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        assert!(parse(&args("conference --conferences 1"))
+            .unwrap_err()
+            .contains("--target"));
+        // The conference options belong to it alone.
+        assert!(parse(&args("call --target h:1 --rate 1 --count 1 --talkers 3")).is_err());
+    }
+
+    #[test]
     fn message_receiver_without_target() {
         let Command::Client(c) =
             parse(&args("message --receiver 127.0.0.1:0 --rate 10 --count 5")).unwrap()

@@ -989,6 +989,29 @@ fn a_conference_through_the_engine_mixer_hears_every_other_talker() {
     assert!(r.stats(receive::TICK_LATENESS).unwrap().max_us <= 1);
     let join = r.stats(JOIN).unwrap();
     assert_eq!((join.count, join.min_us), (3, 10_000));
+    // The report's conference figures.
+    let report = crate::report::Report {
+        role: "client",
+        target: "10.0.0.2:5060".into(),
+        rate_requested: Some(50.0),
+        data: c,
+        thresholds: Default::default(),
+        cpu: None,
+    };
+    let text = crate::report::text::summary(&report);
+    assert!(
+        text.contains("conferences: 1 of 1 created; participants: 3 of 3 joined"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tones: 18 ok, 0 wrong; receivers all right: 3 of 3"),
+        "{text}"
+    );
+    let json = crate::report::json::to_json(&report);
+    assert_eq!(json["conference"]["tones_ok"], 18);
+    assert_eq!(json["conference"]["delay"]["count"], 12);
+    assert_eq!(json["conference"]["loss_pct"], 0.0);
+    assert!(crate::report::html::page(&report).contains("<h2>Conference</h2>"));
 }
 
 #[test]

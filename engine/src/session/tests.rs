@@ -715,6 +715,12 @@ fn cancel_from_a() {
     assert!(ended(&h.response(reqs[0].0, b_resp(&reqs[0].2, 487, "b1", None))).is_none());
     let out = h.response(reqs[1].0, b_resp(&reqs[1].2, 487, "b2", None));
     assert_eq!(ended(&out), Some(EndReason::Cancelled));
+    // Found by the sip_session fuzz target: the ended session left its last timer armed.
+    assert_eq!(
+        timer_of(&out),
+        Some(None),
+        "the timer is disarmed at the end"
+    );
     let stop = charging(&out);
     assert_eq!(stop[0].kind, ChargingKind::Stop);
     assert_eq!(stop[0].answered, None);

@@ -290,7 +290,7 @@ impl JitterBuffer {
         let frames = off / FRAME_TS as i32;
         let aligned = off % FRAME_TS as i32 == 0;
         let cap = self.slots.len() as i32;
-        if aligned && frames < 0 && frames >= -PLAYED_HISTORY {
+        if aligned && (-PLAYED_HISTORY..0).contains(&frames) {
             if let State::Buffering { .. } = self.state {
                 if self.stored_span() - frames <= cap {
                     // Reordered first packets: move the playout point back to this one.

@@ -587,11 +587,14 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
     }
 
     /// Announces the next deadline when it changed.
+    /// Tells the runtime the next deadline when it changed; an ended session disarms its timer
+    /// (its timers were cleared when it finished).
     fn rearm(&mut self) {
-        if self.phase == Phase::Ended {
-            return;
-        }
-        let next = self.timers.iter().flatten().min().copied();
+        let next = if self.phase == Phase::Ended {
+            None
+        } else {
+            self.timers.iter().flatten().min().copied()
+        };
         if next != self.armed {
             self.armed = next;
             self.actions.push_back(Action::Timer(next));

@@ -472,7 +472,7 @@ fn run_conference(
     };
     let sessions = cfg.sessions();
     let addr = target.addr;
-    let scenario = Conference::new(target, cfg)?;
+    let scenario = Conference::new(target, cfg)?.leaving_on_signals();
     let plan = Plan {
         pacer: Some(Pacer::new(
             Schedule::new(a.rate, a.ramp_up),

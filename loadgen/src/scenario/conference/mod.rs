@@ -192,6 +192,8 @@ pub struct Conference {
     pool: SocketPool,
     started: u64,
     stopping: bool,
+    /// Whether a SIGINT/SIGTERM makes everyone leave (real runs; not the simulations).
+    signals: bool,
 }
 
 impl Conference {
@@ -217,7 +219,14 @@ impl Conference {
             by_rtp: HashMap::new(),
             started: 0,
             stopping: false,
+            signals: false,
         })
+    }
+
+    /// A SIGINT/SIGTERM during the conferences makes every participant leave (BYE) at once.
+    pub fn leaving_on_signals(mut self) -> Conference {
+        self.signals = true;
+        self
     }
 
     /// The factory URI.
@@ -441,6 +450,11 @@ impl Conference {
     /// One 20 ms tick of a conference: a packet from every joined participant, tone or
     /// silence.
     fn tick(&mut self, ctx: &mut Ctx<'_>, conf: usize) {
+        // SIGINT/SIGTERM once every participant was started: the driver is draining already
+        // and tells the scenario no more, so the media clock looks at the flag itself.
+        if self.signals && !self.stopping && crate::sys::stop_requested() {
+            self.leave_all(ctx);
+        }
         let now = ctx.now();
         let c = &mut self.confs[conf];
         // The burst (if any) this tick falls in; its onset is this tick's time on its first.
@@ -542,6 +556,21 @@ impl Conference {
         let members = self.confs[conf].members.clone();
         for i in members {
             self.hang_up(ctx, i);
+        }
+    }
+
+    /// Everyone joined leaves now, those still joining as soon as they are in, those not
+    /// yet inviting fail as "interrupted".
+    fn leave_all(&mut self, ctx: &mut Ctx<'_>) {
+        self.stopping = true;
+        for i in 0..self.people.len() {
+            match self.people[i].state {
+                State::Joined => self.hang_up(ctx, i),
+                State::Waiting | State::Registering => {
+                    self.end(ctx, i, Outcome::Failure("interrupted".into()))
+                }
+                _ => {}
+            }
         }
     }
 
@@ -782,16 +811,7 @@ impl Scenario for Conference {
         if self.started >= self.cfg.sessions() {
             return;
         }
-        self.stopping = true;
-        for i in 0..self.people.len() {
-            match self.people[i].state {
-                State::Joined => self.hang_up(ctx, i),
-                State::Waiting | State::Registering => {
-                    self.end(ctx, i, Outcome::Failure("interrupted".into()))
-                }
-                _ => {}
-            }
-        }
+        self.leave_all(ctx);
     }
 
     fn summary_lines(&self) -> Vec<String> {

@@ -70,7 +70,7 @@ pub mod notes {
     pub const RECEIVERS_OK: &str = "receivers_ok";
     /// Receivers that were checked.
     pub const RECEIVERS_CHECKED: &str = "receivers_checked";
-    /// Tone bursts played per conference, summed.
+    /// Tone bursts planned, summed over the conferences (a stop cuts them short).
     pub const BURSTS: &str = "bursts";
 }
 
@@ -785,13 +785,15 @@ impl Scenario for Conference {
             return;
         };
         let p = &mut self.people[i];
-        if p.remote != Some(source) {
-            ctx.recorder().note("rtp_from_elsewhere", 1);
-            return;
-        }
         if rtp::rtcp::is_rtcp(&payload) {
             ctx.recorder().note("rtcp_received", 1);
             return;
+        }
+        match p.remote {
+            // The mix may start before its 2xx is read (another socket).
+            None => return ctx.recorder().note("rtp_before_answer", 1),
+            Some(r) if r != source => return ctx.recorder().note("rtp_from_elsewhere", 1),
+            Some(_) => {}
         }
         let Ok(pkt) = rtp::parse(payload) else {
             ctx.recorder().note("rtp_unparsable", 1);

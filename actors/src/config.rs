@@ -36,6 +36,15 @@ pub struct Config {
     pub max_message_size: usize,
     /// A TCP connection idle for this many seconds is closed (`--tcp-idle-timeout`).
     pub tcp_idle_timeout: u64,
+    /// A TCP message must arrive whole within this many seconds of its first byte
+    /// (`--tcp-message-timeout`; slowloris).
+    pub tcp_message_timeout: u64,
+    /// TCP connections one source IP may hold (`--tcp-max-per-ip`; 0: no limit).
+    pub tcp_max_per_ip: usize,
+    /// Requests per second one source IP may send (`--source-rate`; 0: no limit).
+    pub source_rate: u32,
+    /// Requests a source may send at once above its rate (`--source-burst`; 0: the rate).
+    pub source_burst: u32,
     /// Registration expiry bounds, in seconds.
     pub min_expires: u32,
     /// Longest registration granted, in seconds.
@@ -87,6 +96,15 @@ pub struct Config {
     /// Largest pager-mode MESSAGE body in bytes (`--message-max-size`, large message mode of
     /// RFC 3428 §7 / CPM); larger ones get 413 and are to be sent over MSRP.
     pub message_max_size: usize,
+    /// Largest message taken in large message mode, a one-shot MSRP session to an offline
+    /// user (`--large-message-max`); larger ones get MSRP 413 and are not stored.
+    pub large_message_max: u64,
+    /// An MSRP connection naming none of our sessions within this many seconds is closed
+    /// (`--msrp-bind-timeout`).
+    pub msrp_bind_timeout: u64,
+    /// Storage writes queued at most (`--storage-queue`); beyond, a MESSAGE to hold gets 503.
+    /// 0 refuses every write (a test knob).
+    pub storage_queue: usize,
     /// Bearer tokens of the HTTP API (`--api-tokens`): a file of `user token` lines; with
     /// `--users-file` the API also takes HTTP Digest with the SIP credentials.
     pub api_tokens: Option<PathBuf>,
@@ -135,6 +153,10 @@ impl Default for Config {
             realm: None,
             max_message_size: 65_535,
             tcp_idle_timeout: 300,
+            tcp_message_timeout: 10,
+            tcp_max_per_ip: 256,
+            source_rate: 0,
+            source_burst: 0,
             min_expires: 60,
             max_expires: 86_400,
             default_expires: 3600,
@@ -157,6 +179,9 @@ impl Default for Config {
             message_expiry: 72 * 3600,
             message_user_cap: 1000,
             message_max_size: 1300,
+            large_message_max: 10 * 1024 * 1024,
+            msrp_bind_timeout: 30,
+            storage_queue: 16_384,
             storage_default: StorageDefault(cpm_engine::store::StoragePolicy::All),
             api_tokens: None,
         }
@@ -291,6 +316,10 @@ const KEYS: &[&str] = &[
     "realm",
     "max-message-size",
     "tcp-idle-timeout",
+    "tcp-message-timeout",
+    "tcp-max-per-ip",
+    "source-rate",
+    "source-burst",
     "min-expires",
     "max-expires",
     "default-expires",
@@ -310,6 +339,9 @@ const KEYS: &[&str] = &[
     "message-expiry",
     "message-user-cap",
     "message-max-size",
+    "large-message-max",
+    "msrp-bind-timeout",
+    "storage-queue",
     "storage-default",
     "api-tokens",
 ];
@@ -333,6 +365,12 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --realm NAME              digest realm [default: the first domain]
   --max-message-size BYTES  larger SIP messages get 513 [default: 65535]
   --tcp-idle-timeout SECS   idle TCP connections are closed [default: 300]
+  --tcp-message-timeout SECS  a TCP message must arrive whole this soon after its first
+                            byte, or the connection is closed [default: 10]
+  --tcp-max-per-ip N        TCP connections one source IP may hold; 0: no limit [default: 256]
+  --source-rate N           requests per second one source IP may send, more are dropped;
+                            0: no limit [default: 0]
+  --source-burst N          requests above the rate a source may send at once [default: rate]
   --min-expires SECS        shortest registration accepted (423 below) [default: 60]
   --max-expires SECS        longest registration granted [default: 86400]
   --default-expires SECS    registration expiry when none is asked [default: 3600]
@@ -360,6 +398,12 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --message-user-cap N      most MESSAGEs held per user, more get 480 [default: 1000]
   --message-max-size BYTES  largest pager-mode body; larger gets 413 (send it over MSRP,
                             large message mode) [default: 1300]
+  --large-message-max BYTES largest message taken over a one-shot MSRP session for an offline
+                            user (large message mode); larger gets MSRP 413 [default: 10485760]
+  --msrp-bind-timeout SECS  an MSRP connection naming none of our sessions is closed
+                            [default: 30]
+  --storage-queue N         storage writes queued at most; beyond, a MESSAGE to hold gets 503
+                            (0: refuse every write, for tests) [default: 16384]
   --storage-default POLICY  network storage of users who set nothing: all, none, or
                             on-request (X-CPM-Store: yes) [default: all]
   --api-tokens FILE         bearer tokens of the HTTP API /api/v1 (`user token` per line);
@@ -445,6 +489,10 @@ impl Config {
             "realm" => self.realm = Some(value.to_string()),
             "max-message-size" => self.max_message_size = parse(key, value)?,
             "tcp-idle-timeout" => self.tcp_idle_timeout = parse(key, value)?,
+            "tcp-message-timeout" => self.tcp_message_timeout = parse(key, value)?,
+            "tcp-max-per-ip" => self.tcp_max_per_ip = parse(key, value)?,
+            "source-rate" => self.source_rate = parse(key, value)?,
+            "source-burst" => self.source_burst = parse(key, value)?,
             "min-expires" => self.min_expires = parse(key, value)?,
             "max-expires" => self.max_expires = parse(key, value)?,
             "default-expires" => self.default_expires = parse(key, value)?,
@@ -464,6 +512,9 @@ impl Config {
             "message-expiry" => self.message_expiry = parse(key, value)?,
             "message-user-cap" => self.message_user_cap = parse(key, value)?,
             "message-max-size" => self.message_max_size = parse(key, value)?,
+            "large-message-max" => self.large_message_max = parse(key, value)?,
+            "msrp-bind-timeout" => self.msrp_bind_timeout = parse(key, value)?,
+            "storage-queue" => self.storage_queue = parse(key, value)?,
             "storage-default" => self.storage_default = parse(key, value)?,
             "api-tokens" => self.api_tokens = Some(PathBuf::from(value)),
             _ => return Err(ConfigError::UnknownFlag(format!("--{key}"))),
@@ -506,6 +557,21 @@ impl Config {
     /// The TCP idle timeout.
     pub fn tcp_idle(&self) -> Duration {
         Duration::from_secs(self.tcp_idle_timeout)
+    }
+
+    /// The per-source limits (request rate, TCP connections, incomplete TCP messages).
+    pub fn source_limits(&self) -> crate::transport::LimitsConfig {
+        let rate = (self.source_rate > 0).then_some(f64::from(self.source_rate));
+        let burst = match self.source_burst {
+            0 => self.source_rate.max(1),
+            b => b,
+        };
+        crate::transport::LimitsConfig {
+            rate,
+            burst: f64::from(burst),
+            tcp_max_per_ip: self.tcp_max_per_ip,
+            tcp_message_timeout: Duration::from_secs(self.tcp_message_timeout.max(1)),
+        }
     }
 
     /// The interval of interim charging records; `None` when off.

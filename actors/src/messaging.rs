@@ -21,6 +21,10 @@
 //!               └─► 408/480/5xx everywhere: hold as above                  └─► next ...
 //! ```
 //!
+//! **Large message mode** ([`large`]): an MSRP-only INVITE for an offline user is answered by
+//! cpmd as the MSRP endpoint; each message it carries is held in the same queue, and a held
+//! message over `--message-max-size` is delivered over a session cpmd originates.
+//!
 //! Storage runs on its own threads ([`crate::storage`]); its answers come back to the worker
 //! as [`StoreDone`] messages, so no worker ever waits for a disk.
 
@@ -39,6 +43,8 @@ use cpm_engine::store::{
     DeferredId, DeferredMessage, DeliveryState, Direction, Flags, ReadQuery, ReadResult, Row,
     StoragePolicy, StoreError, StoredMessage, WriteOp, WriteResult,
 };
+
+mod large;
 
 use crate::charging::MessageEvent;
 use crate::routing;
@@ -81,6 +87,23 @@ pub enum StoreEvent {
     },
     /// Expired messages, removed from the queue.
     Expired(Result<WriteResult, StoreError>),
+    /// A message received in large message mode was held (the sender's MSRP status was sent
+    /// by the sink already).
+    LargeHeld {
+        /// The recipient.
+        aor: String,
+        /// The MESSAGE it is held as.
+        req: Box<Message>,
+        /// Its key, or the failure.
+        result: Result<WriteResult, StoreError>,
+    },
+    /// The MSRP transfer of a held message to a device ended (`Err`: the status that ended it).
+    LargeSent {
+        /// The delivery.
+        key: u64,
+        /// The outcome.
+        result: Result<(), u16>,
+    },
 }
 
 /// A [`StoreEvent`] as an actor message for the worker.
@@ -143,6 +166,8 @@ pub struct MessageController {
     store_done: Option<Recipient<StoreDone>>,
     next_expiry_sweep: Option<Instant>,
     salt: u64,
+    /// Large message mode's sessions.
+    large: large::LargeMessages,
 }
 
 /// What the worker must send after an input: responses on server transactions.
@@ -161,6 +186,7 @@ impl MessageController {
             store_done: None,
             next_expiry_sweep: None,
             salt: seed ^ 0x6d65_7373_6167_6573,
+            large: large::LargeMessages::default(),
         }
     }
 
@@ -179,6 +205,7 @@ impl MessageController {
     pub fn reset(&mut self, shared: &Shared) {
         self.forks.clear();
         self.branches.clear();
+        self.large.clear();
         let mut delivering = shared.delivering.lock();
         for (aor, _) in self.runs.iter().filter(|(_, r)| r.owned) {
             delivering.remove(aor);
@@ -209,6 +236,9 @@ impl MessageController {
         txn: &mut TransactionLayer,
     ) -> Result<(), Box<Message>> {
         // Max-Forwards was checked for every forwarded service by the caller (400, 483).
+        if shared.config.test_hooks {
+            fault_hook(shared, req);
+        }
         let aor = routing::local_user(shared, req)?;
         if let Err(refusal) = Self::policy(shared).admit(0, req.body.len()) {
             return Err(Box::new(refused(req, refusal)));
@@ -282,10 +312,23 @@ impl MessageController {
         &mut self,
         shared: &Shared,
         id: ClientTxId,
-        mut resp: Message,
+        resp: Message,
         now: Instant,
         txn: &mut TransactionLayer,
     ) -> Result<Responses, Message> {
+        let mut resp = match self
+            .large
+            .on_response(shared, self.store_done.as_ref(), id, resp, txn)
+        {
+            Ok(finished) => {
+                let mut out = Vec::new();
+                if let Some(f) = finished {
+                    self.on_large_finished(shared, f, now, txn, &mut out);
+                }
+                return Ok(out);
+            }
+            Err(resp) => resp,
+        };
         let code = resp.status().unwrap_or(0);
         let Some(&fork_id) = self.branches.get(&id) else {
             return Err(resp);
@@ -513,8 +556,75 @@ impl MessageController {
                 }
                 other => tracing::warn!(result = ?other, "expiry sweep failed"),
             },
+            StoreEvent::LargeHeld { aor, req, result } => match result {
+                Ok(WriteResult::Deferred(id)) => {
+                    tracing::debug!(to = %aor, id = %id, "large message held");
+                    shared.metrics[self.worker].held();
+                    store_copies(shared, &req, &aor, DeliveryState::Stored);
+                    charge(shared, &req, &aor, "held", Some(200));
+                    if !routing::contacts(shared, &Aor::new(aor.clone()), now).is_empty() {
+                        self.start_run(shared, &aor);
+                    }
+                }
+                other => {
+                    tracing::info!(to = %aor, result = ?other, "large message not held");
+                    charge(shared, &req, &aor, "failed", None);
+                }
+            },
+            StoreEvent::LargeSent { key, result } => {
+                if let Some(f) = self.large.end_delivery(shared, key, result, txn) {
+                    self.on_large_finished(shared, f, now, txn, &mut out);
+                }
+            }
         }
         out
+    }
+
+    /// A held message's delivery over MSRP ended: its outcome as a fork's would be.
+    fn on_large_finished(
+        &mut self,
+        shared: &Shared,
+        f: large::Finished,
+        now: Instant,
+        txn: &mut TransactionLayer,
+        out: &mut Responses,
+    ) {
+        let origin = Origin::Held {
+            aor: f.aor,
+            row: f.row,
+        };
+        self.on_outcome(shared, origin, f.outcome, now, txn, out);
+    }
+
+    // ---- large message mode ---------------------------------------------------------------
+
+    /// Whether an INVITE is one of large message mode that cpmd answers itself (an MSRP-only
+    /// offer to a local user who is offline, store-and-forward on).
+    pub fn large_wanted(&self, shared: &Shared, req: &Message, now: Instant) -> bool {
+        large::LargeMessages::wanted(shared, req, now)
+    }
+
+    /// Answers a large-message INVITE (see [`MessageController::large_wanted`]) as the MSRP
+    /// endpoint; `Err` is the response to send instead.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_large_invite(
+        &mut self,
+        shared: &Shared,
+        id: ServerTxId,
+        req: &Message,
+        source: std::net::SocketAddr,
+        reliable: bool,
+        now: Instant,
+        txn: &mut TransactionLayer,
+    ) -> Result<(), Box<Message>> {
+        let done = self.store_done.clone();
+        self.large
+            .accept(shared, done, id, req, source, reliable, txn, now)
+    }
+
+    /// A request in one of the large-message dialogs: its response (`None`: not one of them).
+    pub fn on_dialog_request(&mut self, req: &Message) -> Option<Message> {
+        self.large.on_request(req)
     }
 
     // ---- delivering held messages ---------------------------------------------------------
@@ -626,6 +736,14 @@ impl MessageController {
             return self.finish_held(shared, aor, &row, DeliveryState::Failed);
         };
         let req = self.redelivery(shared, held);
+        if req.body.len() > shared.config.message_max_size {
+            // Large message mode: over a session of its own (the run goes on after it).
+            if let Err(row) = self.large.deliver(shared, aor, row, req, now, txn) {
+                tracing::debug!(id = %row.id, "large message not sent: offline again");
+                self.end_run(shared, aor);
+            }
+            return;
+        }
         let origin = Origin::Held {
             aor: aor.to_owned(),
             row: Box::new(row),
@@ -716,8 +834,10 @@ impl MessageController {
 
     // ---- expiry and failure notifications -------------------------------------------------
 
-    /// Periodic work: worker 0 removes expired held messages (their failure IMDNs follow).
-    pub fn handle_timeout(&mut self, shared: &Shared, now: Instant) {
+    /// Periodic work: idle large-message sessions end, and worker 0 removes expired held
+    /// messages (their failure IMDNs follow).
+    pub fn handle_timeout(&mut self, shared: &Shared, now: Instant, txn: &mut TransactionLayer) {
+        self.large.handle_timeout(shared, now, txn);
         if self.worker != 0 || !shared.config.store_and_forward {
             return;
         }
@@ -746,7 +866,10 @@ impl MessageController {
 
     /// When [`MessageController::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.next_expiry_sweep
+        [self.next_expiry_sweep, self.large.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// The server gave up on `held`: the negative delivery IMDN (RFC 5438 §5.1, §9) to its
@@ -807,6 +930,26 @@ impl MessageController {
         {
             let _ = self.hold(shared, None, req, aor);
         }
+    }
+}
+
+/// Test-only fault injection (`--test-hooks`): a MESSAGE carrying
+/// `X-Cpm-Test: fail-storage-read=K` makes the storage read after the next `K` fail once.
+fn fault_hook(shared: &Shared, req: &Message) {
+    let hook = req.headers.iter().find_map(|h| match &h.name {
+        HeaderName::Other(n) if n.eq_ignore_ascii_case(b"X-Cpm-Test") => {
+            std::str::from_utf8(&h.value)
+                .ok()?
+                .strip_prefix("fail-storage-read=")?
+                .trim()
+                .parse()
+                .ok()
+        }
+        _ => None,
+    });
+    if let Some(after) = hook {
+        tracing::warn!(after, "test hook: a storage read will fail");
+        shared.storage.fail_reads(after, 1);
     }
 }
 

@@ -29,15 +29,24 @@ pub enum Drop {
     MailboxFull,
     /// Too large for the transport (no answer possible).
     TooLarge,
+    /// Over its source's request rate (`--source-rate`).
+    RateLimited,
+    /// A TCP connection over its source's limit (`--tcp-max-per-ip`), closed at accept.
+    TcpPerIp,
+    /// A TCP connection whose message did not arrive whole in time (`--tcp-message-timeout`).
+    IncompleteTimeout,
 }
 
 impl Drop {
-    const ALL: [Drop; 5] = [
+    const ALL: [Drop; 8] = [
         Drop::Unparsable,
         Drop::MalformedResponse,
         Drop::StrayResponse,
         Drop::MailboxFull,
         Drop::TooLarge,
+        Drop::RateLimited,
+        Drop::TcpPerIp,
+        Drop::IncompleteTimeout,
     ];
     fn label(self) -> &'static str {
         match self {
@@ -46,6 +55,9 @@ impl Drop {
             Drop::StrayResponse => "stray_response",
             Drop::MailboxFull => "mailbox_full",
             Drop::TooLarge => "too_large",
+            Drop::RateLimited => "rate_limited",
+            Drop::TcpPerIp => "tcp_per_ip",
+            Drop::IncompleteTimeout => "incomplete_timeout",
         }
     }
 }

@@ -172,6 +172,10 @@ impl Services {
             });
             return;
         }
+        // Requests of a large-message session cpmd answered itself (a BYE).
+        if let Some(r) = self.messages.on_dialog_request(&req) {
+            return self.respond(id, r, now, txn);
+        }
         if self.shared.is_draining() {
             let mut r = builder::local_response(&req, 503, "Service Unavailable (Shutting Down)");
             r.headers.push(HeaderName::RetryAfter, "5");
@@ -227,6 +231,18 @@ impl Services {
             }
             ServiceType::PagerMessage => self.message(id, req, now, txn),
             ServiceType::Session if !class.in_dialog && req.method() == Some(&Method::Invite) => {
+                // Large message mode for an offline user: cpmd is the MSRP endpoint.
+                let shared = self.shared.clone();
+                if self.messages.large_wanted(&shared, &req, now) {
+                    let reliable = transport.reliable();
+                    if let Err(r) = self
+                        .messages
+                        .on_large_invite(&shared, id, &req, source, reliable, now, txn)
+                    {
+                        self.respond(id, *r, now, txn);
+                    }
+                    return;
+                }
                 if let Err(r) = self.invite(id, req, source, transport, now) {
                     self.respond(id, *r, now, txn);
                 }
@@ -318,9 +334,9 @@ impl Services {
     }
 
     /// Periodic work: sweep expired registrations out of this worker's registrar shards.
-    pub fn handle_timeout(&mut self, now: Instant, _txn: &mut TransactionLayer) {
+    pub fn handle_timeout(&mut self, now: Instant, txn: &mut TransactionLayer) {
         let shared = self.shared.clone();
-        self.messages.handle_timeout(&shared, now);
+        self.messages.handle_timeout(&shared, now, txn);
         if self.next_sweep.is_some_and(|t| t > now) {
             return;
         }

@@ -22,7 +22,7 @@ use crate::media::{MediaConfig, MediaPlane};
 use crate::metrics::{self, MsrpMetrics, WorkerMetrics};
 use crate::msrp::{MsrpPlane, MsrpSettings};
 use crate::storage::{Storage, StorageOptions};
-use crate::transport::TcpRegistry;
+use crate::transport::{SourceLimits, TcpRegistry};
 
 /// Registrar shards: an AOR's bindings live in shard hash(AOR) mod this.
 const REGISTRAR_SHARDS: usize = 16;
@@ -37,6 +37,8 @@ pub struct Shared {
     pub metrics: Vec<Arc<WorkerMetrics>>,
     /// Open TCP connections.
     pub tcp: TcpRegistry,
+    /// Per-source request rates and TCP connection counts.
+    pub source_limits: Arc<SourceLimits>,
     /// One media plane (RTP relay loop) per worker, index = worker id.
     pub media: Vec<MediaPlane>,
     /// The MSRP relay (`--msrp-listen`).
@@ -115,13 +117,12 @@ impl Shared {
         key.copy_from_slice(&random_bytes()[..32]);
         // A listener that cannot be bound is a configuration error, as for SIP: cpmd does not
         // start rather than pass MSRP through unanchored without saying so.
-        let msrp = MsrpPlane::start(
-            MsrpSettings::new(config.msrp_listen),
-            key,
-            seed ^ 0x6d73_7270,
-            msrp_metrics.clone(),
-        )
-        .map_err(|error| StartError::Bind {
+        let msrp_settings = MsrpSettings {
+            bind_timeout: std::time::Duration::from_secs(config.msrp_bind_timeout),
+            ..MsrpSettings::new(config.msrp_listen)
+        };
+        let msrp = MsrpPlane::start(msrp_settings, key, seed ^ 0x6d73_7270, msrp_metrics.clone())
+            .map_err(|error| StartError::Bind {
             what: "MSRP TCP",
             addr: config.msrp_listen,
             error,
@@ -132,7 +133,11 @@ impl Shared {
             .map_err(|e| {
                 StartError::Config(format!("charging records {}: {e}", cdr_path.display()))
             })?;
-        let storage = Storage::open(&config.data_dir, StorageOptions::default()).map_err(|e| {
+        let storage_options = StorageOptions {
+            write_queue: config.storage_queue,
+            ..StorageOptions::default()
+        };
+        let storage = Storage::open(&config.data_dir, storage_options).map_err(|e| {
             StartError::Config(format!("storage in {}: {e}", config.data_dir.display()))
         })?;
         let settings = load_settings(&storage)?;
@@ -149,6 +154,7 @@ impl Shared {
             domains,
             metrics,
             tcp: TcpRegistry::default(),
+            source_limits: SourceLimits::new(config.source_limits()),
             media,
             msrp,
             msrp_metrics,

@@ -447,13 +447,15 @@ impl Handler<StartIo> for Worker {
         let limits = tcp::TcpLimits {
             max_message_size: cfg.max_message_size,
             idle_timeout: cfg.tcp_idle(),
+            sources: self.shared.source_limits.clone(),
         };
-        tcp::set_local(msg.router.clone(), limits);
+        tcp::set_local(msg.router.clone(), limits.clone());
         actix_rt::spawn(udp::recv_loop(
             out.udp.clone(),
             msg.router.clone(),
             self.metrics.clone(),
             cfg.max_message_size,
+            self.shared.source_limits.clone(),
         ));
         match tokio::net::TcpListener::from_std(tcp_sock) {
             Ok(listener) => {

@@ -25,7 +25,8 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::leg::{route, tag, Conn, Frame, LegState};
+use super::endpoint::SinkConn;
+use super::leg::{route, tag, Bound, Conn, Frame, LegState};
 use super::{Plane, TapEvent};
 
 /// Bytes read from a socket at a time (and so the largest frame queued).
@@ -113,11 +114,17 @@ async fn wait_closed(rx: &mut Option<watch::Receiver<bool>>) {
     }
 }
 
-/// How long a connection may stay without a request naming one of our sessions.
-const UNBOUND_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+/// What a connection is bound to once its first request named one of our sessions.
+enum Binding {
+    /// A side of a relay leg.
+    Relay(Reader),
+    /// A large-message sink (cpmd is the endpoint).
+    Sink(Box<SinkConn>),
+}
 
 /// Serves one connection: unbound until its first request names one of our URIs (`bound`
-/// given when we connected), then relayed by a [`Reader`] until it closes or the leg does.
+/// given when we connected), then relayed by a [`Reader`] (or received by a sink) until it
+/// closes or its leg (sink) does.
 async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<(Arc<LegState>, Side)>) {
     plane.metrics.connections.fetch_add(1, Relaxed);
     let (mut rd, wr) = stream.into_split();
@@ -130,16 +137,19 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<(Arc<LegState
             let r = Reader::bind(leg, side, &plane, w);
             r.binding_send().await;
             closed = Some(r.leg.closed.subscribe());
-            reader = Some(r);
+            reader = Some(Binding::Relay(r));
         }
     }
     let mut buf = BytesMut::new();
     // A connection that names no session of ours in time is closed: an idle or trickling
-    // stranger must not hold a socket and a task for ever.
-    let bind_deadline = tokio::time::Instant::now() + UNBOUND_TIMEOUT;
+    // stranger must not hold a socket and a task for ever (`--msrp-bind-timeout`).
+    let bind_deadline = tokio::time::Instant::now() + plane.settings.bind_timeout;
     'conn: loop {
         buf.reserve(READ);
-        let interrupt = reader.as_ref().and_then(Reader::interrupt_signal);
+        let interrupt = match &reader {
+            Some(Binding::Relay(r)) => r.interrupt_signal(),
+            _ => None,
+        };
         let unbound = reader.is_none();
         tokio::select! {
             r = rd.read_buf(&mut buf) => match r {
@@ -158,7 +168,7 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<(Arc<LegState
             }
             _ = wait_closed(&mut closed) => break,
             _ = wait_notified(&interrupt) => {
-                if let Some(r) = reader.as_mut() {
+                if let Some(Binding::Relay(r)) = reader.as_mut() {
                     r.interrupt().await;
                 }
                 continue;
@@ -176,20 +186,33 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<(Arc<LegState
             };
             if reader.is_none() {
                 match bind_incoming(&plane, &ev, &mut wr).await {
-                    Some(r) => {
-                        closed = Some(r.leg.closed.subscribe());
-                        reader = Some(r);
+                    Some(b) => {
+                        closed = Some(match &b {
+                            Binding::Relay(r) => r.leg.closed.subscribe(),
+                            Binding::Sink(s) => s.sink.subscribe(),
+                        });
+                        reader = Some(b);
                     }
                     None => break 'conn,
                 }
             }
-            if let Some(r) = reader.as_mut() {
-                r.on_event(ev).await;
+            let open = match reader.as_mut() {
+                Some(Binding::Relay(r)) => {
+                    r.on_event(ev).await;
+                    true
+                }
+                Some(Binding::Sink(s)) => s.on_event(ev).await,
+                None => true,
+            };
+            if !open {
+                break 'conn;
             }
         }
     }
-    if let Some(r) = reader {
-        r.finish().await;
+    match reader {
+        Some(Binding::Relay(r)) => r.finish().await,
+        Some(Binding::Sink(s)) => (*s).finish(),
+        None => {}
     }
     plane.metrics.connections.fetch_sub(1, Relaxed);
 }
@@ -201,7 +224,7 @@ async fn bind_incoming(
     plane: &Arc<Plane>,
     ev: &Event,
     wr: &mut Option<OwnedWriteHalf>,
-) -> Option<Reader> {
+) -> Option<Binding> {
     let (to_path, request, answer) = match ev {
         Event::Head(h) => (
             Some(&h.to_path),
@@ -227,9 +250,12 @@ async fn bind_incoming(
         .and_then(|p| first_of_path(p).ok())
         .and_then(|u| route(plane, u.session_id()));
     match found {
-        Some((leg, side)) if request && !leg.is_closed() => {
-            Some(Reader::bind(leg, side, plane, wr.take()?))
+        Some(Bound::Leg(leg, side)) if request && !leg.is_closed() => {
+            Some(Binding::Relay(Reader::bind(leg, side, plane, wr.take()?)))
         }
+        Some(Bound::Sink(sink)) if request && !sink.is_closed() => Some(Binding::Sink(Box::new(
+            SinkConn::bind(sink, plane, wr.take()?),
+        ))),
         _ => {
             tracing::debug!("MSRP connection for no session: 481");
             if let (Some(r), Some(w)) = (answer.filter(|_| request), wr.as_mut()) {

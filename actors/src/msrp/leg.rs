@@ -166,7 +166,7 @@ pub(super) fn open(plane: &Arc<Plane>, a: &Bytes, b: &Bytes) -> Result<MsrpLeg, 
     {
         let mut routes = plane.routes.lock();
         for (sid, side) in sids.into_iter().zip([Side::A, Side::B]) {
-            routes.insert(sid, (Arc::downgrade(&state), side));
+            routes.insert(sid, super::Route::Leg(Arc::downgrade(&state), side));
         }
     }
     plane.metrics.legs.fetch_add(1, Relaxed);
@@ -247,9 +247,17 @@ impl Drop for MsrpLeg {
     }
 }
 
-/// The leg routed to by a session-id, and the side its URI faces.
-pub(super) fn route(plane: &Plane, sid: &Bytes) -> Option<(Arc<LegState>, Side)> {
+/// What a session-id routes to: a leg and the side its URI faces, or a sink.
+pub(super) enum Bound {
+    Leg(Arc<LegState>, Side),
+    Sink(Arc<super::SinkState>),
+}
+
+/// The leg or sink routed to by a session-id.
+pub(super) fn route(plane: &Plane, sid: &Bytes) -> Option<Bound> {
     let routes = plane.routes.lock();
-    let (leg, side) = routes.get(sid)?;
-    Some((Weak::upgrade(leg)?, *side))
+    match routes.get(sid)? {
+        super::Route::Leg(leg, side) => Some(Bound::Leg(Weak::upgrade(leg)?, *side)),
+        super::Route::Sink(sink) => Some(Bound::Sink(Weak::upgrade(sink)?)),
+    }
 }

@@ -24,6 +24,7 @@
 //! side is slow to send: that chunk is interrupted with `+` (§7.1.1) and goes on in a new one.
 
 mod conn;
+mod endpoint;
 mod leg;
 
 use std::collections::HashMap;
@@ -37,9 +38,11 @@ use cpm_engine::media::{MsrpConfig, Side};
 use cpm_engine::msrp::{ByteRange, Flag, Limits};
 use parking_lot::Mutex;
 
+pub use endpoint::{MsrpSink, OnMessage, Outgoing, Reply};
 pub use leg::{MsrpLeg, MsrpLegStats};
 
 use crate::metrics::MsrpMetrics;
+use endpoint::SinkState;
 use leg::LegState;
 
 /// The MSRP plane's settings.
@@ -58,11 +61,15 @@ pub struct MsrpSettings {
     /// Frames queued toward one connection (each at most one read, 64 KiB): the backpressure
     /// bound.
     pub queue: usize,
+    /// A connection that names none of our sessions in this long is closed
+    /// (`--msrp-bind-timeout`).
+    pub bind_timeout: Duration,
 }
 
 impl MsrpSettings {
     /// The defaults on `listen`: 64 KiB re-chunking, 16 KiB heads, 16 MiB chunks, 10 s wait
-    /// for a peer's connection, 30 s transaction timeout, 16 queued frames per connection.
+    /// for a peer's connection, 30 s transaction timeout, 16 queued frames per connection, 30 s
+    /// for a new connection to name a session.
     pub fn new(listen: SocketAddr) -> MsrpSettings {
         MsrpSettings {
             listen,
@@ -74,6 +81,7 @@ impl MsrpSettings {
             peer_wait: Duration::from_secs(10),
             tx_timeout: Duration::from_secs(30),
             queue: 16,
+            bind_timeout: Duration::from_secs(30),
         }
     }
 }
@@ -112,8 +120,8 @@ pub(crate) struct Plane {
     settings: MsrpSettings,
     local: SocketAddr,
     rt: tokio::runtime::Handle,
-    /// Our URIs' session-ids → the leg and the side that URI faces.
-    routes: Mutex<HashMap<Bytes, (Weak<LegState>, Side)>>,
+    /// Our URIs' session-ids → the leg and the side that URI faces, or a sink.
+    routes: Mutex<HashMap<Bytes, Route>>,
     metrics: Arc<MsrpMetrics>,
     sdp: MsrpConfig,
     seeds: AtomicU64,
@@ -176,8 +184,59 @@ impl MsrpPlane {
 
     /// Legs open now.
     pub fn leg_count(&self) -> usize {
-        self.inner.routes.lock().len() / 2
+        let routes = self.inner.routes.lock();
+        routes
+            .values()
+            .filter(|r| matches!(r, Route::Leg(..)))
+            .count()
+            / 2
     }
+
+    /// Opens a large-message sink (cpmd is the MSRP endpoint of the session, passive) at our
+    /// URI `local` for the sender at `peer_path`: each complete message of at most `max`
+    /// bytes goes to `on_message`, and its last chunk is answered with what comes back on
+    /// the [`Reply`]. The sink closes when the handle is dropped.
+    pub fn open_sink(
+        &self,
+        local: &Bytes,
+        peer_path: &Bytes,
+        max: u64,
+        on_message: OnMessage,
+    ) -> Result<MsrpSink, String> {
+        endpoint::open_sink(&self.inner, local, peer_path, max, on_message)
+    }
+
+    /// A fresh URI of ours on `host` (a new session-id on this plane's port).
+    pub fn fresh_uri(&self, host: &str) -> Bytes {
+        let sid = self.inner.sdp.fresh_session_id();
+        let host = if host.contains(':') {
+            format!("[{host}]")
+        } else {
+            host.to_string()
+        };
+        let mut s = format!("msrp://{host}:{}/", self.inner.local.port()).into_bytes();
+        s.extend_from_slice(&sid);
+        s.extend_from_slice(b";tcp");
+        Bytes::from(s)
+    }
+
+    /// Sends `msg` to a device as its MSRP endpoint (see [`Outgoing`]); `done` gets the result
+    /// on the plane's thread: `Ok` after the 200 to the last chunk, else the status that ended
+    /// it (480: unreachable, 408: no answer).
+    pub fn deliver(&self, msg: Outgoing, done: impl FnOnce(Result<(), u16>) + Send + 'static) {
+        let plane = self.inner.clone();
+        self.inner
+            .rt
+            .spawn(async move { done(endpoint::deliver(plane, msg).await) });
+    }
+}
+
+/// What one of our session-ids routes to.
+pub(crate) enum Route {
+    /// A relay leg, and the side the URI faces.
+    Leg(Weak<LegState>, Side),
+    /// A large-message sink.
+    Sink(Weak<SinkState>),
 }
 
 impl Plane {

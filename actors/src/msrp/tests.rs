@@ -158,3 +158,152 @@ fn a_stalled_chunk_does_not_hold_back_responses() {
     assert!(rest.contains("\r\n\r\nloworld\r\n-------"), "{rest}");
     assert!(read_until(&mut a, "-------tx01$").contains("MSRP tx01 200 OK\r\n"));
 }
+
+fn bare_plane() -> MsrpPlane {
+    MsrpPlane::start(
+        MsrpSettings::new("127.0.0.1:0".parse().unwrap()),
+        [6; 32],
+        2,
+        Arc::new(MsrpMetrics::default()),
+    )
+    .unwrap()
+}
+
+/// A sink joins the chunks of a message, hands it over whole, and answers the last chunk
+/// with what comes back (here after a delay, as a storage commit would); a `+` chunk is
+/// answered at once.
+#[test]
+fn sink_answers_the_last_chunk_after_the_reply() {
+    let plane = bare_plane();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    let local = plane.fresh_uri("127.0.0.1");
+    let on_message: OnMessage = Box::new(move |m, reply| {
+        seen.lock().push(m.body.clone());
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = reply.send(200);
+        });
+    });
+    let sink = plane
+        .open_sink(
+            &local,
+            &Bytes::from_static(b"msrp://a.test:9/pa;tcp"),
+            100,
+            on_message,
+        )
+        .unwrap();
+    assert_eq!(sink.local_uri(), &local);
+    let mut s = TcpStream::connect(plane.local_addr()).unwrap();
+    let to = String::from_utf8_lossy(&local).into_owned();
+    let chunk = |tid: &str, range: &str, body: &str, flag: char| {
+        format!(
+            "MSRP {tid} SEND\r\nTo-Path: {to}\r\nFrom-Path: msrp://a.test:9/pa;tcp\r\n\
+             Message-ID: msg1\r\nByte-Range: {range}\r\nContent-Type: text/plain\r\n\r\n\
+             {body}\r\n-------{tid}{flag}\r\n"
+        )
+    };
+    s.write_all(chunk("tidt1", "1-3/6", "abc", '+').as_bytes())
+        .unwrap();
+    let r = read_until(&mut s, "MSRP tidt1 200");
+    assert!(r.contains("MSRP tidt1 200"), "{r}");
+    s.write_all(chunk("tidt2", "4-6/6", "def", '$').as_bytes())
+        .unwrap();
+    assert!(read_until(&mut s, "MSRP tidt2 200").contains("MSRP tidt2 200"));
+    assert_eq!(got.lock().as_slice(), [Bytes::from_static(b"abcdef")]);
+    // Over the limit: 413, nothing handed over.
+    s.write_all(
+        chunk("tidt3", "1-3/500", "xyz", '+')
+            .replace("msg1", "msg2")
+            .as_bytes(),
+    )
+    .unwrap();
+    assert!(read_until(&mut s, "MSRP tidt3 413").contains("MSRP tidt3 413"));
+    assert_eq!(got.lock().len(), 1);
+    // Dropping the sink closes the connection.
+    drop(sink);
+    let mut buf = [0u8; 16];
+    s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+    assert_eq!(s.read(&mut buf).unwrap_or(1), 0, "closed");
+}
+
+/// Delivery as the active party: cpmd connects to the device's path, sends the message in
+/// chunks of the re-chunking size, and reports Ok after the 200 to the last chunk; a device
+/// that answers 415 fails it with 415; nobody listening is 480.
+#[test]
+fn deliver_sends_chunks_and_waits_for_the_last_200() {
+    let plane = bare_plane();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let path = format!(
+        "msrp://127.0.0.1:{}/dev;tcp",
+        listener.local_addr().unwrap().port()
+    );
+    let body = Bytes::from(vec![b'x'; 150 * 1024]);
+    let run = |code: u16| {
+        let (tx, rx) = std::sync::mpsc::channel();
+        plane.deliver(
+            Outgoing {
+                local: plane.fresh_uri("127.0.0.1"),
+                peer_path: Bytes::from(path.clone()),
+                message_id: Bytes::from_static(b"mid1"),
+                content_type: Bytes::from_static(b"text/plain"),
+                body: body.clone(),
+            },
+            move |r| tx.send(r).unwrap(),
+        );
+        let (mut dev, _) = listener.accept().unwrap();
+        let mut p = cpm_engine::msrp::Parser::new(cpm_engine::msrp::Limits::default());
+        let (mut bytes, mut chunks) = (0usize, 0);
+        dev.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut last = None;
+        'read: loop {
+            let mut buf = vec![0u8; 65536];
+            let n = dev.read(&mut buf).unwrap();
+            assert!(n > 0, "closed early");
+            buf.truncate(n);
+            p.feed(Bytes::from(buf));
+            while let Some(ev) = p.poll() {
+                match ev.unwrap() {
+                    cpm_engine::msrp::Event::Head(h) => last = Some(h),
+                    cpm_engine::msrp::Event::Body(b) => bytes += b.len(),
+                    cpm_engine::msrp::Event::End(flag) => {
+                        chunks += 1;
+                        let h: cpm_engine::msrp::Head = last.take().unwrap();
+                        let c = if flag == cpm_engine::msrp::Flag::Complete {
+                            code
+                        } else {
+                            200
+                        };
+                        let r = cpm_engine::msrp::write::response(&h, c, None).unwrap();
+                        dev.write_all(&cpm_engine::msrp::write::bodyless(
+                            &r,
+                            &mut bytes::BytesMut::new(),
+                        ))
+                        .unwrap();
+                        if flag == cpm_engine::msrp::Flag::Complete {
+                            break 'read;
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        assert_eq!((bytes, chunks), (150 * 1024, 3), "64 KiB chunks");
+        rx.recv_timeout(Duration::from_secs(5)).unwrap()
+    };
+    assert_eq!(run(200), Ok(()));
+    assert_eq!(run(415), Err(415));
+    drop(listener);
+    let (tx, rx) = std::sync::mpsc::channel();
+    plane.deliver(
+        Outgoing {
+            local: plane.fresh_uri("127.0.0.1"),
+            peer_path: Bytes::from(path.clone()),
+            message_id: Bytes::from_static(b"mid2"),
+            content_type: Bytes::from_static(b"text/plain"),
+            body: Bytes::from_static(b"x"),
+        },
+        move |r| tx.send(r).unwrap(),
+    );
+    assert_eq!(rx.recv_timeout(Duration::from_secs(15)).unwrap(), Err(480));
+}

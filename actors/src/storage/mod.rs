@@ -35,6 +35,7 @@ pub type ReadDone = Box<dyn FnOnce(Result<ReadResult, StoreError>) + Send>;
 #[derive(Debug, Clone, Copy)]
 pub struct StorageOptions {
     /// Writes queued at most; beyond, `write` fails at once with [`StoreError::QueueFull`].
+    /// 0 refuses every write (a test knob: a storage that is always full).
     pub write_queue: usize,
     /// Reads queued at most.
     pub read_queue: usize,
@@ -157,6 +158,10 @@ struct Inner {
     senders: RwLock<Option<Senders>>,
     threads: Mutex<Vec<JoinHandle<()>>>,
     metrics: Arc<StorageMetrics>,
+    /// No queue place at all: every write is refused ([`StorageOptions::write_queue`] 0).
+    refuse_writes: bool,
+    /// Injected read failures (test hooks): `[reads to let through first, reads to fail]`.
+    fail_reads: Arc<Mutex<[u64; 2]>>,
 }
 
 /// The storage handle: cheap to clone, shared by every worker; never blocks its caller.
@@ -197,9 +202,11 @@ impl Storage {
             Box::new(move || run_writer(writer, &wrx, batch, &m)),
         )?;
         let m = metrics.clone();
+        let fail_reads = Arc::new(Mutex::new([0u64; 2]));
+        let faults = fail_reads.clone();
         let r = spawn(
             "cpm-store-read",
-            Box::new(move || run_reader(reader, &rrx, &m)),
+            Box::new(move || run_reader(reader, &rrx, &m, &faults)),
         )?;
         Ok(Storage {
             inner: Arc::new(Inner {
@@ -209,6 +216,8 @@ impl Storage {
                 })),
                 threads: Mutex::new(vec![w, r]),
                 metrics,
+                refuse_writes: options.write_queue == 0,
+                fail_reads,
             }),
         })
     }
@@ -226,6 +235,10 @@ impl Storage {
             m.rejected.fetch_add(1, Relaxed);
             return Err(StoreError::Closed);
         };
+        if self.inner.refuse_writes {
+            m.rejected.fetch_add(1, Relaxed);
+            return Err(StoreError::QueueFull);
+        }
         // Counted before the send: the writer may take it (and decrement) at once.
         m.queued.fetch_add(1, Relaxed);
         let job = Job {
@@ -261,6 +274,12 @@ impl Storage {
             TrySendError::Full(_) => StoreError::QueueFull,
             TrySendError::Disconnected(_) => StoreError::Closed,
         })
+    }
+
+    /// Fault injection (`--test-hooks` only): after `after` more reads succeed, the next
+    /// `count` reads fail with an I/O error.
+    pub fn fail_reads(&self, after: u64, count: u64) {
+        *self.inner.fail_reads.lock() = [after, count];
     }
 
     /// The counters.
@@ -346,9 +365,28 @@ fn run_reader(
     mut store: Box<dyn Store>,
     rx: &Receiver<Job<ReadQuery, ReadDone>>,
     m: &StorageMetrics,
+    faults: &Mutex<[u64; 2]>,
 ) {
     while let Ok(job) = rx.recv() {
-        let r = store.read(&job.q);
+        let fail = {
+            let mut f = faults.lock();
+            match *f {
+                [0, 0] => false,
+                [0, n] => {
+                    f[1] = n - 1;
+                    true
+                }
+                [k, _] => {
+                    f[0] = k - 1;
+                    false
+                }
+            }
+        };
+        let r = if fail {
+            Err(StoreError::Io("injected read failure".into()))
+        } else {
+            store.read(&job.q)
+        };
         m.reads.fetch_add(1, Relaxed);
         call(job.done, r);
     }

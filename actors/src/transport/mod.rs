@@ -5,6 +5,7 @@
 //! worker that owns its Call-ID ([`Router`]); the owning worker answers through
 //! [`Outbound::send`], which picks the UDP socket or the message's TCP connection.
 
+pub mod limits;
 pub mod tcp;
 pub mod udp;
 
@@ -18,6 +19,7 @@ use cpm_engine::sip::Message;
 use crate::metrics::{Drop, WorkerMetrics};
 use crate::worker::Worker;
 
+pub use limits::{LimitsConfig, SourceLimits};
 pub use tcp::{TcpConn, TcpRegistry};
 
 /// Which transport a message arrived on (and its answer leaves by).

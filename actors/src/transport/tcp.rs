@@ -7,7 +7,7 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use cpm_engine::sip::framing::{Frame, FramingError, StreamFramer};
@@ -17,7 +17,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
-use super::{Inbound, Router, SendError, Transport};
+use super::limits::TcpSlot;
+use super::{Inbound, Router, SendError, SourceLimits, Transport};
 use crate::metrics::{Drop, WorkerMetrics};
 
 /// Messages queued for one connection before the peer counts as too slow.
@@ -81,12 +82,14 @@ impl TcpRegistry {
 }
 
 /// Limits applied to every connection.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct TcpLimits {
     /// Largest message (headers and body) accepted.
     pub max_message_size: usize,
     /// A connection silent for this long is closed.
     pub idle_timeout: Duration,
+    /// The per-source limits: connections per IP, request rate, incomplete-message timeout.
+    pub sources: Arc<SourceLimits>,
 }
 
 /// Binds a TCP listener with `SO_REUSEPORT` (one per worker, same address). With `exclusive`,
@@ -118,6 +121,12 @@ pub async fn accept_loop(
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let Some(slot) = limits.sources.tcp_open(peer.ip()) else {
+                    metrics.dropped(Drop::TcpPerIp);
+                    tracing::debug!(%peer, "TCP connection over the per-source limit closed");
+                    drop(stream);
+                    continue;
+                };
                 let _ = stream.set_nodelay(true);
                 actix_rt::spawn(serve(
                     stream,
@@ -125,7 +134,8 @@ pub async fn accept_loop(
                     registry.clone(),
                     Some(router.clone()),
                     metrics.clone(),
-                    limits,
+                    limits.clone(),
+                    slot,
                 ));
             }
             Err(e) => {
@@ -162,9 +172,13 @@ pub fn connect_and_send(
                 }
             };
         let _ = stream.set_nodelay(true);
-        let limits = LOCAL
-            .with(|l| l.borrow().as_ref().map(|(_, lim)| *lim))
-            .unwrap_or(DEFAULT_LIMITS);
+        // The worker set its limits when it started its I/O, before it could send anything.
+        let Some(limits) = LOCAL.with(|l| l.borrow().as_ref().map(|(_, lim)| lim.clone())) else {
+            if let Some(report) = on_failure {
+                report();
+            }
+            return;
+        };
         let (conn, fut) = connection(stream, dest, registry, None, metrics, limits);
         let _ = conn.send(payload);
         drop(conn);
@@ -179,18 +193,13 @@ async fn serve(
     router: Option<Router>,
     metrics: Arc<WorkerMetrics>,
     limits: TcpLimits,
+    slot: TcpSlot,
 ) {
     let (conn, fut) = connection(stream, peer, registry, router, metrics, limits);
     drop(conn);
     fut.await;
+    drop(slot);
 }
-
-/// Limits for connections opened before the worker told us its configuration (never in
-/// practice: `set_local` runs when the worker starts its I/O).
-const DEFAULT_LIMITS: TcpLimits = TcpLimits {
-    max_message_size: 65_535,
-    idle_timeout: Duration::from_secs(300),
-};
 
 thread_local! {
     /// The router and limits of the current worker, for connections it opens itself.
@@ -258,11 +267,24 @@ async fn read_loop(
     limits: TcpLimits,
 ) {
     let mut framer = StreamFramer::new(limits.max_message_size);
+    let limited = limits.sources.config().rate.is_some();
+    let message_timeout = limits.sources.config().tcp_message_timeout;
+    // When the first byte of the message being read arrived (None between messages).
+    let mut partial_since: Option<tokio::time::Instant> = None;
     loop {
         // Read straight into the framer's buffer: frames are split off it without a copy.
         let buf = framer.buffer_mut();
         buf.reserve(16 * 1024);
-        match tokio::time::timeout(limits.idle_timeout, rd.read_buf(buf)).await {
+        let deadline = match partial_since {
+            Some(t) => (t + message_timeout).min(tokio::time::Instant::now() + limits.idle_timeout),
+            None => tokio::time::Instant::now() + limits.idle_timeout,
+        };
+        match tokio::time::timeout_at(deadline, rd.read_buf(buf)).await {
+            Err(_) if partial_since.is_some_and(|t| t + message_timeout <= deadline) => {
+                metrics.dropped(Drop::IncompleteTimeout);
+                tracing::debug!(peer = %conn.peer, "TCP message incomplete in time; closing");
+                return;
+            }
             Err(_) => {
                 tracing::debug!(peer = %conn.peer, "TCP idle timeout");
                 return;
@@ -274,6 +296,13 @@ async fn read_loop(
             match framer.next() {
                 Ok(Some(Frame::Message(bytes))) => {
                     let size = bytes.len();
+                    if limited
+                        && !super::limits::is_response(&bytes)
+                        && !limits.sources.allow_request(conn.peer.ip(), Instant::now())
+                    {
+                        metrics.dropped(Drop::RateLimited);
+                        continue;
+                    }
                     match cpm_engine::sip::parse(bytes) {
                         Ok(msg) => router.route(
                             Inbound {
@@ -295,7 +324,15 @@ async fn read_loop(
                     // RFC 5626 §3.5.1: answer a CRLFCRLF ping with a CRLF pong.
                     let _ = conn.send(Bytes::from_static(b"\r\n"));
                 }
-                Ok(None) => break,
+                Ok(None) => {
+                    // Between messages, or part of one: its clock starts with its first byte.
+                    partial_since = match (framer.buffered(), partial_since) {
+                        (0, _) => None,
+                        (_, Some(t)) => Some(t),
+                        (_, None) => Some(tokio::time::Instant::now()),
+                    };
+                    break;
+                }
                 Err(FramingError::TooLarge) => {
                     // RFC 3261 §21.4.11: answer 513 when the head can still be read, then close
                     // (the rest of the oversized message cannot be skipped reliably).

@@ -3,11 +3,12 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::BytesMut;
 use socket2::{Domain, Protocol, Socket, Type};
 
-use super::{Inbound, Router, Transport};
+use super::{Inbound, Router, SourceLimits, Transport};
 use crate::metrics::{Drop, WorkerMetrics};
 
 /// The largest datagram we read (a UDP payload cannot exceed it).
@@ -54,7 +55,9 @@ pub async fn recv_loop(
     router: Router,
     metrics: Arc<WorkerMetrics>,
     max_message_size: usize,
+    limits: Arc<SourceLimits>,
 ) {
+    let limited = limits.config().rate.is_some();
     // One buffer serves many datagrams: each datagram is split off as a `Bytes` that the
     // parsed message keeps; the rest of the allocation is reused for the next read.
     let mut buf = BytesMut::with_capacity(256 * 1024);
@@ -78,6 +81,13 @@ pub async fn recv_loop(
         let datagram = buf.split_to(n).freeze();
         if datagram.iter().all(|&c| c == b'\r' || c == b'\n') {
             continue; // keep-alive (RFC 5626 §4.4.1 style CRLF), nothing to answer on UDP
+        }
+        if limited
+            && !super::limits::is_response(&datagram)
+            && !limits.allow_request(source.ip(), Instant::now())
+        {
+            metrics.dropped(Drop::RateLimited);
+            continue;
         }
         if n > max_message_size {
             // Still parse: a request that is too large is answered 513 by its worker.

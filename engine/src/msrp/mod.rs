@@ -9,6 +9,8 @@
 //! - [`relay`] is what a media anchor does per chunk: terminate one side's path and rewrite the
 //!   To-Path/From-Path for the other side, decide which responses and REPORTs are due
 //!   (Failure-Report, Success-Report), build failure REPORTs, and re-chunk large messages.
+//! - [`assemble`] joins the chunks of whole messages where the server is the endpoint (large
+//!   message mode).
 //! - [`uri`] is the MSRP URI with the comparison of RFC 4975 §6.1.
 //!
 //! ```
@@ -27,6 +29,7 @@
 //! assert_eq!(p.poll(), Some(Ok(Event::End(Flag::Complete))));
 //! ```
 
+pub mod assemble;
 mod head;
 mod parser;
 pub mod relay;

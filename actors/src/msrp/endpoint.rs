@@ -1,0 +1,403 @@
+//! cpmd as an MSRP endpoint, for large message mode (OMA CPM / RCS: one message in a session
+//! of its own, RFC 4975): a [`MsrpSink`] receives the messages of a session whose recipient is
+//! offline, and [`deliver`] sends a held message to a device over a connection cpmd opens.
+//!
+//! ```text
+//!  sender ══TCP══► listener ─ session-id ─► sink connection: chunks ─ Assembler ─► complete
+//!                                              ─► on_message(msg, reply) ─► storage commit
+//!                                              ◄─ reply(200 / error) ◄──────────┘
+//!                                           200 to the `$` chunk (+ Success REPORT)
+//!  cpmd ══TCP══► device (a=setup:active): SEND chunks ─► the 200 to the last one ─► Ok
+//! ```
+//!
+//! The joining of chunks and the limits are `cpm_engine::msrp::assemble`'s; this module moves
+//! bytes and waits for the storage's answer.
+
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use cpm_engine::msrp::assemble::{Assembler, ChunkOutcome, Complete};
+use cpm_engine::msrp::relay;
+use cpm_engine::msrp::uri::{first_of_path, parse_path};
+use cpm_engine::msrp::write::{self, IdGen};
+use cpm_engine::msrp::{ByteRange, Event, Flag, Head, Kind, Method, Parser, Status, Uri};
+use parking_lot::Mutex;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+
+use super::Plane;
+
+/// How long a complete message waits for its storage answer before the sender gets an error.
+const REPLY_WAIT: Duration = Duration::from_secs(30);
+
+/// Where the answer to a complete message goes: the MSRP status of its last chunk (200 once
+/// stored; an error status otherwise).
+pub type Reply = oneshot::Sender<u16>;
+
+/// What a sink does with each complete message (called on the MSRP plane's thread: it must not
+/// block; it answers through the [`Reply`]).
+pub type OnMessage = Box<dyn Fn(Complete, Reply) + Send + Sync>;
+
+pub(crate) struct SinkState {
+    /// Our URI and the sender's path (its SDP `a=path`).
+    side: relay::Side,
+    max: u64,
+    on_message: OnMessage,
+    closed: watch::Sender<bool>,
+    last_activity: Mutex<Instant>,
+}
+
+impl SinkState {
+    pub(super) fn is_closed(&self) -> bool {
+        *self.closed.borrow()
+    }
+
+    pub(super) fn subscribe(&self) -> watch::Receiver<bool> {
+        self.closed.subscribe()
+    }
+
+    fn touch(&self) {
+        *self.last_activity.lock() = Instant::now();
+    }
+}
+
+/// The session actor's (here: the message controller's) handle of a sink. Dropping it closes
+/// the sink: its connection is closed, an unfinished message is dropped, and its session-id is
+/// routed nowhere.
+pub struct MsrpSink {
+    state: Arc<SinkState>,
+    plane: Arc<Plane>,
+}
+
+impl MsrpSink {
+    /// Our URI (the `a=path` of the SDP answer).
+    pub fn local_uri(&self) -> &Bytes {
+        self.state.side.local_bytes()
+    }
+
+    /// How long nothing arrived on the sink.
+    pub fn idle_for(&self, now: Instant) -> Duration {
+        now.saturating_duration_since(*self.state.last_activity.lock())
+    }
+}
+
+impl Drop for MsrpSink {
+    fn drop(&mut self) {
+        self.plane
+            .routes
+            .lock()
+            .remove(self.state.side.local().session_id());
+        self.state.closed.send_replace(true);
+    }
+}
+
+/// Opens a sink at our URI `local` for a sender at `peer_path`; messages over `max` bytes are
+/// refused (413).
+pub(super) fn open_sink(
+    plane: &Arc<Plane>,
+    local: &Bytes,
+    peer_path: &Bytes,
+    max: u64,
+    on_message: OnMessage,
+) -> Result<MsrpSink, String> {
+    let local = Uri::parse(local).map_err(|e| e.reason().to_string())?;
+    let path = parse_path(peer_path).map_err(|e| e.reason().to_string())?;
+    let sid = local.session_id().clone();
+    let state = Arc::new(SinkState {
+        side: relay::Side::new(local, &path),
+        max,
+        on_message,
+        closed: watch::channel(false).0,
+        last_activity: Mutex::new(Instant::now()),
+    });
+    plane
+        .routes
+        .lock()
+        .insert(sid, super::Route::Sink(Arc::downgrade(&state)));
+    Ok(MsrpSink {
+        state,
+        plane: plane.clone(),
+    })
+}
+
+/// What the sink's connection is doing with the current transaction.
+enum Cur {
+    Idle,
+    /// A SEND chunk being joined.
+    Joining(Box<Head>),
+}
+
+/// The reader of a connection bound to a sink.
+pub(super) struct SinkConn {
+    pub(super) sink: Arc<SinkState>,
+    wr: OwnedWriteHalf,
+    asm: Assembler,
+    cur: Cur,
+    buf: BytesMut,
+    ids: IdGen,
+}
+
+impl SinkConn {
+    pub(super) fn bind(sink: Arc<SinkState>, plane: &Plane, wr: OwnedWriteHalf) -> SinkConn {
+        tracing::debug!("MSRP connection bound to a large-message sink");
+        sink.touch();
+        SinkConn {
+            asm: Assembler::new(sink.max),
+            sink,
+            wr,
+            cur: Cur::Idle,
+            buf: BytesMut::new(),
+            ids: IdGen::new(plane.next_seed()),
+        }
+    }
+
+    /// One parser event; `false` when the connection is to be closed (it cannot be written).
+    pub(super) async fn on_event(&mut self, ev: Event) -> bool {
+        self.sink.touch();
+        match ev {
+            Event::Head(h) => self.on_head(h).await,
+            Event::Body(b) => {
+                if matches!(self.cur, Cur::Joining(_)) {
+                    self.asm.on_body(&b);
+                }
+                true
+            }
+            Event::End(flag) => match std::mem::replace(&mut self.cur, Cur::Idle) {
+                Cur::Joining(h) => self.on_end(*h, flag).await,
+                Cur::Idle => true,
+            },
+            Event::Reject(r) => {
+                tracing::debug!(error = %r.error, "MSRP request to the sink rejected");
+                if let Cur::Joining(_) = std::mem::replace(&mut self.cur, Cur::Idle) {
+                    self.asm.on_reject();
+                }
+                if !r.request {
+                    return true;
+                }
+                let mut h = Head::new(
+                    r.tid,
+                    Kind::Request(Method::Send),
+                    r.to_path.unwrap_or_default(),
+                    r.from_path.unwrap_or_default(),
+                );
+                h.failure_report = None;
+                self.respond(&h, r.error.status()).await
+            }
+        }
+    }
+
+    async fn on_head(&mut self, h: Head) -> bool {
+        let Kind::Request(method) = &h.kind else {
+            return true; // a response to our REPORT: nothing to do
+        };
+        if let Err(e) = self.sink.side.accept(&h) {
+            return self.respond(&h, e.status()).await;
+        }
+        match method {
+            Method::Send if h.has_body => {
+                self.asm.on_head(&h);
+                self.cur = Cur::Joining(Box::new(h));
+                true
+            }
+            Method::Send => self.respond(&h, 200).await,
+            Method::Report => true,
+            _ => self.respond(&h, 501).await,
+        }
+    }
+
+    async fn on_end(&mut self, h: Head, flag: Flag) -> bool {
+        match self.asm.on_end(flag) {
+            ChunkOutcome::Accepted | ChunkOutcome::Aborted => self.respond(&h, 200).await,
+            ChunkOutcome::Refused(code) => {
+                tracing::debug!(code, "large message refused");
+                self.respond(&h, code).await
+            }
+            ChunkOutcome::Complete(msg) => {
+                let (size, report) = (msg.body.len() as u64, msg.success_report);
+                let message_id = msg.message_id.clone();
+                let (tx, rx) = oneshot::channel();
+                (self.sink.on_message)(msg, tx);
+                // RFC 4975 §7.1.1: the 200 to the last chunk says the message was taken; it
+                // follows the storage commit.
+                let code = match tokio::time::timeout(REPLY_WAIT, rx).await {
+                    Ok(Ok(code)) => code,
+                    Ok(Err(_)) => 500,
+                    Err(_) => 408,
+                };
+                if !self.respond(&h, code).await {
+                    return false;
+                }
+                if code == 200 && report {
+                    return self.success_report(&h, message_id, size).await;
+                }
+                true
+            }
+        }
+    }
+
+    /// The success REPORT of a stored message (RFC 4975 §7.1.2: Status 000 200, its whole
+    /// Byte-Range).
+    async fn success_report(&mut self, req: &Head, message_id: Bytes, size: u64) -> bool {
+        let to = first_of_path(&req.from_path)
+            .map(|u| u.to_bytes())
+            .unwrap_or_else(|_| req.from_path.clone());
+        let mut r = Head::new(
+            self.ids.next_id(),
+            Kind::Request(Method::Report),
+            to,
+            self.sink.side.local_bytes().clone(),
+        );
+        r.message_id = Some(message_id);
+        r.byte_range = Some(ByteRange::whole(size));
+        r.status = Some(Status {
+            namespace: 0,
+            code: 200,
+            reason: Some(Bytes::from_static(b"OK")),
+        });
+        let out = write::bodyless(&r, &mut self.buf);
+        self.wr.write_all(&out).await.is_ok()
+    }
+
+    async fn respond(&mut self, req: &Head, code: u16) -> bool {
+        match write::response(req, code, None) {
+            Some(r) => {
+                let out = write::bodyless(&r, &mut self.buf);
+                self.wr.write_all(&out).await.is_ok()
+            }
+            None => true,
+        }
+    }
+
+    /// The connection ended: an unfinished message is dropped with the assembler.
+    pub(super) fn finish(self) {
+        if self.asm.pending() > 0 {
+            tracing::debug!(
+                pending = self.asm.pending(),
+                "MSRP sink connection closed mid-message: not stored"
+            );
+        }
+    }
+}
+
+/// A message cpmd sends as an endpoint.
+#[derive(Debug, Clone)]
+pub struct Outgoing {
+    /// Our URI (the `a=path` of our SDP).
+    pub local: Bytes,
+    /// The device's `a=path`.
+    pub peer_path: Bytes,
+    /// The Message-ID.
+    pub message_id: Bytes,
+    /// The Content-Type.
+    pub content_type: Bytes,
+    /// The body.
+    pub body: Bytes,
+}
+
+/// Delivers `msg` over a connection cpmd opens to the first URI of the device's path (cpmd
+/// is `a=setup:active`, RFC 6135): SEND chunks of at most the plane's re-chunking size, then
+/// waits for the response to the last one. `Err` is the status that ended it: the device's
+/// error, 408 for no answer in the transaction timeout, 480 for a device that could not be
+/// reached or closed the connection.
+pub(super) async fn deliver(plane: Arc<Plane>, msg: Outgoing) -> Result<(), u16> {
+    let uri = first_of_path(&msg.peer_path).map_err(|_| 400u16)?;
+    let host = String::from_utf8_lossy(uri.host());
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port().unwrap_or(2855);
+    let stream = match tokio::time::timeout(
+        plane.settings.peer_wait,
+        TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(s)) => s,
+        _ => return Err(480),
+    };
+    let _ = stream.set_nodelay(true);
+    plane.metrics.connections.fetch_add(1, Relaxed);
+    let r = send_chunks(&plane, stream, &msg).await;
+    plane.metrics.connections.fetch_sub(1, Relaxed);
+    r
+}
+
+async fn send_chunks(plane: &Plane, stream: TcpStream, msg: &Outgoing) -> Result<(), u16> {
+    let (mut rd, mut wr) = stream.into_split();
+    let mut ids = IdGen::new(plane.next_seed());
+    let mut buf = BytesMut::new();
+    let total = msg.body.len() as u64;
+    let step = plane.settings.rechunk.max(1) as usize;
+    let mut tids = Vec::new();
+    let mut start = 0usize;
+    loop {
+        let end = (start + step).min(msg.body.len());
+        let mut h = Head::new(
+            ids.next_id(),
+            Kind::Request(Method::Send),
+            msg.peer_path.clone(),
+            msg.local.clone(),
+        );
+        h.message_id = Some(msg.message_id.clone());
+        h.byte_range = Some(ByteRange {
+            start: start as u64 + 1,
+            end: Some(end as u64),
+            total: Some(total),
+        });
+        h.content_type = Some(msg.content_type.clone());
+        let flag = if end == msg.body.len() {
+            Flag::Complete
+        } else {
+            Flag::Continues
+        };
+        // The body goes out as a slice of the stored message, without a copy.
+        let parts = write::chunk(&mut h, msg.body.slice(start..end), flag, &mut buf);
+        for p in parts {
+            wr.write_all(&p).await.map_err(|_| 480u16)?;
+        }
+        tids.push(h.tid);
+        start = end;
+        if start >= msg.body.len() {
+            break;
+        }
+    }
+    let last = tids.last().cloned().unwrap_or_default();
+    let deadline = tokio::time::Instant::now() + plane.settings.tx_timeout;
+    let mut parser = Parser::new(plane.settings.limits);
+    let mut rbuf = BytesMut::new();
+    loop {
+        rbuf.reserve(16 * 1024);
+        match tokio::time::timeout_at(deadline, rd.read_buf(&mut rbuf)).await {
+            Err(_) => return Err(408),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(480),
+            Ok(Ok(_)) => {}
+        }
+        parser.feed(rbuf.split().freeze());
+        while let Some(ev) = parser.poll() {
+            let Ok(ev) = ev else { return Err(480) };
+            let Event::Head(h) = ev else { continue };
+            match h.code() {
+                Some(200) if h.tid == last => {
+                    let _ = wr.shutdown().await;
+                    return Ok(());
+                }
+                Some(200) => {}
+                Some(code) if tids.contains(&h.tid) => return Err(code),
+                Some(_) => {}
+                // The device's own requests (a binding SEND): answered, otherwise ignored.
+                None if h.method() == Some(&Method::Send) => {
+                    if let Some(r) = write::response(&h, 200, None) {
+                        let out = write::bodyless(&r, &mut buf);
+                        wr.write_all(&out).await.map_err(|_| 480u16)?;
+                    }
+                }
+                None => {}
+            }
+        }
+    }
+}

@@ -1,1 +1,0 @@
-//! Filled by the conference work (issue 6).

@@ -21,9 +21,9 @@ pub const INTERARRIVAL: Quantity = Quantity::Custom("mixer_interarrival_dev");
 pub const DELAY: Quantity = Quantity::Custom("mixer_delay");
 
 /// The frames a burst-end check looks at (the last 100 ms heard).
-const CHECK_FRAMES: usize = 5;
+pub const CHECK_FRAMES: usize = 5;
 /// Of those, how many must hold another talker's tone.
-const CHECK_PRESENT: usize = 3;
+pub const CHECK_PRESENT: usize = 3;
 
 /// The burst a conference is in, as its receivers need it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

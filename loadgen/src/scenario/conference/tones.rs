@@ -37,11 +37,11 @@ const SPREAD_HZ: u32 = 2800;
 const MAX_AMPLITUDE: f64 = 3277.0;
 
 /// A tone counts as present at half its sent amplitude (-6 dB) or more.
-const PRESENT: f64 = 0.5;
+pub const PRESENT: f64 = 0.5;
 
 /// A tone counts as audible at a tenth of its sent amplitude (-20 dB) or more: a talker's own
 /// tone must stay below it in what it hears.
-const AUDIBLE: f64 = 0.1;
+pub const AUDIBLE: f64 = 0.1;
 
 /// G.711 µ-law or A-law (ITU-T G.711; RFC 3551 §4.5.14): the codecs of a conference run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

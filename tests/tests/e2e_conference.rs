@@ -11,6 +11,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use cpm_engine::conference::audio::{g711, tone};
+use cpm_engine::conference::roster::{ConferenceInfo, DocState, EndpointStatus, MediaStatus};
 use cpm_engine::sip::Message;
 use cpm_tests::dialog::{uri_of, Dialog};
 use cpm_tests::http::request;
@@ -232,6 +233,24 @@ fn notify(ua: &mut Ua) -> (String, String) {
     )
 }
 
+/// Folds a conference-info NOTIFY body into what the subscriber knows (RFC 4575 §4.6: a full
+/// document replaces it, a partial one must carry the next version); returns the document's
+/// state.
+#[track_caller]
+fn apply(info: &mut ConferenceInfo, doc: &str) -> DocState {
+    let next = ConferenceInfo::parse(doc.as_bytes()).unwrap_or_else(|e| panic!("{e}: {doc}"));
+    let state = next.state;
+    info.apply(next).unwrap_or_else(|e| panic!("{e}: {doc}"));
+    state
+}
+
+/// The users a subscriber knows, sorted.
+fn users(info: &ConferenceInfo) -> Vec<&str> {
+    let mut u: Vec<&str> = info.users.iter().map(|u| u.entity.as_str()).collect();
+    u.sort_unstable();
+    u
+}
+
 // ---- tests ---------------------------------------------------------------------------------
 
 #[test]
@@ -257,22 +276,25 @@ fn adhoc_conference_of_three_mixes_minus_own_with_events_and_mute() {
     assert_status(&watcher.request(&sub), 200);
     let (state, doc) = notify(&mut watcher);
     assert!(state.starts_with("active"), "{state}");
-    assert!(doc.contains("state=\"full\""), "{doc}");
-    assert!(doc.contains("sip:alice@localhost"), "{doc}");
+    let mut info = ConferenceInfo::default();
+    assert_eq!(apply(&mut info, &doc), DocState::Full, "{doc}");
+    assert_eq!(info.entity, format!("sip:{id}@localhost"));
+    assert_eq!(users(&info), ["sip:alice@localhost"]);
+    assert_eq!(info.user_count, Some(1));
 
-    // Bob and carol join at the focus URI; the watcher gets a partial NOTIFY for each.
+    // Bob and carol join at the focus URI; the watcher gets a partial NOTIFY for each, with
+    // only the newcomer in it.
     let (mut b, _) = join(Ua::udp(cpmd.sip_addr()).user("bob"), &focus);
     let (_, doc) = notify(&mut watcher);
-    assert!(
-        doc.contains("state=\"partial\"") && doc.contains("sip:bob@localhost"),
-        "{doc}"
-    );
+    assert_eq!(apply(&mut info, &doc), DocState::Partial, "{doc}");
+    assert!(!doc.contains("sip:alice@"), "{doc}");
+    assert_eq!(users(&info), ["sip:alice@localhost", "sip:bob@localhost"]);
     let (mut c, _) = join(Ua::udp(cpmd.sip_addr()).user("carol"), &focus);
     let (_, doc) = notify(&mut watcher);
-    assert!(
-        doc.contains("sip:carol@localhost") && !doc.contains("sip:bob@"),
-        "{doc}"
-    );
+    assert_eq!(apply(&mut info, &doc), DocState::Partial, "{doc}");
+    assert!(!doc.contains("sip:bob@"), "{doc}");
+    assert_eq!(users(&info).len(), 3);
+    assert_eq!(info.user_count, Some(3));
 
     // Each hears the other two tones and not its own.
     let (fa, fb, fc) = (500.0, 800.0, 1300.0);
@@ -310,7 +332,10 @@ fn adhoc_conference_of_three_mixes_minus_own_with_events_and_mute() {
     );
     assert_eq!(r.status, 200, "{}", r.text());
     let (_, doc) = notify(&mut watcher);
-    assert!(doc.contains("<status>recvonly</status>"), "{doc}");
+    assert_eq!(apply(&mut info, &doc), DocState::Partial, "{doc}");
+    let bob_ep = &info.user("sip:bob@localhost").unwrap().endpoints[0];
+    assert_eq!(bob_ep.status, Some(EndpointStatus::MutedViaFocus), "{doc}");
+    assert_eq!(bob_ep.media[0].status, Some(MediaStatus::RecvOnly), "{doc}");
     let heard = play(
         &[&a, &b, &c],
         &[Some(fa), Some(fb), Some(fc)],
@@ -323,10 +348,8 @@ fn adhoc_conference_of_three_mixes_minus_own_with_events_and_mute() {
     // Carol leaves mid-conference: a partial NOTIFY with her deleted; the others go on.
     leave(&mut c);
     let (_, doc) = notify(&mut watcher);
-    assert!(
-        doc.contains("state=\"deleted\"") && doc.contains("sip:carol@"),
-        "{doc}"
-    );
+    assert_eq!(apply(&mut info, &doc), DocState::Partial, "{doc}");
+    assert_eq!(users(&info), ["sip:alice@localhost", "sip:bob@localhost"]);
     let heard = play(
         &[&a, &b],
         &[Some(fa), Some(fb)],
@@ -336,11 +359,16 @@ fn adhoc_conference_of_three_mixes_minus_own_with_events_and_mute() {
 
     // The last ones leave: the conference ends, the subscription is terminated.
     leave(&mut b);
-    let _ = notify(&mut watcher);
+    let (_, doc) = notify(&mut watcher);
+    apply(&mut info, &doc);
     leave(&mut a);
-    let _ = notify(&mut watcher);
-    let (state, _) = notify(&mut watcher);
+    let (_, doc) = notify(&mut watcher);
+    apply(&mut info, &doc);
+    assert!(info.users.is_empty(), "{info:?}");
+    let (state, doc) = notify(&mut watcher);
     assert!(state.starts_with("terminated"), "{state}");
+    apply(&mut info, &doc);
+    assert_eq!(info.user_count, Some(0));
     assert_released(&cpmd);
 }
 

@@ -17,6 +17,10 @@ use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use bytes::Bytes;
+use cpm_engine::conference::roster::{
+    ChangeSet, EndpointStatus, JoiningMethod, Media, MediaKind, MediaStatus, ParticipantId, Roster,
+    SubscriberView, CONFERENCE_INFO_CONTENT_TYPE,
+};
 use cpm_engine::media::{LocalPorts, PortPool};
 use cpm_engine::session::ReqId;
 use cpm_engine::sip::builder::{self, BranchGen};
@@ -25,7 +29,6 @@ use cpm_engine::sip::transaction::ServerTxId;
 use cpm_engine::sip::{HeaderName, Headers, Message, Method, StartLine};
 use parking_lot::Mutex;
 
-use super::events::{self, Change, UserInfo};
 use super::predefined::{Join, Predefined};
 use super::registry::{ParticipantSummary, Summary};
 use super::sdp::{self, Local, Negotiated};
@@ -114,35 +117,19 @@ enum NotifyVia {
     },
 }
 
+/// A participant's SIP and media state; who it is (AOR, display name, status, mute) is in
+/// the conference's [`Roster`] under the same id.
 struct Participant {
-    entity: String,
-    display: Option<String>,
     dialog: Option<Dialog>,
     dest: SocketAddr,
     reliable: bool,
     state: State,
     media: Option<Negotiated>,
     ports: Option<Ports>,
-    muted: bool,
     sdp_version: u64,
     /// The ACK we sent for its 2xx (dial-out), re-sent on retransmissions.
     ack: Option<Message>,
     referral: Option<Referral>,
-}
-
-impl Participant {
-    fn info(&self, id: u32) -> UserInfo {
-        UserInfo {
-            entity: self.entity.clone(),
-            display: self.display.clone(),
-            status: match self.state {
-                State::Calling { .. } => "dialing-out",
-                _ => "connected",
-            },
-            muted: self.muted,
-            id,
-        }
-    }
 }
 
 /// An RFC 4575 subscription.
@@ -151,7 +138,8 @@ struct Subscription {
     dest: SocketAddr,
     reliable: bool,
     expires: Instant,
-    version: u32,
+    /// The version of the last conference-info document it got (RFC 4575 §4.6).
+    view: SubscriberView,
 }
 
 /// What a request we sent was for.
@@ -172,6 +160,8 @@ pub struct ConferenceActor {
     next_req: u64,
     next_pid: u32,
     participants: BTreeMap<u32, Participant>,
+    /// Who is in the conference, rendered into conference-info (RFC 4575 §5).
+    roster: Roster,
     subs: Vec<Subscription>,
     pending: std::collections::HashMap<ReqId, Pending>,
     room: Option<RoomHandle>,
@@ -179,6 +169,8 @@ pub struct ConferenceActor {
     session: u64,
     out: Vec<ConfAction>,
     ended: bool,
+    /// The AOR of who created an ad-hoc conference (its first INVITE, to the factory).
+    creator: Option<String>,
     /// Whether anyone was ever in it (an ad-hoc conference ends when the last one leaves).
     joined: bool,
     /// Where the room's events go (this actor; set when it starts).
@@ -207,6 +199,7 @@ impl ConferenceActor {
             s.focus = focus.clone();
             s.predefined = matches!(origin, Origin::Predefined(_));
         }
+        let roster = Roster::new(focus.clone());
         ConferenceActor {
             key,
             name,
@@ -218,6 +211,7 @@ impl ConferenceActor {
             next_req: 0,
             next_pid: 0,
             participants: BTreeMap::new(),
+            roster,
             subs: Vec::new(),
             pending: Default::default(),
             room: None,
@@ -226,6 +220,7 @@ impl ConferenceActor {
             out: Vec::new(),
             ended: false,
             joined: false,
+            creator: None,
             events: None,
         }
     }
@@ -296,37 +291,77 @@ impl ConferenceActor {
 
     // ---- roster and events ---------------------------------------------------------------
 
-    fn users(&self) -> Vec<UserInfo> {
-        self.participants
-            .iter()
-            .map(|(id, p)| p.info(*id))
-            .collect()
-    }
-
-    /// Updates the API summary and sends a partial NOTIFY of `changes` to every subscriber.
-    fn roster_changed(&mut self, changes: &[(UserInfo, Change)]) {
+    /// Updates the API summary and sends a partial NOTIFY of `changes` to every subscriber
+    /// (RFC 4575 §4.6.2).
+    fn roster_changed(&mut self, changes: ChangeSet) {
         {
             let mut s = self.summary.lock();
             s.participants = self
-                .participants
+                .roster
                 .iter()
-                .map(|(id, p)| ParticipantSummary {
-                    id: *id,
-                    uri: p.entity.clone(),
+                .map(|p| ParticipantSummary {
+                    id: p.id.0,
+                    uri: p.uri.clone(),
                     muted: p.muted,
-                    status: p.info(*id).status,
+                    status: p.shown_status().as_str(),
                 })
                 .collect();
         }
         if changes.is_empty() {
             return;
         }
-        let users = self.users();
         for i in 0..self.subs.len() {
-            self.subs[i].version += 1;
-            let doc = events::render(&self.focus, self.subs[i].version, &users, Some(changes));
+            let doc = self.roster.render_partial(&mut self.subs[i].view, &changes);
             self.notify_sub(i, Some(doc), false);
         }
+    }
+
+    /// A participant's status changed (dialing out, connected).
+    fn set_status(&mut self, pid: u32, status: EndpointStatus) {
+        if let Ok(c) = self.roster.set_status(ParticipantId(pid), status) {
+            self.roster_changed(c);
+        }
+    }
+
+    /// A participant's audio stream as conference-info shows it (RFC 4575 §5.7.7): `recvonly`
+    /// while the focus mutes it (it hears the mix, nothing of it goes in).
+    fn audio_media(muted: bool) -> Media {
+        Media {
+            id: 1,
+            kind: MediaKind::Audio,
+            label: None,
+            src_id: None,
+            status: if muted {
+                MediaStatus::RecvOnly
+            } else {
+                MediaStatus::SendRecv
+            },
+        }
+    }
+
+    /// Adds someone to the roster: its id (the participant id everywhere) and the change.
+    /// The endpoint is its Contact URI (made unique if it is taken).
+    fn roster_join(
+        &mut self,
+        entity: String,
+        endpoint: Option<String>,
+        display: Option<String>,
+        joining: JoiningMethod,
+        status: EndpointStatus,
+    ) -> Option<(u32, ChangeSet)> {
+        let mut endpoint = endpoint.unwrap_or_else(|| entity.clone());
+        if self.roster.by_endpoint(&endpoint).is_some() {
+            endpoint = format!("{endpoint};cpm-join={}", self.next_pid + 1);
+        }
+        let (id, mut c) = self
+            .roster
+            .join(entity, Some(endpoint), display, joining, status)
+            .ok()?;
+        self.next_pid = self.next_pid.max(id.0);
+        if let Ok(m) = self.roster.set_media(id, Self::audio_media(false)) {
+            c.merge(m);
+        }
+        Some((id.0, c))
     }
 
     /// A NOTIFY in subscription `i` with `doc` (conference-info) or no body; `terminated`
@@ -349,7 +384,7 @@ impl ConferenceActor {
             },
         );
         if let Some(doc) = doc {
-            n.set_body(Bytes::from(doc), Some("application/conference-info+xml"));
+            n.set_body(Bytes::from(doc), Some(CONFERENCE_INFO_CONTENT_TYPE));
         }
         self.send(dest, reliable, n, Pending::Other);
     }
@@ -413,11 +448,30 @@ impl ConferenceActor {
             Ok(c) => c,
             Err(e) => return self.refuse(tx, &req, 488, e.reason()),
         };
-        let pid = self.next_pid + 1;
+        let display = from.as_ref().and_then(|f| f.display_name());
+        let endpoint = req
+            .contacts()
+            .ok()
+            .and_then(|c| c.first().and_then(|c| c.uri()).map(|u| u.to_string()));
+        // The creator's INVITE to the factory is the first request an ad-hoc conference sees.
+        let joining = if matches!(self.origin, Origin::AdHoc) && !self.joined {
+            JoiningMethod::FocusOwner
+        } else {
+            JoiningMethod::DialedIn
+        };
+        let Some((pid, changes)) = self.roster_join(
+            entity.clone(),
+            endpoint,
+            display,
+            joining,
+            EndpointStatus::Connected,
+        ) else {
+            return self.refuse(tx, &req, 503, "Conference Full");
+        };
         let Some((ports, local)) = self.open_media(pid, &chosen) else {
+            let _ = self.roster.leave(ParticipantId(pid));
             return self.refuse(tx, &req, 503, "Media Ports Exhausted");
         };
-        self.next_pid = pid;
         let tag = self.new_tag();
         let mut r = self.ok(&req, Some(&tag));
         r.headers.push(HeaderName::Allow, ALLOW);
@@ -429,18 +483,17 @@ impl ConferenceActor {
             Ok(d) => d,
             Err(e) => {
                 self.close_media(pid);
+                let _ = self.roster.leave(ParticipantId(pid));
                 return self.refuse(tx, &req, e.status(), &e.reason());
             }
         };
-        let display = from
-            .and_then(|f| f.display)
-            .map(|d| String::from_utf8_lossy(&d).trim_matches('"').to_string());
+        if joining == JoiningMethod::FocusOwner {
+            self.creator = Some(entity);
+        }
         let now = Instant::now();
         self.participants.insert(
             pid,
             Participant {
-                entity,
-                display,
                 dialog: Some(dialog),
                 dest: source,
                 reliable,
@@ -453,7 +506,6 @@ impl ConferenceActor {
                 },
                 media: Some(chosen),
                 ports: Some(ports),
-                muted: false,
                 sdp_version: local.version,
                 ack: None,
                 referral: None,
@@ -462,8 +514,7 @@ impl ConferenceActor {
         self.joined = true;
         tracing::info!(conference = %self.name, participant = pid, "joined (dial-in)");
         self.respond(tx, r);
-        let info = self.participants[&pid].info(pid);
-        self.roster_changed(&[(info, Change::Full)]);
+        self.roster_changed(changes);
     }
 
     /// Allocates a participant's ports and opens its stream in the room; `chosen` may be a
@@ -599,14 +650,9 @@ impl ConferenceActor {
         };
         self.close_media(pid);
         drop(p.ports);
-        let info = UserInfo {
-            entity: p.entity.clone(),
-            display: p.display.clone(),
-            status: "disconnected",
-            muted: p.muted,
-            id: pid,
-        };
-        self.roster_changed(&[(info, Change::Deleted)]);
+        if let Ok(c) = self.roster.leave(ParticipantId(pid)) {
+            self.roster_changed(c);
+        }
         if self.participants.is_empty() && matches!(self.origin, Origin::AdHoc) {
             self.end("the last participant left");
         }
@@ -643,10 +689,10 @@ impl ConferenceActor {
             dest: source,
             reliable,
             expires: Instant::now() + Duration::from_secs(expires.into()),
-            version: 1,
+            view: SubscriberView::default(),
         });
         let i = self.subs.len() - 1;
-        let doc = events::render(&self.focus, 1, &self.users(), None);
+        let doc = self.roster.render_full(&mut self.subs[i].view);
         // Expires 0 is a fetch: one NOTIFY, and the subscription is over (RFC 6665 §4.2.1.4).
         self.notify_sub(i, Some(doc), expires == 0);
         if expires == 0 {
@@ -673,8 +719,7 @@ impl ConferenceActor {
         r.headers.push(HeaderName::Expires, expires.to_string());
         self.respond(tx, r);
         self.subs[i].expires = Instant::now() + Duration::from_secs(expires.into());
-        self.subs[i].version += 1;
-        let doc = events::render(&self.focus, self.subs[i].version, &self.users(), None);
+        let doc = self.roster.render_full(&mut self.subs[i].view);
         self.notify_sub(i, Some(doc), expires == 0);
         if expires == 0 {
             self.subs.remove(i);
@@ -784,7 +829,15 @@ impl ConferenceActor {
         let Some((ruri, dest, reliable)) = self.resolve(target) else {
             return fail(self, referral, 480, "Temporarily Unavailable");
         };
-        let pid = self.next_pid + 1;
+        let Some((pid, changes)) = self.roster_join(
+            sdp_aor(target),
+            Some(String::from_utf8_lossy(&ruri).into_owned()),
+            None,
+            JoiningMethod::DialedOut,
+            EndpointStatus::DialingOut,
+        ) else {
+            return fail(self, referral, 503, "Conference Full");
+        };
         let placeholder = Negotiated {
             index: 0,
             codec: sdp::AudioCodec::Pcmu,
@@ -794,9 +847,9 @@ impl ConferenceActor {
             mux: false,
         };
         let Some((ports, local)) = self.open_media(pid, &placeholder) else {
+            let _ = self.roster.leave(ParticipantId(pid));
             return fail(self, referral, 503, "Media Ports Exhausted");
         };
-        self.next_pid = pid;
         let tag = self.new_tag();
         let mut salt = self.gen.next_u64();
         let call_id = crate::routing::owned_call_id(
@@ -832,8 +885,6 @@ impl ConferenceActor {
         self.participants.insert(
             pid,
             Participant {
-                entity: sdp_aor(target),
-                display: None,
                 dialog: None,
                 dest,
                 reliable,
@@ -843,7 +894,6 @@ impl ConferenceActor {
                 },
                 media: None,
                 ports: Some(ports),
-                muted: false,
                 sdp_version: 1,
                 ack: None,
                 referral,
@@ -856,8 +906,7 @@ impl ConferenceActor {
             request: invite,
         });
         tracing::info!(conference = %self.name, participant = pid, %target, "dialing out");
-        let info = self.participants[&pid].info(pid);
-        self.roster_changed(&[(info, Change::Full)]);
+        self.roster_changed(changes);
         Ok(pid)
     }
 
@@ -969,8 +1018,7 @@ impl ConferenceActor {
                 }
                 self.joined = true;
                 tracing::info!(conference = %self.name, participant = pid, "joined (dial-out)");
-                let info = self.participants[&pid].info(pid);
-                self.roster_changed(&[(info, Change::Full)]);
+                self.set_status(pid, EndpointStatus::Connected);
             }
             Err(e) => {
                 tracing::info!(conference = %self.name, participant = pid, reason = e.reason(), "dial-out answer unusable");
@@ -1068,16 +1116,21 @@ impl ConferenceActor {
         self.ended = true;
         tracing::info!(conference = %self.name, why, "conference ended");
         let pids: Vec<u32> = self.participants.keys().copied().collect();
+        let mut gone = ChangeSet::default();
         for pid in pids {
             self.bye(pid);
             if let Some(p) = self.participants.remove(&pid) {
                 self.close_media(pid);
                 drop(p);
             }
+            if let Ok(c) = self.roster.leave(ParticipantId(pid)) {
+                gone.merge(c);
+            }
         }
+        // The last document says everyone left (user-count 0, inactive), then the
+        // subscriptions end (RFC 6665 §4.2.2).
         for i in 0..self.subs.len() {
-            self.subs[i].version += 1;
-            let doc = events::render(&self.focus, self.subs[i].version, &[], None);
+            let doc = self.roster.render_partial(&mut self.subs[i].view, &gone);
             self.notify_sub(i, Some(doc), true);
         }
         self.subs.clear();
@@ -1226,16 +1279,18 @@ impl Handler<MuteParticipant> for ConferenceActor {
     type Result = bool;
 
     fn handle(&mut self, msg: MuteParticipant, ctx: &mut Context<Self>) -> bool {
-        let Some(p) = self.participants.get_mut(&msg.id) else {
+        let id = ParticipantId(msg.id);
+        let Ok(mut changes) = self.roster.set_muted(id, msg.muted) else {
             return false;
         };
-        if p.muted != msg.muted {
-            p.muted = msg.muted;
+        if !changes.is_empty() {
             if let Some(room) = &self.room {
                 room.mute(msg.id, msg.muted);
             }
-            let info = p.info(msg.id);
-            self.roster_changed(&[(info, Change::Full)]);
+            if let Ok(c) = self.roster.set_media(id, Self::audio_media(msg.muted)) {
+                changes.merge(c);
+            }
+            self.roster_changed(changes);
         }
         self.after(ctx);
         true

@@ -18,7 +18,6 @@
 //! ```
 
 pub mod actor;
-pub mod events;
 pub mod focus;
 pub mod predefined;
 pub mod registry;

@@ -657,3 +657,329 @@ fn sigterm_drains_then_ends_the_conference() {
     let status = cpmd.wait_exit(WAIT);
     assert_eq!(status.code(), Some(0), "exit status {status}");
 }
+
+// ---- video ---------------------------------------------------------------------------------
+
+/// A participant with audio and video: its video socket (RTP and RTCP multiplexed) and where
+/// the focus wants its video.
+struct VideoParty {
+    party: Party,
+    video: UdpSocket,
+    focus_video: SocketAddr,
+}
+
+/// An offer of PCMU audio and `video` (an `m=video` section, `a=rtcp-mux` added) from ports
+/// of fresh sockets.
+fn av_offer(audio: &UdpSocket, video_port: u16, video: &str) -> String {
+    let mut body = sdp::body(
+        1,
+        &[Stream::audio(audio.local_addr().unwrap().port()).formats(&[0])],
+    );
+    body.push_str(&format!(
+        "m=video {video_port} RTP/AVP {video}a=rtcp-mux\r\n"
+    ));
+    body
+}
+
+/// INVITEs `uri` with audio and H.264 video (PT 96); returns the party and the answer.
+#[track_caller]
+fn join_av(mut ua: Ua, uri: &str, video_sdp: &str) -> (VideoParty, Sdp, Message) {
+    let rtp = rtp_socket();
+    let video = rtp_socket();
+    let body = av_offer(&rtp, video.local_addr().unwrap().port(), video_sdp);
+    let invite = ua
+        .req("INVITE", uri)
+        .header("Contact", format!("<{}>", ua.contact_uri()))
+        .body(SDP, body);
+    let ok = ua.request(&invite);
+    assert_status(&ok, 200);
+    let dialog = Dialog::uac(&invite, &ok);
+    let ack = dialog.ack(&ua, invite.cseq().unwrap());
+    ua.send_req(&ack);
+    let answer = Sdp::parse(&ok.body);
+    let focus_media = answer.rtp_addr(0);
+    let focus_video = if answer.media[1].port != 0 {
+        answer.rtp_addr(1)
+    } else {
+        focus_media
+    };
+    (
+        VideoParty {
+            party: Party {
+                ua,
+                rtp,
+                dialog,
+                focus_media,
+            },
+            video,
+            focus_video,
+        },
+        answer,
+        ok,
+    )
+}
+
+const H264: &str = "96\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n";
+
+/// What a participant's video socket received: RTP (arrival, seq, ts, ssrc, the sender's
+/// tag in the payload) and RTCP feedback (arrival, packet type, FMT, FIR sequence number).
+#[derive(Default)]
+struct VideoLog {
+    rtp: Vec<(Duration, u16, u32, u32, u8)>,
+    feedback: Vec<(Duration, u8, u8, Option<u8>)>,
+}
+
+/// Plays audio (a tone while `talk` says so, else silence) and 30 fps video (two packets a
+/// frame, the marker on the second; payload starts with `tag`) from `p` for `dur`; at
+/// `pli_at` it sends the focus a PLI on its video port. Records what its video port gets.
+fn av_loop(
+    p: &VideoParty,
+    tag: u8,
+    freq: f64,
+    talk: (Duration, Duration),
+    pli_at: Option<Duration>,
+    dur: Duration,
+) -> thread::JoinHandle<VideoLog> {
+    let (audio, video) = (
+        p.party.rtp.try_clone().unwrap(),
+        p.video.try_clone().unwrap(),
+    );
+    let (adest, vdest) = (p.party.focus_media, p.focus_video);
+    thread::spawn(move || {
+        audio.set_nonblocking(true).unwrap();
+        video
+            .set_read_timeout(Some(Duration::from_millis(2)))
+            .unwrap();
+        let ssrc = 0x5000 + u32::from(tag);
+        let mut sine = tone::Sine::new(freq, -15.0);
+        let start = Instant::now();
+        let (mut next_a, mut next_v) = (start, start);
+        let (mut aseq, mut vseq, mut vts, mut frame) = (0u16, 300u16 * u16::from(tag), 0u32, 0u32);
+        let mut pli_sent = false;
+        let mut log = VideoLog::default();
+        let mut buf = [0u8; 2048];
+        while start.elapsed() < dur {
+            let t = start.elapsed();
+            if Instant::now() >= next_a {
+                let mut pcm = [0i16; 160];
+                let s = sine.frame();
+                if t >= talk.0 && t < talk.1 {
+                    pcm.copy_from_slice(&s);
+                }
+                let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                pkt[2..4].copy_from_slice(&aseq.to_be_bytes());
+                pkt[4..8].copy_from_slice(&(u32::from(aseq) * 160).to_be_bytes());
+                pkt[8..12].copy_from_slice(&ssrc.to_be_bytes());
+                let mut payload = [0u8; 160];
+                g711::ulaw_encode(&pcm, &mut payload);
+                pkt.extend_from_slice(&payload);
+                let _ = audio.send_to(&pkt, adest);
+                aseq = aseq.wrapping_add(1);
+                next_a += Duration::from_millis(20);
+            }
+            if Instant::now() >= next_v {
+                for last in [false, true] {
+                    let mut pkt = vec![0x80, 96 | if last { 0x80 } else { 0 }];
+                    pkt.extend_from_slice(&vseq.to_be_bytes());
+                    pkt.extend_from_slice(&vts.to_be_bytes());
+                    pkt.extend_from_slice(&(ssrc + 0x100).to_be_bytes());
+                    pkt.push(tag);
+                    pkt.extend_from_slice(&frame.to_be_bytes());
+                    pkt.extend_from_slice(&[0xab; 600]);
+                    let _ = video.send_to(&pkt, vdest);
+                    vseq = vseq.wrapping_add(1);
+                }
+                vts = vts.wrapping_add(3000);
+                frame += 1;
+                next_v += Duration::from_micros(33_333);
+            }
+            if let Some(at) = pli_at.filter(|at| !pli_sent && t >= *at) {
+                let _ = at;
+                pli_sent = true;
+                let mut pli = vec![0x81, 206, 0, 2];
+                pli.extend_from_slice(&(ssrc + 0x100).to_be_bytes());
+                pli.extend_from_slice(&[0, 0, 0, 0]);
+                let _ = video.send_to(&pli, vdest);
+            }
+            while audio.recv_from(&mut buf).is_ok() {}
+            if let Ok((n, _)) = video.recv_from(&mut buf) {
+                let at = start.elapsed();
+                let d = &buf[..n];
+                if n >= 8 && (192..=223).contains(&d[1]) {
+                    // RTCP: walk the compound, note feedback.
+                    let mut rest = d;
+                    while rest.len() >= 4 {
+                        let len = (usize::from(u16::from_be_bytes([rest[2], rest[3]])) + 1) * 4;
+                        let Some(pkt) = rest.get(..len) else { break };
+                        let fir_seq = (pkt[1] == 206 && pkt[0] & 0x1f == 4)
+                            .then(|| pkt.get(16).copied())
+                            .flatten();
+                        log.feedback.push((at, pkt[1], pkt[0] & 0x1f, fir_seq));
+                        rest = &rest[len..];
+                    }
+                } else if n > 12 {
+                    log.rtp.push((
+                        at,
+                        u16::from_be_bytes([d[2], d[3]]),
+                        u32::from_be_bytes([d[4], d[5], d[6], d[7]]),
+                        u32::from_be_bytes([d[8], d[9], d[10], d[11]]),
+                        d[12],
+                    ));
+                }
+            }
+        }
+        log
+    })
+}
+
+/// The sender tags a participant saw from `after` on.
+fn tags_after(log: &VideoLog, after: Duration) -> Vec<u8> {
+    let mut tags: Vec<u8> = log
+        .rtp
+        .iter()
+        .filter(|r| r.0 >= after)
+        .map(|r| r.4)
+        .collect();
+    tags.dedup();
+    tags
+}
+
+#[track_caller]
+fn assert_one_continuous_stream(log: &VideoLog, who: &str) {
+    assert!(
+        log.rtp.len() > 100,
+        "{who} got {} video packets",
+        log.rtp.len()
+    );
+    let ssrc = log.rtp[0].3;
+    for w in log.rtp.windows(2) {
+        assert_eq!(w[1].3, ssrc, "{who}: one SSRC");
+        assert_eq!(w[1].1, w[0].1.wrapping_add(1), "{who}: sequence continues");
+        assert!(
+            w[1].2.wrapping_sub(w[0].2) < 1 << 31,
+            "{who}: timestamps go forward ({} then {})",
+            w[0].2,
+            w[1].2
+        );
+    }
+}
+
+/// PLI and FIR received (from `after` on): FIR sequence numbers.
+fn keyframe_requests(log: &VideoLog, after: Duration) -> (usize, Vec<u8>) {
+    let f = log.feedback.iter().filter(|f| f.0 >= after);
+    let plis = f.clone().filter(|f| (f.1, f.2) == (206, 1)).count();
+    let firs = f.filter_map(|f| f.3).collect();
+    (plis, firs)
+}
+
+#[test]
+fn active_speaker_video_is_forwarded_and_switched() {
+    let cpmd = spawn(&[]);
+    let alice = registered(&cpmd, "alice");
+    let (a, answer, ok) = join_av(alice, "sip:conf-factory@localhost", H264);
+    // The answer mirrors the offer's video format, and offers feedback (RFC 4585, 5104).
+    let v = &answer.media[1];
+    assert_eq!(
+        (v.kind.as_str(), v.formats.clone()),
+        ("video", vec!["96".to_string()])
+    );
+    assert_ne!(v.port, 0);
+    assert!(
+        v.attributes.iter().any(|a| a == "rtpmap:96 H264/90000"),
+        "{v:?}"
+    );
+    assert!(
+        v.attributes
+            .iter()
+            .any(|a| a == "fmtp:96 packetization-mode=1"),
+        "{v:?}"
+    );
+    assert!(
+        v.attributes.iter().any(|a| a == "rtcp-fb:96 ccm fir"),
+        "{v:?}"
+    );
+    let focus = uri_of(&header(&ok, "Contact").unwrap());
+    // Bob offers H.264 under another payload type: accepted, his number mirrored.
+    let (b, answer, _) = join_av(
+        Ua::udp(cpmd.sip_addr()).user("bob"),
+        &focus,
+        "98 96\r\na=rtpmap:98 VP8/90000\r\na=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n",
+    );
+    assert_eq!(answer.media[1].formats, ["96"], "{:?}", answer.media[1]);
+    assert_ne!(answer.media[1].port, 0);
+    let (c, _, _) = join_av(Ua::udp(cpmd.sip_addr()).user("carol"), &focus, H264);
+    // Dave has only VP8: the conference forwards H.264, so his video is declined.
+    let (mut d, answer, _) = join_av(
+        Ua::udp(cpmd.sip_addr()).user("dave"),
+        &focus,
+        "97\r\na=rtpmap:97 VP8/90000\r\n",
+    );
+    assert_eq!(answer.media[1].port, 0, "{:?}", answer.media[1]);
+    assert_ne!(answer.media[0].port, 0);
+    leave(&mut d.party);
+
+    // Alice talks for 2.5 s, then bob; carol never does and asks for a key frame at 5 s.
+    let s = Duration::from_secs;
+    let ms = Duration::from_millis;
+    let dur = ms(6500);
+    let ha = av_loop(&a, b'A', 500.0, (s(0), ms(2500)), None, dur);
+    let hb = av_loop(&b, b'B', 800.0, (ms(2500), dur), None, dur);
+    let hc = av_loop(&c, b'C', 1300.0, (dur, dur), Some(s(5)), dur);
+    let (la, lb, lc) = (ha.join().unwrap(), hb.join().unwrap(), hc.join().unwrap());
+
+    eprintln!(
+        "video packets received: alice {}, bob {}, carol {}; bob's feedback {:?}",
+        la.rtp.len(),
+        lb.rtp.len(),
+        lc.rtp.len(),
+        lb.feedback
+    );
+    // Carol sees alice, then bob, as one stream: one SSRC, the sequence going on by one.
+    assert_one_continuous_stream(&lc, "carol");
+    let early = tags_after(&lc, ms(1500));
+    assert_eq!(
+        early.first(),
+        Some(&b'A'),
+        "carol sees alice first: {early:?}"
+    );
+    assert_eq!(
+        tags_after(&lc, ms(5500)),
+        [b'B'],
+        "carol sees bob at the end"
+    );
+    let late: Vec<u8> = tags_after(&lc, ms(1500));
+    assert_eq!(
+        late,
+        [b'A', b'B'],
+        "one switch, at a frame boundary: {late:?}"
+    );
+    // Alice (no longer the speaker) sees bob; bob (the speaker) sees the previous one, alice.
+    assert_one_continuous_stream(&la, "alice");
+    assert_eq!(tags_after(&la, ms(5500)), [b'B']);
+    assert_one_continuous_stream(&lb, "bob");
+    assert_eq!(tags_after(&lb, ms(5500)), [b'A']);
+    // Everyone got their own SSRC.
+    assert!(la.rtp[0].3 != lb.rtp[0].3 && lb.rtp[0].3 != lc.rtp[0].3);
+    // Bob was asked for a key frame (PLI + FIR) when he became the speaker, and again for
+    // carol's PLI (a new FIR sequence number).
+    let (plis, firs) = keyframe_requests(&lb, ms(2500));
+    assert!(
+        plis >= 2 && firs.len() >= 2,
+        "bob: {plis} PLI, FIRs {firs:?}"
+    );
+    assert!(
+        firs.windows(2).all(|w| w[1] == w[0].wrapping_add(1)),
+        "{firs:?}"
+    );
+    let (plis, _) = keyframe_requests(&la, Duration::ZERO);
+    assert!(
+        plis >= 1,
+        "alice was asked for a key frame when first shown"
+    );
+
+    let (mut a, mut b, mut c) = (a, b, c);
+    leave(&mut a.party);
+    leave(&mut b.party);
+    leave(&mut c.party);
+    assert_released(&cpmd);
+}

@@ -31,7 +31,7 @@ use parking_lot::Mutex;
 
 use super::predefined::{Join, Predefined};
 use super::registry::{ParticipantSummary, Summary};
-use super::sdp::{self, Local, Negotiated};
+use super::sdp::{self, Local, Negotiated, VideoFormat, VideoNegotiated};
 use super::{ConfAction, ConfKey, EndConference, FromConference, MuteParticipant, ToConference};
 use crate::media::{MediaPlane, RoomEvent, RoomHandle, SidePorts};
 use crate::shared::Shared;
@@ -85,6 +85,14 @@ impl Drop for Ports {
     }
 }
 
+/// A participant's video port (forwarded video, see `media::room`).
+struct VideoPort {
+    /// Held only to return them to the pool when dropped.
+    _ports: Ports,
+    /// Our video RTP port, as the SDP shows it.
+    port: u16,
+}
+
 /// Where a participant's dialog stands.
 enum State {
     /// We sent the INVITE (dial-out) and wait for its final response.
@@ -126,6 +134,8 @@ struct Participant {
     state: State,
     media: Option<Negotiated>,
     ports: Option<Ports>,
+    /// Its video port, when its video is forwarded.
+    video: Option<VideoPort>,
     sdp_version: u64,
     /// The ACK we sent for its 2xx (dial-out), re-sent on retransmissions.
     ack: Option<Message>,
@@ -171,6 +181,9 @@ pub struct ConferenceActor {
     ended: bool,
     /// The AOR of who created an ad-hoc conference (its first INVITE, to the factory).
     creator: Option<String>,
+    /// The conference's video format, fixed by its first video participant (forwarded video
+    /// must be one codec for everyone).
+    video_format: Option<VideoFormat>,
     /// Whether anyone was ever in it (an ad-hoc conference ends when the last one leaves).
     joined: bool,
     /// Where the room's events go (this actor; set when it starts).
@@ -221,6 +234,7 @@ impl ConferenceActor {
             ended: false,
             joined: false,
             creator: None,
+            video_format: None,
             events: None,
         }
     }
@@ -472,11 +486,17 @@ impl ConferenceActor {
             let _ = self.roster.leave(ParticipantId(pid));
             return self.refuse(tx, &req, 503, "Media Ports Exhausted");
         };
+        let video = self.video_for(pid, &req.body, None);
         let tag = self.new_tag();
         let mut r = self.ok(&req, Some(&tag));
         r.headers.push(HeaderName::Allow, ALLOW);
         r.set_body(
-            sdp::answer(&req.body, &chosen, &local),
+            sdp::answer(
+                &req.body,
+                &chosen,
+                video.as_ref().map(|(v, p)| (v, p.port)),
+                &local,
+            ),
             Some("application/sdp"),
         );
         let dialog = match Dialog::uas(&req, &r, self.contact.clone()) {
@@ -506,6 +526,7 @@ impl ConferenceActor {
                 },
                 media: Some(chosen),
                 ports: Some(ports),
+                video: None,
                 sdp_version: local.version,
                 ack: None,
                 referral: None,
@@ -513,6 +534,11 @@ impl ConferenceActor {
         );
         self.joined = true;
         tracing::info!(conference = %self.name, participant = pid, "joined (dial-in)");
+        if let Some(p) = self.participants.get_mut(&pid) {
+            p.video = video.map(|(_, v)| v);
+        }
+        let mut changes = changes;
+        changes.merge(self.show_video(pid));
         self.respond(tx, r);
         self.roster_changed(changes);
     }
@@ -561,6 +587,95 @@ impl ConferenceActor {
         }
     }
 
+    /// The video of `offer` for participant `pid`, which has the video port `had` (if any):
+    /// opened, kept with the offer's addresses, or closed when the offer has no video in the
+    /// conference's format. The first accepted video fixes that format.
+    fn video_for(
+        &mut self,
+        pid: u32,
+        offer: &Bytes,
+        had: Option<VideoPort>,
+    ) -> Option<(VideoNegotiated, VideoPort)> {
+        let room = self.room.as_ref()?;
+        let Some(v) = sdp::choose_video(offer, self.video_format.as_ref()) else {
+            if had.is_some() {
+                room.remove_video(pid);
+            }
+            return None;
+        };
+        if let Some(had) = had {
+            room.update_video(pid, v.rtp, v.rtcp);
+            return Some((v, had));
+        }
+        let ports = {
+            let mut pool = self.env.pool.borrow_mut();
+            if v.mux {
+                pool.allocate_single()
+            } else {
+                pool.allocate_pair()
+            }
+        }?;
+        let ports = Ports {
+            ports,
+            pool: self.env.pool.clone(),
+        };
+        let side = SidePorts {
+            rtp: ports.ports.rtp,
+            rtcp: ports.ports.rtcp,
+        };
+        match room.add_video(pid, side, v.rtp, v.rtcp) {
+            Ok(addr) => {
+                if self.video_format.is_none() {
+                    tracing::info!(conference = %self.name, format = %v.format.rtpmap, "video format fixed");
+                    self.video_format = Some(v.format.clone());
+                }
+                Some((
+                    v,
+                    VideoPort {
+                        _ports: ports,
+                        port: addr.port(),
+                    },
+                ))
+            }
+            Err(e) => {
+                tracing::warn!(conference = %self.name, error = %e, "video stream not opened");
+                if let crate::media::OpenError::Bind { port, .. } = &e {
+                    self.env.pool.borrow_mut().mark_unusable(*port);
+                }
+                None
+            }
+        }
+    }
+
+    /// The roster's video stream of `pid` (media id 2) as it now is: `sendrecv` while its
+    /// video is forwarded, `inactive` after it stopped (the roster keeps streams listed).
+    fn show_video(&mut self, pid: u32) -> ChangeSet {
+        let id = ParticipantId(pid);
+        let has = self
+            .participants
+            .get(&pid)
+            .is_some_and(|p| p.video.is_some());
+        let shown = self
+            .roster
+            .get(id)
+            .is_some_and(|p| p.media.iter().any(|m| m.kind == MediaKind::Video));
+        if !has && !shown {
+            return ChangeSet::default();
+        }
+        let m = Media {
+            id: 2,
+            kind: MediaKind::Video,
+            label: None,
+            src_id: None,
+            status: if has {
+                MediaStatus::SendRecv
+            } else {
+                MediaStatus::Inactive
+            },
+        };
+        self.roster.set_media(id, m).unwrap_or_default()
+    }
+
     fn close_media(&mut self, pid: u32) {
         if let Some(room) = &self.room {
             room.remove(pid);
@@ -604,9 +719,13 @@ impl ConferenceActor {
             Err(e) => return self.refuse(tx, &req, 488, e.reason()),
         };
         let session = self.session;
+        let had = self.participants.get_mut(&pid).and_then(|p| p.video.take());
+        let video = self.video_for(pid, &req.body, had);
+        let answer_video = video.as_ref().map(|(v, p)| (v.clone(), p.port));
         let Some(p) = self.participants.get_mut(&pid) else {
             return;
         };
+        p.video = video.map(|(_, v)| v);
         let Some(port) = p.ports.as_ref().map(|p| p.ports.rtp) else {
             return self.refuse(tx, &req, 488, "No Media");
         };
@@ -624,9 +743,16 @@ impl ConferenceActor {
         if let Some(room) = &self.room {
             room.update(pid, chosen.codec, chosen.pt, chosen.rtp, chosen.rtcp);
         }
+        let c = self.show_video(pid);
+        self.roster_changed(c);
         let mut r = self.ok(&req, None);
         r.set_body(
-            sdp::answer(&req.body, &chosen, &local),
+            sdp::answer(
+                &req.body,
+                &chosen,
+                answer_video.as_ref().map(|(v, p)| (v, *p)),
+                &local,
+            ),
             Some("application/sdp"),
         );
         let now = Instant::now();
@@ -894,6 +1020,7 @@ impl ConferenceActor {
                 },
                 media: None,
                 ports: Some(ports),
+                video: None,
                 sdp_version: 1,
                 ack: None,
                 referral,

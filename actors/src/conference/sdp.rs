@@ -1,7 +1,8 @@
 //! A participant's media as the focus negotiates it (RFC 3264): one audio stream in G.711
-//! µ-law, A-law or L16/8000 (the first of these the offer lists, in its order); every other
-//! stream is declined with port 0 (RFC 3264 §6), video included until video switching is
-//! wired, and `m=message` (group chat) too.
+//! µ-law, A-law or L16/8000 (the first of these the offer lists, in its order), and one video
+//! stream in the conference's video format (forwarded, not transcoded: the first video
+//! participant fixes it, see [`choose_video`]); every other stream is declined with port 0
+//! (RFC 3264 §6), `m=message` (group chat) too.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -89,6 +90,82 @@ pub fn choose(body: &Bytes) -> Result<Negotiated, NoAudio> {
     Err(NoAudio::NoCodec)
 }
 
+/// A conference's video format (video is forwarded as it is, so every participant must send
+/// the same): the `a=rtpmap` value (`H264/90000`) and the `a=fmtp` parameters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoFormat {
+    /// Encoding name and clock rate, as `a=rtpmap` writes them.
+    pub rtpmap: String,
+    /// The format parameters, if the offer had any.
+    pub fmtp: Option<String>,
+}
+
+impl VideoFormat {
+    /// Whether `other` is the same format: the same encoding name (case-insensitive, RFC
+    /// 4855 §3) and clock rate, and the same parameters.
+    pub fn matches(&self, other: &VideoFormat) -> bool {
+        self.rtpmap.eq_ignore_ascii_case(&other.rtpmap)
+            && self.fmtp.as_deref().map(str::trim) == other.fmtp.as_deref().map(str::trim)
+    }
+}
+
+/// The video stream agreed with one participant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VideoNegotiated {
+    /// Index of the video `m=` line in the offer.
+    pub index: usize,
+    /// Its payload type as the offer numbered it (mirrored in the answer).
+    pub pt: u8,
+    /// The format.
+    pub format: VideoFormat,
+    /// Where the participant wants its video RTP (`None`: learnt from its first packet).
+    pub rtp: Option<SocketAddr>,
+    /// Where it wants video RTCP (`a=rtcp`), `None` for the next port.
+    pub rtcp: Option<SocketAddr>,
+    /// RTP and RTCP on one port (`a=rtcp-mux`).
+    pub mux: bool,
+}
+
+/// Picks the video stream of an offer: the first active `m=video` RTP/AVP(F) stream, and in
+/// it the first format when the conference has none yet (`fixed` `None`), else the format
+/// equal to `fixed`. `None`: no video, or not in the conference's format (declined with port
+/// 0: forwarding needs every sender to use one codec).
+pub fn choose_video(body: &Bytes, fixed: Option<&VideoFormat>) -> Option<VideoNegotiated> {
+    let sdp = SessionDescription::parse(body).ok()?;
+    let (index, m) = sdp.media().iter().enumerate().find(|(_, m)| {
+        let line = m.media_line();
+        &line.media[..] == b"video" && m.port() != 0 && line.proto.is_rtp() && !line.proto.is_srtp()
+    })?;
+    let codecs = m.codecs();
+    let (pt, format) = codecs.iter().find_map(|c| {
+        let mut rtpmap = format!("{}/{}", String::from_utf8_lossy(c.name()), c.clock_rate());
+        if c.channels() > 1 {
+            rtpmap = format!("{rtpmap}/{}", c.channels());
+        }
+        let format = VideoFormat {
+            rtpmap,
+            fmtp: c.fmtp().map(|f| String::from_utf8_lossy(f).into_owned()),
+        };
+        match fixed {
+            Some(f) if !f.matches(&format) => None,
+            _ => Some((c.payload_type(), format)),
+        }
+    })?;
+    let rtp = sdp.media_address(m).filter(|a| !a.ip().is_unspecified());
+    let rtcp = m.rtcp().and_then(|r| {
+        let ip = r.connection.and_then(|c| c.ip()).or(rtp.map(|a| a.ip()))?;
+        Some(SocketAddr::new(ip, r.port))
+    });
+    Some(VideoNegotiated {
+        index,
+        pt,
+        format,
+        rtp,
+        rtcp,
+        mux: m.rtcp_mux(),
+    })
+}
+
 /// Our side of the SDP: address, ports and the `o=` session id and version.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Local {
@@ -123,10 +200,36 @@ fn audio(local: &Local, codec: AudioCodec, pt: u8, mux: bool, out: &mut String) 
     }
 }
 
+/// Our video stream: the participant's payload type with the conference's format, and the
+/// feedback we send and take (RFC 4585 §4.2 `nack pli`, RFC 5104 §7.1 `ccm fir`).
+fn video(v: &VideoNegotiated, port: u16, proto: &str, out: &mut String) {
+    let pt = v.pt;
+    let _ = write!(
+        out,
+        "m=video {port} {proto} {pt}\r\na=rtpmap:{pt} {}\r\n",
+        v.format.rtpmap
+    );
+    if let Some(f) = &v.format.fmtp {
+        let _ = write!(out, "a=fmtp:{pt} {f}\r\n");
+    }
+    let _ = write!(
+        out,
+        "a=rtcp-fb:{pt} nack pli\r\na=rtcp-fb:{pt} ccm fir\r\na=sendrecv\r\n"
+    );
+    if v.mux {
+        out.push_str("a=rtcp-mux\r\n");
+    }
+}
+
 /// The answer to `offer` (which [`choose`] accepted as `chosen`): the audio stream on our
-/// port with the chosen codec; every other stream declined with port 0 and its first format
-/// (RFC 3264 §6).
-pub fn answer(offer: &Bytes, chosen: &Negotiated, local: &Local) -> Bytes {
+/// port with the chosen codec, the video stream `video` (with our video port) if accepted;
+/// every other stream declined with port 0 and its first format (RFC 3264 §6).
+pub fn answer(
+    offer: &Bytes,
+    chosen: &Negotiated,
+    video_stream: Option<(&VideoNegotiated, u16)>,
+    local: &Local,
+) -> Bytes {
     let mut out = String::with_capacity(256);
     head(local, &mut out);
     if let Ok(sdp) = SessionDescription::parse(offer) {
@@ -136,6 +239,11 @@ pub fn answer(offer: &Bytes, chosen: &Negotiated, local: &Local) -> Bytes {
                 continue;
             }
             let line = m.media_line();
+            if let Some((v, port)) = video_stream.filter(|(v, _)| v.index == i) {
+                let proto = String::from_utf8_lossy(line.proto.as_bytes());
+                video(v, port, &proto, &mut out);
+                continue;
+            }
             let first = line
                 .formats
                 .first()
@@ -212,7 +320,7 @@ mod tests {
         assert_eq!(n.index, 1);
         assert!(n.mux);
         assert_eq!(n.rtcp, Some("10.0.0.1:4001".parse().unwrap()));
-        let a = answer(&offer, &n, &LOCAL);
+        let a = answer(&offer, &n, None, &LOCAL);
         let text = std::str::from_utf8(&a).unwrap();
         let m: Vec<&str> = text.lines().filter(|l| l.starts_with("m=")).collect();
         assert_eq!(
@@ -241,5 +349,65 @@ mod tests {
             "v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\nm=audio 4000 RTP/AVP 0\r\n",
         );
         assert_eq!(choose(&offer).unwrap().rtp, None);
+    }
+}
+
+#[cfg(test)]
+mod video_tests {
+    use super::*;
+
+    fn body(m: &str) -> Bytes {
+        Bytes::from(format!(
+            "v=0\r\no=- 1 1 IN IP4 10.0.0.1\r\ns=-\r\nc=IN IP4 10.0.0.1\r\nt=0 0\r\n{m}"
+        ))
+    }
+
+    const LOCAL: Local = Local {
+        ip: IpAddr::V4(std::net::Ipv4Addr::LOCALHOST),
+        port: 30000,
+        session: 7,
+        version: 1,
+    };
+
+    #[test]
+    fn first_video_format_fixes_the_conference_and_is_mirrored() {
+        let offer = body(
+            "m=audio 4000 RTP/AVP 0\r\nm=video 5000 RTP/AVPF 97 96\r\na=rtpmap:97 VP8/90000\r\n\
+             a=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n",
+        );
+        let v = choose_video(&offer, None).unwrap();
+        assert_eq!((v.index, v.pt), (1, 97));
+        assert_eq!(v.format.rtpmap, "VP8/90000");
+        assert_eq!(v.rtp, Some("10.0.0.1:5000".parse().unwrap()));
+        // A conference fixed on H.264 takes the offer's H.264 (its own payload type).
+        let h264 = VideoFormat {
+            rtpmap: "h264/90000".into(),
+            fmtp: Some("packetization-mode=1".into()),
+        };
+        let v = choose_video(&offer, Some(&h264)).unwrap();
+        assert_eq!(v.pt, 96);
+        // Another format, or other parameters: no video.
+        let other = VideoFormat {
+            rtpmap: "H264/90000".into(),
+            fmtp: Some("packetization-mode=0".into()),
+        };
+        assert_eq!(choose_video(&offer, Some(&other)), None);
+        assert_eq!(
+            choose_video(&body("m=audio 4000 RTP/AVP 0\r\n"), None),
+            None
+        );
+        let audio = choose(&offer).unwrap();
+        let a = answer(&offer, &audio, Some((&v, 30002)), &LOCAL);
+        let text = std::str::from_utf8(&a).unwrap();
+        let m: Vec<&str> = text.lines().filter(|l| l.starts_with("m=")).collect();
+        assert_eq!(m, ["m=audio 30000 RTP/AVP 0", "m=video 30002 RTP/AVPF 96"]);
+        assert!(text.contains("a=rtpmap:96 H264/90000\r\na=fmtp:96 packetization-mode=1\r\n"));
+        assert!(text.contains("a=rtcp-fb:96 ccm fir"));
+        SessionDescription::parse(&a).unwrap();
+        // Declined when not chosen.
+        let a = answer(&offer, &audio, None, &LOCAL);
+        assert!(std::str::from_utf8(&a)
+            .unwrap()
+            .contains("m=video 0 RTP/AVPF 97"));
     }
 }

@@ -17,7 +17,9 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::relay_loop::{poll_and_waker, Command, OpenLeg, RelayLoop};
-use super::room::{default_mix, NewMember, RoomCommand, RoomEvent, RoomId, Rooms, TickStats};
+use super::room::{
+    default_mix, NewMember, NewVideo, RoomCommand, RoomEvent, RoomId, Rooms, TickStats,
+};
 use super::stats::LegShared;
 use super::{LegId, LegSpec, LegStats, Side};
 use crate::conference::sdp::AudioCodec;
@@ -545,6 +547,63 @@ impl RoomHandle {
             rtp,
             rtcp,
         }));
+    }
+
+    /// Binds a participant's video port(s) and adds them to the room: its video is forwarded
+    /// to others when it speaks, others' to `peer` (until its first packet latches the real
+    /// source). Returns the local video RTP address.
+    pub fn add_video(
+        &self,
+        pid: u32,
+        ports: super::SidePorts,
+        peer: Option<SocketAddr>,
+        peer_rtcp: Option<SocketAddr>,
+    ) -> Result<SocketAddr, OpenError> {
+        let config = self.plane.inner.config.socket_config();
+        let ip = self.plane.inner.config.ip;
+        let bind = |port: u16| {
+            BatchSocket::bind_with(SocketAddr::new(ip, port), config)
+                .map_err(|error| OpenError::Bind { port, error })
+        };
+        let rtp = bind(ports.rtp)?;
+        let rtcp = ports.rtcp.map(bind).transpose()?;
+        let local = rtp.local_addr().map_err(|error| OpenError::Bind {
+            port: ports.rtp,
+            error,
+        })?;
+        self.plane
+            .inner
+            .send(Command::Room(RoomCommand::AddVideo(Box::new(NewVideo {
+                id: self.id,
+                pid,
+                rtp,
+                rtcp,
+                peer,
+                peer_rtcp,
+            }))))
+            .map_err(|_| OpenError::Stopped)?;
+        Ok(local)
+    }
+
+    /// A participant's new video SDP addresses.
+    pub fn update_video(&self, pid: u32, rtp: Option<SocketAddr>, rtcp: Option<SocketAddr>) {
+        let _ = self
+            .plane
+            .inner
+            .send(Command::Room(RoomCommand::UpdateVideo {
+                id: self.id,
+                pid,
+                rtp,
+                rtcp,
+            }));
+    }
+
+    /// Stops a participant's video and closes its video sockets.
+    pub fn remove_video(&self, pid: u32) {
+        let _ = self
+            .plane
+            .inner
+            .send(Command::Room(RoomCommand::RemoveVideo { id: self.id, pid }));
     }
 
     /// Removes a participant and closes its sockets.

@@ -131,6 +131,25 @@ impl VideoSwitch {
         self.reselect();
     }
 
+    /// Sets the SSRC a participant's video comes from (learnt from its first packet when its
+    /// SDP names none; `None`: it stopped sending), keeping what it receives unchanged. The
+    /// first video sender becomes the speaker.
+    pub fn set_sends(&mut self, p: ParticipantId, sends: Option<Ssrc>) {
+        let Some(x) = self.parties.iter_mut().find(|x| x.id == p) else {
+            return;
+        };
+        if x.sends == sends {
+            return;
+        }
+        x.sends = sends;
+        x.frame_start = true;
+        x.last_ts = None;
+        if self.speaker.is_none() && sends.is_some() {
+            self.speaker = Some(p);
+        }
+        self.reselect();
+    }
+
     /// Removes a participant. If it was the speaker, the previous speaker takes its place.
     pub fn remove_participant(&mut self, p: ParticipantId) {
         self.parties.retain(|x| x.id != p);

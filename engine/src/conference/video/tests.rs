@@ -205,3 +205,27 @@ fn receiver_keyframe_request_goes_to_its_source() {
     v.on_receiver_keyframe_request(A);
     assert!(v.poll_keyframe_request().is_none(), "A is shown nobody");
 }
+
+#[test]
+fn a_sender_learnt_later_keeps_the_receive_side() {
+    let mut v = VideoSwitch::new(VideoConfig::default());
+    let t0 = Instant::now();
+    v.add_participant(A, None, Some(out_ssrc_of(A)));
+    v.add_participant(B, None, Some(out_ssrc_of(B)));
+    assert_eq!(v.speaker(), None);
+    let mut out = Vec::new();
+    v.forward(t0, A, &packet(A, 1, 0, true), &mut out);
+    assert!(out.is_empty(), "an unknown sender is not forwarded");
+    v.set_sends(A, Some(ssrc_of(A)));
+    assert_eq!(v.speaker(), Some(A), "the first sender becomes the speaker");
+    assert_eq!(keyframes(&mut v), vec![(A, 1)]);
+    v.forward(t0, A, &packet(A, 2, 3000, true), &mut out);
+    assert_eq!(out.len(), 1);
+    assert_eq!(fields(&out[0].header), (2, 3000, out_ssrc_of(B).0));
+    // B's video becomes known: A (the speaker) is shown B, B's receive side goes on.
+    v.set_sends(B, Some(ssrc_of(B)));
+    assert_eq!(keyframes(&mut v), vec![]);
+    out.clear();
+    v.forward(t0, A, &packet(A, 3, 6000, true), &mut out);
+    assert_eq!(fields(&out[0].header), (3, 6000, out_ssrc_of(B).0));
+}

@@ -174,13 +174,24 @@ impl Services {
         now: Instant,
         txn: &mut TransactionLayer,
     ) {
-        if self.shared.config.test_hooks
-            && req.headers.iter().any(|h| {
+        if self.shared.config.test_hooks {
+            let hook = req.headers.iter().find_map(|h| {
                 matches!(&h.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(b"X-Cpm-Test"))
-                    && &h.value[..] == b"panic"
-            })
-        {
-            panic!("fault injected by X-Cpm-Test: panic");
+                    .then_some(&h.value[..])
+            });
+            match hook {
+                Some(b"panic") => panic!("fault injected by X-Cpm-Test: panic"),
+                // Saturation: the worker's thread is busy this long (what its queue sees).
+                Some(v) if v.starts_with(b"stall-ms=") => {
+                    let ms = std::str::from_utf8(&v[9..])
+                        .ok()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0)
+                        .min(5000);
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+                _ => {}
+            }
         }
         // Requests to a conference focus go to its actor (decision 0014); while shutting
         // down, only those of its dialogs (a new participant gets 503 below).

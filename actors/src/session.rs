@@ -136,8 +136,9 @@ fn is_panic_hook(req: &Message) -> bool {
 }
 
 /// How many times an offer is planned again when a port it picked cannot be bound (another
-/// process holds it): each failed port is kept out of the pool for a round.
-const BIND_ATTEMPTS: usize = 4;
+/// process holds it): each failed port is kept out of the pool for a round, so the next plan
+/// walks past a block another process holds.
+const BIND_ATTEMPTS: usize = 32;
 
 /// The media side of one session: the engine's SDP relay over the worker's pool. The ports of
 /// every new leg are bound while the offer is made, before the SDP naming them is sent: a port

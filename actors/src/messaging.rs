@@ -21,9 +21,12 @@
 //!               └─► 408/480/5xx everywhere: hold as above                  └─► next ...
 //! ```
 //!
-//! **Large message mode** ([`large`]): an MSRP-only INVITE for an offline user is answered by
-//! cpmd as the MSRP endpoint; each message it carries is held in the same queue, and a held
-//! message over `--message-max-size` is delivered over a session cpmd originates.
+//! **Large message mode** ([`large`]): an MSRP-only INVITE for an offline user (or one whose
+//! devices are all unavailable: the session hands it back) is answered by cpmd as the MSRP
+//! endpoint; each message it carries is held in the same queue, and a held message over
+//! `--message-max-size` is delivered over a session cpmd originates, contact after contact.
+//! A pager MESSAGE for a user whose large message is being received waits and is held after
+//! it.
 //!
 //! Storage runs on its own threads ([`crate::storage`]); its answers come back to the worker
 //! as [`StoreDone`] messages, so no worker ever waits for a disk.

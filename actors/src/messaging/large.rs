@@ -5,12 +5,32 @@
 //! ```text
 //!  receiving (recipient offline)            delivering (recipient registered)
 //!  INVITE m=message only ─► 200 (our a=path,  held message > --message-max-size ─► INVITE to
-//!   a=setup:passive) ◄─ ACK                    the device (our a=path, a=setup:active) ─► 2xx
-//!  SEND chunks ─► sink ─► DeferCapped ─► 200   ─► ACK, connect, SEND chunks ─► 200 to the last
-//!  (per message, after the commit)            ─► BYE; the held row is deleted as in pager mode
-//!  BYE (or our BYE after LARGE_IDLE) ─► done   4xx/6xx or an MSRP error: failed (IMDN); 408,
-//!                                              480, 5xx, unreachable: the run ends
+//!   setup passive, or active: we connect)      contact 1 (our a=path, a=setup:active) ─► 2xx
+//!   repeated until ◄─ ACK                     ─► ACK (again for each repeated 2xx), connect,
+//!  SEND chunks ─► sink ─► DeferCapped ─► 200   SEND chunks ─► 200 to the last ─► BYE; the
+//!  (per message, after the commit)            held row is deleted as in pager mode
+//!  BYE (or our BYE after LARGE_IDLE, or       408/480/5xx, no MSRP connection: contact 2, ...
+//!   64*T1 without ACK) ─► done                4xx/6xx or an MSRP error: failed (IMDN); none
+//!                                              left: the run ends
 //! ```
+//!
+//! **Who takes the INVITE.** With no reachable contact the message controller takes it at
+//! once. With contacts, the B2BUA session forks it as any session; when every branch fails
+//! with 408/480/5xx the session ends *handed back* (`Session::hand_back_when_unavailable`,
+//! `EndReason::HandedBack`) without answering, and its actor gives the INVITE's transaction to
+//! the controller (`StoreEvent::LargeHandBack`), which answers it here. Chosen over probing
+//! the contacts first (pager mode's fork, with OPTIONS or the INVITE itself) because a probe
+//! is either a second B2BUA (the INVITE answered 200 by a device must then be relayed) or a
+//! guess (a device alive for OPTIONS may still answer the INVITE 480); the session's state
+//! machine gains one flag and one end, and the forking, CANCEL, early dialogs and timers stay
+//! in one place.
+//!
+//! **Order with pager mode.** A message's row is written when its last chunk arrives, so a
+//! pager MESSAGE for the same user sent meanwhile would be held (or delivered) before it. The
+//! MSRP plane counts the messages being received per user ([`crate::msrp::MsrpPlane::receiving`]:
+//! from the first chunk until the storage answer); the controller parks such a MESSAGE and
+//! holds it once the count drops (after the large message's commit, so its row comes later),
+//! or after `PARK_MAX` (10 s: the order is then not kept, rather than the sender timing out).
 //!
 //! A message taken this way is held as the pager MESSAGE it would have been (the INVITE's
 //! From, To and Request-URI, the MSRP Content-Type and body), in the same queue and through

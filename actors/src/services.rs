@@ -355,6 +355,8 @@ impl Services {
         }
         if let Some(actor) = self.sessions.route(&ack) {
             actor.do_send(ToSession::Ack(ack));
+        } else {
+            self.messages.on_ack(&ack);
         }
     }
 
@@ -405,7 +407,9 @@ impl Services {
     /// Periodic work: sweep expired registrations out of this worker's registrar shards.
     pub fn handle_timeout(&mut self, now: Instant, txn: &mut TransactionLayer) {
         let shared = self.shared.clone();
-        self.messages.handle_timeout(&shared, now, txn);
+        for (server, r) in self.messages.handle_timeout(&shared, now, txn) {
+            self.respond(server, r, now, txn);
+        }
         if self.next_sweep.is_some_and(|t| t > now) {
             return;
         }
@@ -649,7 +653,8 @@ impl Services {
             seed: self.salt,
         };
         let key: SessionKey = self.sessions.next_key();
-        let actor = SessionActor::new(key, start, self.env.clone(), worker, now).start();
+        let hand_back = self.messages.large_hand_back(&self.shared, &req);
+        let actor = SessionActor::new(key, start, self.env.clone(), worker, hand_back, now).start();
         self.sessions.insert(key, actor, (&req, id), b_call_id);
         Ok(())
     }

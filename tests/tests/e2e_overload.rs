@@ -48,7 +48,7 @@ fn an_overloaded_worker_sheds_new_work_and_recovers() {
     let mut staller = Ua::udp(cpmd.sip_addr());
     let stall = staller
         .req("OPTIONS", "sip:localhost")
-        .set("Call-ID", &call_id_of(0, &mut n))
+        .set("Call-ID", call_id_of(0, &mut n))
         .header("X-Cpm-Test", "stall-ms=800");
     staller.send_req(&stall);
     std::thread::sleep(Duration::from_millis(50));
@@ -56,7 +56,7 @@ fn an_overloaded_worker_sheds_new_work_and_recovers() {
     for ua in &mut crowd {
         let r = ua
             .req("OPTIONS", "sip:localhost")
-            .set("Call-ID", &call_id_of(0, &mut n));
+            .set("Call-ID", call_id_of(0, &mut n));
         ua.send_req(&r);
     }
     assert!(
@@ -80,7 +80,7 @@ fn an_overloaded_worker_sheds_new_work_and_recovers() {
     );
     let invite = alice
         .req("INVITE", "sip:bob@localhost")
-        .set("Call-ID", &call_id_of(0, &mut n))
+        .set("Call-ID", call_id_of(0, &mut n))
         .header("Contact", format!("<{}>", alice.contact_uri()));
     let resp = alice.request(&invite);
     assert_status(&resp, 503);
@@ -96,7 +96,7 @@ fn an_overloaded_worker_sheds_new_work_and_recovers() {
     let mut carol = Ua::udp(cpmd.sip_addr()).user("carol");
     let reg = carol
         .register_req(Some(300))
-        .set("Call-ID", &call_id_of(0, &mut n));
+        .set("Call-ID", call_id_of(0, &mut n));
     assert_status(&carol.request(&reg), 200);
 
     // Worker 1 is not overloaded: its new work goes on.

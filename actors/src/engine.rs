@@ -117,7 +117,8 @@ impl Engine {
                         addrs.push(addr);
                     }
                     let router = Router::new(addrs.clone())
-                        .with_conferences(shared2.conferences.names().clone());
+                        .with_conferences(shared2.conferences.names().clone())
+                        .with_overload(shared2.overload.clone());
                     for addr in &addrs {
                         addr.do_send(StartIo {
                             router: router.clone(),

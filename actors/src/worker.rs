@@ -81,6 +81,8 @@ pub struct Worker {
     txn: TransactionLayer,
     services: Services,
     timer: Option<(Instant, SpawnHandle)>,
+    /// This worker's queueing delay, for overload control.
+    load: crate::transport::LoadMeter,
 }
 
 impl Worker {
@@ -105,11 +107,13 @@ impl Worker {
             seed,
             txn: TransactionLayer::new(LayerConfig::default(), seed),
             timer: None,
+            load: crate::transport::LoadMeter::new(id),
         }
     }
 
     fn on_inbound(&mut self, inb: Inbound, ctx: &mut Context<Self>) {
         let now = Instant::now();
+        self.load.observe(&self.shared.overload, inb.received, now);
         let Some(out) = self.out.clone() else { return };
         let span = tracing::debug_span!(
             "sip",

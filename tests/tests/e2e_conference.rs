@@ -983,3 +983,115 @@ fn active_speaker_video_is_forwarded_and_switched() {
     leave(&mut c.party);
     assert_released(&cpmd);
 }
+
+// ---- scheduled start -----------------------------------------------------------------------
+
+/// The RFC 3339 UTC time `d` from now (H. Hinnant's `civil_from_days`).
+fn rfc3339_in(d: Duration, back: bool) -> String {
+    let now = std::time::SystemTime::now();
+    let t = if back { now - d } else { now + d };
+    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem / 60 % 60,
+        rem % 60
+    )
+}
+
+#[test]
+fn predefined_conference_starts_and_ends_at_its_times() {
+    let builder = Cpmd::builder();
+    let start = rfc3339_in(Duration::from_secs(2), false);
+    let end = rfc3339_in(Duration::from_secs(5), false);
+    let past = rfc3339_in(Duration::from_secs(60), true);
+    let file = builder.file(
+        "conferences.toml",
+        &format!(
+            "[[conference]]\nname = \"standup\"\nparticipants = [\"sip:alice@localhost\", \"sip:bob@localhost\"]\n\
+             start = \"{start}\"\nend = \"{end}\"\n\
+             [[conference]]\nname = \"yesterday\"\nparticipants = [\"sip:alice@localhost\"]\nstart = \"{past}\"\n"
+        ),
+    );
+    let cpmd = builder
+        .args(&[
+            "--api-admin-token",
+            ADMIN,
+            "--conferences-file",
+            file.to_str().unwrap(),
+        ])
+        .spawn();
+    let mut alice = registered(&cpmd, "alice");
+    let mut bob = registered(&cpmd, "bob");
+    let t0 = Instant::now();
+    // Nothing runs before the start time.
+    let list = api(&cpmd, "GET", "/api/v1/conferences", "").json();
+    assert_eq!(list.as_array().unwrap().len(), 0, "{list}");
+    // At its start the focus calls both (waiting up to the start plus WAIT).
+    for ua in [&mut alice, &mut bob] {
+        let inv = ua
+            .recv_request(Duration::from_secs(8))
+            .expect("the scheduled conference calls");
+        assert_eq!(method(&inv.msg), "INVITE");
+        assert!(
+            inv.msg
+                .headers
+                .iter()
+                .any(|h| h.value.starts_with(b"<sip:standup@")),
+            "from the focus: {}",
+            inv.msg
+        );
+        let rtp = rtp_socket();
+        let answer = sdp::body(
+            1,
+            &[Stream::audio(rtp.local_addr().unwrap().port()).formats(&[0])],
+        );
+        let contact = format!("<{}>", ua.contact_uri());
+        ua.reply_with(
+            &inv,
+            200,
+            "OK",
+            &[("Contact", contact.as_str())],
+            Some((SDP, answer.as_bytes())),
+        );
+        expect_request(ua, "ACK");
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "not started early"
+    );
+    let list = api(&cpmd, "GET", "/api/v1/conferences", "").json();
+    assert_eq!(
+        list.as_array().unwrap().len(),
+        1,
+        "only standup runs: {list}"
+    );
+    assert_eq!(list[0]["id"], "standup");
+    // At its end time the focus BYEs everyone.
+    for ua in [&mut alice, &mut bob] {
+        let bye = ua
+            .recv_request(Duration::from_secs(8))
+            .expect("the conference ends at its end time");
+        assert_eq!(method(&bye.msg), "BYE");
+        ua.reply(&bye, 200, "OK");
+    }
+    assert_released(&cpmd);
+    // The one whose start was already past when cpmd started was never started.
+    let body = sdp::body(1, &[Stream::audio(4000).formats(&[0])]);
+    let inv = alice
+        .req("INVITE", "sip:yesterday@localhost")
+        .body(SDP, body);
+    let r = alice.request(&inv);
+    assert_status(&r, 480);
+    alice.ack(&inv, &r);
+}

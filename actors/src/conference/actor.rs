@@ -1305,6 +1305,19 @@ impl Actor for ConferenceActor {
             act.after(ctx);
         });
         if let Origin::Predefined(p) = &self.origin {
+            if let Some(end) = p.end {
+                match end.duration_since(std::time::SystemTime::now()) {
+                    Ok(left) => {
+                        ctx.run_later(left, |act, ctx| {
+                            act.end("its end time came");
+                            act.after(ctx);
+                        });
+                    }
+                    Err(_) => {
+                        tracing::info!(conference = %self.name, "end time already past: ignored")
+                    }
+                }
+            }
             let targets = p.participants.clone();
             for t in targets {
                 if let Err((code, reason)) = self.dial_out(&t, None) {

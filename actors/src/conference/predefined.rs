@@ -1,6 +1,7 @@
 //! Predefined conferences (CPM.md §5 fig. 8-9): described in `--conferences-file`, started
-//! through the HTTP API (`POST /api/v1/conferences/{name}/start`), when the focus INVITEs
-//! every participant; only the invited may dial in (others get 403) unless `join = "anyone"`.
+//! through the HTTP API (`POST /api/v1/conferences/{name}/start`) or at their `start` time,
+//! when the focus INVITEs every participant; only the invited may dial in (others get 403)
+//! unless `join = "anyone"`. At `end` the focus BYEs everyone.
 //!
 //! ```toml
 //! [[conference]]
@@ -8,10 +9,15 @@
 //! participants = ["sip:alice@example.com", "sip:bob@example.com"]
 //! media = ["audio"]                     # audio only in this version
 //! join = "invited"                      # or "anyone"
+//! start = "2026-12-01T09:00:00Z"        # optional, RFC 3339 (a TOML date-time works too)
+//! end = "2026-12-01T10:00:00+01:00"     # optional
 //! ```
-//! Scheduled start (a configured time) is not implemented: start them through the API.
+//! A start time already past when cpmd loads the file is ignored (logged): a restart does not
+//! start yesterday's meeting again. The worker owning the conference arms the timer.
 
-use serde::Deserialize;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use serde::{Deserialize, Deserializer};
 
 /// One predefined conference.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -28,6 +34,58 @@ pub struct Predefined {
     /// Who may dial in.
     #[serde(default)]
     pub join: Join,
+    /// When it starts by itself.
+    #[serde(default, deserialize_with = "when")]
+    pub start: Option<SystemTime>,
+    /// When it ends by itself (BYE to everyone).
+    #[serde(default, deserialize_with = "when")]
+    pub end: Option<SystemTime>,
+}
+
+/// An optional RFC 3339 time, written as a string or a TOML offset date-time.
+fn when<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SystemTime>, D::Error> {
+    use serde::de::Error;
+    let text = match toml::Value::deserialize(d)? {
+        toml::Value::String(s) => s,
+        toml::Value::Datetime(t) => t.to_string(),
+        other => return Err(D::Error::custom(format!("not a time: {other}"))),
+    };
+    rfc3339(&text)
+        .map(Some)
+        .ok_or_else(|| D::Error::custom(format!("{text:?} is not an RFC 3339 date-time")))
+}
+
+/// An RFC 3339 date-time with its offset (§5.6 `date-time`), as a system time.
+pub fn rfc3339(text: &str) -> Option<SystemTime> {
+    let t: toml::value::Datetime = text.trim().parse().ok()?;
+    let (date, time, offset) = (t.date?, t.time?, t.offset?);
+    let days = days_from_civil(
+        i64::from(date.year),
+        i64::from(date.month),
+        i64::from(date.day),
+    );
+    let offset = match offset {
+        toml::value::Offset::Z => 0,
+        toml::value::Offset::Custom { minutes } => i64::from(minutes) * 60,
+    };
+    let secs = days * 86_400
+        + i64::from(time.hour) * 3600
+        + i64::from(time.minute) * 60
+        + i64::from(time.second)
+        - offset;
+    let secs = u64::try_from(secs).ok()?;
+    Some(UNIX_EPOCH + Duration::new(secs, time.nanosecond))
+}
+
+/// Days from 1970-01-01 to a proleptic Gregorian date (H. Hinnant's `days_from_civil`).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
 }
 
 fn audio() -> Vec<String> {
@@ -65,6 +123,11 @@ impl Predefined {
                     .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
             if !ok || c.name.starts_with(super::focus::PREFIX) {
                 return Err(format!("conference name {:?} not allowed", c.name));
+            }
+            if let (Some(s), Some(e)) = (c.start, c.end) {
+                if e <= s {
+                    return Err(format!("conference {:?}: end before start", c.name));
+                }
             }
             if !seen.insert(c.name.clone()) {
                 return Err(format!("conference {:?} defined twice", c.name));
@@ -121,5 +184,31 @@ mod tests {
             assert!(Predefined::parse(bad).is_err(), "{bad}");
         }
         assert!(Predefined::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn start_and_end_times() {
+        let c = Predefined::parse(
+            "[[conference]]\nname = \"a\"\nstart = \"2026-12-01T09:00:00Z\"\n\
+             end = 2026-12-01T10:30:00.5+01:00\n",
+        )
+        .unwrap();
+        let secs = |t: SystemTime| t.duration_since(UNIX_EPOCH).unwrap().as_secs_f64();
+        assert_eq!(secs(c[0].start.unwrap()), 1_796_115_600.0);
+        assert_eq!(secs(c[0].end.unwrap()), 1_796_117_400.5);
+        assert_eq!(rfc3339("1970-01-01T00:00:00Z"), Some(UNIX_EPOCH));
+        assert_eq!(
+            rfc3339("2000-03-01T00:00:00-00:30").map(secs),
+            Some(951_868_800.0 + 1800.0)
+        );
+        // A date-time without offset, a date alone, or nonsense: refused.
+        for bad in ["2026-12-01T09:00:00", "2026-12-01", "soon"] {
+            assert_eq!(rfc3339(bad), None, "{bad}");
+            let f = format!("[[conference]]\nname = \"a\"\nstart = \"{bad}\"\n");
+            assert!(Predefined::parse(&f).is_err(), "{bad}");
+        }
+        let f = "[[conference]]\nname = \"a\"\nstart = \"2026-12-01T09:00:00Z\"\n\
+                 end = \"2026-12-01T08:00:00Z\"\n";
+        assert!(Predefined::parse(f).is_err());
     }
 }

@@ -68,6 +68,9 @@ pub struct Registry {
     max: usize,
     running: Mutex<HashMap<String, Running>>,
     workers: Mutex<Vec<Option<Recipient<StartConference>>>>,
+    /// Predefined conferences whose start time was looked at (armed or found past), so a
+    /// restarted worker does not arm them twice.
+    scheduled: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Registry {
@@ -100,6 +103,7 @@ impl Registry {
             max: config.conference_max,
             running: Mutex::new(HashMap::new()),
             workers: Mutex::new(vec![None; workers]),
+            scheduled: Mutex::new(Default::default()),
         })
     }
 
@@ -163,10 +167,41 @@ impl Registry {
         (r.len(), participants)
     }
 
-    /// Sets worker `k`'s door (when it starts).
+    /// Sets worker `k`'s door (when it starts), and arms, on the calling worker's arbiter, the
+    /// start timers of the predefined conferences it owns.
     pub fn set_worker(&self, k: usize, door: Recipient<StartConference>) {
-        if let Some(slot) = self.workers.lock().get_mut(k) {
-            *slot = Some(door);
+        let workers = {
+            let mut w = self.workers.lock();
+            if let Some(slot) = w.get_mut(k) {
+                *slot = Some(door.clone());
+            }
+            w.len()
+        };
+        let mut scheduled = self.scheduled.lock();
+        for p in self.predefined.values() {
+            let Some(start) = p.start else { continue };
+            if super::focus::owner(p.name.as_bytes(), workers) != k
+                || !scheduled.insert(p.name.clone())
+            {
+                continue;
+            }
+            let Ok(wait) = start.duration_since(std::time::SystemTime::now()) else {
+                tracing::info!(conference = %p.name, "start time already past: not started");
+                continue;
+            };
+            let Some(arbiter) = actix_rt::Arbiter::try_current() else {
+                continue;
+            };
+            let (name, door) = (p.name.clone(), door.clone());
+            tracing::info!(conference = %name, in_secs = wait.as_secs(), "conference start scheduled");
+            arbiter.spawn(async move {
+                actix_rt::time::sleep(wait).await;
+                match door.send(StartConference { name: name.clone() }).await {
+                    Ok(Ok(focus)) => tracing::info!(conference = %name, %focus, "scheduled start"),
+                    Ok(Err(e)) => tracing::warn!(conference = %name, error = %e, "scheduled start failed"),
+                    Err(e) => tracing::warn!(conference = %name, error = %e, "scheduled start: worker gone"),
+                }
+            });
         }
     }
 

@@ -1095,3 +1095,69 @@ fn predefined_conference_starts_and_ends_at_its_times() {
     assert_status(&r, 480);
     alice.ack(&inv, &r);
 }
+
+// ---- removal by REFER ----------------------------------------------------------------------
+
+#[test]
+fn the_creator_removes_a_participant_by_refer() {
+    let cpmd = spawn(&[]);
+    let alice = registered(&cpmd, "alice");
+    let (mut a, ok) = join(alice, "sip:conf-factory@localhost");
+    let focus = uri_of(&header(&ok, "Contact").unwrap());
+    let (mut b, _) = join(Ua::udp(cpmd.sip_addr()).user("bob"), &focus);
+    let (mut c, _) = join(Ua::udp(cpmd.sip_addr()).user("carol"), &focus);
+    let remove_bob = "<sip:bob@localhost;method=BYE>";
+    // Carol did not create the conference: 403.
+    let refer = c
+        .dialog
+        .request(&c.ua, "REFER")
+        .header("Refer-To", remove_bob);
+    assert_status(&c.ua.request(&refer), 403);
+    // Nor may anyone outside the conference's dialogs, whatever its From says.
+    let mut eve = Ua::udp(cpmd.sip_addr()).user("alice");
+    let refer = eve
+        .req("REFER", &focus)
+        .header("Refer-To", remove_bob)
+        .header("Contact", format!("<{}>", eve.contact_uri()));
+    assert_status(&eve.request(&refer), 403);
+    // Alice (the creator) may; someone not in the conference is 404.
+    let refer = a
+        .dialog
+        .request(&a.ua, "REFER")
+        .header("Refer-To", "<sip:dave@localhost;method=BYE>");
+    assert_status(&a.ua.request(&refer), 404);
+    let refer = a
+        .dialog
+        .request(&a.ua, "REFER")
+        .header("Refer-To", remove_bob);
+    assert_status(&a.ua.request(&refer), 202);
+    let (_, frag) = notify(&mut a.ua);
+    assert!(frag.starts_with("SIP/2.0 100"), "{frag}");
+    // The focus BYEs bob in his dialog; his 200 is reported to alice.
+    let bye = expect_request(&mut b.ua, "BYE");
+    assert_eq!(
+        header(&bye.msg, "Call-ID").as_deref(),
+        Some(b.dialog.call_id.as_str()),
+        "in bob's dialog"
+    );
+    b.ua.reply(&bye, 200, "OK");
+    let (state, frag) = notify(&mut a.ua);
+    assert!(frag.starts_with("SIP/2.0 200"), "{frag}");
+    assert!(state.starts_with("terminated"), "{state}");
+    // Bob is gone from the API's list; alice and carol remain.
+    let list = api(&cpmd, "GET", "/api/v1/conferences", "").json();
+    let uris: Vec<&str> = list[0]["participants"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["uri"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        uris,
+        ["sip:alice@localhost", "sip:carol@localhost"],
+        "{list}"
+    );
+    leave(&mut c);
+    leave(&mut a);
+    assert_released(&cpmd);
+}

@@ -155,6 +155,8 @@ struct Subscription {
 /// What a request we sent was for.
 enum Pending {
     Invite(u32),
+    /// The BYE of a removal by REFER: its final response goes to the referrer as sipfrag.
+    Removal(Referral),
     Other,
 }
 
@@ -866,6 +868,9 @@ impl ConferenceActor {
             Ok(Some(t)) => t,
             _ => return self.refuse(tx, &req, 400, "Missing Or Malformed Refer-To"),
         };
+        if target.method() == Some(Method::Bye) {
+            return self.refer_bye(tx, req, pid, &target);
+        }
         let target_uri = target.addr.uri.to_string();
         let via = match pid {
             Some(p) => NotifyVia::Participant(p),
@@ -895,6 +900,67 @@ impl ConferenceActor {
         self.sipfrag(&mut referral, 100, "Trying", false);
         if let Err((code, reason)) = self.dial_out(&target_uri, Some(referral)) {
             tracing::debug!(conference = %self.name, target = %target_uri, code, reason, "REFER target not called");
+        }
+    }
+
+    /// REFER with `Refer-To: <participant;method=BYE>` (RFC 4579 §5.7, removing a
+    /// participant): the focus BYEs every endpoint of that user, answers 202 and reports the
+    /// BYE's outcome as sipfrag (RFC 3515). Only a participant may ask, inside its own dialog
+    /// with the focus (INVITE is not authenticated, so the dialog is the proof of who asks):
+    /// the creator of an ad-hoc conference, any listed participant of a predefined one; others
+    /// get 403, a user not in the conference 404.
+    fn refer_bye(
+        &mut self,
+        tx: ServerTxId,
+        req: Message,
+        referrer: Option<u32>,
+        target: &cpm_engine::sip::hdr::ReferTo,
+    ) {
+        let by = referrer.and_then(|pid| {
+            self.roster
+                .get(ParticipantId(pid))
+                .map(|p| (pid, p.uri.clone()))
+        });
+        let allowed = by.as_ref().is_some_and(|(_, aor)| match &self.origin {
+            Origin::AdHoc => self.creator.as_deref() == Some(aor.as_str()),
+            Origin::Predefined(p) => p.invites(aor),
+        });
+        let Some((by, _)) = by.filter(|_| allowed) else {
+            return self.refuse(
+                tx,
+                &req,
+                403,
+                "Only The Conference Owner May Remove Participants",
+            );
+        };
+        let aor = target.addr.uri.aor();
+        let victims: Vec<u32> = self
+            .roster
+            .iter()
+            .filter(|p| aor.as_deref() == Some(p.uri.as_str()))
+            .map(|p| p.id.0)
+            .filter(|pid| {
+                self.participants
+                    .get(pid)
+                    .is_some_and(|p| p.dialog.is_some())
+            })
+            .collect();
+        if victims.is_empty() {
+            return self.refuse(tx, &req, 404, "Not A Participant Of This Conference");
+        }
+        let mut r = builder::response_to(&req, 202, "Accepted");
+        r.headers.push(HeaderName::Contact, self.contact.clone());
+        self.respond(tx, r);
+        let mut referral = Referral {
+            via: NotifyVia::Participant(by),
+        };
+        self.sipfrag(&mut referral, 100, "Trying", false);
+        let mut referral = Some(referral);
+        for pid in victims {
+            tracing::info!(conference = %self.name, participant = pid, by, "removed by REFER");
+            let what = referral.take().map_or(Pending::Other, Pending::Removal);
+            self.bye_as(pid, what);
+            self.remove(pid);
         }
     }
 
@@ -1071,9 +1137,10 @@ impl ConferenceActor {
             return;
         };
         if code >= 200 {
-            let what = self.pending.remove(&id);
-            if let Some(Pending::Invite(pid)) = what {
-                return self.invite_answered(pid, resp);
+            match self.pending.remove(&id) {
+                Some(Pending::Invite(pid)) => self.invite_answered(pid, resp),
+                Some(Pending::Removal(mut r)) => self.sipfrag(&mut r, code, reason(&resp), true),
+                _ => {}
             }
             return;
         }
@@ -1157,6 +1224,11 @@ impl ConferenceActor {
 
     /// A BYE to a participant (the conference ends, or its answer was unusable).
     fn bye(&mut self, pid: u32) {
+        self.bye_as(pid, Pending::Other)
+    }
+
+    /// A BYE to a participant whose response is for `what`.
+    fn bye_as(&mut self, pid: u32, what: Pending) {
         let Some(p) = self.participants.get(&pid) else {
             return;
         };
@@ -1173,7 +1245,7 @@ impl ConferenceActor {
             }
             (_, Some(d)) => {
                 let bye = d.request(Method::Bye, via);
-                self.send(dest, reliable, bye, Pending::Other);
+                self.send(dest, reliable, bye, what);
             }
             _ => {}
         }

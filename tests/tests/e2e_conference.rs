@@ -1161,3 +1161,107 @@ fn the_creator_removes_a_participant_by_refer() {
     leave(&mut a);
     assert_released(&cpmd);
 }
+
+// ---- 2xx retransmission, dial-out to contacts in turn ---------------------------------------
+
+#[test]
+fn the_focus_repeats_its_2xx_until_the_ack_over_udp() {
+    let cpmd = spawn(&[]);
+    let mut alice = registered(&cpmd, "alice");
+    let rtp = rtp_socket();
+    let body = sdp::body(
+        1,
+        &[Stream::audio(rtp.local_addr().unwrap().port()).formats(&[0])],
+    );
+    let invite = alice
+        .req("INVITE", "sip:conf-factory@localhost")
+        .header("Contact", format!("<{}>", alice.contact_uri()))
+        .body(SDP, body);
+    let ok = alice.request(&invite);
+    assert_status(&ok, 200);
+    // No ACK: the 200 comes again at T1, 2·T1, ... (RFC 3261 §13.3.1.4).
+    let t0 = Instant::now();
+    let mut again = Vec::new();
+    while t0.elapsed() < Duration::from_millis(1900) {
+        if let Some(m) = alice.recv(Duration::from_millis(100)) {
+            assert_eq!(m.status(), Some(200), "{m}");
+            assert_eq!(header(&m, "To"), header(&ok, "To"), "the same 2xx");
+            again.push(t0.elapsed());
+        }
+    }
+    assert!(again.len() >= 2, "retransmissions at {again:?}");
+    assert!(
+        again[1] - again[0] >= Duration::from_millis(700),
+        "doubling: {again:?}"
+    );
+    // The ACK stops them.
+    let mut dialog = Dialog::uac(&invite, &ok);
+    alice.send_req(&dialog.ack(&alice, invite.cseq().unwrap()));
+    alice.expect_silence(Duration::from_millis(2500), "no 2xx after the ACK");
+    let bye = dialog.request(&alice, "BYE");
+    assert_status(&alice.request(&bye), 200);
+    assert_released(&cpmd);
+}
+
+#[test]
+fn dial_out_tries_the_users_contacts_in_turn() {
+    let cpmd = spawn(&[]);
+    let alice = registered(&cpmd, "alice");
+    // Bob has two devices.
+    let mut phones = [registered(&cpmd, "bob"), registered(&cpmd, "bob")];
+    let (mut a, _) = join(alice, "sip:conf-factory@localhost");
+    let refer = a
+        .dialog
+        .request(&a.ua, "REFER")
+        .header("Refer-To", "<sip:bob@localhost>");
+    assert_status(&a.ua.request(&refer), 202);
+    let (_, frag) = notify(&mut a.ua);
+    assert!(frag.starts_with("SIP/2.0 100"), "{frag}");
+    // Whichever device is called first is unavailable (480): the focus calls the other.
+    let (first, inv) = wait_invite(&mut phones);
+    assert_eq!(method(&inv.msg), "INVITE");
+    phones[first].reply(&inv, 480, "Temporarily Unavailable");
+    expect_request(&mut phones[first], "ACK");
+    let second = 1 - first;
+    let inv = expect_request(&mut phones[second], "INVITE");
+    let rtp = rtp_socket();
+    let answer = sdp::body(
+        1,
+        &[Stream::audio(rtp.local_addr().unwrap().port()).formats(&[0])],
+    );
+    let contact = format!("<{}>", phones[second].contact_uri());
+    phones[second].reply_with(
+        &inv,
+        200,
+        "OK",
+        &[("Contact", contact.as_str())],
+        Some((SDP, answer.as_bytes())),
+    );
+    expect_request(&mut phones[second], "ACK");
+    // The referrer hears only the outcome: 200.
+    let (state, frag) = notify(&mut a.ua);
+    assert!(frag.starts_with("SIP/2.0 200"), "{frag}");
+    assert!(state.starts_with("terminated"), "{state}");
+    let mut b = Party {
+        dialog: Dialog::uas(&inv.msg, phones[second].tag()),
+        ua: phones.into_iter().nth(second).unwrap(),
+        rtp,
+        focus_media: Sdp::parse(&inv.msg.body).rtp_addr(0),
+    };
+    leave(&mut b);
+    leave(&mut a);
+    assert_released(&cpmd);
+}
+
+/// The first request either UA gets, and which got it.
+fn wait_invite(uas: &mut [Ua; 2]) -> (usize, Received) {
+    let deadline = Instant::now() + WAIT;
+    while Instant::now() < deadline {
+        for (i, ua) in uas.iter_mut().enumerate() {
+            if let Some(r) = ua.recv_request(Duration::from_millis(50)) {
+                return (i, r);
+            }
+        }
+    }
+    panic!("no device was called");
+}

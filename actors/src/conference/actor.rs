@@ -140,6 +140,10 @@ struct Participant {
     /// The ACK we sent for its 2xx (dial-out), re-sent on retransmissions.
     ack: Option<Message>,
     referral: Option<Referral>,
+    /// The dial-out's target (as configured or referred; empty for a dial-in).
+    target: String,
+    /// The target's contacts not tried yet (dial-out), in order.
+    next_contacts: Vec<(Bytes, SocketAddr, bool)>,
 }
 
 /// An RFC 4575 subscription.
@@ -532,6 +536,8 @@ impl ConferenceActor {
                 sdp_version: local.version,
                 ack: None,
                 referral: None,
+                target: String::new(),
+                next_contacts: Vec::new(),
             },
         );
         self.joined = true;
@@ -1018,9 +1024,11 @@ impl ConferenceActor {
         if self.participants.len() >= self.env.shared.config.conference_max_participants {
             return fail(self, referral, 503, "Conference Full");
         }
-        let Some((ruri, dest, reliable)) = self.resolve(target) else {
+        let mut contacts = self.resolve(target);
+        if contacts.is_empty() {
             return fail(self, referral, 480, "Temporarily Unavailable");
-        };
+        }
+        let (ruri, dest, reliable) = contacts.remove(0);
         let Some((pid, changes)) = self.roster_join(
             sdp_aor(target),
             Some(String::from_utf8_lossy(&ruri).into_owned()),
@@ -1042,6 +1050,45 @@ impl ConferenceActor {
             let _ = self.roster.leave(ParticipantId(pid));
             return fail(self, referral, 503, "Media Ports Exhausted");
         };
+        let invite = self.invite(target, ruri, reliable, &local);
+        self.next_req += 1;
+        let req = ReqId(self.next_req);
+        self.pending.insert(req, Pending::Invite(pid));
+        self.participants.insert(
+            pid,
+            Participant {
+                dialog: None,
+                dest,
+                reliable,
+                state: State::Calling {
+                    req,
+                    invite: invite.clone(),
+                },
+                media: None,
+                ports: Some(ports),
+                video: None,
+                sdp_version: 1,
+                ack: None,
+                referral,
+                target: target.to_string(),
+                next_contacts: contacts,
+            },
+        );
+        self.out.push(ConfAction::SendRequest {
+            id: req,
+            dest,
+            reliable,
+            request: invite,
+        });
+        tracing::info!(conference = %self.name, participant = pid, %target, "dialing out");
+        self.roster_changed(changes);
+        Ok(pid)
+    }
+
+    /// A dial-out INVITE to `ruri` (the Request-URI: a contact of `target`) with our offer
+    /// (RFC 4579 §5.5: from the focus, our Contact with `isfocus`), in a new Call-ID this
+    /// worker owns.
+    fn invite(&mut self, target: &str, ruri: Bytes, reliable: bool, local: &Local) -> Message {
         let tag = self.new_tag();
         let mut salt = self.gen.next_u64();
         let call_id = crate::routing::owned_call_id(
@@ -1070,63 +1117,85 @@ impl ConferenceActor {
             headers,
             body: Bytes::new(),
         };
-        invite.set_body(sdp::offer(&local), Some("application/sdp"));
+        invite.set_body(sdp::offer(local), Some("application/sdp"));
+        invite
+    }
+
+    /// A dial-out refused with `code` by one contact: the next contact of the user is tried
+    /// when there is one and the refusal is about that device (408 no answer, 480, 5xx; not
+    /// 486 busy or 603 decline, which are the user's answer). True when it was.
+    fn try_next_contact(&mut self, pid: u32, code: u16) -> bool {
+        if !(code == 408 || code == 480 || (500..600).contains(&code)) {
+            return false;
+        }
+        let Some(p) = self.participants.get_mut(&pid) else {
+            return false;
+        };
+        if p.next_contacts.is_empty() {
+            return false;
+        }
+        let (ruri, dest, reliable) = p.next_contacts.remove(0);
+        let (Some(port), target) = (p.ports.as_ref().map(|x| x.ports.rtp), p.target.clone()) else {
+            return false;
+        };
+        p.sdp_version += 1;
+        let local = Local {
+            ip: self.env.plane.config().ip,
+            port,
+            session: self.session,
+            version: p.sdp_version,
+        };
+        let invite = self.invite(&target, ruri, reliable, &local);
         self.next_req += 1;
         let req = ReqId(self.next_req);
         self.pending.insert(req, Pending::Invite(pid));
-        self.participants.insert(
-            pid,
-            Participant {
-                dialog: None,
-                dest,
-                reliable,
-                state: State::Calling {
-                    req,
-                    invite: invite.clone(),
-                },
-                media: None,
-                ports: Some(ports),
-                video: None,
-                sdp_version: 1,
-                ack: None,
-                referral,
-            },
-        );
+        if let Some(p) = self.participants.get_mut(&pid) {
+            p.dest = dest;
+            p.reliable = reliable;
+            p.state = State::Calling {
+                req,
+                invite: invite.clone(),
+            };
+        }
+        tracing::info!(conference = %self.name, participant = pid, code, %dest, "dial-out: next contact");
         self.out.push(ConfAction::SendRequest {
             id: req,
             dest,
             reliable,
             request: invite,
         });
-        tracing::info!(conference = %self.name, participant = pid, %target, "dialing out");
-        self.roster_changed(changes);
-        Ok(pid)
+        true
     }
 
-    /// Where a dial-out goes: a local user's first registered contact, or a URI naming an
-    /// address.
-    fn resolve(&self, target: &str) -> Option<(Bytes, SocketAddr, bool)> {
-        let aor = super::predefined::canonical(target)?;
+    /// Where a dial-out goes, in the order to try: a local user's registered contacts (as
+    /// the registrar orders them), or a URI naming an address.
+    fn resolve(&self, target: &str) -> Vec<(Bytes, SocketAddr, bool)> {
+        let Some(aor) = super::predefined::canonical(target) else {
+            return Vec::new();
+        };
         let shared = &self.env.shared;
         if crate::routing::is_local_aor(shared, &aor) {
             let aor = cpm_engine::registrar::Aor::new(aor);
-            let (b, dest, reliable) = crate::routing::contacts(shared, &aor, Instant::now())
+            return crate::routing::contacts(shared, &aor, Instant::now())
                 .into_iter()
-                .next()?;
-            return Some((b.contact, dest, reliable));
+                .map(|(b, dest, reliable)| (b.contact, dest, reliable))
+                .collect();
         }
-        let uri =
-            cpm_engine::sip::uri::Uri::parse(&Bytes::copy_from_slice(target.as_bytes())).ok()?;
-        let sip = uri.as_sip()?;
-        let ip = sip.host.ip()?;
+        let Ok(uri) = cpm_engine::sip::uri::Uri::parse(&Bytes::copy_from_slice(target.as_bytes()))
+        else {
+            return Vec::new();
+        };
+        let Some((sip, ip)) = uri.as_sip().and_then(|s| Some((s, s.host.ip()?))) else {
+            return Vec::new();
+        };
         let reliable = sip
             .transport()
             .is_some_and(|t| t.eq_ignore_ascii_case(b"tcp"));
-        Some((
+        vec![(
             Bytes::copy_from_slice(target.as_bytes()),
             SocketAddr::new(ip, sip.port.unwrap_or(5060)),
             reliable,
-        ))
+        )]
     }
 
     // ---- responses -----------------------------------------------------------------------
@@ -1171,7 +1240,13 @@ impl ConferenceActor {
             return;
         };
         let invite = invite.clone();
-        let referral = p.referral.take();
+        if !(200..300).contains(&code) && self.try_next_contact(pid, code) {
+            return;
+        }
+        let referral = self
+            .participants
+            .get_mut(&pid)
+            .and_then(|p| p.referral.take());
         if let Some(mut r) = referral {
             self.sipfrag(&mut r, code, reason(&resp), true);
         }

@@ -26,10 +26,12 @@ use cpm_engine::sip::{HeaderName, Headers, Message, Method, StartLine};
 use parking_lot::Mutex;
 
 use super::events::{self, Change, UserInfo};
+use super::floor::{Floor, FloorSettings};
 use super::predefined::{Join, Predefined};
 use super::registry::{ParticipantSummary, Summary};
 use super::sdp::{self, Local, Negotiated};
 use super::{ConfAction, ConfKey, EndConference, FromConference, MuteParticipant, ToConference};
+use crate::bfcp::FromBfcp;
 use crate::media::{MediaPlane, RoomEvent, RoomHandle, SidePorts};
 use crate::shared::Shared;
 
@@ -183,6 +185,9 @@ pub struct ConferenceActor {
     joined: bool,
     /// Where the room's events go (this actor; set when it starts).
     events: Option<Recipient<RoomEvent>>,
+    /// Half duplex: the floor (decision 0015), and where BFCP connections' messages go.
+    floor: Option<Floor>,
+    bfcp_to: Option<Recipient<FromBfcp>>,
 }
 
 impl ConferenceActor {
@@ -227,6 +232,8 @@ impl ConferenceActor {
             ended: false,
             joined: false,
             events: None,
+            floor: None,
+            bfcp_to: None,
         }
     }
 
@@ -409,6 +416,12 @@ impl ConferenceActor {
         if self.participants.len() >= self.env.shared.config.conference_max_participants {
             return self.refuse(tx, &req, 503, "Conference Full");
         }
+        if matches!(self.origin, Origin::AdHoc) && !self.joined {
+            let settings = req
+                .request_uri()
+                .and_then(|u| FloorSettings::of_factory_uri(u));
+            self.start_floor(settings);
+        }
         let chosen = match sdp::choose(&req.body) {
             Ok(c) => c,
             Err(e) => return self.refuse(tx, &req, 488, e.reason()),
@@ -432,6 +445,7 @@ impl ConferenceActor {
                 return self.refuse(tx, &req, e.status(), &e.reason());
             }
         };
+        self.floor_answer(pid, &req.body, chosen.index, &local, &mut r);
         let display = from
             .and_then(|f| f.display)
             .map(|d| String::from_utf8_lossy(&d).trim_matches('"').to_string());
@@ -491,6 +505,9 @@ impl ConferenceActor {
         };
         match room.add(pid, side, chosen.codec, chosen.pt, chosen.rtp, chosen.rtcp) {
             Ok(addr) => {
+                if self.floor.is_some() {
+                    room.mute(pid, true);
+                }
                 self.session = self.session.wrapping_add(1);
                 let local = Local {
                     ip: addr.ip(),
@@ -578,6 +595,7 @@ impl ConferenceActor {
             sdp::answer(&req.body, &chosen, &local),
             Some("application/sdp"),
         );
+        self.floor_answer(pid, &req.body, chosen.index, &local, &mut r);
         let now = Instant::now();
         if let Some(p) = self.participants.get_mut(&pid) {
             p.state = State::AwaitingAck {
@@ -599,6 +617,10 @@ impl ConferenceActor {
         };
         self.close_media(pid);
         drop(p.ports);
+        if let Some(f) = self.floor.as_mut() {
+            f.leave(Instant::now(), pid);
+            self.floor_changed(None);
+        }
         let info = UserInfo {
             entity: p.entity.clone(),
             display: p.display.clone(),
@@ -825,7 +847,12 @@ impl ConferenceActor {
             headers,
             body: Bytes::new(),
         };
-        invite.set_body(sdp::offer(&local), Some("application/sdp"));
+        let offer = sdp::offer(&local);
+        let offer = match self.floor.as_mut().and_then(|f| Some((f.join(pid)?, f))) {
+            Some((uid, f)) => super::floor::splice(&offer, 0, 1, &f.section(local.ip, uid)),
+            None => offer,
+        };
+        invite.set_body(offer, Some("application/sdp"));
         self.next_req += 1;
         let req = ReqId(self.next_req);
         self.pending.insert(req, Pending::Invite(pid));
@@ -964,6 +991,11 @@ impl ConferenceActor {
         match sdp::choose(&resp.body) {
             Ok(chosen) => {
                 p.media = Some(chosen);
+                if let Some(f) = self.floor.as_mut() {
+                    if !super::floor::accepted(&resp.body) {
+                        f.leave(Instant::now(), pid);
+                    }
+                }
                 if let Some(room) = &self.room {
                     room.update(pid, chosen.codec, chosen.pt, chosen.rtp, chosen.rtcp);
                 }
@@ -1082,11 +1114,13 @@ impl ConferenceActor {
         }
         self.subs.clear();
         self.room = None;
+        self.floor = None;
         self.out.push(ConfAction::Ended);
         self.env.shared.conferences.remove(&self.name);
     }
 
     fn after(&mut self, ctx: &mut Context<Self>) {
+        self.floor_changed(Some(ctx));
         self.flush();
         if self.ended {
             ctx.stop();
@@ -1120,12 +1154,16 @@ impl Actor for ConferenceActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.events = Some(ctx.address().recipient());
+        self.bfcp_to = Some(ctx.address().recipient());
         ctx.run_interval(HOUSEKEEPING, |act, ctx| {
             act.housekeeping(Instant::now());
             act.after(ctx);
         });
         if let Origin::Predefined(p) = &self.origin {
+            let settings = (p.floor == super::floor::FloorMode::HalfDuplex)
+                .then(|| FloorSettings::from_secs(p.max_talk_time));
             let targets = p.participants.clone();
+            self.start_floor(settings);
             for t in targets {
                 if let Err((code, reason)) = self.dial_out(&t, None) {
                     tracing::info!(conference = %self.name, target = %t, code, reason, "participant not called");
@@ -1232,12 +1270,81 @@ impl Handler<MuteParticipant> for ConferenceActor {
         if p.muted != msg.muted {
             p.muted = msg.muted;
             if let Some(room) = &self.room {
-                room.mute(msg.id, msg.muted);
+                let f = self.floor.as_ref();
+                room.mute(msg.id, f.map_or(msg.muted, |f| f.muted(msg.id, msg.muted)));
             }
             let info = p.info(msg.id);
             self.roster_changed(&[(info, Change::Full)]);
         }
         self.after(ctx);
         true
+    }
+}
+
+// ---- half duplex (decision 0015; the floor itself is in `super::floor`) ---------------------
+
+impl ConferenceActor {
+    /// Makes the conference half duplex (before anyone joins).
+    fn start_floor(&mut self, settings: Option<FloorSettings>) {
+        if let (Some(settings), Some(to), None) = (settings, self.bfcp_to.clone(), &self.floor) {
+            let f = Floor::new(&self.env.shared.bfcp, to, settings);
+            tracing::info!(conference = %self.name, bfcp_conference = f.conference_id(), "half duplex");
+            self.summary.lock().floor = Some(f.summary());
+            self.floor = Some(f);
+        }
+    }
+
+    /// Our answer to an offer with BFCP gets our BFCP stream (the participant may request the
+    /// floor); without, the participant is listen-only.
+    fn floor_answer(
+        &mut self,
+        pid: u32,
+        offer: &Bytes,
+        audio: usize,
+        local: &Local,
+        r: &mut Message,
+    ) {
+        let Some(f) = self.floor.as_mut() else {
+            return;
+        };
+        match super::floor::offered(offer).and_then(|i| Some((i, f.join(pid)?))) {
+            Some((i, uid)) => {
+                let body = super::floor::splice(&r.body, audio, i, &f.section(local.ip, uid));
+                r.set_body(body, Some("application/sdp"));
+            }
+            None => f.leave(Instant::now(), pid),
+        }
+    }
+
+    /// After the floor changed: the mixer's mutes, the API summary, the talk-time timer.
+    fn floor_changed(&mut self, ctx: Option<&mut Context<Self>>) {
+        let Some(f) = self.floor.as_mut() else {
+            return;
+        };
+        for pid in f.flush() {
+            if let (Some(p), Some(room)) = (self.participants.get(&pid), &self.room) {
+                room.mute(pid, f.muted(pid, p.muted));
+            }
+        }
+        self.summary.lock().floor = Some(f.summary());
+        if let Some(ctx) = ctx {
+            f.rearm(ctx, Instant::now(), |act: &mut Self, ctx| {
+                if let Some(f) = act.floor.as_mut() {
+                    f.on_timeout(Instant::now());
+                }
+                act.floor_changed(Some(ctx));
+            });
+        }
+    }
+}
+
+impl Handler<FromBfcp> for ConferenceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromBfcp, ctx: &mut Context<Self>) {
+        if let Some(f) = self.floor.as_mut() {
+            f.on_bfcp(Instant::now(), msg);
+        }
+        self.after(ctx);
     }
 }

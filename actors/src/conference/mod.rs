@@ -19,6 +19,7 @@
 
 pub mod actor;
 pub mod events;
+pub mod floor;
 pub mod focus;
 pub mod predefined;
 pub mod registry;

@@ -8,6 +8,8 @@
 //! participants = ["sip:alice@example.com", "sip:bob@example.com"]
 //! media = ["audio"]                     # audio only in this version
 //! join = "invited"                      # or "anyone"
+//! floor = "half-duplex"                 # push-to-talk over BFCP; default "full-duplex"
+//! max_talk_time = 30                    # seconds one talker may hold the floor (half-duplex)
 //! ```
 //! Scheduled start (a configured time) is not implemented: start them through the API.
 
@@ -28,6 +30,12 @@ pub struct Predefined {
     /// Who may dial in.
     #[serde(default)]
     pub join: Join,
+    /// Full duplex (everyone mixed) or half duplex (BFCP floor control, decision 0015).
+    #[serde(default)]
+    pub floor: super::floor::FloorMode,
+    /// Half duplex: seconds one talker may hold the floor before it is revoked; 0: no limit.
+    #[serde(default = "super::floor::default_max_talk_time")]
+    pub max_talk_time: u64,
 }
 
 fn audio() -> Vec<String> {
@@ -109,14 +117,22 @@ mod tests {
         assert_eq!(c[0].join, Join::Invited);
         assert_eq!(c[1].join, Join::Anyone);
         assert_eq!(c[0].media, ["audio"]);
+        assert_eq!(c[0].floor, super::super::floor::FloorMode::FullDuplex);
         assert!(c[0].invites("sip:alice@x.test"));
         assert!(!c[0].invites("sip:carol@x.test"));
+        let ptt = Predefined::parse(
+            "[[conference]]\nname = \"ptt\"\nfloor = \"half-duplex\"\nmax_talk_time = 5\n",
+        )
+        .unwrap();
+        assert_eq!(ptt[0].floor, super::super::floor::FloorMode::HalfDuplex);
+        assert_eq!(ptt[0].max_talk_time, 5);
         for bad in [
             "[[conference]]\nname = \"conf-x\"\n",
             "[[conference]]\nname = \"a b\"\n",
             "[[conference]]\nname = \"a\"\n[[conference]]\nname = \"a\"\n",
             "[[conference]]\nname = \"a\"\nmedia = [\"video\"]\n",
             "[[conference]]\nname = \"a\"\nbogus = 1\n",
+            "[[conference]]\nname = \"a\"\nfloor = \"quarter-duplex\"\n",
         ] {
             assert!(Predefined::parse(bad).is_err(), "{bad}");
         }

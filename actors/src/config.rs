@@ -41,6 +41,9 @@ pub struct Config {
     pub tcp_message_timeout: u64,
     /// TCP connections one source IP may hold (`--tcp-max-per-ip`; 0: no limit).
     pub tcp_max_per_ip: usize,
+    /// A worker whose messages wait this many milliseconds is overloaded: new INVITEs and
+    /// MESSAGEs for it get 503 (`--overload-delay`; 0: off).
+    pub overload_delay: u64,
     /// Requests per second one source IP may send (`--source-rate`; 0: no limit).
     pub source_rate: u32,
     /// Requests a source may send at once above its rate (`--source-burst`; 0: the rate).
@@ -174,6 +177,7 @@ impl Default for Config {
             tcp_idle_timeout: 300,
             tcp_message_timeout: 10,
             tcp_max_per_ip: 256,
+            overload_delay: 200,
             source_rate: 0,
             source_burst: 0,
             min_expires: 60,
@@ -344,6 +348,7 @@ const KEYS: &[&str] = &[
     "tcp-idle-timeout",
     "tcp-message-timeout",
     "tcp-max-per-ip",
+    "overload-delay",
     "source-rate",
     "source-burst",
     "min-expires",
@@ -401,6 +406,8 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --tcp-message-timeout SECS  a TCP message must arrive whole this soon after its first
                             byte, or the connection is closed [default: 10]
   --tcp-max-per-ip N        TCP connections one source IP may hold; 0: no limit [default: 256]
+  --overload-delay MS        a worker whose messages wait this long is overloaded: new
+                            INVITEs and MESSAGEs for it get 503; 0: off [default: 200]
   --source-rate N           requests per second one source IP may send, more are dropped;
                             0: no limit [default: 0]
   --source-burst N          requests above the rate a source may send at once [default: rate]
@@ -536,6 +543,7 @@ impl Config {
             "tcp-idle-timeout" => self.tcp_idle_timeout = parse(key, value)?,
             "tcp-message-timeout" => self.tcp_message_timeout = parse(key, value)?,
             "tcp-max-per-ip" => self.tcp_max_per_ip = parse(key, value)?,
+            "overload-delay" => self.overload_delay = parse(key, value)?,
             "source-rate" => self.source_rate = parse(key, value)?,
             "source-burst" => self.source_burst = parse(key, value)?,
             "min-expires" => self.min_expires = parse(key, value)?,
@@ -609,6 +617,11 @@ impl Config {
     /// The TCP idle timeout.
     pub fn tcp_idle(&self) -> Duration {
         Duration::from_secs(self.tcp_idle_timeout)
+    }
+
+    /// The queueing delay that marks a worker overloaded (`None`: overload control off).
+    pub fn overload_delay(&self) -> Option<Duration> {
+        (self.overload_delay > 0).then(|| Duration::from_millis(self.overload_delay))
     }
 
     /// The per-source limits (request rate, TCP connections, incomplete TCP messages).

@@ -21,9 +21,12 @@
 //!               └─► 408/480/5xx everywhere: hold as above                  └─► next ...
 //! ```
 //!
-//! **Large message mode** ([`large`]): an MSRP-only INVITE for an offline user is answered by
-//! cpmd as the MSRP endpoint; each message it carries is held in the same queue, and a held
-//! message over `--message-max-size` is delivered over a session cpmd originates.
+//! **Large message mode** ([`large`]): an MSRP-only INVITE for an offline user (or one whose
+//! devices are all unavailable: the session hands it back) is answered by cpmd as the MSRP
+//! endpoint; each message it carries is held in the same queue, and a held message over
+//! `--message-max-size` is delivered over a session cpmd originates, contact after contact.
+//! A pager MESSAGE for a user whose large message is being received waits and is held after
+//! it.
 //!
 //! Storage runs on its own threads ([`crate::storage`]); its answers come back to the worker
 //! as [`StoreDone`] messages, so no worker ever waits for a disk.
@@ -49,6 +52,20 @@ mod large;
 use crate::charging::MessageEvent;
 use crate::routing;
 use crate::shared::Shared;
+
+/// How often parked pager messages look whether the large message they wait for is done.
+const PARK_POLL: Duration = Duration::from_millis(20);
+/// The longest a pager message waits behind a large message being received: then it is held
+/// anyway (well within the sender's 32 s transaction timeout).
+const PARK_MAX: Duration = Duration::from_secs(10);
+
+/// A pager MESSAGE waiting behind a large message its recipient is being sent.
+struct Parked {
+    tx: ServerTxId,
+    req: Box<Message>,
+    aor: String,
+    until: Instant,
+}
 
 /// Held messages read per storage round trip while delivering.
 const DELIVERY_BATCH: u32 = 64;
@@ -96,6 +113,19 @@ pub enum StoreEvent {
         req: Box<Message>,
         /// Its key, or the failure.
         result: Result<WriteResult, StoreError>,
+    },
+    /// An MSRP-only INVITE whose session found every device of the recipient unavailable
+    /// (408, 480, 5xx): taken as a large message for an offline user. Not a storage answer:
+    /// it comes from the session actor, through the same mailbox.
+    LargeHandBack {
+        /// The INVITE's server transaction (nothing was answered on it but 100 Trying).
+        tx: ServerTxId,
+        /// The INVITE.
+        invite: Box<Message>,
+        /// Where it came from.
+        source: std::net::SocketAddr,
+        /// Over a reliable transport.
+        reliable: bool,
     },
     /// The MSRP transfer of a held message to a device ended (`Err`: the status that ended it).
     LargeSent {
@@ -168,6 +198,9 @@ pub struct MessageController {
     salt: u64,
     /// Large message mode's sessions.
     large: large::LargeMessages,
+    /// Pager messages waiting for a large message to their recipient, in arrival order.
+    parked: VecDeque<Parked>,
+    next_park_check: Option<Instant>,
 }
 
 /// What the worker must send after an input: responses on server transactions.
@@ -187,6 +220,8 @@ impl MessageController {
             next_expiry_sweep: None,
             salt: seed ^ 0x6d65_7373_6167_6573,
             large: large::LargeMessages::default(),
+            parked: VecDeque::new(),
+            next_park_check: None,
         }
     }
 
@@ -206,6 +241,9 @@ impl MessageController {
         self.forks.clear();
         self.branches.clear();
         self.large.clear();
+        // Unanswered: their senders retransmit, or time out and send again.
+        self.parked.clear();
+        self.next_park_check = None;
         let mut delivering = shared.delivering.lock();
         for (aor, _) in self.runs.iter().filter(|(_, r)| r.owned) {
             delivering.remove(aor);
@@ -246,6 +284,21 @@ impl MessageController {
         note_imdn(shared, req);
         let aor = aor_string(&aor);
         let hold = shared.config.store_and_forward;
+        // Behind a large message the user is being sent over MSRP right now (it is held once
+        // complete): the order is kept (see `release_parked`).
+        let behind_large =
+            shared.msrp.receiving(aor.as_bytes()) || self.parked.iter().any(|p| p.aor == aor);
+        if hold && behind_large {
+            tracing::debug!(to = %aor, "pager message waits for a large message being received");
+            self.parked.push_back(Parked {
+                tx: id,
+                req: Box::new(req.clone()),
+                aor,
+                until: now + PARK_MAX,
+            });
+            self.next_park_check.get_or_insert(now + PARK_POLL);
+            return Ok(());
+        }
         // Behind the held messages being delivered now: keeps the order.
         if hold && shared.delivering.lock().contains_key(&aor) {
             return self.hold(shared, Some(id), req.clone(), aor);
@@ -316,19 +369,20 @@ impl MessageController {
         now: Instant,
         txn: &mut TransactionLayer,
     ) -> Result<Responses, Message> {
-        let mut resp = match self
-            .large
-            .on_response(shared, self.store_done.as_ref(), id, resp, txn)
-        {
-            Ok(finished) => {
-                let mut out = Vec::new();
-                if let Some(f) = finished {
-                    self.on_large_finished(shared, f, now, txn, &mut out);
+        let mut resp =
+            match self
+                .large
+                .on_response(shared, self.store_done.as_ref(), id, resp, now, txn)
+            {
+                Ok(finished) => {
+                    let mut out = Vec::new();
+                    if let Some(f) = finished {
+                        self.on_large_finished(shared, f, now, txn, &mut out);
+                    }
+                    return Ok(out);
                 }
-                return Ok(out);
-            }
-            Err(resp) => resp,
-        };
+                Err(resp) => resp,
+            };
         let code = resp.status().unwrap_or(0);
         let Some(&fork_id) = self.branches.get(&id) else {
             return Err(resp);
@@ -571,8 +625,23 @@ impl MessageController {
                     charge(shared, &req, &aor, "failed", None);
                 }
             },
+            StoreEvent::LargeHandBack {
+                tx,
+                invite,
+                source,
+                reliable,
+            } => {
+                tracing::info!("large-message INVITE: every device unavailable, taken by cpmd");
+                let done = self.store_done.clone();
+                let taken = self
+                    .large
+                    .accept(shared, done, tx, &invite, source, reliable, txn, now);
+                if let Err(r) = taken {
+                    out.push((tx, *r));
+                }
+            }
             StoreEvent::LargeSent { key, result } => {
-                if let Some(f) = self.large.end_delivery(shared, key, result, txn) {
+                if let Some(f) = self.large.end_delivery(shared, key, result, now, txn) {
                     self.on_large_finished(shared, f, now, txn, &mut out);
                 }
             }
@@ -622,9 +691,23 @@ impl MessageController {
             .accept(shared, done, id, req, source, reliable, txn, now)
     }
 
+    /// Where a session hands back an INVITE that large message mode takes when the user's
+    /// devices are all unavailable (an MSRP-only offer, store-and-forward on); `None`: the
+    /// session answers it whatever happens.
+    pub fn large_hand_back(&self, shared: &Shared, req: &Message) -> Option<Recipient<StoreDone>> {
+        large::LargeMessages::may_take(shared, req)
+            .then(|| self.store_done.clone())
+            .flatten()
+    }
+
     /// A request in one of the large-message dialogs: its response (`None`: not one of them).
     pub fn on_dialog_request(&mut self, req: &Message) -> Option<Message> {
         self.large.on_request(req)
+    }
+
+    /// The ACK of a 2xx outside any session: whether it was one of a large-message session.
+    pub fn on_ack(&mut self, ack: &Message) -> bool {
+        self.large.on_ack(ack)
     }
 
     // ---- delivering held messages ---------------------------------------------------------
@@ -834,10 +917,45 @@ impl MessageController {
 
     // ---- expiry and failure notifications -------------------------------------------------
 
-    /// Periodic work: idle large-message sessions end, and worker 0 removes expired held
-    /// messages (their failure IMDNs follow).
-    pub fn handle_timeout(&mut self, shared: &Shared, now: Instant, txn: &mut TransactionLayer) {
+    /// Parked pager messages whose large message is done (stored, refused or dropped) or
+    /// that waited [`PARK_MAX`] are held, in arrival order: always held, never forked at
+    /// once, so they come after the large message in the user's queue (its row committed
+    /// before the sink stopped counting it) and a delivery run takes them in that order.
+    fn release_parked(&mut self, shared: &Shared, now: Instant, out: &mut Responses) {
+        if self.next_park_check.is_none_or(|t| t > now) {
+            return;
+        }
+        let mut waiting = VecDeque::new();
+        for p in std::mem::take(&mut self.parked) {
+            let blocked = waiting.iter().any(|w: &Parked| w.aor == p.aor)
+                || (p.until > now && shared.msrp.receiving(p.aor.as_bytes()));
+            if blocked {
+                waiting.push_back(p);
+            } else if let Err(r) = self.hold(shared, Some(p.tx), *p.req, p.aor) {
+                out.push((p.tx, *r));
+            }
+        }
+        self.parked = waiting;
+        self.next_park_check = (!self.parked.is_empty()).then(|| now + PARK_POLL);
+    }
+
+    /// Periodic work: idle large-message sessions end, parked pager messages go on, and
+    /// worker 0 removes expired held messages (their failure IMDNs follow). Returns the
+    /// responses to send.
+    pub fn handle_timeout(
+        &mut self,
+        shared: &Shared,
+        now: Instant,
+        txn: &mut TransactionLayer,
+    ) -> Responses {
+        let mut out = Vec::new();
         self.large.handle_timeout(shared, now, txn);
+        self.release_parked(shared, now, &mut out);
+        self.sweep_expired(shared, now);
+        out
+    }
+
+    fn sweep_expired(&mut self, shared: &Shared, now: Instant) {
         if self.worker != 0 || !shared.config.store_and_forward {
             return;
         }
@@ -866,10 +984,14 @@ impl MessageController {
 
     /// When [`MessageController::handle_timeout`] wants to run next.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        [self.next_expiry_sweep, self.large.poll_timeout()]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.next_expiry_sweep,
+            self.large.poll_timeout(),
+            self.next_park_check,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The server gave up on `held`: the negative delivery IMDN (RFC 5438 §5.1, §9) to its

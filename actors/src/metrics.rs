@@ -364,12 +364,37 @@ pub fn render_msrp(out: &mut String, m: &MsrpMetrics) {
             m.reports_generated.load(Relaxed),
         ),
     ];
+    write_series(out, &series);
+}
+
+fn write_series(out: &mut String, series: &[(&str, &str, &str, u64)]) {
     for (name, kind, help, v) in series {
         let _ = writeln!(
             out,
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+}
+
+/// Overload control's part of `/metrics`.
+pub fn render_overload(out: &mut String, o: &crate::transport::Overload) {
+    write_series(
+        out,
+        &[
+            (
+                "cpm_overload_refused_total",
+                "counter",
+                "New INVITEs and MESSAGEs answered 503 because their worker was overloaded.",
+                o.refused_total(),
+            ),
+            (
+                "cpm_overloaded_workers",
+                "gauge",
+                "Workers overloaded now (queueing delay over --overload-delay).",
+                o.overloaded_workers() as u64,
+            ),
+        ],
+    );
 }
 
 /// The media plane's part of `/metrics`.

@@ -174,16 +174,36 @@ impl Services {
         now: Instant,
         txn: &mut TransactionLayer,
     ) {
-        if self.shared.config.test_hooks
-            && req.headers.iter().any(|h| {
+        if self.shared.config.test_hooks {
+            let hook = req.headers.iter().find_map(|h| {
                 matches!(&h.name, HeaderName::Other(n) if n.eq_ignore_ascii_case(b"X-Cpm-Test"))
-                    && &h.value[..] == b"panic"
-            })
-        {
-            panic!("fault injected by X-Cpm-Test: panic");
+                    .then_some(&h.value[..])
+            });
+            match hook {
+                Some(b"panic") => panic!("fault injected by X-Cpm-Test: panic"),
+                // Saturation: the worker's thread is busy this long (what its queue sees).
+                Some(v) if v.starts_with(b"stall-ms=") => {
+                    let ms = std::str::from_utf8(&v[9..])
+                        .ok()
+                        .and_then(|n| n.parse::<u64>().ok())
+                        .unwrap_or(0)
+                        .min(5000);
+                    std::thread::sleep(Duration::from_millis(ms));
+                }
+                _ => {}
+            }
         }
-        // Requests to a conference focus go to its actor (decision 0014).
-        if let Some(name) = self.shared.conferences.names().conference_of(&req) {
+        // Requests to a conference focus go to its actor (decision 0014); while shutting
+        // down, only those of its dialogs (a new participant gets 503 below).
+        let joining = req.method() == Some(&Method::Invite)
+            && cpm_engine::sip::dialog::DialogId::of_request(&req).is_none();
+        if let Some(name) = self
+            .shared
+            .conferences
+            .names()
+            .conference_of(&req)
+            .filter(|_| !(joining && self.shared.is_draining()))
+        {
             let name = name.to_vec();
             return self.conference_request(&name, id, req, source, transport, now, txn);
         }
@@ -335,6 +355,8 @@ impl Services {
         }
         if let Some(actor) = self.sessions.route(&ack) {
             actor.do_send(ToSession::Ack(ack));
+        } else {
+            self.messages.on_ack(&ack);
         }
     }
 
@@ -385,7 +407,9 @@ impl Services {
     /// Periodic work: sweep expired registrations out of this worker's registrar shards.
     pub fn handle_timeout(&mut self, now: Instant, txn: &mut TransactionLayer) {
         let shared = self.shared.clone();
-        self.messages.handle_timeout(&shared, now, txn);
+        for (server, r) in self.messages.handle_timeout(&shared, now, txn) {
+            self.respond(server, r, now, txn);
+        }
         if self.next_sweep.is_some_and(|t| t > now) {
             return;
         }
@@ -629,7 +653,8 @@ impl Services {
             seed: self.salt,
         };
         let key: SessionKey = self.sessions.next_key();
-        let actor = SessionActor::new(key, start, self.env.clone(), worker, now).start();
+        let hand_back = self.messages.large_hand_back(&self.shared, &req);
+        let actor = SessionActor::new(key, start, self.env.clone(), worker, hand_back, now).start();
         self.sessions.insert(key, actor, (&req, id), b_call_id);
         Ok(())
     }

@@ -136,8 +136,9 @@ fn is_panic_hook(req: &Message) -> bool {
 }
 
 /// How many times an offer is planned again when a port it picked cannot be bound (another
-/// process holds it): each failed port is kept out of the pool for a round.
-const BIND_ATTEMPTS: usize = 4;
+/// process holds it): each failed port is kept out of the pool for a round, so the next plan
+/// walks past a block another process holds.
+const BIND_ATTEMPTS: usize = 32;
 
 /// The media side of one session: the engine's SDP relay over the worker's pool. The ports of
 /// every new leg are bound while the offer is made, before the SDP naming them is sent: a port
@@ -364,17 +365,42 @@ pub struct SessionActor {
     history: Option<History>,
     /// The MSRP tap while the session is recorded (fig. 12).
     recorder: Option<Arc<Recorder>>,
+    /// Where A's INVITE goes back when B's devices are all unavailable (large message mode).
+    hand_back: Option<Box<HandBack>>,
+}
+
+/// A's INVITE as the session got it, for the message controller when the session hands it
+/// back ([`EndReason::HandedBack`]): an MSRP-only INVITE whose recipient's devices are all
+/// unavailable is taken as a large message for an offline user.
+struct HandBack {
+    to: Recipient<crate::messaging::StoreDone>,
+    tx: ServerTxId,
+    invite: Message,
+    source: std::net::SocketAddr,
+    reliable: bool,
 }
 
 impl SessionActor {
-    /// The session of A's INVITE `start`; `worker` carries out its SIP actions.
+    /// The session of A's INVITE `start`; `worker` carries out its SIP actions. With
+    /// `hand_back`, A's INVITE goes back there unanswered when B's devices are all
+    /// unavailable (`Session::hand_back_when_unavailable`).
     pub fn new(
         key: SessionKey,
         start: SessionStart,
         env: Rc<SessionEnv>,
         worker: Recipient<FromSession>,
+        hand_back: Option<Recipient<crate::messaging::StoreDone>>,
         now: Instant,
     ) -> SessionActor {
+        let hand_back = hand_back.map(|to| {
+            Box::new(HandBack {
+                to,
+                tx: start.tx,
+                invite: start.invite.clone(),
+                source: start.source,
+                reliable: start.reliable,
+            })
+        });
         let relay = MediaRelay {
             media: MediaSession::new(env.sdp.clone()),
             pool: env.pool.clone(),
@@ -412,6 +438,9 @@ impl SessionActor {
         if let Some(by) = record_by {
             session.start_recording(by);
         }
+        if hand_back.is_some() {
+            session.hand_back_when_unavailable();
+        }
         SessionActor {
             key,
             worker,
@@ -425,6 +454,7 @@ impl SessionActor {
             parties,
             history,
             recorder: None,
+            hand_back,
         }
     }
 
@@ -464,6 +494,7 @@ impl SessionActor {
         self.apply_media(ctx);
         self.apply_record();
         let mut out = Vec::new();
+        let mut handed_back = false;
         while let Some(action) = self.session.poll_action() {
             match action {
                 Action::SendRequest { .. }
@@ -477,6 +508,7 @@ impl SessionActor {
                 Action::Charging(record) => self.charge(*record),
                 Action::Ended(reason) => {
                     tracing::debug!(session = self.key.0, %reason, "session ended");
+                    handed_back = matches!(reason, EndReason::HandedBack(_));
                     if let Some(h) = &self.history {
                         h.end(reason.as_str());
                     }
@@ -496,6 +528,23 @@ impl SessionActor {
                 actions: out,
             }) {
                 tracing::error!(session = self.key.0, error = %e, "worker mailbox refused session actions");
+            }
+        }
+        // After the routes are gone (same mailbox, in order): the message controller answers
+        // A's INVITE on its transaction.
+        if let Some(h) = handed_back.then(|| self.hand_back.take()).flatten() {
+            tracing::debug!(
+                session = self.key.0,
+                "INVITE handed back to the message controller"
+            );
+            let event = crate::messaging::StoreEvent::LargeHandBack {
+                tx: h.tx,
+                invite: Box::new(h.invite),
+                source: h.source,
+                reliable: h.reliable,
+            };
+            if let Err(e) = h.to.try_send(crate::messaging::StoreDone(event)) {
+                tracing::error!(session = self.key.0, error = %e, "worker mailbox refused a handed-back INVITE");
             }
         }
         if self.ended {

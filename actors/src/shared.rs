@@ -22,7 +22,10 @@ use crate::media::{MediaConfig, MediaPlane};
 use crate::metrics::{self, MsrpMetrics, WorkerMetrics};
 use crate::msrp::{MsrpPlane, MsrpSettings};
 use crate::storage::{Storage, StorageOptions};
-use crate::transport::{SourceLimits, TcpRegistry};
+use crate::transport::{Overload, SourceLimits, TcpRegistry};
+
+/// The Retry-After of the 503 overload control answers, in seconds.
+const OVERLOAD_RETRY_AFTER: u32 = 2;
 
 /// Registrar shards: an AOR's bindings live in shard hash(AOR) mod this.
 const REGISTRAR_SHARDS: usize = 16;
@@ -39,6 +42,8 @@ pub struct Shared {
     pub tcp: TcpRegistry,
     /// Per-source request rates and TCP connection counts.
     pub source_limits: Arc<SourceLimits>,
+    /// Each worker's overload state (queueing delay), read by the receiving tasks' gate.
+    pub overload: Arc<Overload>,
     /// One media plane (RTP relay loop) per worker, index = worker id.
     pub media: Vec<MediaPlane>,
     /// The MSRP relay (`--msrp-listen`).
@@ -171,6 +176,11 @@ impl Shared {
             metrics,
             tcp: TcpRegistry::default(),
             source_limits: SourceLimits::new(config.source_limits()),
+            overload: Arc::new(Overload::new(
+                workers,
+                config.overload_delay(),
+                OVERLOAD_RETRY_AFTER,
+            )),
             media,
             msrp,
             bfcp,
@@ -250,6 +260,7 @@ impl Shared {
         let (conferences, participants) = self.conferences.counts();
         let ticks: Vec<_> = self.media.iter().map(|m| m.tick_stats()).collect();
         crate::media::room::render_metrics(&mut out, conferences, participants, &ticks);
+        metrics::render_overload(&mut out, &self.overload);
         out
     }
 }

@@ -39,7 +39,8 @@ pub struct StartIo {
 }
 
 /// The server's drain time passed on shutdown: end every session of this worker (BYE to both
-/// parties of an established one, 503 to a caller still being connected).
+/// parties of an established one, 503 to a caller still being connected) and every conference
+/// (BYE to every participant).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct EndSessions;
@@ -53,6 +54,9 @@ impl Handler<EndSessions> for Worker {
         }
         for actor in self.services.sessions.actors() {
             actor.do_send(crate::session::ToSession::Shutdown);
+        }
+        for actor in self.services.conferences.actors() {
+            actor.do_send(crate::conference::EndConference);
         }
     }
 }
@@ -77,6 +81,8 @@ pub struct Worker {
     txn: TransactionLayer,
     services: Services,
     timer: Option<(Instant, SpawnHandle)>,
+    /// This worker's queueing delay, for overload control.
+    load: crate::transport::LoadMeter,
 }
 
 impl Worker {
@@ -101,11 +107,13 @@ impl Worker {
             seed,
             txn: TransactionLayer::new(LayerConfig::default(), seed),
             timer: None,
+            load: crate::transport::LoadMeter::new(id),
         }
     }
 
     fn on_inbound(&mut self, inb: Inbound, ctx: &mut Context<Self>) {
         let now = Instant::now();
+        self.load.observe(&self.shared.overload, inb.received, now);
         let Some(out) = self.out.clone() else { return };
         let span = tracing::debug_span!(
             "sip",

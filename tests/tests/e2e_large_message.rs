@@ -4,7 +4,11 @@
 //! commit); when bob registers, cpmd invites him and sends the message over MSRP, in order
 //! with bob's pager messages, and forgets it after the 200 to the last chunk. Also the failure
 //! paths around store and forward: a full storage queue, an MSRP connection that never names a
-//! session, and a storage read failing in the middle of a delivery run.
+//! session, and a storage read failing in the middle of a delivery run. And the second cut:
+//! cpmd's 200 repeated until the ACK (and its ACK repeated for each repeated 2xx), devices
+//! that are all unavailable (the INVITE handed back and stored), a passive sender (cpmd
+//! connects), delivery tried contact after contact, and pager messages held behind a large
+//! message being received.
 
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -144,6 +148,20 @@ fn take_message(bob: &mut Ua, text: &str) {
 /// bob takes a session cpmd originates: answers its INVITE (passive, on a listener of his),
 /// receives the message's chunks, and answers the BYE. Returns the body.
 fn take_large(bob: &mut Ua) -> Vec<u8> {
+    take_large_with(bob, false)
+}
+
+/// The ACK of a 2xx cpmd sent bob.
+fn expect_ack(bob: &mut Ua, what: &str) {
+    let got = bob
+        .recv_request(WAIT)
+        .unwrap_or_else(|| panic!("no ACK: {what}"));
+    assert_eq!(method(&got), "ACK", "{what}: got\n{}", got.msg);
+}
+
+/// [`take_large`]; with `repeat_200`, bob's 200 is sent again after cpmd's ACK, as if that
+/// ACK was lost, and cpmd must ACK it again (RFC 3261 §13.2.2.4).
+fn take_large_with(bob: &mut Ua, repeat_200: bool) -> Vec<u8> {
     let inv = next_request(bob, "the large-message INVITE");
     assert_eq!(method(&inv), "INVITE", "got\n{}", inv.msg);
     let from = header(&inv.msg, "From").unwrap();
@@ -156,13 +174,25 @@ fn take_large(bob: &mut Ua) -> Vec<u8> {
         listener.local_addr().unwrap().port()
     );
     let contact = format!("<{}>", bob.contact_uri());
+    let answer = offer(&bob_uri, "passive");
     bob.reply_with(
         &inv,
         200,
         "OK",
         &[("Contact", &contact)],
-        Some((SDP, offer(&bob_uri, "passive").as_bytes())),
+        Some((SDP, answer.as_bytes())),
     );
+    if repeat_200 {
+        expect_ack(bob, "the first 200");
+        bob.reply_with(
+            &inv,
+            200,
+            "OK",
+            &[("Contact", &contact)],
+            Some((SDP, answer.as_bytes())),
+        );
+        expect_ack(bob, "the repeated 200");
+    }
     let mut msrp = MsrpClient::accept(&listener, &cpmd_path, &bob_uri);
     let mut body = Vec::new();
     loop {
@@ -415,4 +445,240 @@ fn storage_read_failure_mid_delivery_loses_nothing() {
     }
     bob.expect_silence(Duration::from_millis(500), "a message delivered twice");
     wait_rows(&cpmd, 1, "carol's message only");
+}
+
+// ---- second cut ---------------------------------------------------------------------------
+
+/// RFC 3261 §13.3.1.4: alice drops cpmd's first 200 (no ACK); cpmd sends it again (T1 later)
+/// until the ACK, and no more after it; the message then goes through and is stored. On the
+/// delivering side, bob's 200 repeated after cpmd's ACK is ACKed again.
+#[test]
+fn our_200_is_repeated_until_the_ack() {
+    let cpmd = start(&[]);
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
+    let contact = format!("<{}>", alice.contact_uri());
+    let invite = alice
+        .req("INVITE", "sip:bob@localhost")
+        .header("Contact", contact)
+        .body(SDP, offer(ALICE, "active"));
+    alice.send_req(&invite);
+    let first = alice
+        .await_response(&invite, WAIT, |c| c >= 200)
+        .expect("the 200");
+    assert_status(&first, 200);
+    // Dropped: no ACK. The same 200 comes again.
+    let again = alice
+        .await_response(&invite, Duration::from_secs(3), |c| c == 200)
+        .expect("the 200 repeated before the ACK");
+    assert_eq!(header(&again, "To"), header(&first, "To"), "the same 200");
+    assert_eq!(again.body, first.body);
+    alice.ack(&invite, &again);
+    // Drain what was in flight, then nothing more.
+    std::thread::sleep(Duration::from_millis(100));
+    while alice
+        .await_response(&invite, Duration::from_millis(10), |c| c == 200)
+        .is_some()
+    {}
+    assert!(
+        alice
+            .await_response(&invite, Duration::from_millis(2500), |c| c == 200)
+            .is_none(),
+        "the 200 repeated after its ACK"
+    );
+    let mut s = Session {
+        dialog: Dialog::uac(&invite, &again),
+        msrp: MsrpClient::connect(&attr(&again.body, "path"), ALICE),
+    };
+    let body = large_body(20_000);
+    assert!(s.send(&body, 8_000, &[]).iter().all(|&c| c == 200));
+    s.bye(&mut alice);
+    assert_eq!(held_rows(&cpmd), 1, "stored");
+
+    let mut bob = Ua::udp(cpmd.sip_addr()).user("bob");
+    assert_status(&bob.register(300), 200);
+    assert_eq!(take_large_with(&mut bob, true), body);
+    wait_rows(&cpmd, 0, "delivered");
+}
+
+/// bob is registered but his only device answers the MSRP-only INVITE 480: the session hands
+/// it back and cpmd takes the message as for an offline user (200, stored); since bob is
+/// registered, cpmd then tries to deliver it at once over a session of its own.
+#[test]
+fn unavailable_devices_get_the_message_stored() {
+    let cpmd = start(&[]);
+    let mut bob = Ua::udp(cpmd.sip_addr()).user("bob");
+    assert_status(&bob.register(300), 200);
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
+    let contact = format!("<{}>", alice.contact_uri());
+    let invite = alice
+        .req("INVITE", "sip:bob@localhost")
+        .header("Contact", contact)
+        .body(SDP, offer(ALICE, "active"));
+    alice.send_req(&invite);
+    let relayed = next_request(&mut bob, "the session's INVITE");
+    assert_eq!(method(&relayed), "INVITE");
+    bob.reply(&relayed, 480, "Temporarily Unavailable");
+    let resp = alice
+        .await_response(&invite, WAIT, |c| c >= 200)
+        .expect("a final response");
+    assert_status(&resp, 200);
+    assert_eq!(attr(&resp.body, "setup"), "passive", "cpmd is the endpoint");
+    alice.ack(&invite, &resp);
+    let mut s = Session {
+        dialog: Dialog::uac(&invite, &resp),
+        msrp: MsrpClient::connect(&attr(&resp.body, "path"), ALICE),
+    };
+    let body = large_body(30_000);
+    assert!(s.send(&body, 10_000, &[]).iter().all(|&c| c == 200));
+    s.bye(&mut alice);
+    // bob is registered: the held message is offered to him at once.
+    let inv = next_request(&mut bob, "cpmd's delivery INVITE");
+    assert_eq!(method(&inv), "INVITE");
+    bob.reply(&inv, 480, "Temporarily Unavailable");
+    assert_eq!(held_rows(&cpmd), 1, "kept for the next REGISTER");
+    assert_status(&bob.register(300), 200);
+    assert_eq!(take_large(&mut bob), body);
+    wait_rows(&cpmd, 0, "delivered");
+}
+
+/// A sender that is `a=setup:passive` (RFC 6135): cpmd answers `a=setup:active`, connects to
+/// the sender's path, binds the connection with an empty SEND, and receives the message over
+/// that connection.
+#[test]
+fn passive_sender_gets_cpmd_connecting() {
+    let cpmd = start(&[]);
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let alice_uri = format!(
+        "msrp://127.0.0.1:{}/alice7passive;tcp",
+        listener.local_addr().unwrap().port()
+    );
+    let contact = format!("<{}>", alice.contact_uri());
+    let invite = alice
+        .req("INVITE", "sip:bob@localhost")
+        .header("Contact", contact)
+        .body(SDP, offer(&alice_uri, "passive"));
+    alice.send_req(&invite);
+    let resp = alice
+        .await_response(&invite, WAIT, |c| c >= 200)
+        .expect("a final response");
+    assert_status(&resp, 200);
+    assert_eq!(attr(&resp.body, "setup"), "active", "cpmd connects");
+    alice.ack(&invite, &resp);
+    let cpmd_path = attr(&resp.body, "path");
+    let mut msrp = MsrpClient::accept(&listener, &cpmd_path, &alice_uri);
+    let bind = msrp
+        .recv_request(WAIT, true, &mut Vec::new())
+        .expect("cpmd's binding SEND");
+    assert_eq!(bind.method(), "SEND");
+    assert_eq!(bind.get("To-Path").as_deref(), Some(alice_uri.as_str()));
+    assert_eq!(bind.get("From-Path").as_deref(), Some(cpmd_path.as_str()));
+    let mut s = Session {
+        dialog: Dialog::uac(&invite, &resp),
+        msrp,
+    };
+    let body = large_body(50_000);
+    assert!(s.send(&body, 16_000, &[]).iter().all(|&c| c == 200));
+    s.bye(&mut alice);
+    assert_eq!(held_rows(&cpmd), 1, "stored");
+    let mut bob = Ua::udp(cpmd.sip_addr()).user("bob");
+    assert_status(&bob.register(300), 200);
+    assert_eq!(take_large(&mut bob), body);
+}
+
+/// Delivery tries bob's contacts in order (q): the first is gone (TCP, nobody listens: the
+/// INVITE cannot be sent), the second answers 200 but cannot be reached over MSRP (it gets
+/// cpmd's BYE), the third takes the message.
+#[test]
+fn delivery_tries_the_contacts_in_turn() {
+    let cpmd = start(&[]);
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
+    let mut s = Session::open(&mut alice, "bob");
+    let body = large_body(12_000);
+    assert!(s.send(&body, 5_000, &[]).iter().all(|&c| c == 200));
+    s.bye(&mut alice);
+
+    // One REGISTER of three contacts: the gone one (q=1.0), bob2 (q=0.8), bob3 (q=0.5).
+    let mut bob2 = Ua::udp(cpmd.sip_addr()).user("bob");
+    let mut bob3 = Ua::udp(cpmd.sip_addr()).user("bob");
+    let contacts = format!(
+        "<sip:bob@127.0.0.1:{};transport=tcp>;q=1.0, <{}>;q=0.8, <{}>;q=0.5",
+        free_port(),
+        bob2.contact_uri(),
+        bob3.contact_uri()
+    );
+    let r = bob3.register_req(Some(300)).set("Contact", contacts);
+    assert_status(&bob3.request(&r), 200);
+
+    let inv = next_request(&mut bob2, "the INVITE after the gone contact");
+    assert_eq!(method(&inv), "INVITE");
+    let dead = format!("msrp://127.0.0.1:{}/dead;tcp", free_port());
+    let contact = format!("<{}>", bob2.contact_uri());
+    bob2.reply_with(
+        &inv,
+        200,
+        "OK",
+        &[("Contact", &contact)],
+        Some((SDP, offer(&dead, "passive").as_bytes())),
+    );
+    expect_ack(&mut bob2, "bob2's 200");
+    let bye = next_request(&mut bob2, "cpmd's BYE after MSRP failed");
+    assert_eq!(method(&bye), "BYE");
+    bob2.reply(&bye, 200, "OK");
+
+    assert_eq!(take_large(&mut bob3), body, "the third contact takes it");
+    wait_rows(&cpmd, 0, "delivered");
+    bob2.expect_silence(Duration::from_millis(300), "bob2 tried again");
+}
+
+/// A pager message for bob sent while his large message is being received waits for it: its
+/// 202 comes once the large message is stored, and bob gets the two in that order.
+#[test]
+fn pager_message_waits_behind_a_large_message_being_received() {
+    let cpmd = start(&[]);
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
+    let mut carol = Ua::udp(cpmd.sip_addr()).user("carol");
+    let mut s = Session::open(&mut alice, "bob");
+    let body = large_body(30_000);
+    let part = Part {
+        message_id: "big1",
+        offset: 0,
+        total: body.len() as u64,
+        content_type: "text/plain",
+        chunk: 10_000,
+    };
+    // The first two chunks.
+    for t in s.msrp.send_part(&part, &body[..20_000], &[]) {
+        let r = s.msrp.await_response(&t, WAIT).expect("200 to a chunk");
+        assert_eq!(r.head.code(), Some(200));
+    }
+    let pager = carol
+        .req("MESSAGE", "sip:bob@localhost")
+        .body("text/plain", "from carol");
+    carol.send_req(&pager);
+    assert!(
+        carol
+            .await_response(&pager, Duration::from_millis(500), |c| c >= 200)
+            .is_none(),
+        "answered while bob's large message is unfinished"
+    );
+    let last = Part {
+        offset: 20_000,
+        ..part
+    };
+    let tids = s.msrp.send_part(&last, &body[20_000..], &[]);
+    let r = s.msrp.await_response(&tids[0], WAIT).expect("200");
+    assert_eq!(r.head.code(), Some(200));
+    let resp = carol
+        .await_response(&pager, WAIT, |c| c >= 200)
+        .expect("carol's answer once the large message is stored");
+    assert_status(&resp, 202);
+    s.bye(&mut alice);
+    assert_eq!(held_rows(&cpmd), 2);
+
+    let mut bob = Ua::udp(cpmd.sip_addr()).user("bob");
+    assert_status(&bob.register(300), 200);
+    assert_eq!(take_large(&mut bob), body, "the large message first");
+    take_message(&mut bob, "from carol");
+    wait_rows(&cpmd, 0, "both delivered");
 }

@@ -25,7 +25,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 
-use super::endpoint::SinkConn;
+use super::endpoint::{SinkConn, SinkState};
 use super::leg::{route, tag, Bound, Conn, Frame, LegState};
 use super::{Plane, TapEvent};
 
@@ -71,12 +71,44 @@ pub(super) async fn connect(leg: Arc<LegState>, plane: Arc<Plane>, side: Side) {
     match stream {
         Ok(Ok(stream)) if !leg.is_closed() => {
             let _ = stream.set_nodelay(true);
-            serve(stream, plane, Some((leg, side))).await;
+            serve(stream, plane, Some(Prebound::Leg(leg, side))).await;
         }
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::debug!(?side, error = %e, "MSRP connect failed"),
         Err(_) => tracing::debug!(?side, "MSRP connect timed out"),
     }
+}
+
+/// Opens our connection to a large-message sender that is passive (RFC 6135): to the first
+/// URI of its path, bound to `sink` with an empty SEND; then serves it as the sink's.
+pub(super) async fn connect_sink(sink: Arc<SinkState>, plane: Arc<Plane>) {
+    let Ok(uri) = first_of_path(sink.peer_path()) else {
+        return;
+    };
+    let host = String::from_utf8_lossy(uri.host());
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = uri.port().unwrap_or(2855);
+    let attempt = TcpStream::connect((host.as_str(), port));
+    match tokio::time::timeout(plane.settings.peer_wait, attempt).await {
+        Ok(Ok(stream)) if !sink.is_closed() => {
+            let _ = stream.set_nodelay(true);
+            serve(stream, plane, Some(Prebound::Sink(sink))).await;
+        }
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::debug!(error = %e, "MSRP connect to a large-message sender failed"),
+        Err(_) => tracing::debug!("MSRP connect to a large-message sender timed out"),
+    }
+}
+
+/// A connection we opened, bound from the start.
+pub(super) enum Prebound {
+    /// To a side of a relay leg.
+    Leg(Arc<LegState>, Side),
+    /// To a large-message sink.
+    Sink(Arc<SinkState>),
 }
 
 /// Every second, the requests forwarded longer than the transaction timeout ago fail with a
@@ -125,20 +157,31 @@ enum Binding {
 /// Serves one connection: unbound until its first request names one of our URIs (`bound`
 /// given when we connected), then relayed by a [`Reader`] (or received by a sink) until it
 /// closes or its leg (sink) does.
-async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<(Arc<LegState>, Side)>) {
+async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<Prebound>) {
     plane.metrics.connections.fetch_add(1, Relaxed);
     let (mut rd, wr) = stream.into_split();
     let mut wr = Some(wr);
     let mut parser = Parser::new(plane.settings.limits);
     let mut reader = None;
     let mut closed = None;
-    if let Some((leg, side)) = bound {
-        if let Some(w) = wr.take() {
+    match (bound, wr.take()) {
+        (Some(Prebound::Leg(leg, side)), Some(w)) => {
             let r = Reader::bind(leg, side, &plane, w);
             r.binding_send().await;
             closed = Some(r.leg.closed.subscribe());
             reader = Some(Binding::Relay(r));
         }
+        (Some(Prebound::Sink(sink)), Some(w)) => {
+            let mut s = SinkConn::bind(sink, &plane, w);
+            if !s.binding_send().await {
+                plane.metrics.connections.fetch_sub(1, Relaxed);
+                return;
+            }
+            closed = Some(s.sink.subscribe());
+            reader = Some(Binding::Sink(Box::new(s)));
+        }
+        (None, w) => wr = w,
+        (Some(_), None) => {}
     }
     let mut buf = BytesMut::new();
     // A connection that names no session of ours in time is closed: an idle or trickling

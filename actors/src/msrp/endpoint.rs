@@ -46,6 +46,8 @@ pub(crate) struct SinkState {
     /// Our URI and the sender's path (its SDP `a=path`).
     side: relay::Side,
     max: u64,
+    /// Whose messages these are ([`super::MsrpPlane::receiving`] counts them by it).
+    owner: Bytes,
     on_message: OnMessage,
     closed: watch::Sender<bool>,
     last_activity: Mutex<Instant>,
@@ -54,6 +56,11 @@ pub(crate) struct SinkState {
 impl SinkState {
     pub(super) fn is_closed(&self) -> bool {
         *self.closed.borrow()
+    }
+
+    /// The sender's path (where cpmd connects when it is the active party).
+    pub(super) fn peer_path(&self) -> &Bytes {
+        self.side.peer_path()
     }
 
     pub(super) fn subscribe(&self) -> watch::Receiver<bool> {
@@ -83,6 +90,13 @@ impl MsrpSink {
     pub fn idle_for(&self, now: Instant) -> Duration {
         now.saturating_duration_since(*self.state.last_activity.lock())
     }
+
+    /// Connects to the sender's path (cpmd is `a=setup:active`, RFC 6135): the connection is
+    /// bound with an empty SEND (RFC 4975 §5.4) and the messages arrive over it.
+    pub fn connect(&self) {
+        let (state, plane) = (self.state.clone(), self.plane.clone());
+        self.plane.rt.spawn(super::conn::connect_sink(state, plane));
+    }
 }
 
 impl Drop for MsrpSink {
@@ -102,6 +116,7 @@ pub(super) fn open_sink(
     local: &Bytes,
     peer_path: &Bytes,
     max: u64,
+    owner: Bytes,
     on_message: OnMessage,
 ) -> Result<MsrpSink, String> {
     let local = Uri::parse(local).map_err(|e| e.reason().to_string())?;
@@ -110,6 +125,7 @@ pub(super) fn open_sink(
     let state = Arc::new(SinkState {
         side: relay::Side::new(local, &path),
         max,
+        owner,
         on_message,
         closed: watch::channel(false).0,
         last_activity: Mutex::new(Instant::now()),
@@ -131,32 +147,98 @@ enum Cur {
     Joining(Box<Head>),
 }
 
+/// A message of `owner` being received: counted in the plane while it lives (from its first
+/// chunk until its storage answer, its abort or the connection's end).
+struct Receiving {
+    plane: Arc<Plane>,
+    owner: Bytes,
+}
+
+impl Receiving {
+    fn new(plane: &Arc<Plane>, owner: &Bytes) -> Receiving {
+        *plane.receiving.lock().entry(owner.clone()).or_insert(0) += 1;
+        Receiving {
+            plane: plane.clone(),
+            owner: owner.clone(),
+        }
+    }
+}
+
+impl Drop for Receiving {
+    fn drop(&mut self) {
+        let mut map = self.plane.receiving.lock();
+        if let Some(n) = map.get_mut(&self.owner) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                map.remove(&self.owner);
+            }
+        }
+    }
+}
+
 /// The reader of a connection bound to a sink.
 pub(super) struct SinkConn {
     pub(super) sink: Arc<SinkState>,
+    plane: Arc<Plane>,
     wr: OwnedWriteHalf,
     asm: Assembler,
     cur: Cur,
     buf: BytesMut,
     ids: IdGen,
+    /// Set while a message is unfinished or waits for its storage answer.
+    receiving: Option<Receiving>,
 }
 
 impl SinkConn {
-    pub(super) fn bind(sink: Arc<SinkState>, plane: &Plane, wr: OwnedWriteHalf) -> SinkConn {
+    pub(super) fn bind(sink: Arc<SinkState>, plane: &Arc<Plane>, wr: OwnedWriteHalf) -> SinkConn {
         tracing::debug!("MSRP connection bound to a large-message sink");
         sink.touch();
         SinkConn {
             asm: Assembler::new(sink.max),
             sink,
+            plane: plane.clone(),
             wr,
             cur: Cur::Idle,
             buf: BytesMut::new(),
             ids: IdGen::new(plane.next_seed()),
+            receiving: None,
         }
+    }
+
+    /// The empty SEND that binds a connection we opened (RFC 4975 §5.4); `false` if it
+    /// could not be written.
+    pub(super) async fn binding_send(&mut self) -> bool {
+        let side = &self.sink.side;
+        let mut h = Head::new(
+            self.ids.next_id(),
+            Kind::Request(Method::Send),
+            side.peer_path().clone(),
+            side.local_bytes().clone(),
+        );
+        h.message_id = Some(self.ids.next_id());
+        h.byte_range = Some(ByteRange {
+            start: 1,
+            end: Some(0),
+            total: Some(0),
+        });
+        let out = write::bodyless(&h, &mut self.buf);
+        self.wr.write_all(&out).await.is_ok()
     }
 
     /// One parser event; `false` when the connection is to be closed (it cannot be written).
     pub(super) async fn on_event(&mut self, ev: Event) -> bool {
+        let open = self.handle(ev).await;
+        // A message is being received while one is unfinished (the pager messages for its
+        // owner wait for it, to keep the order).
+        match (self.asm.pending() > 0, self.receiving.is_some()) {
+            (true, false) => self.receiving = Some(Receiving::new(&self.plane, &self.sink.owner)),
+            (false, true) => self.receiving = None,
+            _ => {}
+        }
+        open
+    }
+
+    async fn handle(&mut self, ev: Event) -> bool {
         self.sink.touch();
         match ev {
             Event::Head(h) => self.on_head(h).await,

@@ -125,6 +125,8 @@ pub(crate) struct Plane {
     metrics: Arc<MsrpMetrics>,
     sdp: MsrpConfig,
     seeds: AtomicU64,
+    /// Messages being received by sinks, by owner (see [`MsrpPlane::receiving`]).
+    receiving: Mutex<HashMap<Bytes, usize>>,
 }
 
 impl MsrpPlane {
@@ -150,6 +152,7 @@ impl MsrpPlane {
             routes: Mutex::new(HashMap::new()),
             metrics,
             seeds: AtomicU64::new(seed),
+            receiving: Mutex::new(HashMap::new()),
         });
         let plane = inner.clone();
         std::thread::Builder::new()
@@ -192,18 +195,26 @@ impl MsrpPlane {
             / 2
     }
 
-    /// Opens a large-message sink (cpmd is the MSRP endpoint of the session, passive) at our
-    /// URI `local` for the sender at `peer_path`: each complete message of at most `max`
-    /// bytes goes to `on_message`, and its last chunk is answered with what comes back on
-    /// the [`Reply`]. The sink closes when the handle is dropped.
+    /// Opens a large-message sink (cpmd is the MSRP endpoint of the session; passive unless
+    /// [`MsrpSink::connect`] is called) at our URI `local` for the sender at `peer_path`:
+    /// each complete message of at most `max` bytes goes to `on_message`, and its last chunk
+    /// is answered with what comes back on the [`Reply`]. Its messages are counted for
+    /// `owner` while they are received. The sink closes when the handle is dropped.
     pub fn open_sink(
         &self,
         local: &Bytes,
         peer_path: &Bytes,
         max: u64,
+        owner: Bytes,
         on_message: OnMessage,
     ) -> Result<MsrpSink, String> {
-        endpoint::open_sink(&self.inner, local, peer_path, max, on_message)
+        endpoint::open_sink(&self.inner, local, peer_path, max, owner, on_message)
+    }
+
+    /// Whether a sink is receiving a message for `owner` now: from its first chunk until its
+    /// storage answer was sent (or it was aborted, refused or its connection lost).
+    pub fn receiving(&self, owner: &[u8]) -> bool {
+        self.inner.receiving.lock().contains_key(owner)
     }
 
     /// A fresh URI of ours on `host` (a new session-id on this plane's port).

@@ -190,10 +190,12 @@ fn sink_answers_the_last_chunk_after_the_reply() {
             &local,
             &Bytes::from_static(b"msrp://a.test:9/pa;tcp"),
             100,
+            Bytes::from_static(b"bob"),
             on_message,
         )
         .unwrap();
     assert_eq!(sink.local_uri(), &local);
+    assert!(!plane.receiving(b"bob"));
     let mut s = TcpStream::connect(plane.local_addr()).unwrap();
     let to = String::from_utf8_lossy(&local).into_owned();
     let chunk = |tid: &str, range: &str, body: &str, flag: char| {
@@ -207,10 +209,15 @@ fn sink_answers_the_last_chunk_after_the_reply() {
         .unwrap();
     let r = read_until(&mut s, "MSRP tidt1 200");
     assert!(r.contains("MSRP tidt1 200"), "{r}");
+    assert!(plane.receiving(b"bob"), "a message of bob's is unfinished");
+    assert!(!plane.receiving(b"carol"));
     s.write_all(chunk("tidt2", "4-6/6", "def", '$').as_bytes())
         .unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    assert!(plane.receiving(b"bob"), "still, until the storage answered");
     assert!(read_until(&mut s, "MSRP tidt2 200").contains("MSRP tidt2 200"));
     assert_eq!(got.lock().as_slice(), [Bytes::from_static(b"abcdef")]);
+    assert!(!plane.receiving(b"bob"), "stored and answered");
     // Over the limit: 413, nothing handed over.
     s.write_all(
         chunk("tidt3", "1-3/500", "xyz", '+')
@@ -225,6 +232,52 @@ fn sink_answers_the_last_chunk_after_the_reply() {
     let mut buf = [0u8; 16];
     s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     assert_eq!(s.read(&mut buf).unwrap_or(1), 0, "closed");
+}
+
+/// A sink whose sender is passive (RFC 6135): cpmd connects to the sender's path, binds the
+/// connection with an empty SEND, and receives the message over it.
+#[test]
+fn active_sink_connects_binds_and_receives() {
+    let plane = bare_plane();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let sender = format!(
+        "msrp://127.0.0.1:{}/snd;tcp",
+        listener.local_addr().unwrap().port()
+    );
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let seen = got.clone();
+    let on_message: OnMessage = Box::new(move |m, reply| {
+        seen.lock().push(m.body.clone());
+        let _ = reply.send(200);
+    });
+    let local = plane.fresh_uri("127.0.0.1");
+    let sink = plane
+        .open_sink(
+            &local,
+            &Bytes::from(sender.clone()),
+            100,
+            Bytes::from_static(b"bob"),
+            on_message,
+        )
+        .unwrap();
+    sink.connect();
+    let (mut s, _) = listener.accept().unwrap();
+    let to = String::from_utf8_lossy(&local).into_owned();
+    let bind = read_until(&mut s, "-------");
+    assert!(
+        bind.starts_with("MSRP ") && bind.contains(" SEND\r\n"),
+        "{bind}"
+    );
+    assert!(bind.contains(&format!("To-Path: {sender}")), "{bind}");
+    assert!(bind.contains(&format!("From-Path: {to}")), "{bind}");
+    let send = format!(
+        "MSRP tidp1 SEND\r\nTo-Path: {to}\r\nFrom-Path: {sender}\r\nMessage-ID: msg1\r\n\
+         Byte-Range: 1-2/2\r\nContent-Type: text/plain\r\n\r\nhi\r\n-------tidp1$\r\n"
+    );
+    s.write_all(send.as_bytes()).unwrap();
+    let r = read_until(&mut s, "MSRP tidp1 200");
+    assert!(r.contains("MSRP tidp1 200"), "{r}");
+    assert_eq!(got.lock().as_slice(), [Bytes::from_static(b"hi")]);
 }
 
 /// Delivery as the active party: cpmd connects to the device's path, sends the message in

@@ -6,6 +6,7 @@
 //! [`Outbound::send`], which picks the UDP socket or the message's TCP connection.
 
 pub mod limits;
+pub mod overload;
 pub mod tcp;
 pub mod udp;
 
@@ -20,6 +21,7 @@ use crate::metrics::{Drop, WorkerMetrics};
 use crate::worker::Worker;
 
 pub use limits::{LimitsConfig, SourceLimits};
+pub use overload::{LoadMeter, Overload};
 pub use tcp::{TcpConn, TcpRegistry};
 
 /// Which transport a message arrived on (and its answer leaves by).
@@ -61,6 +63,8 @@ pub struct Inbound {
     /// Set when the bytes could not be parsed whole but the head could: answer this statelessly
     /// (e.g. a Content-Length larger than the datagram, RFC 4475 §3.1.2.3).
     pub reject: Option<cpm_engine::sip::validate::Rejection>,
+    /// When the receiving task read it (its owner measures its queueing delay from this).
+    pub received: std::time::Instant,
 }
 
 /// Hands parsed messages to their owning worker: owner(Call-ID) = hash(Call-ID) mod N, except
@@ -71,16 +75,25 @@ pub struct Inbound {
 pub struct Router {
     workers: Arc<Vec<Addr<Worker>>>,
     conferences: Arc<crate::conference::focus::FocusNames>,
+    overload: Arc<Overload>,
 }
 
 impl Router {
     /// A router over the workers' addresses, index = worker id, that knows only ad-hoc
     /// conference names (`conf-...`).
     pub fn new(workers: Vec<Addr<Worker>>) -> Router {
+        let n = workers.len();
         Router {
             workers: Arc::new(workers),
             conferences: Arc::default(),
+            overload: Arc::new(Overload::new(n, None, 0)),
         }
+    }
+
+    /// The same router, shedding new work for overloaded workers ([`overload`]).
+    pub fn with_overload(mut self, overload: Arc<Overload>) -> Router {
+        self.overload = overload;
+        self
     }
 
     /// The same router, also routing requests to these conference names (the factory's and
@@ -113,12 +126,20 @@ impl Router {
         (h % workers.max(1) as u64) as usize
     }
 
-    /// Hands a message to its owner; a full mailbox (overload) drops it and counts the drop.
-    pub fn route(&self, inbound: Inbound, metrics: &WorkerMetrics) {
+    /// Hands a message to its owner; a full mailbox drops it and counts the drop. Returns the
+    /// `503` to send back statelessly instead when the owner is overloaded and the message is
+    /// new work ([`Overload::refuses`]).
+    #[must_use = "a refused request is answered by the caller"]
+    pub fn route(&self, inbound: Inbound, metrics: &WorkerMetrics) -> Option<Message> {
         let owner = self.owner_of(&inbound.msg);
+        if let Some(refusal) = self.overload.refuses(owner, &inbound.msg) {
+            metrics.response_sent(503);
+            return Some(refusal);
+        }
         if self.workers[owner].try_send(inbound).is_err() {
             metrics.dropped(Drop::MailboxFull);
         }
+        None
     }
 
     /// Number of workers.

@@ -296,24 +296,29 @@ async fn read_loop(
             match framer.next() {
                 Ok(Some(Frame::Message(bytes))) => {
                     let size = bytes.len();
+                    let received = Instant::now();
                     if limited
                         && !super::limits::is_response(&bytes)
-                        && !limits.sources.allow_request(conn.peer.ip(), Instant::now())
+                        && !limits.sources.allow_request(conn.peer.ip(), received)
                     {
                         metrics.dropped(Drop::RateLimited);
                         continue;
                     }
                     match cpm_engine::sip::parse(bytes) {
-                        Ok(msg) => router.route(
-                            Inbound {
+                        Ok(msg) => {
+                            let inbound = Inbound {
                                 msg,
                                 source: conn.peer,
                                 transport: Transport::Tcp(conn.clone()),
                                 size,
                                 reject: None,
-                            },
-                            metrics,
-                        ),
+                                received,
+                            };
+                            // Refused by overload control: the 503 goes back on the connection.
+                            if let Some(resp) = router.route(inbound, metrics) {
+                                let _ = conn.send(resp.to_bytes());
+                            }
+                        }
                         Err(e) => {
                             metrics.dropped(Drop::Unparsable);
                             tracing::debug!(peer = %conn.peer, error = %e, "unparsable message on TCP");

@@ -82,9 +82,10 @@ pub async fn recv_loop(
         if datagram.iter().all(|&c| c == b'\r' || c == b'\n') {
             continue; // keep-alive (RFC 5626 §4.4.1 style CRLF), nothing to answer on UDP
         }
+        let received = Instant::now();
         if limited
             && !super::limits::is_response(&datagram)
-            && !limits.allow_request(source.ip(), Instant::now())
+            && !limits.allow_request(source.ip(), received)
         {
             metrics.dropped(Drop::RateLimited);
             continue;
@@ -93,7 +94,7 @@ pub async fn recv_loop(
             // Still parse: a request that is too large is answered 513 by its worker.
             tracing::debug!(%source, size = n, "oversized datagram");
         }
-        match cpm_engine::sip::parse(datagram.clone()) {
+        let refused = match cpm_engine::sip::parse(datagram.clone()) {
             Ok(msg) => router.route(
                 Inbound {
                     msg,
@@ -101,6 +102,7 @@ pub async fn recv_loop(
                     transport: Transport::Udp,
                     size: n,
                     reject: None,
+                    received,
                 },
                 &metrics,
             ),
@@ -112,14 +114,20 @@ pub async fn recv_loop(
                         transport: Transport::Udp,
                         size: n,
                         reject: Some(rejection),
+                        received,
                     },
                     &metrics,
                 ),
                 None => {
                     metrics.dropped(Drop::Unparsable);
                     tracing::debug!(%source, error = %e, "unparsable datagram dropped");
+                    None
                 }
             },
+        };
+        // Refused by overload control: the 503 goes back where the request came from.
+        if let Some(resp) = refused {
+            let _ = socket.try_send_to(&resp.to_bytes(), source);
         }
     }
 }

@@ -176,6 +176,9 @@ pub enum Action {
 pub enum EndReason {
     /// Setup failed; this final status went to A (no branch answered, media or policy refusal).
     Rejected(u16),
+    /// Every branch was unavailable (this best status: 408, 480, 5xx) and A's INVITE was left
+    /// unanswered for the runtime (`Session::hand_back_when_unavailable`).
+    HandedBack(u16),
     /// A cancelled before the answer (CANCEL, or BYE on the early dialog).
     Cancelled,
     /// The setup limit (Timer C) passed without an answer.
@@ -205,6 +208,7 @@ impl EndReason {
     pub fn as_str(&self) -> &'static str {
         match self {
             EndReason::Rejected(_) => "rejected",
+            EndReason::HandedBack(_) => "handed-back",
             EndReason::Cancelled => "cancelled",
             EndReason::SetupTimeout => "setup-timeout",
             EndReason::Bye(Side::A) => "bye-caller",

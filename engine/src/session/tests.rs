@@ -678,6 +678,31 @@ fn all_branches_fail_the_best_response_is_relayed() {
 }
 
 #[test]
+fn unavailable_branches_hand_the_invite_back_when_asked() {
+    // 480 and 408: A gets nothing, the session ends handed back; its offer is rolled back.
+    let (mut h, out) = H::start("", Some(OFFER), 2);
+    h.s.hand_back_when_unavailable();
+    let reqs = requests(&out);
+    h.response(reqs[0].0, b_resp(&reqs[0].2, 480, "b1", None));
+    let out = h.response(reqs[1].0, b_resp(&reqs[1].2, 408, "b2", None));
+    assert!(response_on(&out, A_TX).is_none(), "{out:?}");
+    assert_eq!(
+        ended(&out),
+        Some(EndReason::HandedBack(480)),
+        "the first of a class"
+    );
+    assert_eq!(h.relay_calls(), ["offer A", "rollback"]);
+    // A refusal is still relayed.
+    let (mut h, out) = H::start("", Some(OFFER), 2);
+    h.s.hand_back_when_unavailable();
+    let reqs = requests(&out);
+    h.response(reqs[0].0, b_resp(&reqs[0].2, 486, "b1", None));
+    let out = h.response(reqs[1].0, b_resp(&reqs[1].2, 503, "b2", None));
+    assert_eq!(status(&response_on(&out, A_TX).unwrap()), 486);
+    assert_eq!(ended(&out), Some(EndReason::Rejected(486)));
+}
+
+#[test]
 fn a_6xx_stops_the_forking_at_once() {
     let (mut h, out) = H::start("", Some(OFFER), 2);
     let reqs = requests(&out);

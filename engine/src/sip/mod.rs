@@ -13,6 +13,7 @@ pub mod framing;
 pub mod hdr;
 pub mod message;
 pub mod name;
+pub mod retransmit;
 pub mod transaction;
 pub mod uri;
 pub mod validate;

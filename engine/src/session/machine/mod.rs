@@ -21,6 +21,7 @@ use crate::record::{RecordChange, Recording};
 use crate::sip::builder::{response_to_with_tag, tag_of, BranchGen};
 use crate::sip::dialog::{is_target_refresh, via_value, Dialog, DialogId};
 use crate::sip::hdr::NameAddr;
+use crate::sip::retransmit::{Due, Retransmit2xx};
 use crate::sip::transaction::ServerTxId;
 use crate::sip::{HeaderName, Headers, Message, Method, StartLine};
 
@@ -116,12 +117,9 @@ struct Relayed {
 #[derive(Debug)]
 struct AwaitAck {
     tx: ServerTxId,
-    response: Message,
     cseq: u32,
-    interval: Duration,
-    /// The next retransmission (none over reliable transports).
-    next: Option<Instant>,
-    give_up: Instant,
+    /// The 2xx and its retransmission timing (shared with the large-message sessions).
+    rtx: Retransmit2xx,
     /// Late offer: the other side's 2xx is ACKed once this ACK brings the answer.
     late: Option<LateAck>,
 }
@@ -203,6 +201,9 @@ pub struct Session<R: SdpRelay, P: SessionPolicy = NoPolicy> {
     recording: Recording,
     /// Recording changes for the runtime ([`Session::poll_record`]).
     record_changes: VecDeque<RecordChange>,
+    /// A's INVITE is handed back unanswered when every branch is unavailable
+    /// ([`Session::hand_back_when_unavailable`]).
+    hand_back: bool,
 }
 
 impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
@@ -275,6 +276,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
             actions: VecDeque::new(),
             recording: Recording::default(),
             record_changes: VecDeque::new(),
+            hand_back: false,
         };
         s.begin(start.contacts, now);
         s.rearm();
@@ -313,6 +315,15 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
         {
             self.record_changes.push_back(change);
         }
+    }
+
+    /// When every branch fails with 408, 480 or 5xx (B's devices are unavailable, not
+    /// refusing), A's INVITE gets no answer from the session: it ends with
+    /// [`EndReason::HandedBack`] and the runtime answers the INVITE's transaction itself
+    /// (large message mode: cpmd takes the message for the offline user). Call before the
+    /// branches answer.
+    pub fn hand_back_when_unavailable(&mut self) {
+        self.hand_back = true;
     }
 
     /// Whether the session is being recorded (REFER `method=INVITE` or a user setting).
@@ -561,11 +572,11 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
     /// RFC 3261 §13.3.1.4: the 2xx again at T1, 2T1, ... capped at T2; no ACK within 64*T1
     /// ends the session with BYE.
     fn retransmit_2xx(&mut self, side: Side, now: Instant) {
-        let t2 = self.cfg.t2;
         let Some(w) = self.awaiting_ack[side.index()].as_mut() else {
             return;
         };
-        if now >= w.give_up {
+        let due = w.rtx.handle_timeout(now);
+        if due == Some(Due::GiveUp) {
             if let Some(late) = self.awaiting_ack[side.index()].take().and_then(|w| w.late) {
                 // The other side's 2xx still needs its ACK before the BYE (§13.2.2.4); there
                 // is no answer to put in it.
@@ -577,10 +588,8 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
             }
             return self.terminate(EndReason::NoAck, &[Side::A, Side::B], now);
         }
-        if w.next.is_some_and(|n| n <= now) {
-            w.interval = (w.interval * 2).min(t2);
-            w.next = Some(now + w.interval);
-            let (tx, r) = (w.tx, w.response.clone());
+        if due == Some(Due::Resend) {
+            let (tx, r) = (w.tx, w.rtx.response().clone());
             self.respond(tx, r);
         }
         self.arm_ack_timer(side);
@@ -589,7 +598,7 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
     fn arm_ack_timer(&mut self, side: Side) {
         let at = self.awaiting_ack[side.index()]
             .as_ref()
-            .map(|w| w.next.map_or(w.give_up, |n| n.min(w.give_up)));
+            .map(|w| w.rtx.poll_timeout());
         self.set_timer(ack_timer(side), at);
     }
 

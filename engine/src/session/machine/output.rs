@@ -140,14 +140,11 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
             tx,
             response: response.clone(),
         });
-        let t1 = self.cfg.t1;
+        let rtx = Retransmit2xx::new(response, reliable, self.cfg.t1, self.cfg.t2, now);
         self.awaiting_ack[side.index()] = Some(Box::new(AwaitAck {
             tx,
-            response,
             cseq,
-            interval: t1,
-            next: (!reliable).then_some(now + t1),
-            give_up: now + t1 * 64,
+            rtx,
             late,
         }));
         self.arm_ack_timer(side);

@@ -318,6 +318,14 @@ impl<R: SdpRelay, P: SessionPolicy> Session<R, P> {
             || response_to_with_tag(&self.a_invite, 480, "Temporarily Unavailable", None),
             |b| *b,
         );
+        let best_code = best.status().unwrap_or(480);
+        if self.hand_back && (matches!(best_code, 408 | 480) || (500..600).contains(&best_code)) {
+            // Unanswered: the runtime takes A's INVITE (see `hand_back_when_unavailable`).
+            self.rollback_setup_offer();
+            self.set_timer(Timer::Setup, None);
+            self.enter_ending(EndReason::HandedBack(best_code), now);
+            return self.maybe_finish(now);
+        }
         let r = self.to_a(&best);
         let code = r.status().unwrap_or(480);
         self.rollback_setup_offer();

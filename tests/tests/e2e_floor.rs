@@ -55,6 +55,34 @@ fn attr<'a>(section: &'a str, name: &str) -> Option<&'a str> {
         .find_map(|l| l.strip_prefix(&format!("a={name}:")))
 }
 
+/// The focus's BFCP stream in its SDP (answer or offer), checked against RFC 8856 as cpmd
+/// writes it; `None` when there is none.
+#[track_caller]
+fn bfcp_params(text: &str, ip: std::net::IpAddr) -> Option<BfcpParams> {
+    let at = text.find("m=application ")?;
+    let sec = &text[at..];
+    let port: u16 = sec["m=application ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(port != 0, "{text}");
+    assert!(
+        sec.starts_with(&format!("m=application {port} TCP/BFCP *")),
+        "{text}"
+    );
+    assert_eq!(attr(sec, "floorctrl"), Some("s-only"), "{text}");
+    assert_eq!(attr(sec, "setup"), Some("passive"), "{text}");
+    assert_eq!(attr(sec, "floorid"), Some("1 mstrm:1"), "{text}");
+    assert!(text.contains("a=label:1\r\n"), "{text}");
+    Some(BfcpParams {
+        addr: SocketAddr::new(ip, port),
+        conf: attr(sec, "confid").unwrap().parse().unwrap(),
+        user: attr(sec, "userid").unwrap().parse().unwrap(),
+    })
+}
+
 /// INVITEs `uri` (PCMU; with BFCP when `bfcp`), ACKs; the answer's BFCP stream checked.
 #[track_caller]
 fn join(mut ua: Ua, uri: &str, bfcp: bool) -> (Party, cpm_engine::sip::Message) {
@@ -74,28 +102,7 @@ fn join(mut ua: Ua, uri: &str, bfcp: bool) -> (Party, cpm_engine::sip::Message) 
     ua.send_req(&dialog.ack(&ua, invite.cseq().unwrap()));
     let text = String::from_utf8_lossy(&ok.body).into_owned();
     let answer = Sdp::parse(&ok.body);
-    let params = text.find("m=application ").map(|at| {
-        let sec = &text[at..];
-        let port: u16 = sec["m=application ".len()..]
-            .split(' ')
-            .next()
-            .unwrap()
-            .parse()
-            .unwrap();
-        assert!(
-            sec.starts_with(&format!("m=application {port} TCP/BFCP *")),
-            "{text}"
-        );
-        assert_eq!(attr(sec, "floorctrl"), Some("s-only"), "{text}");
-        assert_eq!(attr(sec, "setup"), Some("passive"), "{text}");
-        assert_eq!(attr(sec, "floorid"), Some("1 mstrm:1"), "{text}");
-        assert!(text.contains("a=label:1\r\n"), "{text}");
-        BfcpParams {
-            addr: SocketAddr::new(answer.rtp_addr(0).ip(), port),
-            conf: attr(sec, "confid").unwrap().parse().unwrap(),
-            user: attr(sec, "userid").unwrap().parse().unwrap(),
-        }
-    });
+    let params = bfcp_params(&text, answer.rtp_addr(0).ip());
     assert_eq!(params.is_some(), bfcp, "BFCP in the answer:\n{text}");
     let party = Party {
         ua,
@@ -490,5 +497,101 @@ fn floor_is_revoked_at_the_max_talk_time() {
         .any(|a| matches!(a, Attribute::FloorRequestInformation(_))));
     leave(&mut y);
     leave(&mut x);
+    assert_released(&cpmd);
+}
+
+#[test]
+fn predefined_half_duplex_conference_offers_bfcp_when_it_calls() {
+    let builder = Cpmd::builder();
+    let file = builder.file(
+        "conferences.toml",
+        "[[conference]]\nname = \"ptt\"\nparticipants = [\"sip:alice@localhost\", \"sip:bob@localhost\"]\n\
+         floor = \"half-duplex\"\nmax_talk_time = 20\n",
+    );
+    let cpmd = builder
+        .args(&[
+            "--api-admin-token",
+            ADMIN,
+            "--conferences-file",
+            file.to_str().unwrap(),
+        ])
+        .spawn();
+    let mut alice = registered(&cpmd, "alice");
+    let mut bob = registered(&cpmd, "bob");
+    let auth = format!("Bearer {ADMIN}");
+    let r = request(
+        cpmd.http_addr(),
+        "POST",
+        "/api/v1/conferences/ptt/start",
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        b"{}",
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+    // The focus offers BFCP to both; alice accepts it (client, active), bob declines it
+    // (port 0) and is listen-only.
+    let mut floors = Vec::new();
+    for (ua, accept) in [(&mut alice, true), (&mut bob, false)] {
+        let inv = ua.recv_request(WAIT).expect("INVITE from the focus");
+        assert_eq!(inv.msg.method().map(|m| m.as_str()), Some("INVITE"));
+        let offer = String::from_utf8_lossy(&inv.msg.body).into_owned();
+        let focus_ip = Sdp::parse(&inv.msg.body).rtp_addr(0).ip();
+        floors.push(bfcp_params(&offer, focus_ip).expect("BFCP in the focus's offer"));
+        let rtp = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let mut answer = sdp::body(
+            1,
+            &[Stream::audio(rtp.local_addr().unwrap().port()).formats(&[0])],
+        );
+        answer.push_str(if accept {
+            BFCP_OFFER
+        } else {
+            "m=application 0 TCP/BFCP *\r\n"
+        });
+        let contact = format!("<{}>", ua.contact_uri());
+        ua.reply_with(
+            &inv,
+            200,
+            "OK",
+            &[("Contact", contact.as_str())],
+            Some((SDP, answer.as_bytes())),
+        );
+        let ack = ua.recv_request(WAIT).expect("ACK");
+        assert_eq!(ack.msg.method().map(|m| m.as_str()), Some("ACK"));
+    }
+    // Alice is granted the floor; the API shows her holding it.
+    let mut ca = Client::hello(floors[0]);
+    assert_eq!(ca.request().1, RequestStatus::Granted);
+    let floor = floor_of(&cpmd, "ptt");
+    assert_eq!(floor["holder"], u64::from(floors[0].user), "{floor}");
+    // Bob's user id names no floor participant: Error 2.
+    let mut cb = Client::connect(floors[1]);
+    cb.send(Primitive::Hello, vec![]);
+    assert_eq!(error_code(&cb.recv()), Some(ErrorCode::USER_DOES_NOT_EXIST));
+    // Ended through the API: BYE to both, the BFCP connection closed.
+    let r = request(
+        cpmd.http_addr(),
+        "POST",
+        "/api/v1/conferences/ptt/end",
+        &[
+            ("Authorization", auth.as_str()),
+            ("Content-Type", "application/json"),
+        ],
+        b"{}",
+        WAIT,
+    )
+    .unwrap();
+    assert_eq!(r.status, 204, "{}", r.text());
+    for ua in [&mut alice, &mut bob] {
+        let bye = ua.recv_request(WAIT).expect("BYE");
+        ua.reply(&bye, 200, "OK");
+    }
+    assert!(
+        ca.try_recv(Duration::from_secs(2)).is_none(),
+        "closed at the end"
+    );
     assert_released(&cpmd);
 }

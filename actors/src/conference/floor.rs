@@ -248,7 +248,7 @@ impl Floor {
         self.route.conference_id()
     }
 
-    /// Our BFCP media section for participant `pid` (registered first with [`Floor::join`]).
+    /// Our BFCP media section for the participant of `user_id` (from [`Floor::join`]).
     pub fn section(&self, media_ip: IpAddr, user_id: u16) -> String {
         section(self.listen, media_ip, self.conference_id(), user_id)
     }

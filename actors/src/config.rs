@@ -70,6 +70,9 @@ pub struct Config {
     /// The TCP listener of the MSRP relay, shared by every MSRP session (`--msrp-listen`);
     /// its port is the one rewritten SDP names, on `--media-ip`.
     pub msrp_listen: SocketAddr,
+    /// The TCP listener of BFCP floor control for half-duplex conferences (`--bfcp-listen`);
+    /// `None`: `--media-ip` on a port the system picks (the SDP answers name it).
+    pub bfcp_listen: Option<SocketAddr>,
     /// A media leg with no packet for this many seconds is reported inactive, so its session
     /// ends (`--media-timeout`; 0 turns the check off).
     pub media_timeout: u64,
@@ -194,6 +197,7 @@ impl Default for Config {
             media_connect: true,
             media_pace: 500,
             msrp_listen: SocketAddr::from(([127, 0, 0, 1], 2855)),
+            bfcp_listen: None,
             cdr_interim: 300,
             codecs: CodecList::default(),
             store_and_forward: true,
@@ -361,6 +365,7 @@ const KEYS: &[&str] = &[
     "media-connect",
     "media-pace",
     "msrp-listen",
+    "bfcp-listen",
     "cdr-interim",
     "codecs",
     "store-and-forward",
@@ -425,6 +430,8 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
                             [default: 500]
   --msrp-listen ADDR:PORT   TCP listener of the MSRP relay, shared by all MSRP sessions
                             [default: 127.0.0.1:2855]
+  --bfcp-listen ADDR:PORT   TCP listener of BFCP floor control (half-duplex conferences)
+                            [default: the media IP, a free port]
   --cdr-interim SECS        interim charging record of each session every SECS, 0 = none;
                             records go to DATA-DIR/cdr.jsonl [default: 300]
   --codecs LIST             codecs relayed sessions may use, e.g. PCMU,PCMA,opus/48000/2;
@@ -555,6 +562,7 @@ impl Config {
             "media-connect" => self.media_connect = parse(key, value)?,
             "media-pace" => self.media_pace = parse(key, value)?,
             "msrp-listen" => self.msrp_listen = parse(key, value)?,
+            "bfcp-listen" => self.bfcp_listen = Some(parse(key, value)?),
             "store-and-forward" => self.store_and_forward = parse(key, value)?,
             "message-expiry" => self.message_expiry = parse(key, value)?,
             "message-user-cap" => self.message_user_cap = parse(key, value)?,
@@ -681,7 +689,7 @@ mod tests {
         for k in KEYS {
             let mut c = Config::default();
             let v = match *k {
-                "sip-listen" | "http-listen" | "msrp-listen" => "127.0.0.1:1",
+                "sip-listen" | "http-listen" | "msrp-listen" | "bfcp-listen" => "127.0.0.1:1",
                 "pin-workers"
                 | "test-hooks"
                 | "media-strict-source"

@@ -37,6 +37,7 @@
 #![deny(missing_docs)]
 
 pub mod api;
+pub mod bfcp;
 pub mod charging;
 pub mod conference;
 pub mod config;

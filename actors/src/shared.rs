@@ -48,6 +48,8 @@ pub struct Shared {
     pub media: Vec<MediaPlane>,
     /// The MSRP relay (`--msrp-listen`).
     pub msrp: MsrpPlane,
+    /// BFCP floor control of half-duplex conferences (`--bfcp-listen`).
+    pub bfcp: crate::bfcp::BfcpPlane,
     /// The MSRP relay's counters.
     pub msrp_metrics: Arc<MsrpMetrics>,
     /// Where the sessions' charging records go (`<data-dir>/cdr.jsonl`).
@@ -134,6 +136,15 @@ impl Shared {
             addr: config.msrp_listen,
             error,
         })?;
+        let bfcp_listen = config
+            .bfcp_listen
+            .unwrap_or(std::net::SocketAddr::new(config.media_ip, 0));
+        let bfcp =
+            crate::bfcp::BfcpPlane::start(bfcp_listen).map_err(|error| StartError::Bind {
+                what: "BFCP TCP",
+                addr: bfcp_listen,
+                error,
+            })?;
         let cdr_path = config.data_dir.join("cdr.jsonl");
         let charging = JsonLines::open(&cdr_path)
             .and_then(|sink| ChargingWriter::start(Box::new(sink)))
@@ -172,6 +183,7 @@ impl Shared {
             )),
             media,
             msrp,
+            bfcp,
             msrp_metrics,
             seed,
             draining: AtomicBool::new(false),

@@ -82,6 +82,9 @@ CONFERENCE OPTIONS (ad-hoc conferences, RFC 4579; each participant is a session)
   --duration SECS        how long each conference runs once all its participants are in [10]
   --factory URI          the conference factory URI [sip:conf-factory@DOMAIN]
   --codec pcmu|pcma      the codec offered [pcmu]
+  --half-duplex          push-to-talk: factory URI with ;floor=half-duplex, BFCP offered;
+                         talkers request the floor at each burst and release it after;
+                         only the holder may be heard; reports floor_wait, grants, denials
   --register             register every participant (sip:<--from>@DOMAIN) first; with
                          --password / --users-file for digest
   --from PATTERN         participant i's user (i = conference * P + n) [part%04d]
@@ -249,6 +252,8 @@ pub struct ConferenceArgs {
     pub law: Law,
     /// `--register`.
     pub register: bool,
+    /// `--half-duplex`.
+    pub half_duplex: bool,
 }
 
 impl Default for ConferenceArgs {
@@ -260,6 +265,7 @@ impl Default for ConferenceArgs {
             factory: None,
             law: Law::Mu,
             register: false,
+            half_duplex: false,
         }
     }
 }
@@ -343,7 +349,7 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
 
 /// `--flag value` and `--flag=value` pairs, in order.
 fn pairs(args: &[String]) -> Result<Vec<(String, Option<String>)>, String> {
-    const SWITCHES: [&str; 3] = ["--quiet", "--help", "--register"];
+    const SWITCHES: [&str; 4] = ["--quiet", "--help", "--register", "--half-duplex"];
     let mut out = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -567,6 +573,7 @@ fn conference_option(c: &mut ConferenceArgs, k: &str, v: &str) -> Result<bool, S
             c.law = Law::parse(v).ok_or_else(|| format!("--codec {v}: pcmu or pcma"))?;
         }
         "--register" => c.register = true,
+        "--half-duplex" => c.half_duplex = true,
         _ => return Ok(false),
     }
     Ok(true)

@@ -468,6 +468,7 @@ fn run_conference(
         },
         rtp_ports: a.rtp_ports,
         burst: (Duration::from_secs(1), Duration::from_secs(1)),
+        half_duplex: c.half_duplex,
         settle: Duration::from_millis(500),
     };
     let sessions = cfg.sessions();

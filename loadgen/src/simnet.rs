@@ -949,6 +949,7 @@ fn conference_config(participants: usize, talkers: usize) -> ConferenceConfig {
         rtp_ports: None,
         burst: (Duration::from_secs(1), Duration::from_secs(1)),
         settle: Duration::from_millis(500),
+        half_duplex: false,
     }
 }
 

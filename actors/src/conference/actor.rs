@@ -29,10 +29,12 @@ use cpm_engine::sip::transaction::ServerTxId;
 use cpm_engine::sip::{HeaderName, Headers, Message, Method, StartLine};
 use parking_lot::Mutex;
 
+use super::floor::{Floor, FloorSettings};
 use super::predefined::{Join, Predefined};
 use super::registry::{ParticipantSummary, Summary};
 use super::sdp::{self, Local, Negotiated, VideoFormat, VideoNegotiated};
 use super::{ConfAction, ConfKey, EndConference, FromConference, MuteParticipant, ToConference};
+use crate::bfcp::FromBfcp;
 use crate::media::{MediaPlane, RoomEvent, RoomHandle, SidePorts};
 use crate::shared::Shared;
 
@@ -194,6 +196,9 @@ pub struct ConferenceActor {
     joined: bool,
     /// Where the room's events go (this actor; set when it starts).
     events: Option<Recipient<RoomEvent>>,
+    /// Half duplex: the floor (decision 0015), and where BFCP connections' messages go.
+    floor: Option<Floor>,
+    bfcp_to: Option<Recipient<FromBfcp>>,
 }
 
 impl ConferenceActor {
@@ -242,6 +247,8 @@ impl ConferenceActor {
             creator: None,
             video_format: None,
             events: None,
+            floor: None,
+            bfcp_to: None,
         }
     }
 
@@ -464,6 +471,12 @@ impl ConferenceActor {
         if self.participants.len() >= self.env.shared.config.conference_max_participants {
             return self.refuse(tx, &req, 503, "Conference Full");
         }
+        if matches!(self.origin, Origin::AdHoc) && !self.joined {
+            let settings = req
+                .request_uri()
+                .and_then(|u| FloorSettings::of_factory_uri(u));
+            self.start_floor(settings);
+        }
         let chosen = match sdp::choose(&req.body) {
             Ok(c) => c,
             Err(e) => return self.refuse(tx, &req, 488, e.reason()),
@@ -516,6 +529,7 @@ impl ConferenceActor {
         if joining == JoiningMethod::FocusOwner {
             self.creator = Some(entity);
         }
+        self.floor_answer(pid, &req.body, chosen.index, &local, &mut r);
         let now = Instant::now();
         self.participants.insert(
             pid,
@@ -576,6 +590,9 @@ impl ConferenceActor {
         };
         match room.add(pid, side, chosen.codec, chosen.pt, chosen.rtp, chosen.rtcp) {
             Ok(addr) => {
+                if self.floor.is_some() {
+                    room.mute(pid, true);
+                }
                 self.session = self.session.wrapping_add(1);
                 let local = Local {
                     ip: addr.ip(),
@@ -763,6 +780,7 @@ impl ConferenceActor {
             ),
             Some("application/sdp"),
         );
+        self.floor_answer(pid, &req.body, chosen.index, &local, &mut r);
         let now = Instant::now();
         if let Some(p) = self.participants.get_mut(&pid) {
             p.state = State::AwaitingAck {
@@ -786,6 +804,10 @@ impl ConferenceActor {
         drop(p.ports);
         if let Ok(c) = self.roster.leave(ParticipantId(pid)) {
             self.roster_changed(c);
+        }
+        if let Some(f) = self.floor.as_mut() {
+            f.leave(Instant::now(), pid);
+            self.floor_changed(None);
         }
         if self.participants.is_empty() && matches!(self.origin, Origin::AdHoc) {
             self.end("the last participant left");
@@ -1050,7 +1072,7 @@ impl ConferenceActor {
             let _ = self.roster.leave(ParticipantId(pid));
             return fail(self, referral, 503, "Media Ports Exhausted");
         };
-        let invite = self.invite(target, ruri, reliable, &local);
+        let invite = self.invite(pid, target, ruri, reliable, &local);
         self.next_req += 1;
         let req = ReqId(self.next_req);
         self.pending.insert(req, Pending::Invite(pid));
@@ -1087,8 +1109,16 @@ impl ConferenceActor {
 
     /// A dial-out INVITE to `ruri` (the Request-URI: a contact of `target`) with our offer
     /// (RFC 4579 §5.5: from the focus, our Contact with `isfocus`), in a new Call-ID this
-    /// worker owns.
-    fn invite(&mut self, target: &str, ruri: Bytes, reliable: bool, local: &Local) -> Message {
+    /// worker owns. In a half-duplex conference the offer carries our BFCP stream (the
+    /// participant's floor user id).
+    fn invite(
+        &mut self,
+        pid: u32,
+        target: &str,
+        ruri: Bytes,
+        reliable: bool,
+        local: &Local,
+    ) -> Message {
         let tag = self.new_tag();
         let mut salt = self.gen.next_u64();
         let call_id = crate::routing::owned_call_id(
@@ -1117,7 +1147,12 @@ impl ConferenceActor {
             headers,
             body: Bytes::new(),
         };
-        invite.set_body(sdp::offer(local), Some("application/sdp"));
+        let offer = sdp::offer(local);
+        let offer = match self.floor.as_mut().and_then(|f| Some((f.join(pid)?, f))) {
+            Some((uid, f)) => super::floor::splice(&offer, 0, 1, &f.section(local.ip, uid)),
+            None => offer,
+        };
+        invite.set_body(offer, Some("application/sdp"));
         invite
     }
 
@@ -1145,7 +1180,7 @@ impl ConferenceActor {
             session: self.session,
             version: p.sdp_version,
         };
-        let invite = self.invite(&target, ruri, reliable, &local);
+        let invite = self.invite(pid, &target, ruri, reliable, &local);
         self.next_req += 1;
         let req = ReqId(self.next_req);
         self.pending.insert(req, Pending::Invite(pid));
@@ -1282,6 +1317,11 @@ impl ConferenceActor {
         match sdp::choose(&resp.body) {
             Ok(chosen) => {
                 p.media = Some(chosen);
+                if let Some(f) = self.floor.as_mut() {
+                    if !super::floor::accepted(&resp.body) {
+                        f.leave(Instant::now(), pid);
+                    }
+                }
                 if let Some(room) = &self.room {
                     room.update(pid, chosen.codec, chosen.pt, chosen.rtp, chosen.rtcp);
                 }
@@ -1409,11 +1449,13 @@ impl ConferenceActor {
         }
         self.subs.clear();
         self.room = None;
+        self.floor = None;
         self.out.push(ConfAction::Ended);
         self.env.shared.conferences.remove(&self.name);
     }
 
     fn after(&mut self, ctx: &mut Context<Self>) {
+        self.floor_changed(Some(ctx));
         self.flush();
         if self.ended {
             ctx.stop();
@@ -1447,6 +1489,7 @@ impl Actor for ConferenceActor {
 
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.events = Some(ctx.address().recipient());
+        self.bfcp_to = Some(ctx.address().recipient());
         ctx.run_interval(HOUSEKEEPING, |act, ctx| {
             act.housekeeping(Instant::now());
             act.after(ctx);
@@ -1465,7 +1508,10 @@ impl Actor for ConferenceActor {
                     }
                 }
             }
+            let settings = (p.floor == super::floor::FloorMode::HalfDuplex)
+                .then(|| FloorSettings::from_secs(p.max_talk_time));
             let targets = p.participants.clone();
+            self.start_floor(settings);
             for t in targets {
                 if let Err((code, reason)) = self.dial_out(&t, None) {
                     tracing::info!(conference = %self.name, target = %t, code, reason, "participant not called");
@@ -1572,7 +1618,8 @@ impl Handler<MuteParticipant> for ConferenceActor {
         };
         if !changes.is_empty() {
             if let Some(room) = &self.room {
-                room.mute(msg.id, msg.muted);
+                let f = self.floor.as_ref();
+                room.mute(msg.id, f.map_or(msg.muted, |f| f.muted(msg.id, msg.muted)));
             }
             if let Ok(c) = self.roster.set_media(id, Self::audio_media(msg.muted)) {
                 changes.merge(c);
@@ -1581,5 +1628,74 @@ impl Handler<MuteParticipant> for ConferenceActor {
         }
         self.after(ctx);
         true
+    }
+}
+
+// ---- half duplex (decision 0015; the floor itself is in `super::floor`) ---------------------
+
+impl ConferenceActor {
+    /// Makes the conference half duplex (before anyone joins).
+    fn start_floor(&mut self, settings: Option<FloorSettings>) {
+        if let (Some(settings), Some(to), None) = (settings, self.bfcp_to.clone(), &self.floor) {
+            let f = Floor::new(&self.env.shared.bfcp, to, settings);
+            tracing::info!(conference = %self.name, bfcp_conference = f.conference_id(), "half duplex");
+            self.summary.lock().floor = Some(f.summary());
+            self.floor = Some(f);
+        }
+    }
+
+    /// Our answer to an offer with BFCP gets our BFCP stream (the participant may request the
+    /// floor); without, the participant is listen-only.
+    fn floor_answer(
+        &mut self,
+        pid: u32,
+        offer: &Bytes,
+        audio: usize,
+        local: &Local,
+        r: &mut Message,
+    ) {
+        let Some(f) = self.floor.as_mut() else {
+            return;
+        };
+        match super::floor::offered(offer).and_then(|i| Some((i, f.join(pid)?))) {
+            Some((i, uid)) => {
+                let body = super::floor::splice(&r.body, audio, i, &f.section(local.ip, uid));
+                r.set_body(body, Some("application/sdp"));
+            }
+            None => f.leave(Instant::now(), pid),
+        }
+    }
+
+    /// After the floor changed: the mixer's mutes, the API summary, the talk-time timer.
+    fn floor_changed(&mut self, ctx: Option<&mut Context<Self>>) {
+        let Some(f) = self.floor.as_mut() else {
+            return;
+        };
+        for pid in f.flush() {
+            let api_muted = self.roster.get(ParticipantId(pid)).map(|p| p.muted);
+            if let (Some(api_muted), Some(room)) = (api_muted, &self.room) {
+                room.mute(pid, f.muted(pid, api_muted));
+            }
+        }
+        self.summary.lock().floor = Some(f.summary());
+        if let Some(ctx) = ctx {
+            f.rearm(ctx, Instant::now(), |act: &mut Self, ctx| {
+                if let Some(f) = act.floor.as_mut() {
+                    f.on_timeout(Instant::now());
+                }
+                act.floor_changed(Some(ctx));
+            });
+        }
+    }
+}
+
+impl Handler<FromBfcp> for ConferenceActor {
+    type Result = ();
+
+    fn handle(&mut self, msg: FromBfcp, ctx: &mut Context<Self>) {
+        if let Some(f) = self.floor.as_mut() {
+            f.on_bfcp(Instant::now(), msg);
+        }
+        self.after(ctx);
     }
 }

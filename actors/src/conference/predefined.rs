@@ -11,6 +11,8 @@
 //! join = "invited"                      # or "anyone"
 //! start = "2026-12-01T09:00:00Z"        # optional, RFC 3339 (a TOML date-time works too)
 //! end = "2026-12-01T10:00:00+01:00"     # optional
+//! floor = "half-duplex"                 # push-to-talk over BFCP; default "full-duplex"
+//! max_talk_time = 30                    # seconds one talker may hold the floor (half-duplex)
 //! ```
 //! A start time already past when cpmd loads the file is ignored (logged): a restart does not
 //! start yesterday's meeting again. The worker owning the conference arms the timer.
@@ -40,6 +42,12 @@ pub struct Predefined {
     /// When it ends by itself (BYE to everyone).
     #[serde(default, deserialize_with = "when")]
     pub end: Option<SystemTime>,
+    /// Full duplex (everyone mixed) or half duplex (BFCP floor control, decision 0015).
+    #[serde(default)]
+    pub floor: super::floor::FloorMode,
+    /// Half duplex: seconds one talker may hold the floor before it is revoked; 0: no limit.
+    #[serde(default = "super::floor::default_max_talk_time")]
+    pub max_talk_time: u64,
 }
 
 /// An optional RFC 3339 time, written as a string or a TOML offset date-time.
@@ -172,14 +180,22 @@ mod tests {
         assert_eq!(c[0].join, Join::Invited);
         assert_eq!(c[1].join, Join::Anyone);
         assert_eq!(c[0].media, ["audio"]);
+        assert_eq!(c[0].floor, super::super::floor::FloorMode::FullDuplex);
         assert!(c[0].invites("sip:alice@x.test"));
         assert!(!c[0].invites("sip:carol@x.test"));
+        let ptt = Predefined::parse(
+            "[[conference]]\nname = \"ptt\"\nfloor = \"half-duplex\"\nmax_talk_time = 5\n",
+        )
+        .unwrap();
+        assert_eq!(ptt[0].floor, super::super::floor::FloorMode::HalfDuplex);
+        assert_eq!(ptt[0].max_talk_time, 5);
         for bad in [
             "[[conference]]\nname = \"conf-x\"\n",
             "[[conference]]\nname = \"a b\"\n",
             "[[conference]]\nname = \"a\"\n[[conference]]\nname = \"a\"\n",
             "[[conference]]\nname = \"a\"\nmedia = [\"video\"]\n",
             "[[conference]]\nname = \"a\"\nbogus = 1\n",
+            "[[conference]]\nname = \"a\"\nfloor = \"quarter-duplex\"\n",
         ] {
             assert!(Predefined::parse(bad).is_err(), "{bad}");
         }

@@ -40,6 +40,9 @@ pub struct Summary {
     pub active_speaker: Option<u32>,
     /// Its participants.
     pub participants: Vec<ParticipantSummary>,
+    /// Half duplex: who holds the floor and who waits (decision 0015).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub floor: Option<super::floor::FloorSummary>,
 }
 
 /// A running conference.

@@ -17,10 +17,21 @@
 //! participant sends BYE; a participant's session succeeds when it joined and its BYE got a
 //! 2xx.
 //!
+//! With `--half-duplex` the conferences are push-to-talk (decision 0015): participant 0
+//! INVITEs the factory URI with `;floor=half-duplex`, every participant offers BFCP
+//! (`m=application TCP/BFCP`, RFC 8856) and connects to the focus's floor control server
+//! ([`bfcp::FloorPlane`]); at each burst's onset every talker requests the floor (one is
+//! granted, the others queue), and at the burst's end the holder releases it, so the next in
+//! the queue holds the next burst. Every talker still sends its tone in every burst: the focus
+//! must drop the audio of everyone without the floor, and the burst-end check is that only
+//! the holder is heard (`tones_ok` / `tones_wrong`). Measured besides: `floor_wait` (a
+//! FloorRequest to its grant), grants, denials (Error or Denied), revocations.
+//!
 //! Sessions are numbered so that the conferences' creators come first (session `c` creates
 //! conference `c`), then the joiners, conference after conference; a joiner due before its
 //! focus URI is known waits for it.
 
+pub mod bfcp;
 pub mod dsp;
 pub mod receive;
 pub mod tones;
@@ -49,6 +60,9 @@ use tones::{Law, TonePlan};
 /// INVITE sent → 200 received, per participant.
 pub const JOIN: Quantity = Quantity::Custom("conference_join");
 
+/// FloorRequest sent → floor granted (`--half-duplex`).
+pub const FLOOR_WAIT: Quantity = Quantity::Custom("floor_wait");
+
 /// The media interval.
 const PTIME: Duration = Duration::from_millis(20);
 
@@ -72,6 +86,14 @@ pub mod notes {
     pub const RECEIVERS_CHECKED: &str = "receivers_checked";
     /// Tone bursts planned, summed over the conferences (a stop cuts them short).
     pub const BURSTS: &str = "bursts";
+    /// Half duplex: floors granted.
+    pub const FLOOR_GRANTS: &str = "floor_grants";
+    /// Half duplex: floor requests denied or answered with an Error.
+    pub const FLOOR_DENIALS: &str = "floor_denials";
+    /// Half duplex: floors revoked (maximum talk time).
+    pub const FLOOR_REVOCATIONS: &str = "floor_revocations";
+    /// Half duplex: bursts that ended with nobody holding the floor (not checked).
+    pub const FLOOR_FREE_BURSTS: &str = "floor_free_bursts";
 }
 
 /// Timer kinds (the token is `conference << 8 | kind`).
@@ -102,6 +124,8 @@ pub struct ConferenceConfig {
     pub burst: (Duration, Duration),
     /// Between the last join and the first burst (ports latch, jitter buffers fill).
     pub settle: Duration,
+    /// Push-to-talk conferences with BFCP floor control (`--half-duplex`).
+    pub half_duplex: bool,
 }
 
 impl ConferenceConfig {
@@ -174,6 +198,8 @@ struct Conf {
     /// The burst in progress or last played, with its actual onset.
     burst: Option<Burst>,
     hangup_at: Option<Instant>,
+    /// Half duplex: the participant holding the floor, as BFCP told it.
+    holder: Option<usize>,
 }
 
 /// The `conference` scenario.
@@ -194,6 +220,10 @@ pub struct Conference {
     stopping: bool,
     /// Whether a SIGINT/SIGTERM makes everyone leave (real runs; not the simulations).
     signals: bool,
+    /// Half duplex: the BFCP connections.
+    floor: Option<bfcp::FloorPlane>,
+    /// Half duplex: grants, denials, revocations.
+    floor_counts: (u64, u64, u64),
 }
 
 impl Conference {
@@ -220,6 +250,8 @@ impl Conference {
             started: 0,
             stopping: false,
             signals: false,
+            floor: None,
+            floor_counts: (0, 0, 0),
         })
     }
 
@@ -229,12 +261,18 @@ impl Conference {
         self
     }
 
-    /// The factory URI.
+    /// The factory URI (with `;floor=half-duplex` for `--half-duplex`).
     pub fn factory(&self) -> String {
-        self.cfg
+        let f = self
+            .cfg
             .factory
             .clone()
-            .unwrap_or_else(|| format!("sip:conf-factory@{}", self.target.domain))
+            .unwrap_or_else(|| format!("sip:conf-factory@{}", self.target.domain));
+        if self.cfg.half_duplex && !f.contains(";floor=") {
+            format!("{f};floor=half-duplex")
+        } else {
+            f
+        }
     }
 
     /// Conference and participant number of session `n`: creators first, then joiners.
@@ -266,6 +304,9 @@ impl Conference {
         );
         p.state = State::Done;
         p.meter.close(ctx);
+        if let Some(f) = &self.floor {
+            f.close(i as u64);
+        }
         self.by_rtp.remove(&p.rtp.0);
         self.pool.give_back(p.rtp);
         let (session, conf) = (p.session, p.conf);
@@ -339,10 +380,11 @@ impl Conference {
             HeaderName::Contact,
             format!("<sip:{}@{}>", p.user, super::hostport(local)),
         );
-        invite.set_body(
-            self.profile.offer(p.rtp.1).to_bytes(),
-            Some("application/sdp"),
-        );
+        let mut offer = self.profile.offer(p.rtp.1).to_bytes().to_vec();
+        if self.cfg.half_duplex {
+            offer.extend_from_slice(bfcp::OFFER.as_bytes());
+        }
+        invite.set_body(Bytes::from(offer), Some("application/sdp"));
         let p = &mut self.people[i];
         p.state = State::Inviting;
         p.invite = Some(invite.clone());
@@ -375,6 +417,12 @@ impl Conference {
         p.remote = answer.as_ref().and_then(media::remote_media);
         if p.remote.is_none() {
             ctx.recorder().note("answers_without_media", 1);
+        }
+        if let Some(plane) = &self.floor {
+            match bfcp::Answered::parse(&resp.body) {
+                Some(to) => plane.open(i as u64, to),
+                None => ctx.recorder().note("answers_without_bfcp", 1),
+            }
         }
         let ack = in_dialog(&invite, resp, Method::Ack, 1, ctx.new_branch());
         ctx.send_stateless(socket, &ack, self.target.addr);
@@ -455,6 +503,7 @@ impl Conference {
         if self.signals && !self.stopping && crate::sys::stop_requested() {
             self.leave_all(ctx);
         }
+        self.poll_floor(ctx);
         let now = ctx.now();
         let c = &mut self.confs[conf];
         // The burst (if any) this tick falls in; its onset is this tick's time on its first.
@@ -465,6 +514,16 @@ impl Conference {
                     index: b,
                     onset: now,
                 });
+                // Push-to-talk pressed: every talker asks for the floor (once: a holder or a
+                // queued request asks no more).
+                if let Some(plane) = &self.floor {
+                    for &i in &c.members {
+                        let p = &self.people[i];
+                        if p.state == State::Joined && p.index < self.cfg.talkers {
+                            plane.request(i as u64);
+                        }
+                    }
+                }
             }
         }
         let mut any = false;
@@ -511,16 +570,78 @@ impl Conference {
         let Some(burst) = self.confs[conf].burst else {
             return;
         };
+        self.poll_floor(ctx);
         let members = self.confs[conf].members.clone();
+        let holder = self.confs[conf].holder;
+        let holder_talker = holder
+            .map(|h| self.people[h].index)
+            .filter(|&k| k < self.tones.talkers());
+        if self.floor.is_some() && holder_talker.is_none() {
+            ctx.recorder().note(notes::FLOOR_FREE_BURSTS, 1);
+        }
         for i in members {
             let p = &mut self.people[i];
             if p.state != State::Joined {
                 continue;
             }
             let me = (p.index < self.tones.talkers()).then_some(p.index);
-            let v = p.meter.check(&self.tones, me, burst.index);
+            let v = match (&self.floor, holder_talker) {
+                (None, _) => p.meter.check(&self.tones, me, burst.index),
+                (Some(_), Some(h)) => p.meter.check_floor(&self.tones, me, h),
+                (Some(_), None) => continue,
+            };
             ctx.recorder().note(notes::TONES_OK, v.ok);
             ctx.recorder().note(notes::TONES_WRONG, v.wrong);
+        }
+        // Push-to-talk released: the next in the queue holds the next burst.
+        if let (Some(plane), Some(h)) = (&self.floor, holder) {
+            plane.release(h as u64);
+        }
+    }
+
+    /// Half duplex: what the floor control server said since the last look.
+    fn poll_floor(&mut self, ctx: &mut Ctx<'_>) {
+        let Some(plane) = &self.floor else {
+            return;
+        };
+        for ev in plane.poll_events() {
+            let (key, holds) = match ev {
+                bfcp::FloorEvent::Granted(k, wait) => {
+                    ctx.record(FLOOR_WAIT, wait);
+                    ctx.recorder().note(notes::FLOOR_GRANTS, 1);
+                    self.floor_counts.0 += 1;
+                    (k, Some(true))
+                }
+                bfcp::FloorEvent::Released(k) => (k, Some(false)),
+                bfcp::FloorEvent::Revoked(k) => {
+                    ctx.recorder().note(notes::FLOOR_REVOCATIONS, 1);
+                    self.floor_counts.2 += 1;
+                    (k, Some(false))
+                }
+                bfcp::FloorEvent::Denied(k, _) => {
+                    ctx.recorder().note(notes::FLOOR_DENIALS, 1);
+                    self.floor_counts.1 += 1;
+                    (k, None)
+                }
+                bfcp::FloorEvent::Closed(k, Some(e)) => {
+                    tracing::debug!(participant = k, error = %e, "BFCP connection failed");
+                    ctx.recorder().note("bfcp_connection_errors", 1);
+                    (k, Some(false))
+                }
+                bfcp::FloorEvent::Ready(_)
+                | bfcp::FloorEvent::Queued(..)
+                | bfcp::FloorEvent::Closed(_, None) => continue,
+            };
+            let i = key as usize;
+            let Some(conf) = self.people.get(i).map(|p| p.conf) else {
+                continue;
+            };
+            let c = &mut self.confs[conf];
+            match holds {
+                Some(true) => c.holder = Some(i),
+                Some(false) if c.holder == Some(i) => c.holder = None,
+                _ => {}
+            }
         }
     }
 
@@ -610,6 +731,9 @@ impl Scenario for Conference {
     fn setup(&mut self, ctx: &mut Ctx<'_>) -> Result<(), String> {
         crate::sys::raise_nofile_limit();
         self.socket = Some(self.target.bind_client(ctx)?);
+        if self.cfg.half_duplex {
+            self.floor = Some(bfcp::FloorPlane::spawn().map_err(|e| format!("bfcp: {e}"))?);
+        }
         ctx.recorder()
             .note(notes::CONFERENCES, self.cfg.conferences as u64);
         ctx.recorder()
@@ -823,7 +947,7 @@ impl Scenario for Conference {
             .iter()
             .map(|f| format!("{f} Hz"))
             .collect();
-        vec![format!(
+        let mut lines = vec![format!(
             "conference: {} x {} participants, {} talkers ({}), {}, factory {}",
             self.cfg.conferences,
             self.cfg.participants,
@@ -831,6 +955,14 @@ impl Scenario for Conference {
             freqs.join(", "),
             self.tones.law().name(),
             self.factory()
-        )]
+        )];
+        if self.floor.is_some() {
+            let (g, d, r) = self.floor_counts;
+            lines.push(format!(
+                "half duplex (BFCP): {g} floors granted, {d} denied, {r} revoked; \
+                 floor_wait: FloorRequest -> grant"
+            ));
+        }
+        lines
     }
 }

@@ -182,6 +182,30 @@ impl MixerMeter {
         v
     }
 
+    /// The check at the end of a half-duplex burst: over the last [`CHECK_FRAMES`] frames the
+    /// floor holder's tone (talker `holder`, unless it is us) is present in at least
+    /// [`CHECK_PRESENT`], and no other talker's tone (ours included) was audible in any. One
+    /// verdict per talker.
+    pub fn check_floor(&mut self, plan: &TonePlan, me: Option<usize>, holder: usize) -> Verdict {
+        let mut v = Verdict::default();
+        let enough = self.recent.len() == CHECK_FRAMES;
+        for k in 0..plan.talkers() {
+            let good = if k == holder && Some(k) != me {
+                enough && self.recent.iter().filter(|h| h.has(k)).count() >= CHECK_PRESENT
+            } else {
+                enough && !self.recent.iter().any(|h| h.hears(k))
+            };
+            if good {
+                v.ok += 1;
+            } else {
+                v.wrong += 1;
+            }
+        }
+        self.totals.ok += v.ok;
+        self.totals.wrong += v.wrong;
+        v
+    }
+
     /// Every check's verdicts so far.
     pub fn totals(&self) -> Verdict {
         self.totals

@@ -111,6 +111,19 @@ pub struct Config {
     /// Bearer tokens of the HTTP API (`--api-tokens`): a file of `user token` lines; with
     /// `--users-file` the API also takes HTTP Digest with the SIP credentials.
     pub api_tokens: Option<PathBuf>,
+    /// The conference factory URI (`--conference-factory`; default
+    /// `sip:conf-factory@<first domain>`): an INVITE to it creates an ad-hoc conference.
+    pub conference_factory: Option<String>,
+    /// Most conferences at once (`--conference-max`); more are refused with 503.
+    pub conference_max: usize,
+    /// Most participants in one conference (`--conference-max-participants`); more get 503.
+    pub conference_max_participants: usize,
+    /// Predefined conferences, a TOML file of `[[conference]]` tables (`--conferences-file`,
+    /// see `conference::predefined`).
+    pub conferences_file: Option<PathBuf>,
+    /// The bearer token of the HTTP API's conference administration
+    /// (`/api/v1/conferences...`, `--api-admin-token`); unset: those endpoints answer 503.
+    pub api_admin_token: Option<String>,
 }
 
 /// A list of codecs by name (`PCMU,PCMA,G722,opus/48000/2`, see `Codec::from_spec`).
@@ -188,6 +201,11 @@ impl Default for Config {
             storage_queue: 16_384,
             storage_default: StorageDefault(cpm_engine::store::StoragePolicy::All),
             api_tokens: None,
+            conference_factory: None,
+            conference_max: 100,
+            conference_max_participants: 1000,
+            conferences_file: None,
+            api_admin_token: None,
         }
     }
 }
@@ -349,6 +367,11 @@ const KEYS: &[&str] = &[
     "storage-queue",
     "storage-default",
     "api-tokens",
+    "conference-factory",
+    "conference-max",
+    "conference-max-participants",
+    "conferences-file",
+    "api-admin-token",
 ];
 
 /// The `--help` text.
@@ -415,6 +438,14 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
                             on-request (X-CPM-Store: yes) [default: all]
   --api-tokens FILE         bearer tokens of the HTTP API /api/v1 (`user token` per line);
                             the API also takes digest with --users-file [default: none]
+  --conference-factory URI  an INVITE to it creates an ad-hoc conference
+                            [default: sip:conf-factory@FIRST-DOMAIN]
+  --conference-max N        most conferences at once, more get 503 [default: 100]
+  --conference-max-participants N  most participants per conference [default: 1000]
+  --conferences-file FILE   predefined conferences (TOML [[conference]] tables: name,
+                            participants, join = invited|anyone) [default: none]
+  --api-admin-token TOKEN   bearer token of /api/v1/conferences (start, end, mute, list)
+                            [default: none: those endpoints answer 503]
   -h, --help                this text
 ";
 
@@ -525,6 +556,11 @@ impl Config {
             "storage-queue" => self.storage_queue = parse(key, value)?,
             "storage-default" => self.storage_default = parse(key, value)?,
             "api-tokens" => self.api_tokens = Some(PathBuf::from(value)),
+            "conference-factory" => self.conference_factory = Some(value.to_string()),
+            "conference-max" => self.conference_max = parse(key, value)?,
+            "conference-max-participants" => self.conference_max_participants = parse(key, value)?,
+            "conferences-file" => self.conferences_file = Some(PathBuf::from(value)),
+            "api-admin-token" => self.api_admin_token = Some(value.to_string()),
             _ => return Err(ConfigError::UnknownFlag(format!("--{key}"))),
         }
         Ok(())
@@ -587,6 +623,14 @@ impl Config {
         (self.cdr_interim > 0).then(|| Duration::from_secs(self.cdr_interim))
     }
 
+    /// The conference factory URI (RFC 4579 §3): `--conference-factory`, or
+    /// `sip:conf-factory@<first domain>`.
+    pub fn conference_factory(&self) -> String {
+        self.conference_factory
+            .clone()
+            .unwrap_or_else(|| format!("sip:conf-factory@{}", self.domains()[0]))
+    }
+
     /// The media inactivity limit, `None` when off.
     pub fn media_timeout(&self) -> Option<Duration> {
         (self.media_timeout > 0).then(|| Duration::from_secs(self.media_timeout))
@@ -634,7 +678,8 @@ mod tests {
                 "media-ports" => "40000-40099",
                 "codecs" => "PCMA,opus/48000/2",
                 "storage-default" => "on-request",
-                "domain" | "data-dir" | "log" | "users-file" | "realm" | "api-tokens" => "x",
+                "domain" | "data-dir" | "log" | "users-file" | "realm" | "api-tokens"
+                | "conference-factory" | "conferences-file" | "api-admin-token" => "x",
                 _ => "7",
             };
             c.set(k, v).unwrap_or_else(|e| panic!("{k}: {e}"));

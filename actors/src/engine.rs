@@ -116,7 +116,8 @@ impl Engine {
                         arbiters.push(arbiter);
                         addrs.push(addr);
                     }
-                    let router = Router::new(addrs.clone());
+                    let router = Router::new(addrs.clone())
+                        .with_conferences(shared2.conferences.names().clone());
                     for addr in &addrs {
                         addr.do_send(StartIo {
                             router: router.clone(),

@@ -38,6 +38,7 @@
 
 pub mod api;
 pub mod charging;
+pub mod conference;
 pub mod config;
 pub mod engine;
 pub mod http;

@@ -27,6 +27,7 @@ use cpm_engine::sip::transaction::{ClientTxId, ServerTxId, TransactionLayer};
 use cpm_engine::sip::uri::Uri;
 use cpm_engine::sip::{builder, HeaderName, Message, Method};
 
+use crate::conference::{ConfEnv, ConferenceActor, ConferenceTable, FromConference, ToConference};
 use crate::messaging::{MessageController, StoreDone, StoreEvent};
 use crate::routing;
 use crate::session::{FromSession, SessionActor, SessionEnv, SessionKey, SessionTable, ToSession};
@@ -58,6 +59,10 @@ pub struct Services {
     env: Rc<SessionEnv>,
     /// The worker, which carries out the sessions' SIP actions (set when it starts).
     worker_addr: Option<Recipient<FromSession>>,
+    /// The conferences of this worker and how their traffic reaches them.
+    pub conferences: ConferenceTable,
+    /// What this worker's conferences share (set when the worker starts).
+    conf_env: Option<Rc<ConfEnv>>,
 }
 
 impl Services {
@@ -111,6 +116,8 @@ impl Services {
             sessions: SessionTable::default(),
             env,
             worker_addr: None,
+            conferences: ConferenceTable::default(),
+            conf_env: None,
             metrics: shared.metrics[worker].clone(),
             shared,
             svc,
@@ -126,6 +133,19 @@ impl Services {
     pub fn reset(&mut self) {
         self.messages.reset(&self.shared);
         self.sessions.clear();
+        self.conferences.clear();
+    }
+
+    /// The worker's address, for the conferences it starts.
+    pub fn set_conference_worker(&mut self, worker: Recipient<FromConference>) {
+        self.conf_env = Some(Rc::new(ConfEnv {
+            worker: self.worker,
+            workers: self.workers,
+            shared: self.shared.clone(),
+            pool: self.env.pool.clone(),
+            plane: self.env.plane.clone(),
+            out: worker,
+        }));
     }
 
     /// The worker's address, for the sessions it starts.
@@ -162,6 +182,11 @@ impl Services {
         {
             panic!("fault injected by X-Cpm-Test: panic");
         }
+        // Requests to a conference focus go to its actor (decision 0014).
+        if let Some(name) = self.shared.conferences.names().conference_of(&req) {
+            let name = name.to_vec();
+            return self.conference_request(&name, id, req, source, transport, now, txn);
+        }
         // Requests of a session go to it, also while shutting down (a BYE must get through).
         // Sessions are found by Call-ID and the caller's From tag; the session answers 481
         // for what matches none of its dialogs.
@@ -180,6 +205,16 @@ impl Services {
             let mut r = builder::local_response(&req, 503, "Service Unavailable (Shutting Down)");
             r.headers.push(HeaderName::RetryAfter, "5");
             return self.respond(id, r, now, txn);
+        }
+        // An INVITE to the conference factory creates an ad-hoc conference here (RFC 4579 §5.1).
+        if req.method() == Some(&Method::Invite)
+            && self.shared.conferences.names().is_factory(&req)
+            && cpm_engine::sip::dialog::DialogId::of_request(&req).is_none()
+        {
+            if let Err(r) = self.create_conference(id, req, source, transport) {
+                self.respond(id, *r, now, txn);
+            }
+            return;
         }
         // RFC 3261 §8.2.2.3: a Require we do not understand gets 420 (never for ACK/CANCEL).
         let unsupported = cpm_engine::sip::validate::unsupported_requires(&req, SUPPORTED);
@@ -289,8 +324,15 @@ impl Services {
         self.respond(cancel_tx, r, now, txn);
     }
 
-    /// The ACK of a 2xx (its own transaction, RFC 3261 §17): the session's, if any.
+    /// The ACK of a 2xx (its own transaction, RFC 3261 §17): the conference's or the
+    /// session's, if any.
     pub fn on_ack(&mut self, ack: Message) {
+        if let Some(name) = self.shared.conferences.names().conference_of(&ack) {
+            if let Some(actor) = self.conferences.by_name(name) {
+                actor.do_send(ToConference::Ack(ack));
+            }
+            return;
+        }
         if let Some(actor) = self.sessions.route(&ack) {
             actor.do_send(ToSession::Ack(ack));
         }
@@ -304,6 +346,13 @@ impl Services {
         now: Instant,
         txn: &mut TransactionLayer,
     ) {
+        if let Some((actor, req)) = self.conferences.by_client(id) {
+            actor.do_send(ToConference::Response {
+                id: req,
+                response: resp,
+            });
+            return;
+        }
         if let Some((actor, req)) = self.sessions.by_client(id) {
             actor.do_send(ToSession::Response {
                 id: req,
@@ -583,6 +632,146 @@ impl Services {
         let actor = SessionActor::new(key, start, self.env.clone(), worker, now).start();
         self.sessions.insert(key, actor, (&req, id), b_call_id);
         Ok(())
+    }
+
+    // ---- conferences (CPM.md §5 fig. 8-11, decision 0014) ------------------------------
+
+    /// A request to a conference focus: its actor's, else 404 (480 for a predefined
+    /// conference not started, 481 inside a dialog of one that ended).
+    #[allow(clippy::too_many_arguments)]
+    fn conference_request(
+        &mut self,
+        name: &[u8],
+        id: ServerTxId,
+        req: Message,
+        source: SocketAddr,
+        transport: &Transport,
+        now: Instant,
+        txn: &mut TransactionLayer,
+    ) {
+        if let Some(actor) = self.conferences.by_name(name) {
+            actor.do_send(ToConference::Request {
+                tx: id,
+                request: req,
+                source,
+                reliable: transport.reliable(),
+            });
+            return;
+        }
+        let in_dialog = cpm_engine::sip::dialog::DialogId::of_request(&req).is_some();
+        let predefined = std::str::from_utf8(name)
+            .ok()
+            .and_then(|n| self.shared.conferences.predefined(n))
+            .is_some();
+        let (code, reason) = if in_dialog {
+            (481, "Call/Transaction Does Not Exist")
+        } else if predefined {
+            (480, "Conference Not Started")
+        } else {
+            (404, "Conference Not Found")
+        };
+        self.respond(id, builder::local_response(&req, code, reason), now, txn);
+    }
+
+    /// An INVITE to the factory: policy (a registered local caller, `--conference-max`), a
+    /// usable offer, then a new conference on this worker that takes the INVITE as its first
+    /// participant's.
+    fn create_conference(
+        &mut self,
+        id: ServerTxId,
+        req: Message,
+        source: SocketAddr,
+        transport: &Transport,
+    ) -> Result<(), Box<Message>> {
+        let refuse = |code, reason| Err(Box::new(builder::local_response(&req, code, reason)));
+        if self.shared.is_draining() {
+            return refuse(503, "Service Unavailable (Shutting Down)");
+        }
+        let caller = req.from().ok().and_then(|f| f.uri.aor());
+        let allowed = caller.is_some_and(|aor| {
+            routing::is_local_aor(&self.shared, &aor)
+                && !routing::contacts(
+                    &self.shared,
+                    &cpm_engine::registrar::Aor::new(aor),
+                    Instant::now(),
+                )
+                .is_empty()
+        });
+        if !allowed {
+            return refuse(
+                403,
+                "Conference Creation Allowed To Registered Local Users Only",
+            );
+        }
+        if let Err(e) = crate::conference::sdp::choose(&req.body) {
+            return refuse(488, e.reason());
+        }
+        let mut next = || {
+            self.salt = self.salt.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            cpm_engine::hash::fnv1a(&self.salt.to_le_bytes())
+        };
+        let name = crate::conference::focus::adhoc_name(self.worker, self.workers, &mut next);
+        let addr = self
+            .start_conference(name, crate::conference::actor::Origin::AdHoc)
+            .map_err(|(code, reason)| Box::new(builder::local_response(&req, code, reason)))?;
+        addr.do_send(ToConference::Request {
+            tx: id,
+            request: req,
+            source,
+            reliable: transport.reliable(),
+        });
+        Ok(())
+    }
+
+    /// Starts predefined conference `name` (from the HTTP API): its focus URI.
+    pub fn start_predefined(&mut self, name: &str) -> Result<String, String> {
+        let def = self
+            .shared
+            .conferences
+            .predefined(name)
+            .cloned()
+            .ok_or_else(|| format!("no predefined conference {name:?}"))?;
+        self.start_conference(
+            name.to_string(),
+            crate::conference::actor::Origin::Predefined(def),
+        )
+        .map_err(|(_, reason)| reason.to_string())?;
+        let domain = self.shared.domains.first().cloned().unwrap_or_default();
+        Ok(format!("sip:{name}@{domain}"))
+    }
+
+    fn start_conference(
+        &mut self,
+        name: String,
+        origin: crate::conference::actor::Origin,
+    ) -> Result<Addr<ConferenceActor>, (u16, &'static str)> {
+        let Some(env) = self.conf_env.clone() else {
+            return Err((503, "Service Unavailable"));
+        };
+        let ctx = Context::<ConferenceActor>::new();
+        let addr = ctx.address();
+        let summary = Arc::new(parking_lot::Mutex::new(Default::default()));
+        let running = crate::conference::registry::Running {
+            addr: addr.clone(),
+            summary: summary.clone(),
+        };
+        match self.shared.conferences.register(&name, running) {
+            Ok(()) => {}
+            Err(crate::conference::registry::Refused::TooMany) => {
+                tracing::warn!("conference refused: --conference-max reached");
+                return Err((503, "Too Many Conferences"));
+            }
+            Err(crate::conference::registry::Refused::Running) => {
+                return Err((409, "Conference Already Running"));
+            }
+        }
+        let key = self.conferences.next_key();
+        self.salt = self.salt.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let actor = ConferenceActor::new(key, name.clone(), env, origin, summary, self.salt);
+        tracing::info!(conference = %name, focus = actor.focus(), "conference started");
+        ctx.run(actor);
+        self.conferences.insert(key, name, addr.clone());
+        Ok(addr)
     }
 
     /// A fresh Call-ID for the B side that this worker owns.

@@ -61,6 +61,8 @@ pub struct Shared {
     pub users: Option<UserDb>,
     /// The digest server (realm and nonce secret).
     pub auth: Authenticator,
+    /// Conferences: predefined and running ones, the limits (decision 0014).
+    pub conferences: crate::conference::Registry,
     registrar: Vec<Mutex<Registrar>>,
     seed: u64,
     draining: AtomicBool,
@@ -141,7 +143,10 @@ impl Shared {
             StartError::Config(format!("storage in {}: {e}", config.data_dir.display()))
         })?;
         let settings = load_settings(&storage)?;
+        let conferences =
+            crate::conference::Registry::new(&config, workers).map_err(StartError::Config)?;
         Ok(Shared {
+            conferences,
             settings: RwLock::new(settings),
             charging,
             storage,
@@ -230,6 +235,9 @@ impl Shared {
         let mut out = metrics::render(&self.metrics, contacts, aors);
         self.storage.metrics().render(&mut out);
         metrics::render_msrp(&mut out, &self.msrp_metrics);
+        let (conferences, participants) = self.conferences.counts();
+        let ticks: Vec<_> = self.media.iter().map(|m| m.tick_stats()).collect();
+        crate::media::room::render_metrics(&mut out, conferences, participants, &ticks);
         out
     }
 }

@@ -21,6 +21,7 @@ use cpm_engine::sip::transaction::{
 };
 use cpm_engine::sip::{builder, validate, Message, Method};
 
+use crate::conference::{ConfAction, FromConference, StartConference, ToConference};
 use crate::messaging::StoreDone;
 use crate::metrics::{Drop as DropReason, WorkerMetrics};
 use crate::services::Services;
@@ -201,7 +202,10 @@ impl Worker {
                     TxEvent::ClientFailed { id, response, .. } => {
                         self.services.on_response(id, response, now, &mut self.txn)
                     }
-                    TxEvent::Terminated(TxId::Client(id)) => self.services.sessions.tx_ended(id),
+                    TxEvent::Terminated(TxId::Client(id)) => {
+                        self.services.sessions.tx_ended(id);
+                        self.services.conferences.tx_ended(id);
+                    }
                     _ => {}
                 }
             }
@@ -358,6 +362,49 @@ impl Worker {
         }
     }
 
+    /// Carries out a conference's SIP actions on this worker's transaction layer.
+    fn on_conference_actions(&mut self, msg: FromConference, now: Instant) {
+        let key = msg.key;
+        for action in msg.actions {
+            match action {
+                ConfAction::SendRequest {
+                    id,
+                    dest,
+                    reliable,
+                    request,
+                } => {
+                    let refused = builder::local_response(&request, 503, "Service Unavailable");
+                    match self.txn.send_request(request, dest, reliable, now) {
+                        Ok(tx) => self.services.conferences.started(key, id, tx),
+                        Err(e) => {
+                            tracing::debug!(error = %e.reason(), "conference request not sent");
+                            if let Some(actor) = self.services.conferences.actor(key) {
+                                actor.do_send(ToConference::Response {
+                                    id,
+                                    response: refused,
+                                });
+                            }
+                        }
+                    }
+                }
+                ConfAction::Respond { tx, response } => {
+                    if let Some(code) = response.status() {
+                        self.metrics.response_sent(code);
+                    }
+                    if let Err(e) = self.txn.respond(tx, &response, now) {
+                        tracing::debug!(error = %e.reason(), "conference response not sent");
+                    }
+                }
+                ConfAction::SendAck {
+                    dest,
+                    reliable,
+                    ack,
+                } => self.txn.send_stateless(&ack, dest, reliable),
+                ConfAction::Ended => self.services.conferences.remove(key),
+            }
+        }
+    }
+
     /// Runs a handler body; a panic stops the actor so that its supervisor restarts it.
     fn guarded(&mut self, ctx: &mut Context<Self>, f: impl FnOnce(&mut Self, &mut Context<Self>)) {
         if catch_unwind(AssertUnwindSafe(|| f(self, ctx))).is_err() {
@@ -377,6 +424,11 @@ impl Actor for Worker {
     fn started(&mut self, ctx: &mut Context<Self>) {
         self.services
             .set_worker(ctx.address().recipient(), ctx.address().recipient());
+        self.services
+            .set_conference_worker(ctx.address().recipient());
+        self.shared
+            .conferences
+            .set_worker(self.id, ctx.address().recipient());
         // After a supervisor restart `out` is already set: the sockets and their tasks run on,
         // and the timer is re-armed for the periodic work.
         if let Some(out) = self.out.clone() {
@@ -425,6 +477,32 @@ impl Handler<FromSession> for Worker {
             w.on_session_actions(msg, now);
             w.drive(now, &out, ctx);
         });
+    }
+}
+
+impl Handler<FromConference> for Worker {
+    type Result = ();
+    fn handle(&mut self, msg: FromConference, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |w, ctx| {
+            let Some(out) = w.out.clone() else { return };
+            let now = Instant::now();
+            w.on_conference_actions(msg, now);
+            w.drive(now, &out, ctx);
+        });
+    }
+}
+
+impl Handler<StartConference> for Worker {
+    type Result = Result<String, String>;
+    fn handle(&mut self, msg: StartConference, ctx: &mut Context<Self>) -> Self::Result {
+        let mut result = Err("worker restarting".to_string());
+        self.guarded(ctx, |w, ctx| {
+            result = w.services.start_predefined(&msg.name);
+            if let Some(out) = w.out.clone() {
+                w.drive(Instant::now(), &out, ctx);
+            }
+        });
+        result
     }
 }
 

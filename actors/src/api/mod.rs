@@ -11,6 +11,7 @@
 //! the handler's task.
 
 pub mod auth;
+mod conference;
 pub mod json;
 
 use std::path::{Component, Path, PathBuf};
@@ -106,6 +107,8 @@ pub enum ApiError {
     Unauthorized(Vec<String>),
     /// 404: unknown, or another user's (the same answer, so ids do not leak).
     NotFound(&'static str),
+    /// 409: the resource is in another state (a conference already running).
+    Conflict(&'static str),
     /// 503 from the storage (queue full, shut down) or the API being disabled.
     Unavailable(&'static str),
     /// 500.
@@ -118,6 +121,7 @@ impl std::fmt::Display for ApiError {
             ApiError::BadRequest(m) | ApiError::Internal(m) => f.write_str(m),
             ApiError::Unauthorized(_) => f.write_str("authentication required"),
             ApiError::NotFound(what) => write!(f, "{what} not found"),
+            ApiError::Conflict(why) => f.write_str(why),
             ApiError::Unavailable(why) => f.write_str(why),
         }
     }
@@ -142,6 +146,7 @@ impl ResponseError for ApiError {
             ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
             ApiError::NotFound(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -232,7 +237,16 @@ routes! {
     put "/settings" => put_settings,
     post "/test/files" => test_add_file,
     post "/test/sessions" => test_add_session,
+    get "/conferences" => conference_list,
+    post "/conferences/{name}/start" => conference_start,
+    post "/conferences/{id}/end" => conference_end,
+    post "/conferences/{id}/participants/{pid}/mute" => conference_mute,
 }
+
+use conference::{
+    end as conference_end, list as conference_list, mute as conference_mute,
+    start as conference_start,
+};
 
 /// The `/api/v1` scope with every route, over the API state (shared by the HTTP workers).
 pub fn scope(state: web::Data<ApiState>) -> actix_web::Scope {

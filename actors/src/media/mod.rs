@@ -66,6 +66,7 @@ mod actor;
 mod leg;
 mod plane;
 mod relay_loop;
+pub mod room;
 pub mod stats;
 
 use std::fmt;
@@ -73,9 +74,10 @@ use std::fmt;
 pub use actor::{Close, GetStats, MediaInactive, RelayLeg, SetPeer, Snapshot};
 pub use plane::{
     BoundLeg, LegControl, LegHandle, LegStatsReader, MediaConfig, MediaPlane, OpenError, Reply,
-    Stopped,
+    RoomHandle, Stopped,
 };
 pub use relay_loop::MAX_BATCHES_PER_TURN;
+pub use room::{Mix, RoomEvent, TickStats};
 pub use stats::{DirStats, DropReason, LegStats, RtpStats};
 
 /// The two parties of a B2BUA session (the engine's, shared with the media controller and

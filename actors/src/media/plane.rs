@@ -17,10 +17,13 @@ use parking_lot::Mutex;
 use tokio::sync::oneshot;
 
 use super::relay_loop::{poll_and_waker, Command, OpenLeg, RelayLoop};
+use super::room::{default_mix, NewMember, RoomCommand, RoomEvent, RoomId, Rooms, TickStats};
 use super::stats::LegShared;
 use super::{LegId, LegSpec, LegStats, Side};
+use crate::conference::sdp::AudioCodec;
 use crate::config::Config;
 use crate::metrics::WorkerMetrics;
+use actix::Recipient;
 
 /// Leg ids are unique in the process (several planes may report to one session).
 static NEXT_LEG: AtomicU64 = AtomicU64::new(1);
@@ -143,6 +146,7 @@ impl<T> Future for Reply<T> {
 struct Inner {
     worker: usize,
     config: MediaConfig,
+    ticks: Arc<TickStats>,
     commands: Sender<Command>,
     waker: Waker,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
@@ -192,6 +196,8 @@ impl MediaPlane {
         let socket_config = config.socket_config();
         let (strict, pace) = (config.strict_source, config.pace);
         let connect = config.connect_latched.then_some(socket_config);
+        let ticks = Arc::new(TickStats::default());
+        let rooms = Rooms::new(default_mix(), ticks.clone(), metrics.clone(), strict);
         if config.connect_latched {
             // A connected port holds two sockets: give the process all the descriptors it may.
             match cpm_netio::raise_fd_limit() {
@@ -207,12 +213,13 @@ impl MediaPlane {
                         tracing::info!(worker, core, "could not pin media loop to core");
                     }
                 }
-                RelayLoop::new(poll, rx, strict, connect, pace, metrics).run();
+                RelayLoop::new(poll, rx, strict, connect, pace, metrics, rooms).run();
             })?;
         Ok(MediaPlane {
             inner: Arc::new(Inner {
                 worker,
                 config,
+                ticks,
                 commands: tx,
                 waker,
                 thread: Mutex::new(Some(thread)),
@@ -223,6 +230,23 @@ impl MediaPlane {
     /// The settings in force.
     pub fn config(&self) -> &MediaConfig {
         &self.inner.config
+    }
+
+    /// The conference rooms' tick lateness and counters of this loop.
+    pub fn tick_stats(&self) -> Arc<TickStats> {
+        self.inner.ticks.clone()
+    }
+
+    /// Opens a conference room in this loop; its events (active speaker changes) go to
+    /// `events`. Dropping the handle closes the room and every participant's sockets.
+    pub fn open_room(&self, events: Option<Recipient<RoomEvent>>) -> Result<RoomHandle, Stopped> {
+        let id = RoomId(NEXT_LEG.fetch_add(1, Relaxed));
+        self.inner
+            .send(Command::Room(RoomCommand::Open { id, events }))?;
+        Ok(RoomHandle {
+            id,
+            plane: self.clone(),
+        })
     }
 
     /// The worker this plane belongs to.
@@ -453,5 +477,99 @@ impl LegControl {
             rtp,
             rtcp,
         })
+    }
+}
+
+/// A conference room in a media loop ([`MediaPlane::open_room`]). Dropping it closes the room.
+#[derive(Debug)]
+pub struct RoomHandle {
+    id: RoomId,
+    plane: MediaPlane,
+}
+
+impl RoomHandle {
+    /// Binds a participant's port(s) (`ports.rtcp` `None`: RTP and RTCP on one port, RFC
+    /// 5761) and adds it to the room with its codec and payload type; its mix goes to `peer`
+    /// until its first packet latches the real source. Returns the local RTP address.
+    pub fn add(
+        &self,
+        pid: u32,
+        ports: super::SidePorts,
+        codec: AudioCodec,
+        pt: u8,
+        peer: Option<SocketAddr>,
+        rtcp: Option<SocketAddr>,
+    ) -> Result<SocketAddr, OpenError> {
+        let _ = rtcp;
+        let config = self.plane.inner.config.socket_config();
+        let ip = self.plane.inner.config.ip;
+        let bind = |port: u16| {
+            BatchSocket::bind_with(SocketAddr::new(ip, port), config)
+                .map_err(|error| OpenError::Bind { port, error })
+        };
+        let rtp = bind(ports.rtp)?;
+        let rtcp = ports.rtcp.map(bind).transpose()?;
+        let local = rtp.local_addr().map_err(|error| OpenError::Bind {
+            port: ports.rtp,
+            error,
+        })?;
+        self.plane
+            .inner
+            .send(Command::Room(RoomCommand::Add(Box::new(NewMember {
+                id: self.id,
+                pid,
+                rtp,
+                rtcp,
+                codec,
+                pt,
+                peer,
+            }))))
+            .map_err(|_| OpenError::Stopped)?;
+        Ok(local)
+    }
+
+    /// A participant's new codec, payload type and SDP address.
+    pub fn update(
+        &self,
+        pid: u32,
+        codec: AudioCodec,
+        pt: u8,
+        rtp: Option<SocketAddr>,
+        rtcp: Option<SocketAddr>,
+    ) {
+        let _ = self.plane.inner.send(Command::Room(RoomCommand::Update {
+            id: self.id,
+            pid,
+            codec,
+            pt,
+            rtp,
+            rtcp,
+        }));
+    }
+
+    /// Removes a participant and closes its sockets.
+    pub fn remove(&self, pid: u32) {
+        let _ = self
+            .plane
+            .inner
+            .send(Command::Room(RoomCommand::Remove { id: self.id, pid }));
+    }
+
+    /// Mutes or unmutes a participant.
+    pub fn mute(&self, pid: u32, muted: bool) {
+        let _ = self.plane.inner.send(Command::Room(RoomCommand::Mute {
+            id: self.id,
+            pid,
+            muted,
+        }));
+    }
+}
+
+impl Drop for RoomHandle {
+    fn drop(&mut self) {
+        let _ = self
+            .plane
+            .inner
+            .send(Command::Room(RoomCommand::Close(self.id)));
     }
 }

@@ -22,6 +22,7 @@ use mio::{Events, Interest, Poll, Token, Waker};
 use tokio::sync::oneshot;
 
 use super::leg::{receiver_side, socket_index, Leg, Outbox, CATCH_ALL, RECEIVERS};
+use super::room::{Rooms, ROOM_TOKEN_BASE};
 use super::stats::{bump, LegShared, Tally};
 use super::{LegId, LegStats, Side};
 use crate::metrics::WorkerMetrics;
@@ -69,6 +70,8 @@ pub(crate) enum Command {
         id: LegId,
         reply: oneshot::Sender<LegStats>,
     },
+    /// A conference room command.
+    Room(super::room::RoomCommand),
     /// Close every leg and end the thread.
     Shutdown,
 }
@@ -100,6 +103,8 @@ pub(crate) struct RelayLoop {
     /// Sockets not drained in their turn, and the list being worked through.
     pending: Vec<Token>,
     retry: Vec<Token>,
+    /// The conference rooms (a separate path: relay legs never look at them).
+    rooms: Rooms,
 }
 
 impl RelayLoop {
@@ -110,6 +115,7 @@ impl RelayLoop {
         connect: Option<SocketConfig>,
         pace: Duration,
         metrics: Arc<WorkerMetrics>,
+        rooms: Rooms,
     ) -> RelayLoop {
         RelayLoop {
             poll,
@@ -125,6 +131,7 @@ impl RelayLoop {
             metrics,
             pending: Vec::new(),
             retry: Vec::new(),
+            rooms,
         }
     }
 
@@ -138,14 +145,23 @@ impl RelayLoop {
             if let Some(start) = busy_since.filter(|_| !self.pace.is_zero()) {
                 // Busy: let datagrams gather for one pace before looking again, instead of
                 // waking up for each (a wake-up costs more than relaying a datagram).
-                let wake = start + self.pace;
+                // Never past a mixing tick.
+                let wake = self
+                    .rooms
+                    .next_tick()
+                    .map_or(start + self.pace, |t| t.min(start + self.pace));
                 let now = Instant::now();
                 if wake > now {
                     std::thread::sleep(wake - now);
                 }
             }
-            let timeout = if self.pending.is_empty() && busy_since.is_none() {
-                next_publish.saturating_duration_since(Instant::now())
+            let idle = self.pending.is_empty() && !self.rooms.has_pending();
+            let timeout = if idle && busy_since.is_none() {
+                let until = self
+                    .rooms
+                    .next_tick()
+                    .map_or(next_publish, |t| t.min(next_publish));
+                until.saturating_duration_since(Instant::now())
             } else {
                 Duration::ZERO
             };
@@ -162,7 +178,9 @@ impl RelayLoop {
             }
             // One clock read per wake-up: the arrival time of everything read in this turn.
             let now = Instant::now();
-            let relayed = !self.pending.is_empty() || events.iter().any(|e| e.token() != WAKER);
+            let relayed = !self.pending.is_empty()
+                || self.rooms.has_pending()
+                || events.iter().any(|e| e.token() != WAKER);
             busy_since = relayed.then_some(now);
             std::mem::swap(&mut self.pending, &mut self.retry);
             for k in 0..self.retry.len() {
@@ -170,15 +188,23 @@ impl RelayLoop {
                 self.on_readable(token, now);
             }
             self.retry.clear();
+            self.rooms.read_pending(&mut self.batch, now);
             let mut ready = events.iter().map(|ev| ev.token()).filter(|&t| t != WAKER);
             let mut next = ready.next();
             while let Some(token) = next {
                 // The next leg's state is fetched while this one's system calls run.
                 next = ready.next();
+                if token.0 >= ROOM_TOKEN_BASE {
+                    self.rooms.on_readable(token, &mut self.batch, now);
+                    continue;
+                }
                 if let Some(t) = next {
                     self.prefetch(t);
                 }
                 self.on_readable(token, now);
+            }
+            if self.rooms.next_tick().is_some_and(|t| t <= now) {
+                self.rooms.tick(now);
             }
             if now >= next_publish {
                 self.publish_dirty();
@@ -189,6 +215,7 @@ impl RelayLoop {
         for id in ids {
             self.close(id, None);
         }
+        self.rooms.close_all(&self.poll);
     }
 
     /// Relays what socket `token` holds, up to [`MAX_BATCHES_PER_TURN`] batches: a first small
@@ -316,6 +343,7 @@ impl RelayLoop {
                         let _ = reply.send(leg.shared.stats());
                     }
                 }
+                Ok(Command::Room(c)) => self.rooms.command(c, &self.poll, Instant::now()),
                 Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return false,
                 Err(TryRecvError::Empty) => return true,
             }

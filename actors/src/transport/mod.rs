@@ -63,18 +63,46 @@ pub struct Inbound {
     pub reject: Option<cpm_engine::sip::validate::Rejection>,
 }
 
-/// Hands parsed messages to their owning worker: owner(Call-ID) = hash(Call-ID) mod N.
+/// Hands parsed messages to their owning worker: owner(Call-ID) = hash(Call-ID) mod N, except
+/// conference traffic (decision 0014): a request whose Request-URI names a conference focus
+/// goes to owner(conference name), and a response to a request a conference sent (its top Via
+/// branch carries the worker, [`crate::conference::focus::branch`]) goes back to that worker.
 #[derive(Clone)]
 pub struct Router {
     workers: Arc<Vec<Addr<Worker>>>,
+    conferences: Arc<crate::conference::focus::FocusNames>,
 }
 
 impl Router {
-    /// A router over the workers' addresses, index = worker id.
+    /// A router over the workers' addresses, index = worker id, that knows only ad-hoc
+    /// conference names (`conf-...`).
     pub fn new(workers: Vec<Addr<Worker>>) -> Router {
         Router {
             workers: Arc::new(workers),
+            conferences: Arc::default(),
         }
+    }
+
+    /// The same router, also routing requests to these conference names (the factory's and
+    /// the predefined conferences').
+    pub fn with_conferences(mut self, names: crate::conference::focus::FocusNames) -> Router {
+        self.conferences = Arc::new(names);
+        self
+    }
+
+    /// The worker a message goes to (see [`Router`]).
+    pub fn owner_of(&self, msg: &Message) -> usize {
+        let n = self.workers.len();
+        if msg.is_request() {
+            if let Some(name) = self.conferences.conference_of(msg) {
+                return crate::conference::focus::owner(name, n);
+            }
+        } else if let Some(w) = crate::conference::focus::branch_worker(msg) {
+            if w < n {
+                return w;
+            }
+        }
+        Router::owner(msg.call_id(), n)
     }
 
     /// The index of the worker owning a Call-ID (FNV-1a; Call-IDs compare byte-exact,
@@ -87,7 +115,7 @@ impl Router {
 
     /// Hands a message to its owner; a full mailbox (overload) drops it and counts the drop.
     pub fn route(&self, inbound: Inbound, metrics: &WorkerMetrics) {
-        let owner = Router::owner(inbound.msg.call_id(), self.workers.len());
+        let owner = self.owner_of(&inbound.msg);
         if self.workers[owner].try_send(inbound).is_err() {
             metrics.dropped(Drop::MailboxFull);
         }

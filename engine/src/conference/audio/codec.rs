@@ -153,6 +153,20 @@ impl Codec {
         n
     }
 
+    /// The mean square of the samples `payload` carries (see [`super::talker::mean_square`]),
+    /// without decoding G.711.
+    pub fn mean_square(self, payload: &[u8]) -> u32 {
+        match self {
+            Codec::Pcmu => g711::ulaw_mean_square(payload),
+            Codec::Pcma => g711::alaw_mean_square(payload),
+            Codec::L16 => {
+                let mut pcm = [0; FRAME_SAMPLES];
+                let n = l16::decode(payload, &mut pcm);
+                super::talker::mean_square(&pcm[..n])
+            }
+        }
+    }
+
     /// Encodes `samples` into `out`, which must hold `samples.len() * bytes_per_sample()`.
     pub fn encode(self, samples: &[i16], out: &mut [u8]) {
         match self {
@@ -210,6 +224,9 @@ mod tests {
             }
         }
         assert_eq!(Codec::L16.frame_bytes(), 320);
+        let mut bytes = vec![0u8; 320];
+        Codec::L16.encode(&[1000; 160], &mut bytes);
+        assert_eq!(Codec::L16.mean_square(&bytes), 1_000_000);
         assert_eq!(Codec::Pcma.samples_in(&[0; 80]), 80);
     }
 }

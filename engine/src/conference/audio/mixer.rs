@@ -1,7 +1,8 @@
 //! The mix-minus audio mixer of one conference (issue 6, "Media in conferences").
 //!
 //! At each 20 ms [`Mixer::tick`]:
-//! 1. every participant's jitter buffer plays one frame, whose energy feeds its talker detector;
+//! 1. every participant's jitter buffer plays one frame, whose energy feeds its talker detector
+//!    (G.711 energy is read from the codes through a table: a frame is decoded only if mixed);
 //! 2. the frames of the talkers (talking and not muted) are summed in `i32`, then clamped to
 //!    `i16` once: only talkers are summed, so a conference of 1,000 with 3 talkers costs 3
 //!    frame sums;
@@ -21,11 +22,12 @@
 //! is cheaper than a second buffer per datagram in the sender's batched I/O.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
 use std::time::Instant;
 
 use bytes::{BufMut, Bytes, BytesMut};
 
-use super::jitter::{FrameKind, JitterBuffer, JitterConfig, JitterStats, PushOutcome};
+use super::jitter::{JitterBuffer, JitterConfig, JitterStats, Playout, PushOutcome};
 use super::talker::{dbov, mean_square, TalkerConfig, TalkerDetector};
 use super::{Codec, ParticipantId, FRAME_SAMPLES};
 use crate::rtp::FIXED_HEADER_LEN;
@@ -147,7 +149,7 @@ struct Participant {
 pub struct Mixer {
     config: MixerConfig,
     parts: Vec<Participant>,
-    index: HashMap<ParticipantId, usize>,
+    index: HashMap<ParticipantId, usize, BuildHasherDefault<IdHasher>>,
     /// The samples each contributor put into the mix this tick (after any fade).
     contributions: Vec<[i16; FRAME_SAMPLES]>,
     total: [i32; FRAME_SAMPLES],
@@ -165,7 +167,7 @@ impl Mixer {
         Mixer {
             config,
             parts: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             contributions: Vec::new(),
             total: [0; FRAME_SAMPLES],
             mix: [0; FRAME_SAMPLES],
@@ -318,17 +320,26 @@ impl Mixer {
         self.total = [0; FRAME_SAMPLES];
         let mut loudest: Option<(ParticipantId, u32)> = None;
         for p in &mut self.parts {
-            let frame = p.jb.pop(now);
-            let energy = match frame.kind {
-                FrameKind::Silence => 0,
-                FrameKind::Audio | FrameKind::Concealed => mean_square(&frame.samples),
+            // Non-talkers' frames are only measured, never decoded.
+            let played = p.jb.pop_encoded(now);
+            let energy = match played {
+                Playout::Silence => 0,
+                Playout::Audio(payload) => p.codec.mean_square(payload),
+                Playout::Concealed(frame) => mean_square(&frame.samples),
             };
             let talking = p.talk.update(energy);
             p.level = p.level - p.level / 4 + energy / 4;
             let wanted = talking && !p.muted && !p.leaving;
             p.contribution = None;
             if wanted || p.mixed {
-                let mut samples = frame.samples;
+                let mut samples = [0; FRAME_SAMPLES];
+                match played {
+                    Playout::Audio(payload) => {
+                        p.codec.decode(payload, &mut samples);
+                    }
+                    Playout::Concealed(frame) => samples = frame.samples,
+                    Playout::Silence => {}
+                }
                 if wanted != p.mixed {
                     fade(&mut samples, wanted);
                 }
@@ -429,6 +440,31 @@ impl Mixer {
     }
 }
 
+/// A multiplicative hash for participant ids, which the conference picks (not the network), so
+/// SipHash's flooding resistance is not needed on this per-packet lookup.
+#[derive(Debug, Default)]
+struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(self.0 << 8 | u64::from(b));
+        }
+    }
+
+    fn write_u32(&mut self, n: u32) {
+        self.write_u64(u64::from(n));
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = (self.0 ^ n).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
 fn clamp(v: i32) -> i16 {
     v.clamp(i32::from(i16::MIN), i32::from(i16::MAX)) as i16
 }
@@ -443,5 +479,376 @@ fn fade(samples: &mut [i16; FRAME_SAMPLES], rising: bool) {
             n - 1 - i as i32
         };
         *s = (i32::from(*s) * g / n) as i16;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+    use std::time::Duration;
+
+    use super::super::tone::{goertzel_dbov, Sine};
+    use super::*;
+    use crate::rtp;
+
+    const TICK: Duration = Duration::from_millis(20);
+
+    /// One participant's media source: a tone or silence, in its codec.
+    struct Source {
+        codec: Codec,
+        sine: Option<Sine>,
+        seq: u16,
+        ts: u32,
+    }
+
+    /// A conference on virtual time: sources push one packet per tick (5 ms before it), the
+    /// mixer ticks, and what each participant receives is decoded and kept.
+    struct Conf {
+        mixer: Mixer,
+        t0: Instant,
+        ticks: u32,
+        sources: HashMap<ParticipantId, Source>,
+        heard: HashMap<ParticipantId, Vec<i16>>,
+        last: HashMap<ParticipantId, (u16, u32)>,
+        outputs: Vec<TickSummary>,
+    }
+
+    struct TickSummary {
+        talkers: Vec<ParticipantId>,
+        speaker: Option<ParticipantId>,
+        encodes: usize,
+        packets: Vec<OutPacket>,
+    }
+
+    const SSRC_BASE: u32 = 0x5500_0000;
+
+    impl Conf {
+        fn new() -> Self {
+            Conf {
+                mixer: Mixer::new(MixerConfig::default()),
+                t0: Instant::now(),
+                ticks: 0,
+                sources: HashMap::new(),
+                heard: HashMap::new(),
+                last: HashMap::new(),
+                outputs: Vec::new(),
+            }
+        }
+
+        fn join(&mut self, id: u32, codec: Codec, tone: Option<(f64, f64)>) {
+            let id = ParticipantId(id);
+            let pt = codec.default_pt().unwrap_or(96);
+            self.mixer.add(id, codec, pt, SSRC_BASE + id.0).unwrap();
+            let sine = tone.map(|(f, level)| Sine::new(f, level));
+            let source = Source {
+                codec,
+                sine,
+                seq: 1000,
+                ts: 0,
+            };
+            self.sources.insert(id, source);
+        }
+
+        fn leave(&mut self, id: u32) {
+            self.mixer.remove(ParticipantId(id)).unwrap();
+            self.sources.remove(&ParticipantId(id));
+        }
+
+        fn run(&mut self, ticks: u32) {
+            for _ in 0..ticks {
+                self.ticks += 1;
+                let now = self.t0 + TICK * self.ticks;
+                for (id, s) in &mut self.sources {
+                    let frame = s.sine.as_mut().map_or([0; FRAME_SAMPLES], Sine::frame);
+                    let mut payload = vec![0; s.codec.frame_bytes()];
+                    s.codec.encode(&frame, &mut payload);
+                    let at = now - Duration::from_millis(5);
+                    self.mixer
+                        .push_rtp(*id, s.seq, s.ts, false, &payload, at)
+                        .unwrap();
+                    s.seq = s.seq.wrapping_add(1);
+                    s.ts = s.ts.wrapping_add(FRAME_TS);
+                }
+                let out = self.mixer.tick(now);
+                for p in &out.packets {
+                    let codec = self.sources.get(&p.id).map(|s| s.codec);
+                    let parsed = rtp::parse(p.packet.clone()).unwrap();
+                    assert_eq!(parsed.ssrc().0, SSRC_BASE + p.id.0);
+                    let seq_ts = (parsed.seq().0, parsed.timestamp());
+                    match self.last.insert(p.id, seq_ts) {
+                        Some((seq, ts)) => {
+                            assert_eq!(seq_ts, (seq.wrapping_add(1), ts.wrapping_add(FRAME_TS)));
+                            assert!(!parsed.marker());
+                        }
+                        None => assert!(parsed.marker(), "first packet marked"),
+                    }
+                    let mut pcm = [0i16; FRAME_SAMPLES];
+                    let codec = codec.unwrap_or(Codec::Pcmu);
+                    assert_eq!(parsed.payload_type(), codec.default_pt().unwrap_or(96));
+                    assert_eq!(codec.decode(p.payload(), &mut pcm), FRAME_SAMPLES);
+                    self.heard.entry(p.id).or_default().extend_from_slice(&pcm);
+                }
+                self.outputs.push(TickSummary {
+                    talkers: out.talkers.clone(),
+                    speaker: out.active_speaker,
+                    encodes: out.encodes,
+                    packets: out.packets.clone(),
+                });
+            }
+        }
+
+        /// The level of `freq` in the last `frames` frames `id` heard.
+        fn level(&self, id: u32, freq: f64, frames: usize) -> f64 {
+            let h = &self.heard[&ParticipantId(id)];
+            goertzel_dbov(&h[h.len() - frames * FRAME_SAMPLES..], freq)
+        }
+    }
+
+    fn freq(i: u32) -> f64 {
+        300.0 + 100.0 * f64::from(i)
+    }
+
+    /// Every participant hears every other one's tone at `level` and its own below `absent`
+    /// (G.711 distortion of the mix puts intermodulation products on the 100 Hz grid).
+    fn check_mix_minus(c: &Conf, n: u32, level: f64, absent: f64) {
+        for me in 0..n {
+            for other in 0..n {
+                let got = c.level(me, freq(other), 25);
+                if me == other {
+                    assert!(got < absent, "{me} hears itself at {got} dBov");
+                } else {
+                    assert!(
+                        (got - level).abs() < 1.0,
+                        "{me} hears {other} at {got} dBov"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn three_participants_hear_each_other_and_not_themselves() {
+        let mut c = Conf::new();
+        for i in 0..3 {
+            c.join(i, Codec::Pcmu, Some((freq(i), -20.0)));
+        }
+        c.run(40);
+        check_mix_minus(&c, 3, -20.0, -70.0);
+        let last = c.outputs.last().unwrap();
+        assert_eq!(last.talkers.len(), 3);
+        assert!(last.packets.iter().all(|p| p.minus_own));
+        assert_eq!(last.encodes, 3);
+    }
+
+    #[test]
+    fn twenty_participants_with_mixed_codecs() {
+        let mut c = Conf::new();
+        for i in 0..20 {
+            let codec = Codec::ALL[i as usize % 3];
+            c.join(i, codec, Some((freq(i), -35.0)));
+        }
+        c.run(40);
+        check_mix_minus(&c, 20, -35.0, -65.0);
+        assert_eq!(c.outputs.last().unwrap().talkers.len(), 20);
+    }
+
+    #[test]
+    fn a_muted_participant_is_unheard_but_hears() {
+        let mut c = Conf::new();
+        for i in 0..3 {
+            c.join(i, Codec::Pcma, Some((freq(i), -20.0)));
+        }
+        c.run(10);
+        c.mixer.set_muted(ParticipantId(1), true).unwrap();
+        c.run(30);
+        assert!(c.level(0, freq(1), 25) < -70.0);
+        assert!(c.level(2, freq(1), 25) < -70.0);
+        assert!((c.level(1, freq(0), 25) + 20.0).abs() < 1.0);
+        assert!((c.level(1, freq(2), 25) + 20.0).abs() < 1.0);
+        assert!((c.level(0, freq(2), 25) + 20.0).abs() < 1.0);
+        let last = c.outputs.last().unwrap();
+        assert_eq!(last.talkers, {
+            let mut t = last.talkers.clone();
+            t.retain(|id| id.0 != 1);
+            t
+        });
+        assert_eq!(last.talkers.len(), 2);
+        let stats = c.mixer.stats(ParticipantId(1)).unwrap();
+        assert!(stats.muted && stats.talking);
+        assert!(c.mixer.set_muted(ParticipantId(9), true).is_err());
+        // Unmuted, it is heard again.
+        c.mixer.set_muted(ParticipantId(1), false).unwrap();
+        c.run(30);
+        assert!((c.level(0, freq(1), 25) + 20.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn two_full_scale_tones_clip_without_wrapping() {
+        let mut c = Conf::new();
+        for (i, f) in [(0, 400.0), (1, 500.0)] {
+            let id = ParticipantId(i);
+            c.mixer.add(id, Codec::L16, 96, SSRC_BASE + i).unwrap();
+            let sine = Some(Sine::with_amplitude(f, 32767.0));
+            let source = Source {
+                codec: Codec::L16,
+                sine,
+                seq: 0,
+                ts: 0,
+            };
+            c.sources.insert(id, source);
+        }
+        c.join(2, Codec::L16, None);
+        c.run(30);
+        let heard = &c.heard[&ParticipantId(2)][20 * FRAME_SAMPLES..];
+        assert_eq!(*heard.iter().max().unwrap(), i16::MAX, "the sum is clipped");
+        assert_eq!(*heard.iter().min().unwrap(), i16::MIN);
+        // A wrapped sum would jump by ~65536; the clipped one moves no faster than the tones.
+        let step = heard
+            .windows(2)
+            .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+            .max()
+            .unwrap();
+        assert!(step < 30_000, "step {step}");
+        // Each talker hears the other one unclipped, at full scale.
+        let a = &c.heard[&ParticipantId(0)][20 * FRAME_SAMPLES..];
+        assert!(a.iter().map(|s| i32::from(*s).abs()).max().unwrap() >= 32_700);
+        assert!(goertzel_dbov(&a[..1600], 400.0) < -70.0);
+        assert!(goertzel_dbov(&a[..1600], 500.0) > -4.0);
+    }
+
+    #[test]
+    fn non_talkers_of_a_codec_share_one_encoding() {
+        let mut c = Conf::new();
+        for i in 0..20 {
+            let codec = Codec::ALL[i as usize % 3];
+            let tone = (i < 3).then(|| (freq(i), -20.0));
+            c.join(i, codec, tone);
+        }
+        c.run(20);
+        let last = c.outputs.last().unwrap();
+        assert_eq!(last.talkers.len(), 3);
+        // 3 talkers encoded alone, then one encode per codec for the 17 others.
+        assert_eq!(last.encodes, 3 + 3);
+        let mut shared: HashMap<Codec, &[u8]> = HashMap::new();
+        for p in &last.packets {
+            let i = p.id.0;
+            assert_eq!(p.minus_own, i < 3);
+            if i >= 3 {
+                let codec = Codec::ALL[i as usize % 3];
+                let payload = shared.entry(codec).or_insert(p.payload());
+                assert_eq!(*payload, p.payload(), "{i} has its codec's shared payload");
+            }
+        }
+        assert_eq!(shared.len(), 3);
+        // The active speaker is one of the talkers.
+        assert!(last.speaker.is_some_and(|s| s.0 < 3));
+    }
+
+    #[test]
+    fn active_speaker_is_the_loudest_talker_and_sticks() {
+        let mut c = Conf::new();
+        c.join(0, Codec::Pcmu, Some((300.0, -30.0)));
+        c.join(1, Codec::Pcmu, Some((400.0, -20.0)));
+        c.join(2, Codec::Pcmu, Some((500.0, -28.0)));
+        c.join(3, Codec::Pcmu, None);
+        c.run(20);
+        assert_eq!(c.outputs.last().unwrap().speaker, Some(ParticipantId(1)));
+        // The loudest falls silent: the next loudest takes over once it stops talking.
+        c.sources.get_mut(&ParticipantId(1)).unwrap().sine = None;
+        c.run(30);
+        assert_eq!(c.outputs.last().unwrap().speaker, Some(ParticipantId(2)));
+        // 0 rises to within 6 dB of 2's level: 2 keeps the floor.
+        c.sources.get_mut(&ParticipantId(0)).unwrap().sine = Some(Sine::new(300.0, -25.0));
+        c.run(20);
+        assert_eq!(c.outputs.last().unwrap().speaker, Some(ParticipantId(2)));
+        // Everyone silent: no speaker.
+        for s in c.sources.values_mut() {
+            s.sine = None;
+        }
+        c.run(30);
+        assert_eq!(c.outputs.last().unwrap().speaker, None);
+        assert!(c.outputs.last().unwrap().talkers.is_empty());
+    }
+
+    /// The largest sample-to-sample step in what `id` heard from frame `from` on.
+    fn max_step(c: &Conf, id: u32, from: usize) -> i32 {
+        c.heard[&ParticipantId(id)][from * FRAME_SAMPLES..]
+            .windows(2)
+            .map(|w| (i32::from(w[1]) - i32::from(w[0])).abs())
+            .max()
+            .unwrap()
+    }
+
+    #[test]
+    fn joining_and_leaving_cause_no_click() {
+        // 115 and 165 Hz at -20 dBov (peak 4634) change by at most ~420 and ~600 per sample;
+        // a source cut in or out at once would step by up to 4634 (the tones do not start each
+        // frame at phase 0: 2.3 and 3.3 periods per frame).
+        let mut c = Conf::new();
+        c.join(0, Codec::L16, Some((115.0, -20.0)));
+        c.join(9, Codec::L16, None);
+        c.run(20);
+        c.join(1, Codec::L16, Some((165.0, -20.0)));
+        c.run(20);
+        assert!(
+            (c.level(9, 165.0, 10) + 20.0).abs() < 1.0,
+            "1 is heard after joining"
+        );
+        assert!(
+            c.heard.contains_key(&ParticipantId(1)),
+            "1 hears from its first tick"
+        );
+        c.leave(0);
+        let before = c.heard[&ParticipantId(9)].len() / FRAME_SAMPLES;
+        c.run(1);
+        // The leaver's last frame is still heard, fading out, and it gets no packet.
+        let fading = &c.heard[&ParticipantId(9)][before * FRAME_SAMPLES..];
+        assert!(goertzel_dbov(fading, 115.0) > -40.0);
+        assert!(c
+            .outputs
+            .last()
+            .unwrap()
+            .packets
+            .iter()
+            .all(|p| p.id.0 != 0));
+        c.run(20);
+        assert!(c.level(9, 115.0, 10) < -70.0, "0 is gone");
+        assert!(!c.mixer.contains(ParticipantId(0)));
+        assert!(max_step(&c, 9, 0) < 1_200, "step {}", max_step(&c, 9, 0));
+        // Mute and unmute fade too.
+        c.mixer.set_muted(ParticipantId(1), true).unwrap();
+        c.run(5);
+        c.mixer.set_muted(ParticipantId(1), false).unwrap();
+        c.run(5);
+        assert!(max_step(&c, 9, 0) < 1_200);
+        assert_eq!(c.mixer.len(), 2);
+    }
+
+    #[test]
+    fn api_misuse_is_an_error() {
+        let mut m = Mixer::new(MixerConfig::default());
+        let id = ParticipantId(1);
+        m.add(id, Codec::Pcmu, 0, 1).unwrap();
+        assert_eq!(
+            m.add(id, Codec::Pcmu, 0, 1),
+            Err(MixerError::AlreadyPresent)
+        );
+        assert_eq!(
+            m.add(ParticipantId(2), Codec::Pcmu, 128, 1),
+            Err(MixerError::BadPayloadType)
+        );
+        let t = Instant::now();
+        assert_eq!(
+            m.push_rtp(ParticipantId(2), 0, 0, false, &[0; 160], t),
+            Err(MixerError::UnknownParticipant)
+        );
+        assert_eq!(
+            m.push_rtp(id, 0, 0, false, &[0; 12], t),
+            Ok(PushOutcome::Malformed)
+        );
+        m.remove(id).unwrap();
+        assert!(m.is_empty(), "a participant not in the mix leaves at once");
+        assert_eq!(m.remove(id), Err(MixerError::UnknownParticipant));
+        assert!(m.tick(t).packets.is_empty());
     }
 }

@@ -31,7 +31,7 @@ pub mod tone;
 use std::time::Duration;
 
 pub use codec::{Codec, CodecError};
-pub use jitter::{Frame, FrameKind, JitterBuffer, JitterConfig, JitterStats, PushOutcome};
+pub use jitter::{Frame, FrameKind, JitterBuffer, JitterConfig, JitterStats, Playout, PushOutcome};
 pub use mixer::{Mixer, MixerConfig, MixerError, OutPacket, ParticipantStats, TickOutput};
 pub use talker::{TalkerConfig, TalkerDetector};
 
@@ -42,7 +42,5 @@ pub const FRAME_SAMPLES: usize = 160;
 /// The mixing period and frame duration.
 pub const FRAME_DURATION: Duration = Duration::from_millis(20);
 
-/// A conference participant as the mixer knows it. Until `conference::roster` defines the
-/// shared `ParticipantId(pub u32)`, the mixer declares the same newtype here.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct ParticipantId(pub u32);
+/// The participant id shared with the roster, floor control and video switching.
+pub use super::roster::ParticipantId;

@@ -486,7 +486,12 @@ impl Checks {
     /// The table as text.
     pub fn table(&self) -> String {
         let w = |f: fn(&Check) -> &str, min: usize| {
-            self.0.iter().map(|c| f(c).len()).max().unwrap_or(0).max(min)
+            self.0
+                .iter()
+                .map(|c| f(c).len())
+                .max()
+                .unwrap_or(0)
+                .max(min)
         };
         let (a, b, c) = (w(|c| &c.name, 5), w(|c| &c.value, 5), w(|c| &c.limit, 5));
         let mut s = format!("{:a$}  {:>b$}  {:c$}  ok\n", "check", "value", "limit");
@@ -654,7 +659,9 @@ mod tests {
         assert!(t.slope.abs() < 1e-3, "{t:?}");
         assert!(t.ok(), "{t:?}");
         // +0.1 per second over 200 s: growth 20 on a mean of 110, more than 10%.
-        let leak: Vec<(f64, f64)> = (0..200).map(|i| (i as f64, 100.0 + 0.1 * i as f64)).collect();
+        let leak: Vec<(f64, f64)> = (0..200)
+            .map(|i| (i as f64, 100.0 + 0.1 * i as f64))
+            .collect();
         let t = Trend::fit(&leak, 0.1, 1.0).unwrap();
         assert!((t.growth - 19.9).abs() < 1e-6, "{t:?}");
         assert!(t.sigma < 1e-6, "{t:?}");
@@ -672,7 +679,10 @@ mod tests {
             .collect();
         let a = Trend::fit(&pts, 0.0, 1.0).unwrap();
         let b = Trend::fit(&pts, 0.0, 10.0).unwrap();
-        assert!((b.sigma / a.sigma - 10f64.sqrt()).abs() < 1e-9, "{a:?} {b:?}");
+        assert!(
+            (b.sigma / a.sigma - 10f64.sqrt()).abs() < 1e-9,
+            "{a:?} {b:?}"
+        );
     }
 
     #[test]

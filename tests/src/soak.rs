@@ -288,6 +288,8 @@ pub struct Sample {
     pub fds: f64,
     /// Threads (`Threads:` of `/proc/PID/status`).
     pub threads: f64,
+    /// CPU time used so far (user + system, `/proc/PID/stat`), seconds.
+    pub cpu_s: f64,
     /// Every gauge series of `/metrics` (families of `# TYPE ... gauge`).
     pub gauges: BTreeMap<String, f64>,
 }
@@ -302,6 +304,20 @@ pub fn proc_status(pid: u32) -> Option<(f64, f64)> {
             .and_then(|v| v.parse::<f64>().ok())
     };
     Some((field("VmRSS:")?, field("Threads:")?))
+}
+
+/// CPU time (user + system) a process used so far, in seconds (`/proc/PID/stat`).
+pub fn cpu_seconds(pid: u32) -> Option<f64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // Fields after the command name (which may hold spaces), from field 3 on.
+    let rest = &text[text.rfind(')')? + 1..];
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok());
+    // SAFETY: sysconf(3) has no memory-safety preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as f64 } else { 100.0 };
+    // utime and stime are fields 14 and 15: 12 and 13 after the name.
+    Some((ticks(11)? + ticks(12)?) / hz)
 }
 
 /// Open file descriptors of a process.
@@ -339,12 +355,14 @@ pub fn gauges(text: &str) -> BTreeMap<String, f64> {
 pub fn sample(pid: u32, http: SocketAddr, t0: Instant) -> Option<Sample> {
     let (rss_kib, threads) = proc_status(pid)?;
     let fds = fd_count(pid)?;
+    let cpu_s = cpu_seconds(pid)?;
     let r = crate::http::get(http, "/metrics", Duration::from_secs(5)).ok()?;
     Some(Sample {
         t: t0.elapsed().as_secs_f64(),
         rss_kib,
         fds,
         threads,
+        cpu_s,
         gauges: gauges(&r.body),
     })
 }
@@ -558,8 +576,8 @@ pub fn add_series(
     }
 }
 
-/// A sample series as a value per second of the run (the last sample at or before each
-/// second), for plots whose x axis is the second of the run.
+/// A sample series as a value per second of the run (the last sample taken in each second;
+/// `None` for a second without one), for plots whose x axis is the second of the run.
 pub fn per_second(samples: &[Sample], value: impl Fn(&Sample) -> f64) -> Vec<Option<f64>> {
     let Some(last) = samples.last() else {
         return Vec::new();
@@ -568,6 +586,22 @@ pub fn per_second(samples: &[Sample], value: impl Fn(&Sample) -> f64) -> Vec<Opt
     for s in samples {
         if let Some(slot) = out.get_mut(s.t.floor() as usize) {
             *slot = Some(value(s));
+        }
+    }
+    out
+}
+
+/// CPU use between consecutive samples, in percent of one core, per second of the run.
+pub fn cpu_per_second(samples: &[Sample]) -> Vec<Option<f64>> {
+    let mut out = Vec::new();
+    for w in samples.windows(2) {
+        let dt = w[1].t - w[0].t;
+        let k = w[1].t.floor() as usize;
+        if dt > 0.0 {
+            if out.len() <= k {
+                out.resize(k + 1, None);
+            }
+            out[k] = Some(100.0 * (w[1].cpu_s - w[0].cpu_s) / dt);
         }
     }
     out
@@ -709,12 +743,23 @@ mod tests {
     }
 
     #[test]
+    fn our_own_cpu_time_is_read() {
+        let busy = Instant::now();
+        while busy.elapsed() < Duration::from_millis(50) {
+            std::hint::black_box(0u64);
+        }
+        let t = cpu_seconds(std::process::id()).unwrap();
+        assert!(t > 0.0 && t < 3600.0, "{t}");
+    }
+
+    #[test]
     fn samples_become_a_value_per_second() {
         let s = |t: f64, rss: f64| Sample {
             t,
             rss_kib: rss,
             fds: 0.0,
             threads: 0.0,
+            cpu_s: 0.0,
             gauges: BTreeMap::new(),
         };
         let v = per_second(&[s(0.1, 1.0), s(2.5, 3.0)], |s| s.rss_kib);

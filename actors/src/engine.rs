@@ -232,12 +232,14 @@ impl EngineHandle {
     /// that only absorb retransmissions of an answer already sent do not hold the shutdown.
     pub fn shutdown(mut self, drain: Duration, grace: Duration) {
         self.shared.start_draining();
+        // Sessions and conferences alive.
         let sessions = |shared: &Shared| -> u64 {
-            shared
+            let sessions: u64 = shared
                 .metrics
                 .iter()
                 .map(|m| m.sessions.load(std::sync::atomic::Ordering::Relaxed))
-                .sum()
+                .sum();
+            sessions + shared.conferences.counts().0 as u64
         };
         let drained = Instant::now() + drain;
         while sessions(&self.shared) > 0 && Instant::now() < drained {

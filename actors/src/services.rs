@@ -182,8 +182,17 @@ impl Services {
         {
             panic!("fault injected by X-Cpm-Test: panic");
         }
-        // Requests to a conference focus go to its actor (decision 0014).
-        if let Some(name) = self.shared.conferences.names().conference_of(&req) {
+        // Requests to a conference focus go to its actor (decision 0014); while shutting
+        // down, only those of its dialogs (a new participant gets 503 below).
+        let joining = req.method() == Some(&Method::Invite)
+            && cpm_engine::sip::dialog::DialogId::of_request(&req).is_none();
+        if let Some(name) = self
+            .shared
+            .conferences
+            .names()
+            .conference_of(&req)
+            .filter(|_| !(joining && self.shared.is_draining()))
+        {
             let name = name.to_vec();
             return self.conference_request(&name, id, req, source, transport, now, txn);
         }

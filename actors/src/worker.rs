@@ -39,7 +39,8 @@ pub struct StartIo {
 }
 
 /// The server's drain time passed on shutdown: end every session of this worker (BYE to both
-/// parties of an established one, 503 to a caller still being connected).
+/// parties of an established one, 503 to a caller still being connected) and every conference
+/// (BYE to every participant).
 #[derive(Message)]
 #[rtype(result = "()")]
 pub struct EndSessions;
@@ -53,6 +54,9 @@ impl Handler<EndSessions> for Worker {
         }
         for actor in self.services.sessions.actors() {
             actor.do_send(crate::session::ToSession::Shutdown);
+        }
+        for actor in self.services.conferences.actors() {
+            actor.do_send(crate::conference::EndConference);
         }
     }
 }

@@ -5,6 +5,8 @@
 //! cpm-loadgen call|options|register|message|msrp --target HOST:PORT [--to USER_PATTERN] --rate PER_S
 //!     (--count N | --duration SECS) [--hold SECS] [--concurrency N] [--ramp-up SECS]
 //!     [--json FILE] [--html FILE] [--max-loss PCT] [--max-p99-ms MS] [--min-success PCT]
+//! cpm-loadgen conference --target HOST:PORT --conferences C --participants P [--talkers T]
+//!     [--duration SECS] [--factory URI] [--codec pcmu|pcma] [--register]
 //! ```
 //!
 //! Flags take their value as the next argument or after `=`. [`USAGE`] lists every option.
@@ -14,6 +16,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::report::Thresholds;
+use crate::scenario::conference::tones::Law;
 use crate::scenario::media::{self, MediaProfile};
 use crate::scenario::uas::RtpMode;
 use crate::scenario::Pattern;
@@ -28,6 +31,8 @@ USAGE:
   cpm-loadgen (call|options|register|message|msrp) --target HOST:PORT [--to USER_PATTERN] --rate PER_S
               (--count N | --duration SECS) [--hold SECS] [--concurrency N] [--ramp-up SECS]
               [--json FILE] [--html FILE] [--max-loss PCT] [--max-p99-ms MS] [--min-success PCT]
+  cpm-loadgen conference --target HOST:PORT --conferences C --participants P [--talkers T]
+              [--duration SECS] [--factory URI] [--codec pcmu|pcma] [--register] [--rate PER_S]
 
 CLIENT OPTIONS (call, options, register, message, msrp):
   --target HOST:PORT     where requests go (a server, or a uas directly)
@@ -67,6 +72,26 @@ CLIENT OPTIONS (call, options, register, message, msrp):
   --expires SECS         register: expiry asked for [3600]
   --transport udp        only udp for now
   --local IP             address to bind and put in Via/Contact [the route to the target]
+
+CONFERENCE OPTIONS (ad-hoc conferences, RFC 4579; each participant is a session):
+  --conferences C        conferences [1]
+  --participants P       participants per conference, the creator included [3]
+  --talkers T            participants per conference sending a tone of their own (400 Hz
+                         upwards, at most 28) in bursts, 1 s on, 1 s off; the others send
+                         G.711 silence [3]
+  --duration SECS        how long each conference runs once all its participants are in [10]
+  --factory URI          the conference factory URI [sip:conf-factory@DOMAIN]
+  --codec pcmu|pcma      the codec offered [pcmu]
+  --register             register every participant (sip:<--from>@DOMAIN) first; with
+                         --password / --users-file for digest
+  --from PATTERN         participant i's user (i = conference * P + n) [part%04d]
+  --rate PER_S           participants joining per second [50]
+  --rtp-ports MIN-MAX, --local IP, --drain SECS, --expires SECS   as for call
+  (participant 0 INVITEs the factory and takes the focus URI from the 200's Contact;
+  the others INVITE the focus; after --duration all send BYE. Measured: join time,
+  mixer_tick_lateness, mixer_interarrival_dev, mixer_delay (burst onset -> first frame
+  with that tone at a receiver), RTP loss, and at each burst's end tones_ok/tones_wrong:
+  every other talker present, one's own absent)
 
 UAS OPTIONS:
   --listen ADDR:PORT     user i's socket is PORT+i (all ephemeral with port 0)
@@ -116,6 +141,8 @@ pub enum ScenarioKind {
     Message,
     /// INVITE with a chat offer, MSRP messages, BYE.
     Msrp,
+    /// Ad-hoc conferences: factory INVITE, joins, tones through the mixer, BYE.
+    Conference,
 }
 
 impl ScenarioKind {
@@ -127,6 +154,7 @@ impl ScenarioKind {
             ScenarioKind::Register => "register",
             ScenarioKind::Message => "message",
             ScenarioKind::Msrp => "msrp",
+            ScenarioKind::Conference => "conference",
         }
     }
 }
@@ -199,8 +227,41 @@ pub struct ClientArgs {
     pub expires: u32,
     /// `--local`.
     pub local: Option<IpAddr>,
+    /// `--conferences`, `--participants`, `--talkers`, `--factory`, `--codec`, `--register`
+    /// (conference).
+    pub conference: ConferenceArgs,
     /// Common options.
     pub common: Common,
+}
+
+/// The options of the `conference` scenario.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConferenceArgs {
+    /// `--conferences`.
+    pub conferences: usize,
+    /// `--participants`.
+    pub participants: usize,
+    /// `--talkers`.
+    pub talkers: usize,
+    /// `--factory`.
+    pub factory: Option<String>,
+    /// `--codec pcmu|pcma`.
+    pub law: Law,
+    /// `--register`.
+    pub register: bool,
+}
+
+impl Default for ConferenceArgs {
+    fn default() -> Self {
+        ConferenceArgs {
+            conferences: 1,
+            participants: 3,
+            talkers: 3,
+            factory: None,
+            law: Law::Mu,
+            register: false,
+        }
+    }
 }
 
 /// The `uas` subcommand.
@@ -275,13 +336,14 @@ pub fn parse(args: &[String]) -> Result<Command, String> {
         "register" => parse_client(ScenarioKind::Register, rest).map(Command::client),
         "message" => parse_client(ScenarioKind::Message, rest).map(Command::client),
         "msrp" => parse_client(ScenarioKind::Msrp, rest).map(Command::client),
+        "conference" => parse_client(ScenarioKind::Conference, rest).map(Command::client),
         other => Err(format!("unknown subcommand {other:?}")),
     }
 }
 
 /// `--flag value` and `--flag=value` pairs, in order.
 fn pairs(args: &[String]) -> Result<Vec<(String, Option<String>)>, String> {
-    const SWITCHES: [&str; 2] = ["--quiet", "--help"];
+    const SWITCHES: [&str; 3] = ["--quiet", "--help", "--register"];
     let mut out = Vec::new();
     let mut it = args.iter();
     while let Some(a) = it.next() {
@@ -389,6 +451,7 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
         users_file: None,
         expires: 3600,
         local: None,
+        conference: ConferenceArgs::default(),
         common: Common {
             thresholds: Thresholds {
                 min_success_pct: Some(100.0),
@@ -403,6 +466,9 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
     for (k, v) in pairs(args)? {
         let v = v.unwrap_or_default();
         if common(&mut a.common, &k, &v)? {
+            continue;
+        }
+        if kind == ScenarioKind::Conference && conference_option(&mut a.conference, &k, &v)? {
             continue;
         }
         match k.as_str() {
@@ -453,6 +519,9 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
             _ => return Err(format!("{}: unknown option {k}", kind.name())),
         }
     }
+    if kind == ScenarioKind::Conference {
+        return finish_conference(a, rate);
+    }
     a.rate = rate.ok_or("--rate PER_S is required")?;
     a.hold = hold.unwrap_or(match kind {
         ScenarioKind::Msrp => Duration::ZERO,
@@ -478,6 +547,55 @@ fn parse_client(kind: ScenarioKind, args: &[String]) -> Result<ClientArgs, Strin
     }
     if a.users == 0 || a.concurrency == 0 {
         return Err("--users and --concurrency must be at least 1".into());
+    }
+    Ok(a)
+}
+
+/// Handles an option of the `conference` scenario; false if `k` is not one.
+fn conference_option(c: &mut ConferenceArgs, k: &str, v: &str) -> Result<bool, String> {
+    match k {
+        "--conferences" => c.conferences = num(k, v)?,
+        "--participants" => c.participants = num(k, v)?,
+        "--talkers" => c.talkers = num(k, v)?,
+        "--factory" => {
+            if !v.starts_with("sip:") && !v.starts_with("sips:") {
+                return Err(format!("--factory {v:?}: a sip: URI"));
+            }
+            c.factory = Some(v.to_string())
+        }
+        "--codec" => {
+            c.law = Law::parse(v).ok_or_else(|| format!("--codec {v}: pcmu or pcma"))?;
+        }
+        "--register" => c.register = true,
+        _ => return Ok(false),
+    }
+    Ok(true)
+}
+
+/// The defaults and checks of `conference`: every participant is a session (the count), the
+/// run's `--duration` is each conference's, joins at `--rate` (50/s by default).
+fn finish_conference(mut a: ClientArgs, rate: Option<f64>) -> Result<ClientArgs, String> {
+    let c = &a.conference;
+    if c.conferences == 0 || c.participants == 0 {
+        return Err("--conferences and --participants must be at least 1".into());
+    }
+    if c.talkers > crate::scenario::conference::tones::MAX_TALKERS {
+        return Err(format!(
+            "--talkers {}: at most {}",
+            c.talkers,
+            crate::scenario::conference::tones::MAX_TALKERS
+        ));
+    }
+    if a.target.is_none() {
+        return Err("--target HOST:PORT is required".into());
+    }
+    let sessions = c.conferences as u64 * c.participants as u64;
+    a.rate = rate.unwrap_or(50.0);
+    a.count = Some(sessions);
+    a.duration = Some(a.duration.unwrap_or(Duration::from_secs(10)));
+    a.concurrency = usize::try_from(sessions).unwrap_or(usize::MAX);
+    if a.from == Pattern::parse("loadgen")? {
+        a.from = Pattern::parse("part%04d")?;
     }
     Ok(a)
 }
@@ -727,6 +845,50 @@ mod tests {
         assert_eq!(parse(&args("help")).unwrap(), Command::Help);
         assert_eq!(parse(&args("--version")).unwrap(), Command::Version);
         assert!(USAGE.contains("--max-p99-ms"));
+    }
+
+    #[test]
+    fn the_conference_line() {
+        let Command::Client(c) = parse(&args(
+            "conference --target 127.0.0.1:5060 --conferences 2 --participants 20 --talkers 3 \
+             --duration 4 --factory sip:conf@example.com --codec pcma --register --password pw",
+        ))
+        .unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.kind, ScenarioKind::Conference);
+        let k = &c.conference;
+        assert_eq!((k.conferences, k.participants, k.talkers), (2, 20, 3));
+        assert_eq!(k.factory.as_deref(), Some("sip:conf@example.com"));
+        assert_eq!(k.law, Law::A);
+        assert!(k.register);
+        assert_eq!(c.password.as_deref(), Some("pw"));
+        // Every participant is a session, all in flight at once; joins at 50/s by default.
+        assert_eq!(c.count, Some(40));
+        assert_eq!(c.concurrency, 40);
+        assert_eq!(c.rate, 50.0);
+        assert_eq!(c.duration, Some(Duration::from_secs(4)));
+        assert_eq!(c.from.expand(7), "part0007");
+        let Command::Client(c) = parse(&args("conference --target h:1")).unwrap() else {
+            panic!()
+        };
+        assert_eq!(c.conference, ConferenceArgs::default());
+        assert_eq!(c.duration, Some(Duration::from_secs(10)));
+        assert!(!c.conference.register);
+        for (bad, want) in [
+            ("--codec g722", "pcmu or pcma"),
+            ("--talkers 29", "at most 28"),
+            ("--participants 0", "at least 1"),
+            ("--factory conf@x", "sip: URI"),
+        ] {
+            let e = parse(&args(&format!("conference --target h:1 {bad}"))).unwrap_err();
+            assert!(e.contains(want), "{bad}: {e}");
+        }
+        assert!(parse(&args("conference --conferences 1"))
+            .unwrap_err()
+            .contains("--target"));
+        // The conference options belong to it alone.
+        assert!(parse(&args("call --target h:1 --rate 1 --count 1 --talkers 3")).is_err());
     }
 
     #[test]

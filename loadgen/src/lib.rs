@@ -1,7 +1,7 @@
 //! # cpm-loadgen: the bundled load generator
 //!
 //! One binary, `cpm-loadgen`, plays the client side (`options`, `register`, `message`,
-//! `call`) and the answering side (`uas`) of SIP workloads, paces them precisely, measures
+//! `call`, `msrp`, `conference`) and the answering side (`uas`) of SIP workloads, paces them precisely, measures
 //! them with hdrhistogram, and reports a text summary, a JSON file and a self-contained HTML
 //! page; thresholds set the exit code. The command line is in [`cli`] (a contract: issue 3).
 //!
@@ -31,7 +31,7 @@
 //!   and a per-second point (count, p50, p99, max) of each, per-second counters (sessions,
 //!   RTP packets) and failures by reason. [`report`] renders it.
 //!
-//! ## Adding a scenario (`msrp`, `conference`; [`scenario::call`] is the worked example)
+//! ## Adding a scenario ([`scenario::call`] is the worked example)
 //!
 //! A scenario implements [`scenario::Scenario`]:
 //! - `setup` binds its sockets with [`driver::Ctx::bind_udp`] — [`scenario::SocketKind::Sip`]

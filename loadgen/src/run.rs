@@ -13,6 +13,7 @@ use crate::metrics::Quantity;
 use crate::pacing::{Pacer, Schedule};
 use crate::report::{self, Report};
 use crate::scenario::call::Call;
+use crate::scenario::conference::{Conference, ConferenceConfig};
 use crate::scenario::message::{Body, MessageScenario};
 use crate::scenario::msrp::{MsrpConfig, MsrpScenario};
 use crate::scenario::options::Options;
@@ -397,6 +398,7 @@ pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
             a.media.clone(),
             a.rtp_ports,
         )),
+        ScenarioKind::Conference => return run_conference(a, target, start, seed, cpu_before),
     };
     let plan = Plan {
         pacer: Some(Pacer::new(
@@ -428,6 +430,64 @@ pub fn run_client(a: &ClientArgs) -> Result<Report, String> {
                 .push("receiver: no stamped MESSAGE arrived".into());
         }
     }
+    Ok(Report {
+        role: "client",
+        target: addr.to_string(),
+        rate_requested: Some(a.rate),
+        data,
+        thresholds: a.common.thresholds,
+        cpu: cpu_before.zip(sys::cpu_used()).map(|(b, a)| a.since(b)),
+    })
+}
+
+/// The `conference` subcommand: every participant a session, started at `--rate` (creators
+/// first), all in flight at once; the run lasts the joins, `--duration`, and the BYEs.
+fn run_conference(
+    a: &ClientArgs,
+    target: Target,
+    start: Instant,
+    seed: u64,
+    cpu_before: Option<report::CpuUse>,
+) -> Result<Report, String> {
+    let c = &a.conference;
+    let duration = a.duration.unwrap_or(Duration::from_secs(10));
+    let cfg = ConferenceConfig {
+        conferences: c.conferences,
+        participants: c.participants,
+        talkers: c.talkers,
+        duration,
+        factory: c.factory.clone(),
+        law: c.law,
+        register: if c.register {
+            Some((
+                Secrets::load(a.password.as_deref(), a.users_file.as_deref())?,
+                a.expires,
+            ))
+        } else {
+            None
+        },
+        rtp_ports: a.rtp_ports,
+        burst: (Duration::from_secs(1), Duration::from_secs(1)),
+        settle: Duration::from_millis(500),
+    };
+    let sessions = cfg.sessions();
+    let addr = target.addr;
+    let scenario = Conference::new(target, cfg)?.leaving_on_signals();
+    let plan = Plan {
+        pacer: Some(Pacer::new(
+            Schedule::new(a.rate, a.ramp_up),
+            start,
+            Some(sessions),
+            None,
+        )),
+        concurrency: usize::try_from(sessions).unwrap_or(usize::MAX),
+        // After the last join: the INVITEs in flight, the conference, the BYEs.
+        drain: a.drain + duration,
+        run_for: None,
+    };
+    let driver = Driver::new(Box::new(scenario), plan, start, unix_us(), seed);
+    let stop = AtomicBool::new(false);
+    let data = drive(driver, &stop, true, show_progress(&a.common), None, true)?;
     Ok(Report {
         role: "client",
         target: addr.to_string(),

@@ -11,12 +11,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use cpm_engine::sip::builder;
 use cpm_engine::sip::digest::{find_credentials, Authenticator, UserSecret, Verdict};
-use cpm_engine::sip::{HeaderName, Method};
+use cpm_engine::sip::{HeaderName, Message, Method};
 
 use crate::driver::{Driver, Net, Plan, RunData};
 use crate::metrics::{Counter, Quantity};
 use crate::pacing::{Pacer, Schedule};
 use crate::scenario::call::Call;
+use crate::scenario::conference::receive;
+use crate::scenario::conference::tones::Law;
+use crate::scenario::conference::{notes, Conference, ConferenceConfig, JOIN};
 use crate::scenario::media::{parse_codec, MediaProfile};
 use crate::scenario::message::{Body, MessageScenario};
 use crate::scenario::options::Options;
@@ -774,4 +777,272 @@ fn an_offer_the_uas_cannot_accept_gets_488() {
         c.recorder.failures()
     );
     assert_eq!(c.recorder.total(Counter::RtpSent), 0);
+}
+
+/// A conference focus on the simulated network: the engine's mix-minus mixer behind a
+/// factory URI (RFC 4579): an INVITE to `sip:conf-factory@…` creates conference `conf-N`, one
+/// to `sip:conf-N@…` joins it; each is answered 200 with `Contact: <focus>;isfocus` and an RTP
+/// port of its own; every 20 ms each participant gets its packet of its conference's mix.
+struct FakeFocus {
+    mixers: Vec<cpm_engine::conference::audio::Mixer>,
+    addr: SocketAddr,
+    /// Call-ID → (conference, participant).
+    legs: HashMap<Bytes, (usize, cpm_engine::conference::audio::ParticipantId)>,
+    /// RTP socket → (conference, participant).
+    by_socket: HashMap<SocketId, (usize, cpm_engine::conference::audio::ParticipantId)>,
+    /// Participant → (our RTP socket, its media address).
+    out: HashMap<cpm_engine::conference::audio::ParticipantId, (SocketId, SocketAddr)>,
+    next: u32,
+    next_tick: Option<Instant>,
+}
+
+impl FakeFocus {
+    fn new() -> FakeFocus {
+        FakeFocus {
+            mixers: Vec::new(),
+            addr: "10.0.0.2:5060".parse().unwrap(),
+            legs: HashMap::new(),
+            by_socket: HashMap::new(),
+            out: HashMap::new(),
+            next: 0,
+            next_tick: None,
+        }
+    }
+
+    fn join(&mut self, ctx: &mut crate::driver::Ctx<'_>, inc: &Incoming, conf: usize) -> Message {
+        use cpm_engine::conference::audio::{Codec as MixCodec, Mixer, ParticipantId};
+        use cpm_engine::sdp::{Codec, SessionDescription};
+        if conf == self.mixers.len() {
+            self.mixers.push(Mixer::new(Default::default()));
+        }
+        let req = &inc.request;
+        let offer = SessionDescription::parse(&req.body).unwrap();
+        let remote = crate::scenario::media::remote_media(&offer).unwrap();
+        let (socket, local) = ctx
+            .bind_udp(SocketAddr::new(self.addr.ip(), 0), SocketKind::Raw)
+            .unwrap();
+        let answer = cpm_engine::sdp::answer(
+            &offer,
+            local.ip(),
+            |_, _| local.port(),
+            &[Codec::PCMU, Codec::PCMA],
+        )
+        .unwrap();
+        let pt = answer.media()[0].codecs()[0].payload_type();
+        let codec = if pt == 0 {
+            MixCodec::Pcmu
+        } else {
+            MixCodec::Pcma
+        };
+        let id = ParticipantId(self.next);
+        self.next += 1;
+        self.mixers[conf].add(id, codec, pt, 0x1000 + id.0).unwrap();
+        self.legs.insert(req.call_id().unwrap().clone(), (conf, id));
+        self.by_socket.insert(socket, (conf, id));
+        self.out.insert(id, (socket, remote));
+        if self.next_tick.is_none() {
+            self.next_tick = Some(ctx.now());
+            ctx.set_timer(ctx.now(), crate::scenario::NO_SESSION, 0);
+        }
+        let mut ok = builder::response_to_with_tag(req, 200, "OK", Some("focus"));
+        ok.headers.push(
+            HeaderName::Contact,
+            format!("<sip:conf-{conf}@{}>;isfocus", self.addr),
+        );
+        ok.set_body(answer.to_bytes(), Some("application/sdp"));
+        ok
+    }
+}
+
+impl Scenario for FakeFocus {
+    fn name(&self) -> &'static str {
+        "focus"
+    }
+
+    fn primary(&self) -> Quantity {
+        Quantity::Custom("none")
+    }
+
+    fn setup(&mut self, ctx: &mut crate::driver::Ctx<'_>) -> Result<(), String> {
+        ctx.bind_udp(self.addr, SocketKind::Sip)
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
+    fn on_request(&mut self, ctx: &mut crate::driver::Ctx<'_>, inc: Incoming) {
+        let req = &inc.request;
+        let uri = String::from_utf8_lossy(req.request_uri().unwrap()).into_owned();
+        let focus = uri
+            .strip_prefix("sip:conf-")
+            .and_then(|r| r.split('@').next())
+            .and_then(|n| n.parse::<usize>().ok())
+            .filter(|n| *n < self.mixers.len());
+        let r = match req.method() {
+            Some(Method::Invite) if uri.starts_with("sip:conf-factory@") => {
+                self.join(ctx, &inc, self.mixers.len())
+            }
+            Some(Method::Invite) if focus.is_some() => {
+                self.join(ctx, &inc, focus.unwrap_or_default())
+            }
+            Some(Method::Bye) => {
+                if let Some((conf, id)) = self.legs.remove(req.call_id().unwrap()) {
+                    self.mixers[conf].remove(id).unwrap();
+                    self.out.remove(&id);
+                }
+                builder::response_to(req, 200, "OK")
+            }
+            _ => builder::local_response(req, 404, "Not Found"),
+        };
+        ctx.respond(inc.tx, &r);
+    }
+
+    fn on_timer(
+        &mut self,
+        ctx: &mut crate::driver::Ctx<'_>,
+        _s: crate::scenario::SessionId,
+        _t: u64,
+    ) {
+        let now = ctx.now();
+        for mixer in &mut self.mixers {
+            for p in &mixer.tick(now).packets {
+                if let Some(&(socket, dest)) = self.out.get(&p.id) {
+                    ctx.send_raw(socket, dest, &p.packet);
+                }
+            }
+        }
+        let next = self.next_tick.unwrap_or(now) + 20 * MS;
+        self.next_tick = Some(next);
+        ctx.set_timer(next, crate::scenario::NO_SESSION, 0);
+    }
+
+    fn on_datagram(
+        &mut self,
+        ctx: &mut crate::driver::Ctx<'_>,
+        socket: SocketId,
+        _source: SocketAddr,
+        payload: Bytes,
+    ) {
+        let Some(&(conf, id)) = self.by_socket.get(&socket) else {
+            return;
+        };
+        let pkt = cpm_engine::rtp::parse(payload).unwrap();
+        let _ = self.mixers[conf].push_rtp(
+            id,
+            pkt.seq().0,
+            pkt.timestamp(),
+            pkt.marker(),
+            pkt.payload_bytes(),
+            ctx.now(),
+        );
+    }
+}
+
+fn conference_config(participants: usize, talkers: usize) -> ConferenceConfig {
+    ConferenceConfig {
+        conferences: 1,
+        participants,
+        talkers,
+        duration: Duration::from_secs(4),
+        factory: None,
+        law: Law::Mu,
+        register: None,
+        rtp_ports: None,
+        burst: (Duration::from_secs(1), Duration::from_secs(1)),
+        settle: Duration::from_millis(500),
+    }
+}
+
+#[test]
+fn a_conference_through_the_engine_mixer_hears_every_other_talker() {
+    let mut sim = Sim::new(5 * MS, None);
+    let focus = sim.add(Box::new(FakeFocus::new()), uas_plan());
+    let plan = client_plan(&sim, 50.0, 3, 3);
+    let scenario = Conference::new(target(sim.addr(focus), 1), conference_config(3, 3)).unwrap();
+    let client = sim.add(Box::new(scenario), plan);
+    sim.run_until_done(client, Duration::from_secs(20));
+    let c = sim.finish(client);
+    let r = &c.recorder;
+    assert_eq!(r.total(Counter::Succeeded), 3, "{:?}", r.failures());
+    assert_eq!(r.noted(notes::CREATED), 1);
+    assert_eq!(r.noted(notes::JOINED), 3);
+    assert_eq!(r.noted("focus_contacts_without_isfocus"), 0);
+    // Two bursts in 4 s; each of 3 receivers checks 3 talkers (2 others, itself) per burst.
+    assert_eq!(r.noted(notes::BURSTS), 2);
+    assert_eq!(r.noted(notes::TONES_WRONG), 0, "{:?}", r.notes());
+    assert_eq!(r.noted(notes::TONES_OK), 18);
+    assert_eq!(r.noted(notes::RECEIVERS_OK), 3);
+    assert_eq!(r.total(Counter::RtpLost), 0);
+    assert!(
+        r.total(Counter::RtpReceived) > 3 * 150,
+        "{}",
+        r.total(Counter::RtpReceived)
+    );
+    // Each receiver detects each other talker's onset once per burst: the network both ways
+    // plus the mixer's jitter buffer and talker detection.
+    let delay = r.stats(receive::DELAY).unwrap();
+    assert_eq!(delay.count, 12);
+    assert!(
+        delay.min_us >= 10_000 && delay.max_us < 300_000,
+        "{delay:?}"
+    );
+    // Virtual time: the mixer's tick is exact.
+    assert!(r.stats(receive::TICK_LATENESS).unwrap().max_us <= 1);
+    let join = r.stats(JOIN).unwrap();
+    assert_eq!((join.count, join.min_us), (3, 10_000));
+    // The report's conference figures.
+    let report = crate::report::Report {
+        role: "client",
+        target: "10.0.0.2:5060".into(),
+        rate_requested: Some(50.0),
+        data: c,
+        thresholds: Default::default(),
+        cpu: None,
+    };
+    let text = crate::report::text::summary(&report);
+    assert!(
+        text.contains("conferences: 1 of 1 created; participants: 3 of 3 joined"),
+        "{text}"
+    );
+    assert!(
+        text.contains("tones: 18 ok, 0 wrong; receivers all right: 3 of 3"),
+        "{text}"
+    );
+    let json = crate::report::json::to_json(&report);
+    assert_eq!(json["conference"]["tones_ok"], 18);
+    assert_eq!(json["conference"]["delay"]["count"], 12);
+    assert_eq!(json["conference"]["loss_pct"], 0.0);
+    assert!(crate::report::html::page(&report).contains("<h2>Conference</h2>"));
+}
+
+#[test]
+fn joiners_wait_for_the_focus_and_a_refused_factory_fails_them_all() {
+    let mut sim = Sim::new(5 * MS, None);
+    let focus = sim.add(Box::new(FakeFocus::new()), uas_plan());
+    // Two conferences of 4, one talker; the joiners are due before the focus is known.
+    let mut cfg = conference_config(4, 1);
+    cfg.conferences = 2;
+    let plan = client_plan(&sim, 1000.0, 8, 8);
+    let scenario = Conference::new(target(sim.addr(focus), 1), cfg).unwrap();
+    let client = sim.add(Box::new(scenario), plan);
+    sim.run_until_done(client, Duration::from_secs(20));
+    let c = sim.finish(client);
+    let r = &c.recorder;
+    assert_eq!(r.total(Counter::Succeeded), 8, "{:?}", r.failures());
+    // The talker is checked for its own tone only; the 3 others for the talker's.
+    assert_eq!(r.noted(notes::TONES_OK), 2 * 2 * 4);
+    assert_eq!(r.noted(notes::TONES_WRONG), 0);
+
+    // A factory URI the server does not know: the creator's 404 fails every joiner.
+    let mut sim = Sim::new(5 * MS, None);
+    let focus = sim.add(Box::new(FakeFocus::new()), uas_plan());
+    let mut cfg = conference_config(3, 3);
+    cfg.factory = Some("sip:nobody@10.0.0.2".into());
+    let plan = client_plan(&sim, 1000.0, 3, 3);
+    let scenario = Conference::new(target(sim.addr(focus), 1), cfg).unwrap();
+    let client = sim.add(Box::new(scenario), plan);
+    sim.run_until_done(client, Duration::from_secs(20));
+    let c = sim.finish(client);
+    let f = c.recorder.failures();
+    assert_eq!(f.get("INVITE: 404 Not Found"), Some(&1), "{f:?}");
+    assert_eq!(f.get("no conference to join"), Some(&2), "{f:?}");
 }

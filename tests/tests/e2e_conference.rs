@@ -588,3 +588,44 @@ fn a_panicking_conference_releases_everything() {
     assert_released(&cpmd);
     drop(b);
 }
+
+/// SIGTERM (issue 7, graceful shutdown): a running conference goes on for `--drain-time` while
+/// a new participant gets 503; then the focus BYEs everyone and cpmd exits 0.
+#[test]
+fn sigterm_drains_then_ends_the_conference() {
+    let mut cpmd = spawn(&["--drain-time", "1"]);
+    let alice = registered(&cpmd, "alice");
+    let (mut a, _) = join(alice, "sip:conf-factory@localhost");
+    let focus = a.dialog.target.clone();
+    let (mut b, _) = join(Ua::udp(cpmd.sip_addr()).user("bob"), &focus);
+    let since = Instant::now();
+    cpmd.terminate();
+    let mut carol = Ua::udp(cpmd.sip_addr()).user("carol");
+    let rtp = rtp_socket();
+    let body = sdp::body(
+        1,
+        &[Stream::audio(rtp.local_addr().unwrap().port()).formats(&[0])],
+    );
+    let invite = carol
+        .req("INVITE", &focus)
+        .header("Contact", format!("<{}>", carol.contact_uri()))
+        .body(SDP, body);
+    let resp = carol.request(&invite);
+    assert_status(&resp, 503);
+    for p in [&mut a, &mut b] {
+        let bye = expect_request(&mut p.ua, "BYE");
+        assert!(
+            p.dialog.owns(&bye.msg),
+            "BYE of another dialog:\n{}",
+            bye.msg
+        );
+        p.ua.reply(&bye, 200, "OK");
+    }
+    assert!(
+        since.elapsed() >= Duration::from_millis(900),
+        "BYE after {:?}, before the drain time",
+        since.elapsed()
+    );
+    let status = cpmd.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(0), "exit status {status}");
+}

@@ -163,6 +163,11 @@ impl ConferenceTable {
         self.actors.get(self.by_name.get(name)?).map(|(_, a)| a)
     }
 
+    /// Every conference's actor.
+    pub fn actors(&self) -> impl Iterator<Item = &Addr<ConferenceActor>> {
+        self.actors.values().map(|(_, a)| a)
+    }
+
     /// A conference's actor.
     pub fn actor(&self, key: ConfKey) -> Option<&Addr<ConferenceActor>> {
         self.actors.get(&key).map(|(_, a)| a)

@@ -250,6 +250,14 @@ svg .tick {{ font-size: 11px; fill: #444; }}
         );
     }
     let _ = writeln!(s, "<pre>{}</pre>", escape(&text::summary(r)));
+    if let Some(c) = super::ConferenceSummary::of(r) {
+        s.push_str("<h2>Conference</h2>\n<table>\n");
+        for line in c.lines() {
+            let (k, v) = line.split_once(": ").unwrap_or((&line, ""));
+            let _ = writeln!(s, "<tr><td>{}</td><td>{}</td></tr>", escape(k), escape(v));
+        }
+        s.push_str("</table>\n");
+    }
     // Percentile table.
     s.push_str("<h2>Latency</h2>\n<table><tr><th>quantity</th><th>count</th><th>p50 ms</th><th>p90 ms</th><th>p99 ms</th><th>p99.9 ms</th><th>max ms</th></tr>\n");
     for q in r.data.recorder.quantities() {

@@ -6,6 +6,10 @@
 //!   "attempted", "succeeded", "failed", "success_pct", "failures": {reason: n},
 //!   "quantities": { name: {count, min_us, mean_us, p50_us, p90_us, p99_us, p999_us, max_us} },
 //!   "rtp": null | {sent, received, lost, loss_pct, duplicates, reordered, jitter_p99_us, owd_p99_us},
+//!   "conference": null | {conferences, created, participants, joined, join, mixer_packets,
+//!                         loss_pct, tick_lateness, interarrival_dev, delay, tones_ok,
+//!                         tones_wrong, receivers_ok, receivers_checked}   (conference runs;
+//!                         join, tick_lateness, ... are {count, p50_us, p99_us, max_us}),
 //!   "counters": {name: n},
 //!   "series": { "second": [..], "started": [..], "succeeded": [..], "failed": [..],
 //!               "rtp_sent": [..], "rtp_received": [..], "rtp_lost": [..], ...,
@@ -90,6 +94,7 @@ pub fn to_json(r: &Report) -> Value {
         "failures": rec.failures(),
         "quantities": quantities,
         "rtp": rtp,
+        "conference": super::ConferenceSummary::of(r).map(|c| c.to_json()),
         "counters": rec.notes(),
         "summary": d.summary_lines,
         "loadgen_cpu": r.cpu.map(|c| serde_json::json!({

@@ -43,6 +43,128 @@ pub struct RtpSummary {
     pub owd_p99_us: Option<u64>,
 }
 
+/// The figures of a `conference` run, from its named counters and quantities.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct ConferenceSummary {
+    /// Conferences asked for.
+    pub conferences: u64,
+    /// Conferences created (the factory's 2xx named a focus).
+    pub created: u64,
+    /// Participants asked for.
+    pub participants: u64,
+    /// Participants that joined.
+    pub joined: u64,
+    /// INVITE → 200 of the participants.
+    pub join: Option<Stats>,
+    /// RTP packets received from the mixer.
+    pub mixer_packets: u64,
+    /// Of the mixer's packets, the lost percentage.
+    pub loss_pct: f64,
+    /// Arrival behind the mixer's 20 ms grid (its tick jitter as the receivers see it).
+    pub tick_lateness: Option<Stats>,
+    /// `|inter-arrival − 20 ms|`.
+    pub interarrival: Option<Stats>,
+    /// A talker's burst onset → a receiver's first frame with its tone.
+    pub delay: Option<Stats>,
+    /// Burst-end tone checks right.
+    pub tones_ok: u64,
+    /// Burst-end tone checks wrong.
+    pub tones_wrong: u64,
+    /// Receivers whose every check was right.
+    pub receivers_ok: u64,
+    /// Receivers checked.
+    pub receivers_checked: u64,
+}
+
+impl ConferenceSummary {
+    /// The summary of a `conference` run, `None` for other scenarios.
+    pub fn of(r: &Report) -> Option<ConferenceSummary> {
+        use crate::scenario::conference::{notes, receive, JOIN};
+        if r.scenario() != "conference" {
+            return None;
+        }
+        let rec = &r.data.recorder;
+        let rtp = r.rtp();
+        Some(ConferenceSummary {
+            conferences: rec.noted(notes::CONFERENCES),
+            created: rec.noted(notes::CREATED),
+            participants: rec.noted(notes::PARTICIPANTS),
+            joined: rec.noted(notes::JOINED),
+            join: rec.stats(JOIN),
+            mixer_packets: rec.total(Counter::RtpReceived),
+            loss_pct: rtp.map_or(0.0, |x| x.loss_pct),
+            tick_lateness: rec.stats(receive::TICK_LATENESS),
+            interarrival: rec.stats(receive::INTERARRIVAL),
+            delay: rec.stats(receive::DELAY),
+            tones_ok: rec.noted(notes::TONES_OK),
+            tones_wrong: rec.noted(notes::TONES_WRONG),
+            receivers_ok: rec.noted(notes::RECEIVERS_OK),
+            receivers_checked: rec.noted(notes::RECEIVERS_CHECKED),
+        })
+    }
+
+    /// The summary as text lines (also the HTML page's).
+    pub fn lines(&self) -> Vec<String> {
+        let pct = |s: Option<Stats>, p99_only: bool| match s {
+            None => "-".to_string(),
+            Some(s) if p99_only => format!("p50 {} p99 {}", fmt_ms(s.p50_us), fmt_ms(s.p99_us)),
+            Some(s) => format!(
+                "p50 {} p99 {} max {}",
+                fmt_ms(s.p50_us),
+                fmt_ms(s.p99_us),
+                fmt_ms(s.max_us)
+            ),
+        };
+        vec![
+            format!(
+                "conferences: {} of {} created; participants: {} of {} joined, join {}",
+                self.created,
+                self.conferences,
+                self.joined,
+                self.participants,
+                pct(self.join, true)
+            ),
+            format!(
+                "mixer: {} packets received, loss {:.3} %; tick lateness {}; inter-arrival deviation {}; delay through the mixer {}",
+                self.mixer_packets,
+                self.loss_pct,
+                pct(self.tick_lateness, false),
+                pct(self.interarrival, false),
+                pct(self.delay, true)
+            ),
+            format!(
+                "tones: {} ok, {} wrong; receivers all right: {} of {}",
+                self.tones_ok, self.tones_wrong, self.receivers_ok, self.receivers_checked
+            ),
+        ]
+    }
+
+    /// The summary as a JSON object (times in µs).
+    pub fn to_json(&self) -> serde_json::Value {
+        let st = |s: Option<Stats>| {
+            s.map_or(serde_json::Value::Null, |s| {
+                serde_json::json!({"count": s.count, "p50_us": s.p50_us, "p99_us": s.p99_us, "max_us": s.max_us})
+            })
+        };
+        serde_json::json!({
+            "conferences": self.conferences,
+            "created": self.created,
+            "participants": self.participants,
+            "joined": self.joined,
+            "join": st(self.join),
+            "mixer_packets": self.mixer_packets,
+            "loss_pct": self.loss_pct,
+            "tick_lateness": st(self.tick_lateness),
+            "interarrival_dev": st(self.interarrival),
+            "delay": st(self.delay),
+            "tones_ok": self.tones_ok,
+            "tones_wrong": self.tones_wrong,
+            "receivers_ok": self.receivers_ok,
+            "receivers_checked": self.receivers_checked,
+        })
+    }
+}
+
 /// A finished run with what is needed to print it.
 #[derive(Debug, Clone)]
 pub struct Report {

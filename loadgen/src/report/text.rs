@@ -81,6 +81,11 @@ pub fn summary(r: &Report) -> String {
             opt(rtp.owd_p99_us)
         );
     }
+    if let Some(c) = super::ConferenceSummary::of(r) {
+        for line in c.lines() {
+            let _ = writeln!(s, "{line}");
+        }
+    }
     for line in &d.summary_lines {
         let _ = writeln!(s, "{line}");
     }

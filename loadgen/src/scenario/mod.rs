@@ -13,10 +13,11 @@
 //!
 //! Scenarios of this crate: [`options`], [`register`], [`message`], [`msrp`] (MSRP over
 //! [`crate::msrp`]), [`call`] (with the RTP
-//! of [`media`]), and the answering side [`uas`]. See the crate documentation for how `msrp`
-//! and `conference` plug in.
+//! of [`media`]), [`conference`] (ad-hoc conferences through a mixer, judged by tones), and
+//! the answering side [`uas`]. See the crate documentation for how a scenario plugs in.
 
 pub mod call;
+pub mod conference;
 pub mod media;
 pub mod message;
 pub mod msrp;

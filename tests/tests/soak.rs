@@ -385,6 +385,11 @@ fn conference_rounds(run: &Run) -> Vec<Finished> {
                     "2",
                     "--from",
                     "cf%04d",
+                    // cpmd lets registered users create conferences; the bindings expire
+                    // 20 s after the last round (every round refreshes them).
+                    "--register",
+                    "--expires",
+                    "20",
                     "--rate",
                     "20",
                     "--duration",

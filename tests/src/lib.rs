@@ -13,7 +13,9 @@
 //! - [`baresip`] runs baresip user agents (no sound card: a sine source, WAV recordings) driven
 //!   over their control port; [`audio`] reads WAV files and finds tones in them (Goertzel);
 //!   [`rtp`] reads pcap captures, counts/echoes RTP, and sends and collects numbered RTP;
-//!   [`ports`] hands out port blocks of the interop range 18000-18999.
+//!   [`ports`] hands out port blocks of the interop range 18000-18999;
+//! - [`soak`] runs the soak's `cpm-loadgen` processes, samples cpmd's `/proc` and `/metrics`,
+//!   fits trends and writes the soak's artifacts (`tests/tests/soak.rs`).
 //!
 //! Every wait is bounded; everything listens on 127.0.0.1 only.
 //!
@@ -38,6 +40,7 @@ pub mod ports;
 pub mod rtp;
 pub mod sdp;
 pub mod sipp;
+pub mod soak;
 pub mod torture;
 pub mod ua;
 pub mod util;

@@ -9,6 +9,7 @@
 //! the actor; its [`actix::Supervisor`] restarts it with fresh per-worker state while its
 //! address (and so the router) stays valid. Other workers are not affected.
 
+use std::net::SocketAddr;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
@@ -17,7 +18,8 @@ use std::time::Instant;
 use actix::prelude::*;
 use bytes::Bytes;
 use cpm_engine::sip::transaction::{
-    response_dest, LayerConfig, RequestOutcome, ResponseOutcome, TransactionLayer, TxEvent, TxId,
+    response_dest, ClientTxId, LayerConfig, RequestOutcome, ResponseOutcome, ServerTxId,
+    TransactionLayer, TxEvent, TxId,
 };
 use cpm_engine::sip::{builder, validate, Message, Method};
 
@@ -326,22 +328,17 @@ impl Worker {
                     reliable,
                     request,
                     ..
-                } => {
-                    let refused = builder::local_response(&request, 503, "Service Unavailable");
-                    match self.txn.send_request(request, dest, reliable, now) {
-                        Ok(tx) => self.services.sessions.started(key, id, tx),
-                        Err(e) => {
-                            // As a transport error would be (RFC 3261 §8.1.3.1): a 503.
-                            tracing::debug!(error = %e.reason(), "session request not sent");
-                            if let Some(actor) = self.services.sessions.actor(key) {
-                                actor.do_send(ToSession::Response {
-                                    id,
-                                    response: refused,
-                                });
-                            }
+                } => match self.start_client(request, dest, reliable, now) {
+                    Ok(tx) => self.services.sessions.started(key, id, tx),
+                    Err(refused) => {
+                        if let Some(actor) = self.services.sessions.actor(key) {
+                            actor.do_send(ToSession::Response {
+                                id,
+                                response: refused,
+                            });
                         }
                     }
-                }
+                },
                 Action::Cancel { id } => {
                     if let Some(tx) = self.services.sessions.client_of(key, id) {
                         if let Err(e) = self.txn.cancel(tx, now) {
@@ -349,14 +346,7 @@ impl Worker {
                         }
                     }
                 }
-                Action::Respond { tx, response } => {
-                    if let Some(code) = response.status() {
-                        self.metrics.response_sent(code);
-                    }
-                    if let Err(e) = self.txn.respond(tx, &response, now) {
-                        tracing::debug!(error = %e.reason(), "session response not sent");
-                    }
-                }
+                Action::Respond { tx, response } => self.respond_server(tx, &response, now),
                 Action::SendAck {
                     dest,
                     reliable,
@@ -380,29 +370,18 @@ impl Worker {
                     dest,
                     reliable,
                     request,
-                } => {
-                    let refused = builder::local_response(&request, 503, "Service Unavailable");
-                    match self.txn.send_request(request, dest, reliable, now) {
-                        Ok(tx) => self.services.conferences.started(key, id, tx),
-                        Err(e) => {
-                            tracing::debug!(error = %e.reason(), "conference request not sent");
-                            if let Some(actor) = self.services.conferences.actor(key) {
-                                actor.do_send(ToConference::Response {
-                                    id,
-                                    response: refused,
-                                });
-                            }
+                } => match self.start_client(request, dest, reliable, now) {
+                    Ok(tx) => self.services.conferences.started(key, id, tx),
+                    Err(refused) => {
+                        if let Some(actor) = self.services.conferences.actor(key) {
+                            actor.do_send(ToConference::Response {
+                                id,
+                                response: refused,
+                            });
                         }
                     }
-                }
-                ConfAction::Respond { tx, response } => {
-                    if let Some(code) = response.status() {
-                        self.metrics.response_sent(code);
-                    }
-                    if let Err(e) = self.txn.respond(tx, &response, now) {
-                        tracing::debug!(error = %e.reason(), "conference response not sent");
-                    }
-                }
+                },
+                ConfAction::Respond { tx, response } => self.respond_server(tx, &response, now),
                 ConfAction::SendAck {
                     dest,
                     reliable,
@@ -410,6 +389,35 @@ impl Worker {
                 } => self.txn.send_stateless(&ack, dest, reliable),
                 ConfAction::Ended => self.services.conferences.remove(key),
             }
+        }
+    }
+
+    /// Starts a client transaction for a session's or conference's request; when it cannot
+    /// be sent, the 503 its actor takes as the answer (as a transport error would be, RFC 3261
+    /// §8.1.3.1).
+    fn start_client(
+        &mut self,
+        request: Message,
+        dest: SocketAddr,
+        reliable: bool,
+        now: Instant,
+    ) -> Result<ClientTxId, Message> {
+        let refused = builder::local_response(&request, 503, "Service Unavailable");
+        self.txn
+            .send_request(request, dest, reliable, now)
+            .map_err(|e| {
+                tracing::debug!(error = %e.reason(), "request not sent");
+                refused
+            })
+    }
+
+    /// Sends an actor's response on its server transaction, counted.
+    fn respond_server(&mut self, tx: ServerTxId, response: &Message, now: Instant) {
+        if let Some(code) = response.status() {
+            self.metrics.response_sent(code);
+        }
+        if let Err(e) = self.txn.respond(tx, response, now) {
+            tracing::debug!(error = %e.reason(), "response not sent");
         }
     }
 

@@ -334,7 +334,7 @@ impl Worker {
                         if let Some(actor) = self.services.sessions.actor(key) {
                             actor.do_send(ToSession::Response {
                                 id,
-                                response: refused,
+                                response: *refused,
                             });
                         }
                     }
@@ -376,7 +376,7 @@ impl Worker {
                         if let Some(actor) = self.services.conferences.actor(key) {
                             actor.do_send(ToConference::Response {
                                 id,
-                                response: refused,
+                                response: *refused,
                             });
                         }
                     }
@@ -401,8 +401,8 @@ impl Worker {
         dest: SocketAddr,
         reliable: bool,
         now: Instant,
-    ) -> Result<ClientTxId, Message> {
-        let refused = builder::local_response(&request, 503, "Service Unavailable");
+    ) -> Result<ClientTxId, Box<Message>> {
+        let refused = Box::new(builder::local_response(&request, 503, "Service Unavailable"));
         self.txn
             .send_request(request, dest, reliable, now)
             .map_err(|e| {

@@ -402,7 +402,11 @@ impl Worker {
         reliable: bool,
         now: Instant,
     ) -> Result<ClientTxId, Box<Message>> {
-        let refused = Box::new(builder::local_response(&request, 503, "Service Unavailable"));
+        let refused = Box::new(builder::local_response(
+            &request,
+            503,
+            "Service Unavailable",
+        ));
         self.txn
             .send_request(request, dest, reliable, now)
             .map_err(|e| {

@@ -34,6 +34,7 @@ pub mod check;
 pub mod cpmd;
 pub mod dialog;
 pub mod http;
+pub mod mixing;
 pub mod msrp;
 pub mod netns;
 pub mod ports;

@@ -15,6 +15,7 @@ use cpm_engine::conference::roster::{ConferenceInfo, DocState, EndpointStatus, M
 use cpm_engine::sip::Message;
 use cpm_tests::dialog::{uri_of, Dialog};
 use cpm_tests::http::request;
+use cpm_tests::mixing::{self, assert_hears, level, tone_loop};
 use cpm_tests::sdp::{self, Sdp, Stream};
 use cpm_tests::{assert_status, header, Cpmd, Received, Ua};
 
@@ -98,96 +99,11 @@ fn leave(p: &mut Party) {
 /// Sends a tone at `freq` (None: silence) from every party for `dur` while recording what
 /// each receives; returns each party's received samples (decoded µ-law).
 fn play(parties: &[&Party], freqs: &[Option<f64>], dur: Duration) -> Vec<Vec<i16>> {
-    let handles: Vec<_> = parties
+    let socks: Vec<_> = parties
         .iter()
-        .zip(freqs)
-        .enumerate()
-        .map(|(i, (p, f))| {
-            let sock = p.rtp.try_clone().unwrap();
-            let dest = p.focus_media;
-            let f = *f;
-            thread::spawn(move || tone_loop(sock, dest, f, dur, 0x1000 + i as u32))
-        })
+        .map(|p| (p.rtp.try_clone().unwrap(), p.focus_media))
         .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
-}
-
-fn tone_loop(
-    sock: UdpSocket,
-    dest: SocketAddr,
-    freq: Option<f64>,
-    dur: Duration,
-    ssrc: u32,
-) -> Vec<i16> {
-    sock.set_read_timeout(Some(Duration::from_millis(2)))
-        .unwrap();
-    let mut sine = freq.map(|f| tone::Sine::new(f, -15.0));
-    let start = Instant::now();
-    let mut next = start;
-    let (mut seq, mut ts) = (0u16, 0u32);
-    let mut heard = Vec::new();
-    let mut buf = [0u8; 2048];
-    while start.elapsed() < dur {
-        if Instant::now() >= next {
-            let mut frame = [0i16; 160];
-            if let Some(s) = sine.as_mut() {
-                s.fill(&mut frame);
-            }
-            let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-            pkt[2..4].copy_from_slice(&seq.to_be_bytes());
-            pkt[4..8].copy_from_slice(&ts.to_be_bytes());
-            pkt[8..12].copy_from_slice(&ssrc.to_be_bytes());
-            let mut payload = [0u8; 160];
-            g711::ulaw_encode(&frame, &mut payload);
-            pkt.extend_from_slice(&payload);
-            let _ = sock.send_to(&pkt, dest);
-            seq = seq.wrapping_add(1);
-            ts = ts.wrapping_add(160);
-            next += Duration::from_millis(20);
-        }
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if n > 12 && buf[1] & 0x7f == 0 {
-                let mut out = vec![0i16; n - 12];
-                g711::ulaw_decode(&buf[12..n], &mut out);
-                heard.extend_from_slice(&out);
-            }
-        }
-    }
-    heard
-}
-
-/// The level (dBov) of `freq` in the last second of `heard`.
-fn level(heard: &[i16], freq: f64) -> f64 {
-    let n = heard.len().min(8000);
-    tone::goertzel_dbov(&heard[heard.len() - n..], freq)
-}
-
-#[track_caller]
-fn assert_hears(heard: &[i16], present: &[f64], absent: &[f64], who: &str) {
-    assert!(
-        heard.len() >= 8000,
-        "{who} heard only {} samples",
-        heard.len()
-    );
-    eprintln!(
-        "{who}: present {:?} absent {:?}",
-        present
-            .iter()
-            .map(|&f| level(heard, f) as i32)
-            .collect::<Vec<_>>(),
-        absent
-            .iter()
-            .map(|&f| level(heard, f) as i32)
-            .collect::<Vec<_>>()
-    );
-    for &f in present {
-        let l = level(heard, f);
-        assert!(l > -35.0, "{who} should hear {f} Hz, level {l:.1} dBov");
-    }
-    for &f in absent {
-        let l = level(heard, f);
-        assert!(l < -45.0, "{who} should not hear {f} Hz, level {l:.1} dBov");
-    }
+    mixing::play(&socks, freqs, dur, 0x1000)
 }
 
 fn api(cpmd: &Cpmd, method: &str, path: &str, body: &str) -> cpm_tests::http::Response {

@@ -8,15 +8,14 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::thread;
 use std::time::{Duration, Instant};
 
-use cpm_engine::conference::audio::{g711, tone};
 use cpm_engine::conference::floor::bfcp::{
     Attribute, ErrorCode, Framer, Message as Bfcp, Primitive, RequestStatus,
 };
 use cpm_tests::dialog::{uri_of, Dialog};
 use cpm_tests::http::request;
+use cpm_tests::mixing::{self, assert_hears};
 use cpm_tests::sdp::{self, Sdp, Stream};
 use cpm_tests::{assert_status, header, Cpmd, Ua};
 
@@ -240,71 +239,12 @@ fn error_code(m: &Bfcp) -> Option<ErrorCode> {
 
 /// Sends each party's tone (µ-law, 20 ms) for `dur` and returns what each heard.
 fn play(parties: &[&Party], freqs: &[f64], dur: Duration) -> Vec<Vec<i16>> {
-    let handles: Vec<_> = parties
+    let socks: Vec<_> = parties
         .iter()
-        .zip(freqs)
-        .enumerate()
-        .map(|(i, (p, &f))| {
-            let sock = p.rtp.try_clone().unwrap();
-            let dest = p.focus_media;
-            thread::spawn(move || tone_loop(sock, dest, f, dur, 0x2000 + i as u32))
-        })
+        .map(|p| (p.rtp.try_clone().unwrap(), p.focus_media))
         .collect();
-    handles.into_iter().map(|h| h.join().unwrap()).collect()
-}
-
-fn tone_loop(sock: UdpSocket, dest: SocketAddr, freq: f64, dur: Duration, ssrc: u32) -> Vec<i16> {
-    sock.set_read_timeout(Some(Duration::from_millis(2)))
-        .unwrap();
-    let mut sine = tone::Sine::new(freq, -15.0);
-    let start = Instant::now();
-    let mut next = start;
-    let (mut seq, mut ts) = (0u16, 0u32);
-    let (mut heard, mut buf) = (Vec::new(), [0u8; 2048]);
-    while start.elapsed() < dur {
-        if Instant::now() >= next {
-            let mut frame = [0i16; 160];
-            sine.fill(&mut frame);
-            let mut pkt = vec![0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
-            pkt[2..4].copy_from_slice(&seq.to_be_bytes());
-            pkt[4..8].copy_from_slice(&ts.to_be_bytes());
-            pkt[8..12].copy_from_slice(&ssrc.to_be_bytes());
-            let mut payload = [0u8; 160];
-            g711::ulaw_encode(&frame, &mut payload);
-            pkt.extend_from_slice(&payload);
-            let _ = sock.send_to(&pkt, dest);
-            seq = seq.wrapping_add(1);
-            ts = ts.wrapping_add(160);
-            next += Duration::from_millis(20);
-        }
-        if let Ok((n, _)) = sock.recv_from(&mut buf) {
-            if n > 12 && buf[1] & 0x7f == 0 {
-                let mut out = vec![0i16; n - 12];
-                g711::ulaw_decode(&buf[12..n], &mut out);
-                heard.extend_from_slice(&out);
-            }
-        }
-    }
-    heard
-}
-
-/// The level (dBov) of `freq` in the last second heard.
-fn level(heard: &[i16], freq: f64) -> f64 {
-    let n = heard.len().min(8000);
-    tone::goertzel_dbov(&heard[heard.len() - n..], freq)
-}
-
-#[track_caller]
-fn assert_hears(heard: &[i16], present: &[f64], absent: &[f64], who: &str) {
-    assert!(heard.len() >= 8000, "{who} heard {} samples", heard.len());
-    for &f in present {
-        let l = level(heard, f);
-        assert!(l > -35.0, "{who} should hear {f} Hz, level {l:.1} dBov");
-    }
-    for &f in absent {
-        let l = level(heard, f);
-        assert!(l < -45.0, "{who} should not hear {f} Hz, level {l:.1} dBov");
-    }
+    let freqs: Vec<_> = freqs.iter().map(|&f| Some(f)).collect();
+    mixing::play(&socks, &freqs, dur, 0x2000)
 }
 
 fn floor_of(cpmd: &Cpmd, id: &str) -> serde_json::Value {

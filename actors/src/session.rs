@@ -873,16 +873,69 @@ impl Actor for SessionActor {
 /// here the worker is told to forget its routes.
 impl Drop for SessionActor {
     fn drop(&mut self) {
-        if !self.ended {
-            self.ended = true;
-            if let Some(h) = &self.history {
-                h.end(EndReason::Aborted.as_str());
-            }
-            let _ = self.worker.try_send(FromSession {
-                key: self.key,
-                actions: vec![Action::Ended(EndReason::Aborted)],
-            });
+        self.abandon();
+    }
+}
+
+impl SessionActor {
+    /// Runs a handler body; a panic in it (a bug, or the test hook) ends this session alone:
+    /// its parties get their BYE, the worker forgets it, the actor stops (its legs and ports
+    /// go with it), and the worker's other sessions go on.
+    fn guarded(&mut self, ctx: &mut Context<Self>, f: impl FnOnce(&mut Self, &mut Context<Self>)) {
+        let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(self, ctx)));
+        if run.is_err() {
+            tracing::error!(
+                session = self.key.0,
+                "session actor panicked: session ended"
+            );
+            self.abandon();
+            ctx.stop();
         }
+    }
+
+    /// Ends the session from outside its state machine, once: history closed, the parties
+    /// told ([`SessionActor::last_words`]), the worker told to forget it.
+    fn abandon(&mut self) {
+        if self.ended {
+            return;
+        }
+        self.ended = true;
+        if let Some(h) = &self.history {
+            h.end(EndReason::Aborted.as_str());
+        }
+        let mut actions = self.last_words();
+        actions.push(Action::Ended(EndReason::Aborted));
+        let _ = self.worker.try_send(FromSession {
+            key: self.key,
+            actions,
+        });
+    }
+
+    /// The SIP actions that end the session for its parties when it is abandoned: a BYE to
+    /// each side of an established session, 503 and CANCELs during setup
+    /// ([`Session::shutdown`]). Not while unwinding (an actor dropped by a panic elsewhere);
+    /// should the session's state itself be broken, a panic here is caught and the parties get
+    /// nothing.
+    fn last_words(&mut self) -> Vec<Action> {
+        if std::thread::panicking() {
+            return Vec::new();
+        }
+        let session = &mut self.session;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            session.shutdown(Instant::now());
+            std::iter::from_fn(|| session.poll_action())
+                .filter(|a| {
+                    matches!(
+                        a,
+                        Action::SendRequest { .. }
+                            | Action::Respond { .. }
+                            | Action::Cancel { .. }
+                            | Action::SendAck { .. }
+                    )
+                })
+                .collect()
+        }))
+        .unwrap_or_default()
     }
 }
 
@@ -890,6 +943,12 @@ impl Handler<ToSession> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
+        self.guarded(ctx, |act, ctx| act.on_message(msg, ctx));
+    }
+}
+
+impl SessionActor {
+    fn on_message(&mut self, msg: ToSession, ctx: &mut Context<Self>) {
         let now = Instant::now();
         match msg {
             ToSession::Request { tx, request } => {
@@ -917,13 +976,15 @@ impl Handler<MediaInactive> for SessionActor {
     type Result = ();
 
     fn handle(&mut self, msg: MediaInactive, ctx: &mut Context<Self>) {
-        let now = Instant::now();
-        if !self.all_idle(now) {
-            return;
-        }
-        tracing::info!(session = self.key.0, leg = %msg.leg, idle = ?msg.idle, "media inactive: ending the session");
-        self.session.on_media_inactive(now);
-        self.pump(ctx);
+        self.guarded(ctx, |act, ctx| {
+            let now = Instant::now();
+            if !act.all_idle(now) {
+                return;
+            }
+            tracing::info!(session = act.key.0, leg = %msg.leg, idle = ?msg.idle, "media inactive: ending the session");
+            act.session.on_media_inactive(now);
+            act.pump(ctx);
+        });
     }
 }
 

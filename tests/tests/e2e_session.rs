@@ -1457,7 +1457,7 @@ fn resources_released_under_volume() {
 /// panic: that session's legs, ports and routes are released, while another call on the same
 /// cpmd (one worker: the same thread) goes on relaying and ends normally.
 #[test]
-fn a_panicking_session_releases_its_media_and_others_go_on() {
+fn a_panicking_session_byes_its_parties_releases_its_media_and_others_go_on() {
     let (cpmd, mut alice, mut bob) = start(&["--test-hooks", "true", "--workers", "1"]);
     let mut doomed = Call::setup(&cpmd, &mut alice, &mut bob);
     let mut other = Call::setup(&cpmd, &mut alice, &mut bob);
@@ -1467,6 +1467,12 @@ fn a_panicking_session_releases_its_media_and_others_go_on() {
         .request(&alice, "INFO")
         .header("X-Cpm-Test", "panic-session");
     alice.send_req(&info);
+    // Both parties of the dead session get a BYE of its dialogs.
+    for (ua, dialog) in [(&mut alice, &doomed.a), (&mut bob, &doomed.b)] {
+        let bye = expect_request(ua, "BYE");
+        assert!(dialog.owns(&bye.msg), "BYE of another dialog:\n{}", bye.msg);
+        ua.reply(&bye, 200, "OK");
+    }
     // The dead session's routes, legs and ports go; the other call's stay.
     for (series, left) in [
         ("cpm_sessions", 1.0),

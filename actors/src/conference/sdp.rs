@@ -91,6 +91,15 @@ pub fn choose(body: &Bytes) -> Result<Negotiated, NoAudio> {
     Err(NoAudio::NoCodec)
 }
 
+/// Whether an offer gives the conference something to do: audio [`choose`] takes, or a chat
+/// stream (`super::chat::offered`; a chat-only participant needs no room).
+pub fn acceptable(body: &Bytes) -> Result<(), NoAudio> {
+    match choose(body) {
+        Err(NoAudio::NoCodec) if super::chat::offered(body).is_some() => Ok(()),
+        r => r.map(|_| ()),
+    }
+}
+
 /// A conference's video format (video is forwarded as it is, so every participant must send
 /// the same): the `a=rtpmap` value (`H264/90000`) and the `a=fmtp` parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]

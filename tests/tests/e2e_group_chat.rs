@@ -399,6 +399,13 @@ fn a_recorded_conference_chat_is_in_the_history() {
         ],
         "{list}"
     );
+    // Over the focus's a=max-size: 413 (RFC 4975 §7.2), nobody gets it.
+    let huge = vec![b'x'; 1024 * 1024 + 1];
+    let (_, tids) = a.msrp.send_message(&huge, "text/plain", 64 * 1024, &[]);
+    let r = a.msrp.await_response(&tids[0], WAIT).expect("a response");
+    assert_eq!(r.head.code(), Some(413));
+    assert!(b.msrp.recv(Duration::from_millis(300)).is_none());
+
     // Bob did not ask: nothing in his storage.
     let bobs = api_get(&cpmd, "tok-bob-0002", &path);
     assert_eq!(bobs["messages"].as_array().map_or(0, Vec::len), 0, "{bobs}");

@@ -163,7 +163,7 @@ impl GroupChat {
     }
 
     /// Our `m=message` section for `offer` when `pid` already has a chat session: the same
-    /// URI (a re-INVITE keeps the session, RFC 4975 §5.4 ... its path is unchanged).
+    /// URI (a re-offer keeps the session and its connection, as decision 0012 does).
     pub fn section_of(&self, pid: u32, offer: &ChatOffer) -> Option<String> {
         let room = self.room.lock();
         let m = room.members.get(&pid)?;

@@ -146,7 +146,7 @@ impl Recorder {
         self.store(ev.from, &key.1, p.content_type, p.data.freeze(), incomplete);
     }
 
-    /// Writes one copy per local party: a message row, or a file and then its row.
+    /// Writes one copy per local party (see [`store_copies`]).
     fn store(
         &self,
         from: Side,
@@ -155,57 +155,25 @@ impl Recorder {
         body: Bytes,
         incomplete: bool,
     ) {
-        let (mut ct, body) = cpm_engine::cpim::unwrap_content(
-            content_type.as_deref(),
-            body,
-            "application/octet-stream",
-        );
-        if is_composing(&ct) {
-            return; // RFC 3994 state, not a message
-        }
-        let as_file = body.len() > FILE_THRESHOLD || !is_text_like(&ct);
-        if incomplete {
-            ct = format!("{ct};{TRUNCATED_PARAM}={}", body.len());
-        }
         let message_id = String::from_utf8_lossy(message_id).into_owned();
-        for owner in [Side::A, Side::B] {
-            if !self.parties.local[owner.index()] {
-                continue;
-            }
-            let row = self.row(owner, from, &ct, &message_id);
-            let storage = self.storage.clone();
-            let r = if as_file {
-                let op = WriteOp::AddFile {
-                    owner: row.owner.clone(),
-                    name: format!("{message_id}.bin"),
-                    content_type: ct.clone(),
-                    data: body.clone(),
-                };
-                self.storage.write(op, move |r| match r {
-                    Ok(WriteResult::File(f)) => {
-                        let row = StoredMessage {
-                            file: Some(f.id),
-                            ..row
-                        };
-                        queue(&storage, WriteOp::StoreMessage(row));
-                    }
-                    other => tracing::warn!(result = ?other.err(), "recording: file not stored"),
-                })
-            } else {
-                let row = StoredMessage {
-                    body: body.clone(),
-                    ..row
-                };
-                self.storage.write(WriteOp::StoreMessage(row), |_| {})
-            };
-            if let Err(e) = r {
-                tracing::warn!(session = %self.session_id, error = %e, "recording: copy not stored");
-            }
-        }
+        let rows: Vec<StoredMessage> = [Side::A, Side::B]
+            .into_iter()
+            .filter(|owner| self.parties.local[owner.index()])
+            .map(|owner| self.row(owner, from, &message_id))
+            .collect();
+        store_copies(
+            &self.storage,
+            &self.session_id,
+            content_type,
+            body,
+            incomplete,
+            rows,
+        );
     }
 
-    /// `owner`'s copy of a message `from` sent (body and file filled in by the caller).
-    fn row(&self, owner: Side, from: Side, ct: &str, message_id: &str) -> StoredMessage {
+    /// `owner`'s copy of a message `from` sent (type, body and file filled in by
+    /// [`store_copies`]).
+    fn row(&self, owner: Side, from: Side, message_id: &str) -> StoredMessage {
         let aor = |s: Side| self.parties.aor[s.index()].clone();
         let sent = owner == from;
         StoredMessage {
@@ -216,7 +184,7 @@ impl Recorder {
             sender: aor(from),
             recipient: aor(from.other()),
             time: unix_ms(),
-            content_type: ct.to_string(),
+            content_type: String::new(),
             body: Bytes::new(),
             message_id: message_id.to_string(),
             state: DeliveryState::Delivered,
@@ -230,6 +198,64 @@ impl Recorder {
 impl Tap for Recorder {
     fn on_send(&self, event: TapEvent) {
         self.chunk(event);
+    }
+}
+
+/// Stores one recorded message as `rows` (one per owner: everything but the type, body and
+/// file): a `message/cpim` body as its inner type and content (RFC 3862), isComposing (RFC
+/// 3994) not at all, text up to [`FILE_THRESHOLD`] inline, anything else as a file
+/// (`WriteOp::AddFile`, then the row with its `FileId`), an incomplete one flagged with
+/// [`TRUNCATED_PARAM`]. Shared by the 1-to-1 [`Recorder`] and the conference chat recording.
+pub fn store_copies(
+    storage: &Storage,
+    session: &str,
+    content_type: Option<Bytes>,
+    body: Bytes,
+    incomplete: bool,
+    rows: Vec<StoredMessage>,
+) {
+    let (mut ct, body) =
+        cpm_engine::cpim::unwrap_content(content_type.as_deref(), body, "application/octet-stream");
+    if is_composing(&ct) {
+        return; // RFC 3994 state, not a message
+    }
+    let as_file = body.len() > FILE_THRESHOLD || !is_text_like(&ct);
+    if incomplete {
+        ct = format!("{ct};{TRUNCATED_PARAM}={}", body.len());
+    }
+    for row in rows {
+        let row = StoredMessage {
+            content_type: ct.clone(),
+            ..row
+        };
+        let r = if as_file {
+            let op = WriteOp::AddFile {
+                owner: row.owner.clone(),
+                name: format!("{}.bin", row.message_id),
+                content_type: ct.clone(),
+                data: body.clone(),
+            };
+            let st = storage.clone();
+            storage.write(op, move |r| match r {
+                Ok(WriteResult::File(f)) => {
+                    let row = StoredMessage {
+                        file: Some(f.id),
+                        ..row
+                    };
+                    queue(&st, WriteOp::StoreMessage(row));
+                }
+                other => tracing::warn!(result = ?other.err(), "recording: file not stored"),
+            })
+        } else {
+            let row = StoredMessage {
+                body: body.clone(),
+                ..row
+            };
+            storage.write(WriteOp::StoreMessage(row), |_| {})
+        };
+        if let Err(e) = r {
+            tracing::warn!(%session, error = %e, "recording: copy not stored");
+        }
     }
 }
 

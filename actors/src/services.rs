@@ -728,7 +728,7 @@ impl Services {
                 "Conference Creation Allowed To Registered Local Users Only",
             );
         }
-        if let Err(e) = crate::conference::sdp::choose(&req.body) {
+        if let Err(e) = crate::conference::sdp::acceptable(&req.body) {
             return refuse(488, e.reason());
         }
         let mut next = || {

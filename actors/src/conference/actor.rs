@@ -29,6 +29,7 @@ use cpm_engine::sip::transaction::ServerTxId;
 use cpm_engine::sip::{HeaderName, Headers, Message, Method, StartLine};
 use parking_lot::Mutex;
 
+use super::chat::{self, GroupChat};
 use super::floor::{Floor, FloorSettings};
 use super::predefined::{Join, Predefined};
 use super::registry::{ParticipantSummary, Summary};
@@ -199,6 +200,8 @@ pub struct ConferenceActor {
     /// Half duplex: the floor (decision 0015), and where BFCP connections' messages go.
     floor: Option<Floor>,
     bfcp_to: Option<Recipient<FromBfcp>>,
+    /// Group chat: the participants' MSRP sessions with the focus (opened with the first).
+    chat: Option<GroupChat>,
 }
 
 impl ConferenceActor {
@@ -249,6 +252,7 @@ impl ConferenceActor {
             events: None,
             floor: None,
             bfcp_to: None,
+            chat: None,
         }
     }
 
@@ -477,8 +481,11 @@ impl ConferenceActor {
                 .and_then(|u| FloorSettings::of_factory_uri(u));
             self.start_floor(settings);
         }
+        // A chat-only participant (no audio at all) is fine: it needs no room.
+        let chat_offer = chat::offered(&req.body);
         let chosen = match sdp::choose(&req.body) {
-            Ok(c) => c,
+            Ok(c) => Some(c),
+            Err(sdp::NoAudio::NoCodec) if chat_offer.is_some() => None,
             Err(e) => return self.refuse(tx, &req, 488, e.reason()),
         };
         let display = from.as_ref().and_then(|f| f.display_name());
@@ -501,19 +508,48 @@ impl ConferenceActor {
         ) else {
             return self.refuse(tx, &req, 503, "Conference Full");
         };
-        let Some((ports, local)) = self.open_media(pid, &chosen) else {
-            let _ = self.roster.leave(ParticipantId(pid));
-            return self.refuse(tx, &req, 503, "Media Ports Exhausted");
+        let (ports, local) = match &chosen {
+            Some(c) => match self.open_media(pid, c) {
+                Some((ports, local)) => (Some(ports), local),
+                None => {
+                    let _ = self.roster.leave(ParticipantId(pid));
+                    return self.refuse(tx, &req, 503, "Media Ports Exhausted");
+                }
+            },
+            None => (None, self.chat_local()),
         };
-        let video = self.video_for(pid, &req.body, None);
+        let video = match chosen {
+            Some(_) => self.video_for(pid, &req.body, None),
+            None => None,
+        };
+        let mut changes = changes;
+        let chat_section = match &chat_offer {
+            Some(o) => match self.chat_join(pid, &entity, o, chosen.is_none()) {
+                Ok((section, c)) => {
+                    changes.merge(c);
+                    Some((o.index, section))
+                }
+                Err(e) if chosen.is_none() => {
+                    tracing::warn!(conference = %self.name, error = %e, "chat session not opened");
+                    let _ = self.roster.leave(ParticipantId(pid));
+                    return self.refuse(tx, &req, 488, "Chat Session Not Available");
+                }
+                Err(e) => {
+                    tracing::warn!(conference = %self.name, error = %e, "chat declined");
+                    None
+                }
+            },
+            None => None,
+        };
         let tag = self.new_tag();
         let mut r = self.ok(&req, Some(&tag));
         r.headers.push(HeaderName::Allow, ALLOW);
         r.set_body(
             sdp::answer(
                 &req.body,
-                &chosen,
+                chosen.as_ref(),
                 video.as_ref().map(|(v, p)| (v, p.port)),
+                chat_section.as_ref().map(|(i, s)| (*i, s.as_str())),
                 &local,
             ),
             Some("application/sdp"),
@@ -529,7 +565,9 @@ impl ConferenceActor {
         if joining == JoiningMethod::FocusOwner {
             self.creator = Some(entity);
         }
-        self.floor_answer(pid, &req.body, chosen.index, &local, &mut r);
+        if let Some(c) = &chosen {
+            self.floor_answer(pid, &req.body, c.index, &local, &mut r);
+        }
         let now = Instant::now();
         self.participants.insert(
             pid,
@@ -544,8 +582,8 @@ impl ConferenceActor {
                     interval: T1,
                     give_up: now + ACK_WAIT,
                 },
-                media: Some(chosen),
-                ports: Some(ports),
+                media: chosen,
+                ports,
                 video: None,
                 sdp_version: local.version,
                 ack: None,
@@ -559,7 +597,6 @@ impl ConferenceActor {
         if let Some(p) = self.participants.get_mut(&pid) {
             p.video = video.map(|(_, v)| v);
         }
-        let mut changes = changes;
         changes.merge(self.show_video(pid));
         self.respond(tx, r);
         self.roster_changed(changes);
@@ -705,6 +742,9 @@ impl ConferenceActor {
         if let Some(room) = &self.room {
             room.remove(pid);
         }
+        if let Some(chat) = &self.chat {
+            chat.leave(pid);
+        }
     }
 
     /// A request in a participant's dialog.
@@ -727,7 +767,9 @@ impl ConferenceActor {
             Some(Method::Invite) => self.reinvite(pid, tx, req),
             Some(Method::Refer) => {
                 let (dest, reliable) = (p.dest, p.reliable);
-                self.refer(tx, req, Some(pid), dest, reliable)
+                if !self.refer_storage(pid, tx, &req) {
+                    self.refer(tx, req, Some(pid), dest, reliable)
+                }
             }
             Some(Method::Info) | Some(Method::Options) | Some(Method::Update) => {
                 let r = self.ok(&req, None);
@@ -739,10 +781,18 @@ impl ConferenceActor {
 
     /// A re-INVITE: the same port, the codec and peer address of the new offer.
     fn reinvite(&mut self, pid: u32, tx: ServerTxId, req: Message) {
+        let has_audio = self
+            .participants
+            .get(&pid)
+            .is_some_and(|p| p.ports.is_some());
+        if !has_audio {
+            return self.reinvite_chat_only(pid, tx, req);
+        }
         let chosen = match sdp::choose(&req.body) {
             Ok(c) => c,
             Err(e) => return self.refuse(tx, &req, 488, e.reason()),
         };
+        let chat_section = self.chat_reoffer(pid, &req.body);
         let session = self.session;
         let had = self.participants.get_mut(&pid).and_then(|p| p.video.take());
         let video = self.video_for(pid, &req.body, had);
@@ -774,8 +824,9 @@ impl ConferenceActor {
         r.set_body(
             sdp::answer(
                 &req.body,
-                &chosen,
+                Some(&chosen),
                 answer_video.as_ref().map(|(v, p)| (v, *p)),
+                chat_section.as_ref().map(|(i, s)| (*i, s.as_str())),
                 &local,
             ),
             Some("application/sdp"),
@@ -1450,6 +1501,7 @@ impl ConferenceActor {
         self.subs.clear();
         self.room = None;
         self.floor = None;
+        self.chat = None;
         self.out.push(ConfAction::Ended);
         self.env.shared.conferences.remove(&self.name);
     }
@@ -1511,6 +1563,9 @@ impl Actor for ConferenceActor {
             let settings = (p.floor == super::floor::FloorMode::HalfDuplex)
                 .then(|| FloorSettings::from_secs(p.max_talk_time));
             let targets = p.participants.clone();
+            if p.record {
+                self.record_listed(&targets);
+            }
             self.start_floor(settings);
             for t in targets {
                 if let Err((code, reason)) = self.dial_out(&t, None) {
@@ -1697,5 +1752,189 @@ impl Handler<FromBfcp> for ConferenceActor {
             f.on_bfcp(Instant::now(), msg);
         }
         self.after(ctx);
+    }
+}
+
+// ---- group chat (decision 0014 "Group chat"; the fan-out itself is in `super::chat`) --------
+
+impl ConferenceActor {
+    /// The conference's chat, opened with its first chat session (or its recording).
+    fn chat(&mut self) -> &GroupChat {
+        self.chat.get_or_insert_with(|| {
+            let shared = &self.env.shared;
+            GroupChat::new(
+                shared.msrp.clone(),
+                shared.config.media_ip.to_string(),
+                self.focus.clone(),
+                self.name.clone(),
+                shared.storage.clone(),
+                self.gen.next_u64(),
+            )
+        })
+    }
+
+    /// Our SDP origin for a participant without audio (no room, no RTP port).
+    fn chat_local(&mut self) -> Local {
+        self.session = self.session.wrapping_add(1);
+        Local {
+            ip: self.env.shared.config.media_ip,
+            port: 0,
+            session: self.session,
+            version: 1,
+        }
+    }
+
+    /// Opens `pid`'s chat session: our `m=message` section and the roster's change (a chat
+    /// stream; a chat-only participant's audio shown `inactive`).
+    fn chat_join(
+        &mut self,
+        pid: u32,
+        aor: &str,
+        offer: &chat::ChatOffer,
+        chat_only: bool,
+    ) -> Result<(String, ChangeSet), String> {
+        let section = self.chat().join(pid, aor.to_string(), offer)?;
+        let id = ParticipantId(pid);
+        let mut changes = ChangeSet::default();
+        if chat_only {
+            let mut m = Self::audio_media(false);
+            m.status = MediaStatus::Inactive;
+            changes.merge(self.roster.set_media(id, m).unwrap_or_default());
+        }
+        let m = Media {
+            id: 3,
+            kind: MediaKind::Chat,
+            label: None,
+            src_id: None,
+            status: MediaStatus::SendRecv,
+        };
+        changes.merge(self.roster.set_media(id, m).unwrap_or_default());
+        tracing::info!(conference = %self.name, participant = pid, "chat session opened");
+        Ok((section, changes))
+    }
+
+    /// The chat stream of a re-offer: kept (same URI) when `pid` has one, opened when new,
+    /// closed when the re-offer has none; the index and our section to answer with.
+    fn chat_reoffer(&mut self, pid: u32, offer: &Bytes) -> Option<(usize, String)> {
+        let Some(o) = chat::offered(offer) else {
+            if let Some(chat) = &self.chat {
+                chat.leave(pid);
+            }
+            return None;
+        };
+        if let Some(s) = self.chat.as_ref().and_then(|c| c.section_of(pid, &o)) {
+            return Some((o.index, s));
+        }
+        let aor = self.roster.get(ParticipantId(pid))?.uri.clone();
+        match self.chat_join(pid, &aor, &o, false) {
+            Ok((s, c)) => {
+                self.roster_changed(c);
+                Some((o.index, s))
+            }
+            Err(e) => {
+                tracing::warn!(conference = %self.name, error = %e, "chat declined");
+                None
+            }
+        }
+    }
+
+    /// A re-INVITE of a participant without audio: its chat only (adding audio later is not
+    /// served: 488).
+    fn reinvite_chat_only(&mut self, pid: u32, tx: ServerTxId, req: Message) {
+        if sdp::choose(&req.body).is_ok() {
+            return self.refuse(
+                tx,
+                &req,
+                488,
+                "Audio Cannot Be Added To A Chat-Only Participant",
+            );
+        }
+        let Some((index, section)) = self.chat_reoffer(pid, &req.body) else {
+            return self.refuse(tx, &req, 488, "No Chat Stream");
+        };
+        let session = self.session;
+        let Some(p) = self.participants.get_mut(&pid) else {
+            return;
+        };
+        p.sdp_version += 1;
+        let local = Local {
+            ip: self.env.shared.config.media_ip,
+            port: 0,
+            session,
+            version: p.sdp_version,
+        };
+        if let Some(d) = p.dialog.as_mut() {
+            d.refresh_target(&req);
+        }
+        let mut r = self.ok(&req, None);
+        r.set_body(
+            sdp::answer(&req.body, None, None, Some((index, &section)), &local),
+            Some("application/sdp"),
+        );
+        let now = Instant::now();
+        if let Some(p) = self.participants.get_mut(&pid) {
+            p.state = State::AwaitingAck {
+                tx,
+                response: r.clone(),
+                next: now + T1,
+                interval: T1,
+                give_up: now + ACK_WAIT,
+            };
+        }
+        self.respond(tx, r);
+    }
+
+    /// A REFER in `pid`'s dialog naming the storage controller (decision 0013, as for 1-to-1
+    /// sessions: `Refer-To: <sip:storage@domain;method=INVITE|BYE>`): the conference chat is
+    /// recorded into (no longer recorded into) that participant's network storage; 202, then
+    /// the final sipfrag NOTIFY (RFC 3515 §2.4.4). `false`: not a storage REFER.
+    fn refer_storage(&mut self, pid: u32, tx: ServerTxId, req: &Message) -> bool {
+        let shared = self.env.shared.clone();
+        let domains: Vec<&str> = shared.domains.iter().map(String::as_str).collect();
+        let cmd = match cpm_engine::record::classify_refer(req, &domains) {
+            None => return false,
+            Some(Ok(cmd)) => cmd,
+            Some(Err(e)) => {
+                self.refuse(tx, req, e.status(), e.reason());
+                return true;
+            }
+        };
+        let Some(aor) = self.roster.get(ParticipantId(pid)).map(|p| p.uri.clone()) else {
+            return false;
+        };
+        let on = cmd == cpm_engine::record::RecordCommand::Start;
+        tracing::info!(conference = %self.name, participant = pid, on, "chat recording");
+        self.chat().record(aor, on);
+        let mut r = builder::response_to(req, 202, "Accepted");
+        r.headers.push(HeaderName::Contact, self.contact.clone());
+        self.respond(tx, r);
+        let Some(p) = self.participants.get(&pid) else {
+            return true;
+        };
+        let (dest, reliable) = (p.dest, p.reliable);
+        let via = self.via(reliable);
+        let seq = req.cseq().map_or(0, |c| c.seq);
+        let Some(dialog) = self
+            .participants
+            .get_mut(&pid)
+            .and_then(|p| p.dialog.as_mut())
+        else {
+            return true;
+        };
+        let n = cpm_engine::record::refer_notify(dialog, via, seq, 200, "OK");
+        self.send(dest, reliable, n, Pending::Other);
+        true
+    }
+
+    /// A predefined conference with `record = true`: its listed participants who are users
+    /// of ours own the recording from the start.
+    fn record_listed(&mut self, listed: &[String]) {
+        let shared = self.env.shared.clone();
+        for t in listed {
+            let aor = sdp_aor(t);
+            if crate::routing::is_local_aor(&shared, &aor) {
+                self.chat().record(aor, true);
+            }
+        }
     }
 }

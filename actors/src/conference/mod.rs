@@ -18,6 +18,7 @@
 //! ```
 
 pub mod actor;
+pub mod chat;
 pub mod floor;
 pub mod focus;
 pub mod predefined;

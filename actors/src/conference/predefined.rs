@@ -48,6 +48,10 @@ pub struct Predefined {
     /// Half duplex: seconds one talker may hold the floor before it is revoked; 0: no limit.
     #[serde(default = "super::floor::default_max_talk_time")]
     pub max_talk_time: u64,
+    /// Its group chat is recorded from the start, into each listed participant's network
+    /// storage (decision 0014 "Group chat").
+    #[serde(default)]
+    pub record: bool,
 }
 
 /// An optional RFC 3339 time, written as a string or a TOML offset date-time.

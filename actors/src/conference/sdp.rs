@@ -2,7 +2,8 @@
 //! µ-law, A-law or L16/8000 (the first of these the offer lists, in its order), and one video
 //! stream in the conference's video format (forwarded, not transcoded: the first video
 //! participant fixes it, see [`choose_video`]); every other stream is declined with port 0
-//! (RFC 3264 §6), `m=message` (group chat) too.
+//! (RFC 3264 §6), except the chat stream (`m=message`, `super::chat`), whose section the
+//! caller gives.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
@@ -88,6 +89,15 @@ pub fn choose(body: &Bytes) -> Result<Negotiated, NoAudio> {
         });
     }
     Err(NoAudio::NoCodec)
+}
+
+/// Whether an offer gives the conference something to do: audio [`choose`] takes, or a chat
+/// stream (`super::chat::offered`; a chat-only participant needs no room).
+pub fn acceptable(body: &Bytes) -> Result<(), NoAudio> {
+    match choose(body) {
+        Err(NoAudio::NoCodec) if super::chat::offered(body).is_some() => Ok(()),
+        r => r.map(|_| ()),
+    }
 }
 
 /// A conference's video format (video is forwarded as it is, so every participant must send
@@ -221,21 +231,27 @@ fn video(v: &VideoNegotiated, port: u16, proto: &str, out: &mut String) {
     }
 }
 
-/// The answer to `offer` (which [`choose`] accepted as `chosen`): the audio stream on our
-/// port with the chosen codec, the video stream `video` (with our video port) if accepted;
-/// every other stream declined with port 0 and its first format (RFC 3264 §6).
+/// The answer to `offer`: the audio stream [`choose`] accepted as `chosen` (none for a
+/// chat-only participant) on our port with the chosen codec, the video stream `video` (with
+/// our video port) if accepted, the chat stream as `chat` (its index and our section); every
+/// other stream declined with port 0 and its first format (RFC 3264 §6).
 pub fn answer(
     offer: &Bytes,
-    chosen: &Negotiated,
+    chosen: Option<&Negotiated>,
     video_stream: Option<(&VideoNegotiated, u16)>,
+    chat: Option<(usize, &str)>,
     local: &Local,
 ) -> Bytes {
     let mut out = String::with_capacity(256);
     head(local, &mut out);
     if let Ok(sdp) = SessionDescription::parse(offer) {
         for (i, m) in sdp.media().iter().enumerate() {
-            if i == chosen.index {
+            if let Some(chosen) = chosen.filter(|c| c.index == i) {
                 audio(local, chosen.codec, chosen.pt, chosen.mux, &mut out);
+                continue;
+            }
+            if let Some((_, section)) = chat.filter(|(c, _)| *c == i) {
+                out.push_str(section);
                 continue;
             }
             let line = m.media_line();
@@ -320,7 +336,7 @@ mod tests {
         assert_eq!(n.index, 1);
         assert!(n.mux);
         assert_eq!(n.rtcp, Some("10.0.0.1:4001".parse().unwrap()));
-        let a = answer(&offer, &n, None, &LOCAL);
+        let a = answer(&offer, Some(&n), None, None, &LOCAL);
         let text = std::str::from_utf8(&a).unwrap();
         let m: Vec<&str> = text.lines().filter(|l| l.starts_with("m=")).collect();
         assert_eq!(
@@ -397,7 +413,7 @@ mod video_tests {
             None
         );
         let audio = choose(&offer).unwrap();
-        let a = answer(&offer, &audio, Some((&v, 30002)), &LOCAL);
+        let a = answer(&offer, Some(&audio), Some((&v, 30002)), None, &LOCAL);
         let text = std::str::from_utf8(&a).unwrap();
         let m: Vec<&str> = text.lines().filter(|l| l.starts_with("m=")).collect();
         assert_eq!(m, ["m=audio 30000 RTP/AVP 0", "m=video 30002 RTP/AVPF 96"]);
@@ -405,7 +421,7 @@ mod video_tests {
         assert!(text.contains("a=rtcp-fb:96 ccm fir"));
         SessionDescription::parse(&a).unwrap();
         // Declined when not chosen.
-        let a = answer(&offer, &audio, None, &LOCAL);
+        let a = answer(&offer, Some(&audio), None, None, &LOCAL);
         assert!(std::str::from_utf8(&a)
             .unwrap()
             .contains("m=video 0 RTP/AVPF 97"));

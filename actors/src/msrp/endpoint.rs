@@ -12,8 +12,15 @@
 //!
 //! The joining of chunks and the limits are `cpm_engine::msrp::assemble`'s; this module moves
 //! bytes and waits for the storage's answer.
+//!
+//! A sink opened with [`open_chat`] is also a sender (a conference's focus is the MSRP
+//! endpoint of each participant's chat session, decision 0014): messages handed to
+//! [`MsrpSink::send`] wait in a bounded queue and go out as SEND chunks over the same
+//! connection, between the responses to what the participant sends. A full queue drops the
+//! copy (counted, `cpm_msrp_chat_dropped_total`): a participant that stops reading never holds
+//! up the others.
 
-use std::sync::atomic::Ordering::Relaxed;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,7 +34,7 @@ use parking_lot::Mutex;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::Plane;
 
@@ -51,6 +58,27 @@ pub(crate) struct SinkState {
     on_message: OnMessage,
     closed: watch::Sender<bool>,
     last_activity: Mutex<Instant>,
+    /// What a chat sink sends (`None`: a receive-only large-message sink).
+    outbox: Option<Outbox>,
+}
+
+/// The bounded queue of a chat sink's outgoing messages; the writer of its connection holds
+/// the receiver (one connection at a time).
+struct Outbox {
+    tx: mpsc::Sender<ChatMessage>,
+    rx: Arc<tokio::sync::Mutex<mpsc::Receiver<ChatMessage>>>,
+    dropped: AtomicU64,
+}
+
+/// A message a chat sink sends to its peer (a fan-out copy).
+#[derive(Debug, Clone)]
+pub struct ChatMessage {
+    /// Its Message-ID (fresh per copy).
+    pub message_id: Bytes,
+    /// Its Content-Type.
+    pub content_type: Bytes,
+    /// Its body (shared by the copies: no copy per recipient).
+    pub body: Bytes,
 }
 
 impl SinkState {
@@ -91,6 +119,30 @@ impl MsrpSink {
         now.saturating_duration_since(*self.state.last_activity.lock())
     }
 
+    /// Queues `msg` for the peer (a chat sink); `false` when it was dropped: the queue is full
+    /// (counted) or this sink only receives.
+    pub fn send(&self, msg: ChatMessage) -> bool {
+        let Some(out) = &self.state.outbox else {
+            return false;
+        };
+        match out.tx.try_send(msg) {
+            Ok(()) => true,
+            Err(_) => {
+                out.dropped.fetch_add(1, Relaxed);
+                self.plane.metrics.chat_dropped.fetch_add(1, Relaxed);
+                false
+            }
+        }
+    }
+
+    /// Copies dropped so far because the queue was full.
+    pub fn dropped(&self) -> u64 {
+        self.state
+            .outbox
+            .as_ref()
+            .map_or(0, |o| o.dropped.load(Relaxed))
+    }
+
     /// Connects to the sender's path (cpmd is `a=setup:active`, RFC 6135): the connection is
     /// bound with an empty SEND (RFC 4975 §5.4) and the messages arrive over it.
     pub fn connect(&self) {
@@ -106,6 +158,7 @@ impl Drop for MsrpSink {
             .lock()
             .remove(self.state.side.local().session_id());
         self.state.closed.send_replace(true);
+        self.plane.metrics.sinks.fetch_sub(1, Relaxed);
     }
 }
 
@@ -119,6 +172,45 @@ pub(super) fn open_sink(
     owner: Bytes,
     on_message: OnMessage,
 ) -> Result<MsrpSink, String> {
+    open(plane, local, peer_path, max, owner, on_message, None)
+}
+
+/// Opens a chat sink: a sink (as [`open_sink`]) that also sends the messages given to
+/// [`MsrpSink::send`], at most `queue` of them waiting.
+pub(super) fn open_chat(
+    plane: &Arc<Plane>,
+    local: &Bytes,
+    peer_path: &Bytes,
+    max: u64,
+    queue: usize,
+    on_message: OnMessage,
+) -> Result<MsrpSink, String> {
+    let (tx, rx) = mpsc::channel(queue.max(1));
+    let outbox = Outbox {
+        tx,
+        rx: Arc::new(tokio::sync::Mutex::new(rx)),
+        dropped: AtomicU64::new(0),
+    };
+    open(
+        plane,
+        local,
+        peer_path,
+        max,
+        local.clone(),
+        on_message,
+        Some(outbox),
+    )
+}
+
+fn open(
+    plane: &Arc<Plane>,
+    local: &Bytes,
+    peer_path: &Bytes,
+    max: u64,
+    owner: Bytes,
+    on_message: OnMessage,
+    outbox: Option<Outbox>,
+) -> Result<MsrpSink, String> {
     let local = Uri::parse(local).map_err(|e| e.reason().to_string())?;
     let path = parse_path(peer_path).map_err(|e| e.reason().to_string())?;
     let sid = local.session_id().clone();
@@ -129,11 +221,13 @@ pub(super) fn open_sink(
         on_message,
         closed: watch::channel(false).0,
         last_activity: Mutex::new(Instant::now()),
+        outbox,
     });
     plane
         .routes
         .lock()
         .insert(sid, super::Route::Sink(Arc::downgrade(&state)));
+    plane.metrics.sinks.fetch_add(1, Relaxed);
     Ok(MsrpSink {
         state,
         plane: plane.clone(),
@@ -180,7 +274,7 @@ impl Drop for Receiving {
 pub(super) struct SinkConn {
     pub(super) sink: Arc<SinkState>,
     plane: Arc<Plane>,
-    wr: OwnedWriteHalf,
+    wr: Out,
     asm: Assembler,
     cur: Cur,
     buf: BytesMut,
@@ -191,8 +285,22 @@ pub(super) struct SinkConn {
 
 impl SinkConn {
     pub(super) fn bind(sink: Arc<SinkState>, plane: &Arc<Plane>, wr: OwnedWriteHalf) -> SinkConn {
-        tracing::debug!("MSRP connection bound to a large-message sink");
+        tracing::debug!("MSRP connection bound to a sink");
         sink.touch();
+        let wr = match &sink.outbox {
+            Some(out) => {
+                let (tx, rx) = mpsc::channel(plane.settings.queue);
+                tokio::spawn(chat_writer(
+                    wr,
+                    rx,
+                    out.rx.clone(),
+                    sink.clone(),
+                    plane.clone(),
+                ));
+                Out::Queue(tx)
+            }
+            None => Out::Direct(wr),
+        };
         SinkConn {
             asm: Assembler::new(sink.max),
             sink,
@@ -222,7 +330,7 @@ impl SinkConn {
             total: Some(0),
         });
         let out = write::bodyless(&h, &mut self.buf);
-        self.wr.write_all(&out).await.is_ok()
+        self.wr.write(out).await
     }
 
     /// One parser event; `false` when the connection is to be closed (it cannot be written).
@@ -341,14 +449,14 @@ impl SinkConn {
             reason: Some(Bytes::from_static(b"OK")),
         });
         let out = write::bodyless(&r, &mut self.buf);
-        self.wr.write_all(&out).await.is_ok()
+        self.wr.write(out).await
     }
 
     async fn respond(&mut self, req: &Head, code: u16) -> bool {
         match write::response(req, code, None) {
             Some(r) => {
                 let out = write::bodyless(&r, &mut self.buf);
-                self.wr.write_all(&out).await.is_ok()
+                self.wr.write(out).await
             }
             None => true,
         }
@@ -361,6 +469,125 @@ impl SinkConn {
                 pending = self.asm.pending(),
                 "MSRP sink connection closed mid-message: not stored"
             );
+        }
+    }
+}
+
+/// Where a sink connection's responses and REPORTs go: the socket, or (a chat sink) the
+/// writer task that also sends the chat's messages.
+enum Out {
+    Direct(OwnedWriteHalf),
+    Queue(mpsc::Sender<Bytes>),
+}
+
+impl Out {
+    /// `false` when the connection cannot be written any more.
+    async fn write(&mut self, b: Bytes) -> bool {
+        match self {
+            Out::Direct(w) => w.write_all(&b).await.is_ok(),
+            Out::Queue(q) => q.send(b).await.is_ok(),
+        }
+    }
+}
+
+/// The writer of a chat sink's connection: the reader's responses and REPORTs (`ctrl`), and
+/// the queued chat messages as SEND chunks (each at most the re-chunking size, so a response
+/// waits at most one chunk). Ends with the reader, the sink, or a write error.
+async fn chat_writer(
+    mut wr: OwnedWriteHalf,
+    mut ctrl: mpsc::Receiver<Bytes>,
+    outbox: Arc<tokio::sync::Mutex<mpsc::Receiver<ChatMessage>>>,
+    sink: Arc<SinkState>,
+    plane: Arc<Plane>,
+) {
+    let mut closed = sink.subscribe();
+    // One connection sends at a time; a later one waits for the earlier one's end.
+    let mut queue = tokio::select! {
+        q = outbox.lock_owned() => q,
+        _ = closed.wait_for(|c| *c) => return,
+    };
+    let mut ids = IdGen::new(plane.next_seed());
+    let mut buf = BytesMut::new();
+    let peer = sink.peer_path().clone();
+    let local = sink.side.local_bytes().clone();
+    loop {
+        // (The select yields plain values: a watch guard must not live across a write.)
+        let next = tokio::select! {
+            biased;
+            _ = closed.wait_for(|c| *c) => None,
+            c = ctrl.recv() => c.map(Ok),
+            m = queue.recv() => m.map(Err),
+        };
+        let msg = match next {
+            None => return,
+            Some(Ok(b)) => {
+                if wr.write_all(&b).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Some(Err(m)) => m,
+        };
+        let out = Outgoing {
+            local: local.clone(),
+            peer_path: peer.clone(),
+            message_id: msg.message_id,
+            content_type: msg.content_type,
+            body: msg.body,
+        };
+        for (chunk, _) in chunks(&out, plane.settings.rechunk, &mut ids, &mut buf) {
+            for p in chunk {
+                if wr.write_all(&p).await.is_err() {
+                    return;
+                }
+            }
+            while let Ok(b) = ctrl.try_recv() {
+                if wr.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// The SEND chunks of `msg` (RFC 4975 §5.1: bodies of at most `step` bytes, each with its
+/// Byte-Range, `+` but the last), as the byte slices to write and its transaction id. The body
+/// goes out as slices of the message, without a copy.
+fn chunks(
+    msg: &Outgoing,
+    step: u64,
+    ids: &mut IdGen,
+    buf: &mut BytesMut,
+) -> Vec<([Bytes; 3], Bytes)> {
+    let total = msg.body.len() as u64;
+    let step = step.max(1) as usize;
+    let mut out = Vec::new();
+    let mut start = 0usize;
+    loop {
+        let end = (start + step).min(msg.body.len());
+        let mut h = Head::new(
+            ids.next_id(),
+            Kind::Request(Method::Send),
+            msg.peer_path.clone(),
+            msg.local.clone(),
+        );
+        h.message_id = Some(msg.message_id.clone());
+        h.byte_range = Some(ByteRange {
+            start: start as u64 + 1,
+            end: Some(end as u64),
+            total: Some(total),
+        });
+        h.content_type = Some(msg.content_type.clone());
+        let flag = if end == msg.body.len() {
+            Flag::Complete
+        } else {
+            Flag::Continues
+        };
+        let parts = write::chunk(&mut h, msg.body.slice(start..end), flag, buf);
+        out.push((parts, h.tid));
+        start = end;
+        if start >= msg.body.len() {
+            return out;
         }
     }
 }
@@ -413,40 +640,12 @@ async fn send_chunks(plane: &Plane, stream: TcpStream, msg: &Outgoing) -> Result
     let (mut rd, mut wr) = stream.into_split();
     let mut ids = IdGen::new(plane.next_seed());
     let mut buf = BytesMut::new();
-    let total = msg.body.len() as u64;
-    let step = plane.settings.rechunk.max(1) as usize;
     let mut tids = Vec::new();
-    let mut start = 0usize;
-    loop {
-        let end = (start + step).min(msg.body.len());
-        let mut h = Head::new(
-            ids.next_id(),
-            Kind::Request(Method::Send),
-            msg.peer_path.clone(),
-            msg.local.clone(),
-        );
-        h.message_id = Some(msg.message_id.clone());
-        h.byte_range = Some(ByteRange {
-            start: start as u64 + 1,
-            end: Some(end as u64),
-            total: Some(total),
-        });
-        h.content_type = Some(msg.content_type.clone());
-        let flag = if end == msg.body.len() {
-            Flag::Complete
-        } else {
-            Flag::Continues
-        };
-        // The body goes out as a slice of the stored message, without a copy.
-        let parts = write::chunk(&mut h, msg.body.slice(start..end), flag, &mut buf);
+    for (parts, tid) in chunks(msg, plane.settings.rechunk, &mut ids, &mut buf) {
         for p in parts {
             wr.write_all(&p).await.map_err(|_| 480u16)?;
         }
-        tids.push(h.tid);
-        start = end;
-        if start >= msg.body.len() {
-            break;
-        }
+        tids.push(tid);
     }
     let last = tids.last().cloned().unwrap_or_default();
     let deadline = tokio::time::Instant::now() + plane.settings.tx_timeout;

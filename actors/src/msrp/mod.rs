@@ -38,7 +38,7 @@ use cpm_engine::media::{MsrpConfig, Side};
 use cpm_engine::msrp::{ByteRange, Flag, Limits};
 use parking_lot::Mutex;
 
-pub use endpoint::{MsrpSink, OnMessage, Outgoing, Reply};
+pub use endpoint::{ChatMessage, MsrpSink, OnMessage, Outgoing, Reply};
 pub use leg::{MsrpLeg, MsrpLegStats};
 
 use crate::metrics::MsrpMetrics;
@@ -209,6 +209,29 @@ impl MsrpPlane {
         on_message: OnMessage,
     ) -> Result<MsrpSink, String> {
         endpoint::open_sink(&self.inner, local, peer_path, max, owner, on_message)
+    }
+
+    /// Opens a chat sink (a conference participant's chat session, the focus its MSRP
+    /// endpoint): a sink as [`MsrpPlane::open_sink`] that also sends what
+    /// [`MsrpSink::send`] queues, `queue` messages at most (more are dropped and counted).
+    pub fn open_chat(
+        &self,
+        local: &Bytes,
+        peer_path: &Bytes,
+        max: u64,
+        queue: usize,
+        on_message: OnMessage,
+    ) -> Result<MsrpSink, String> {
+        endpoint::open_chat(&self.inner, local, peer_path, max, queue, on_message)
+    }
+
+    /// Sinks (large-message and chat) open now.
+    pub fn sink_count(&self) -> usize {
+        let routes = self.inner.routes.lock();
+        routes
+            .values()
+            .filter(|r| matches!(r, Route::Sink(..)))
+            .count()
     }
 
     /// Whether a sink is receiving a message for `owner` now: from its first chunk until its

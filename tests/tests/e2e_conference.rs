@@ -516,11 +516,11 @@ fn predefined_conference_started_and_ended_through_the_api() {
 }
 
 #[test]
-fn a_panicking_conference_releases_everything() {
+fn a_panicking_conference_byes_everyone_and_releases_everything() {
     let cpmd = spawn(&[]);
     let alice = registered(&cpmd, "alice");
     let (mut a, _) = join(alice, "sip:conf-factory@localhost");
-    let (b, _) = join(
+    let (mut b, _) = join(
         Ua::udp(cpmd.sip_addr()).user("bob"),
         &a.dialog.target.clone(),
     );
@@ -529,8 +529,24 @@ fn a_panicking_conference_releases_everything() {
         .request(&a.ua, "INFO")
         .header("X-Cpm-Test", "panic-conference");
     a.ua.send_req(&info);
+    // Everyone gets a BYE of their dialog with the focus.
+    for p in [&mut a, &mut b] {
+        let bye = loop {
+            let got =
+                p.ua.recv_request(WAIT)
+                    .unwrap_or_else(|| panic!("{} got no BYE", p.ua.contact_uri()));
+            if method(&got.msg) == "BYE" {
+                break got;
+            }
+        };
+        assert!(
+            p.dialog.owns(&bye.msg),
+            "BYE of another dialog:\n{}",
+            bye.msg
+        );
+        p.ua.reply(&bye, 200, "OK");
+    }
     assert_released(&cpmd);
-    drop(b);
 }
 
 /// SIGTERM (issue 7, graceful shutdown): a running conference goes on for `--drain-time` while

@@ -1602,6 +1602,24 @@ impl Handler<ToConference> for ConferenceActor {
     type Result = ();
 
     fn handle(&mut self, msg: ToConference, ctx: &mut Context<Self>) {
+        // A panic (a bug, or the test hook) ends this conference alone: everyone gets a BYE,
+        // its resources go, the worker's other conferences and sessions go on. Should ending
+        // it panic as well, the actor still stops and `Drop` releases what it holds.
+        let run =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| self.on_message(msg, ctx)));
+        if run.is_err() {
+            tracing::error!(conference = %self.name, "conference actor panicked: conference ended");
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                self.end("its actor panicked");
+                self.flush();
+            }));
+            ctx.stop();
+        }
+    }
+}
+
+impl ConferenceActor {
+    fn on_message(&mut self, msg: ToConference, ctx: &mut Context<Self>) {
         match msg {
             ToConference::Request {
                 tx,

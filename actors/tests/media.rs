@@ -756,3 +756,74 @@ fn connected_sockets_latch_again_without_strict_source() {
     // The RTCP port (not muxed) is not connected: one socket, no peer.
     await_sockets_on(leg.local_rtcp(Side::A).unwrap().port(), &[None]);
 }
+
+/// Media floods (issue 7): a stranger flooding a latched leg's port and garbage flooding
+/// another's, plus datagrams to a port no leg holds, while both legs carry a paced stream:
+/// every packet of both streams is relayed, in order, and the flood is dropped and counted.
+#[test]
+fn a_flood_of_strangers_and_garbage_disturbs_no_leg() {
+    let p = connected_plane(true, true);
+    let legs = [
+        p.open_leg(&spec(true, true)).unwrap(),
+        p.open_leg(&spec(true, true)).unwrap(),
+    ];
+    let ends: Vec<(Endpoint, Endpoint)> =
+        (0..2).map(|_| (Endpoint::new(), Endpoint::new())).collect();
+    for (leg, (a, b)) in legs.iter().zip(&ends) {
+        leg.set_peer(Side::B, b.addr(), None).unwrap();
+        send_stream(a, leg.local_rtp(Side::A), 1, 1, 0xa);
+        assert_eq!(b.recv(1, Duration::from_millis(500)).len(), 1, "latched");
+        await_sockets_on(leg.local_rtp(Side::A).port(), &[None, Some(a.addr())]);
+    }
+    let unallocated = UdpSocket::bind(SocketAddr::from((LOOPBACK, 0))).unwrap();
+    let nobody = unallocated.local_addr().unwrap();
+    drop(unallocated);
+    let targets = [
+        legs[0].local_rtp(Side::A),
+        legs[1].local_rtp(Side::A),
+        nobody,
+    ];
+    let flood = std::thread::spawn(move || {
+        let s = UdpSocket::bind(SocketAddr::from((LOOPBACK, 0))).unwrap();
+        let valid = rtp(1000, 0x5, 160);
+        let mut sent = 0u64;
+        for i in 0..30_000u32 {
+            let (to, data): (SocketAddr, &[u8]) = match i % 3 {
+                0 => (targets[0], &valid),
+                1 => (targets[1], b"garbage, not RTP at all"),
+                _ => (targets[2], &valid),
+            };
+            if s.send_to(data, to).is_ok() {
+                sent += 1;
+            }
+        }
+        sent
+    });
+    // Both legs' own streams, paced, during the flood.
+    let mut sent: [Vec<Vec<u8>>; 2] = [Vec::new(), Vec::new()];
+    for seq in 2..202u16 {
+        for (k, (leg, (a, _))) in legs.iter().zip(&ends).enumerate() {
+            sent[k].extend(send_stream(a, leg.local_rtp(Side::A), seq, 1, 0xa));
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    flood.join().unwrap();
+    for (k, (_, b)) in ends.iter().enumerate() {
+        let got = b.recv(200, Duration::from_millis(500));
+        assert!(
+            got.iter().map(|(d, _)| d).eq(sent[k].iter()),
+            "leg {k}: {} of 200 packets, in order: the flood disturbed it",
+            got.len()
+        );
+    }
+    let s0 = stats_when(&legs[0], |s| s.from_a.dropped(DropReason::WrongSource) > 0);
+    let s1 = stats_when(&legs[1], |s| s.from_a.dropped_total() > 0);
+    assert!(s0.from_a.dropped(DropReason::WrongSource) > 0, "{s0:?}");
+    assert!(s1.from_a.dropped_total() > 0, "{s1:?}");
+    assert_eq!((s0.from_a.packets, s1.from_a.packets), (201, 201));
+    assert_eq!(
+        s0.from_a.latched,
+        Some(ends[0].0.addr()),
+        "the flood never latched"
+    );
+}

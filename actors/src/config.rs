@@ -114,6 +114,8 @@ pub struct Config {
     /// Storage writes queued at most (`--storage-queue`); beyond, a MESSAGE to hold gets 503.
     /// 0 refuses every write (a test knob).
     pub storage_queue: usize,
+    /// SQLite page cache per storage connection, MiB (`--storage-cache-mib`).
+    pub storage_cache_mib: u32,
     /// Bearer tokens of the HTTP API (`--api-tokens`): a file of `user token` lines; with
     /// `--users-file` the API also takes HTTP Digest with the SIP credentials.
     pub api_tokens: Option<PathBuf>,
@@ -207,6 +209,7 @@ impl Default for Config {
             large_message_max: 10 * 1024 * 1024,
             msrp_bind_timeout: 30,
             storage_queue: 16_384,
+            storage_cache_mib: 64,
             storage_default: StorageDefault(cpm_engine::store::StoragePolicy::All),
             api_tokens: None,
             conference_factory: None,
@@ -375,6 +378,7 @@ const KEYS: &[&str] = &[
     "large-message-max",
     "msrp-bind-timeout",
     "storage-queue",
+    "storage-cache-mib",
     "storage-default",
     "api-tokens",
     "conference-factory",
@@ -448,6 +452,8 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
                             [default: 30]
   --storage-queue N         storage writes queued at most; beyond, a MESSAGE to hold gets 503
                             (0: refuse every write, for tests) [default: 16384]
+  --storage-cache-mib N     SQLite page cache of each storage connection (writer, reader),
+                            MiB; resident memory grows to it as the database does [default: 64]
   --storage-default POLICY  network storage of users who set nothing: all, none, or
                             on-request (X-CPM-Store: yes) [default: all]
   --api-tokens FILE         bearer tokens of the HTTP API /api/v1 (`user token` per line);
@@ -570,6 +576,7 @@ impl Config {
             "large-message-max" => self.large_message_max = parse(key, value)?,
             "msrp-bind-timeout" => self.msrp_bind_timeout = parse(key, value)?,
             "storage-queue" => self.storage_queue = parse(key, value)?,
+            "storage-cache-mib" => self.storage_cache_mib = parse(key, value)?,
             "storage-default" => self.storage_default = parse(key, value)?,
             "api-tokens" => self.api_tokens = Some(PathBuf::from(value)),
             "conference-factory" => self.conference_factory = Some(value.to_string()),

@@ -153,6 +153,7 @@ impl Shared {
             })?;
         let storage_options = StorageOptions {
             write_queue: config.storage_queue,
+            cache_kib: config.storage_cache_mib.saturating_mul(1024),
             ..StorageOptions::default()
         };
         let storage = Storage::open(&config.data_dir, storage_options).map_err(|e| {

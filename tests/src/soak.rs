@@ -284,6 +284,9 @@ pub struct Sample {
     pub t: f64,
     /// `VmRSS` in KiB.
     pub rss_kib: f64,
+    /// `RssAnon` in KiB: the anonymous part of the resident memory (heap, stacks), without
+    /// the file pages of the mapped database (the kernel's page cache, reclaimable).
+    pub anon_kib: f64,
     /// Open file descriptors (`/proc/PID/fd` entries).
     pub fds: f64,
     /// Threads (`Threads:` of `/proc/PID/status`).
@@ -296,6 +299,11 @@ pub struct Sample {
 
 /// `VmRSS` (KiB) and `Threads` of a process, from `/proc/PID/status`.
 pub fn proc_status(pid: u32) -> Option<(f64, f64)> {
+    proc_status_fields(pid).map(|(rss, _, threads)| (rss, threads))
+}
+
+/// `VmRSS`, `RssAnon` (KiB) and `Threads` of a process, from `/proc/PID/status`.
+pub fn proc_status_fields(pid: u32) -> Option<(f64, f64, f64)> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     let field = |name: &str| {
         text.lines()
@@ -303,7 +311,7 @@ pub fn proc_status(pid: u32) -> Option<(f64, f64)> {
             .and_then(|v| v.split_whitespace().next())
             .and_then(|v| v.parse::<f64>().ok())
     };
-    Some((field("VmRSS:")?, field("Threads:")?))
+    Some((field("VmRSS:")?, field("RssAnon:")?, field("Threads:")?))
 }
 
 /// CPU time (user + system) a process used so far, in seconds (`/proc/PID/stat`).
@@ -353,13 +361,14 @@ pub fn gauges(text: &str) -> BTreeMap<String, f64> {
 
 /// Takes one [`Sample`] of cpmd (`pid`, management listener `http`); `None` if it is gone.
 pub fn sample(pid: u32, http: SocketAddr, t0: Instant) -> Option<Sample> {
-    let (rss_kib, threads) = proc_status(pid)?;
+    let (rss_kib, anon_kib, threads) = proc_status_fields(pid)?;
     let fds = fd_count(pid)?;
     let cpu_s = cpu_seconds(pid)?;
     let r = crate::http::get(http, "/metrics", Duration::from_secs(5)).ok()?;
     Some(Sample {
         t: t0.elapsed().as_secs_f64(),
         rss_kib,
+        anon_kib,
         fds,
         threads,
         cpu_s,
@@ -757,6 +766,7 @@ mod tests {
         let s = |t: f64, rss: f64| Sample {
             t,
             rss_kib: rss,
+            anon_kib: rss,
             fds: 0.0,
             threads: 0.0,
             cpu_s: 0.0,

@@ -43,6 +43,8 @@ pub struct StorageOptions {
     pub batch: usize,
     /// SQLite `synchronous` (see [`Durability`]).
     pub durability: Durability,
+    /// Page cache of each connection (the writer's and the reader's), KiB.
+    pub cache_kib: u32,
 }
 
 impl Default for StorageOptions {
@@ -52,6 +54,7 @@ impl Default for StorageOptions {
             read_queue: 1_024,
             batch: 512,
             durability: Durability::Full,
+            cache_kib: 65_536,
         }
     }
 }
@@ -177,6 +180,8 @@ impl Storage {
         // The writer opens first and migrates; the reader then finds the latest schema.
         let writer = SqliteStore::open(data_dir, options.durability)?;
         let reader = SqliteStore::open(data_dir, options.durability)?;
+        writer.set_cache_kib(options.cache_kib)?;
+        reader.set_cache_kib(options.cache_kib)?;
         Storage::with_backends(Box::new(writer), Box::new(reader), options)
     }
 

@@ -154,6 +154,13 @@ impl SqliteStore {
         SqliteStore::open_at(data_dir, durability, MIGRATIONS.len()).map_err(StoreError::from)
     }
 
+    /// Sets the connection's page cache to at most `kib` KiB (SQLite `cache_size`).
+    pub fn set_cache_kib(&self, kib: u32) -> Result<(), StoreError> {
+        self.conn
+            .pragma_update(None, "cache_size", -i64::from(kib))
+            .map_err(|e| StoreError::Backend(e.to_string()))
+    }
+
     /// Opens and migrates up to schema version `target` (tests open old versions this way).
     fn open_at(data_dir: &Path, durability: Durability, target: usize) -> Res<SqliteStore> {
         fs::create_dir_all(data_dir)?;

@@ -21,7 +21,7 @@ use cpm_engine::msrp::uri::first_of_path;
 use cpm_engine::msrp::write::{self, IdGen};
 use cpm_engine::msrp::{ByteRange, Event, Flag, Head, Kind, Method, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch, Notify};
 
@@ -31,6 +31,10 @@ use super::{Plane, TapEvent};
 
 /// Bytes read from a socket at a time (and so the largest frame queued).
 const READ: usize = 64 * 1024;
+
+/// How long a connection of a closed leg still flushes what was queued toward it, and waits
+/// for its peer to close, before it is dropped.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Accepts connections for ever; each is served by its own task.
 pub(super) async fn accept_loop(listener: TcpListener, plane: Arc<Plane>) {
@@ -209,7 +213,10 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<Prebound>) {
                 tracing::debug!("MSRP connection closed: no request for one of our sessions in time");
                 break;
             }
-            _ = wait_closed(&mut closed) => break,
+            _ = wait_closed(&mut closed) => {
+                linger(&mut rd).await;
+                break;
+            }
             _ = wait_notified(&interrupt) => {
                 if let Some(Binding::Relay(r)) = reader.as_mut() {
                     r.interrupt().await;
@@ -334,20 +341,28 @@ async fn writer(
         }
         let frame = tokio::select! {
             biased;
-            _ = closed.wait_for(|c| *c) => return,
+            _ = closed.wait_for(|c| *c) => None,
             c = ctrl.recv(), if held.is_none() => match c {
                 Some(b) if mid => {
                     held = Some(b);
                     interrupt.notify_one();
                     continue;
                 }
-                Some(b) => Frame::End(b),
+                Some(b) => Some(Frame::End(b)),
                 None => return,
             },
             d = data.recv() => match d {
-                Some(f) => f,
+                Some(f) => Some(f),
                 None => return,
             },
+        };
+        let Some(frame) = frame else {
+            // The leg closed (a BYE): what we accepted, and already answered 200 hop by hop,
+            // still goes out before our FIN; bounded by [`CLOSE_LINGER`].
+            let flush = flush(&mut wr, &mut data, &mut ctrl, held.take(), mid);
+            let _ = tokio::time::timeout(CLOSE_LINGER, flush).await;
+            let _ = wr.shutdown().await;
+            return;
         };
         let bytes = match frame {
             Frame::Part(b) => {
@@ -363,6 +378,56 @@ async fn writer(
             return;
         }
     }
+}
+
+/// Writes what is still queued toward a connection whose leg closed: the forwarded frames
+/// first, then (unless a forwarded message stays cut off half way) ours.
+async fn flush(
+    wr: &mut OwnedWriteHalf,
+    data: &mut mpsc::Receiver<Frame>,
+    ctrl: &mut mpsc::Receiver<Bytes>,
+    held: Option<Bytes>,
+    mut mid: bool,
+) -> std::io::Result<()> {
+    while let Ok(frame) = data.try_recv() {
+        let bytes = match frame {
+            Frame::Part(b) => {
+                mid = true;
+                b
+            }
+            Frame::End(b) => {
+                mid = false;
+                b
+            }
+        };
+        wr.write_all(&bytes).await?;
+    }
+    if mid {
+        return Ok(());
+    }
+    if let Some(b) = held {
+        wr.write_all(&b).await?;
+    }
+    while let Ok(b) = ctrl.try_recv() {
+        wr.write_all(&b).await?;
+    }
+    Ok(())
+}
+
+/// After its leg closed, a connection reads and drops what its peer still sends (the
+/// responses to what the writer flushes) until the peer closes too, for at most
+/// [`CLOSE_LINGER`]: closing a socket with unread data resets it (RFC 9293 §3.6.1, RFC
+/// 2525 §2.17), and a reset destroys what the peer has received but not yet read.
+async fn linger(rd: &mut OwnedReadHalf) {
+    let mut scratch = vec![0u8; 4096];
+    let drain = async {
+        while let Ok(n) = rd.read(&mut scratch).await {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(CLOSE_LINGER, drain).await;
 }
 
 /// What the reader is doing with the current transaction.

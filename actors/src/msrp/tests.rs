@@ -16,10 +16,15 @@ impl Tap for Recorder {
 
 /// Reads until `needle` was seen (or 5 s passed); returns what was read.
 fn read_until(s: &mut TcpStream, needle: &str) -> String {
+    read_until_for(s, needle, Duration::from_secs(5))
+}
+
+/// Reads until `needle` was seen (or `wait` passed); returns what was read.
+fn read_until_for(s: &mut TcpStream, needle: &str, wait: Duration) -> String {
     s.set_read_timeout(Some(Duration::from_millis(200)))
         .unwrap();
     let mut got = Vec::new();
-    let until = std::time::Instant::now() + Duration::from_secs(5);
+    let until = std::time::Instant::now() + wait;
     while std::time::Instant::now() < until {
         let mut buf = [0u8; 4096];
         if let Ok(n) = s.read(&mut buf) {
@@ -61,7 +66,16 @@ fn plane_with_leg() -> (MsrpPlane, MsrpLeg, Arc<MsrpMetrics>, u16) {
 
 /// Connects as `side` (`aaa` or `bbb` is our URI facing it) with an empty SEND, answered 200.
 fn connect(plane: &MsrpPlane, port: u16, ours: &str, path: &str) -> TcpStream {
-    let mut s = TcpStream::connect(plane.local_addr()).unwrap();
+    bind(
+        TcpStream::connect(plane.local_addr()).unwrap(),
+        port,
+        ours,
+        path,
+    )
+}
+
+/// Binds the connected `s` as the side whose URI of ours is `ours` (see [`connect`]).
+fn bind(mut s: TcpStream, port: u16, ours: &str, path: &str) -> TcpStream {
     s.write_all(
         format!(
             "MSRP tx00 SEND\r\nTo-Path: msrp://127.0.0.1:{port}/{ours};tcp\r\n\
@@ -359,4 +373,60 @@ fn deliver_sends_chunks_and_waits_for_the_last_200() {
         move |r| tx.send(r).unwrap(),
     );
     assert_eq!(rx.recv_timeout(Duration::from_secs(15)).unwrap(), Err(480));
+}
+
+/// What the relay accepted (and answered 200 hop by hop) before the leg closed still reaches
+/// a slow receiver, followed by an orderly close: nothing queued is dropped, nothing reset.
+#[test]
+fn a_closed_leg_still_delivers_what_it_accepted() {
+    let (plane, leg, _metrics, port) = plane_with_leg();
+    // b reads nothing until the leg is gone, through a small receive window.
+    let small = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    small.set_recv_buffer_size(4096).unwrap();
+    small.connect(&plane.local_addr().into()).unwrap();
+    let mut b = bind(small.into(), port, "bbb", "msrp://b.test:9/pb;tcp");
+    let mut a = TcpStream::connect(plane.local_addr()).unwrap();
+    a.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    // a sends messages until the relay stops answering (its queue toward b is full): every
+    // answered one is then in the kernel's buffers or in that queue.
+    const LEN: usize = 60_000;
+    let body = vec![b'~'; LEN];
+    let mut answered = 0;
+    for i in 0..200 {
+        let mut msg = format!(
+            "MSRP tx{i:04} SEND\r\nTo-Path: msrp://127.0.0.1:{port}/aaa;tcp\r\n\
+             From-Path: msrp://a.test:9/pa;tcp\r\nMessage-ID: m{i:04}\r\nByte-Range: 1-{LEN}/{LEN}\r\n\
+             Content-Type: text/plain\r\n\r\n"
+        )
+        .into_bytes();
+        msg.extend_from_slice(&body);
+        msg.extend_from_slice(format!("\r\n-------tx{i:04}$\r\n").as_bytes());
+        if a.write_all(&msg).is_err() {
+            break;
+        }
+        let ok = read_until_for(&mut a, &format!("-------tx{i:04}$"), Duration::from_secs(1));
+        if !ok.contains(&format!("MSRP tx{i:04} 200 OK\r\n")) {
+            break;
+        }
+        answered += 1;
+    }
+    assert!((1..200).contains(&answered), "{answered} answered");
+
+    drop(leg);
+    b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    let end = loop {
+        let mut buf = [0u8; 65536];
+        match b.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(end.is_ok(), "the relay closed with an error: {end:?}");
+    let body_bytes = got.iter().filter(|&&c| c == b'~').count();
+    assert!(
+        body_bytes >= answered * LEN,
+        "{body_bytes} body bytes reached b, {answered} messages of {LEN} were answered 200"
+    );
 }

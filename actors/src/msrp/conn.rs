@@ -214,6 +214,9 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<Prebound>) {
                 break;
             }
             _ = wait_closed(&mut closed) => {
+                if let Some(Binding::Sink(s)) = reader.as_mut() {
+                    s.close_write().await;
+                }
                 linger(&mut rd).await;
                 break;
             }

@@ -462,6 +462,14 @@ impl SinkConn {
         }
     }
 
+    /// The sink closed: our FIN goes out now, before the reader lingers for the peer's
+    /// (a chat sink's writer task ends with the sink and sends it then).
+    pub(super) async fn close_write(&mut self) {
+        if let Out::Direct(w) = &mut self.wr {
+            let _ = w.shutdown().await;
+        }
+    }
+
     /// The connection ended: an unfinished message is dropped with the assembler.
     pub(super) fn finish(self) {
         if self.asm.pending() > 0 {

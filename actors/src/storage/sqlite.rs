@@ -93,6 +93,9 @@ pub const MIGRATIONS: &[&str] = &[
         storage TEXT NOT NULL,
         record_sessions INTEGER NOT NULL
      ) WITHOUT ROWID;",
+    // 3: the per-user cap counts a recipient's unexpired held messages at every hold; with
+    // only (recipient, id) that read every row of the table (a seek per held message).
+    "CREATE INDEX deferred_by_recipient_expiry ON deferred(recipient, expires_at);",
 ];
 
 /// How hard a commit waits for the disk (`PRAGMA synchronous`, in WAL mode).
@@ -264,6 +267,10 @@ fn u(v: i64) -> u64 {
     u64::try_from(v).unwrap_or(0)
 }
 
+/// A recipient's held messages that count toward the cap: those not expired yet (expired ones,
+/// not swept yet, will never be sent).
+const CAP_COUNT: &str = "SELECT COUNT(*) FROM deferred WHERE recipient = ?1 AND expires_at > ?2";
+
 /// One op inside the batch's transaction.
 fn apply(
     tx: &Transaction<'_>,
@@ -274,11 +281,8 @@ fn apply(
     let affected = |n: usize| Ok(WriteResult::Affected(n as u64));
     match op {
         WriteOp::DeferCapped { message, cap } => {
-            // Messages already expired (not swept yet) do not count: they will never be sent.
             let queued: i64 = tx
-                .prepare_cached(
-                    "SELECT COUNT(*) FROM deferred WHERE recipient = ?1 AND expires_at > ?2",
-                )?
+                .prepare_cached(CAP_COUNT)?
                 .query_row(params![message.recipient, message.received_at], |r| {
                     r.get(0)
                 })?;
@@ -821,6 +825,28 @@ mod tests {
         drop(s);
         let s = SqliteStore::open(&d, Durability::Normal).unwrap();
         assert_eq!(s.schema_version().unwrap(), MIGRATIONS.len() as u32);
+        let _ = fs::remove_dir_all(&d);
+    }
+
+    /// The cap's count at every hold reads the index alone, not a table row per held message.
+    #[test]
+    fn the_cap_is_counted_from_an_index() {
+        let d = dir("plan");
+        let s = SqliteStore::open(&d, Durability::Normal).unwrap();
+        let plan: Vec<String> = s
+            .conn
+            .prepare(&format!("EXPLAIN QUERY PLAN {CAP_COUNT}"))
+            .unwrap()
+            .query_map(params!["sip:bob@x", 1], |r| r.get::<_, String>(3))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap();
+        assert!(
+            plan.iter()
+                .any(|p| p.contains("COVERING INDEX deferred_by_recipient_expiry")),
+            "{plan:?}"
+        );
+        drop(s);
         let _ = fs::remove_dir_all(&d);
     }
 

@@ -303,6 +303,7 @@ impl TransactionLayer {
             )
         };
         self.server_keys.insert(Box::new(key.clone()), id);
+        *in_flight_server(&mut self.stats, &tx) += 1;
         self.servers.insert(
             id,
             Box::new(ServerEntry {
@@ -412,6 +413,7 @@ impl TransactionLayer {
             (ClientTx::NonInvite(t), a)
         };
         self.client_keys.insert(key.clone(), id);
+        *in_flight_client(&mut self.stats, &tx) += 1;
         let sent_by = (Host(via.host), via.port);
         self.clients.insert(
             id,
@@ -593,22 +595,11 @@ impl TransactionLayer {
         self.events.pop_front()
     }
 
-    /// Counters, with the transactions now in flight.
+    /// Counters, with the transactions now in flight; O(1) (the in-flight counts are kept at
+    /// insert and remove: a worker reads them after every drain, with hundreds of thousands
+    /// of transactions lingering in Timer J).
     pub fn stats(&self) -> TxStats {
-        let mut s = self.stats;
-        for e in self.clients.values() {
-            match e.tx {
-                ClientTx::Invite(_) => s.client_invite += 1,
-                ClientTx::NonInvite(_) => s.client_non_invite += 1,
-            }
-        }
-        for e in self.servers.values() {
-            match e.tx {
-                ServerTx::Invite(_) => s.server_invite += 1,
-                ServerTx::NonInvite(_) => s.server_non_invite += 1,
-            }
-        }
-        s
+        self.stats
     }
 
     /// Transactions in flight.
@@ -695,6 +686,7 @@ impl TransactionLayer {
         let Some(mut e) = self.clients.remove(&id) else {
             return false;
         };
+        *in_flight_client(&mut self.stats, &e.tx) -= 1;
         rearm(&mut self.deadlines, TxId::Client(id), &mut e.armed, None);
         if self.client_keys.get(&e.key) == Some(&id) {
             self.client_keys.remove(&e.key);
@@ -706,6 +698,7 @@ impl TransactionLayer {
         let Some(mut e) = self.servers.remove(&id) else {
             return false;
         };
+        *in_flight_server(&mut self.stats, &e.tx) -= 1;
         rearm(&mut self.deadlines, TxId::Server(id), &mut e.armed, None);
         if self.server_keys.get(&e.key) == Some(&id) {
             self.server_keys.remove(&e.key);
@@ -748,7 +741,8 @@ impl TransactionLayer {
         self.next_id
     }
 
-    /// The tables agree: one key per transaction, one index entry per armed timer.
+    /// The tables agree: one key per transaction, one index entry per armed timer, and the
+    /// in-flight counts match the tables.
     pub(crate) fn check_invariants(&self) {
         assert_eq!(self.client_keys.len(), self.clients.len());
         assert_eq!(self.server_keys.len(), self.servers.len());
@@ -769,5 +763,44 @@ impl TransactionLayer {
         for (id, e) in &self.servers {
             assert_eq!(e.armed, e.tx.poll_timeout(), "server {id:?}");
         }
+        let mut counted = TxStats::default();
+        for e in self.clients.values() {
+            *in_flight_client(&mut counted, &e.tx) += 1;
+        }
+        for e in self.servers.values() {
+            *in_flight_server(&mut counted, &e.tx) += 1;
+        }
+        let s = self.stats;
+        assert_eq!(
+            (
+                s.client_invite,
+                s.client_non_invite,
+                s.server_invite,
+                s.server_non_invite
+            ),
+            (
+                counted.client_invite,
+                counted.client_non_invite,
+                counted.server_invite,
+                counted.server_non_invite
+            ),
+            "in-flight counts"
+        );
+    }
+}
+
+/// The in-flight count of a client transaction's kind.
+fn in_flight_client<'a>(s: &'a mut TxStats, tx: &ClientTx) -> &'a mut usize {
+    match tx {
+        ClientTx::Invite(_) => &mut s.client_invite,
+        ClientTx::NonInvite(_) => &mut s.client_non_invite,
+    }
+}
+
+/// The in-flight count of a server transaction's kind.
+fn in_flight_server<'a>(s: &'a mut TxStats, tx: &ServerTx) -> &'a mut usize {
+    match tx {
+        ServerTx::Invite(_) => &mut s.server_invite,
+        ServerTx::NonInvite(_) => &mut s.server_non_invite,
     }
 }

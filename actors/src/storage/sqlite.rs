@@ -94,8 +94,10 @@ pub const MIGRATIONS: &[&str] = &[
         record_sessions INTEGER NOT NULL
      ) WITHOUT ROWID;",
     // 3: the per-user cap counts a recipient's unexpired held messages at every hold; with
-    // only (recipient, id) that read every row of the table (a seek per held message).
-    "CREATE INDEX deferred_by_recipient_expiry ON deferred(recipient, expires_at);",
+    // (recipient, id) alone that read a table row per held message. The index carries the
+    // expiry too (one index, not a second one to update at every hold).
+    "DROP INDEX deferred_by_recipient;
+     CREATE INDEX deferred_by_recipient ON deferred(recipient, id, expires_at);",
 ];
 
 /// How hard a commit waits for the disk (`PRAGMA synchronous`, in WAL mode).
@@ -843,7 +845,7 @@ mod tests {
             .unwrap();
         assert!(
             plan.iter()
-                .any(|p| p.contains("COVERING INDEX deferred_by_recipient_expiry")),
+                .any(|p| p.contains("COVERING INDEX deferred_by_recipient ")),
             "{plan:?}"
         );
         drop(s);

@@ -184,20 +184,19 @@ fn bare_plane() -> MsrpPlane {
 }
 
 /// A sink joins the chunks of a message, hands it over whole, and answers the last chunk
-/// with what comes back (here after a delay, as a storage commit would); a `+` chunk is
-/// answered at once.
+/// with what comes back (here when the test says so, as a storage commit would later); a `+`
+/// chunk is answered at once.
 #[test]
 fn sink_answers_the_last_chunk_after_the_reply() {
     let plane = bare_plane();
     let got = Arc::new(Mutex::new(Vec::new()));
     let seen = got.clone();
+    let pending: Arc<Mutex<Option<Reply>>> = Arc::default();
+    let replies = pending.clone();
     let local = plane.fresh_uri("127.0.0.1");
     let on_message: OnMessage = Box::new(move |m, reply| {
         seen.lock().push(m.body.clone());
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(100));
-            let _ = reply.send(200);
-        });
+        *replies.lock() = Some(reply);
     });
     let sink = plane
         .open_sink(
@@ -227,10 +226,18 @@ fn sink_answers_the_last_chunk_after_the_reply() {
     assert!(!plane.receiving(b"carol"));
     s.write_all(chunk("tidt2", "4-6/6", "def", '$').as_bytes())
         .unwrap();
-    std::thread::sleep(Duration::from_millis(50));
-    assert!(plane.receiving(b"bob"), "still, until the storage answered");
-    assert!(read_until(&mut s, "MSRP tidt2 200").contains("MSRP tidt2 200"));
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while pending.lock().is_none() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
     assert_eq!(got.lock().as_slice(), [Bytes::from_static(b"abcdef")]);
+    // Handed over, not answered yet: no 200 for the last chunk, and bob is still receiving.
+    let early = read_until_for(&mut s, "MSRP tidt2", Duration::from_millis(200));
+    assert!(!early.contains("MSRP tidt2"), "{early}");
+    assert!(plane.receiving(b"bob"), "still, until the storage answered");
+    let reply = pending.lock().take().expect("the message was handed over");
+    reply.send(200).unwrap();
+    assert!(read_until(&mut s, "MSRP tidt2 200").contains("MSRP tidt2 200"));
     assert!(!plane.receiving(b"bob"), "stored and answered");
     // Over the limit: 413, nothing handed over.
     s.write_all(

@@ -418,6 +418,9 @@ impl SinkConn {
                     Ok(Err(_)) => 500,
                     Err(_) => 408,
                 };
+                // No longer receiving before the sender hears so: a pager message it sends
+                // after our 200 must not wait behind this one.
+                self.receiving = None;
                 if !self.respond(&h, code).await {
                     return false;
                 }

@@ -235,7 +235,8 @@ impl MsrpPlane {
     }
 
     /// Whether a sink is receiving a message for `owner` now: from its first chunk until its
-    /// storage answer was sent (or it was aborted, refused or its connection lost).
+    /// storage answer came, before the sender is told (or until it was aborted, refused or its
+    /// connection lost).
     pub fn receiving(&self, owner: &[u8]) -> bool {
         self.inner.receiving.lock().contains_key(owner)
     }

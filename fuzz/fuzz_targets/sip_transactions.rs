@@ -79,14 +79,11 @@ impl Driver {
                 }
             }
         }
-        let stats = self.layer.stats();
+        let n = self.layer.in_flight();
         assert_eq!(
-            stats.client_invite
-                + stats.client_non_invite
-                + stats.server_invite
-                + stats.server_non_invite,
+            n.client_invite + n.client_non_invite + n.server_invite + n.server_non_invite,
             self.layer.len(),
-            "{stats:?}"
+            "{n:?}"
         );
     }
 

@@ -256,6 +256,40 @@ fn sink_answers_the_last_chunk_after_the_reply() {
     assert_eq!(s.read(&mut buf).unwrap_or(1), 0, "closed");
 }
 
+/// A storage that goes away without answering (its reply dropped): the last chunk gets 500,
+/// the message no longer counts as being received, and the connection takes the next one.
+#[test]
+fn sink_answers_500_when_the_storage_never_answers() {
+    let plane = bare_plane();
+    let local = plane.fresh_uri("127.0.0.1");
+    let on_message: OnMessage = Box::new(|_, reply| drop(reply));
+    let _sink = plane
+        .open_sink(
+            &local,
+            &Bytes::from_static(b"msrp://a.test:9/pa;tcp"),
+            100,
+            Bytes::from_static(b"bob"),
+            on_message,
+        )
+        .unwrap();
+    let mut s = TcpStream::connect(plane.local_addr()).unwrap();
+    let to = String::from_utf8_lossy(&local).into_owned();
+    for (tid, id) in [("tide1", "msge1"), ("tide2", "msge2")] {
+        s.write_all(
+            format!(
+                "MSRP {tid} SEND\r\nTo-Path: {to}\r\nFrom-Path: msrp://a.test:9/pa;tcp\r\n\
+                 Message-ID: {id}\r\nByte-Range: 1-2/2\r\nContent-Type: text/plain\r\n\r\n\
+                 hi\r\n-------{tid}$\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+        let r = read_until(&mut s, &format!("MSRP {tid} 500"));
+        assert!(r.contains(&format!("MSRP {tid} 500")), "{r}");
+        assert!(!plane.receiving(b"bob"), "not stored, and not waited for");
+    }
+}
+
 /// A sink whose sender is passive (RFC 6135): cpmd connects to the sender's path, binds the
 /// connection with an empty SEND, and receives the message over it.
 #[test]

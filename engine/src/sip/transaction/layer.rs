@@ -9,9 +9,9 @@ use bytes::Bytes;
 
 use super::key::{ClientKey, Host, ServerKey};
 use super::{
-    AckDisposition, Actions, CancelOutcome, ClientTxId, Failure, InviteClient, InviteClientState,
-    InviteServer, LayerConfig, NonInviteClient, NonInviteServer, RequestOutcome, ResponseOutcome,
-    ServerTxId, Transmit, TxError, TxEvent, TxId, TxStats,
+    AckDisposition, Actions, CancelOutcome, ClientTxId, Failure, InFlight, InviteClient,
+    InviteClientState, InviteServer, LayerConfig, NonInviteClient, NonInviteServer, RequestOutcome,
+    ResponseOutcome, ServerTxId, Transmit, TxError, TxEvent, TxId, TxStats,
 };
 use crate::sip::builder::{cancel_for, response_to, stamp_received, tag_of, BranchGen};
 use crate::sip::hdr::Via;
@@ -303,7 +303,6 @@ impl TransactionLayer {
             )
         };
         self.server_keys.insert(Box::new(key.clone()), id);
-        *in_flight_server(&mut self.stats, &tx) += 1;
         self.servers.insert(
             id,
             Box::new(ServerEntry {
@@ -413,7 +412,6 @@ impl TransactionLayer {
             (ClientTx::NonInvite(t), a)
         };
         self.client_keys.insert(key.clone(), id);
-        *in_flight_client(&mut self.stats, &tx) += 1;
         let sent_by = (Host(via.host), via.port);
         self.clients.insert(
             id,
@@ -595,11 +593,29 @@ impl TransactionLayer {
         self.events.pop_front()
     }
 
-    /// Counters, with the transactions now in flight; O(1) (the in-flight counts are kept at
-    /// insert and remove: a worker reads them after every drain, with hundreds of thousands
-    /// of transactions lingering in Timer J).
+    /// Counters; O(1), so a worker reads them after every drain.
     pub fn stats(&self) -> TxStats {
         self.stats
+    }
+
+    /// The transactions in flight by kind. O(n): it walks every transaction, hundreds of
+    /// thousands lingering in Timer J under load, so it is for tests and diagnostics, never
+    /// per message ([`len`](Self::len) is the O(1) total).
+    pub fn in_flight(&self) -> InFlight {
+        let mut n = InFlight::default();
+        for e in self.clients.values() {
+            match e.tx {
+                ClientTx::Invite(_) => n.client_invite += 1,
+                ClientTx::NonInvite(_) => n.client_non_invite += 1,
+            }
+        }
+        for e in self.servers.values() {
+            match e.tx {
+                ServerTx::Invite(_) => n.server_invite += 1,
+                ServerTx::NonInvite(_) => n.server_non_invite += 1,
+            }
+        }
+        n
     }
 
     /// Transactions in flight.
@@ -686,7 +702,6 @@ impl TransactionLayer {
         let Some(mut e) = self.clients.remove(&id) else {
             return false;
         };
-        *in_flight_client(&mut self.stats, &e.tx) -= 1;
         rearm(&mut self.deadlines, TxId::Client(id), &mut e.armed, None);
         if self.client_keys.get(&e.key) == Some(&id) {
             self.client_keys.remove(&e.key);
@@ -698,7 +713,6 @@ impl TransactionLayer {
         let Some(mut e) = self.servers.remove(&id) else {
             return false;
         };
-        *in_flight_server(&mut self.stats, &e.tx) -= 1;
         rearm(&mut self.deadlines, TxId::Server(id), &mut e.armed, None);
         if self.server_keys.get(&e.key) == Some(&id) {
             self.server_keys.remove(&e.key);
@@ -741,8 +755,7 @@ impl TransactionLayer {
         self.next_id
     }
 
-    /// The tables agree: one key per transaction, one index entry per armed timer, and the
-    /// in-flight counts match the tables.
+    /// The tables agree: one key per transaction, one index entry per armed timer.
     pub(crate) fn check_invariants(&self) {
         assert_eq!(self.client_keys.len(), self.clients.len());
         assert_eq!(self.server_keys.len(), self.servers.len());
@@ -763,44 +776,5 @@ impl TransactionLayer {
         for (id, e) in &self.servers {
             assert_eq!(e.armed, e.tx.poll_timeout(), "server {id:?}");
         }
-        let mut counted = TxStats::default();
-        for e in self.clients.values() {
-            *in_flight_client(&mut counted, &e.tx) += 1;
-        }
-        for e in self.servers.values() {
-            *in_flight_server(&mut counted, &e.tx) += 1;
-        }
-        let s = self.stats;
-        assert_eq!(
-            (
-                s.client_invite,
-                s.client_non_invite,
-                s.server_invite,
-                s.server_non_invite
-            ),
-            (
-                counted.client_invite,
-                counted.client_non_invite,
-                counted.server_invite,
-                counted.server_non_invite
-            ),
-            "in-flight counts"
-        );
-    }
-}
-
-/// The in-flight count of a client transaction's kind.
-fn in_flight_client<'a>(s: &'a mut TxStats, tx: &ClientTx) -> &'a mut usize {
-    match tx {
-        ClientTx::Invite(_) => &mut s.client_invite,
-        ClientTx::NonInvite(_) => &mut s.client_non_invite,
-    }
-}
-
-/// The in-flight count of a server transaction's kind.
-fn in_flight_server<'a>(s: &'a mut TxStats, tx: &ServerTx) -> &'a mut usize {
-    match tx {
-        ServerTx::Invite(_) => &mut s.server_invite,
-        ServerTx::NonInvite(_) => &mut s.server_non_invite,
     }
 }

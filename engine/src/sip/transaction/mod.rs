@@ -305,14 +305,6 @@ impl Default for LayerConfig {
 /// Counters of one layer.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct TxStats {
-    /// INVITE client transactions in flight.
-    pub client_invite: usize,
-    /// Non-INVITE client transactions in flight.
-    pub client_non_invite: usize,
-    /// INVITE server transactions in flight.
-    pub server_invite: usize,
-    /// Non-INVITE server transactions in flight.
-    pub server_non_invite: usize,
     /// Messages sent again: request, response and ACK retransmissions.
     pub retransmissions_sent: u64,
     /// Responses that matched no client transaction.
@@ -321,6 +313,19 @@ pub struct TxStats {
     pub timeouts: u64,
     /// Transactions ended by a transport error.
     pub transport_errors: u64,
+}
+
+/// The transactions of one layer in flight, by kind ([`TransactionLayer::in_flight`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct InFlight {
+    /// INVITE client transactions.
+    pub client_invite: usize,
+    /// Non-INVITE client transactions.
+    pub client_non_invite: usize,
+    /// INVITE server transactions.
+    pub server_invite: usize,
+    /// Non-INVITE server transactions.
+    pub server_non_invite: usize,
 }
 
 /// Why the layer refused an input (API misuse) or could not form a transaction (peer input).

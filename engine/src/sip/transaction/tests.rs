@@ -893,7 +893,7 @@ fn same_branch_from_another_sent_by_is_another_transaction() {
     ));
     let (c, _) = s.new_server(request("MESSAGE", ";branch=z9hG4bKm3"));
     assert!(a != b && b != c && a != c);
-    assert_eq!(s.layer.stats().server_non_invite, 3);
+    assert_eq!(s.layer.in_flight().server_non_invite, 3);
     for id in [a, b, c] {
         s.layer.abandon(TxId::Server(id));
     }
@@ -1106,7 +1106,7 @@ fn cancel_in_proceeding_goes_out_at_once_and_a_final_makes_a_deferred_one_moot()
         s.layer.cancel(id, s.now),
         Err(TxError::DuplicateTransaction)
     );
-    assert_eq!(s.layer.stats().client_non_invite, 1);
+    assert_eq!(s.layer.in_flight().client_non_invite, 1);
     s.layer.abandon(TxId::Client(c));
     s.layer.abandon(TxId::Client(id));
 
@@ -1192,7 +1192,7 @@ fn poll_timeout_is_the_earliest_deadline_of_all_transactions() {
     assert_eq!(s.layer.poll_timeout(), Some(s.at(500)));
     s.layer.abandon(TxId::Client(inv));
     assert_eq!(s.layer.poll_timeout(), Some(s.at(32_100))); // Timer F of the OPTIONS
-    let st = s.layer.stats();
+    let st = s.layer.in_flight();
     assert_eq!((st.client_invite, st.client_non_invite), (0, 1));
     s.layer.abandon(TxId::Client(opt));
     s.assert_empty();
@@ -1256,7 +1256,7 @@ fn many_transactions_of_every_kind_all_end() {
     s.run_until(200_000);
     // Left: INVITE clients in Proceeding, INVITE servers that only sent a 180, unanswered
     // MESSAGE servers: none of them has a timer (the TU must finish or abandon them).
-    let st = s.layer.stats();
+    let st = s.layer.in_flight();
     assert_eq!(s.layer.poll_timeout(), None);
     assert_eq!((st.client_invite, st.client_non_invite), (12, 0));
     assert_eq!((st.server_invite, st.server_non_invite), (16, 25));

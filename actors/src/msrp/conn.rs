@@ -10,6 +10,7 @@
 //! chunk X is slow to send, Y's writer signals X's reader, which ends the chunk early with `+`
 //! and goes on in a new one (RFC 4975 §7.1.1).
 
+use std::io::IoSlice;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
@@ -29,8 +30,15 @@ use super::endpoint::{SinkConn, SinkState};
 use super::leg::{route, tag, Bound, Conn, Frame, LegState};
 use super::{Plane, TapEvent};
 
-/// Bytes read from a socket at a time (and so the largest frame queued).
+/// Bytes read from a socket at a time (and so the largest body slice queued).
 const READ: usize = 64 * 1024;
+
+/// Body slices up to this size are copied next to their head and end line (one buffer for a
+/// whole chat message); longer ones are queued as they were read.
+const COPY_MAX: usize = 2048;
+
+/// Staged bytes (see [`Staged`]) are queued once they reach this size.
+const STAGE_MAX: usize = 64 * 1024;
 
 /// How long a connection of a closed leg still flushes what was queued toward it, and waits
 /// for its peer to close, before it is dropped.
@@ -141,11 +149,13 @@ async fn wait_notified(n: &Option<Arc<Notify>>) {
     }
 }
 
+async fn until_closed(rx: &mut watch::Receiver<bool>) {
+    let _ = rx.wait_for(|c| *c).await;
+}
+
 async fn wait_closed(rx: &mut Option<watch::Receiver<bool>>) {
     match rx {
-        Some(rx) => {
-            let _ = rx.wait_for(|c| *c).await;
-        }
+        Some(rx) => until_closed(rx).await,
         None => std::future::pending().await,
     }
 }
@@ -261,6 +271,9 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<Prebound>) {
                 break 'conn;
             }
         }
+        if let Some(Binding::Relay(r)) = reader.as_mut() {
+            r.flush_read().await;
+        }
     }
     match reader {
         Some(Binding::Relay(r)) => r.finish().await,
@@ -321,100 +334,154 @@ async fn bind_incoming(
     }
 }
 
+/// Buffers written by one vectored write at most, and the bytes after which no more are added.
+const BATCH_BUFFERS: usize = 64;
+const BATCH_BYTES: usize = 256 * 1024;
+
 /// The writer of one connection: whole messages of ours from `ctrl` between forwarded
 /// messages, whose frames are written in order until their `End`. One of ours that arrives in
 /// the middle of a forwarded message is held and `interrupt` signalled, so that the forwarder
 /// ends its chunk early (RFC 4975 §7.1.1) instead of leaving ours behind a stalled chunk.
-async fn writer(
-    mut wr: OwnedWriteHalf,
-    mut data: mpsc::Receiver<Frame>,
-    mut ctrl: mpsc::Receiver<Bytes>,
+///
+/// Whatever is queued when the writer wakes goes out in one vectored write (up to
+/// [`BATCH_BUFFERS`] buffers, [`BATCH_BYTES`] bytes): under load a system call carries many
+/// chunks and responses, not one piece each.
+struct Writer {
+    wr: OwnedWriteHalf,
+    data: mpsc::Receiver<Frame>,
+    ctrl: mpsc::Receiver<Bytes>,
     interrupt: Arc<Notify>,
-    mut closed: watch::Receiver<bool>,
-) {
-    let mut mid = false;
-    let mut held: Option<Bytes> = None;
-    loop {
-        if !mid {
-            if let Some(b) = held.take() {
-                if wr.write_all(&b).await.is_err() {
-                    return;
-                }
-            }
-        }
-        let frame = tokio::select! {
-            biased;
-            _ = closed.wait_for(|c| *c) => None,
-            c = ctrl.recv(), if held.is_none() => match c {
-                Some(b) if mid => {
-                    held = Some(b);
-                    interrupt.notify_one();
-                    continue;
-                }
-                Some(b) => Some(Frame::End(b)),
-                None => return,
-            },
-            d = data.recv() => match d {
-                Some(f) => Some(f),
-                None => return,
-            },
-        };
-        let Some(frame) = frame else {
-            // The leg closed (a BYE): what we accepted, and already answered 200 hop by hop,
-            // still goes out before our FIN; bounded by [`CLOSE_LINGER`].
-            let flush = flush(&mut wr, &mut data, &mut ctrl, held.take(), mid);
-            let _ = tokio::time::timeout(CLOSE_LINGER, flush).await;
-            let _ = wr.shutdown().await;
-            return;
-        };
-        let bytes = match frame {
-            Frame::Part(b) => {
-                mid = true;
-                b
-            }
-            Frame::End(b) => {
-                mid = false;
-                b
-            }
-        };
-        if wr.write_all(&bytes).await.is_err() {
-            return;
-        }
-    }
+    /// The last frame taken was a `Part`: a forwarded message is open.
+    mid: bool,
+    /// One of ours, waiting for the open forwarded message to end.
+    held: Option<Bytes>,
+    batch: Vec<Bytes>,
+    batch_bytes: usize,
+    /// Bytes of the batch written so far.
+    sent: usize,
 }
 
-/// Writes what is still queued toward a connection whose leg closed: the forwarded frames
-/// first, then (unless a forwarded message stays cut off half way) ours.
-async fn flush(
-    wr: &mut OwnedWriteHalf,
-    data: &mut mpsc::Receiver<Frame>,
-    ctrl: &mut mpsc::Receiver<Bytes>,
-    held: Option<Bytes>,
-    mut mid: bool,
-) -> std::io::Result<()> {
-    while let Ok(frame) = data.try_recv() {
-        let bytes = match frame {
+impl Writer {
+    async fn run(mut self, mut closed: watch::Receiver<bool>) {
+        loop {
+            self.gather();
+            if !self.batch.is_empty() {
+                // A write a stalled peer holds up ends when the leg closes (it goes on, bounded,
+                // below): the batch remembers how much of it was written.
+                let done = tokio::select! {
+                    biased;
+                    r = self.write_batch() => Some(r),
+                    _ = until_closed(&mut closed) => None,
+                };
+                match done {
+                    Some(Ok(())) => continue,
+                    Some(Err(_)) => return,
+                    None => return self.close().await,
+                }
+            }
+            tokio::select! {
+                biased;
+                _ = until_closed(&mut closed) => return self.close().await,
+                c = self.ctrl.recv(), if self.held.is_none() => match c {
+                    Some(b) if self.mid => self.hold(b),
+                    Some(b) => self.take(Frame::End(b)),
+                    None => return,
+                },
+                d = self.data.recv() => match d {
+                    Some(f) => self.take(f),
+                    None => return,
+                },
+            }
+        }
+    }
+
+    /// A frame for the batch.
+    fn take(&mut self, frame: Frame) {
+        let b = match frame {
             Frame::Part(b) => {
-                mid = true;
+                self.mid = true;
                 b
             }
             Frame::End(b) => {
-                mid = false;
+                self.mid = false;
                 b
             }
         };
-        wr.write_all(&bytes).await?;
+        self.batch_bytes += b.len();
+        self.batch.push(b);
     }
-    if mid {
-        return Ok(());
+
+    /// One of ours arrived in the middle of a forwarded message: it waits for its end, and the
+    /// forwarder is asked to end the chunk early.
+    fn hold(&mut self, b: Bytes) {
+        self.held = Some(b);
+        self.interrupt.notify_one();
     }
-    if let Some(b) = held {
-        wr.write_all(&b).await?;
+
+    /// Adds what is queued to the batch without waiting, in the order owed: ours (held first)
+    /// only between forwarded messages, forwarded frames otherwise.
+    fn gather(&mut self) {
+        while self.batch.len() < BATCH_BUFFERS && self.batch_bytes < BATCH_BYTES {
+            if !self.mid {
+                if let Some(b) = self.held.take() {
+                    self.take(Frame::End(b));
+                    continue;
+                }
+                if let Ok(b) = self.ctrl.try_recv() {
+                    self.take(Frame::End(b));
+                    continue;
+                }
+            } else if self.held.is_none() {
+                if let Ok(b) = self.ctrl.try_recv() {
+                    self.hold(b);
+                }
+            }
+            match self.data.try_recv() {
+                Ok(f) => self.take(f),
+                Err(_) => break,
+            }
+        }
     }
-    while let Ok(b) = ctrl.try_recv() {
-        wr.write_all(&b).await?;
+
+    /// Writes the rest of the batch (`sent` bytes of it are out already).
+    async fn write_batch(&mut self) -> std::io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = self.batch.iter().map(|b| IoSlice::new(b)).collect();
+        let mut rest = &mut slices[..];
+        IoSlice::advance_slices(&mut rest, self.sent);
+        while !rest.is_empty() {
+            let n = self.wr.write_vectored(rest).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            self.sent += n;
+            IoSlice::advance_slices(&mut rest, n);
+        }
+        drop(slices);
+        self.batch.clear();
+        self.batch_bytes = 0;
+        self.sent = 0;
+        Ok(())
     }
-    Ok(())
+
+    /// The leg closed (a BYE): what we accepted, and already answered 200 hop by hop, still
+    /// goes out before our FIN, for at most [`CLOSE_LINGER`]: the rest of the batch, then what
+    /// is queued, in the order owed, but nothing of ours after a forwarded message left cut off
+    /// half way.
+    async fn close(mut self) {
+        let flush = async {
+            loop {
+                if !self.batch.is_empty() {
+                    self.write_batch().await?;
+                }
+                self.gather();
+                if self.batch.is_empty() {
+                    return Ok::<_, std::io::Error>(());
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_LINGER, flush).await;
+        let _ = self.wr.shutdown().await;
+    }
 }
 
 /// After its leg closed, a connection reads and drops what its peer still sends (the
@@ -458,6 +525,17 @@ struct Fwd {
     tap: Option<Vec<Bytes>>,
 }
 
+impl Fwd {
+    /// The connection `lost` (from [`Reader::flush`]) is gone: if it was this request's, the
+    /// request fails.
+    fn lost(&mut self, lost: Option<u64>) {
+        if lost.is_some() && self.out.as_ref().map(|c| c.id) == lost {
+            self.out = None;
+            self.fail = Some(481);
+        }
+    }
+}
+
 /// The reader side of a bound connection: side `side` of `leg`.
 struct Reader {
     leg: Arc<LegState>,
@@ -466,8 +544,51 @@ struct Reader {
     me: Conn,
     ids: IdGen,
     cur: Cur,
-    buf: BytesMut,
+    /// Toward the other side: heads, end lines and short bodies not queued yet.
+    staged: Staged,
+    /// Toward this connection: our responses and REPORTs not queued yet.
+    answers: BytesMut,
     pieces: Vec<Piece>,
+}
+
+/// What a reader writes toward the other side's writer while it works through one read:
+/// queued as one frame when the read is done (or before a long body slice, or at
+/// [`STAGE_MAX`]), so that a read holding many chunks costs one queue operation and one
+/// write, not three of each per chunk.
+#[derive(Default)]
+struct Staged {
+    /// The connection the bytes are for.
+    to: Option<Conn>,
+    bytes: BytesMut,
+    /// How many of `bytes` end a forwarded message (up to the last end line): those go as
+    /// an `End` frame, the rest, a chunk still open, as a `Part`.
+    ended: usize,
+}
+
+impl Staged {
+    /// Readies the stage for bytes toward `to`; what was staged for another connection must
+    /// be queued first (`true`).
+    fn target(&mut self, to: &Conn) -> bool {
+        match &self.to {
+            Some(c) if c.id == to.id => false,
+            _ if self.bytes.is_empty() => {
+                self.to = Some(to.clone());
+                false
+            }
+            _ => true,
+        }
+    }
+
+    /// The frames to queue: the ended messages, then the open rest; and where they go.
+    fn take(&mut self) -> Option<(Conn, [Option<Frame>; 2])> {
+        if self.bytes.is_empty() {
+            return None;
+        }
+        let ended = std::mem::take(&mut self.ended);
+        let whole = (ended > 0).then(|| Frame::End(self.bytes.split_to(ended).freeze()));
+        let open = (!self.bytes.is_empty()).then(|| Frame::Part(self.bytes.split().freeze()));
+        Some((self.to.clone()?, [whole, open]))
+    }
 }
 
 impl Reader {
@@ -478,13 +599,18 @@ impl Reader {
         let (ctrl_tx, ctrl_rx) = mpsc::channel(plane.settings.queue);
         let interrupt = Arc::new(Notify::new());
         let id = plane.next_seed();
-        tokio::spawn(writer(
+        let writer = Writer {
             wr,
-            data_rx,
-            ctrl_rx,
-            interrupt.clone(),
-            leg.closed.subscribe(),
-        ));
+            data: data_rx,
+            ctrl: ctrl_rx,
+            interrupt: interrupt.clone(),
+            mid: false,
+            held: None,
+            batch: Vec::with_capacity(BATCH_BUFFERS),
+            batch_bytes: 0,
+            sent: 0,
+        };
+        tokio::spawn(writer.run(leg.closed.subscribe()));
         let me = Conn {
             id,
             data: data_tx,
@@ -501,7 +627,8 @@ impl Reader {
             ids: IdGen::new(plane.next_seed()),
             plane: plane.clone(),
             cur: Cur::Idle,
-            buf: BytesMut::new(),
+            staged: Staged::default(),
+            answers: BytesMut::new(),
             pieces: Vec::new(),
         }
     }
@@ -589,12 +716,60 @@ impl Reader {
     /// not to.
     async fn respond(&mut self, req: &Head, code: u16) {
         if let Some(r) = write::response(req, code, None) {
-            let _ = self.me.ctrl.send(write::bodyless(&r, &mut self.buf)).await;
+            write::head(&r, &mut self.answers);
+            write::end_line(&r.tid, Flag::Complete, false, &mut self.answers);
+            if self.answers.len() >= STAGE_MAX {
+                self.flush_read().await;
+            }
         }
     }
 
+    /// Queues what was staged: the bytes toward the other side first, then our answers (a
+    /// 200 says its chunk was forwarded). When the other side's writer is gone, what was
+    /// forwarded to it and not answered fails (481 REPORTs); its id is returned, for the
+    /// request being relayed to fail too ([`Fwd::lost`]).
+    async fn flush(&mut self) -> Option<u64> {
+        let mut lost = None;
+        if let Some((to, frames)) = self.staged.take() {
+            for frame in frames.into_iter().flatten() {
+                if to.data.send(frame).await.is_err() {
+                    let other = self.side.other().index();
+                    let failed = self.leg.pending[other].lock().fail_all(481);
+                    self.leg.report(&self.plane, failed, &mut self.ids);
+                    lost = Some(to.id);
+                    break;
+                }
+            }
+        }
+        if !self.answers.is_empty() {
+            let _ = self.me.ctrl.send(self.answers.split().freeze()).await;
+        }
+        lost
+    }
+
+    /// The end of a read: what it produced is queued.
+    async fn flush_read(&mut self) {
+        let lost = self.flush().await;
+        if let Cur::Forward(f) = &mut self.cur {
+            f.lost(lost);
+        }
+    }
+
+    /// Readies the stage for bytes of `f` (toward its connection): `false` when nothing of it
+    /// goes out.
+    async fn stage_for(&mut self, f: &mut Fwd) -> bool {
+        let Some(to) = f.out.clone() else {
+            return false;
+        };
+        if self.staged.target(&to) {
+            f.lost(self.flush().await);
+            return f.out.is_some() && !self.staged.target(&to);
+        }
+        true
+    }
+
     /// The other side's connection; when it never connected yet, waits for it a while.
-    async fn other_conn(&self) -> Option<Conn> {
+    async fn other_conn(&mut self) -> Option<Conn> {
         let other = self.side.other();
         if let Some(c) = self.leg.conn(other) {
             return Some(c);
@@ -602,6 +777,7 @@ impl Reader {
         if self.leg.ever[other.index()].load(Relaxed) {
             return None;
         }
+        self.flush().await;
         let mut rx = self.leg.conns[other.index()].subscribe();
         let wait = rx.wait_for(|c| c.is_some());
         let got = match tokio::time::timeout(self.plane.settings.peer_wait, wait).await {
@@ -639,31 +815,42 @@ impl Reader {
 
     /// Sends the pieces in `self.pieces` (from the [`Rechunker`]): each outgoing chunk has our
     /// transaction id and, unless it is the whole of a chunk that had none, its Byte-Range; it
-    /// is tracked once its end line is out.
+    /// is tracked once its end line is staged. Heads, end lines and short bodies are staged;
+    /// a long body slice is queued as it was read.
     async fn emit(&mut self, f: &mut Fwd) {
         let mut pieces = std::mem::take(&mut self.pieces);
         for piece in pieces.drain(..) {
-            let frame = match piece {
+            if !self.stage_for(f).await {
+                continue;
+            }
+            match piece {
                 Piece::Open(range) => {
                     f.sub.tid = self.ids.next_id();
                     f.sub.byte_range =
                         (f.head.byte_range.is_some() || range.start > 1).then_some(range);
                     f.opened = true;
-                    write::head(&f.sub, &mut self.buf);
-                    Frame::Part(self.buf.split().freeze())
+                    write::head(&f.sub, &mut self.staged.bytes);
                 }
                 Piece::Data(b) => {
                     let n = b.len() as u64;
                     self.plane.metrics.bytes_relayed.fetch_add(n, Relaxed);
-                    Frame::Part(b)
+                    if b.len() <= COPY_MAX {
+                        self.staged.bytes.extend_from_slice(&b);
+                    } else {
+                        f.lost(self.flush().await);
+                        self.send(f, Frame::Part(b)).await;
+                    }
                 }
                 Piece::Close(flag) => {
-                    write::end_line(&f.sub.tid, flag, true, &mut self.buf);
+                    let staged = &mut self.staged;
+                    write::end_line(&f.sub.tid, flag, true, &mut staged.bytes);
+                    staged.ended = staged.bytes.len();
                     self.track(f);
-                    Frame::End(self.buf.split().freeze())
                 }
-            };
-            self.send(f, frame).await;
+            }
+            if self.staged.bytes.len() >= STAGE_MAX {
+                f.lost(self.flush().await);
+            }
         }
         self.pieces = pieces;
     }
@@ -691,12 +878,15 @@ impl Reader {
                 self.emit(f).await;
             }
             None => {
+                if !self.stage_for(f).await {
+                    return;
+                }
                 f.sub.tid = self.ids.next_id();
-                write::head(&f.sub, &mut self.buf);
-                write::end_line(&f.sub.tid, flag, false, &mut self.buf);
+                let staged = &mut self.staged;
+                write::head(&f.sub, &mut staged.bytes);
+                write::end_line(&f.sub.tid, flag, false, &mut staged.bytes);
+                staged.ended = staged.bytes.len();
                 self.track(f);
-                let msg = self.buf.split().freeze();
-                self.send(f, Frame::End(msg)).await;
             }
         }
     }
@@ -725,11 +915,13 @@ impl Reader {
             if let Some(rc) = f.chunks.as_mut() {
                 rc.interrupt(&mut self.pieces);
                 self.emit(&mut f).await;
+                f.lost(self.flush().await);
             }
             self.cur = Cur::Forward(f);
         }
     }
 
+    /// Queues a frame of `f` toward its connection (nothing staged may precede it).
     async fn send(&mut self, f: &mut Fwd, frame: Frame) {
         let Some(out) = &f.out else { return };
         if out.data.send(frame).await.is_err() {
@@ -786,7 +978,7 @@ impl Reader {
                         self.leg
                             .failure_report(&self.plane, &p, code, self.ids.next_id())
                     {
-                        let _ = self.me.ctrl.send(r).await;
+                        self.answers.extend_from_slice(&r);
                     }
                 }
             }
@@ -799,6 +991,7 @@ impl Reader {
         if let Cur::Forward(mut f) = std::mem::replace(&mut self.cur, Cur::Idle) {
             self.abort(&mut f).await;
         }
+        self.flush().await;
         let side = self.side.index();
         self.leg.conns[side].send_if_modified(|c| match c {
             Some(conn) if conn.id == self.me.id => {

@@ -58,7 +58,8 @@ pub struct MsrpSettings {
     pub peer_wait: Duration,
     /// How long a forwarded request waits for its response before a 408 REPORT (§7.1.2).
     pub tx_timeout: Duration,
-    /// Frames queued toward one connection (each at most one read, 64 KiB): the backpressure
+    /// Frames queued toward one connection (each about 64 KiB at most: a body slice of one
+    /// read, or heads, end lines and short bodies staged together): the backpressure
     /// bound.
     pub queue: usize,
     /// A connection that names none of our sessions in this long is closed

@@ -566,28 +566,17 @@ struct Staged {
 }
 
 impl Staged {
-    /// Readies the stage for bytes toward `to`; what was staged for another connection must
-    /// be queued first (`true`).
-    fn target(&mut self, to: &Conn) -> bool {
-        match &self.to {
-            Some(c) if c.id == to.id => false,
-            _ if self.bytes.is_empty() => {
-                self.to = Some(to.clone());
-                false
-            }
-            _ => true,
-        }
-    }
-
-    /// The frames to queue: the ended messages, then the open rest; and where they go.
+    /// The frames to queue: the ended messages, then the open rest; and where they go (the
+    /// stage lets go of that connection, so that it holds no writer open).
     fn take(&mut self) -> Option<(Conn, [Option<Frame>; 2])> {
+        let to = self.to.take();
+        let ended = std::mem::take(&mut self.ended);
         if self.bytes.is_empty() {
             return None;
         }
-        let ended = std::mem::take(&mut self.ended);
         let whole = (ended > 0).then(|| Frame::End(self.bytes.split_to(ended).freeze()));
         let open = (!self.bytes.is_empty()).then(|| Frame::Part(self.bytes.split().freeze()));
-        Some((self.to.clone()?, [whole, open]))
+        Some((to?, [whole, open]))
     }
 }
 
@@ -758,14 +747,18 @@ impl Reader {
     /// Readies the stage for bytes of `f` (toward its connection): `false` when nothing of it
     /// goes out.
     async fn stage_for(&mut self, f: &mut Fwd) -> bool {
-        let Some(to) = f.out.clone() else {
+        let Some(id) = f.out.as_ref().map(|c| c.id) else {
             return false;
         };
-        if self.staged.target(&to) {
-            f.lost(self.flush().await);
-            return f.out.is_some() && !self.staged.target(&to);
+        if self.staged.to.as_ref().is_some_and(|c| c.id == id) {
+            return true;
         }
-        true
+        if !self.staged.bytes.is_empty() {
+            // Staged for another connection (the other side reconnected): queued first.
+            f.lost(self.flush().await);
+        }
+        self.staged.to.clone_from(&f.out);
+        self.staged.to.is_some()
     }
 
     /// The other side's connection; when it never connected yet, waits for it a while.

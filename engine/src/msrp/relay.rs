@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 
 use super::head::{ByteRange, FailureReport, Flag, Head, Kind, Method, Status};
-use super::uri::{first_of_path, write_path, Uri};
+use super::uri::{first_item, first_of_path, write_path, Uri};
 use super::write::{reason, response};
 
 /// How long the anchor waits for a downstream response before it counts the transaction as
@@ -109,6 +109,10 @@ impl Side {
     /// Checks that a request received on this side is for us (RFC 4975 §7.3, §6.1 comparison of
     /// the first To-Path URI). URIs after ours are ignored: the anchor terminates the path.
     pub fn accept(&self, head: &Head) -> Result<(), RelayError> {
+        // Peers echo the URI we gave them: the same bytes are the same URI.
+        if first_item(&head.to_path).is_some_and(|f| f == self.local_bytes) {
+            return Ok(());
+        }
         let first = first_of_path(&head.to_path).map_err(|_| RelayError::BadPath)?;
         if first == self.local {
             Ok(())

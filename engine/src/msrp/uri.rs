@@ -220,6 +220,12 @@ pub fn first_of_path(v: &Bytes) -> Result<Uri, UriError> {
     Uri::parse(&first)
 }
 
+/// The first URI of a path value as it was written (a slice, not parsed): what a response
+/// echoes (RFC 4975 §7.2) and what a fast comparison looks at first.
+pub fn first_item(v: &Bytes) -> Option<Bytes> {
+    path_items(v).next()
+}
+
 /// Writes `uris` as a path value: the URIs separated by one SP.
 pub fn write_path(uris: &[Uri], out: &mut BytesMut) {
     for (i, u) in uris.iter().enumerate() {

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use bytes::{BufMut, Bytes, BytesMut};
 
 use super::head::{FailureReport, Flag, Head, Kind};
-use super::uri::first_of_path;
+use super::uri::first_item;
 use crate::sip::builder::BranchGen;
 
 /// The reason phrase of an MSRP status code (RFC 4975 §10, RFC 4976 §5).
@@ -125,10 +125,8 @@ pub fn response(req: &Head, code: u16, comment: Option<&'static str>) -> Option<
     if fr == FailureReport::No || (fr == FailureReport::Partial && code == 200) {
         return None;
     }
-    let hop = |p: &Bytes| match first_of_path(p) {
-        Ok(u) => u.to_bytes(),
-        Err(_) => p.clone(),
-    };
+    // The first URI as the peer wrote it: no parse and re-print per response.
+    let hop = |p: &Bytes| first_item(p).unwrap_or_else(|| p.clone());
     let comment = Bytes::from_static(comment.unwrap_or(reason(code)).as_bytes());
     Some(Head::new(
         req.tid.clone(),

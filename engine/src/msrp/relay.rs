@@ -466,6 +466,11 @@ mod tests {
             b"msrp://anchor.example.net:2855/b-side1;tcp"
         );
 
+        // Not our URI's bytes but the same URI (§6.1: scheme and host compare without case):
+        // still ours.
+        let mut same = h.clone();
+        same.to_path = "MSRP://Alice.Example.COM:7777/iau39soe2843z;tcp".into();
+        assert_eq!(a.accept(&same), Ok(()));
         // Session-ids compare case-sensitively (§6.1).
         let mut wrong = h.clone();
         wrong.to_path = "msrp://alice.example.com:7777/IAU39SOE2843Z;tcp".into();

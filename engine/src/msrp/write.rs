@@ -225,6 +225,13 @@ From-Path: msrp://alice.example.com:7777/iau39soe2843z;tcp\r\n-------dkei38sd$\r
             assert_eq!(r.code(), Some(code));
             assert_ne!(reason(code), "Unknown");
         }
+        // The first URI of each path, as the peer wrote it (not re-printed).
+        let mut two = req.clone();
+        two.from_path = "msrp://Bob.Example.com:8888/9di;tcp \t msrp://relay:1/x;tcp".into();
+        two.to_path = "  msrp://us:2855/abc;tcp".into();
+        let r = response(&two, 200, None).unwrap();
+        assert_eq!(&r.to_path[..], b"msrp://Bob.Example.com:8888/9di;tcp");
+        assert_eq!(&r.from_path[..], b"msrp://us:2855/abc;tcp");
         let mut partial = req.clone();
         partial.failure_report = Some(FailureReport::Partial);
         assert!(response(&partial, 200, None).is_none());

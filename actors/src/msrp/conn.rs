@@ -42,7 +42,7 @@ const STAGE_MAX: usize = 64 * 1024;
 
 /// How long a connection of a closed leg still flushes what was queued toward it, and waits
 /// for its peer to close, before it is dropped.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
+pub(super) const CLOSE_LINGER: Duration = Duration::from_secs(2);
 
 /// Accepts connections for ever; each is served by its own task.
 pub(super) async fn accept_loop(listener: TcpListener, plane: Arc<Plane>) {
@@ -149,7 +149,8 @@ async fn wait_notified(n: &Option<Arc<Notify>>) {
     }
 }
 
-async fn until_closed(rx: &mut watch::Receiver<bool>) {
+/// Waits until a leg's or sink's `closed` flag is set.
+pub(super) async fn until_closed(rx: &mut watch::Receiver<bool>) {
     let _ = rx.wait_for(|c| *c).await;
 }
 

@@ -36,6 +36,7 @@ use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::conn::{until_closed, CLOSE_LINGER};
 use super::Plane;
 
 /// How long a complete message waits for its storage answer before the sender gets an error.
@@ -503,7 +504,9 @@ impl Out {
 
 /// The writer of a chat sink's connection: the reader's responses and REPORTs (`ctrl`), and
 /// the queued chat messages as SEND chunks (each at most the re-chunking size, so a response
-/// waits at most one chunk). Ends with the reader, the sink, or a write error.
+/// waits at most one chunk). Ends with the reader or a write error; when the sink closes,
+/// what is queued still goes out before our FIN, as a relay leg's writer does (bounded by
+/// [`CLOSE_LINGER`]).
 async fn chat_writer(
     mut wr: OwnedWriteHalf,
     mut ctrl: mpsc::Receiver<Bytes>,
@@ -515,49 +518,85 @@ async fn chat_writer(
     // One connection sends at a time; a later one waits for the earlier one's end.
     let mut queue = tokio::select! {
         q = outbox.lock_owned() => q,
-        _ = closed.wait_for(|c| *c) => return,
+        _ = until_closed(&mut closed) => return,
     };
-    let mut ids = IdGen::new(plane.next_seed());
-    let mut buf = BytesMut::new();
-    let peer = sink.peer_path().clone();
-    let local = sink.side.local_bytes().clone();
+    let mut out = ChatOut {
+        ids: IdGen::new(plane.next_seed()),
+        buf: BytesMut::new(),
+        peer: sink.peer_path().clone(),
+        local: sink.side.local_bytes().clone(),
+        step: plane.settings.rechunk,
+    };
+    enum Next {
+        Closed,
+        Ours(Option<Bytes>),
+        Chat(Option<ChatMessage>),
+    }
     loop {
-        // (The select yields plain values: a watch guard must not live across a write.)
         let next = tokio::select! {
             biased;
-            _ = closed.wait_for(|c| *c) => None,
-            c = ctrl.recv() => c.map(Ok),
-            m = queue.recv() => m.map(Err),
+            _ = until_closed(&mut closed) => Next::Closed,
+            c = ctrl.recv() => Next::Ours(c),
+            m = queue.recv() => Next::Chat(m),
         };
-        let msg = match next {
-            None => return,
-            Some(Ok(b)) => {
-                if wr.write_all(&b).await.is_err() {
-                    return;
-                }
-                continue;
+        let written = match next {
+            Next::Ours(Some(b)) => wr.write_all(&b).await,
+            Next::Chat(Some(m)) => out.send(&mut wr, m, &mut ctrl).await,
+            Next::Ours(None) | Next::Chat(None) => return,
+            Next::Closed => {
+                let flush = async {
+                    while let Ok(b) = ctrl.try_recv() {
+                        wr.write_all(&b).await?;
+                    }
+                    while let Ok(m) = queue.try_recv() {
+                        out.send(&mut wr, m, &mut ctrl).await?;
+                    }
+                    Ok::<_, std::io::Error>(())
+                };
+                let _ = tokio::time::timeout(CLOSE_LINGER, flush).await;
+                let _ = wr.shutdown().await;
+                return;
             }
-            Some(Err(m)) => m,
         };
+        if written.is_err() {
+            return;
+        }
+    }
+}
+
+/// What a chat sink's writer needs to send a message as SEND chunks.
+struct ChatOut {
+    ids: IdGen,
+    buf: BytesMut,
+    peer: Bytes,
+    local: Bytes,
+    step: u64,
+}
+
+impl ChatOut {
+    /// Writes `msg` chunk by chunk, with the responses queued meanwhile between the chunks.
+    async fn send(
+        &mut self,
+        wr: &mut OwnedWriteHalf,
+        msg: ChatMessage,
+        ctrl: &mut mpsc::Receiver<Bytes>,
+    ) -> std::io::Result<()> {
         let out = Outgoing {
-            local: local.clone(),
-            peer_path: peer.clone(),
+            local: self.local.clone(),
+            peer_path: self.peer.clone(),
             message_id: msg.message_id,
             content_type: msg.content_type,
             body: msg.body,
         };
-        for (chunk, _) in chunks(&out, plane.settings.rechunk, &mut ids, &mut buf) {
+        for (chunk, _) in chunks(&out, self.step, &mut self.ids, &mut self.buf) {
             for p in chunk {
-                if wr.write_all(&p).await.is_err() {
-                    return;
-                }
+                wr.write_all(&p).await?;
             }
             while let Ok(b) = ctrl.try_recv() {
-                if wr.write_all(&b).await.is_err() {
-                    return;
-                }
+                wr.write_all(&b).await?;
             }
         }
+        Ok(())
     }
 }
 

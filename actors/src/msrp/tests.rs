@@ -556,3 +556,60 @@ fn a_burst_of_chunks_is_relayed_in_order_and_answered_once_each() {
     let want: Vec<String> = (0..60).map(|i| format!("t{i:03}")).collect();
     assert_eq!(tids, want);
 }
+
+/// A conference's chat copies queued toward a participant whose sink closes (its BYE) still
+/// go out before our FIN, as a relay leg's do.
+#[test]
+fn a_closed_chat_sink_still_sends_what_it_queued() {
+    let metrics = Arc::new(MsrpMetrics::default());
+    let plane = MsrpPlane::start(
+        MsrpSettings::new("127.0.0.1:0".parse().unwrap()),
+        [6; 32],
+        1,
+        metrics,
+    )
+    .unwrap();
+    let port = plane.local_addr().port();
+    let local = Bytes::from(format!("msrp://127.0.0.1:{port}/chat1;tcp"));
+    let sink = plane
+        .open_chat(
+            &local,
+            &Bytes::from_static(b"msrp://p.test:9/pp;tcp"),
+            1 << 20,
+            8,
+            Box::new(|_, _| {}),
+        )
+        .unwrap();
+    // The participant reads nothing until the sink is gone: the kernel's buffers take about
+    // 4 MB of the 8 queued, the rest waits in the sink's queue.
+    let mut p = connect(&plane, port, "chat1", "msrp://p.test:9/pp;tcp");
+    const LEN: usize = 1 << 20;
+    for i in 0..8 {
+        let queued = sink.send(ChatMessage {
+            message_id: Bytes::from(format!("copy{i}")),
+            content_type: Bytes::from_static(b"text/plain"),
+            body: Bytes::from(vec![b'~'; LEN]),
+        });
+        assert!(queued, "copy {i} queued");
+    }
+    // Let the writer fill the socket's buffers, so that most of it is still queued.
+    std::thread::sleep(Duration::from_millis(200));
+    drop(sink);
+
+    p.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut body_bytes = 0;
+    let end = loop {
+        let mut buf = [0u8; 65536];
+        match p.read(&mut buf) {
+            Ok(0) => break Ok(()),
+            Ok(n) => body_bytes += buf[..n].iter().filter(|&&c| c == b'~').count(),
+            Err(e) => break Err(e),
+        }
+    };
+    assert!(end.is_ok(), "closed with an error: {end:?}");
+    assert_eq!(
+        body_bytes,
+        8 * LEN,
+        "every queued copy reached the participant"
+    );
+}

@@ -42,6 +42,13 @@ pub trait Net {
     /// Sends one datagram. A full send buffer is an error (the datagram is lost; SIP
     /// retransmits).
     fn send_to(&mut self, socket: SocketId, dest: SocketAddr, payload: &[u8]) -> io::Result<()>;
+
+    /// The wall clock now (µs since the Unix epoch), where reading it is real: a send stamp
+    /// taken just before its send, not at the start of the turn. `None` (simulated networks):
+    /// the turn's time.
+    fn clock_us(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// How a run is bounded.
@@ -99,6 +106,8 @@ pub struct Core {
     start: Instant,
     /// (instant, wall clock µs since the Unix epoch at that instant).
     wall: (Instant, u64),
+    /// When the kernel received the datagram being handled (wall clock µs), if it said.
+    arrival_us: Option<u64>,
     layer: TransactionLayer,
     ids: BranchGen,
     sockets: HashMap<SocketId, (SocketAddr, SocketKind)>,
@@ -125,6 +134,18 @@ impl Ctx<'_> {
     /// The time of the input being handled.
     pub fn now(&self) -> Instant {
         self.core.now
+    }
+
+    /// A send stamp for a payload (µs since the Unix epoch): the clock read now where the
+    /// network is real ([`Net::clock_us`]), else [`Self::unix_us`].
+    pub fn send_stamp_us(&self) -> u64 {
+        self.net.clock_us().unwrap_or_else(|| self.unix_us())
+    }
+
+    /// When the datagram being handled arrived (µs since the Unix epoch): the kernel's stamp
+    /// where it gave one, else [`Self::unix_us`] (when it was read).
+    pub fn arrival_us(&self) -> u64 {
+        self.core.arrival_us.unwrap_or_else(|| self.unix_us())
     }
 
     /// The wall clock (µs since the Unix epoch) at `now`, for stamps read by another process.
@@ -334,6 +355,7 @@ impl Driver {
                 now: start,
                 start,
                 wall: (start, wall_us),
+                arrival_us: None,
                 layer: TransactionLayer::new(LayerConfig::default(), seed),
                 ids: BranchGen::new(seed ^ 0x6c67_6964_7365_6564),
                 sockets: HashMap::new(),
@@ -403,7 +425,22 @@ impl Driver {
         payload: Bytes,
         now: Instant,
     ) {
+        self.handle_datagram_at(net, socket, source, payload, now, None);
+    }
+
+    /// As [`Self::handle_datagram`], with the kernel's arrival time of the datagram (µs since
+    /// the Unix epoch), for one-way delays that do not include how long it waited to be read.
+    pub fn handle_datagram_at(
+        &mut self,
+        net: &mut dyn Net,
+        socket: SocketId,
+        source: SocketAddr,
+        payload: Bytes,
+        now: Instant,
+        arrival_us: Option<u64>,
+    ) {
         self.core.now = now;
+        self.core.arrival_us = arrival_us;
         let kind = self.core.sockets.get(&socket).map(|(_, k)| *k);
         match kind {
             Some(SocketKind::Sip) => self.handle_sip(net, socket, source, payload),
@@ -416,6 +453,7 @@ impl Driver {
             }
             None => self.core.recorder.note("datagrams_on_unknown_socket", 1),
         }
+        self.core.arrival_us = None;
         self.pump(net);
     }
 

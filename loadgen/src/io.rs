@@ -54,8 +54,9 @@ pub struct UdpNet {
     timer: TimerFd,
     batch: RecvBatch,
     chunk: BytesMut,
-    /// The datagrams of the batch being handled (kept to reuse its allocation).
-    received: Vec<(Bytes, SocketAddr)>,
+    /// The datagrams of the batch being handled, with the kernel's arrival stamps (kept to
+    /// reuse its allocation).
+    received: Vec<(Bytes, SocketAddr, Option<Duration>)>,
     /// Sockets that may hold more datagrams (readable, batch not drained).
     ready: VecDeque<usize>,
     queued: Vec<bool>,
@@ -81,11 +82,12 @@ impl UdpNet {
     }
 
     /// The datagrams waiting on `socket`, up to [`READ_BATCH`], given to `each` as `Bytes`
-    /// with their source; returns how many (0: none was waiting).
+    /// with their source and the kernel's arrival time; returns how many (0: none was
+    /// waiting).
     fn recv(
         &mut self,
         socket: usize,
-        mut each: impl FnMut(Bytes, SocketAddr),
+        mut each: impl FnMut(Bytes, SocketAddr, Option<Duration>),
     ) -> io::Result<usize> {
         let Some(s) = self.sockets.get(socket) else {
             return Ok(0);
@@ -95,12 +97,12 @@ impl UdpNet {
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
             Err(e) => return Err(e),
         };
-        for (data, source) in self.batch.iter() {
+        for (data, meta) in (0..n).filter_map(|i| self.batch.get(i)) {
             if self.chunk.capacity() - self.chunk.len() < data.len() {
                 self.chunk = BytesMut::with_capacity(CHUNK.max(data.len()));
             }
             self.chunk.extend_from_slice(data);
-            each(self.chunk.split().freeze(), source);
+            each(self.chunk.split().freeze(), meta.source, meta.stamp);
         }
         Ok(n)
     }
@@ -119,7 +121,10 @@ impl Net for UdpNet {
     fn bind_udp(&mut self, addr: SocketAddr) -> io::Result<(SocketId, SocketAddr)> {
         // 4 MiB buffers, best effort: a smaller one only means loss under bursts, which SIP
         // retransmits and RTP counts.
-        let socket = BatchSocket::bind_with(addr, SocketConfig::default())?;
+        let mut socket = BatchSocket::bind_with(addr, SocketConfig::default())?;
+        // Arrival stamps from the kernel, best effort: one-way delays then leave out how long
+        // a datagram waited for this loop.
+        let _ = socket.enable_timestamps();
         let local = socket.local_addr()?;
         let id = self.sockets.len();
         self.poll.registry().register(
@@ -138,6 +143,10 @@ impl Net for UdpNet {
             .get(socket.0)
             .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such socket"))?;
         s.socket().send_to(payload, dest).map(|_| ())
+    }
+
+    fn clock_us(&self) -> Option<u64> {
+        Some(unix_us())
     }
 }
 
@@ -235,7 +244,7 @@ fn read_ready(driver: &mut Driver, net: &mut UdpNet) {
         };
         // The batch's datagrams are taken out first: handling them sends through `net`.
         let mut received = std::mem::take(&mut net.received);
-        let drained = match net.recv(i, |buf, from| received.push((buf, from))) {
+        let drained = match net.recv(i, |buf, from, at| received.push((buf, from, at))) {
             Ok(n) => n < READ_BATCH,
             Err(e) => {
                 // E.g. ECONNREFUSED queued by an ICMP error: noted, and the socket read again.
@@ -243,8 +252,9 @@ fn read_ready(driver: &mut Driver, net: &mut UdpNet) {
                 false
             }
         };
-        for (buf, from) in received.drain(..) {
-            driver.handle_datagram(net, SocketId(i), from, buf, Instant::now());
+        for (buf, from, at) in received.drain(..) {
+            let at = at.map(|d| d.as_micros() as u64);
+            driver.handle_datagram_at(net, SocketId(i), from, buf, Instant::now(), at);
         }
         net.received = received;
         if drained {
@@ -260,7 +270,11 @@ mod tests {
     use super::*;
 
     /// Receives on `socket` until `want` datagrams came (at most 2 s).
-    fn recv_all(net: &mut UdpNet, socket: SocketId, want: usize) -> Vec<(Bytes, SocketAddr)> {
+    fn recv_all(
+        net: &mut UdpNet,
+        socket: SocketId,
+        want: usize,
+    ) -> Vec<(Bytes, SocketAddr, Option<Duration>)> {
         let mut got = Vec::new();
         let deadline = Instant::now() + Duration::from_secs(2);
         while got.len() < want {
@@ -269,7 +283,7 @@ mod tests {
                 "{} of {want} received",
                 got.len()
             );
-            if net.recv(socket.0, |b, a| got.push((b, a))).unwrap() == 0 {
+            if net.recv(socket.0, |b, a, t| got.push((b, a, t))).unwrap() == 0 {
                 std::thread::sleep(Duration::from_millis(1));
             }
         }
@@ -283,11 +297,20 @@ mod tests {
         let (b, b_addr) = net.bind_udp("127.0.0.1:0".parse().unwrap()).unwrap();
         assert_ne!(a, b);
         assert_ne!(a_addr.port(), 0);
+        let sent_us = net.clock_us().unwrap();
         net.send_to(a, b_addr, b"hello").unwrap();
+        std::thread::sleep(Duration::from_millis(30));
         let got = recv_all(&mut net, b, 1);
+        let read_us = unix_us();
         assert_eq!(&got[0].0[..], b"hello");
         assert_eq!(got[0].1, a_addr);
-        assert_eq!(net.recv(b.0, |_, _| panic!("nothing more")).unwrap(), 0);
+        // The kernel's arrival time: after the send, well before the read.
+        let at = got[0].2.expect("stamped").as_micros() as u64;
+        assert!(
+            sent_us <= at && at + 20_000 < read_us,
+            "{sent_us} {at} {read_us}"
+        );
+        assert_eq!(net.recv(b.0, |_, _, _| panic!("nothing more")).unwrap(), 0);
     }
 
     #[test]
@@ -305,7 +328,7 @@ mod tests {
             net.send_to(a, b_addr, &d).unwrap();
         }
         let got = recv_all(&mut net, b, n);
-        for (i, (d, _)) in got.iter().enumerate() {
+        for (i, (d, _, _)) in got.iter().enumerate() {
             assert_eq!(d.len(), size);
             assert_eq!(u64::from_be_bytes(d[..8].try_into().unwrap()), i as u64);
         }

@@ -112,6 +112,9 @@ pub struct RecvMeta {
     pub source: SocketAddr,
     /// The datagram was longer than the slot and was cut (reported by `recvmmsg` only).
     pub truncated: bool,
+    /// When the kernel received it (`SO_TIMESTAMPNS`, wall clock since the Unix epoch), on a
+    /// socket with [`BatchSocket::enable_timestamps`] and the `recvmmsg` path; else `None`.
+    pub stamp: Option<std::time::Duration>,
 }
 
 /// Preallocated buffers for [`BatchSocket::recv_batch`]: `slots` buffers of `slot_size`
@@ -181,6 +184,8 @@ pub struct BatchSocket {
     batching: Batching,
     /// The peer set by [`BatchSocket::connect`].
     peer: Option<SocketAddr>,
+    /// Receives report the kernel's arrival time ([`Self::enable_timestamps`]).
+    stamps: bool,
 }
 
 impl BatchSocket {
@@ -206,6 +211,7 @@ impl BatchSocket {
             socket: socket.into(),
             batching,
             peer: None,
+            stamps: false,
         })
     }
 
@@ -271,7 +277,22 @@ impl BatchSocket {
             socket: socket.into(),
             batching: self.batching,
             peer: None,
+            stamps: false,
         })
+    }
+
+    /// Has the kernel stamp each datagram with its arrival time (`SO_TIMESTAMPNS`, socket(7)),
+    /// reported in [`RecvMeta::stamp`] by [`Self::recv_batch`]: a measurement of delay then
+    /// does not include how long the datagram waited to be read. Linux and the `recvmmsg`
+    /// path only (elsewhere [`io::ErrorKind::Unsupported`]).
+    pub fn enable_timestamps(&mut self) -> io::Result<()> {
+        #[cfg(target_os = "linux")]
+        if self.batching == Batching::Mmsg {
+            mmsg::enable_timestamps(&self.socket)?;
+            self.stamps = true;
+            return Ok(());
+        }
+        Err(io::Error::from(io::ErrorKind::Unsupported))
     }
 
     /// The peer set by [`Self::connect`].
@@ -334,7 +355,7 @@ impl BatchSocket {
         let (slots, meta) = batch.slots_mut();
         #[cfg(target_os = "linux")]
         if self.batching == Batching::Mmsg {
-            return mmsg::recv(&self.socket, slots, meta);
+            return mmsg::recv(&self.socket, slots, meta, self.stamps);
         }
         recv_loop(&self.socket, slots, meta)
     }
@@ -351,7 +372,7 @@ impl BatchSocket {
         let (slots, meta) = batch.prepare(max);
         #[cfg(target_os = "linux")]
         if self.batching == Batching::Mmsg {
-            return mmsg::recv_bytes(&self.socket, slots, meta);
+            return mmsg::recv_bytes(&self.socket, slots, meta, self.stamps);
         }
         pool::recv_loop(&self.socket, slots, meta)
     }
@@ -393,6 +414,7 @@ fn recv_loop(
                 len,
                 source,
                 truncated: false,
+                stamp: None,
             }),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) if meta.is_empty() => return Err(e),
@@ -485,6 +507,48 @@ mod tests {
             let expected: Vec<_> = data.into_iter().map(|d| (d, from)).collect();
             assert_eq!(got, expected, "{mode:?}");
         }
+    }
+
+    /// With timestamps on, each datagram carries the kernel's arrival time: after the send,
+    /// before the read, even when it is read a while later; without them, none.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn kernel_arrival_stamps() {
+        let since_epoch = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+        };
+        let (a, mut b) = (bind(Batching::Mmsg), bind(Batching::Mmsg));
+        b.enable_timestamps().unwrap();
+        let plain = bind(Batching::Mmsg);
+        let before = since_epoch();
+        for to in [b.local_addr().unwrap(), plain.local_addr().unwrap()] {
+            let data: Vec<_> = (0..3).map(datagram).collect();
+            let packets: Vec<_> = data.iter().map(|d| (to, &d[..])).collect();
+            assert_eq!(a.send_batch(&packets).unwrap(), 3);
+        }
+        std::thread::sleep(Duration::from_millis(50));
+        let mut batch = RecvBatch::new(8, 2048);
+        let (got, _) = recv_meta(&b, &mut batch, 3);
+        let read = since_epoch();
+        assert_eq!(got.len(), 3);
+        for (d, m) in &got {
+            let at = m.stamp.expect("stamped");
+            assert!(
+                before <= at && at + Duration::from_millis(40) < read,
+                "{at:?}"
+            );
+            assert_eq!(d.len(), m.len);
+        }
+        let (got, _) = recv_meta(&plain, &mut batch, 3);
+        assert!(got.iter().all(|(_, m)| m.stamp.is_none()));
+        // The portable path does not stamp: it says so.
+        let mut looped = bind(Batching::Loop);
+        assert_eq!(
+            looped.enable_timestamps().unwrap_err().kind(),
+            io::ErrorKind::Unsupported
+        );
     }
 
     #[test]

@@ -218,6 +218,7 @@ pub(super) fn recv<'a>(
     socket: &UdpSocket,
     slots: impl Iterator<Item = &'a mut [u8]>,
     meta: &mut Vec<RecvMeta>,
+    stamps: bool,
 ) -> io::Result<usize> {
     let mut iovs = [NO_IOVEC; MAX_BATCH];
     let mut n = 0;
@@ -230,7 +231,7 @@ pub(super) fn recv<'a>(
     }
     // SAFETY: each of the first `n` iovecs points to a distinct slot the caller lent us mutably
     // for this call, with its exact length; the kernel writes only initialised bytes into them.
-    unsafe { recv_iovs::<MAX_BATCH>(socket, &iovs[..n], meta) }
+    unsafe { recv_iovs::<MAX_BATCH>(socket, &iovs[..n], meta, stamps) }
 }
 
 /// Receives into the spare capacity of pooled buffers (each cleared, with room reserved, by
@@ -239,12 +240,13 @@ pub(super) fn recv_bytes(
     socket: &UdpSocket,
     slots: &mut [BytesMut],
     meta: &mut Vec<RecvMeta>,
+    stamps: bool,
 ) -> io::Result<usize> {
     // Small receives (the common case for RTP: one datagram per wake-up) build small arrays.
     if slots.len() <= SMALL_BATCH {
-        recv_bytes_n::<SMALL_BATCH>(socket, slots, meta)
+        recv_bytes_n::<SMALL_BATCH>(socket, slots, meta, stamps)
     } else {
-        recv_bytes_n::<MAX_BATCH>(socket, slots, meta)
+        recv_bytes_n::<MAX_BATCH>(socket, slots, meta, stamps)
     }
 }
 
@@ -255,6 +257,7 @@ fn recv_bytes_n<const N: usize>(
     socket: &UdpSocket,
     slots: &mut [BytesMut],
     meta: &mut Vec<RecvMeta>,
+    stamps: bool,
 ) -> io::Result<usize> {
     let mut iovs = [NO_IOVEC; N];
     let mut n = 0;
@@ -269,7 +272,7 @@ fn recv_bytes_n<const N: usize>(
     // SAFETY: each of the first `n` iovecs points to the spare capacity of a distinct buffer of
     // `slots`, mutably borrowed for this call and not otherwise touched until it returns; the
     // kernel may write anywhere inside (the bytes need not be initialised before).
-    let received = unsafe { recv_iovs::<N>(socket, &iovs[..n], meta)? };
+    let received = unsafe { recv_iovs::<N>(socket, &iovs[..n], meta, stamps)? };
     for (slot, m) in slots.iter_mut().zip(meta.iter()) {
         // SAFETY: the kernel initialised the first `m.len` bytes of this buffer's spare capacity
         // (`recv_iovs` reports at most the iovec's length, which is that capacity), and the
@@ -279,8 +282,55 @@ fn recv_bytes_n<const N: usize>(
     Ok(received)
 }
 
+/// Room for one control message holding a `timespec` (`CMSG_SPACE(16)` is 32 on 64-bit
+/// Linux), aligned for `cmsghdr`.
+type Control = [u64; 6];
+
+/// Has the kernel stamp each received datagram (`SO_TIMESTAMPNS`, socket(7)).
+pub(super) fn enable_timestamps(socket: &UdpSocket) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    // SAFETY: `fd` is the open socket `socket` borrows; the option value is a c_int that lives
+    // through the call, and its size is given.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            ptr::from_ref(&on).cast(),
+            mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// The `SCM_TIMESTAMPNS` stamp among the control messages `recvmmsg` left in `h`.
+fn stamp_of(h: &libc::msghdr) -> Option<std::time::Duration> {
+    // SAFETY: `h` is a header the kernel filled: msg_control points to its control buffer and
+    // msg_controllen says how much of it the kernel wrote, so the CMSG_* walk stays inside it;
+    // a SCM_TIMESTAMPNS message carries one timespec (socket(7)), read unaligned.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(h);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts = ptr::read_unaligned(libc::CMSG_DATA(c).cast::<libc::timespec>());
+                return Some(std::time::Duration::new(
+                    ts.tv_sec as u64,
+                    ts.tv_nsec as u32,
+                ));
+            }
+            c = libc::CMSG_NXTHDR(h, c);
+        }
+    }
+    None
+}
+
 /// The `recvmmsg` call itself, into the given iovecs (the first `N` of them), with header
-/// arrays of `N` entries on the stack.
+/// arrays of `N` entries on the stack; with `stamps`, each header also gets a control buffer
+/// for the kernel's arrival time.
 ///
 /// # Safety
 /// Every iovec must describe a writable region, not aliased by any live reference, that stays
@@ -289,22 +339,31 @@ unsafe fn recv_iovs<const N: usize>(
     socket: &UdpSocket,
     iovs: &[libc::iovec],
     meta: &mut Vec<RecvMeta>,
+    stamps: bool,
 ) -> io::Result<usize> {
     let mut names = [UNSPECIFIED; N];
     let mut iovs_copy = [NO_IOVEC; N];
     let mut hdrs = [empty_mmsghdr(); N];
+    // Not initialised: the kernel writes what it reports (msg_controllen), and only that is
+    // read; a relay that wants no stamps pays nothing for them.
+    let mut controls = [const { mem::MaybeUninit::<Control>::uninit() }; N];
     let mut n = 0;
-    for (((src, iov), name), h) in iovs
+    for ((((src, iov), name), h), control) in iovs
         .iter()
         .zip(iovs_copy.iter_mut())
         .zip(names.iter_mut())
         .zip(hdrs.iter_mut())
+        .zip(controls.iter_mut())
     {
         *iov = *src;
         h.msg_hdr.msg_name = ptr::from_mut(name).cast();
         h.msg_hdr.msg_namelen = mem::size_of::<CSockAddr>() as libc::socklen_t;
         h.msg_hdr.msg_iov = iov;
         h.msg_hdr.msg_iovlen = 1;
+        if stamps {
+            h.msg_hdr.msg_control = ptr::from_mut(control).cast();
+            h.msg_hdr.msg_controllen = mem::size_of::<Control>();
+        }
         n += 1;
     }
     let fd = socket.as_raw_fd();
@@ -313,8 +372,9 @@ unsafe fn recv_iovs<const N: usize>(
         // headers each point to one address buffer in `names` (its size in msg_namelen) and one
         // iovec in `iovs_copy`, stack arrays alive until the call returns and not otherwise
         // touched meanwhile; each iovec describes a writable region the caller guarantees (see
-        // this function's contract), so the kernel writes only inside it. `n` is at most N,
-        // the length of `hdrs`. A null timeout is allowed.
+        // this function's contract), so the kernel writes only inside it; with `stamps` each
+        // also points to its own control buffer in `controls` (its size in msg_controllen).
+        // `n` is at most N, the length of `hdrs`. A null timeout is allowed.
         let r = unsafe {
             libc::syscall(
                 libc::SYS_recvmmsg,
@@ -339,6 +399,7 @@ unsafe fn recv_iovs<const N: usize>(
             // An AF_INET/AF_INET6 UDP socket always reports an inet sender.
             source: from_c(name).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
             truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            stamp: if stamps { stamp_of(&h.msg_hdr) } else { None },
         });
     }
     Ok(received)

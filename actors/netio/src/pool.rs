@@ -119,6 +119,7 @@ pub(crate) fn recv_loop(
                     len,
                     source,
                     truncated: false,
+                    stamp: None,
                 });
             }
             Err(e) => {

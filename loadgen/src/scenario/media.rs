@@ -267,7 +267,7 @@ impl RtpSender {
         if header.write_to(&mut buf).is_err() {
             return;
         }
-        let body = stamp::body(ctx.unix_us(), self.n, len);
+        let body = stamp::body(ctx.send_stamp_us(), self.n, len);
         buf.extend_from_slice(&body[..len.min(body.len())]);
         ctx.send_raw(socket, dest, &buf);
         let now = ctx.now();
@@ -319,7 +319,7 @@ impl RtpMeter {
         let jitter = Duration::from_micros(self.stats.jitter_us() as u64);
         ctx.record(Quantity::RtpJitter, jitter);
         if let Some((sent_us, _)) = stamp::read(pkt.payload_bytes()) {
-            let owd = ctx.unix_us().saturating_sub(sent_us);
+            let owd = ctx.arrival_us().saturating_sub(sent_us);
             ctx.record(Quantity::RtpOwd, Duration::from_micros(owd));
         }
     }

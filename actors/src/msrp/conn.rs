@@ -706,8 +706,7 @@ impl Reader {
     /// not to.
     async fn respond(&mut self, req: &Head, code: u16) {
         if let Some(r) = write::response(req, code, None) {
-            write::head(&r, &mut self.answers);
-            write::end_line(&r.tid, Flag::Complete, false, &mut self.answers);
+            write::bodyless_into(&r, &mut self.answers);
             if self.answers.len() >= STAGE_MAX {
                 self.flush_read().await;
             }

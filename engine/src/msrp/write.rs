@@ -111,10 +111,15 @@ pub fn chunk(h: &mut Head, body: Bytes, flag: Flag, buf: &mut BytesMut) -> [Byte
 
 /// A head without body and its end line (responses, REPORTs), as one buffer.
 pub fn bodyless(h: &Head, buf: &mut BytesMut) -> Bytes {
-    debug_assert!(!h.has_body);
-    head(h, buf);
-    end_line(&h.tid, Flag::Complete, false, buf);
+    bodyless_into(h, buf);
     buf.split().freeze()
+}
+
+/// Appends a head without body and its end line to `out` (several responses in one buffer).
+pub fn bodyless_into(h: &Head, out: &mut BytesMut) {
+    debug_assert!(!h.has_body);
+    head(h, out);
+    end_line(&h.tid, Flag::Complete, false, out);
 }
 
 /// The response to `req` (RFC 4975 §7.2): same transaction id; To-Path is the previous hop

@@ -416,21 +416,10 @@ impl Driver {
         self.core.sockets.get(&socket).map(|(a, _)| *a)
     }
 
-    /// One received datagram.
+    /// One received datagram, read at `now`; `arrival_us` is the kernel's arrival time (µs since
+    /// the Unix epoch) where the network gives one, for one-way delays that leave out how
+    /// long it waited to be read.
     pub fn handle_datagram(
-        &mut self,
-        net: &mut dyn Net,
-        socket: SocketId,
-        source: SocketAddr,
-        payload: Bytes,
-        now: Instant,
-    ) {
-        self.handle_datagram_at(net, socket, source, payload, now, None);
-    }
-
-    /// As [`Self::handle_datagram`], with the kernel's arrival time of the datagram (µs since
-    /// the Unix epoch), for one-way delays that do not include how long it waited to be read.
-    pub fn handle_datagram_at(
         &mut self,
         net: &mut dyn Net,
         socket: SocketId,

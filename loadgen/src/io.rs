@@ -254,7 +254,7 @@ fn read_ready(driver: &mut Driver, net: &mut UdpNet) {
         };
         for (buf, from, at) in received.drain(..) {
             let at = at.map(|d| d.as_micros() as u64);
-            driver.handle_datagram_at(net, SocketId(i), from, buf, Instant::now(), at);
+            driver.handle_datagram(net, SocketId(i), from, buf, Instant::now(), at);
         }
         net.received = received;
         if drained {

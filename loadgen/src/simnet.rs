@@ -157,7 +157,7 @@ impl Sim {
                 let (from, to, payload) = entry.remove();
                 if let Some(&(node, socket)) = self.world.bound.get(&to) {
                     let mut d = std::mem::replace(&mut self.drivers[node], placeholder());
-                    d.handle_datagram(&mut self.net(node), socket, from, payload, now);
+                    d.handle_datagram(&mut self.net(node), socket, from, payload, now, None);
                     self.drivers[node] = d;
                 }
             }

@@ -90,6 +90,22 @@ fn bind(mut s: TcpStream, port: u16, ours: &str, path: &str) -> TcpStream {
     s
 }
 
+/// A large-message sink of bob's (100 bytes at most) for a sender at
+/// `msrp://a.test:9/pa;tcp`, and our URI.
+fn bobs_sink(plane: &MsrpPlane, on_message: OnMessage) -> (MsrpSink, Bytes) {
+    let local = plane.fresh_uri("127.0.0.1");
+    let sink = plane
+        .open_sink(
+            &local,
+            &Bytes::from_static(b"msrp://a.test:9/pa;tcp"),
+            100,
+            Bytes::from_static(b"bob"),
+            on_message,
+        )
+        .unwrap();
+    (sink, local)
+}
+
 #[test]
 fn relays_with_rewritten_paths_and_taps_each_send() {
     let (plane, leg, metrics, port) = plane_with_leg();
@@ -193,20 +209,11 @@ fn sink_answers_the_last_chunk_after_the_reply() {
     let seen = got.clone();
     let pending: Arc<Mutex<Option<Reply>>> = Arc::default();
     let replies = pending.clone();
-    let local = plane.fresh_uri("127.0.0.1");
     let on_message: OnMessage = Box::new(move |m, reply| {
         seen.lock().push(m.body.clone());
         *replies.lock() = Some(reply);
     });
-    let sink = plane
-        .open_sink(
-            &local,
-            &Bytes::from_static(b"msrp://a.test:9/pa;tcp"),
-            100,
-            Bytes::from_static(b"bob"),
-            on_message,
-        )
-        .unwrap();
+    let (sink, local) = bobs_sink(&plane, on_message);
     assert_eq!(sink.local_uri(), &local);
     assert!(!plane.receiving(b"bob"));
     let mut s = TcpStream::connect(plane.local_addr()).unwrap();
@@ -261,17 +268,7 @@ fn sink_answers_the_last_chunk_after_the_reply() {
 #[test]
 fn sink_answers_500_when_the_storage_never_answers() {
     let plane = bare_plane();
-    let local = plane.fresh_uri("127.0.0.1");
-    let on_message: OnMessage = Box::new(|_, reply| drop(reply));
-    let _sink = plane
-        .open_sink(
-            &local,
-            &Bytes::from_static(b"msrp://a.test:9/pa;tcp"),
-            100,
-            Bytes::from_static(b"bob"),
-            on_message,
-        )
-        .unwrap();
+    let (_sink, local) = bobs_sink(&plane, Box::new(|_, reply| drop(reply)));
     let mut s = TcpStream::connect(plane.local_addr()).unwrap();
     let to = String::from_utf8_lossy(&local).into_owned();
     for (tid, id) in [("tide1", "msge1"), ("tide2", "msge2")] {

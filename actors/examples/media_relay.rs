@@ -23,7 +23,7 @@ use cpm_actors::media::{DropReason, LegSpec, MediaConfig, MediaPlane, SidePorts}
 use cpm_actors::metrics::WorkerMetrics;
 
 const USAGE: &str =
-    "usage: media_relay --listen IP:LO-HI [--idle SECS] [--pin CORE] [--connect true|false] [--pace MICROS]";
+    "usage: media_relay --listen IP:LO-HI [--idle SECS] [--pin CORE] [--connect true|false] [--pace MICROS] [--io epoll|io_uring]";
 
 /// Nanoseconds the thread named `name` of this process has run, from its schedstat.
 fn thread_cpu_ns(name: &str) -> Option<u64> {
@@ -57,6 +57,7 @@ fn main() -> ExitCode {
     let (mut listen, mut idle, mut pin) = (None, Duration::from_secs(2), None);
     let mut connect = MediaConfig::default().connect_latched;
     let mut pace = MediaConfig::default().pace;
+    let mut io = MediaConfig::default().io;
     while let Some(a) = args.next() {
         let v = args.next();
         match (a.as_str(), v) {
@@ -65,6 +66,13 @@ fn main() -> ExitCode {
             ("--pin", Some(v)) => pin = v.parse().ok(),
             ("--connect", Some(v)) => connect = v == "true",
             ("--pace", Some(v)) => pace = Duration::from_micros(v.parse().unwrap_or(0)),
+            ("--io", Some(v)) => match v.parse() {
+                Ok(v) => io = v,
+                Err(e) => {
+                    eprintln!("--io: {e}");
+                    std::process::exit(2);
+                }
+            },
             _ => {
                 eprintln!("{USAGE}");
                 return ExitCode::from(2);
@@ -82,6 +90,7 @@ fn main() -> ExitCode {
         socket_buffer: 1 << 20,
         connect_latched: connect,
         pace,
+        io,
         ..MediaConfig::default()
     };
     let plane = MediaPlane::start(0, config, pin, metrics.clone()).expect("media loop");

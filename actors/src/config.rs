@@ -85,6 +85,8 @@ pub struct Config {
     /// While busy, the media loop looks at its sockets at most once per this many microseconds
     /// (`--media-pace`; 0: at every datagram; decision 0009).
     pub media_pace: u64,
+    /// How the media loop waits for and moves datagrams (`--media-io`; decision 0009).
+    pub media_io: MediaIo,
     /// Interim charging records of a session every this many seconds (`--cdr-interim`; 0:
     /// start and stop records only).
     pub cdr_interim: u64,
@@ -198,6 +200,7 @@ impl Default for Config {
             media_strict_source: true,
             media_connect: true,
             media_pace: 500,
+            media_io: MediaIo::IoUring,
             msrp_listen: SocketAddr::from(([127, 0, 0, 1], 2855)),
             bfcp_listen: None,
             cdr_interim: 300,
@@ -240,6 +243,39 @@ impl TryFrom<String> for StorageDefault {
     type Error = String;
 
     fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+/// How the media loop does its I/O (`--media-io`): `epoll` (readiness, then `recvmmsg` and
+/// `sendmmsg` per socket) or `io_uring` (completions: one system call per turn); see
+/// docs/decisions/0009-media-plane.md. `io_uring` falls back to `epoll`, with a warning,
+/// where the kernel refuses it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub enum MediaIo {
+    /// Readiness from an `epoll` set, then `recvmmsg`/`sendmmsg` per ready socket.
+    Epoll,
+    /// Multishot receives into provided buffers and sends queued on one io_uring.
+    IoUring,
+}
+
+impl std::str::FromStr for MediaIo {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "epoll" => Ok(MediaIo::Epoll),
+            "io_uring" | "io-uring" | "uring" => Ok(MediaIo::IoUring),
+            _ => Err(format!("{s:?}: expected epoll or io_uring")),
+        }
+    }
+}
+
+impl TryFrom<String> for MediaIo {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
         s.parse()
     }
 }
@@ -367,6 +403,7 @@ const KEYS: &[&str] = &[
     "media-strict-source",
     "media-connect",
     "media-pace",
+    "media-io",
     "msrp-listen",
     "bfcp-listen",
     "cdr-interim",
@@ -432,6 +469,10 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --media-pace MICROS       a busy media loop looks at its sockets at most once per MICROS
                             (fewer wake-ups; adds up to that delay), 0 = at every datagram
                             [default: 500]
+  --media-io epoll|io_uring  how the media loop receives and sends: an epoll set with
+                            recvmmsg/sendmmsg, or one io_uring (multishot receives into
+                            provided buffers, sends queued on the ring; Linux 6.0, else
+                            epoll) [default: io_uring]
   --msrp-listen ADDR:PORT   TCP listener of the MSRP relay, shared by all MSRP sessions
                             [default: 127.0.0.1:2855]
   --bfcp-listen ADDR:PORT   TCP listener of BFCP floor control (half-duplex conferences)
@@ -567,6 +608,7 @@ impl Config {
             "media-strict-source" => self.media_strict_source = parse(key, value)?,
             "media-connect" => self.media_connect = parse(key, value)?,
             "media-pace" => self.media_pace = parse(key, value)?,
+            "media-io" => self.media_io = parse(key, value)?,
             "msrp-listen" => self.msrp_listen = parse(key, value)?,
             "bfcp-listen" => self.bfcp_listen = Some(parse(key, value)?),
             "store-and-forward" => self.store_and_forward = parse(key, value)?,
@@ -704,6 +746,7 @@ mod tests {
                 | "media-connect" => "false",
                 "media-ip" => "10.0.0.1",
                 "media-ports" => "40000-40099",
+                "media-io" => "epoll",
                 "codecs" => "PCMA,opus/48000/2",
                 "storage-default" => "on-request",
                 "domain" | "data-dir" | "log" | "users-file" | "realm" | "api-tokens"

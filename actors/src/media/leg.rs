@@ -85,6 +85,16 @@ impl Default for Outbox {
     }
 }
 
+/// A datagram [accepted](Leg::accept) for the other side.
+pub(crate) struct Forward {
+    /// Sent from the other side's RTCP socket (else its RTP socket; see [`Leg::sender`]).
+    pub rtcp_socket: bool,
+    pub dest: SocketAddr,
+    pub bytes: Bytes,
+    /// RTCP (counted apart).
+    pub is_rtcp: bool,
+}
+
 /// A relay leg inside the media loop.
 pub(crate) struct Leg {
     pub id: LegId,
@@ -217,51 +227,52 @@ impl Leg {
             return Ok(0);
         };
         let n = socket.recv_bytes_upto(batch, window)?;
-        // What a catch-all receives is its RTP socket's traffic from other sources.
-        let index = flow_socket(k);
-        let side = receiver_side(k);
         for i in 0..n {
-            self.accept(index, batch, i, now, strict, out, tally);
+            let (Some(meta), Some(bytes)) = (batch.meta(i), batch.take(i)) else {
+                continue;
+            };
+            if let Some(f) = self.accept(k, meta.source, meta.truncated, bytes, now, strict, tally)
+            {
+                out.queues[f.rtcp_socket as usize].push((f.dest, f.bytes));
+                out.is_rtcp[f.rtcp_socket as usize].push(f.is_rtcp);
+            }
         }
-        self.flush(side.other(), out, tally);
-        if !tally.is_empty() {
-            self.dirty = true;
-        }
+        self.flush(receiver_side(k).other(), out, tally);
         Ok(n)
     }
 
-    /// Checks datagram `i` of `batch`, received from `side`, latches its source, and queues it
-    /// for the other side, or counts why not.
+    /// Checks a datagram from `source` received on receiver `k` (`truncated`: longer than the
+    /// buffer), latches its source, and returns where it goes on the other side, or counts
+    /// why it does not go.
     #[allow(clippy::too_many_arguments)]
-    fn accept(
+    pub fn accept(
         &mut self,
-        index: usize,
-        batch: &mut BytesBatch,
-        i: usize,
+        k: usize,
+        source: SocketAddr,
+        truncated: bool,
+        bytes: Bytes,
         now: Instant,
         strict: bool,
-        out: &mut Outbox,
         tally: &mut Tally,
-    ) {
-        let (Some(meta), Some(data)) = (batch.meta(i), batch.get(i)) else {
-            return;
-        };
+    ) -> Option<Forward> {
+        let index = flow_socket(k);
         let (side, on_rtcp_port) = (Side::from_index(index / 2), index % 2 == 1);
         let s = side.index();
         let muxed_in = self.muxed(side);
-        let is_rtcp = on_rtcp_port || (muxed_in && rtp::is_rtcp(data));
+        let is_rtcp = on_rtcp_port || (muxed_in && rtp::is_rtcp(&bytes));
         let flow = if is_rtcp && !muxed_in {
             &mut self.peers[s].rtcp
         } else {
             &mut self.peers[s].rtp
         };
-        if strict && flow.latched.is_some_and(|l| l != meta.source) {
-            return tally.drop(DropReason::WrongSource);
+        if strict && flow.latched.is_some_and(|l| l != source) {
+            tally.drop(DropReason::WrongSource);
+            return None;
         }
-        if meta.truncated || (is_rtcp && !rtcp_header_ok(data)) {
-            return tally.drop(DropReason::NotRtp);
+        if truncated || (is_rtcp && !rtcp_header_ok(&bytes)) {
+            tally.drop(DropReason::NotRtp);
+            return None;
         }
-        let Some(bytes) = batch.take(i) else { return };
         let bytes = if is_rtcp {
             bytes
         } else {
@@ -270,12 +281,15 @@ impl Leg {
                     self.rtp[s].on_rtp(&packet, now);
                     packet.into_bytes()
                 }
-                Err(_) => return tally.drop(DropReason::NotRtp),
+                Err(_) => {
+                    tally.drop(DropReason::NotRtp);
+                    return None;
+                }
             }
         };
-        if flow.latched != Some(meta.source) {
+        if flow.latched != Some(source) {
             let relatch = flow.latched.is_some();
-            flow.latched = Some(meta.source);
+            flow.latched = Some(source);
             if relatch {
                 self.peers[s].relatches += 1;
             }
@@ -285,19 +299,31 @@ impl Leg {
         }
         tally.last = Some(now);
         let other = side.other();
-        let to_rtcp_socket = is_rtcp && !self.muxed(other);
+        let rtcp_socket = is_rtcp && !self.muxed(other);
         let peer = &self.peers[other.index()];
-        let dest = if to_rtcp_socket {
+        let dest = if rtcp_socket {
             peer.rtcp.dest()
         } else {
             peer.rtp.dest()
         };
         let Some(dest) = dest else {
-            return tally.drop(DropReason::NoPeer);
+            tally.drop(DropReason::NoPeer);
+            return None;
         };
-        let q = usize::from(to_rtcp_socket);
-        out.queues[q].push((dest, bytes));
-        out.is_rtcp[q].push(is_rtcp);
+        Some(Forward {
+            rtcp_socket,
+            dest,
+            bytes,
+            is_rtcp,
+        })
+    }
+
+    /// The socket datagrams to `to` leave from: its RTCP socket for RTCP when it has one
+    /// (`rtcp_socket`), else its RTP socket; and that socket's index ([`socket_index`]).
+    pub fn sender(&self, to: Side, rtcp_socket: bool) -> Option<(usize, &BatchSocket)> {
+        [socket_index(to, rtcp_socket), socket_index(to, false)]
+            .into_iter()
+            .find_map(|i| Some((i, self.sockets[i].as_ref()?)))
     }
 
     /// Sends the queued datagrams from the sockets of `to` (one `sendmmsg` per socket, or one
@@ -308,10 +334,10 @@ impl Leg {
             if queue.is_empty() {
                 continue;
             }
-            let socket = self.sockets[socket_index(to, q == 1)]
-                .as_ref()
-                .or(self.sockets[socket_index(to, false)].as_ref());
-            let sent = match socket.map(|s| s.send_datagrams(queue)) {
+            let sent = match self
+                .sender(to, q == 1)
+                .map(|(_, s)| s.send_datagrams(queue))
+            {
                 Some(Ok(k)) => k,
                 Some(Err(e)) => {
                     tracing::debug!(leg = %self.id, error = %e, "relay send failed");
@@ -336,6 +362,11 @@ impl Leg {
         let bits = std::mem::take(&mut self.relatched);
         let on = self.connect.is_some();
         [Side::A, Side::B].map(|s| (on && bits & (1 << s.index()) != 0).then_some(s))
+    }
+
+    /// A source latched since the last [`Self::take_relatched`].
+    pub fn has_relatched(&self) -> bool {
+        self.relatched != 0
     }
 
     /// Opens the catch-all of `side`'s RTP socket unless it has one
@@ -384,6 +415,10 @@ impl Leg {
     /// Adds a batch's tally from `side` to the leg's counts, and these to the shared counters
     /// when [`COUNT_FLUSH`] has passed since they were last.
     pub fn count(&mut self, side: Side, tally: &Tally, now: Instant) {
+        if tally.is_empty() {
+            return;
+        }
+        self.dirty = true;
         self.counts[side.index()].add(tally);
         if now >= self.flush_at {
             self.flush_counts();

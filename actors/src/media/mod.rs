@@ -68,9 +68,11 @@ mod plane;
 mod relay_loop;
 pub mod room;
 pub mod stats;
+mod uring;
 
 use std::fmt;
 
+pub use crate::config::MediaIo;
 pub use actor::{Close, GetStats, MediaInactive, RelayLeg, SetPeer, Snapshot};
 pub use plane::{
     BoundLeg, LegControl, LegHandle, LegStatsReader, MediaConfig, MediaPlane, OpenError, Reply,

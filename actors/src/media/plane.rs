@@ -21,6 +21,7 @@ use super::room::{
     default_mix, NewMember, NewVideo, RoomCommand, RoomEvent, RoomId, Rooms, TickStats,
 };
 use super::stats::LegShared;
+use super::MediaIo;
 use super::{LegId, LegSpec, LegStats, Side};
 use crate::conference::sdp::AudioCodec;
 use crate::config::Config;
@@ -54,6 +55,8 @@ pub struct MediaConfig {
     /// Zero: no pacing. Default 500 µs (`--media-pace`), a quarter of issue 4's 2 ms budget
     /// for the one-way delay.
     pub pace: Duration,
+    /// epoll or io_uring (`--media-io`; [`crate::config::MediaIo`]).
+    pub io: MediaIo,
 }
 
 impl Default for MediaConfig {
@@ -66,7 +69,7 @@ impl Default for MediaConfig {
 
 impl MediaConfig {
     /// The options of each relay socket.
-    fn socket_config(&self) -> SocketConfig {
+    pub(crate) fn socket_config(&self) -> SocketConfig {
         SocketConfig {
             recv_buffer: self.socket_buffer,
             send_buffer: self.socket_buffer,
@@ -83,6 +86,7 @@ impl MediaConfig {
             socket_buffer: 256 << 10,
             connect_latched: c.media_connect,
             pace: Duration::from_micros(c.media_pace),
+            io: c.media_io,
         }
     }
 }
@@ -195,9 +199,7 @@ impl MediaPlane {
         // Unbounded: commands are control traffic (a few per call), and a close sent from a
         // Drop must never be refused.
         let (tx, rx) = crossbeam::channel::unbounded();
-        let socket_config = config.socket_config();
-        let (strict, pace) = (config.strict_source, config.pace);
-        let connect = config.connect_latched.then_some(socket_config);
+        let strict = config.strict_source;
         let ticks = Arc::new(TickStats::default());
         let rooms = Rooms::new(default_mix(), ticks.clone(), metrics.clone(), strict);
         if config.connect_latched {
@@ -207,6 +209,7 @@ impl MediaPlane {
                 Err(e) => tracing::debug!(worker, error = %e, "cannot raise the open file limit"),
             }
         }
+        let loop_config = config.clone();
         let thread = std::thread::Builder::new()
             .name(format!("cpm-media-{worker}"))
             .spawn(move || {
@@ -215,7 +218,7 @@ impl MediaPlane {
                         tracing::info!(worker, core, "could not pin media loop to core");
                     }
                 }
-                RelayLoop::new(poll, rx, strict, connect, pace, metrics, rooms).run();
+                RelayLoop::new(poll, rx, &loop_config, metrics, rooms).run();
             })?;
         Ok(MediaPlane {
             inner: Arc::new(Inner {

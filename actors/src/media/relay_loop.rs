@@ -23,8 +23,9 @@ use tokio::sync::oneshot;
 
 use super::leg::{receiver_side, socket_index, Leg, Outbox, CATCH_ALL, RECEIVERS};
 use super::room::{Rooms, ROOM_TOKEN_BASE};
-use super::stats::{bump, LegShared, Tally};
-use super::{LegId, LegStats, Side};
+use super::stats::{bump, DropReason, LegShared, Tally};
+use super::uring::{self, File, Uring};
+use super::{LegId, LegStats, MediaConfig, MediaIo, Side};
 use crate::metrics::WorkerMetrics;
 
 /// Batches (of up to 64 datagrams) relayed from one socket before the others get a turn.
@@ -105,18 +106,37 @@ pub(crate) struct RelayLoop {
     retry: Vec<Token>,
     /// The conference rooms (a separate path: relay legs never look at them).
     rooms: Rooms,
+    /// The io_uring path (`--media-io io_uring`), when it could be set up; `None`: epoll.
+    uring: Option<Box<Uring>>,
+    /// Per leg slot on the io_uring path: how the ring names each receiver, and the slot's
+    /// generation (bumped at each close, so late completions of a closed leg are ignored).
+    files: Vec<[Option<File>; RECEIVERS]>,
+    generations: Vec<u32>,
+    /// Slots that latched a new source in this turn (io_uring path), to be connected.
+    relatched: Vec<usize>,
+    /// The ring's poll of the `epoll` set fired and the set was not read since (io_uring
+    /// path: a close's look may take that completion; the next wait reads the set).
+    epoll_fired: bool,
 }
 
 impl RelayLoop {
     pub fn new(
         poll: Poll,
         commands: Receiver<Command>,
-        strict: bool,
-        connect: Option<SocketConfig>,
-        pace: Duration,
+        config: &MediaConfig,
         metrics: Arc<WorkerMetrics>,
         rooms: Rooms,
     ) -> RelayLoop {
+        let uring = match config.io {
+            MediaIo::Epoll => None,
+            MediaIo::IoUring => match Uring::new(poll.as_raw_fd()) {
+                Ok(u) => Some(Box::new(u)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring unavailable: the media loop uses epoll");
+                    None
+                }
+            },
+        };
         RelayLoop {
             poll,
             commands,
@@ -125,13 +145,18 @@ impl RelayLoop {
             index: HashMap::new(),
             batch: BytesBatch::new(MAX_BATCH, SLOT_SIZE),
             out: Outbox::default(),
-            strict,
-            connect,
-            pace,
+            strict: config.strict_source,
+            connect: config.connect_latched.then(|| config.socket_config()),
+            pace: config.pace,
             metrics,
             pending: Vec::new(),
             retry: Vec::new(),
             rooms,
+            uring,
+            files: Vec::new(),
+            generations: Vec::new(),
+            relatched: Vec::new(),
+            epoll_fired: false,
         }
     }
 
@@ -165,7 +190,7 @@ impl RelayLoop {
             } else {
                 Duration::ZERO
             };
-            if let Err(e) = self.poll.poll(&mut events, Some(timeout)) {
+            if let Err(e) = self.wait(&mut events, timeout) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -180,7 +205,8 @@ impl RelayLoop {
             let now = Instant::now();
             let relayed = !self.pending.is_empty()
                 || self.rooms.has_pending()
-                || events.iter().any(|e| e.token() != WAKER);
+                || events.iter().any(|e| e.token() != WAKER)
+                || self.uring.as_ref().is_some_and(|u| !u.cqes.is_empty());
             busy_since = relayed.then_some(now);
             std::mem::swap(&mut self.pending, &mut self.retry);
             for k in 0..self.retry.len() {
@@ -203,6 +229,7 @@ impl RelayLoop {
                 }
                 self.on_readable(token, now);
             }
+            self.complete_ring(now);
             if self.rooms.next_tick().is_some_and(|t| t <= now) {
                 self.rooms.tick(now);
             }
@@ -216,6 +243,144 @@ impl RelayLoop {
             self.close(id, None);
         }
         self.rooms.close_all(&self.poll);
+    }
+
+    /// Waits for readiness (epoll) or completions (io_uring) for at most `timeout`; on the
+    /// io_uring path `events` holds the loop's `epoll` set's events when its poll fired.
+    fn wait(&mut self, events: &mut Events, timeout: Duration) -> io::Result<()> {
+        let Some(u) = self.uring.as_mut() else {
+            return self.poll.poll(events, Some(timeout));
+        };
+        u.wait(timeout.is_zero(), timeout)?;
+        if u.cqes
+            .iter()
+            .any(|&(ud, ..)| uring::kind(ud) == uring::EPOLL)
+        {
+            self.poll.poll(events, Some(Duration::ZERO))
+        } else {
+            events.clear();
+            Ok(())
+        }
+    }
+
+    /// The io_uring path's turn: relays the datagrams that completed, counts the sends that
+    /// did, connects the sockets that latched, and hands buffers and requests to the kernel.
+    fn complete_ring(&mut self, now: Instant) {
+        let Some(mut u) = self.uring.take() else {
+            return;
+        };
+        let cqes = std::mem::take(&mut u.cqes);
+        for &(user_data, result, flags) in &cqes {
+            match uring::kind(user_data) {
+                uring::RECV => self.on_datagram(&mut u, user_data, result, flags, now),
+                uring::SEND => self.on_sent(&mut u, user_data, result, now),
+                uring::EPOLL => {
+                    self.epoll_fired = true;
+                    if !io_uring::cqueue::more(flags) {
+                        u.rearm_epoll(user_data);
+                    }
+                }
+                _ => {}
+            }
+        }
+        u.cqes = cqes;
+        u.cqes.clear();
+        self.uring = Some(u);
+        for slot in std::mem::take(&mut self.relatched) {
+            let sides = match self.legs.get_mut(slot) {
+                Some(Some(leg)) => leg.take_relatched(),
+                _ => continue,
+            };
+            for side in sides.into_iter().flatten() {
+                self.connect_rtp(slot, side, now);
+            }
+        }
+        let (legs, generations) = (&self.legs, &self.generations);
+        let live = |user_data: u64| {
+            let (generation, token) = uring::recv_id(user_data);
+            let slot = (token >> 3) as usize;
+            generations.get(slot) == Some(&generation)
+                && legs.get(slot).is_some_and(Option::is_some)
+        };
+        if let Some(u) = self.uring.as_mut() {
+            if let Err(e) = u.end_turn(live) {
+                tracing::warn!(error = %e, "media ring: submit failed");
+            }
+        }
+    }
+
+    /// Collects the completions that are ready, without waiting, and handles them (io_uring
+    /// path, outside the loop's turn).
+    fn look(&mut self, now: Instant) {
+        if let Some(u) = self.uring.as_mut() {
+            if let Err(e) = u.wait(true, Duration::ZERO) {
+                tracing::debug!(error = %e, "media ring: look failed");
+            }
+        }
+        self.complete_ring(now);
+    }
+
+    /// A receive completion: relays its datagram (io_uring path).
+    fn on_datagram(
+        &mut self,
+        u: &mut Uring,
+        user_data: u64,
+        result: i32,
+        flags: u32,
+        now: Instant,
+    ) {
+        let (generation, token) = uring::recv_id(user_data);
+        let (slot, k) = ((token >> 3) as usize, (token & 7) as usize);
+        let live = self.generations.get(slot) == Some(&generation);
+        let file = if live {
+            self.files.get(slot).and_then(|f| f[k])
+        } else {
+            None
+        };
+        let Some((source, truncated, bytes)) = u.datagram(file, user_data, result, flags) else {
+            return;
+        };
+        let (true, Some(Some(leg))) = (live, self.legs.get_mut(slot)) else {
+            return;
+        };
+        let side = receiver_side(k);
+        let mut tally = Tally::default();
+        if let Some(f) = leg.accept(k, source, truncated, bytes, now, self.strict, &mut tally) {
+            let sent = leg
+                .sender(side.other(), f.rtcp_socket)
+                .and_then(|(j, socket)| Some((self.files[slot][j]?, socket)))
+                .is_some_and(|(file, socket)| u.send(file, socket, f, generation, token));
+            if !sent {
+                tally.drop(DropReason::SendFailed);
+            }
+        }
+        leg.count(side, &tally, now);
+        if leg.has_relatched() {
+            self.relatched.push(slot);
+        }
+        account(&self.metrics, &tally);
+    }
+
+    /// A send completion: counts it for its leg, if that is still open (io_uring path).
+    fn on_sent(&mut self, u: &mut Uring, user_data: u64, result: i32, now: Instant) {
+        let Some(s) = u.sent(user_data, result) else {
+            return;
+        };
+        let mut tally = Tally::default();
+        if s.ok {
+            tally.packets = 1;
+            tally.bytes = s.len as u64;
+            tally.rtcp_packets = u64::from(s.is_rtcp);
+        } else {
+            tally.drop(DropReason::SendFailed);
+        }
+        account(&self.metrics, &tally);
+        let slot = (s.token >> 3) as usize;
+        if self.generations.get(slot) == Some(&s.generation) {
+            if let Some(Some(leg)) = self.legs.get_mut(slot) {
+                leg.count(receiver_side((s.token & 7) as usize), &tally, now);
+            }
+        }
     }
 
     /// Relays what socket `token` holds, up to [`MAX_BATCHES_PER_TURN`] batches: a first small
@@ -245,6 +410,20 @@ impl RelayLoop {
         let Some(Some(leg)) = self.legs.get_mut(slot) else {
             return;
         };
+        if let Some(u) = self.uring.as_mut() {
+            // The ring delivers each socket's datagrams as they come: the two sockets' are not
+            // ordered against each other around the connect (a few datagrams at the switch).
+            let (files, generation) = (&mut self.files[slot], self.generations[slot]);
+            let opened = leg.open_catch_all(side, |k, socket| {
+                files[k] = Some(u.add(socket, generation, token(slot, k).0 as u32)?);
+                Ok(())
+            });
+            match opened {
+                Ok(_) => leg.connect_rtp(side),
+                Err(e) => tracing::debug!(leg = %leg.id, error = %e, "no catch-all: not connected"),
+            }
+            return;
+        }
         let registry = self.poll.registry();
         let opened = leg.open_catch_all(side, |k, socket| {
             let fd = socket.socket().as_raw_fd();
@@ -298,12 +477,7 @@ impl RelayLoop {
                 &mut tally,
             );
             leg.count(side, &tally, now);
-            let m = &self.metrics.media;
-            bump(&m.packets, tally.packets);
-            bump(&m.bytes, tally.bytes);
-            for (c, &n) in m.drops.iter().zip(&tally.drops) {
-                bump(c, n);
-            }
+            account(&self.metrics, &tally);
             match r {
                 Ok(n) if n == window => window = self.batch.capacity(),
                 Ok(_) => return true,
@@ -358,6 +532,8 @@ impl RelayLoop {
     fn open(&mut self, o: OpenLeg) {
         let slot = self.free.pop().unwrap_or_else(|| {
             self.legs.push(None);
+            self.files.push([None; RECEIVERS]);
+            self.generations.push(0);
             self.legs.len() - 1
         });
         let leg = Box::new(Leg::new(
@@ -370,12 +546,18 @@ impl RelayLoop {
         let registry = self.poll.registry();
         for (k, s) in leg.sockets.iter().enumerate() {
             let Some(s) = s else { continue };
-            let fd = s.socket().as_raw_fd();
-            if let Err(e) =
-                registry.register(&mut SourceFd(&fd), token(slot, k), Interest::READABLE)
-            {
+            let added = match self.uring.as_mut() {
+                Some(u) => u
+                    .add(s, self.generations[slot], token(slot, k).0 as u32)
+                    .map(|file| self.files[slot][k] = Some(file)),
+                None => {
+                    let fd = s.socket().as_raw_fd();
+                    registry.register(&mut SourceFd(&fd), token(slot, k), Interest::READABLE)
+                }
+            };
+            if let Err(e) = added {
                 tracing::warn!(leg = %o.id, error = %e, "cannot poll a relay socket; leg closed");
-                deregister(&self.poll, &leg);
+                self.deregister(slot, &leg);
                 self.free.push(slot);
                 return;
             }
@@ -394,8 +576,16 @@ impl RelayLoop {
         // What the peers sent before the session ended is still relayed (and counted): the
         // last packets before a BYE often sit in a socket when the close arrives.
         let now = Instant::now();
-        for k in 0..RECEIVERS {
-            self.relay_from(slot, k, now);
+        if self.uring.is_some() {
+            // This turn's completions first (the next look reuses their list), then what
+            // arrived since, then the completions of the sends that queued.
+            self.complete_ring(now);
+            self.look(now);
+            self.look(now);
+        } else {
+            for k in 0..RECEIVERS {
+                self.relay_from(slot, k, now);
+            }
         }
         self.index.remove(&id);
         let Some(mut leg) = self.legs.get_mut(slot).and_then(Option::take) else {
@@ -403,7 +593,12 @@ impl RelayLoop {
         };
         leg.flush_counts();
         self.free.push(slot);
-        deregister(&self.poll, &leg);
+        self.deregister(slot, &leg);
+        if self.uring.is_some() {
+            // The canceled receives are freed by the kernel's deferred work, run when the
+            // loop asks for completions: only then does the ring let go of the sockets.
+            self.look(now);
+        }
         let m = &self.metrics.media;
         m.legs
             .store(m.legs.load(Relaxed).saturating_sub(1), Relaxed);
@@ -433,12 +628,32 @@ impl RelayLoop {
     }
 }
 
-/// Removes a leg's sockets from the poll set (closing them would too; this keeps the set
-/// exact should a descriptor be duplicated).
-fn deregister(poll: &Poll, leg: &Leg) {
-    for s in leg.receivers() {
-        let fd = s.socket().as_raw_fd();
-        let _ = poll.registry().deregister(&mut SourceFd(&fd));
+impl RelayLoop {
+    /// Takes the sockets of the leg in `slot` off the poll set (closing them would too; this
+    /// keeps the set exact should a descriptor be duplicated) or off the ring (which would
+    /// otherwise keep them open), and starts the slot's next generation.
+    fn deregister(&mut self, slot: usize, leg: &Leg) {
+        if let Some(u) = self.uring.as_mut() {
+            for file in self.files[slot].iter_mut().filter_map(Option::take) {
+                u.remove(file);
+            }
+            self.generations[slot] = self.generations[slot].wrapping_add(1);
+            return;
+        }
+        for s in leg.receivers() {
+            let fd = s.socket().as_raw_fd();
+            let _ = self.poll.registry().deregister(&mut SourceFd(&fd));
+        }
+    }
+}
+
+/// Adds a tally to the worker's media counters.
+fn account(metrics: &WorkerMetrics, tally: &Tally) {
+    let m = &metrics.media;
+    bump(&m.packets, tally.packets);
+    bump(&m.bytes, tally.bytes);
+    for (c, &n) in m.drops.iter().zip(&tally.drops) {
+        bump(c, n);
     }
 }
 

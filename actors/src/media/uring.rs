@@ -1,0 +1,657 @@
+//! The media loop's io_uring path (`--media-io io_uring`; docs/decisions/0009-media-plane.md,
+//! "io_uring").
+//!
+//! The same legs, checks and counts as the `epoll` path ([`super::leg::Leg::accept`]); what
+//! changes is how datagrams come in and go out:
+//!
+//! - every receiving socket has one **multishot `recvmsg`** armed (`IORING_RECV_MULTISHOT`,
+//!   Linux 6.0) that lasts as long as the socket: each datagram arrives as a completion, in a
+//!   buffer the loop lent the kernel through a **provided buffer ring** ([`BUFFERS`] slots of
+//!   [`SLOT_SIZE`] bytes), with its source address in front of it;
+//! - the datagram is relayed as a `send` (or `sendmsg` with the address, on a socket that is
+//!   not connected to it) queued on the ring, from that same buffer (no copy): the buffer goes
+//!   back to the kernel when the send completes;
+//! - sockets are **registered files** (no descriptor lookup and reference count per
+//!   operation), and the ring is **single issuer with deferred task work**: the kernel does a
+//!   datagram's receive work when the loop asks for completions, not by interrupting it.
+//!
+//! So one `io_uring_enter` per turn replaces, per datagram, the `recvmmsg`, the send and the
+//! `epoll` bookkeeping of the other path. The loop's `epoll` set (command waker, conference
+//! rooms) is watched by a multishot poll on its descriptor.
+//!
+//! A leg's sockets are taken off the ring before they are closed: a synchronous cancel of
+//! every request on them, then their registered-file slot is cleared, so the port is free
+//! when the close is answered, as on the other path.
+
+use std::io;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use cpm_netio::BatchSocket;
+use io_uring::{cqueue, opcode, squeue, types, IoUring};
+use parking_lot::Mutex;
+
+use super::leg::Forward;
+use super::relay_loop::SLOT_SIZE;
+
+/// Receive buffers lent to the kernel (a power of two): 4 MiB per loop. At 100,000 datagrams
+/// a second and a 500 µs pace about 50 are in use at a time.
+pub(crate) const BUFFERS: u16 = 2048;
+
+/// The provided buffer group of the receive buffers.
+const GROUP: u16 = 0;
+
+/// Submission queue entries; the completion queue has four times as many.
+const SQ_ENTRIES: u32 = 4096;
+
+/// Completions asked for in one busy look. The kernel runs deferred receive work for at most
+/// `max(20, asked)` requests per enter (IO_LOCAL_TW_DEFAULT_MAX), so asking for one would
+/// leave most of a turn's datagrams for later turns.
+const GATHER: usize = 4096;
+
+/// Registered-file slots at most (also bounded by `RLIMIT_NOFILE`); a socket beyond them is
+/// used by descriptor.
+const MAX_FILES: u64 = 1 << 16;
+
+/// What a completion is: the top two bits of its user data.
+const KIND: u64 = 3 << 62;
+/// A receive: `RECV | generation << 32 | token` (token: `slot << 3 | receiver`).
+pub(crate) const RECV: u64 = 1 << 62;
+/// A send: `SEND | index into the send table`.
+pub(crate) const SEND: u64 = 2 << 62;
+/// The poll on the `epoll` descriptor.
+pub(crate) const EPOLL: u64 = 3 << 62;
+
+/// The kind of a completion's user data.
+pub(crate) fn kind(user_data: u64) -> u64 {
+    user_data & KIND
+}
+
+/// The generation and token of a receive's user data.
+pub(crate) fn recv_id(user_data: u64) -> (u32, u32) {
+    (((user_data >> 32) & 0x3fff_ffff) as u32, user_data as u32)
+}
+
+/// The user data of receiver `token` of a leg slot in generation `generation`.
+fn recv_user_data(generation: u32, token: u32) -> u64 {
+    RECV | u64::from(generation & 0x3fff_ffff) << 32 | u64::from(token)
+}
+
+/// The memory of the receive buffers. The kernel writes into the slots it holds; a slot it
+/// filled is read through a [`Lent`] until that is dropped, which hands the slot back.
+struct Region {
+    base: *mut u8,
+    /// Slots whose [`Lent`] was dropped, to be given back to the kernel.
+    returned: Mutex<Vec<u16>>,
+}
+
+// SAFETY: `base` is a heap allocation owned by the region; slot memory is only read through
+// `Lent`s (one per slot at a time) and written by the kernel while the slot is its own.
+unsafe impl Send for Region {}
+unsafe impl Sync for Region {}
+
+impl Region {
+    fn layout() -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(usize::from(BUFFERS) * SLOT_SIZE, 4096)
+            .expect("buffer region layout")
+    }
+
+    fn new() -> io::Result<Region> {
+        // SAFETY: the layout has a non-zero size.
+        let base = unsafe { std::alloc::alloc_zeroed(Region::layout()) };
+        if base.is_null() {
+            return Err(io::Error::from(io::ErrorKind::OutOfMemory));
+        }
+        Ok(Region {
+            base,
+            returned: Mutex::new(Vec::with_capacity(usize::from(BUFFERS))),
+        })
+    }
+
+    fn slot(&self, bid: u16) -> *mut u8 {
+        // SAFETY: bid < BUFFERS (checked by callers), so the offset is inside the allocation.
+        unsafe { self.base.add(usize::from(bid) * SLOT_SIZE) }
+    }
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // SAFETY: allocated in `new` with this layout; the ring that wrote into it is gone
+        // (it is dropped first) and no `Lent` is alive (each holds the region).
+        unsafe { std::alloc::dealloc(self.base, Region::layout()) }
+    }
+}
+
+/// A received datagram in a slot of the region, owned until dropped (as a [`Bytes`] owner).
+struct Lent {
+    region: Arc<Region>,
+    bid: u16,
+    start: u16,
+    len: u16,
+}
+
+impl AsRef<[u8]> for Lent {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the slot is not the kernel's while this `Lent` lives, and `start + len`
+        // lies within it (checked when the `Lent` was made).
+        unsafe {
+            std::slice::from_raw_parts(
+                self.region.slot(self.bid).add(usize::from(self.start)),
+                usize::from(self.len),
+            )
+        }
+    }
+}
+
+impl Drop for Lent {
+    fn drop(&mut self) {
+        self.region.returned.lock().push(self.bid);
+    }
+}
+
+/// The ring the kernel takes receive buffers from (`IORING_REGISTER_PBUF_RING`).
+struct BufRing {
+    entries: *mut types::BufRingEntry,
+    tail: u16,
+}
+
+impl BufRing {
+    const BYTES: usize = BUFFERS as usize * std::mem::size_of::<types::BufRingEntry>();
+
+    fn new() -> io::Result<BufRing> {
+        // SAFETY: an anonymous private mapping (page aligned, as the kernel requires).
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                BufRing::BYTES,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(BufRing {
+            entries: p.cast(),
+            tail: 0,
+        })
+    }
+
+    /// Queues slot `bid` for the kernel (visible after [`Self::publish`]).
+    fn provide(&mut self, region: &Region, bid: u16) {
+        // SAFETY: the index is masked into the mapping; the entry past the tail is ours.
+        let e = unsafe { &mut *self.entries.add(usize::from(self.tail & (BUFFERS - 1))) };
+        e.set_addr(region.slot(bid) as u64);
+        e.set_len(SLOT_SIZE as u32);
+        e.set_bid(bid);
+        self.tail = self.tail.wrapping_add(1);
+    }
+
+    fn publish(&self) {
+        // SAFETY: the tail field of the ring's first entry, shared with the kernel (u16).
+        let tail = unsafe { &*types::BufRingEntry::tail(self.entries).cast::<AtomicU16>() };
+        tail.store(self.tail, Ordering::Release);
+    }
+}
+
+impl Drop for BufRing {
+    fn drop(&mut self) {
+        // SAFETY: mapped in `new` with this size; the ring using it is gone (dropped first).
+        unsafe { libc::munmap(self.entries.cast(), BufRing::BYTES) };
+    }
+}
+
+/// A send in flight: what it sends and whose it is, at a stable address (the kernel reads
+/// `hdr`, `iov` and `name` until it completes).
+struct Outgoing {
+    bytes: Option<Bytes>,
+    name: libc::sockaddr_in6,
+    iov: libc::iovec,
+    hdr: libc::msghdr,
+    /// The receiving leg slot's generation and token, and whether it is RTCP (for counting).
+    generation: u32,
+    token: u32,
+    is_rtcp: bool,
+}
+
+/// What a completed send was.
+pub(crate) struct Sent {
+    pub generation: u32,
+    pub token: u32,
+    pub len: usize,
+    pub is_rtcp: bool,
+    pub ok: bool,
+}
+
+/// How the ring names a socket: its registered-file slot, or its descriptor.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum File {
+    Fixed(u32),
+    Fd(RawFd),
+}
+
+/// The ring, its buffers and sends, for one media loop thread.
+pub(crate) struct Uring {
+    // Dropped first: the kernel lets go of the buffers and descriptors before they go.
+    ring: IoUring,
+    bufs: BufRing,
+    region: Arc<Region>,
+    /// The receive header: names up to an IPv6 address, no control data.
+    recv_hdr: Box<libc::msghdr>,
+    sends: Box<[Outgoing]>,
+    free_sends: Vec<u32>,
+    free_files: Vec<u32>,
+    /// Completions of the last [`Self::wait`]: user data, result, flags.
+    pub cqes: Vec<(u64, i32, u32)>,
+    /// Receives whose multishot ended (buffers ran out, an error): armed again after the turn.
+    rearm: Vec<(File, u64)>,
+}
+
+impl Uring {
+    /// A ring watching `epoll_fd` (the loop's other descriptors) besides the relay sockets.
+    pub fn new(epoll_fd: RawFd) -> io::Result<Uring> {
+        let ring = IoUring::builder()
+            .setup_single_issuer()
+            .setup_defer_taskrun()
+            .setup_cqsize(SQ_ENTRIES * 4)
+            .build(SQ_ENTRIES)?;
+        let files = nofile_limit().clamp(64, MAX_FILES) as u32;
+        ring.submitter().register_files_sparse(files)?;
+        let region = Arc::new(Region::new()?);
+        let mut bufs = BufRing::new()?;
+        // SAFETY: the ring memory stays mapped until after the ring is dropped.
+        unsafe {
+            ring.submitter().register_buf_ring_with_flags(
+                bufs.entries as u64,
+                BUFFERS,
+                GROUP,
+                0,
+            )?;
+        }
+        for bid in 0..BUFFERS {
+            bufs.provide(&region, bid);
+        }
+        bufs.publish();
+        // SAFETY: a zeroed msghdr is a valid empty one.
+        let mut recv_hdr: Box<libc::msghdr> = Box::new(unsafe { std::mem::zeroed() });
+        recv_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_in6>() as u32;
+        let sends = (0..BUFFERS)
+            .map(|_| Outgoing {
+                bytes: None,
+                // SAFETY: plain C structures, all-zero is valid.
+                name: unsafe { std::mem::zeroed() },
+                iov: libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+                hdr: unsafe { std::mem::zeroed() },
+                generation: 0,
+                token: 0,
+                is_rtcp: false,
+            })
+            .collect();
+        let mut u = Uring {
+            ring,
+            bufs,
+            region,
+            recv_hdr,
+            sends,
+            free_sends: (0..u32::from(BUFFERS)).rev().collect(),
+            free_files: (0..files).rev().collect(),
+            cqes: Vec::with_capacity(GATHER),
+            rearm: Vec::new(),
+        };
+        u.arm_epoll(epoll_fd)?;
+        u.ring.submit()?;
+        Ok(u)
+    }
+
+    fn push(&mut self, entry: &squeue::Entry) -> io::Result<()> {
+        loop {
+            // SAFETY: every pointer in the entries (headers, buffers) outlives the request.
+            if unsafe { self.ring.submission().push(entry) }.is_ok() {
+                return Ok(());
+            }
+            self.ring.submit()?;
+        }
+    }
+
+    fn arm_epoll(&mut self, epoll_fd: RawFd) -> io::Result<()> {
+        let e = opcode::PollAdd::new(types::Fd(epoll_fd), libc::POLLIN as u32)
+            .multi(true)
+            .build()
+            .user_data(EPOLL | epoll_fd as u32 as u64);
+        self.push(&e)
+    }
+
+    /// Starts receiving on `socket` as receiver `token` of generation `generation`; returns
+    /// how the ring names it (to send from it, and for [`Self::remove`]).
+    pub fn add(&mut self, socket: &BatchSocket, generation: u32, token: u32) -> io::Result<File> {
+        let fd = socket.socket().as_raw_fd();
+        let file = match self.free_files.pop() {
+            Some(i) => match self.ring.submitter().register_files_update(i, &[fd]) {
+                Ok(_) => File::Fixed(i),
+                Err(e) => {
+                    self.free_files.push(i);
+                    tracing::debug!(error = %e, "registered file update failed; by descriptor");
+                    File::Fd(fd)
+                }
+            },
+            None => File::Fd(fd),
+        };
+        self.arm(file, recv_user_data(generation, token))?;
+        Ok(file)
+    }
+
+    fn arm(&mut self, file: File, user_data: u64) -> io::Result<()> {
+        let e = match file {
+            File::Fixed(i) => opcode::RecvMsgMulti::new(types::Fixed(i), &*self.recv_hdr, GROUP),
+            File::Fd(fd) => opcode::RecvMsgMulti::new(types::Fd(fd), &*self.recv_hdr, GROUP),
+        }
+        .build()
+        .user_data(user_data);
+        self.push(&e)
+    }
+
+    /// Stops every request on `file` (synchronously: once this returns the kernel holds no
+    /// reference to the socket) and frees its registered slot. The socket can then be closed.
+    pub fn remove(&mut self, file: File) {
+        // Queued requests must be submitted to be found by the cancel.
+        let _ = self.ring.submit();
+        let builder = match file {
+            File::Fixed(i) => types::CancelBuilder::fd(types::Fixed(i)).all(),
+            File::Fd(fd) => types::CancelBuilder::fd(types::Fd(fd)).all(),
+        };
+        match self.ring.submitter().register_sync_cancel(None, builder) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) => tracing::debug!(error = %e, "media ring: cancel failed"),
+        }
+        self.rearm.retain(|(f, _)| !same(*f, file));
+        if let File::Fixed(i) = file {
+            match self.ring.submitter().register_files_update(i, &[-1]) {
+                Ok(_) => self.free_files.push(i),
+                Err(e) => tracing::warn!(error = %e, "media ring: cannot free a file slot"),
+            }
+        }
+    }
+
+    /// Submits what is queued and collects completions into [`Self::cqes`]: when `busy`, as
+    /// many as are ready without waiting; else waits up to `timeout` for the first.
+    pub fn wait(&mut self, busy: bool, timeout: Duration) -> io::Result<()> {
+        let ts = types::Timespec::from(if busy { Duration::ZERO } else { timeout });
+        let args = types::SubmitArgs::new().timespec(&ts);
+        let want = if busy { GATHER } else { 1 };
+        match self.ring.submitter().submit_with_args(want, &args) {
+            Ok(_) => {}
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) => {}
+            Err(e) => return Err(e),
+        }
+        self.cqes.clear();
+        let mut cq = self.ring.completion();
+        cq.sync();
+        self.cqes
+            .extend(cq.map(|c| (c.user_data(), c.result(), c.flags())));
+        Ok(())
+    }
+
+    /// The datagram of a receive completion (`result`, `flags`): its source, whether it was
+    /// cut, and its bytes; `None` for an error or a datagram without a readable source.
+    /// A multishot that ended (no `IORING_CQE_F_MORE`) is armed again after the turn.
+    pub fn datagram(
+        &mut self,
+        file: Option<File>,
+        user_data: u64,
+        result: i32,
+        flags: u32,
+    ) -> Option<(SocketAddr, bool, Bytes)> {
+        if !cqueue::more(flags) {
+            if let Some(file) = file {
+                self.rearm.push((file, user_data));
+            }
+        }
+        let bid = cqueue::buffer_select(flags)?;
+        let parsed = (result >= 0 && bid < BUFFERS)
+            .then(|| {
+                // SAFETY: the kernel filled `result` bytes of the slot, which is ours now.
+                let buf =
+                    unsafe { std::slice::from_raw_parts(self.region.slot(bid), result as usize) };
+                let out = types::RecvMsgOut::parse(buf, &self.recv_hdr).ok()?;
+                let source = sockaddr_to_std(out.name_data())?;
+                let payload = out.payload_data();
+                let start = payload.as_ptr() as usize - buf.as_ptr() as usize;
+                Some((source, out.is_payload_truncated(), start, payload.len()))
+            })
+            .flatten();
+        let Some((source, truncated, start, len)) = parsed else {
+            if bid < BUFFERS {
+                self.region.returned.lock().push(bid);
+            }
+            return None;
+        };
+        let bytes = Bytes::from_owner(Lent {
+            region: self.region.clone(),
+            bid,
+            start: start as u16,
+            len: len as u16,
+        });
+        Some((source, truncated, bytes))
+    }
+
+    /// Queues the send of `f` from `socket` (named `file` by the ring); false when it could
+    /// not be queued (dropped, counted by the caller as a failed send).
+    pub fn send(
+        &mut self,
+        file: File,
+        socket: &BatchSocket,
+        f: Forward,
+        generation: u32,
+        token: u32,
+    ) -> bool {
+        let Some(i) = self.free_sends.pop() else {
+            return false;
+        };
+        let s = &mut self.sends[i as usize];
+        let (ptr, len) = (f.bytes.as_ptr(), f.bytes.len());
+        s.is_rtcp = f.is_rtcp;
+        s.generation = generation;
+        s.token = token;
+        s.bytes = Some(f.bytes);
+        let connected = socket.peer() == Some(f.dest);
+        let entry = if connected {
+            match file {
+                File::Fixed(x) => opcode::Send::new(types::Fixed(x), ptr, len as u32).build(),
+                File::Fd(fd) => opcode::Send::new(types::Fd(fd), ptr, len as u32).build(),
+            }
+        } else {
+            s.iov = libc::iovec {
+                iov_base: ptr as *mut libc::c_void,
+                iov_len: len,
+            };
+            s.hdr.msg_name = (&mut s.name as *mut libc::sockaddr_in6).cast();
+            s.hdr.msg_namelen = std_to_sockaddr(f.dest, &mut s.name);
+            s.hdr.msg_iov = &mut s.iov;
+            s.hdr.msg_iovlen = 1;
+            match file {
+                File::Fixed(x) => opcode::SendMsg::new(types::Fixed(x), &s.hdr).build(),
+                File::Fd(fd) => opcode::SendMsg::new(types::Fd(fd), &s.hdr).build(),
+            }
+        };
+        let entry = entry.user_data(SEND | u64::from(i));
+        if self.push(&entry).is_err() {
+            self.sends[i as usize].bytes = None;
+            self.free_sends.push(i);
+            return false;
+        }
+        true
+    }
+
+    /// Completes send `user_data` with `result`: frees its entry (and buffer).
+    pub fn sent(&mut self, user_data: u64, result: i32) -> Option<Sent> {
+        let i = (user_data & !KIND) as u32;
+        let s = self.sends.get_mut(i as usize)?;
+        let bytes = s.bytes.take()?;
+        self.free_sends.push(i);
+        Some(Sent {
+            generation: s.generation,
+            token: s.token,
+            len: bytes.len(),
+            is_rtcp: s.is_rtcp,
+            ok: result >= 0,
+        })
+    }
+
+    /// The end of a turn: returned buffers back to the kernel, ended receives armed again
+    /// (`is_live`: the receiver still exists), and everything queued submitted.
+    pub fn end_turn(&mut self, is_live: impl Fn(u64) -> bool) -> io::Result<()> {
+        {
+            let mut returned = self.region.returned.lock();
+            for &bid in returned.iter() {
+                self.bufs.provide(&self.region, bid);
+            }
+            returned.clear();
+        }
+        self.bufs.publish();
+        for (file, user_data) in std::mem::take(&mut self.rearm) {
+            if kind(user_data) == EPOLL {
+                self.arm_epoll((user_data as u32) as RawFd)?;
+            } else if is_live(user_data) {
+                self.arm(file, user_data)?;
+            }
+        }
+        if !self.ring.submission().is_empty() {
+            self.ring.submit()?;
+        }
+        Ok(())
+    }
+
+    /// The `epoll` poll ended (no more completions from it): armed again at the turn's end.
+    pub fn rearm_epoll(&mut self, user_data: u64) {
+        self.rearm
+            .push((File::Fd((user_data as u32) as RawFd), user_data));
+    }
+}
+
+fn same(a: File, b: File) -> bool {
+    match (a, b) {
+        (File::Fixed(x), File::Fixed(y)) => x == y,
+        (File::Fd(x), File::Fd(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// The soft `RLIMIT_NOFILE` (the registered-file table may not be larger).
+fn nofile_limit() -> u64 {
+    let mut r = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
+        return 1024;
+    }
+    r.rlim_cur
+}
+
+/// A `sockaddr_in` or `sockaddr_in6` as the kernel wrote it.
+fn sockaddr_to_std(name: &[u8]) -> Option<SocketAddr> {
+    let family = u16::from_ne_bytes(name.get(..2)?.try_into().ok()?);
+    match i32::from(family) {
+        libc::AF_INET if name.len() >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: long enough, read unaligned.
+            let sin: libc::sockaddr_in =
+                unsafe { name.as_ptr().cast::<libc::sockaddr_in>().read_unaligned() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            )))
+        }
+        libc::AF_INET6 if name.len() >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: long enough, read unaligned.
+            let sin6: libc::sockaddr_in6 =
+                unsafe { name.as_ptr().cast::<libc::sockaddr_in6>().read_unaligned() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+                sin6.sin6_flowinfo,
+                sin6.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+/// Writes `addr` into `out` (as a `sockaddr_in` at its start for IPv4); returns its length.
+fn std_to_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_in6) -> u32 {
+    match addr {
+        SocketAddr::V4(a) => {
+            let sin = libc::sockaddr_in {
+                sin_family: libc::AF_INET as libc::sa_family_t,
+                sin_port: a.port().to_be(),
+                sin_addr: libc::in_addr {
+                    s_addr: u32::from(*a.ip()).to_be(),
+                },
+                sin_zero: [0; 8],
+            };
+            // SAFETY: a sockaddr_in fits in a sockaddr_in6.
+            unsafe {
+                (out as *mut libc::sockaddr_in6)
+                    .cast::<libc::sockaddr_in>()
+                    .write(sin)
+            };
+            std::mem::size_of::<libc::sockaddr_in>() as u32
+        }
+        SocketAddr::V6(a) => {
+            *out = libc::sockaddr_in6 {
+                sin6_family: libc::AF_INET6 as libc::sa_family_t,
+                sin6_port: a.port().to_be(),
+                sin6_flowinfo: a.flowinfo(),
+                sin6_addr: libc::in6_addr {
+                    s6_addr: a.ip().octets(),
+                },
+                sin6_scope_id: a.scope_id(),
+            };
+            std::mem::size_of::<libc::sockaddr_in6>() as u32
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn socket_addresses_round_trip_through_sockaddr() {
+        for addr in ["127.0.0.1:4000", "[::1]:5004", "[fe80::1%2]:9"] {
+            let addr: SocketAddr = addr.parse().unwrap();
+            // SAFETY: all-zero is a valid sockaddr_in6.
+            let mut raw: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
+            let len = std_to_sockaddr(addr, &mut raw) as usize;
+            // SAFETY: `raw` is `len` bytes of plain data.
+            let bytes = unsafe {
+                std::slice::from_raw_parts((&raw as *const libc::sockaddr_in6).cast::<u8>(), len)
+            };
+            assert_eq!(sockaddr_to_std(bytes), Some(addr));
+        }
+        assert_eq!(sockaddr_to_std(&[0; 4]), None);
+    }
+
+    #[test]
+    fn user_data_keeps_kind_generation_and_token() {
+        let u = recv_user_data(0x3fff_ffff, 0xdead_beef);
+        assert_eq!(kind(u), RECV);
+        assert_eq!(recv_id(u), (0x3fff_ffff, 0xdead_beef));
+        assert_eq!(kind(SEND | 7), SEND);
+        assert_eq!(kind(EPOLL | 3), EPOLL);
+    }
+}

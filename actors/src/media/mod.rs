@@ -22,6 +22,13 @@
 //! cannot starve the others. Control commands (open, set peer, close, snapshot) arrive on a
 //! crossbeam channel with a [`mio::Waker`].
 //!
+//! **io_uring** ([`MediaConfig::io`], the default): the same loop, legs and checks, but every
+//! receiving socket has one multishot `recvmsg` on the loop's io_uring, datagrams arrive as
+//! completions in buffers lent to the kernel, and each is sent on from its buffer by a send
+//! queued on the ring: one `io_uring_enter` per turn instead of a receive and a send per
+//! datagram and the epoll bookkeeping (`uring.rs`; decision 0009). The epoll set above is
+//! kept for the waker and conference rooms, watched through a poll on the ring.
+//!
 //! **Pace** ([`MediaConfig::pace`], 500 µs by default): once a turn relayed something, the
 //! loop waits until a pace after its start before it looks at the sockets again, so that one
 //! wake-up serves all the datagrams that arrived meanwhile instead of one each (a wake-up of

@@ -310,8 +310,10 @@ impl RelayLoop {
     }
 
     /// Collects the completions that are ready, without waiting, and handles them (io_uring
-    /// path, outside the loop's turn).
+    /// path, outside the loop's turn: the turn's own completions first, as the look reuses
+    /// their list).
     fn look(&mut self, now: Instant) {
+        self.complete_ring(now);
         if let Some(u) = self.uring.as_mut() {
             if let Err(e) = u.wait(true, Duration::ZERO) {
                 tracing::debug!(error = %e, "media ring: look failed");
@@ -407,28 +409,30 @@ impl RelayLoop {
     /// then the catch-all is drained (what the source sent before the connect, if it went
     /// there), before anything newer is read from the RTP socket.
     fn connect_rtp(&mut self, slot: usize, side: Side, now: Instant) {
+        // On the io_uring path the drains below send directly: the sends queued on the ring
+        // (older datagrams) go first. The catch-all's multishot receive is only queued, and
+        // takes what the drain leaves.
+        if let Some(u) = self.uring.as_mut() {
+            if let Err(e) = u.submit() {
+                tracing::debug!(error = %e, "media ring: submit failed");
+            }
+        }
         let Some(Some(leg)) = self.legs.get_mut(slot) else {
             return;
         };
-        if let Some(u) = self.uring.as_mut() {
-            // The ring delivers each socket's datagrams as they come: the two sockets' are not
-            // ordered against each other around the connect (a few datagrams at the switch).
+        let opened = if let Some(u) = self.uring.as_mut() {
             let (files, generation) = (&mut self.files[slot], self.generations[slot]);
-            let opened = leg.open_catch_all(side, |k, socket| {
+            leg.open_catch_all(side, |k, socket| {
                 files[k] = Some(u.add(socket, generation, token(slot, k).0 as u32)?);
                 Ok(())
-            });
-            match opened {
-                Ok(_) => leg.connect_rtp(side),
-                Err(e) => tracing::debug!(leg = %leg.id, error = %e, "no catch-all: not connected"),
-            }
-            return;
-        }
-        let registry = self.poll.registry();
-        let opened = leg.open_catch_all(side, |k, socket| {
-            let fd = socket.socket().as_raw_fd();
-            registry.register(&mut SourceFd(&fd), token(slot, k), Interest::READABLE)
-        });
+            })
+        } else {
+            let registry = self.poll.registry();
+            leg.open_catch_all(side, |k, socket| {
+                let fd = socket.socket().as_raw_fd();
+                registry.register(&mut SourceFd(&fd), token(slot, k), Interest::READABLE)
+            })
+        };
         match opened {
             Ok(true) => {
                 let rtp = socket_index(side, false);
@@ -511,6 +515,8 @@ impl RelayLoop {
                 }
                 Ok(Command::Close { id, reply }) => self.close(id, reply),
                 Ok(Command::Snapshot { id, reply }) => {
+                    // Sends that completed count (on the ring, they are seen a turn later).
+                    self.look(Instant::now());
                     if let Some(leg) = self.leg_mut(id) {
                         leg.flush_counts();
                         leg.shared.publish(leg.published());
@@ -577,9 +583,7 @@ impl RelayLoop {
         // last packets before a BYE often sit in a socket when the close arrives.
         let now = Instant::now();
         if self.uring.is_some() {
-            // This turn's completions first (the next look reuses their list), then what
-            // arrived since, then the completions of the sends that queued.
-            self.complete_ring(now);
+            // What arrived, then the completions of the sends that queued.
             self.look(now);
             self.look(now);
         } else {

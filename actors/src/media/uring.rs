@@ -529,6 +529,11 @@ impl Uring {
                 self.arm(file, user_data)?;
             }
         }
+        self.submit()
+    }
+
+    /// Hands what is queued to the kernel now.
+    pub fn submit(&mut self) -> io::Result<()> {
         if !self.ring.submission().is_empty() {
             self.ring.submit()?;
         }

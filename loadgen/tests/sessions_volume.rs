@@ -20,14 +20,12 @@ fn ten_thousand_sequential_and_a_thousand_concurrent_calls_leave_nothing_behind(
     // 1,000 calls hold 4,000 relay ports (two RTP/RTCP pairs a leg). This test is about
     // resources, not capacity: a debug build behind at 500 calls/s must not shed any (overload
     // control off; tests/tests/e2e_overload.rs tests it).
-    let cpmd = Cpmd::spawn(&[
-        "--cdr-interim",
-        "0",
-        "--media-ports",
-        "20000-24999",
-        "--overload-delay",
-        "0",
-    ]);
+    // 5,000 ports, reserved like every test cpmd's range (no other test, in this process or
+    // another, binds them meanwhile).
+    let cpmd = Cpmd::builder()
+        .media_ports(5000)
+        .args(&["--cdr-interim", "0", "--overload-delay", "0"])
+        .spawn();
     let dir = TempDir::new();
     let uas = registered_uas(
         &cpmd,

@@ -555,28 +555,35 @@ impl MediaPorts {
             .div_ceil(u32::from(MEDIA_BLOCK))
             .clamp(1, BLOCKS / 2);
         let base = std::process::id().wrapping_mul(7);
-        for _ in 0..2 * BLOCKS {
-            let n = NEXT.fetch_add(need, Relaxed);
-            let block = base.wrapping_add(n) % BLOCKS;
-            // A range does not wrap from the last block to the first.
-            if block + need > BLOCKS {
-                continue;
+        // Tests of other binaries running at once (nextest) may hold blocks for a while: a
+        // large range waits for enough of them to come free.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while std::time::Instant::now() < deadline {
+            for _ in 0..2 * BLOCKS {
+                let n = NEXT.fetch_add(need, Relaxed);
+                let block = base.wrapping_add(n) % BLOCKS;
+                // A range does not wrap from the last block to the first.
+                if block + need > BLOCKS {
+                    continue;
+                }
+                let min = 20_000 + block * u32::from(MEDIA_BLOCK);
+                let max = min + u32::from(count) - 1;
+                let port = |p: u32| u16::try_from(p).expect("ports below 30000");
+                let locks: Option<Vec<TcpListener>> = (0..need)
+                    .map(|b| {
+                        TcpListener::bind(("127.0.0.1", port(min + b * u32::from(MEDIA_BLOCK))))
+                            .ok()
+                    })
+                    .collect();
+                let Some(locks) = locks else { continue };
+                if (min..=max).all(|p| UdpSocket::bind(("127.0.0.1", port(p))).is_ok()) {
+                    return MediaPorts {
+                        range: format!("{min}-{max}"),
+                        _locks: locks,
+                    };
+                }
             }
-            let min = 20_000 + block * u32::from(MEDIA_BLOCK);
-            let max = min + u32::from(count) - 1;
-            let port = |p: u32| u16::try_from(p).expect("ports below 30000");
-            let locks: Option<Vec<TcpListener>> = (0..need)
-                .map(|b| {
-                    TcpListener::bind(("127.0.0.1", port(min + b * u32::from(MEDIA_BLOCK)))).ok()
-                })
-                .collect();
-            let Some(locks) = locks else { continue };
-            if (min..=max).all(|p| UdpSocket::bind(("127.0.0.1", port(p))).is_ok()) {
-                return MediaPorts {
-                    range: format!("{min}-{max}"),
-                    _locks: locks,
-                };
-            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
         }
         panic!("no free block of {count} relay ports in 20000-29999");
     }

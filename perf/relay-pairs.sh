@@ -3,17 +3,18 @@
 # same `rtp-pairs` load (no signaling): the user-plane half of perf/compare.sh's call scenario.
 #
 #   perf/relay-pairs.sh [--streams 1000] [--duration 10] [--pps 50] [--runs 3]
-#                       [--targets "bare-forwarder cpmd cpmd-unpaced cpmd-unconnected"] [--bin-dir DIR]
+#                       [--targets "bare-forwarder cpmd cpmd-epoll cpmd-unpaced"] [--bin-dir DIR]
 #
 # Targets, each run in turn (the order alternates every run, the machine being shared):
 #   bare-forwarder     BIN/bare-forwarder (one thread, epoll, recvmmsg/sendmmsg, no parsing)
 #   cpmd               BIN/examples/media_relay: one worker's media loop (cpm-actors
-#                      MediaPlane), one rtcp-mux leg per port pair, its defaults (connected
-#                      fast path, 500 us pace)
+#                      MediaPlane), one rtcp-mux leg per port pair, its defaults (io_uring,
+#                      connected fast path, 500 us pace)
 #   cpmd-paceN         the same with --pace N (microseconds)
 #   cpmd-unpaced       the same with --pace 0 (the loop wakes up for every datagram)
 #   cpmd-unconnected   --connect false --pace 0 (every datagram filtered in user space: the
 #                      media loop as it was before the connected fast path and the pace)
+#   cpmd-epoll         the defaults but --io epoll (the media loop before its io_uring path)
 # The relay is pinned to core RELAY_CORE [1], rtp-pairs to LOAD_CORE [0]. The relay's CPU is
 # the sum over its threads of /proc/PID/task/*/schedstat (ns on a CPU) from just before the load
 # to its end, divided by the packets it relayed (its own tx_packets count; the forwarder's
@@ -24,7 +25,7 @@
 #   cargo build --release -p cpm-bare-forwarder -p cpm-actors --example media_relay
 set -euo pipefail
 
-STREAMS=1000 DURATION=10 PPS=50 RUNS=3 TARGETS="bare-forwarder cpmd cpmd-unpaced cpmd-unconnected" BIN="${BIN:-}"
+STREAMS=1000 DURATION=10 PPS=50 RUNS=3 TARGETS="bare-forwarder cpmd cpmd-epoll cpmd-unpaced" BIN="${BIN:-}"
 while [[ $# -gt 0 ]]; do
     case "$1" in
     --streams) STREAMS=$2; shift 2 ;;
@@ -74,7 +75,10 @@ start_relay() {
             --connect true --pace 0 >"$log.relay" 2>&1 & ;;
     cpmd-unconnected)
         "$BIN/examples/media_relay" --listen "127.0.0.1:$LO-$HI" --pin "$RELAY_CORE" --idle 2 \
-            --connect false --pace 0 >"$log.relay" 2>&1 & ;;
+            --connect false --pace 0 --io epoll >"$log.relay" 2>&1 & ;;
+    cpmd-epoll)
+        "$BIN/examples/media_relay" --listen "127.0.0.1:$LO-$HI" --pin "$RELAY_CORE" --idle 2 \
+            --io epoll >"$log.relay" 2>&1 & ;;
     *) echo "unknown target $t" >&2; exit 2 ;;
     esac
     RELAY=$!

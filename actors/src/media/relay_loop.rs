@@ -8,7 +8,7 @@
 //! [`MAX_BATCHES_PER_TURN`] batches were relayed, in which case it is read again next turn
 //! before waiting.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::Ordering::Relaxed;
@@ -114,9 +114,13 @@ pub(crate) struct RelayLoop {
     generations: Vec<u32>,
     /// Slots that latched a new source in this turn (io_uring path), to be connected.
     relatched: Vec<usize>,
-    /// The ring's poll of the `epoll` set fired and the set was not read since (io_uring
-    /// path: a close's look may take that completion; the next wait reads the set).
+    /// The ring's poll of the `epoll` set fired in a look outside the turn (a close's or a
+    /// snapshot's), so the set was not read: the next wait reads it.
     epoll_fired: bool,
+    /// Closes and snapshots waiting for the channel to be empty ([`Self::apply_commands`]).
+    deferred: VecDeque<Command>,
+    /// Shutdown was asked for (or every sender is gone).
+    stopping: bool,
 }
 
 impl RelayLoop {
@@ -157,6 +161,8 @@ impl RelayLoop {
             generations: Vec::new(),
             relatched: Vec::new(),
             epoll_fired: false,
+            deferred: VecDeque::new(),
+            stopping: false,
         }
     }
 
@@ -167,6 +173,9 @@ impl RelayLoop {
         // The start of the last turn that relayed something (see `MediaConfig::pace`).
         let mut busy_since: Option<Instant> = None;
         loop {
+            // What is left of the pace: the io_uring path waits it out in the kernel, in the
+            // same call that submits the turn's sends and collects completions.
+            let mut pace = Duration::ZERO;
             if let Some(start) = busy_since.filter(|_| !self.pace.is_zero()) {
                 // Busy: let datagrams gather for one pace before looking again, instead of
                 // waking up for each (a wake-up costs more than relaying a datagram).
@@ -175,9 +184,9 @@ impl RelayLoop {
                     .rooms
                     .next_tick()
                     .map_or(start + self.pace, |t| t.min(start + self.pace));
-                let now = Instant::now();
-                if wake > now {
-                    std::thread::sleep(wake - now);
+                pace = wake.saturating_duration_since(Instant::now());
+                if self.uring.is_none() && !pace.is_zero() {
+                    std::thread::sleep(pace);
                 }
             }
             let idle = self.pending.is_empty() && !self.rooms.has_pending();
@@ -190,7 +199,7 @@ impl RelayLoop {
             } else {
                 Duration::ZERO
             };
-            if let Err(e) = self.wait(&mut events, timeout) {
+            if let Err(e) = self.wait(&mut events, timeout, pace) {
                 if e.kind() == io::ErrorKind::Interrupted {
                     continue;
                 }
@@ -246,21 +255,32 @@ impl RelayLoop {
     }
 
     /// Waits for readiness (epoll) or completions (io_uring) for at most `timeout`; on the
-    /// io_uring path `events` holds the loop's `epoll` set's events when its poll fired.
-    fn wait(&mut self, events: &mut Events, timeout: Duration) -> io::Result<()> {
+    /// io_uring path, first submits what the last turn queued and lets completions gather for
+    /// `pace`, and `events` holds the loop's `epoll` set's events when its poll fired.
+    fn wait(&mut self, events: &mut Events, timeout: Duration, pace: Duration) -> io::Result<()> {
         let Some(u) = self.uring.as_mut() else {
             return self.poll.poll(events, Some(timeout));
         };
-        u.wait(timeout.is_zero(), timeout)?;
-        if u.cqes
+        if !pace.is_zero() {
+            u.wait(true, pace)?;
+        } else if timeout.is_zero() || self.epoll_fired {
+            // Busy, or a fired poll not read yet (a look outside the turn took it).
+            u.wait(true, Duration::ZERO)?;
+        } else {
+            u.wait(false, timeout)?;
+        }
+        let fired = u
+            .cqes
             .iter()
-            .any(|&(ud, ..)| uring::kind(ud) == uring::EPOLL)
-        {
-            self.poll.poll(events, Some(Duration::ZERO))
+            .any(|&(ud, ..)| uring::kind(ud) == uring::EPOLL);
+        if std::mem::take(&mut self.epoll_fired) || fired {
+            self.poll.poll(events, Some(Duration::ZERO))?;
+            // A full list may leave events in the set, which then fires no more: read again.
+            self.epoll_fired = events.iter().count() == events.capacity();
         } else {
             events.clear();
-            Ok(())
         }
+        Ok(())
     }
 
     /// The io_uring path's turn: relays the datagrams that completed, counts the sends that
@@ -274,12 +294,7 @@ impl RelayLoop {
             match uring::kind(user_data) {
                 uring::RECV => self.on_datagram(&mut u, user_data, result, flags, now),
                 uring::SEND => self.on_sent(&mut u, user_data, result, now),
-                uring::EPOLL => {
-                    self.epoll_fired = true;
-                    if !io_uring::cqueue::more(flags) {
-                        u.rearm_epoll(user_data);
-                    }
-                }
+                uring::EPOLL if !io_uring::cqueue::more(flags) => u.rearm_epoll(user_data),
                 _ => {}
             }
         }
@@ -304,7 +319,7 @@ impl RelayLoop {
         };
         if let Some(u) = self.uring.as_mut() {
             if let Err(e) = u.end_turn(live) {
-                tracing::warn!(error = %e, "media ring: submit failed");
+                tracing::warn!(error = %e, "media ring: re-arming failed");
             }
         }
     }
@@ -318,7 +333,14 @@ impl RelayLoop {
             if let Err(e) = u.wait(true, Duration::ZERO) {
                 tracing::debug!(error = %e, "media ring: look failed");
             }
+            // The loop's epoll set is read at the next wait.
+            self.epoll_fired |= u
+                .cqes
+                .iter()
+                .any(|&(ud, ..)| uring::kind(ud) == uring::EPOLL);
         }
+        // Commands sent before these datagrams apply to them.
+        self.drain_commands();
         self.complete_ring(now);
     }
 
@@ -498,8 +520,33 @@ impl RelayLoop {
         false
     }
 
-    /// Applies waiting commands; false when the loop must end.
+    /// Applies waiting commands; false when the loop must end. Closes and snapshots run
+    /// once the channel is empty: on the io_uring path they look for completions, and a
+    /// datagram seen then must find every command sent before it applied (a peer is set
+    /// before the SIP message that lets that peer send leaves).
     fn apply_commands(&mut self) -> bool {
+        self.drain_commands();
+        while let Some(c) = self.deferred.pop_front() {
+            match c {
+                Command::Close { id, reply } => self.close(id, reply),
+                Command::Snapshot { id, reply } => {
+                    // Sends that completed count (on the ring, they are seen a turn later).
+                    self.look(Instant::now());
+                    if let Some(leg) = self.leg_mut(id) {
+                        leg.flush_counts();
+                        leg.shared.publish(leg.published());
+                        let _ = reply.send(leg.shared.stats());
+                    }
+                }
+                _ => {}
+            }
+        }
+        !self.stopping
+    }
+
+    /// Applies the commands in the channel, keeping closes and snapshots for
+    /// [`Self::apply_commands`].
+    fn drain_commands(&mut self) {
         loop {
             match self.commands.try_recv() {
                 Ok(Command::Open(o)) => self.open(*o),
@@ -513,19 +560,15 @@ impl RelayLoop {
                         leg.set_peer(side, rtp, rtcp);
                     }
                 }
-                Ok(Command::Close { id, reply }) => self.close(id, reply),
-                Ok(Command::Snapshot { id, reply }) => {
-                    // Sends that completed count (on the ring, they are seen a turn later).
-                    self.look(Instant::now());
-                    if let Some(leg) = self.leg_mut(id) {
-                        leg.flush_counts();
-                        leg.shared.publish(leg.published());
-                        let _ = reply.send(leg.shared.stats());
-                    }
-                }
                 Ok(Command::Room(c)) => self.rooms.command(c, &self.poll, Instant::now()),
-                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => return false,
-                Err(TryRecvError::Empty) => return true,
+                Ok(c @ (Command::Close { .. } | Command::Snapshot { .. })) => {
+                    self.deferred.push_back(c)
+                }
+                Ok(Command::Shutdown) | Err(TryRecvError::Disconnected) => {
+                    self.stopping = true;
+                    return;
+                }
+                Err(TryRecvError::Empty) => return,
             }
         }
     }

@@ -251,6 +251,8 @@ pub(crate) struct Uring {
     pub cqes: Vec<(u64, i32, u32)>,
     /// Receives whose multishot ended (buffers ran out, an error): armed again after the turn.
     rearm: Vec<(File, u64)>,
+    /// The kernel takes absolute wait deadlines (until it refuses one).
+    abs_timer: bool,
 }
 
 impl Uring {
@@ -306,6 +308,7 @@ impl Uring {
             free_files: (0..files).rev().collect(),
             cqes: Vec::with_capacity(GATHER),
             rearm: Vec::new(),
+            abs_timer: true,
         };
         u.arm_epoll(epoll_fd)?;
         u.ring.submit()?;
@@ -382,20 +385,18 @@ impl Uring {
         }
     }
 
-    /// Submits what is queued and collects completions into [`Self::cqes`]: when `busy`, as
-    /// many as are ready without waiting; else waits up to `timeout` for the first.
-    pub fn wait(&mut self, busy: bool, timeout: Duration) -> io::Result<()> {
-        let ts = types::Timespec::from(if busy { Duration::ZERO } else { timeout });
-        let args = types::SubmitArgs::new().timespec(&ts);
-        let want = if busy { GATHER } else { 1 };
-        match self.ring.submitter().submit_with_args(want, &args) {
-            Ok(_) => {}
-            Err(e)
-                if matches!(
-                    e.raw_os_error(),
-                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
-                ) => {}
-            Err(e) => return Err(e),
+    /// Submits what is queued and collects completions into [`Self::cqes`]: with `gather`,
+    /// all that are ready after `timeout` (the kernel wakes the loop earlier only for
+    /// [`GATHER`] of them); else waits up to `timeout` for the first.
+    pub fn wait(&mut self, gather: bool, timeout: Duration) -> io::Result<()> {
+        if gather && !timeout.is_zero() {
+            // The sleep, ending at a time fixed before the queued sends go out in the same
+            // call (they take a while in a busy turn). A wait that times out returns without
+            // doing the receive work that came in meanwhile, so a second call does it.
+            self.sleep(timeout)?;
+            self.enter(GATHER, Duration::ZERO)?;
+        } else {
+            self.enter(if gather { GATHER } else { 1 }, timeout)?;
         }
         self.cqes.clear();
         let mut cq = self.ring.completion();
@@ -403,6 +404,58 @@ impl Uring {
         self.cqes
             .extend(cq.map(|c| (c.user_data(), c.result(), c.flags())));
         Ok(())
+    }
+
+    /// Submits what is queued and sleeps until `timeout` from now (an absolute deadline,
+    /// `IORING_ENTER_ABS_TIMER`, Linux 6.12; before it, a duration counted after the submit).
+    fn sleep(&mut self, timeout: Duration) -> io::Result<()> {
+        if self.abs_timer {
+            let mut now = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            // SAFETY: clock_gettime writes the struct; CLOCK_MONOTONIC is the ring's clock.
+            unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+            let deadline = Duration::new(now.tv_sec as u64, now.tv_nsec as u32) + timeout;
+            let ts = types::Timespec::from(deadline);
+            let args = types::SubmitArgs::new().timespec(&ts);
+            let flags = io_uring::EnterFlags::ABS_TIMER;
+            match self
+                .ring
+                .submitter()
+                .submit_with_args_and_flags(GATHER, &args, flags)
+            {
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => self.abs_timer = false,
+                Err(e)
+                    if !matches!(
+                        e.raw_os_error(),
+                        Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                    ) =>
+                {
+                    return Err(e)
+                }
+                _ => return Ok(()),
+            }
+        }
+        self.enter(GATHER, timeout)
+    }
+
+    /// One `io_uring_enter`: submits what is queued, waits up to `timeout` for `want`
+    /// completions.
+    fn enter(&mut self, want: usize, timeout: Duration) -> io::Result<()> {
+        let ts = types::Timespec::from(timeout);
+        let args = types::SubmitArgs::new().timespec(&ts);
+        match self.ring.submitter().submit_with_args(want, &args) {
+            Err(e)
+                if !matches!(
+                    e.raw_os_error(),
+                    Some(libc::ETIME | libc::EINTR | libc::EBUSY)
+                ) =>
+            {
+                Err(e)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// The datagram of a receive completion (`result`, `flags`): its source, whether it was
@@ -512,7 +565,7 @@ impl Uring {
     }
 
     /// The end of a turn: returned buffers back to the kernel, ended receives armed again
-    /// (`is_live`: the receiver still exists), and everything queued submitted.
+    /// (`is_live`: the receiver still exists). What is queued goes with the next wait.
     pub fn end_turn(&mut self, is_live: impl Fn(u64) -> bool) -> io::Result<()> {
         {
             let mut returned = self.region.returned.lock();
@@ -529,7 +582,7 @@ impl Uring {
                 self.arm(file, user_data)?;
             }
         }
-        self.submit()
+        Ok(())
     }
 
     /// Hands what is queued to the kernel now.
@@ -544,6 +597,17 @@ impl Uring {
     pub fn rearm_epoll(&mut self, user_data: u64) {
         self.rearm
             .push((File::Fd((user_data as u32) as RawFd), user_data));
+    }
+}
+
+impl Drop for Uring {
+    /// Cancels whatever is still on the ring (the loop closes its legs first; this covers a
+    /// loop that ended otherwise) before the buffers it may write into are freed.
+    fn drop(&mut self) {
+        let _ = self
+            .ring
+            .submitter()
+            .register_sync_cancel(None, types::CancelBuilder::any());
     }
 }
 

@@ -248,7 +248,7 @@ impl TryFrom<String> for StorageDefault {
 }
 
 /// How the media loop does its I/O (`--media-io`): `epoll` (readiness, then `recvmmsg` and
-/// `sendmmsg` per socket) or `io_uring` (completions: one system call per turn); see
+/// `sendmmsg` per socket) or `io_uring` (completions: two system calls per busy turn); see
 /// docs/decisions/0009-media-plane.md. `io_uring` falls back to `epoll`, with a warning,
 /// where the kernel refuses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]

@@ -15,9 +15,10 @@
 //!   operation), and the ring is **single issuer with deferred task work**: the kernel does a
 //!   datagram's receive work when the loop asks for completions, not by interrupting it.
 //!
-//! So one `io_uring_enter` per turn replaces, per datagram, the `recvmmsg`, the send and the
-//! `epoll` bookkeeping of the other path. The loop's `epoll` set (command waker, conference
-//! rooms) is watched by a multishot poll on its descriptor.
+//! So two `io_uring_enter`s per busy turn (submit and sleep out the pace; collect) replace,
+//! per datagram, the `recvmmsg`, the send and the `epoll` bookkeeping of the other path. The
+//! loop's `epoll` set (command waker, conference rooms) is watched by a multishot poll on its
+//! descriptor.
 //!
 //! A leg's sockets are taken off the ring before they are closed: a synchronous cancel of
 //! every request on them, then their registered-file slot is cleared, so the port is free

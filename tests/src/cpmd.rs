@@ -428,6 +428,21 @@ impl Cpmd {
         self.signal(libc::SIGTERM);
     }
 
+    /// Waits (up to `timeout`) until `/health` says cpmd is draining: after [`Self::terminate`]
+    /// cpmd's main thread handles the signal a moment later, so a request sent at once may
+    /// still find it running normally.
+    pub fn wait_draining(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match http::get(self.http, "/health", HTTP_TIMEOUT) {
+                Ok(r) if r.status == 503 && r.body.contains("draining") => return,
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "cpmd does not report draining");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// Sends a signal to the process.
     pub fn signal(&self, sig: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");

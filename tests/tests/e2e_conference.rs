@@ -560,6 +560,8 @@ fn sigterm_drains_then_ends_the_conference() {
     let (mut b, _) = join(Ua::udp(cpmd.sip_addr()).user("bob"), &focus);
     let since = Instant::now();
     cpmd.terminate();
+    // The new participant is refused during the drain: once it has begun.
+    cpmd.wait_draining(WAIT);
     let mut carol = Ua::udp(cpmd.sip_addr()).user("carol");
     let rtp = rtp_socket();
     let body = sdp::body(

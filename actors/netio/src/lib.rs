@@ -27,6 +27,8 @@ use socket2::{Domain, Protocol, SockRef, Socket, Type};
 mod mmsg;
 mod pool;
 
+#[cfg(target_os = "linux")]
+pub use mmsg::RawSockAddr;
 pub use pool::BytesBatch;
 
 /// Most datagrams one system call moves; larger batches are split (and [`RecvBatch`] holds at

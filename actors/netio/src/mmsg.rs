@@ -104,6 +104,58 @@ fn from_c(c: &CSockAddr) -> Option<SocketAddr> {
     }
 }
 
+/// A socket address in the kernel's layout, for system calls made outside this crate (the
+/// media loop's io_uring `sendmsg`, which reads it until the send completes: keep it put).
+#[derive(Clone, Copy)]
+pub struct RawSockAddr {
+    c: CSockAddr,
+    len: libc::socklen_t,
+}
+
+impl RawSockAddr {
+    /// `addr` in the kernel's layout.
+    pub fn new(addr: &SocketAddr) -> RawSockAddr {
+        let (c, len) = to_c(addr);
+        RawSockAddr { c, len }
+    }
+
+    /// For `msghdr.msg_name`.
+    pub fn as_mut_ptr(&mut self) -> *mut libc::c_void {
+        (&mut self.c as *mut CSockAddr).cast()
+    }
+
+    /// For `msghdr.msg_namelen`.
+    pub fn len(&self) -> libc::socklen_t {
+        self.len
+    }
+
+    /// Never: an address has a length.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The address the kernel wrote into `name` (a `sockaddr_in` or `sockaddr_in6`, e.g. the
+    /// name area of an io_uring `recvmsg`); `None` for another family or a short name.
+    pub fn parse(name: &[u8]) -> Option<SocketAddr> {
+        let need = match i32::from(u16::from_ne_bytes(name.get(..2)?.try_into().ok()?)) {
+            libc::AF_INET => mem::size_of::<libc::sockaddr_in>(),
+            libc::AF_INET6 => mem::size_of::<libc::sockaddr_in6>(),
+            _ => return None,
+        };
+        let mut c = UNSPECIFIED;
+        // SAFETY: `need` bytes of `name` exist (checked) and fit in `c` (its larger member is
+        // a sockaddr_in6); any byte pattern is valid for both members.
+        unsafe {
+            ptr::copy_nonoverlapping(
+                name.get(..need)?.as_ptr(),
+                (&mut c as *mut CSockAddr).cast::<u8>(),
+                need,
+            )
+        };
+        from_c(&c)
+    }
+}
+
 fn empty_mmsghdr() -> libc::mmsghdr {
     // SAFETY: mmsghdr is a C struct of integers and raw pointers; all-zero bytes is a valid
     // value of it (null pointers, zero lengths, no flags), as C code gets from memset.
@@ -468,5 +520,21 @@ mod tests {
             assert_eq!(from_c(&c), Some(addr), "{a}");
         }
         assert_eq!(from_c(&UNSPECIFIED), None);
+    }
+
+    #[test]
+    fn raw_addresses_parse_what_the_kernel_writes_and_nothing_short() {
+        for a in ["127.0.0.1:5060", "[fe80::1%3]:9"] {
+            let addr: SocketAddr = a.parse().unwrap();
+            let mut raw = RawSockAddr::new(&addr);
+            let len = raw.len() as usize;
+            // SAFETY: `len` bytes of the address, as a sendmsg would read them.
+            let bytes = unsafe { std::slice::from_raw_parts(raw.as_mut_ptr().cast::<u8>(), len) };
+            assert_eq!(RawSockAddr::parse(bytes), Some(addr), "{a}");
+            // A name cut short (a truncated recvmsg name area) is no address.
+            assert_eq!(RawSockAddr::parse(&bytes[..len - 1]), None, "{a}");
+        }
+        assert_eq!(RawSockAddr::parse(&[]), None);
+        assert_eq!(RawSockAddr::parse(&[0; 28]), None, "family 0");
     }
 }

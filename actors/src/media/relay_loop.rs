@@ -294,7 +294,7 @@ impl RelayLoop {
             match uring::kind(user_data) {
                 uring::RECV => self.on_datagram(&mut u, user_data, result, flags, now),
                 uring::SEND => self.on_sent(&mut u, user_data, result, now),
-                uring::EPOLL if !io_uring::cqueue::more(flags) => u.rearm_epoll(user_data),
+                uring::EPOLL if !io_uring::cqueue::more(flags) => u.rearm_epoll(),
                 _ => {}
             }
         }

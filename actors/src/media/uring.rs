@@ -25,14 +25,14 @@
 //! when the close is answered, as on the other path.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicU16, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use cpm_netio::BatchSocket;
+use cpm_netio::{BatchSocket, RawSockAddr};
 use io_uring::{cqueue, opcode, squeue, types, IoUring};
 use parking_lot::Mutex;
 
@@ -212,7 +212,7 @@ impl Drop for BufRing {
 /// `hdr`, `iov` and `name` until it completes).
 struct Outgoing {
     bytes: Option<Bytes>,
-    name: libc::sockaddr_in6,
+    name: RawSockAddr,
     iov: libc::iovec,
     hdr: libc::msghdr,
     /// The receiving leg slot's generation and token, and whether it is RTCP (for counting).
@@ -231,7 +231,7 @@ pub(crate) struct Sent {
 }
 
 /// How the ring names a socket: its registered-file slot, or its descriptor.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum File {
     Fixed(u32),
     Fd(RawFd),
@@ -254,6 +254,10 @@ pub(crate) struct Uring {
     rearm: Vec<(File, u64)>,
     /// The kernel takes absolute wait deadlines (until it refuses one).
     abs_timer: bool,
+    /// The loop's `epoll` set, polled on the ring; its multishot poll ended (re-armed at the
+    /// turn's end).
+    epoll_fd: RawFd,
+    epoll_ended: bool,
 }
 
 impl Uring {
@@ -287,12 +291,12 @@ impl Uring {
         let sends = (0..BUFFERS)
             .map(|_| Outgoing {
                 bytes: None,
-                // SAFETY: plain C structures, all-zero is valid.
-                name: unsafe { std::mem::zeroed() },
+                name: RawSockAddr::new(&SocketAddr::from(([0, 0, 0, 0], 0))),
                 iov: libc::iovec {
                     iov_base: std::ptr::null_mut(),
                     iov_len: 0,
                 },
+                // SAFETY: a plain C structure; all-zero is an empty msghdr.
                 hdr: unsafe { std::mem::zeroed() },
                 generation: 0,
                 token: 0,
@@ -310,8 +314,10 @@ impl Uring {
             cqes: Vec::with_capacity(GATHER),
             rearm: Vec::new(),
             abs_timer: true,
+            epoll_fd,
+            epoll_ended: false,
         };
-        u.arm_epoll(epoll_fd)?;
+        u.arm_epoll()?;
         u.ring.submit()?;
         Ok(u)
     }
@@ -326,11 +332,11 @@ impl Uring {
         }
     }
 
-    fn arm_epoll(&mut self, epoll_fd: RawFd) -> io::Result<()> {
-        let e = opcode::PollAdd::new(types::Fd(epoll_fd), libc::POLLIN as u32)
+    fn arm_epoll(&mut self) -> io::Result<()> {
+        let e = opcode::PollAdd::new(types::Fd(self.epoll_fd), libc::POLLIN as u32)
             .multi(true)
             .build()
-            .user_data(EPOLL | epoll_fd as u32 as u64);
+            .user_data(EPOLL);
         self.push(&e)
     }
 
@@ -377,7 +383,7 @@ impl Uring {
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
             Err(e) => tracing::debug!(error = %e, "media ring: cancel failed"),
         }
-        self.rearm.retain(|(f, _)| !same(*f, file));
+        self.rearm.retain(|(f, _)| *f != file);
         if let File::Fixed(i) = file {
             match self.ring.submitter().register_files_update(i, &[-1]) {
                 Ok(_) => self.free_files.push(i),
@@ -481,7 +487,7 @@ impl Uring {
                 let buf =
                     unsafe { std::slice::from_raw_parts(self.region.slot(bid), result as usize) };
                 let out = types::RecvMsgOut::parse(buf, &self.recv_hdr).ok()?;
-                let source = sockaddr_to_std(out.name_data())?;
+                let source = RawSockAddr::parse(out.name_data())?;
                 let payload = out.payload_data();
                 let start = payload.as_ptr() as usize - buf.as_ptr() as usize;
                 Some((source, out.is_payload_truncated(), start, payload.len()))
@@ -532,8 +538,9 @@ impl Uring {
                 iov_base: ptr as *mut libc::c_void,
                 iov_len: len,
             };
-            s.hdr.msg_name = (&mut s.name as *mut libc::sockaddr_in6).cast();
-            s.hdr.msg_namelen = std_to_sockaddr(f.dest, &mut s.name);
+            s.name = RawSockAddr::new(&f.dest);
+            s.hdr.msg_name = s.name.as_mut_ptr();
+            s.hdr.msg_namelen = s.name.len();
             s.hdr.msg_iov = &mut s.iov;
             s.hdr.msg_iovlen = 1;
             match file {
@@ -576,10 +583,11 @@ impl Uring {
             returned.clear();
         }
         self.bufs.publish();
+        if std::mem::take(&mut self.epoll_ended) {
+            self.arm_epoll()?;
+        }
         for (file, user_data) in std::mem::take(&mut self.rearm) {
-            if kind(user_data) == EPOLL {
-                self.arm_epoll((user_data as u32) as RawFd)?;
-            } else if is_live(user_data) {
+            if is_live(user_data) {
                 self.arm(file, user_data)?;
             }
         }
@@ -595,9 +603,8 @@ impl Uring {
     }
 
     /// The `epoll` poll ended (no more completions from it): armed again at the turn's end.
-    pub fn rearm_epoll(&mut self, user_data: u64) {
-        self.rearm
-            .push((File::Fd((user_data as u32) as RawFd), user_data));
+    pub fn rearm_epoll(&mut self) {
+        self.epoll_ended = true;
     }
 }
 
@@ -609,14 +616,6 @@ impl Drop for Uring {
             .ring
             .submitter()
             .register_sync_cancel(None, types::CancelBuilder::any());
-    }
-}
-
-fn same(a: File, b: File) -> bool {
-    match (a, b) {
-        (File::Fixed(x), File::Fixed(y)) => x == y,
-        (File::Fd(x), File::Fd(y)) => x == y,
-        _ => false,
     }
 }
 
@@ -633,88 +632,9 @@ fn nofile_limit() -> u64 {
     r.rlim_cur
 }
 
-/// A `sockaddr_in` or `sockaddr_in6` as the kernel wrote it.
-fn sockaddr_to_std(name: &[u8]) -> Option<SocketAddr> {
-    let family = u16::from_ne_bytes(name.get(..2)?.try_into().ok()?);
-    match i32::from(family) {
-        libc::AF_INET if name.len() >= std::mem::size_of::<libc::sockaddr_in>() => {
-            // SAFETY: long enough, read unaligned.
-            let sin: libc::sockaddr_in =
-                unsafe { name.as_ptr().cast::<libc::sockaddr_in>().read_unaligned() };
-            Some(SocketAddr::V4(SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
-                u16::from_be(sin.sin_port),
-            )))
-        }
-        libc::AF_INET6 if name.len() >= std::mem::size_of::<libc::sockaddr_in6>() => {
-            // SAFETY: long enough, read unaligned.
-            let sin6: libc::sockaddr_in6 =
-                unsafe { name.as_ptr().cast::<libc::sockaddr_in6>().read_unaligned() };
-            Some(SocketAddr::V6(SocketAddrV6::new(
-                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
-                u16::from_be(sin6.sin6_port),
-                sin6.sin6_flowinfo,
-                sin6.sin6_scope_id,
-            )))
-        }
-        _ => None,
-    }
-}
-
-/// Writes `addr` into `out` (as a `sockaddr_in` at its start for IPv4); returns its length.
-fn std_to_sockaddr(addr: SocketAddr, out: &mut libc::sockaddr_in6) -> u32 {
-    match addr {
-        SocketAddr::V4(a) => {
-            let sin = libc::sockaddr_in {
-                sin_family: libc::AF_INET as libc::sa_family_t,
-                sin_port: a.port().to_be(),
-                sin_addr: libc::in_addr {
-                    s_addr: u32::from(*a.ip()).to_be(),
-                },
-                sin_zero: [0; 8],
-            };
-            // SAFETY: a sockaddr_in fits in a sockaddr_in6.
-            unsafe {
-                (out as *mut libc::sockaddr_in6)
-                    .cast::<libc::sockaddr_in>()
-                    .write(sin)
-            };
-            std::mem::size_of::<libc::sockaddr_in>() as u32
-        }
-        SocketAddr::V6(a) => {
-            *out = libc::sockaddr_in6 {
-                sin6_family: libc::AF_INET6 as libc::sa_family_t,
-                sin6_port: a.port().to_be(),
-                sin6_flowinfo: a.flowinfo(),
-                sin6_addr: libc::in6_addr {
-                    s6_addr: a.ip().octets(),
-                },
-                sin6_scope_id: a.scope_id(),
-            };
-            std::mem::size_of::<libc::sockaddr_in6>() as u32
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn socket_addresses_round_trip_through_sockaddr() {
-        for addr in ["127.0.0.1:4000", "[::1]:5004", "[fe80::1%2]:9"] {
-            let addr: SocketAddr = addr.parse().unwrap();
-            // SAFETY: all-zero is a valid sockaddr_in6.
-            let mut raw: libc::sockaddr_in6 = unsafe { std::mem::zeroed() };
-            let len = std_to_sockaddr(addr, &mut raw) as usize;
-            // SAFETY: `raw` is `len` bytes of plain data.
-            let bytes = unsafe {
-                std::slice::from_raw_parts((&raw as *const libc::sockaddr_in6).cast::<u8>(), len)
-            };
-            assert_eq!(sockaddr_to_std(bytes), Some(addr));
-        }
-        assert_eq!(sockaddr_to_std(&[0; 4]), None);
-    }
 
     #[test]
     fn user_data_keeps_kind_generation_and_token() {
@@ -722,6 +642,6 @@ mod tests {
         assert_eq!(kind(u), RECV);
         assert_eq!(recv_id(u), (0x3fff_ffff, 0xdead_beef));
         assert_eq!(kind(SEND | 7), SEND);
-        assert_eq!(kind(EPOLL | 3), EPOLL);
+        assert_eq!(kind(EPOLL), EPOLL);
     }
 }

@@ -58,7 +58,11 @@ struct Endpoint(UdpSocket);
 
 impl Endpoint {
     fn new() -> Endpoint {
-        let s = UdpSocket::bind(SocketAddr::from((LOOPBACK, 0))).unwrap();
+        Endpoint::on(SocketAddr::from((LOOPBACK, 0)))
+    }
+
+    fn on(addr: SocketAddr) -> Endpoint {
+        let s = UdpSocket::bind(addr).unwrap();
         s.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
         Endpoint(s)
     }
@@ -292,6 +296,47 @@ fn garbage_is_dropped_counted_and_never_latches() {
     let s = stats_when(&leg, |s| s.from_a.dropped(DropReason::NotRtp) == 6);
     assert_eq!(s.from_a.dropped(DropReason::NotRtp), 6);
     assert_eq!(metrics.media.drops_for(DropReason::NotRtp), 6);
+}
+
+/// A peer that goes away (its port closed: the kernel answers the relay's sends with ICMP port
+/// unreachable, which a connected relay socket then reports as an error on its next receive
+/// or send) costs the leg nothing: when the peer is back on its port, both directions flow
+/// again, and every datagram toward the gone peer is counted as relayed or as a failed send.
+#[test]
+fn a_peer_that_goes_away_and_comes_back_is_relayed_again() {
+    let p = plane();
+    let leg = p.open_leg(&spec(true, true)).unwrap();
+    let (a, b) = (Endpoint::new(), Endpoint::new());
+    let b_addr = b.addr();
+    leg.set_peer(Side::A, a.addr(), None).unwrap();
+    leg.set_peer(Side::B, b_addr, None).unwrap();
+    // Both sides latch (and, by default, their relay sockets connect).
+    a.send(leg.local_rtp(Side::A), &rtp(1, 0xa, 160));
+    assert_eq!(b.recv(1, Duration::from_millis(500)).len(), 1);
+    b.send(leg.local_rtp(Side::B), &rtp(1, 0xb, 160));
+    assert_eq!(a.recv(1, Duration::from_millis(500)).len(), 1);
+    drop(b);
+    for seq in 2..12 {
+        a.send(leg.local_rtp(Side::A), &rtp(seq, 0xa, 160));
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let s = stats_when(&leg, |s| {
+        s.from_a.packets + s.from_a.dropped(DropReason::SendFailed) == 11
+    });
+    assert_eq!(
+        s.from_a.packets + s.from_a.dropped(DropReason::SendFailed),
+        11,
+        "{s:?}"
+    );
+    // Back on the same port.
+    let b = Endpoint::on(b_addr);
+    b.send(leg.local_rtp(Side::B), &rtp(2, 0xb, 160));
+    let got = a.recv(1, Duration::from_millis(500));
+    assert_eq!(got.len(), 1, "B to A after B came back");
+    a.send(leg.local_rtp(Side::A), &rtp(12, 0xa, 160));
+    let got = b.recv(1, Duration::from_millis(500));
+    assert_eq!(got.len(), 1, "A to B after B came back");
+    assert_eq!(got[0].0, rtp(12, 0xa, 160));
 }
 
 #[test]

@@ -147,6 +147,13 @@ pub struct MediaMetrics {
     pub bytes: AtomicU64,
     /// Datagrams dropped, by [`MediaDrop`] slot.
     pub drops: [AtomicU64; MediaDrop::ALL.len()],
+    /// Media loops running on io_uring (gauge, 0 or 1 per worker).
+    pub io_uring_loops: AtomicU64,
+    /// Media loops running on epoll: asked for, or io_uring refused (gauge).
+    pub epoll_loops: AtomicU64,
+    /// Receives that found every buffer of the loop's io_uring in use (`ENOBUFS`) and were
+    /// armed again; their datagrams waited in the socket for the next turn.
+    pub ring_exhausted: AtomicU64,
 }
 
 impl MediaMetrics {
@@ -452,7 +459,7 @@ fn render_messages(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) 
 
 fn render_media(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
     let sum = |f: &dyn Fn(&MediaMetrics) -> u64| workers.iter().map(|w| f(&w.media)).sum::<u64>();
-    let series: [(&str, &str, &str, u64); 4] = [
+    let series: [(&str, &str, &str, u64); 5] = [
         (
             "cpm_media_legs",
             "gauge",
@@ -477,6 +484,13 @@ fn render_media(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
             "RTP and RTCP bytes relayed (UDP payload).",
             sum(&|m| m.bytes.load(Relaxed)),
         ),
+        (
+            "cpm_media_ring_exhausted_total",
+            "counter",
+            "Receives that found every buffer of an io_uring media loop in use; their \
+             datagrams waited in the socket for the next turn.",
+            sum(&|m| m.ring_exhausted.load(Relaxed)),
+        ),
     ];
     for (name, kind, help, v) in series {
         let _ = writeln!(
@@ -484,6 +498,14 @@ fn render_media(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
             "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {v}"
         );
     }
+    let _ = writeln!(
+        out,
+        "# HELP cpm_media_loops Media loop threads, by how they receive and send (io_uring \
+         falls back to epoll where the kernel refuses a ring).\n# TYPE cpm_media_loops gauge\n\
+         cpm_media_loops{{io=\"io_uring\"}} {}\ncpm_media_loops{{io=\"epoll\"}} {}",
+        sum(&|m| m.io_uring_loops.load(Relaxed)),
+        sum(&|m| m.epoll_loops.load(Relaxed)),
+    );
     out.push_str("# HELP cpm_media_dropped_total Media datagrams dropped, by reason.\n");
     out.push_str("# TYPE cpm_media_dropped_total counter\n");
     for d in MediaDrop::ALL {
@@ -531,7 +553,19 @@ mod tests {
         a.media.packets.store(10, Relaxed);
         b.media.bytes.store(1720, Relaxed);
         b.media.drops[MediaDrop::NotRtp as usize].store(4, Relaxed);
+        a.media.io_uring_loops.store(1, Relaxed);
+        b.media.epoll_loops.store(1, Relaxed);
+        b.media.ring_exhausted.store(7, Relaxed);
         let text = render(&[a, b], 0, 0);
+        assert!(
+            text.contains("cpm_media_loops{io=\"io_uring\"} 1\n"),
+            "{text}"
+        );
+        assert!(text.contains("cpm_media_loops{io=\"epoll\"} 1\n"), "{text}");
+        assert!(
+            text.contains("cpm_media_ring_exhausted_total 7\n"),
+            "{text}"
+        );
         assert!(text.contains("cpm_media_legs 3\n"));
         assert!(text.contains("cpm_media_ports_in_use 6\n"));
         assert!(text.contains("cpm_media_packets_relayed_total 10\n"));

@@ -208,13 +208,14 @@ impl MediaRelay {
                 }
             }
         }
-        match result {
+        match &result {
             Ok(()) => self.bound.extend(bound),
-            Err(OpenError::Bind { port, .. }) => {
-                self.pool.borrow_mut().mark_unusable(port);
+            Err(e) => {
+                if let Some(port) = e.unusable_port() {
+                    self.pool.borrow_mut().mark_unusable(port);
+                }
                 self.bound.truncate(first_bound);
             }
-            Err(_) => {}
         }
         result
     }
@@ -277,14 +278,21 @@ impl SdpRelay for MediaRelay {
                     self.media.rollback(&mut self.pool.borrow_mut());
                     while self.media.poll_change().is_some() {}
                     attempts += 1;
-                    tracing::warn!(error = %e, attempts, "media port not bindable: offer planned again");
-                    if attempts == BIND_ATTEMPTS || !matches!(e, OpenError::Bind { .. }) {
+                    if attempts == BIND_ATTEMPTS || e.unusable_port().is_none() {
+                        // Out of descriptors (`RLIMIT_NOFILE`) or memory: no other port would
+                        // do, so no other is tried.
+                        tracing::warn!(
+                            error = %e,
+                            attempts,
+                            "cannot open relay sockets: session refused with 503"
+                        );
                         return Err(MediaReject {
                             status: 503,
                             reason: "Media Ports Unavailable".into(),
                             retry_after: Some(self.media.config().retry_after),
                         });
                     }
+                    tracing::warn!(error = %e, attempts, "media port not bindable: offer planned again");
                 }
             }
         }
@@ -611,8 +619,8 @@ impl SessionActor {
                         Err(e) => {
                             // The SDP naming these ports is being sent: the stream will carry
                             // no media. The port is kept out of the pool for a while.
-                            if let OpenError::Bind { port, .. } = &e {
-                                self.env.pool.borrow_mut().mark_unusable(*port);
+                            if let Some(port) = e.unusable_port() {
+                                self.env.pool.borrow_mut().mark_unusable(port);
                             }
                             tracing::warn!(session = self.key.0, %stream, error = %e, "relay leg not opened");
                         }

@@ -85,6 +85,7 @@ pub struct CpmdBuilder {
     wrapper: Vec<String>,
     retry_bind: bool,
     media_ports: u16,
+    no_io_uring: bool,
 }
 
 impl CpmdBuilder {
@@ -118,6 +119,13 @@ impl CpmdBuilder {
     /// one, e.g. 4 ports: one leg on one worker; at most 5,000).
     pub fn media_ports(mut self, count: u16) -> CpmdBuilder {
         self.media_ports = count.clamp(2, 25 * MEDIA_BLOCK);
+        self
+    }
+
+    /// Runs cpmd where the kernel refuses io_uring (a seccomp filter, as a container's
+    /// profile may have: [`crate::seccomp`]), so its media loops fall back to epoll.
+    pub fn without_io_uring(mut self) -> CpmdBuilder {
+        self.no_io_uring = true;
         self
     }
 
@@ -208,12 +216,13 @@ impl CpmdBuilder {
 
     /// Starts the process with stdout and stderr appended to a fresh log file.
     fn launch(&self, argv: &[String], log_path: &Path) -> Child {
-        launch(&self.wrapper, argv, log_path)
+        launch(&self.wrapper, argv, log_path, self.no_io_uring)
     }
 }
 
-/// Starts cpmd (through `wrapper`, if any) with stdout and stderr going to a fresh log file.
-fn launch(wrapper: &[String], argv: &[String], log_path: &Path) -> Child {
+/// Starts cpmd (through `wrapper`, if any) with stdout and stderr going to a fresh log file;
+/// `no_io_uring`: under [`crate::seccomp::deny_io_uring`].
+fn launch(wrapper: &[String], argv: &[String], log_path: &Path, no_io_uring: bool) -> Child {
     {
         let log = std::fs::File::create(log_path).expect("create cpmd log");
         let bin = cpmd_bin();
@@ -225,6 +234,9 @@ fn launch(wrapper: &[String], argv: &[String], log_path: &Path) -> Child {
             }
             None => Command::new(&bin),
         };
+        if no_io_uring {
+            crate::seccomp::deny_io_uring(&mut cmd);
+        }
         cmd.args(argv)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("dup log fd"))
@@ -298,6 +310,7 @@ impl Cpmd {
             wrapper: Vec::new(),
             retry_bind: true,
             media_ports: MEDIA_BLOCK,
+            no_io_uring: false,
         }
     }
 
@@ -473,13 +486,13 @@ impl Cpmd {
     /// Kills cpmd with SIGKILL, as a crash would (nothing is flushed that was not durable
     /// already), and starts it again with the same arguments and data directory. Its listeners
     /// were port 0, so they are new: ask [`Cpmd::sip_addr`] again. The first run's log is kept
-    /// as `cpmd.log.crashed`. Not for cpmd behind a wrapper.
+    /// as `cpmd.log.crashed`. Not for cpmd behind a wrapper or without io_uring (it restarts plain).
     pub fn crash_and_restart(mut self) -> Cpmd {
         self.signal(libc::SIGKILL);
         let status = self.child.wait().expect("wait for the killed cpmd");
         assert!(!status.success(), "cpmd survived SIGKILL: {status}");
         let _ = std::fs::rename(&self.log_path, self.dir.path().join("cpmd.log.crashed"));
-        self.child = launch(&[], &self.argv, &self.log_path);
+        self.child = launch(&[], &self.argv, &self.log_path, false);
         self.status = None;
         match wait_ready(&mut self.child, &self.log_path) {
             Ok((sip, http)) => {

@@ -40,6 +40,7 @@ pub mod netns;
 pub mod ports;
 pub mod rtp;
 pub mod sdp;
+pub mod seccomp;
 pub mod sipp;
 pub mod soak;
 pub mod torture;

@@ -441,6 +441,8 @@ fn start(args: &[&str]) -> (Cpmd, Ua, Ua) {
 #[test]
 fn basic_call() {
     let (cpmd, mut alice, mut bob) = start(&[]);
+    // Both workers' media loops on the default path.
+    cpmd.wait_metric("cpm_media_loops{io=\"io_uring\"}", WAIT, |v| v == 2.0);
     let mut call = Call::setup(&cpmd, &mut alice, &mut bob);
     assert_held(&cpmd, 1.0, 1.0);
     call.talk(N);
@@ -471,6 +473,32 @@ fn basic_call() {
         assert_eq!(legs[0][dir]["bytes"], N * 172, "{dir} in {stop}");
         assert_eq!(legs[0][dir]["lost"], 0, "{dir} in {stop}");
     }
+}
+
+/// The basic call where the kernel refuses io_uring (a seccomp filter, as in a container whose
+/// profile denies it): cpmd says so in its log, its media loops run on epoll (`/metrics`), and
+/// the call's RTP is relayed exactly, both ways, as on the default path.
+#[test]
+fn without_io_uring_the_media_falls_back_to_epoll() {
+    let cpmd = Cpmd::builder().without_io_uring().spawn();
+    cpmd.wait_metric("cpm_media_loops{io=\"epoll\"}", WAIT, |v| v == 2.0);
+    assert_eq!(cpmd.metric("cpm_media_loops{io=\"io_uring\"}"), 0.0);
+    assert!(
+        cpmd.log()
+            .contains("io_uring unavailable: the media loop uses epoll"),
+        "no warning in the log:\n{}",
+        cpmd.log()
+    );
+    let mut bob = registered(&cpmd, "bob");
+    let mut alice = registered(&cpmd, "alice");
+    let mut call = Call::setup(&cpmd, &mut alice, &mut bob);
+    call.talk(N);
+    cpmd.wait_metric("cpm_media_packets_relayed_total", WAIT, |v| {
+        v == 2.0 * N as f64
+    });
+    assert_eq!(cpmd.metric("cpm_media_dropped_total"), 0.0, "media dropped");
+    call.bye_from_alice(&mut alice, &mut bob);
+    assert_released(&cpmd);
 }
 
 // ---- 2. BYE from the callee ------------------------------------------------------------------
@@ -1217,6 +1245,95 @@ fn exhausted_port_pool_is_503() {
     let mut next = Call::setup(&cpmd, &mut alice, &mut bob);
     next.talk(5);
     next.bye_from_bob(&mut alice, &mut bob);
+    assert_released(&cpmd);
+}
+
+/// cpmd out of file descriptors (`prlimit --nofile`, a hard limit it cannot raise): the call
+/// that finds no descriptor for its relay sockets gets 503 with Retry-After at once, with a
+/// log line naming the cause, and no other port is tried (no port is at fault); the calls
+/// up then carry media, and once two end the next call is set up and relayed again.
+#[test]
+fn out_of_descriptors_is_503_at_once() {
+    let cpmd = Cpmd::builder()
+        .wrapper(&["prlimit", "--nofile=160:160"])
+        .args(&["--workers", "1"])
+        .spawn();
+    let mut bob = registered(&cpmd, "bob");
+    let mut alice = registered(&cpmd, "alice");
+    let mut calls = Vec::new();
+    let (req, resp) = 'refused: loop {
+        assert!(calls.len() < 40, "no 503 after {} calls", calls.len());
+        let a_rtp = RtpEndpoint::bind();
+        let req = invite(&mut alice, &[Stream::audio(a_rtp.port())]);
+        // Either bob gets the INVITE or alice a final response.
+        let deadline = Instant::now() + WAIT;
+        let inv = loop {
+            if let Some(inv) = bob.recv_request(Duration::from_millis(10)) {
+                break inv;
+            }
+            let tick = Duration::from_millis(10);
+            if let Some(resp) = alice.await_response(&req, tick, |c| c >= 200) {
+                break 'refused (req, resp);
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no INVITE at bob, no answer to alice"
+            );
+        };
+        // Set up by hand (Call::setup checks more, and sends no INVITE that may fail).
+        assert_eq!(method(&inv.msg), "INVITE");
+        let b_rtp = RtpEndpoint::bind();
+        let offer = sdp_of(&inv.msg);
+        let b_facing = offer.rtp_addr(0);
+        let audio = [Stream::audio(b_rtp.port()).formats(&[PCMA])];
+        answer(&mut bob, &inv, 200, "OK", Some((1, &audio)));
+        let ok = expect_response(&mut alice, &req, 200..=699);
+        assert_status(&ok, 200);
+        let a = Dialog::uac(&req, &ok);
+        alice.send_req(&a.ack(&alice, req.cseq().expect("CSeq")));
+        expect_request(&mut bob, "ACK");
+        calls.push(Call {
+            a_facing: sdp_of(&ok).rtp_addr(0),
+            b: Dialog::uas(&inv.msg, bob.tag()),
+            invite: req,
+            a,
+            a_rtp,
+            b_rtp,
+            b_facing,
+            b_seen_version: offer.version,
+        });
+    };
+    assert_status(&resp, 503);
+    let retry = header(&resp, "Retry-After").unwrap_or_else(|| panic!("no Retry-After:\n{resp}"));
+    assert!(retry.trim().parse::<u32>().is_ok(), "Retry-After {retry:?}");
+    alice.ack(&req, &resp);
+    let log = cpmd.log();
+    assert!(
+        log.contains("cannot open relay sockets: session refused with 503")
+            && log.contains("Too many open files"),
+        "no log line naming the cause:\n{log}"
+    );
+    assert!(
+        !log.contains("offer planned again"),
+        "other ports were tried for a descriptor shortage:\n{log}"
+    );
+    assert!(
+        calls.len() >= 2,
+        "only {} calls before the limit",
+        calls.len()
+    );
+    // The calls that are up relay; two end, and their descriptors serve a new call.
+    calls[0].talk(5);
+    for mut call in calls.drain(..2) {
+        call.bye_from_alice(&mut alice, &mut bob);
+    }
+    cpmd.wait_metric("cpm_media_legs", WAIT, |v| v == calls.len() as f64);
+    let mut next = Call::setup(&cpmd, &mut alice, &mut bob);
+    next.talk(5);
+    next.bye_from_alice(&mut alice, &mut bob);
+    for mut call in calls {
+        call.bye_from_alice(&mut alice, &mut bob);
+    }
     assert_released(&cpmd);
 }
 

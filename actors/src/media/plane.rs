@@ -106,6 +106,27 @@ pub enum OpenError {
     Stopped,
 }
 
+impl OpenError {
+    /// The port, when the port itself is the trouble (another socket holds it, or it may not
+    /// be bound here), so that another port may do. `None` otherwise: out of descriptors or
+    /// memory, or the loop stopped, where no other port would do.
+    pub fn unusable_port(&self) -> Option<u16> {
+        match self {
+            OpenError::Bind { port, error }
+                if matches!(
+                    error.kind(),
+                    io::ErrorKind::AddrInUse
+                        | io::ErrorKind::AddrNotAvailable
+                        | io::ErrorKind::PermissionDenied
+                ) =>
+            {
+                Some(*port)
+            }
+            _ => None,
+        }
+    }
+}
+
 impl std::fmt::Display for OpenError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {

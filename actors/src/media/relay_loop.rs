@@ -141,6 +141,15 @@ impl RelayLoop {
                 }
             },
         };
+        let m = &metrics.media;
+        bump(
+            if uring.is_some() {
+                &m.io_uring_loops
+            } else {
+                &m.epoll_loops
+            },
+            1,
+        );
         RelayLoop {
             poll,
             commands,
@@ -252,6 +261,13 @@ impl RelayLoop {
             self.close(id, None);
         }
         self.rooms.close_all(&self.poll);
+        let m = &self.metrics.media;
+        let gauge = if self.uring.is_some() {
+            &m.io_uring_loops
+        } else {
+            &m.epoll_loops
+        };
+        gauge.store(gauge.load(Relaxed).saturating_sub(1), Relaxed);
     }
 
     /// Waits for readiness (epoll) or completions (io_uring) for at most `timeout`; on the
@@ -361,6 +377,11 @@ impl RelayLoop {
         } else {
             None
         };
+        if result == -libc::ENOBUFS {
+            // Every buffer was in use: the receive ended and is armed again at the turn's end
+            // (`Uring::datagram`); what it did not take waits in the socket.
+            bump(&self.metrics.media.ring_exhausted, 1);
+        }
         let Some((source, truncated, bytes)) = u.datagram(file, user_data, result, flags) else {
             return;
         };
@@ -681,8 +702,11 @@ impl RelayLoop {
     /// otherwise keep them open), and starts the slot's next generation.
     fn deregister(&mut self, slot: usize, leg: &Leg) {
         if let Some(u) = self.uring.as_mut() {
-            for file in self.files[slot].iter_mut().filter_map(Option::take) {
-                u.remove(file);
+            let generation = self.generations[slot];
+            for (k, file) in self.files[slot].iter_mut().enumerate() {
+                if let Some(file) = file.take() {
+                    u.remove(file, generation, token(slot, k).0 as u32);
+                }
             }
             self.generations[slot] = self.generations[slot].wrapping_add(1);
             return;

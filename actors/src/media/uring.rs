@@ -266,6 +266,7 @@ impl Uring {
         let ring = IoUring::builder()
             .setup_single_issuer()
             .setup_defer_taskrun()
+            .setup_taskrun_flag()
             .setup_cqsize(SQ_ENTRIES * 4)
             .build(SQ_ENTRIES)?;
         let files = nofile_limit().clamp(64, MAX_FILES) as u32;
@@ -328,7 +329,7 @@ impl Uring {
             if unsafe { self.ring.submission().push(entry) }.is_ok() {
                 return Ok(());
             }
-            self.ring.submit()?;
+            self.submit()?;
         }
     }
 
@@ -369,15 +370,19 @@ impl Uring {
         self.push(&e)
     }
 
-    /// Stops every request on `file` (synchronously: once this returns the kernel holds no
-    /// reference to the socket) and frees its registered slot. The socket can then be closed.
-    pub fn remove(&mut self, file: File) {
+    /// Stops the receive on `file` (receiver `token` of generation `generation`)
+    /// synchronously, frees its registered slot, and forgets a re-arm it was waiting for: the
+    /// kernel then holds no reference to the socket but for a send still in flight from it
+    /// (those complete at once on a UDP socket, unless its send buffer is full), and the
+    /// socket can be closed.
+    ///
+    /// The receive is found by its user data, a lookup in the kernel's cancel hash: a cancel
+    /// by descriptor walks every armed request of the ring (one per socket of every leg), which
+    /// at a thousand calls a second cost most of the loop's time (`io_poll_file_find`).
+    pub fn remove(&mut self, file: File, generation: u32, token: u32) {
         // Queued requests must be submitted to be found by the cancel.
-        let _ = self.ring.submit();
-        let builder = match file {
-            File::Fixed(i) => types::CancelBuilder::fd(types::Fixed(i)).all(),
-            File::Fd(fd) => types::CancelBuilder::fd(types::Fd(fd)).all(),
-        };
+        let _ = self.submit();
+        let builder = types::CancelBuilder::user_data(recv_user_data(generation, token));
         match self.ring.submitter().register_sync_cancel(None, builder) {
             Ok(()) => {}
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
@@ -394,16 +399,18 @@ impl Uring {
 
     /// Submits what is queued and collects completions into [`Self::cqes`]: with `gather`,
     /// all that are ready after `timeout` (the kernel wakes the loop earlier only for
-    /// [`GATHER`] of them); else waits up to `timeout` for the first.
+    /// [`GATHER`] of them); else waits up to `timeout` for the first. A zero `timeout` never
+    /// sleeps.
     pub fn wait(&mut self, gather: bool, timeout: Duration) -> io::Result<()> {
-        if gather && !timeout.is_zero() {
+        if timeout.is_zero() {
+            self.collect()?;
+        } else if gather {
             // The sleep, ending at a time fixed before the queued sends go out in the same
-            // call (they take a while in a busy turn). A wait that times out returns without
-            // doing the receive work that came in meanwhile, so a second call does it.
+            // call (they take a while in a busy turn); then what deferred work is left.
             self.sleep(timeout)?;
-            self.enter(GATHER, Duration::ZERO)?;
+            self.collect()?;
         } else {
-            self.enter(if gather { GATHER } else { 1 }, timeout)?;
+            self.enter(1, timeout)?;
         }
         self.cqes.clear();
         let mut cq = self.ring.completion();
@@ -445,6 +452,28 @@ impl Uring {
             }
         }
         self.enter(GATHER, timeout)
+    }
+
+    /// Submits what is queued and runs the receive work the kernel deferred to this thread
+    /// (`IORING_SETUP_DEFER_TASKRUN`), without waiting: one enter at most, none when there
+    /// is neither.
+    ///
+    /// The kernel says it has deferred work in the submission ring's flags
+    /// (`IORING_SQ_TASKRUN`, with `IORING_SETUP_TASKRUN_FLAG`), and an enter without a wait
+    /// runs a bounded part of it (20 items in Linux 6.13 and later; the rest, and what comes
+    /// meanwhile, waits for the next turn: looping until the flag stays clear chased each
+    /// arriving datagram, two enters a packet). An enter that asks for more completions than
+    /// are ready with a zero timeout would run all of it, but sleeps on an expired timer: a
+    /// timer interrupt and two context switches per call, on a virtual machine most of what
+    /// a quiet loop costs.
+    fn collect(&mut self) -> io::Result<()> {
+        if self.ring.submission().is_empty() && !self.ring.submission().taskrun() {
+            return Ok(());
+        }
+        match self.ring.submit() {
+            Err(e) if !matches!(e.raw_os_error(), Some(libc::EINTR | libc::EBUSY)) => Err(e),
+            _ => Ok(()),
+        }
     }
 
     /// One `io_uring_enter`: submits what is queued, waits up to `timeout` for `want`
@@ -594,10 +623,21 @@ impl Uring {
         Ok(())
     }
 
-    /// Hands what is queued to the kernel now.
+    /// Hands what is queued to the kernel now, and nothing else: the deferred receive work
+    /// is not run (no `IORING_ENTER_GETEVENTS`, which the crate's `submit` adds when the
+    /// kernel flags such work), so no datagram is taken off a socket by this call. The
+    /// connect of a latched socket relies on it: what its receive has not taken yet is read
+    /// directly after the ring's sends, in order.
     pub fn submit(&mut self) -> io::Result<()> {
-        if !self.ring.submission().is_empty() {
-            self.ring.submit()?;
+        let queued = self.ring.submission().len();
+        if queued > 0 {
+            // SAFETY: the entries queued point at memory the ring owns (headers, send
+            // buffers) until their completions; no argument is passed.
+            unsafe {
+                self.ring
+                    .submitter()
+                    .enter::<libc::sigset_t>(queued as u32, 0, 0, None)?;
+            }
         }
         Ok(())
     }

@@ -248,7 +248,7 @@ impl TryFrom<String> for StorageDefault {
 }
 
 /// How the media loop does its I/O (`--media-io`): `epoll` (readiness, then `recvmmsg` and
-/// `sendmmsg` per socket) or `io_uring` (completions: two system calls per busy turn); see
+/// `sendmmsg` per socket) or `io_uring` (completions: one system call per busy turn); see
 /// docs/decisions/0009-media-plane.md. `io_uring` falls back to `epoll`, with a warning,
 /// where the kernel refuses it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -471,7 +471,7 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
                             [default: 500]
   --media-io epoll|io_uring  how the media loop receives and sends: an epoll set with
                             recvmmsg/sendmmsg, or one io_uring (multishot receives into
-                            provided buffers, sends queued on the ring; Linux 6.0, else
+                            provided buffers, sends queued on the ring; Linux 6.1, else
                             epoll) [default: io_uring]
   --msrp-listen ADDR:PORT   TCP listener of the MSRP relay, shared by all MSRP sessions
                             [default: 127.0.0.1:2855]

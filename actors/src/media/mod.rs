@@ -25,7 +25,7 @@
 //! **io_uring** ([`MediaConfig::io`], the default): the same loop, legs and checks, but every
 //! receiving socket has one multishot `recvmsg` on the loop's io_uring, datagrams arrive as
 //! completions in buffers lent to the kernel, and each is sent on from its buffer by a send
-//! queued on the ring: two `io_uring_enter`s per busy turn instead of a receive and a send per
+//! queued on the ring: one `io_uring_enter` per busy turn instead of a receive and a send per
 //! datagram and the epoll bookkeeping (`uring.rs`; decision 0009). The epoll set above is
 //! kept for the waker and conference rooms, watched through a poll on the ring.
 //!

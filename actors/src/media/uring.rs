@@ -15,14 +15,15 @@
 //!   operation), and the ring is **single issuer with deferred task work**: the kernel does a
 //!   datagram's receive work when the loop asks for completions, not by interrupting it.
 //!
-//! So two `io_uring_enter`s per busy turn (submit and sleep out the pace; collect) replace,
-//! per datagram, the `recvmmsg`, the send and the `epoll` bookkeeping of the other path. The
-//! loop's `epoll` set (command waker, conference rooms) is watched by a multishot poll on its
-//! descriptor.
+//! So one `io_uring_enter` per busy turn (submit the sends and sleep out the pace; the kernel
+//! does the receive work that came meanwhile when the wait ends), and a second only when the
+//! kernel flags deferred work left (`IORING_SQ_TASKRUN`), replace, per datagram, the
+//! `recvmmsg`, the send and the `epoll` bookkeeping of the other path. The loop's `epoll` set
+//! (command waker, conference rooms) is watched by a multishot poll on its descriptor.
 //!
 //! A leg's sockets are taken off the ring before they are closed: a synchronous cancel of
-//! every request on them, then their registered-file slot is cleared, so the port is free
-//! when the close is answered, as on the other path.
+//! each receive, found by its user data, then their registered-file slot is cleared, so the
+//! port is free when the close is answered, as on the other path.
 
 use std::io;
 use std::net::SocketAddr;
@@ -49,9 +50,10 @@ const GROUP: u16 = 0;
 /// Submission queue entries; the completion queue has four times as many.
 const SQ_ENTRIES: u32 = 4096;
 
-/// Completions asked for in one busy look. The kernel runs deferred receive work for at most
-/// `max(20, asked)` requests per enter (IO_LOCAL_TW_DEFAULT_MAX), so asking for one would
-/// leave most of a turn's datagrams for later turns.
+/// Completions asked for in a paced wait: the kernel wakes the loop before the pace is out
+/// only when this many are ready, and when the wait ends runs deferred receive work for up
+/// to this many requests (`max(20, asked)` per enter, IO_LOCAL_TW_DEFAULT_MAX), so that one
+/// enter takes a whole turn's datagrams.
 const GATHER: usize = 4096;
 
 /// Registered-file slots at most (also bounded by `RLIMIT_NOFILE`); a socket beyond them is

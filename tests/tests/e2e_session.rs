@@ -1337,6 +1337,80 @@ fn out_of_descriptors_is_503_at_once() {
     assert_released(&cpmd);
 }
 
+/// cpmd's open descriptors.
+fn open_fds(cpmd: &Cpmd) -> usize {
+    std::fs::read_dir(format!("/proc/{}/fd", cpmd.pid()))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The UDP sockets bound to local `port` (`/proc/net/udp`), each as whether it is connected.
+fn udp_sockets_on(port: u16) -> Vec<bool> {
+    let text = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
+    text.lines()
+        .skip(1)
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let local = u16::from_str_radix(f.get(1)?.rsplit(':').next()?, 16).ok()?;
+            let connected = !f.get(2)?.ends_with(":0000");
+            (local == port).then_some(connected)
+        })
+        .collect()
+}
+
+/// Low on descriptors, a latched RTP port stays unconnected: with plenty left it is
+/// connected to its source, with a catch-all socket beside it (two descriptors); once relay
+/// sockets hold three quarters of cpmd's open-file limit it gets no catch-all, so the last
+/// quarter stays for the sockets of new calls, and the media is relayed all the same.
+#[test]
+fn low_on_descriptors_latched_ports_stay_unconnected() {
+    let cpmd = Cpmd::builder()
+        .wrapper(&["prlimit", "--nofile=400:400"])
+        .media_ports(400)
+        .args(&["--workers", "1"])
+        .spawn();
+    let mut bob = registered(&cpmd, "bob");
+    let mut alice = registered(&cpmd, "alice");
+    // Descriptors that are not relay sockets (listeners, storage, threads' rings).
+    let others = open_fds(&cpmd);
+    let relay_sockets = |cpmd: &Cpmd| open_fds(cpmd).saturating_sub(others);
+    let mut calls = vec![Call::setup(&cpmd, &mut alice, &mut bob)];
+    calls[0].talk(5);
+    for port in [calls[0].a_facing.port(), calls[0].b_facing.port()] {
+        let mut sockets = udp_sockets_on(port);
+        sockets.sort();
+        assert_eq!(
+            sockets,
+            [false, true],
+            "port {port}: a catch-all and the connected socket"
+        );
+    }
+    // Calls without media until relay sockets hold 300 descriptors (three quarters of 400).
+    while relay_sockets(&cpmd) < 300 {
+        assert!(
+            calls.len() < 90,
+            "{} descriptors after {} calls",
+            open_fds(&cpmd),
+            calls.len()
+        );
+        calls.push(Call::setup(&cpmd, &mut alice, &mut bob));
+    }
+    let mut last = Call::setup(&cpmd, &mut alice, &mut bob);
+    last.talk(5);
+    for port in [last.a_facing.port(), last.b_facing.port()] {
+        assert_eq!(
+            udp_sockets_on(port),
+            [false],
+            "port {port}: one unconnected socket"
+        );
+    }
+    calls.push(last);
+    for mut call in calls {
+        call.bye_from_alice(&mut alice, &mut bob);
+    }
+    assert_released(&cpmd);
+}
+
 /// A relay port another process holds is found while the offer is made, before any SDP names
 /// it: the offer is planned again on other ports and the call carries media; the held port is
 /// never offered.

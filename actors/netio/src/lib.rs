@@ -77,6 +77,15 @@ impl Default for SocketConfig {
     }
 }
 
+/// This process's soft limit of open descriptors (`RLIMIT_NOFILE`). Linux only (elsewhere
+/// [`io::ErrorKind::Unsupported`]).
+pub fn fd_limit() -> io::Result<u64> {
+    #[cfg(target_os = "linux")]
+    return mmsg::fd_limit();
+    #[cfg(not(target_os = "linux"))]
+    Err(io::Error::from(io::ErrorKind::Unsupported))
+}
+
 /// Raises this process's soft limit of open descriptors (`RLIMIT_NOFILE`) to its hard limit
 /// and returns the limit now in force: a relay holds a socket per port, and a second one per
 /// connected port ([`BatchSocket::open_catch_all`]). Linux only (elsewhere

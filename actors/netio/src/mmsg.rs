@@ -475,8 +475,8 @@ pub(super) fn disconnect(socket: &UdpSocket) -> io::Result<()> {
     }
 }
 
-/// Raises the soft limit of open descriptors to the hard limit and returns the new soft limit.
-pub(super) fn raise_fd_limit() -> io::Result<u64> {
+/// The limits of open descriptors (`RLIMIT_NOFILE`).
+fn nofile() -> io::Result<libc::rlimit> {
     let mut lim = libc::rlimit {
         rlim_cur: 0,
         rlim_max: 0,
@@ -485,6 +485,19 @@ pub(super) fn raise_fd_limit() -> io::Result<u64> {
     if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
         return Err(io::Error::last_os_error());
     }
+    Ok(lim)
+}
+
+/// The soft limit of open descriptors.
+pub(super) fn fd_limit() -> io::Result<u64> {
+    // rlim_t is u32 on some 32-bit targets.
+    #[allow(clippy::useless_conversion)]
+    nofile().map(|l| u64::from(l.rlim_cur))
+}
+
+/// Raises the soft limit of open descriptors to the hard limit and returns the new soft limit.
+pub(super) fn raise_fd_limit() -> io::Result<u64> {
+    let mut lim = nofile()?;
     if lim.rlim_cur < lim.rlim_max {
         let raised = libc::rlimit {
             rlim_cur: lim.rlim_max,

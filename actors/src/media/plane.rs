@@ -46,7 +46,9 @@ pub struct MediaConfig {
     /// same port for every other source ([`cpm_netio::BatchSocket::open_catch_all`]): the
     /// kernel then finds the latched source's socket by its 4-tuple and sends without a route
     /// lookup; strangers are still counted ([`super::DropReason::WrongSource`]) or latch again.
-    /// Costs a second descriptor per connected port. On by default.
+    /// Costs a second descriptor per connected port, so it is not taken once relay sockets hold
+    /// three quarters of the open-file limit (the last quarter is kept for new calls' sockets).
+    /// On by default.
     pub connect_latched: bool,
     /// While the loop is busy, the least time between two looks at its sockets: datagrams
     /// that arrive meanwhile wait (at most this long) and are relayed in one turn, instead of

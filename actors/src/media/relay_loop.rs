@@ -11,6 +11,7 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::os::fd::AsRawFd;
+use std::sync::atomic::AtomicUsize;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -98,6 +99,8 @@ pub(crate) struct RelayLoop {
     strict: bool,
     /// Catch-all settings when latched RTP sockets are connected.
     connect: Option<SocketConfig>,
+    /// A catch-all is opened only while fewer relay sockets are open ([`catch_all_budget`]).
+    catch_all_budget: usize,
     /// The least time between two looks at the sockets while busy (`MediaConfig::pace`).
     pace: Duration,
     metrics: Arc<WorkerMetrics>,
@@ -159,6 +162,7 @@ impl RelayLoop {
             batch: BytesBatch::new(MAX_BATCH, SLOT_SIZE),
             out: Outbox::default(),
             strict: config.strict_source,
+            catch_all_budget: catch_all_budget(cpm_netio::fd_limit().ok()),
             connect: config.connect_latched.then(|| config.socket_config()),
             pace: config.pace,
             metrics,
@@ -463,6 +467,11 @@ impl RelayLoop {
         let Some(Some(leg)) = self.legs.get_mut(slot) else {
             return;
         };
+        if RELAY_SOCKETS.load(Relaxed) >= self.catch_all_budget {
+            // The last quarter of the open-file limit is for new calls' sockets.
+            tracing::debug!(leg = %leg.id, "descriptors running low: no catch-all, not connected");
+            return;
+        }
         let opened = if let Some(u) = self.uring.as_mut() {
             let (files, generation) = (&mut self.files[slot], self.generations[slot]);
             leg.open_catch_all(side, |k, socket| {
@@ -478,6 +487,7 @@ impl RelayLoop {
         };
         match opened {
             Ok(true) => {
+                RELAY_SOCKETS.fetch_add(1, Relaxed);
                 let rtp = socket_index(side, false);
                 if !self.relay_from(slot, rtp, now) {
                     self.pending.push(token(slot, rtp));
@@ -635,6 +645,7 @@ impl RelayLoop {
         let m = &self.metrics.media;
         bump(&m.legs, 1);
         bump(&m.ports, leg.port_count() as u64);
+        RELAY_SOCKETS.fetch_add(leg.port_count(), Relaxed);
         self.index.insert(o.id, slot);
         self.legs[slot] = Some(leg);
     }
@@ -678,6 +689,7 @@ impl RelayLoop {
         );
         leg.shared.publish(leg.published());
         let shared = leg.shared.clone();
+        RELAY_SOCKETS.fetch_sub(leg.receivers().count(), Relaxed);
         // Closes the sockets: the ports can be bound again once the reply is received.
         drop(leg);
         if let Some(reply) = reply {
@@ -718,6 +730,23 @@ impl RelayLoop {
     }
 }
 
+/// Relay sockets open in this process, in every loop (legs' ports and catch-alls): what the
+/// connected fast path's budget is checked against ([`catch_all_budget`]).
+static RELAY_SOCKETS: AtomicUsize = AtomicUsize::new(0);
+
+/// How many relay sockets may be open for a latched RTP socket to get a catch-all (and be
+/// connected), for an open-file limit of `limit`: three quarters of it. The last quarter is
+/// kept for the sockets of new calls: at 2,000-3,000 calls/s under a 20,000 limit the
+/// catch-alls (a second descriptor per latched port) took what new calls needed and those
+/// were refused (`503`), while the relay does without the fast path (strangers are then
+/// filtered in user space). Counted, not read from descriptor numbers: with calls ending the
+/// kernel hands out low free numbers however many are open.
+fn catch_all_budget(limit: Option<u64>) -> usize {
+    limit.map_or(usize::MAX, |n| {
+        usize::try_from(n - n / 4).unwrap_or(usize::MAX)
+    })
+}
+
 /// Adds a tally to the worker's media counters.
 fn account(metrics: &WorkerMetrics, tally: &Tally) {
     let m = &metrics.media;
@@ -733,4 +762,16 @@ pub(crate) fn poll_and_waker() -> io::Result<(Poll, Waker)> {
     let poll = Poll::new()?;
     let waker = Waker::new(poll.registry(), WAKER)?;
     Ok((poll, waker))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_quarter_of_the_descriptors_is_kept_for_new_calls() {
+        assert_eq!(catch_all_budget(Some(20_000)), 15_000);
+        assert_eq!(catch_all_budget(Some(160)), 120);
+        assert_eq!(catch_all_budget(None), usize::MAX);
+    }
 }

@@ -271,7 +271,8 @@ impl Uring {
             .setup_taskrun_flag()
             .setup_cqsize(SQ_ENTRIES * 4)
             .build(SQ_ENTRIES)?;
-        let files = nofile_limit().clamp(64, MAX_FILES) as u32;
+        // The registered-file table may not be larger than the soft RLIMIT_NOFILE.
+        let files = cpm_netio::fd_limit().unwrap_or(1024).clamp(64, MAX_FILES) as u32;
         ring.submitter().register_files_sparse(files)?;
         let region = Arc::new(Region::new()?);
         let mut bufs = BufRing::new()?;
@@ -659,19 +660,6 @@ impl Drop for Uring {
             .submitter()
             .register_sync_cancel(None, types::CancelBuilder::any());
     }
-}
-
-/// The soft `RLIMIT_NOFILE` (the registered-file table may not be larger).
-fn nofile_limit() -> u64 {
-    let mut r = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) } != 0 {
-        return 1024;
-    }
-    r.rlim_cur
 }
 
 #[cfg(test)]

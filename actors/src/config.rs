@@ -87,6 +87,9 @@ pub struct Config {
     pub media_pace: u64,
     /// How the media loop waits for and moves datagrams (`--media-io`; decision 0009).
     pub media_io: MediaIo,
+    /// Real-time priority (`SCHED_FIFO`, 1-99) of the media loop threads; 0: the normal
+    /// scheduler (`--media-priority`; decision 0009).
+    pub media_priority: u8,
     /// Interim charging records of a session every this many seconds (`--cdr-interim`; 0:
     /// start and stop records only).
     pub cdr_interim: u64,
@@ -201,6 +204,7 @@ impl Default for Config {
             media_connect: true,
             media_pace: 500,
             media_io: MediaIo::IoUring,
+            media_priority: 0,
             msrp_listen: SocketAddr::from(([127, 0, 0, 1], 2855)),
             bfcp_listen: None,
             cdr_interim: 300,
@@ -404,6 +408,7 @@ const KEYS: &[&str] = &[
     "media-connect",
     "media-pace",
     "media-io",
+    "media-priority",
     "msrp-listen",
     "bfcp-listen",
     "cdr-interim",
@@ -473,6 +478,9 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
                             recvmmsg/sendmmsg, or one io_uring (multishot receives into
                             provided buffers, sends queued on the ring; Linux 6.1, else
                             epoll) [default: io_uring]
+  --media-priority N        run the media loops at real-time priority N (SCHED_FIFO, 1-99;
+                            needs CAP_SYS_NICE or RLIMIT_RTPRIO, else a warning): a busy
+                            machine then delays no relayed packet; 0 = normal [default: 0]
   --msrp-listen ADDR:PORT   TCP listener of the MSRP relay, shared by all MSRP sessions
                             [default: 127.0.0.1:2855]
   --bfcp-listen ADDR:PORT   TCP listener of BFCP floor control (half-duplex conferences)
@@ -609,6 +617,7 @@ impl Config {
             "media-connect" => self.media_connect = parse(key, value)?,
             "media-pace" => self.media_pace = parse(key, value)?,
             "media-io" => self.media_io = parse(key, value)?,
+            "media-priority" => self.media_priority = parse(key, value)?,
             "msrp-listen" => self.msrp_listen = parse(key, value)?,
             "bfcp-listen" => self.bfcp_listen = Some(parse(key, value)?),
             "store-and-forward" => self.store_and_forward = parse(key, value)?,
@@ -785,9 +794,10 @@ mod tests {
         assert_eq!(c.media_timeout(), Some(Duration::from_secs(60)));
         assert!(c.media_strict_source && c.media_connect);
         assert_eq!(c.media_pace, 500);
+        assert_eq!(c.media_priority, 0);
         let c = Config::from_args(args(
             "--media-ip ::1 --media-ports 40000-40099 --media-timeout 0 --media-strict-source false \
-             --media-connect false --media-pace 0",
+             --media-connect false --media-pace 0 --media-priority 7",
         ))
         .unwrap()
         .unwrap();
@@ -796,6 +806,7 @@ mod tests {
         assert_eq!(c.media_timeout(), None);
         assert!(!c.media_strict_source && !c.media_connect);
         assert_eq!(c.media_pace, 0);
+        assert_eq!(c.media_priority, 7);
         let c = Config::from_toml(
             "media_ports = \"20000-20001\"\nmedia_timeout = 5\nmedia_strict_source = false\n",
         )

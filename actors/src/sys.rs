@@ -25,6 +25,27 @@ pub fn pin_current_thread(_core: usize) -> bool {
     false
 }
 
+/// Runs the calling thread under `SCHED_FIFO` at `priority` (1-99): it then takes its core
+/// from any normal thread the moment it wakes. Fails without `CAP_SYS_NICE` (or an
+/// `RLIMIT_RTPRIO` as high), or off Linux.
+#[cfg(target_os = "linux")]
+pub fn set_fifo_priority(priority: u8) -> std::io::Result<()> {
+    let param = libc::sched_param {
+        sched_priority: i32::from(priority),
+    };
+    // SAFETY: pid 0 is the calling thread; the pointer is to a live local sched_param.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Real-time scheduling is not supported on this OS.
+#[cfg(not(target_os = "linux"))]
+pub fn set_fifo_priority(_priority: u8) -> std::io::Result<()> {
+    Err(std::io::Error::from(std::io::ErrorKind::Unsupported))
+}
+
 /// The cores this process may run on (its affinity mask), in order.
 #[cfg(target_os = "linux")]
 pub fn allowed_cores() -> Vec<usize> {

@@ -1411,6 +1411,63 @@ fn low_on_descriptors_latched_ports_stay_unconnected() {
     assert_released(&cpmd);
 }
 
+/// Each thread of cpmd: its name, real-time priority and scheduling policy
+/// (`/proc/PID/task/TID/stat` fields 2, 40 and 41; 1 is `SCHED_FIFO`).
+fn thread_scheduling(cpmd: &Cpmd) -> Vec<(String, u32, u32)> {
+    let dir = format!("/proc/{}/task", cpmd.pid());
+    std::fs::read_dir(&dir)
+        .expect("task dir")
+        .filter_map(|t| {
+            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+            let (head, rest) = stat.rsplit_once(')')?;
+            let name = head.split_once('(')?.1.to_string();
+            // `rest` starts at field 3.
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            Some((name, f.get(37)?.parse().ok()?, f.get(38)?.parse().ok()?))
+        })
+        .collect()
+}
+
+/// `--media-priority 5`: the media loop threads run under `SCHED_FIFO` at priority 5, every
+/// other thread keeps the normal scheduler, and calls are relayed; without it, none is
+/// real-time.
+#[test]
+fn media_priority_runs_the_media_loops_real_time() {
+    let cpmd = Cpmd::spawn(&["--media-priority", "5"]);
+    let threads = thread_scheduling(&cpmd);
+    let media: Vec<_> = threads
+        .iter()
+        .filter(|(name, ..)| name.starts_with("cpm-media"))
+        .collect();
+    assert_eq!(media.len(), 2, "{threads:?}");
+    assert!(
+        media
+            .iter()
+            .all(|&(_, prio, policy)| (*prio, *policy) == (5, 1)),
+        "{threads:?}"
+    );
+    assert!(
+        threads
+            .iter()
+            .filter(|(name, ..)| !name.starts_with("cpm-media"))
+            .all(|&(_, _, policy)| policy == 0),
+        "{threads:?}"
+    );
+    let mut bob = registered(&cpmd, "bob");
+    let mut alice = registered(&cpmd, "alice");
+    let mut call = Call::setup(&cpmd, &mut alice, &mut bob);
+    call.talk(N);
+    call.bye_from_alice(&mut alice, &mut bob);
+    assert_released(&cpmd);
+
+    let plain = Cpmd::spawn(&[]);
+    let threads = thread_scheduling(&plain);
+    assert!(
+        threads.iter().all(|&(_, _, policy)| policy == 0),
+        "{threads:?}"
+    );
+}
+
 /// A relay port another process holds is found while the offer is made, before any SDP names
 /// it: the offer is planned again on other ports and the call carries media; the held port is
 /// never offered.

@@ -59,6 +59,9 @@ pub struct MediaConfig {
     pub pace: Duration,
     /// epoll or io_uring (`--media-io`; [`crate::config::MediaIo`]).
     pub io: MediaIo,
+    /// Real-time priority of the loop thread (`SCHED_FIFO`); 0: the normal scheduler
+    /// (`--media-priority`).
+    pub priority: u8,
 }
 
 impl Default for MediaConfig {
@@ -89,6 +92,7 @@ impl MediaConfig {
             connect_latched: c.media_connect,
             pace: Duration::from_micros(c.media_pace),
             io: c.media_io,
+            priority: c.media_priority,
         }
     }
 }
@@ -239,6 +243,16 @@ impl MediaPlane {
                 if let Some(core) = core {
                     if !crate::sys::pin_current_thread(core) {
                         tracing::info!(worker, core, "could not pin media loop to core");
+                    }
+                }
+                if loop_config.priority > 0 {
+                    if let Err(e) = crate::sys::set_fifo_priority(loop_config.priority) {
+                        tracing::warn!(
+                            worker,
+                            priority = loop_config.priority,
+                            error = %e,
+                            "media loop keeps the normal scheduler"
+                        );
                     }
                 }
                 RelayLoop::new(poll, rx, &loop_config, metrics, rooms).run();

@@ -87,9 +87,8 @@ pub struct Config {
     pub media_pace: u64,
     /// How the media loop waits for and moves datagrams (`--media-io`; decision 0009).
     pub media_io: MediaIo,
-    /// Real-time priority (`SCHED_FIFO`, 1-99) of the media loop threads; 0: the normal
-    /// scheduler (`--media-priority`; decision 0009).
-    pub media_priority: u8,
+    /// Real-time priority of the media loop threads (`--media-priority`; decision 0009).
+    pub media_priority: RtPriority,
     /// Interim charging records of a session every this many seconds (`--cdr-interim`; 0:
     /// start and stop records only).
     pub cdr_interim: u64,
@@ -204,7 +203,7 @@ impl Default for Config {
             media_connect: true,
             media_pace: 500,
             media_io: MediaIo::IoUring,
-            media_priority: 0,
+            media_priority: RtPriority::default(),
             msrp_listen: SocketAddr::from(([127, 0, 0, 1], 2855)),
             bfcp_listen: None,
             cdr_interim: 300,
@@ -281,6 +280,40 @@ impl TryFrom<String> for MediaIo {
 
     fn try_from(s: String) -> Result<Self, Self::Error> {
         s.parse()
+    }
+}
+
+/// A `SCHED_FIFO` priority, 1-99 (`sched_get_priority_max(SCHED_FIFO)` on Linux), or 0 for
+/// the normal scheduler (`--media-priority`); anything else is refused when the configuration
+/// is read, not when a thread starts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "u8")]
+pub struct RtPriority(u8);
+
+impl RtPriority {
+    /// The priority; 0: the normal scheduler.
+    pub fn get(self) -> u8 {
+        self.0
+    }
+}
+
+impl TryFrom<u8> for RtPriority {
+    type Error = String;
+
+    fn try_from(p: u8) -> Result<Self, Self::Error> {
+        if p > 99 {
+            return Err(format!("{p}: a real-time priority is 1-99 (0: off)"));
+        }
+        Ok(RtPriority(p))
+    }
+}
+
+impl std::str::FromStr for RtPriority {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let p: u8 = s.parse().map_err(|e| format!("{s:?}: {e}"))?;
+        p.try_into()
     }
 }
 
@@ -794,7 +827,7 @@ mod tests {
         assert_eq!(c.media_timeout(), Some(Duration::from_secs(60)));
         assert!(c.media_strict_source && c.media_connect);
         assert_eq!(c.media_pace, 500);
-        assert_eq!(c.media_priority, 0);
+        assert_eq!(c.media_priority.get(), 0);
         let c = Config::from_args(args(
             "--media-ip ::1 --media-ports 40000-40099 --media-timeout 0 --media-strict-source false \
              --media-connect false --media-pace 0 --media-priority 7",
@@ -806,7 +839,19 @@ mod tests {
         assert_eq!(c.media_timeout(), None);
         assert!(!c.media_strict_source && !c.media_connect);
         assert_eq!(c.media_pace, 0);
-        assert_eq!(c.media_priority, 7);
+        assert_eq!(c.media_priority.get(), 7);
+        for bad in ["100", "-1", "x"] {
+            let r = Config::from_args(args(&format!("--media-priority {bad}")));
+            assert!(r.is_err(), "--media-priority {bad} accepted");
+        }
+        assert!(Config::from_toml("media_priority = 100\n").is_err());
+        assert_eq!(
+            Config::from_toml("media_priority = 99\n")
+                .unwrap()
+                .media_priority
+                .get(),
+            99
+        );
         let c = Config::from_toml(
             "media_ports = \"20000-20001\"\nmedia_timeout = 5\nmedia_strict_source = false\n",
         )

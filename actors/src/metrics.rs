@@ -147,16 +147,22 @@ pub struct MediaMetrics {
     pub bytes: AtomicU64,
     /// Datagrams dropped, by [`MediaDrop`] slot.
     pub drops: [AtomicU64; MediaDrop::ALL.len()],
-    /// Media loops running on io_uring (gauge, 0 or 1 per worker).
-    pub io_uring_loops: AtomicU64,
-    /// Media loops running on epoll: asked for, or io_uring refused (gauge).
-    pub epoll_loops: AtomicU64,
+    /// How this worker's media loop does its I/O while it runs: [`MediaMetrics::NO_LOOP`],
+    /// [`MediaMetrics::EPOLL`] (asked for, or io_uring refused) or [`MediaMetrics::IO_URING`].
+    pub loop_io: AtomicU64,
     /// Receives that found every buffer of the loop's io_uring in use (`ENOBUFS`) and were
     /// armed again; their datagrams waited in the socket for the next turn.
     pub ring_exhausted: AtomicU64,
 }
 
 impl MediaMetrics {
+    /// [`Self::loop_io`]: no media loop runs.
+    pub const NO_LOOP: u64 = 0;
+    /// [`Self::loop_io`]: the loop runs on epoll.
+    pub const EPOLL: u64 = 1;
+    /// [`Self::loop_io`]: the loop runs on io_uring.
+    pub const IO_URING: u64 = 2;
+
     /// Drops counted for a reason.
     pub fn drops_for(&self, why: MediaDrop) -> u64 {
         self.drops[why as usize].load(Relaxed)
@@ -503,8 +509,8 @@ fn render_media(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
         "# HELP cpm_media_loops Media loop threads, by how they receive and send (io_uring \
          falls back to epoll where the kernel refuses a ring).\n# TYPE cpm_media_loops gauge\n\
          cpm_media_loops{{io=\"io_uring\"}} {}\ncpm_media_loops{{io=\"epoll\"}} {}",
-        sum(&|m| m.io_uring_loops.load(Relaxed)),
-        sum(&|m| m.epoll_loops.load(Relaxed)),
+        sum(&|m| u64::from(m.loop_io.load(Relaxed) == MediaMetrics::IO_URING)),
+        sum(&|m| u64::from(m.loop_io.load(Relaxed) == MediaMetrics::EPOLL)),
     );
     out.push_str("# HELP cpm_media_dropped_total Media datagrams dropped, by reason.\n");
     out.push_str("# TYPE cpm_media_dropped_total counter\n");
@@ -553,8 +559,8 @@ mod tests {
         a.media.packets.store(10, Relaxed);
         b.media.bytes.store(1720, Relaxed);
         b.media.drops[MediaDrop::NotRtp as usize].store(4, Relaxed);
-        a.media.io_uring_loops.store(1, Relaxed);
-        b.media.epoll_loops.store(1, Relaxed);
+        a.media.loop_io.store(MediaMetrics::IO_URING, Relaxed);
+        b.media.loop_io.store(MediaMetrics::EPOLL, Relaxed);
         b.media.ring_exhausted.store(7, Relaxed);
         let text = render(&[a, b], 0, 0);
         assert!(

@@ -456,6 +456,30 @@ impl Cpmd {
         }
     }
 
+    /// How many descriptors the process has open (`/proc/PID/fd`).
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Each thread's name, real-time priority and scheduling policy (`/proc/PID/task/TID/stat`
+    /// fields 2, 40 and 41; policy 0 is the normal scheduler, 1 `SCHED_FIFO`).
+    pub fn threads(&self) -> Vec<(String, u32, u32)> {
+        let dir = format!("/proc/{}/task", self.pid());
+        std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .filter_map(|t| {
+                let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
+                let (head, rest) = stat.rsplit_once(')')?;
+                let name = head.split_once('(')?.1.to_string();
+                // `rest` starts at field 3.
+                let f: Vec<&str> = rest.split_whitespace().collect();
+                Some((name, f.get(37)?.parse().ok()?, f.get(38)?.parse().ok()?))
+            })
+            .collect()
+    }
+
     /// Sends a signal to the process.
     pub fn signal(&self, sig: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");

@@ -429,9 +429,31 @@ impl Call {
 /// cpmd and two registered users.
 fn start(args: &[&str]) -> (Cpmd, Ua, Ua) {
     let cpmd = Cpmd::spawn(args);
-    let bob = registered(&cpmd, "bob");
-    let alice = registered(&cpmd, "alice");
+    let (alice, bob) = users(&cpmd);
     (cpmd, alice, bob)
+}
+
+/// alice and bob registered at `cpmd`.
+fn users(cpmd: &Cpmd) -> (Ua, Ua) {
+    let bob = registered(cpmd, "bob");
+    let alice = registered(cpmd, "alice");
+    (alice, bob)
+}
+
+/// alice calls bob, [`N`] packets each way are relayed exactly (and counted by cpmd, none
+/// dropped), alice hangs up, and nothing is left held; the call, for its records.
+fn relayed_call(cpmd: &Cpmd, alice: &mut Ua, bob: &mut Ua) -> Call {
+    let relayed = cpmd.metric("cpm_media_packets_relayed_total");
+    let mut call = Call::setup(cpmd, alice, bob);
+    assert_held(cpmd, 1.0, 1.0);
+    call.talk(N);
+    cpmd.wait_metric("cpm_media_packets_relayed_total", WAIT, |v| {
+        v == relayed + 2.0 * N as f64
+    });
+    assert_eq!(cpmd.metric("cpm_media_dropped_total"), 0.0, "media dropped");
+    call.bye_from_alice(alice, bob);
+    assert_released(cpmd);
+    call
 }
 
 // ---- 1. the basic call -----------------------------------------------------------------------
@@ -443,15 +465,7 @@ fn basic_call() {
     let (cpmd, mut alice, mut bob) = start(&[]);
     // Both workers' media loops on the default path.
     cpmd.wait_metric("cpm_media_loops{io=\"io_uring\"}", WAIT, |v| v == 2.0);
-    let mut call = Call::setup(&cpmd, &mut alice, &mut bob);
-    assert_held(&cpmd, 1.0, 1.0);
-    call.talk(N);
-    cpmd.wait_metric("cpm_media_packets_relayed_total", WAIT, |v| {
-        v == 2.0 * N as f64
-    });
-    assert_eq!(cpmd.metric("cpm_media_dropped_total"), 0.0, "media dropped");
-    call.bye_from_alice(&mut alice, &mut bob);
-    assert_released(&cpmd);
+    let call = relayed_call(&cpmd, &mut alice, &mut bob);
 
     let start = cpmd.wait_cdr(call.call_id(), "start", WAIT);
     assert_eq!(start["final_status"], 200, "{start}");
@@ -489,16 +503,8 @@ fn without_io_uring_the_media_falls_back_to_epoll() {
         "no warning in the log:\n{}",
         cpmd.log()
     );
-    let mut bob = registered(&cpmd, "bob");
-    let mut alice = registered(&cpmd, "alice");
-    let mut call = Call::setup(&cpmd, &mut alice, &mut bob);
-    call.talk(N);
-    cpmd.wait_metric("cpm_media_packets_relayed_total", WAIT, |v| {
-        v == 2.0 * N as f64
-    });
-    assert_eq!(cpmd.metric("cpm_media_dropped_total"), 0.0, "media dropped");
-    call.bye_from_alice(&mut alice, &mut bob);
-    assert_released(&cpmd);
+    let (mut alice, mut bob) = users(&cpmd);
+    relayed_call(&cpmd, &mut alice, &mut bob);
 }
 
 // ---- 2. BYE from the callee ------------------------------------------------------------------
@@ -1337,13 +1343,6 @@ fn out_of_descriptors_is_503_at_once() {
     assert_released(&cpmd);
 }
 
-/// cpmd's open descriptors.
-fn open_fds(cpmd: &Cpmd) -> usize {
-    std::fs::read_dir(format!("/proc/{}/fd", cpmd.pid()))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
 /// The UDP sockets bound to local `port` (`/proc/net/udp`), each as whether it is connected.
 fn udp_sockets_on(port: u16) -> Vec<bool> {
     let text = std::fs::read_to_string("/proc/net/udp").expect("/proc/net/udp");
@@ -1372,8 +1371,8 @@ fn low_on_descriptors_latched_ports_stay_unconnected() {
     let mut bob = registered(&cpmd, "bob");
     let mut alice = registered(&cpmd, "alice");
     // Descriptors that are not relay sockets (listeners, storage, threads' rings).
-    let others = open_fds(&cpmd);
-    let relay_sockets = |cpmd: &Cpmd| open_fds(cpmd).saturating_sub(others);
+    let others = cpmd.open_fds();
+    let relay_sockets = |cpmd: &Cpmd| cpmd.open_fds().saturating_sub(others);
     let mut calls = vec![Call::setup(&cpmd, &mut alice, &mut bob)];
     calls[0].talk(5);
     for port in [calls[0].a_facing.port(), calls[0].b_facing.port()] {
@@ -1390,7 +1389,7 @@ fn low_on_descriptors_latched_ports_stay_unconnected() {
         assert!(
             calls.len() < 90,
             "{} descriptors after {} calls",
-            open_fds(&cpmd),
+            cpmd.open_fds(),
             calls.len()
         );
         calls.push(Call::setup(&cpmd, &mut alice, &mut bob));
@@ -1411,30 +1410,13 @@ fn low_on_descriptors_latched_ports_stay_unconnected() {
     assert_released(&cpmd);
 }
 
-/// Each thread of cpmd: its name, real-time priority and scheduling policy
-/// (`/proc/PID/task/TID/stat` fields 2, 40 and 41; 1 is `SCHED_FIFO`).
-fn thread_scheduling(cpmd: &Cpmd) -> Vec<(String, u32, u32)> {
-    let dir = format!("/proc/{}/task", cpmd.pid());
-    std::fs::read_dir(&dir)
-        .expect("task dir")
-        .filter_map(|t| {
-            let stat = std::fs::read_to_string(t.ok()?.path().join("stat")).ok()?;
-            let (head, rest) = stat.rsplit_once(')')?;
-            let name = head.split_once('(')?.1.to_string();
-            // `rest` starts at field 3.
-            let f: Vec<&str> = rest.split_whitespace().collect();
-            Some((name, f.get(37)?.parse().ok()?, f.get(38)?.parse().ok()?))
-        })
-        .collect()
-}
-
 /// `--media-priority 5`: the media loop threads run under `SCHED_FIFO` at priority 5, every
 /// other thread keeps the normal scheduler, and calls are relayed; without it, none is
 /// real-time.
 #[test]
 fn media_priority_runs_the_media_loops_real_time() {
     let cpmd = Cpmd::spawn(&["--media-priority", "5"]);
-    let threads = thread_scheduling(&cpmd);
+    let threads = cpmd.threads();
     let media: Vec<_> = threads
         .iter()
         .filter(|(name, ..)| name.starts_with("cpm-media"))
@@ -1453,19 +1435,45 @@ fn media_priority_runs_the_media_loops_real_time() {
             .all(|&(_, _, policy)| policy == 0),
         "{threads:?}"
     );
-    let mut bob = registered(&cpmd, "bob");
-    let mut alice = registered(&cpmd, "alice");
-    let mut call = Call::setup(&cpmd, &mut alice, &mut bob);
-    call.talk(N);
-    call.bye_from_alice(&mut alice, &mut bob);
-    assert_released(&cpmd);
+    let (mut alice, mut bob) = users(&cpmd);
+    relayed_call(&cpmd, &mut alice, &mut bob);
 
     let plain = Cpmd::spawn(&[]);
-    let threads = thread_scheduling(&plain);
+    let threads = plain.threads();
     assert!(
         threads.iter().all(|&(_, _, policy)| policy == 0),
         "{threads:?}"
     );
+}
+
+/// `--media-priority` where the process may not have it (no `CAP_SYS_NICE`, dropped from its
+/// bounding set by `setpriv`, and an `RLIMIT_RTPRIO` of 0): each media loop says so in the log
+/// and keeps the normal scheduler, and calls are relayed all the same.
+#[test]
+fn media_priority_refused_keeps_the_normal_scheduler() {
+    let cpmd = Cpmd::builder()
+        .wrapper(&[
+            "setpriv",
+            "--bounding-set=-sys_nice",
+            "--inh-caps=-sys_nice",
+            "prlimit",
+            "--rtprio=0:0",
+        ])
+        .args(&["--media-priority", "5"])
+        .spawn();
+    let threads = cpmd.threads();
+    assert!(
+        threads.iter().all(|&(_, _, policy)| policy == 0),
+        "{threads:?}"
+    );
+    let log = cpmd.log();
+    assert_eq!(
+        log.matches("media loop keeps the normal scheduler").count(),
+        2,
+        "one warning per media loop:\n{log}"
+    );
+    let (mut alice, mut bob) = users(&cpmd);
+    relayed_call(&cpmd, &mut alice, &mut bob);
 }
 
 /// A relay port another process holds is found while the offer is made, before any SDP names

@@ -92,7 +92,7 @@ impl MediaConfig {
             connect_latched: c.media_connect,
             pace: Duration::from_micros(c.media_pace),
             io: c.media_io,
-            priority: c.media_priority,
+            priority: c.media_priority.get(),
         }
     }
 }

@@ -27,7 +27,7 @@ use super::room::{Rooms, ROOM_TOKEN_BASE};
 use super::stats::{bump, DropReason, LegShared, Tally};
 use super::uring::{self, File, Uring};
 use super::{LegId, LegStats, MediaConfig, MediaIo, Side};
-use crate::metrics::WorkerMetrics;
+use crate::metrics::{MediaMetrics, WorkerMetrics};
 
 /// Batches (of up to 64 datagrams) relayed from one socket before the others get a turn.
 pub const MAX_BATCHES_PER_TURN: usize = 8;
@@ -144,14 +144,13 @@ impl RelayLoop {
                 }
             },
         };
-        let m = &metrics.media;
-        bump(
+        metrics.media.loop_io.store(
             if uring.is_some() {
-                &m.io_uring_loops
+                MediaMetrics::IO_URING
             } else {
-                &m.epoll_loops
+                MediaMetrics::EPOLL
             },
-            1,
+            Relaxed,
         );
         RelayLoop {
             poll,
@@ -265,13 +264,10 @@ impl RelayLoop {
             self.close(id, None);
         }
         self.rooms.close_all(&self.poll);
-        let m = &self.metrics.media;
-        let gauge = if self.uring.is_some() {
-            &m.io_uring_loops
-        } else {
-            &m.epoll_loops
-        };
-        gauge.store(gauge.load(Relaxed).saturating_sub(1), Relaxed);
+        self.metrics
+            .media
+            .loop_io
+            .store(MediaMetrics::NO_LOOP, Relaxed);
     }
 
     /// Waits for readiness (epoll) or completions (io_uring) for at most `timeout`; on the

@@ -137,7 +137,7 @@ pub(super) async fn timeouts(leg: Weak<LegState>, plane: Arc<Plane>) {
         let now = Instant::now();
         for side in [Side::A, Side::B] {
             let ended = leg.pending[side.index()].lock().handle_timeout(now);
-            leg.report(&plane, ended, &mut ids);
+            leg.report(&plane, ended, &mut ids).await;
         }
     }
 }
@@ -688,7 +688,8 @@ impl Reader {
             // A response to a request we forwarded to this side.
             let ended = self.leg.pending[self.side.index()].lock().on_response(&h);
             self.leg
-                .report(&self.plane, ended.into_iter().collect(), &mut self.ids);
+                .report(&self.plane, ended.into_iter().collect(), &mut self.ids)
+                .await;
             return;
         };
         let ours = self.leg.sides.lock()[self.side.index()].accept(&h);
@@ -724,7 +725,7 @@ impl Reader {
                 if to.data.send(frame).await.is_err() {
                     let other = self.side.other().index();
                     let failed = self.leg.pending[other].lock().fail_all(481);
-                    self.leg.report(&self.plane, failed, &mut self.ids);
+                    self.leg.report(&self.plane, failed, &mut self.ids).await;
                     lost = Some(to.id);
                     break;
                 }
@@ -995,7 +996,7 @@ impl Reader {
         });
         let lost = self.leg.pending[side].lock().fail_all(481);
         if !self.leg.is_closed() {
-            self.leg.report(&self.plane, lost, &mut self.ids);
+            self.leg.report(&self.plane, lost, &mut self.ids).await;
         }
         tracing::debug!(side = ?self.side, "MSRP connection closed");
     }

@@ -120,23 +120,30 @@ impl LegState {
         Some((to, write::bodyless(&h, &mut BytesMut::new())))
     }
 
-    /// Sends the failure REPORTs due for ended transactions `outcomes`.
-    pub(super) fn report(&self, plane: &Plane, outcomes: Vec<Outcome>, ids: &mut write::IdGen) {
+    /// Sends the failure REPORTs due for ended transactions `outcomes`, waiting for room in
+    /// the origin's queue (its writer drains it as its peer reads): a failure that ends
+    /// many chunks at once (a connection gone with hundreds forwarded) reports every one of
+    /// them. A REPORT for a side that is not connected has nowhere to go: logged, dropped.
+    pub(super) async fn report(
+        &self,
+        plane: &Plane,
+        outcomes: Vec<Outcome>,
+        ids: &mut write::IdGen,
+    ) {
         for o in outcomes {
-            if let Outcome::Failed(p, code) = o {
-                if let Some((to, r)) = self.failure_report(plane, &p, code, ids.next_id()) {
-                    self.send_ctrl(to, r);
-                }
+            let Outcome::Failed(p, code) = o else {
+                continue;
+            };
+            let Some((to, r)) = self.failure_report(plane, &p, code, ids.next_id()) else {
+                continue;
+            };
+            let sent = match self.conn(to) {
+                Some(c) => c.ctrl.send(r).await.is_ok(),
+                None => false,
+            };
+            if !sent {
+                tracing::debug!(side = ?to, "MSRP REPORT not sent: side not connected");
             }
-        }
-    }
-
-    /// Sends a REPORT of ours to `side` without waiting: dropped (and logged) when its queue is
-    /// full or it is not connected.
-    pub(super) fn send_ctrl(&self, side: Side, msg: Bytes) {
-        match self.conn(side) {
-            Some(c) if c.ctrl.try_send(msg).is_ok() => {}
-            _ => tracing::debug!(?side, "MSRP REPORT not sent: side not connected or busy"),
         }
     }
 }

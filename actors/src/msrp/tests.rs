@@ -610,3 +610,118 @@ fn a_closed_chat_sink_still_sends_what_it_queued() {
         "every queued copy reached the participant"
     );
 }
+
+/// Every request and REPORT head `s` sends until `quiet` passes without a byte (or `wait`
+/// in all): REPORTs as (Message-ID, status code), responses as (transaction id, code).
+fn read_reports(s: &mut TcpStream, quiet: Duration, wait: Duration) -> Vec<(Bytes, u16)> {
+    use cpm_engine::msrp::{Event, Method, Parser};
+    s.set_read_timeout(Some(quiet)).unwrap();
+    let mut parser = Parser::new(MsrpSettings::new("127.0.0.1:0".parse().unwrap()).limits);
+    let mut heads = Vec::new();
+    let until = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < until {
+        let mut buf = [0u8; 65536];
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => parser.feed(Bytes::copy_from_slice(&buf[..k])),
+        }
+        while let Some(ev) = parser.poll() {
+            let Event::Head(h) = ev.expect("what the relay sends parses") else {
+                continue;
+            };
+            if h.method() == Some(&Method::Report) {
+                let code = h.status.as_ref().map_or(0, |st| st.code);
+                heads.push((h.message_id.clone().unwrap_or_default(), code));
+            } else if let Some(code) = h.code() {
+                heads.push((h.tid.clone(), code));
+            }
+        }
+    }
+    heads
+}
+
+/// The receiver resets its connection while the sender's reader waits to queue toward it
+/// (the receiver read nothing; the relay's queue toward it is full): the queueing fails,
+/// and every message forwarded to the receiver and never answered by it fails back to the
+/// sender with a 481 REPORT (RFC 4975 §7.1.2) at once, none left to the transaction
+/// timeout, whichever of the two readers (the receiver's at its end, the sender's when its
+/// queueing failed) saw it first; the sender's connection stays up.
+#[test]
+fn a_receiver_reset_while_its_queue_is_full_fails_every_unanswered_message() {
+    let (plane, _leg, _metrics, port) = plane_with_leg();
+    let small = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    small.set_recv_buffer_size(4096).unwrap();
+    small.connect(&plane.local_addr().into()).unwrap();
+    let b = bind(small.into(), port, "bbb", "msrp://b.test:9/pb;tcp");
+    let mut a = connect(&plane, port, "aaa", "msrp://a.test:9/pa;tcp");
+    a.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
+    // a sends until the relay stops answering: its reader then waits on the full queue
+    // toward b, holding what it staged.
+    const LEN: usize = 60_000;
+    let body = vec![b'~'; LEN];
+    let mut written = 0;
+    let mut answered = 0;
+    for i in 0..200 {
+        let mut msg = format!(
+            "MSRP tx{i:04} SEND\r\nTo-Path: msrp://127.0.0.1:{port}/aaa;tcp\r\n\
+             From-Path: msrp://a.test:9/pa;tcp\r\nMessage-ID: m{i:04}\r\nByte-Range: 1-{LEN}/{LEN}\r\n\
+             Content-Type: text/plain\r\n\r\n"
+        )
+        .into_bytes();
+        msg.extend_from_slice(&body);
+        msg.extend_from_slice(format!("\r\n-------tx{i:04}$\r\n").as_bytes());
+        if a.write_all(&msg).is_err() {
+            break;
+        }
+        written += 1;
+        let ok = read_until_for(&mut a, &format!("-------tx{i:04}$"), Duration::from_secs(1));
+        if !ok.contains(&format!("MSRP tx{i:04} 200 OK\r\n")) {
+            break;
+        }
+        answered += 1;
+    }
+    assert!((1..200).contains(&answered), "{answered} answered");
+
+    // b resets its connection (RST, not FIN): the relay's writer toward b fails.
+    let b = socket2::Socket::from(b);
+    b.set_linger(Some(Duration::ZERO)).unwrap();
+    drop(b);
+
+    let heads = read_reports(&mut a, Duration::from_secs(2), Duration::from_secs(10));
+    let failed_481 = |i: usize| {
+        let id = format!("m{i:04}");
+        let tid = format!("tx{i:04}");
+        heads
+            .iter()
+            .any(|(k, code)| *code == 481 && (k[..] == *id.as_bytes() || k[..] == *tid.as_bytes()))
+    };
+    for i in 0..answered {
+        assert!(
+            failed_481(i),
+            "m{i:04} (answered 200) got no 481 REPORT: {heads:?}"
+        );
+    }
+    if written > answered {
+        assert!(
+            failed_481(answered),
+            "the message in flight got no 481: {heads:?}"
+        );
+    }
+    assert!(
+        heads.iter().all(|(_, code)| [200, 481].contains(code)),
+        "only 200s and 481s: {heads:?}"
+    );
+
+    // a's connection is still bound: its next SEND is refused 481 at once (b is gone).
+    a.write_all(
+        format!(
+            "MSRP late SEND\r\nTo-Path: msrp://127.0.0.1:{port}/aaa;tcp\r\n\
+             From-Path: msrp://a.test:9/pa;tcp\r\nMessage-ID: late\r\nByte-Range: 1-2/2\r\n\
+             Content-Type: text/plain\r\n\r\nhi\r\n-------late$\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let late = read_until(&mut a, "-------late$");
+    assert!(late.contains("MSRP late 481 "), "{late:?}");
+}

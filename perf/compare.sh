@@ -27,6 +27,8 @@
 #   --file BYTES [1048576] --chunk BYTES [8192] --messages M [200] --size BYTES [100]   msrp
 #   --ptime MS [20]    call: one RTP packet every MS each way (cpm-loadgen --ptime, rtp-pairs --pps)
 #   --load-args "..."  more arguments of the load client (cpm-loadgen SCENARIO; split on spaces)
+#   --pairs-args "..." more arguments of rtp-pairs, the bare forwarder's load (--load-args
+#                      are cpm-loadgen's and do not reach it)
 #   --uas-args "..."   more arguments of the answering cpm-loadgen uas
 #   --taskset CPUS     run the load (uas and client, or rtp-pairs) under taskset -c CPUS
 #   --out DIR          where each run's files go [a new temp dir, kept]
@@ -55,7 +57,7 @@ usage() { awk 'NR > 1 && !/^#/ { exit } NR > 1 { sub(/^# ?/, ""); print }' "$0" 
 SCENARIO="${1:-}"
 [[ -n "$SCENARIO" && "$SCENARIO" != -* ]] || usage
 shift
-RATE="" COUNT="" HOLD=5 USERS=100 OUT="" BUILD=1 TARGETS="" BIN="${BIN:-}" PTIME=20 LOAD_ARGS="" UAS_ARGS=""
+RATE="" COUNT="" HOLD=5 USERS=100 OUT="" BUILD=1 TARGETS="" BIN="${BIN:-}" PTIME=20 LOAD_ARGS="" PAIRS_ARGS="" UAS_ARGS=""
 TASKSET="" MSRP_FILE=1048576 MSRP_CHUNK=8192 MSRP_MESSAGES=200 MSRP_SIZE=100
 while (($#)); do
     case "$1" in
@@ -66,6 +68,7 @@ while (($#)); do
     --targets) TARGETS=$2; shift 2 ;;
     --ptime) PTIME=$2; shift 2 ;;
     --load-args) LOAD_ARGS=$2; shift 2 ;;
+    --pairs-args) PAIRS_ARGS=$2; shift 2 ;;
     --uas-args) UAS_ARGS=$2; shift 2 ;;
     --taskset) TASKSET=$2; shift 2 ;;
     --file) MSRP_FILE=$2; shift 2 ;;
@@ -422,7 +425,7 @@ load_rtp_pairs() {
     local res=$1 rc=0 duration
     duration=$(calc "print $COUNT / $RATE")
     # shellcheck disable=SC2206 # split on purpose
-    local extra=($LOAD_ARGS)
+    local extra=($PAIRS_ARGS)
     cpu_begin
     # rtp-pairs does not report its CPU time: python's getrusage of its child does.
     python3 -c 'import resource, subprocess, sys

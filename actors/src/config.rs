@@ -513,7 +513,9 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
                             epoll) [default: io_uring]
   --media-priority N        run the media loops at real-time priority N (SCHED_FIFO, 1-99;
                             needs CAP_SYS_NICE or RLIMIT_RTPRIO, else a warning): a busy
-                            machine then delays no relayed packet; 0 = normal [default: 0]
+                            machine then delays no relayed packet; experimental (on some
+                            virtual machines a real-time loop held its core up to 1 s);
+                            0 = normal [default: 0]
   --msrp-listen ADDR:PORT   TCP listener of the MSRP relay, shared by all MSRP sessions
                             [default: 127.0.0.1:2855]
   --bfcp-listen ADDR:PORT   TCP listener of BFCP floor control (half-duplex conferences)

@@ -476,7 +476,7 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --data-dir DIR            data directory [default: ./cpmd-data]
   --http-listen ADDR:PORT   /health and /metrics [default: 127.0.0.1:8080]
   --workers N               worker threads, one per core by default
-  --pin-workers BOOL        pin each worker to a core [default: true]
+  --pin-workers BOOL        pin each worker to a core (not with --media-priority) [default: true]
   --log LEVEL               log filter (error, warn, info, debug, trace, or a tracing filter)
   --users-file FILE         digest users (`user[@domain] password` per line); enables auth
   --realm NAME              digest realm [default: the first domain]
@@ -513,9 +513,9 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
                             epoll) [default: io_uring]
   --media-priority N        run the media loops at real-time priority N (SCHED_FIFO, 1-99;
                             needs CAP_SYS_NICE or RLIMIT_RTPRIO, else a warning): a busy
-                            machine then delays no relayed packet; experimental (on some
-                            virtual machines a real-time loop held its core up to 1 s);
-                            0 = normal [default: 0]
+                            machine then delays no relayed packet; turns --pin-workers off
+                            (pinned, a real-time loop held its core up to 1 s on a virtual
+                            machine); 0 = normal [default: 0]
   --msrp-listen ADDR:PORT   TCP listener of the MSRP relay, shared by all MSRP sessions
                             [default: 127.0.0.1:2855]
   --bfcp-listen ADDR:PORT   TCP listener of BFCP floor control (half-duplex conferences)
@@ -673,6 +673,15 @@ impl Config {
             _ => return Err(ConfigError::UnknownFlag(format!("--{key}"))),
         }
         Ok(())
+    }
+
+    /// Whether workers and their media loops are pinned to cores: `--pin-workers`, unless the
+    /// media loops run real-time (`--media-priority`). With pinned threads, a real-time loop
+    /// held its core for up to a second at a time (every thread there waiting, until the
+    /// kernel's real-time throttling) in most 1,000-call runs on a virtual machine; with
+    /// nothing pinned, in none (decision 0009, perf/reference/README.md).
+    pub fn pins_threads(&self) -> bool {
+        self.pin_workers && self.media_priority.get() == 0
     }
 
     /// The number of workers to start: the configured number, or one per available core.
@@ -842,6 +851,11 @@ mod tests {
         assert!(!c.media_strict_source && !c.media_connect);
         assert_eq!(c.media_pace, 0);
         assert_eq!(c.media_priority.get(), 7);
+        assert!(
+            c.pin_workers && !c.pins_threads(),
+            "real-time loops: nothing pinned"
+        );
+        assert!(Config::default().pins_threads());
         for bad in ["100", "-1", "x"] {
             let r = Config::from_args(args(&format!("--media-priority {bad}")));
             assert!(r.is_err(), "--media-priority {bad} accepted");

@@ -73,7 +73,10 @@ impl Engine {
         let (udp_socks, tcp_socks, sip_addr) = bind_sip(config.sip_listen, n)?;
         let mut config = config;
         config.sip_listen = sip_addr;
-        let pin = config.pin_workers;
+        let pin = config.pins_threads();
+        if config.pin_workers && !pin {
+            tracing::info!("real-time media loops: workers and media loops are not pinned");
+        }
         let http_listen = config.http_listen;
         let shared = Arc::new(Shared::new(config, n)?);
 

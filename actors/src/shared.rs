@@ -107,7 +107,7 @@ impl Shared {
             .collect();
         // Each worker's media loop runs on the worker's core (when workers are pinned), so a
         // call's signaling and media share a cache.
-        let cores = if config.pin_workers {
+        let cores = if config.pins_threads() {
             crate::sys::allowed_cores()
         } else {
             Vec::new()

@@ -480,6 +480,31 @@ impl Cpmd {
             .collect()
     }
 
+    /// The cores each thread may run on (`Cpus_allowed_list` of `/proc/PID/task/TID/status`,
+    /// e.g. `0-1` or `1`), by thread name, and the process's own list.
+    pub fn cpus_allowed(&self) -> (Vec<(String, String)>, String) {
+        let list = |status: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .map(|v| v.trim().to_string())
+        };
+        let read = |path: std::path::PathBuf| std::fs::read_to_string(path).ok();
+        let dir = format!("/proc/{}/task", self.pid());
+        let threads = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{dir}: {e}"))
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                let name = read(t.join("comm"))?.trim().to_string();
+                Some((name, list(&read(t.join("status"))?)?))
+            })
+            .collect();
+        let own = read(format!("/proc/{}/status", self.pid()).into())
+            .and_then(|s| list(&s))
+            .expect("the process's Cpus_allowed_list");
+        (threads, own)
+    }
+
     /// Sends a signal to the process.
     pub fn signal(&self, sig: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");

@@ -24,13 +24,31 @@ fn registered(cpmd: &Cpmd, user: &str) -> Ua {
 
 /// cpmd with its MSRP listener on a free port; registered alice and bob.
 fn start() -> (Cpmd, Ua, Ua, u16) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let cpmd = Cpmd::builder().args(&["--msrp-listen", &listen]).spawn();
+    // The MSRP port is picked here (the URIs name it) and bound by cpmd a moment later: when
+    // another process took it meanwhile, cpmd cannot start; pick again.
+    let mut attempt = 1;
+    let (cpmd, port) = loop {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let spawned =
+            std::panic::catch_unwind(|| Cpmd::builder().args(&["--msrp-listen", &listen]).spawn());
+        match spawned {
+            Ok(cpmd) => break (cpmd, port),
+            Err(e)
+                if attempt < 3
+                    && e.downcast_ref::<String>()
+                        .is_some_and(|m| m.contains("Address already in use")) =>
+            {
+                eprintln!("[e2e_msrp] MSRP port {port} was taken before cpmd bound it; again");
+                attempt += 1;
+            }
+            Err(e) => std::panic::resume_unwind(e),
+        }
+    };
     let bob = registered(&cpmd, "bob");
     let alice = registered(&cpmd, "alice");
     (cpmd, alice, bob, port)

@@ -1410,9 +1410,9 @@ fn low_on_descriptors_latched_ports_stay_unconnected() {
     assert_released(&cpmd);
 }
 
-/// `--media-priority 5`: the media loop threads run under `SCHED_FIFO` at priority 5, every
-/// other thread keeps the normal scheduler, and calls are relayed; without it, none is
-/// real-time.
+/// `--media-priority 5`: the media loop threads run under `SCHED_FIFO` at priority 5, nothing
+/// is pinned, every other thread keeps the normal scheduler, and calls are relayed; without
+/// it, none is real-time and each media loop is pinned to a core.
 #[test]
 fn media_priority_runs_the_media_loops_real_time() {
     let cpmd = Cpmd::spawn(&["--media-priority", "5"]);
@@ -1435,6 +1435,20 @@ fn media_priority_runs_the_media_loops_real_time() {
             .all(|&(_, _, policy)| policy == 0),
         "{threads:?}"
     );
+    // With real-time loops nothing is pinned (pinned, a loop held its core for up to a
+    // second on a virtual machine): each loop may run wherever the process may.
+    let (cpus, own) = cpmd.cpus_allowed();
+    let media_cpus = |cpus: &[(String, String)]| -> Vec<String> {
+        cpus.iter()
+            .filter(|(name, _)| name.starts_with("cpm-media"))
+            .map(|(_, list)| list.clone())
+            .collect()
+    };
+    assert_eq!(
+        media_cpus(&cpus),
+        vec![own.clone(), own.clone()],
+        "{cpus:?}"
+    );
     let (mut alice, mut bob) = users(&cpmd);
     relayed_call(&cpmd, &mut alice, &mut bob);
 
@@ -1444,6 +1458,16 @@ fn media_priority_runs_the_media_loops_real_time() {
         threads.iter().all(|&(_, _, policy)| policy == 0),
         "{threads:?}"
     );
+    // On the normal scheduler each loop is pinned to its worker's core (`--pin-workers`).
+    let (cpus, own) = plain.cpus_allowed();
+    if own.contains([',', '-']) {
+        let media = media_cpus(&cpus);
+        assert_eq!(media.len(), 2, "{cpus:?}");
+        assert!(
+            media.iter().all(|l| !l.contains([',', '-'])),
+            "one core each: {cpus:?}"
+        );
+    }
 }
 
 /// `--media-priority` where the process may not have it (no `CAP_SYS_NICE`, dropped from its

@@ -86,6 +86,7 @@ pub struct CpmdBuilder {
     retry_bind: bool,
     media_ports: u16,
     no_io_uring: bool,
+    msrp_picked: bool,
 }
 
 impl CpmdBuilder {
@@ -129,6 +130,13 @@ impl CpmdBuilder {
         self
     }
 
+    /// Runs the MSRP listener on a port picked here (for tests whose URIs name it, read with
+    /// [`Cpmd::msrp_port`]); picked again when another process took it before cpmd bound it.
+    pub fn msrp_on_a_picked_port(mut self) -> CpmdBuilder {
+        self.msrp_picked = true;
+        self
+    }
+
     /// Starts cpmd and waits for its ready line (panics with its log if it does not come).
     pub fn spawn(self) -> Cpmd {
         let data_dir = self.dir.path().join("data");
@@ -167,6 +175,13 @@ impl CpmdBuilder {
             .any(|w| w[0] == "--sip-listen" && w[1].ends_with(":0"));
         let mut attempt = 1;
         loop {
+            let msrp_port = self.msrp_picked.then(|| {
+                let port = free_tcp_port();
+                let i = argv.iter().position(|a| a == "--msrp-listen");
+                let i = i.expect("--msrp-listen is among the defaults");
+                argv[i + 1] = format!("127.0.0.1:{port}");
+                port
+            });
             let mut child = self.launch(&argv, &log_path);
             match wait_ready(&mut child, &log_path) {
                 Ok((sip, http)) => {
@@ -178,12 +193,13 @@ impl CpmdBuilder {
                         status: None,
                         dir: self.dir,
                         argv,
+                        msrp_port,
                         _media: media,
                     }
                 }
                 Err(Startup::Exited(status, log))
                     if self.retry_bind
-                        && port_zero
+                        && (port_zero || self.msrp_picked)
                         && attempt < 5
                         && log.contains("Address already in use") =>
                 {
@@ -289,6 +305,8 @@ pub struct Cpmd {
     log_path: PathBuf,
     status: Option<ExitStatus>,
     argv: Vec<String>,
+    /// Its MSRP port, when picked by the harness ([`CpmdBuilder::msrp_on_a_picked_port`]).
+    msrp_port: Option<u16>,
     /// Its relay port range, reserved while it runs.
     _media: Option<MediaPorts>,
     // Dropped last: the log lives in it.
@@ -311,6 +329,7 @@ impl Cpmd {
             retry_bind: true,
             media_ports: MEDIA_BLOCK,
             no_io_uring: false,
+            msrp_picked: false,
         }
     }
 
@@ -505,6 +524,11 @@ impl Cpmd {
         (threads, own)
     }
 
+    /// The MSRP port the harness picked ([`CpmdBuilder::msrp_on_a_picked_port`]).
+    pub fn msrp_port(&self) -> u16 {
+        self.msrp_port.expect("started with msrp_on_a_picked_port")
+    }
+
     /// Sends a signal to the process.
     pub fn signal(&self, sig: libc::c_int) {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits pid_t");
@@ -586,6 +610,14 @@ impl Drop for Cpmd {
             );
         }
     }
+}
+
+/// A TCP port free on 127.0.0.1 a moment ago.
+fn free_tcp_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free TCP port")
+        .port()
 }
 
 /// `cpmd ready sip=IP:PORT http=IP:PORT` → the two addresses.

@@ -3,7 +3,6 @@
 //! URI of its MSRP listener, both connect to cpmd (bob active, alice passive-answered), and
 //! every SEND, response and REPORT crosses cpmd's relay with the paths rewritten.
 
-use std::net::TcpListener;
 use std::time::{Duration, Instant};
 
 use cpm_engine::sip::Message;
@@ -24,31 +23,8 @@ fn registered(cpmd: &Cpmd, user: &str) -> Ua {
 
 /// cpmd with its MSRP listener on a free port; registered alice and bob.
 fn start() -> (Cpmd, Ua, Ua, u16) {
-    // The MSRP port is picked here (the URIs name it) and bound by cpmd a moment later: when
-    // another process took it meanwhile, cpmd cannot start; pick again.
-    let mut attempt = 1;
-    let (cpmd, port) = loop {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let listen = format!("127.0.0.1:{port}");
-        let spawned =
-            std::panic::catch_unwind(|| Cpmd::builder().args(&["--msrp-listen", &listen]).spawn());
-        match spawned {
-            Ok(cpmd) => break (cpmd, port),
-            Err(e)
-                if attempt < 3
-                    && e.downcast_ref::<String>()
-                        .is_some_and(|m| m.contains("Address already in use")) =>
-            {
-                eprintln!("[e2e_msrp] MSRP port {port} was taken before cpmd bound it; again");
-                attempt += 1;
-            }
-            Err(e) => std::panic::resume_unwind(e),
-        }
-    };
+    let cpmd = Cpmd::builder().msrp_on_a_picked_port().spawn();
+    let port = cpmd.msrp_port();
     let bob = registered(&cpmd, "bob");
     let alice = registered(&cpmd, "alice");
     (cpmd, alice, bob, port)

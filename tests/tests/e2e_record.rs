@@ -4,7 +4,6 @@
 //! SEND relayed from then on (both directions) is stored for both parties until a REFER with
 //! `method=BYE`. The storage is read back from cpmd's SQLite database, read-only.
 
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -31,13 +30,7 @@ fn start() -> (Cpmd, Ua, Ua) {
 
 /// cpmd (passed through `prepare` before the users register), alice and bob registered.
 fn start_with(prepare: impl FnOnce(Cpmd) -> Cpmd) -> (Cpmd, Ua, Ua) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
-    let cpmd = prepare(Cpmd::builder().args(&["--msrp-listen", &listen]).spawn());
+    let cpmd = prepare(Cpmd::builder().msrp_on_a_picked_port().spawn());
     let bob = registered(&cpmd, "bob");
     let alice = registered(&cpmd, "alice");
     (cpmd, alice, bob)

@@ -416,21 +416,25 @@ fn deliver_sends_chunks_and_waits_for_the_last_200() {
 
 /// What the relay accepted (and answered 200 hop by hop) before the leg closed still reaches
 /// a slow receiver, followed by an orderly close: nothing queued is dropped, nothing reset.
-#[test]
-fn a_closed_leg_still_delivers_what_it_accepted() {
-    let (plane, leg, _metrics, port) = plane_with_leg();
-    // b reads nothing until the leg is gone, through a small receive window.
+/// The size of each message [`send_until_unanswered`] sends.
+const MESSAGE_LEN: usize = 60_000;
+
+/// Side B bound through a 4 KiB receive window, reading nothing.
+fn small_window_b(plane: &MsrpPlane, port: u16) -> TcpStream {
     let small = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
     small.set_recv_buffer_size(4096).unwrap();
     small.connect(&plane.local_addr().into()).unwrap();
-    let mut b = bind(small.into(), port, "bbb", "msrp://b.test:9/pb;tcp");
-    let mut a = TcpStream::connect(plane.local_addr()).unwrap();
+    bind(small.into(), port, "bbb", "msrp://b.test:9/pb;tcp")
+}
+
+/// `a` sends 60,000-byte messages `m0000`, `m0001`... (transactions `tx0000`...) until the
+/// relay stops answering them within a second (its queue toward a B that reads nothing is
+/// full): how many were written whole, and how many answered 200 (asserted 1 to 199).
+fn send_until_unanswered(a: &mut TcpStream, port: u16) -> (usize, usize) {
+    const LEN: usize = MESSAGE_LEN;
     a.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
-    // a sends messages until the relay stops answering (its queue toward b is full): every
-    // answered one is then in the kernel's buffers or in that queue.
-    const LEN: usize = 60_000;
     let body = vec![b'~'; LEN];
-    let mut answered = 0;
+    let (mut written, mut answered) = (0, 0);
     for i in 0..200 {
         let mut msg = format!(
             "MSRP tx{i:04} SEND\r\nTo-Path: msrp://127.0.0.1:{port}/aaa;tcp\r\n\
@@ -443,13 +447,25 @@ fn a_closed_leg_still_delivers_what_it_accepted() {
         if a.write_all(&msg).is_err() {
             break;
         }
-        let ok = read_until_for(&mut a, &format!("-------tx{i:04}$"), Duration::from_secs(1));
+        written += 1;
+        let ok = read_until_for(a, &format!("-------tx{i:04}$"), Duration::from_secs(1));
         if !ok.contains(&format!("MSRP tx{i:04} 200 OK\r\n")) {
             break;
         }
         answered += 1;
     }
     assert!((1..200).contains(&answered), "{answered} answered");
+    (written, answered)
+}
+
+#[test]
+fn a_closed_leg_still_delivers_what_it_accepted() {
+    let (plane, leg, _metrics, port) = plane_with_leg();
+    // b reads nothing until the leg is gone, through a small receive window.
+    let mut b = small_window_b(&plane, port);
+    let mut a = TcpStream::connect(plane.local_addr()).unwrap();
+    // Every message answered is then in the kernel's buffers or in the queue toward b.
+    let (_, answered) = send_until_unanswered(&mut a, port);
 
     drop(leg);
     b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -465,8 +481,8 @@ fn a_closed_leg_still_delivers_what_it_accepted() {
     assert!(end.is_ok(), "the relay closed with an error: {end:?}");
     let body_bytes = got.iter().filter(|&&c| c == b'~').count();
     assert!(
-        body_bytes >= answered * LEN,
-        "{body_bytes} body bytes reached b, {answered} messages of {LEN} were answered 200"
+        body_bytes >= answered * MESSAGE_LEN,
+        "{body_bytes} body bytes reached b, {answered} messages of {MESSAGE_LEN} were answered 200"
     );
 }
 
@@ -649,38 +665,10 @@ fn read_reports(s: &mut TcpStream, quiet: Duration, wait: Duration) -> Vec<(Byte
 #[test]
 fn a_receiver_reset_while_its_queue_is_full_fails_every_unanswered_message() {
     let (plane, _leg, _metrics, port) = plane_with_leg();
-    let small = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
-    small.set_recv_buffer_size(4096).unwrap();
-    small.connect(&plane.local_addr().into()).unwrap();
-    let b = bind(small.into(), port, "bbb", "msrp://b.test:9/pb;tcp");
+    let b = small_window_b(&plane, port);
     let mut a = connect(&plane, port, "aaa", "msrp://a.test:9/pa;tcp");
-    a.set_write_timeout(Some(Duration::from_secs(1))).unwrap();
-    // a sends until the relay stops answering: its reader then waits on the full queue
-    // toward b, holding what it staged.
-    const LEN: usize = 60_000;
-    let body = vec![b'~'; LEN];
-    let mut written = 0;
-    let mut answered = 0;
-    for i in 0..200 {
-        let mut msg = format!(
-            "MSRP tx{i:04} SEND\r\nTo-Path: msrp://127.0.0.1:{port}/aaa;tcp\r\n\
-             From-Path: msrp://a.test:9/pa;tcp\r\nMessage-ID: m{i:04}\r\nByte-Range: 1-{LEN}/{LEN}\r\n\
-             Content-Type: text/plain\r\n\r\n"
-        )
-        .into_bytes();
-        msg.extend_from_slice(&body);
-        msg.extend_from_slice(format!("\r\n-------tx{i:04}$\r\n").as_bytes());
-        if a.write_all(&msg).is_err() {
-            break;
-        }
-        written += 1;
-        let ok = read_until_for(&mut a, &format!("-------tx{i:04}$"), Duration::from_secs(1));
-        if !ok.contains(&format!("MSRP tx{i:04} 200 OK\r\n")) {
-            break;
-        }
-        answered += 1;
-    }
-    assert!((1..200).contains(&answered), "{answered} answered");
+    // a's reader then waits on the full queue toward b, holding what it staged.
+    let (written, answered) = send_until_unanswered(&mut a, port);
 
     // b resets its connection (RST, not FIN): the relay's writer toward b fails.
     let b = socket2::Socket::from(b);

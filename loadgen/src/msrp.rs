@@ -310,8 +310,14 @@ struct Receiver {
 }
 
 enum State {
-    /// Authenticating at a relay (the AUTH's transaction id), or waiting for its role.
-    Idle(Option<Bytes>),
+    /// Authenticating at a relay (`auth`: the AUTH's transaction id), or waiting for its role.
+    /// What the peer SENDs meanwhile is received in `early`: the relay forwards the peer's
+    /// SENDs as soon as the peer has our answer, which can be before `start` reaches this
+    /// thread; a receiving role goes on from there.
+    Idle {
+        auth: Option<Bytes>,
+        early: Receiver,
+    },
     Send(Box<Sender>),
     Receive(Receiver),
 }
@@ -330,6 +336,14 @@ impl State {
                 done: false,
             })),
             Role::Receive => State::Receive(Receiver::default()),
+        }
+    }
+
+    /// Where the peer's SENDs go: a receiving connection, or one still waiting for its role.
+    fn receiver(&mut self) -> Option<&mut Receiver> {
+        match self {
+            State::Receive(r) | State::Idle { early: r, .. } => Some(r),
+            State::Send(_) => None,
         }
     }
 }
@@ -513,18 +527,22 @@ impl Loop {
             queued: 0,
             local,
             to_path: Bytes::new(),
-            state: State::Idle(Some(h.tid.clone())),
+            state: State::Idle {
+                auth: Some(h.tid.clone()),
+                early: Receiver::default(),
+            },
         };
         conn.push(write::bodyless(&h, &mut self.buf));
         self.conns.insert(token, conn);
     }
 
-    /// Gives the idle connection of `key` its role toward `to_path`.
+    /// Gives the idle connection of `key` its role toward `to_path`; a receiving one goes on
+    /// from what it received while idle.
     fn start(&mut self, key: u64, to_path: Bytes, role: Role) {
         let Some(t) = self
             .conns
             .iter()
-            .find(|(_, c)| c.key == key && matches!(c.state, State::Idle(None)))
+            .find(|(_, c)| c.key == key && matches!(c.state, State::Idle { auth: None, .. }))
             .map(|(t, _)| *t)
         else {
             let _ = self.events.send(Event::Done {
@@ -538,7 +556,13 @@ impl Loop {
             return;
         };
         conn.to_path = to_path;
-        conn.state = State::of(role);
+        conn.state = match (
+            role,
+            std::mem::replace(&mut conn.state, State::of(Role::Receive)),
+        ) {
+            (Role::Receive, State::Idle { early, .. }) => State::Receive(early),
+            (role, _) => State::of(role),
+        };
         self.bind(&mut conn);
         self.conns.insert(t, conn);
         self.progress(t);
@@ -666,7 +690,7 @@ impl Loop {
         };
         let _ = self.poll.registry().deregister(&mut conn.stream);
         let ev = match conn.state {
-            State::Idle(Some(_)) => Event::Authed {
+            State::Idle { auth: Some(_), .. } => Event::Authed {
                 key: conn.key,
                 path: Err(error.unwrap_or_else(|| "closed during AUTH".into())),
             },
@@ -680,7 +704,7 @@ impl Loop {
                     error: Some(error.unwrap_or_else(|| "closed before the end".into())),
                 }
             }
-            State::Receive(_) | State::Idle(None) => Event::Closed {
+            State::Receive(_) | State::Idle { auth: None, .. } => Event::Closed {
                 key: conn.key,
                 error,
             },
@@ -711,12 +735,12 @@ impl Conn {
             match ev {
                 Parsed::Head(h) => self.on_head(h, buf, events)?,
                 Parsed::Body(b) => {
-                    if let State::Receive(r) = &mut self.state {
+                    if let Some(r) = self.state.receiver() {
                         r.on_body(&b);
                     }
                 }
                 Parsed::End(flag) => {
-                    if let State::Receive(r) = &mut self.state {
+                    if let Some(r) = self.state.receiver() {
                         r.on_end(self.key, flag, events);
                     }
                 }
@@ -782,7 +806,7 @@ impl Conn {
                     }
                 }
             }
-            (Kind::Response { code, .. }, State::Idle(auth)) => {
+            (Kind::Response { code, .. }, State::Idle { auth, .. }) => {
                 if auth.as_ref() != Some(&h.tid) {
                     return Ok(());
                 }
@@ -808,7 +832,7 @@ impl Conn {
             }
             (Kind::Response { .. }, State::Receive(_)) => {}
             (Kind::Request(Method::Send), _) => {
-                if let State::Receive(r) = &mut self.state {
+                if let Some(r) = self.state.receiver() {
                     r.on_head(&h);
                 }
                 if let Some(resp) = write::response(&h, 200, None) {
@@ -1135,6 +1159,112 @@ mod tests {
                 (2, Some(i as u64), 5000, false, false, 5)
             );
         }
+    }
+
+    /// A relay that answers the AUTH and at once forwards a SEND (a whole stamped message):
+    /// the peer had our answer before `start` reached the MSRP thread.
+    #[test]
+    fn sends_forwarded_before_the_role_is_given_are_received() {
+        use std::io::{Read as _, Write as _};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let relay = listener.local_addr().unwrap();
+        let plane = Plane::spawn(3).unwrap();
+        plane.auth(5, relay);
+        let (mut s, _) = listener.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut parser = Parser::new(Limits::default());
+        let mut heads = Vec::new();
+        let mut next_head = |s: &mut std::net::TcpStream| loop {
+            while let Some(ev) = parser.poll() {
+                if let Parsed::Head(h) = ev.unwrap() {
+                    heads.push(h.clone());
+                    return h;
+                }
+            }
+            let mut b = [0u8; 4096];
+            let n = s.read(&mut b).unwrap();
+            assert!(n > 0, "closed: {:?}", plane.poll_events(100));
+            parser.feed(Bytes::copy_from_slice(&b[..n]));
+        };
+        let auth = next_head(&mut s);
+        assert_eq!(auth.kind, Kind::Request(Method::Auth));
+        let mut buf = BytesMut::new();
+        let mut ok = write::response(&auth, 200, None).unwrap();
+        ok.use_path = Some(Bytes::from(format!("msrp://{relay}/r;tcp")));
+        let mut out = write::bodyless(&ok, &mut buf).to_vec();
+        let send = |tid: &'static [u8], seq: u64| {
+            let mut h = Head::new(
+                Bytes::from_static(tid),
+                Kind::Request(Method::Send),
+                auth.from_path.clone(),
+                Bytes::from(format!("msrp://{relay}/r;tcp msrp://127.0.0.1:9/a;tcp")),
+            );
+            h.message_id = Some(Bytes::from(format!("mid-{seq:04}")));
+            h.byte_range = Some(ByteRange::whole(100));
+            h.content_type = Some(Bytes::from_static(b"text/plain"));
+            let mut b = BytesMut::new();
+            write::chunk(
+                &mut h,
+                stamp::body(unix_us(), seq, 100),
+                Flag::Complete,
+                &mut b,
+            )
+            .concat()
+        };
+        out.extend_from_slice(&send(b"send0", 0));
+        s.write_all(&out).unwrap();
+        // The SEND is answered and delivered though no role was given.
+        let r = next_head(&mut s);
+        assert!(matches!(r.kind, Kind::Response { code: 200, .. }), "{r:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut events = Vec::new();
+        while !events.iter().any(|e| matches!(e, Event::Delivered { .. })) {
+            assert!(Instant::now() < deadline, "{events:?}");
+            events.extend(plane.poll_events(100));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // The role arrives late: the connection binds and goes on receiving, nothing recounted.
+        plane.start(
+            5,
+            Bytes::from_static(b"msrp://127.0.0.1:9/a;tcp"),
+            Role::Receive,
+        );
+        let bind = next_head(&mut s);
+        assert_eq!(bind.kind, Kind::Request(Method::Send), "{bind:?}");
+        s.write_all(&send(b"send1", 1)).unwrap();
+        while events
+            .iter()
+            .filter(|e| matches!(e, Event::Delivered { .. }))
+            .count()
+            < 2
+        {
+            assert!(Instant::now() < deadline, "{events:?}");
+            events.extend(plane.poll_events(100));
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let delivered: Vec<_> = events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Delivered {
+                    key,
+                    seq,
+                    duplicate,
+                    corrupted,
+                    ..
+                } => Some((*key, *seq, *duplicate, *corrupted)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            delivered,
+            [(5, Some(0), false, false), (5, Some(1), false, false)]
+        );
+        assert!(
+            !events
+                .iter()
+                .any(|e| matches!(e, Event::Done { .. } | Event::Closed { .. })),
+            "{events:?}"
+        );
     }
 
     #[test]

@@ -602,6 +602,11 @@ impl Uas {
                     }
                     continue;
                 }
+                // A receiving role that could not be given (`start` found no connection).
+                plane::Event::Done { error: Some(e), .. } => {
+                    ctx.recorder().note(&format!("msrp: {e}"), 1);
+                    continue;
+                }
                 _ => continue,
             };
             let t = &mut self.msrp;

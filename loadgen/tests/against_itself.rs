@@ -208,3 +208,84 @@ fn a_second_signal_ends_the_drain() {
     assert!(out.contains("failures: interrupted: "), "{out}");
     drop(sock);
 }
+
+/// A refresh in flight when the uas stops (the soak's rounds stop on a refresh's time): the
+/// uas unregisters once it is answered, so no binding outlives it. A registrar of our own
+/// grants 2 s (a refresh after 1 s) and answers the refresh only 1 s late; the uas gets its
+/// SIGTERM in between.
+#[test]
+fn a_refresh_in_flight_at_the_stop_is_followed_by_the_unregistration() {
+    use cpm_engine::sip::{builder, HeaderName};
+    use std::net::UdpSocket;
+    use std::sync::mpsc;
+    use std::time::Instant;
+
+    let sock = UdpSocket::bind("127.0.0.1:0").unwrap();
+    let registrar = sock.local_addr().unwrap().to_string();
+    sock.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    // The expiry each REGISTER asked for (retransmissions of the late refresh left out).
+    let (seen_tx, seen) = mpsc::channel::<u32>();
+    let (stop_tx, stop) = mpsc::channel::<()>();
+    let server = std::thread::spawn(move || {
+        let mut late: Vec<(Instant, Vec<u8>, std::net::SocketAddr)> = Vec::new();
+        let mut refreshes = 0;
+        while stop.try_recv().is_err() {
+            let now = Instant::now();
+            for (_, r, to) in late.iter().filter(|(at, ..)| *at <= now) {
+                sock.send_to(r, to).unwrap();
+            }
+            late.retain(|(at, ..)| *at > now);
+            let mut buf = [0u8; 4096];
+            let Ok((n, from)) = sock.recv_from(&mut buf) else {
+                continue;
+            };
+            let req = cpm_engine::sip::parse(bytes::Bytes::copy_from_slice(&buf[..n])).unwrap();
+            let asked = req.expires().unwrap().unwrap_or(3600);
+            let granted = if asked == 0 { 0 } else { 2 };
+            let mut ok = builder::local_response(&req, 200, "OK");
+            if let Some(c) = req.headers.get(&HeaderName::Contact) {
+                let c = String::from_utf8_lossy(c).into_owned();
+                ok.headers
+                    .push(HeaderName::Contact, format!("{c};expires={granted}"));
+            }
+            let wire = ok.to_bytes().to_vec();
+            if late.iter().any(|(_, r, _)| *r == wire) {
+                continue;
+            }
+            let _ = seen_tx.send(asked);
+            if asked > 0 {
+                refreshes += 1;
+            }
+            if asked > 0 && refreshes > 1 {
+                // The refresh: answered a second late.
+                late.push((now + Duration::from_secs(1), wire, from));
+            } else {
+                sock.send_to(&wire, from).unwrap();
+            }
+        }
+    });
+    let uas = Uas::spawn(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--register-to",
+        &registrar,
+        "--users",
+        "1",
+        "--expires",
+        "2",
+        "--duration",
+        "60",
+    ]);
+    let first = seen.recv_timeout(Duration::from_secs(10)).unwrap();
+    assert_eq!(first, 2);
+    // The refresh arrives after 1 s; stop while it waits for its answer.
+    assert_eq!(seen.recv_timeout(Duration::from_secs(10)).unwrap(), 2);
+    std::thread::sleep(Duration::from_millis(200));
+    let out = uas.stop();
+    assert_eq!(out.code, 0, "{out:?}");
+    let _ = stop_tx.send(());
+    server.join().unwrap();
+    let after: Vec<u32> = seen.try_iter().collect();
+    assert_eq!(after, [0], "the REGISTERs after the refresh");
+}

@@ -99,6 +99,9 @@ const RTP_TICK: u64 = CALL_TIMER | 1;
 const MSRP_POLL: u64 = CALL_TIMER | 2;
 const MSRP_CLOSE: u64 = CALL_TIMER | 3;
 
+/// How soon an unregistration waiting for a registration in flight looks again.
+const UNREGISTER_RETRY: Duration = Duration::from_millis(20);
+
 /// How long a chat's MSRP connection is read after the BYE, unless the peer closes it first.
 const CHAT_LINGER: Duration = Duration::from_secs(5);
 
@@ -773,7 +776,15 @@ impl Scenario for Uas {
         match token & 3 {
             REGISTER if !self.stopping => self.register(ctx, i, self.cfg.expires),
             UNREGISTER => {
-                if self.registered[i] && !self.is_busy(i) {
+                if self.is_busy(i) {
+                    // A registration (a refresh, often: the stop can fall on its time) is in
+                    // flight: its binding would outlive us, so unregister after it.
+                    ctx.set_timer(
+                        ctx.now() + UNREGISTER_RETRY,
+                        NO_SESSION,
+                        self::token(i, UNREGISTER),
+                    );
+                } else if self.registered[i] {
                     // Its end (or immediate failure) counts the pending unregistration down.
                     self.register(ctx, i, 0);
                 } else {
@@ -895,7 +906,7 @@ impl Scenario for Uas {
         let rate = self.cfg.register_rate.max(0.001);
         let now = ctx.now();
         let users: Vec<usize> = (0..self.registered.len())
-            .filter(|&i| self.registered[i])
+            .filter(|&i| self.registered[i] || self.is_busy(i))
             .collect();
         for (k, i) in users.into_iter().enumerate() {
             let at = now + Duration::from_secs_f64(k as f64 / rate);

@@ -101,6 +101,10 @@ pub struct Config {
     pub store_and_forward: bool,
     /// A held MESSAGE is given up after this many seconds (`--message-expiry`).
     pub message_expiry: u64,
+    /// A MESSAGE no device answered within this many seconds is held and its sender answered
+    /// 202 (`--message-delivery-timeout`, with store-and-forward); 0: wait for the branches'
+    /// own timeout (32 s, when the sender has given up too).
+    pub message_delivery_timeout: u64,
     /// Most MESSAGEs held for one user (`--message-user-cap`); more get 480 with a Warning.
     pub message_user_cap: usize,
     /// Which messages go to network storage for a user who set nothing
@@ -210,6 +214,7 @@ impl Default for Config {
             codecs: CodecList::default(),
             store_and_forward: true,
             message_expiry: 72 * 3600,
+            message_delivery_timeout: 5,
             message_user_cap: 1000,
             message_max_size: 1300,
             large_message_max: 10 * 1024 * 1024,
@@ -448,6 +453,7 @@ const KEYS: &[&str] = &[
     "codecs",
     "store-and-forward",
     "message-expiry",
+    "message-delivery-timeout",
     "message-user-cap",
     "message-max-size",
     "large-message-max",
@@ -527,6 +533,8 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
   --store-and-forward BOOL  hold MESSAGEs for offline users (202) and deliver them on REGISTER,
                             durably in DATA-DIR/storage.db [default: true]
   --message-expiry SECS     a held MESSAGE is given up (failure IMDN if asked) [default: 259200]
+  --message-delivery-timeout SECS  a MESSAGE no device answered in SECS is held (202);
+                            0 = wait for the devices' 32 s transaction timeout [default: 5]
   --message-user-cap N      most MESSAGEs held per user, more get 480 [default: 1000]
   --message-max-size BYTES  largest pager-mode body; larger gets 413 (send it over MSRP,
                             large message mode) [default: 1300]
@@ -657,6 +665,7 @@ impl Config {
             "bfcp-listen" => self.bfcp_listen = Some(parse(key, value)?),
             "store-and-forward" => self.store_and_forward = parse(key, value)?,
             "message-expiry" => self.message_expiry = parse(key, value)?,
+            "message-delivery-timeout" => self.message_delivery_timeout = parse(key, value)?,
             "message-user-cap" => self.message_user_cap = parse(key, value)?,
             "message-max-size" => self.message_max_size = parse(key, value)?,
             "large-message-max" => self.large_message_max = parse(key, value)?,

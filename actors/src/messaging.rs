@@ -4,7 +4,7 @@
 //! response once every branch has answered (§16.7).
 //!
 //! **Store and forward.** A MESSAGE for a user who is offline, or whose every device failed to
-//! take it (408, 480, 5xx), is held: written to storage (`WriteOp::Defer`) and answered
+//! take it (408, 480, 5xx) or answered none in `--message-delivery-timeout`, is held: written to storage (`WriteOp::Defer`) and answered
 //! `202 Accepted` only once the write committed (RFC 3428 §7: accepted, delivered later). When
 //! the user registers, one worker delivers the held messages in arrival order, one at a time,
 //! each as a new request from this server to every contact, and deletes it after a device's 2xx.
@@ -164,8 +164,10 @@ struct Fork {
     origin: Origin,
     /// Branches still without a final response.
     pending: usize,
-    /// Whether a 2xx arrived (the outcome was acted on).
+    /// Whether the outcome was acted on: a 2xx arrived, or the delivery timeout held it.
     answered: bool,
+    /// Whether the delivery timeout held it (a later 2xx means it reaches the device twice).
+    timed_out: bool,
     /// The best final response so far.
     best: Option<Message>,
 }
@@ -191,6 +193,9 @@ pub struct MessageController {
     forks: HashMap<u64, Fork>,
     branches: HashMap<ClientTxId, u64>,
     next_fork: u64,
+    /// When forks give up on their devices (`--message-delivery-timeout`), in time order (one
+    /// timeout for all).
+    deadlines: VecDeque<(Instant, u64)>,
     runs: HashMap<String, Run>,
     /// Where storage answers go (the worker; set when it starts).
     store_done: Option<Recipient<StoreDone>>,
@@ -215,6 +220,7 @@ impl MessageController {
             forks: HashMap::new(),
             branches: HashMap::new(),
             next_fork: 0,
+            deadlines: VecDeque::new(),
             runs: HashMap::new(),
             store_done: None,
             next_expiry_sweep: None,
@@ -240,6 +246,7 @@ impl MessageController {
     pub fn reset(&mut self, shared: &Shared) {
         self.forks.clear();
         self.branches.clear();
+        self.deadlines.clear();
         self.large.clear();
         // Unanswered: their senders retransmit, or time out and send again.
         self.parked.clear();
@@ -345,12 +352,18 @@ impl MessageController {
         }
         if started > 0 {
             self.next_fork += 1;
+            let timeout = shared.config.message_delivery_timeout;
+            if !matches!(origin, Origin::Own) && shared.config.store_and_forward && timeout > 0 {
+                self.deadlines
+                    .push_back((now + Duration::from_secs(timeout), fork_id));
+            }
             self.forks.insert(
                 fork_id,
                 Fork {
                     origin,
                     pending: started,
                     answered: false,
+                    timed_out: false,
                     best: None,
                 },
             );
@@ -408,6 +421,12 @@ impl MessageController {
         }
         let mut out = Vec::new();
         let mut outcome = None;
+        if fork.timed_out && (200..300).contains(&code) {
+            tracing::info!(
+                code,
+                "a device took a message after it was held: it is delivered again at the next run"
+            );
+        }
         if !fork.answered {
             if (200..300).contains(&code) {
                 fork.answered = true;
@@ -950,9 +969,56 @@ impl MessageController {
     ) -> Responses {
         let mut out = Vec::new();
         self.large.handle_timeout(shared, now, txn);
+        self.expire_forks(shared, now, txn, &mut out);
         self.release_parked(shared, now, &mut out);
         self.sweep_expired(shared, now);
         out
+    }
+
+    /// Forks no device answered within `--message-delivery-timeout` end as if every device
+    /// had failed (408): a sender's MESSAGE is held and its sender gets the 202 now; a held
+    /// message's delivery run stops, to go on at the next REGISTER (at once if the user
+    /// registered meanwhile). Waiting for the branches' own Timer F (32 s, RFC 3261
+    /// §17.1.2.2) would answer the sender when its own transaction has timed out too
+    /// (RFC 4321 §1.1: a non-INVITE answered that late is answered to nobody), and would stop
+    /// the user's queue for as long: a device that vanished without unregistering is an
+    /// everyday case for a mobile user. A device that answers 2xx after that gets the message
+    /// again from the held copy: a duplicate rather than a loss.
+    fn expire_forks(
+        &mut self,
+        shared: &Shared,
+        now: Instant,
+        txn: &mut TransactionLayer,
+        out: &mut Responses,
+    ) {
+        while let Some(&(at, id)) = self.deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop_front();
+            let Some(fork) = self.forks.get_mut(&id) else {
+                continue; // answered or failed in time
+            };
+            if fork.answered {
+                continue;
+            }
+            fork.answered = true;
+            fork.timed_out = true;
+            tracing::debug!(
+                branches = fork.pending,
+                "no device answered a MESSAGE in time"
+            );
+            match std::mem::replace(&mut fork.origin, Origin::Own) {
+                Origin::Relay { tx, req, aor } => {
+                    let timeout = builder::local_response(&req, 408, "Request Timeout");
+                    let origin = Origin::Relay { tx, req, aor };
+                    self.on_outcome(shared, origin, timeout, now, txn, out);
+                }
+                // What on_outcome does for a held message's 408.
+                Origin::Held { aor, .. } => self.end_run(shared, &aor),
+                Origin::Own => {}
+            }
+        }
     }
 
     fn sweep_expired(&mut self, shared: &Shared, now: Instant) {
@@ -988,6 +1054,7 @@ impl MessageController {
             self.next_expiry_sweep,
             self.large.poll_timeout(),
             self.next_park_check,
+            self.deadlines.front().map(|&(at, _)| at),
         ]
         .into_iter()
         .flatten()

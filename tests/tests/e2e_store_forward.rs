@@ -182,6 +182,43 @@ fn a_message_no_device_takes_is_held() {
     bob.reply(&got, 200, "OK");
 }
 
+/// bob's only device went silent without unregistering (a phone out of coverage): no answer,
+/// not even an error. alice's MESSAGE is held and answered 202 once `--message-delivery-timeout`
+/// passed, not after the device's 32 s transaction timeout, when alice's own transaction would
+/// have timed out too.
+#[test]
+fn a_message_a_silent_device_never_answers_is_held_after_the_delivery_timeout() {
+    let cpmd = Cpmd::spawn(&["--message-delivery-timeout", "1"]);
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    silent.set_read_timeout(Some(WAIT)).unwrap();
+    let dead = silent.local_addr().unwrap();
+    let mut gone = Ua::udp(cpmd.sip_addr()).user("bob");
+    let reg = gone
+        .register_req(Some(300))
+        .set("Contact", format!("<sip:bob@{dead}>"));
+    assert_status(&gone.request(&reg), 200);
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
+    let t = std::time::Instant::now();
+    assert_eq!(send_text(&mut alice, "bob", "still there?"), 202);
+    let took = t.elapsed();
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(5),
+        "202 after {took:?}"
+    );
+    // The silent device was tried.
+    let mut buf = [0u8; 4096];
+    let (n, _) = silent
+        .recv_from(&mut buf)
+        .expect("the MESSAGE at the silent device");
+    assert!(buf[..n].starts_with(b"MESSAGE "), "{:?}", &buf[..n]);
+    // bob is back on a device that answers: the held message arrives.
+    let mut bob = Ua::udp(cpmd.sip_addr()).user("bob");
+    assert_status(&bob.register(300), 200);
+    let got = next_message(&mut bob, "held after the delivery timeout");
+    assert_eq!(body_text(&got), "still there?");
+    bob.reply(&got, 200, "OK");
+}
+
 /// bob's device refuses the held message for good (415): it fails, leaves the queue, and
 /// alice, who asked for negative delivery notifications, gets an IMDN `<failed/>` about it.
 #[test]

@@ -4,12 +4,13 @@
 //! response once every branch has answered (§16.7).
 //!
 //! **Store and forward.** A MESSAGE for a user who is offline, or whose every device failed to
-//! take it (408, 480, 5xx) or answered none in `--message-delivery-timeout`, is held: written to storage (`WriteOp::Defer`) and answered
-//! `202 Accepted` only once the write committed (RFC 3428 §7: accepted, delivered later). When
-//! the user registers, one worker delivers the held messages in arrival order, one at a time,
-//! each as a new request from this server to every contact, and deletes it after a device's 2xx.
-//! A device that refuses one for good (4xx, 6xx) fails it; an unreachable one ends the run, to be
-//! retried at the next REGISTER. While a user's queue is being delivered, new messages for the
+//! take it (408, 480, 5xx) or answered none in `--message-delivery-timeout`, is held: written
+//! to storage (`WriteOp::Defer`) and answered `202 Accepted` only once the write committed
+//! (RFC 3428 §7: accepted, delivered later). When the user registers, one worker delivers the
+//! held messages in arrival order, one at a time, each as a new request from this server to
+//! every contact, and deletes it after a device's 2xx. A device that refuses one for good (4xx,
+//! 6xx) fails it; an unreachable or silent one ends the run, to be retried at the next
+//! REGISTER. While a user's queue is being delivered, new messages for the
 //! user are held behind it, so the order is kept. Worker 0 sweeps expired messages and sends
 //! the failure IMDN their senders asked for (RFC 5438 §5.1, `engine::imdn`).
 //!

@@ -39,14 +39,13 @@ fn read_until_for(s: &mut TcpStream, needle: &str, wait: Duration) -> String {
 
 /// A plane with one leg between `a.test` (side A) and `b.test` (side B), neither connected.
 fn plane_with_leg() -> (MsrpPlane, MsrpLeg, Arc<MsrpMetrics>, u16) {
+    plane_with_leg_in(MsrpSettings::new("127.0.0.1:0".parse().unwrap()))
+}
+
+/// [`plane_with_leg`] with `settings`.
+fn plane_with_leg_in(settings: MsrpSettings) -> (MsrpPlane, MsrpLeg, Arc<MsrpMetrics>, u16) {
     let metrics = Arc::new(MsrpMetrics::default());
-    let plane = MsrpPlane::start(
-        MsrpSettings::new("127.0.0.1:0".parse().unwrap()),
-        [5; 32],
-        1,
-        metrics.clone(),
-    )
-    .unwrap();
+    let plane = MsrpPlane::start(settings, [5; 32], 1, metrics.clone()).unwrap();
     let port = plane.local_addr().port();
     let a_uri = Bytes::from(format!("msrp://127.0.0.1:{port}/aaa;tcp"));
     let b_uri = Bytes::from(format!("msrp://127.0.0.1:{port}/bbb;tcp"));
@@ -712,4 +711,85 @@ fn a_receiver_reset_while_its_queue_is_full_fails_every_unanswered_message() {
     .unwrap();
     let late = read_until(&mut a, "-------late$");
     assert!(late.contains("MSRP late 481 "), "{late:?}");
+}
+
+/// A SEND of `body` from side A (transaction `tid`, Message-ID `mid`).
+fn send_from_a(a: &mut TcpStream, port: u16, tid: &str, mid: &str, body: &str) {
+    let len = body.len();
+    a.write_all(
+        format!(
+            "MSRP {tid} SEND\r\nTo-Path: msrp://127.0.0.1:{port}/aaa;tcp\r\n\
+             From-Path: msrp://a.test:9/pa;tcp\r\nMessage-ID: {mid}\r\nByte-Range: 1-{len}/{len}\r\n\
+             Content-Type: text/plain\r\n\r\n{body}\r\n-------{tid}$\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+}
+
+/// The receiver reads what is forwarded to it and answers none of it: once the transaction
+/// timeout passed, each message fails back to its sender with a 408 REPORT (RFC 4975
+/// §7.1.2), the receiver's late 200s are dropped, and the session goes on.
+#[test]
+fn unanswered_requests_fail_with_a_408_report_after_the_transaction_timeout() {
+    let mut settings = MsrpSettings::new("127.0.0.1:0".parse().unwrap());
+    settings.tx_timeout = Duration::from_secs(1);
+    let (plane, _leg, _metrics, port) = plane_with_leg_in(settings);
+    let mut b = connect(&plane, port, "bbb", "msrp://b.test:9/pb;tcp");
+    let mut a = connect(&plane, port, "aaa", "msrp://a.test:9/pa;tcp");
+    for i in 0..3 {
+        send_from_a(
+            &mut a,
+            port,
+            &format!("tx{i:04}"),
+            &format!("m{i:04}"),
+            "hello",
+        );
+    }
+    let forwarded = read_until(&mut b, "hello\r\n-------");
+    let forwarded = forwarded + &read_until(&mut b, "m0002");
+    let forwarded = forwarded + &read_until_for(&mut b, "$\r\n", Duration::from_millis(500));
+    // The transaction ids the relay gave them toward b, in order.
+    let tids: Vec<String> = forwarded
+        .lines()
+        .filter_map(|l| {
+            l.strip_prefix("MSRP ")?
+                .strip_suffix(" SEND")
+                .map(str::to_owned)
+        })
+        .collect();
+    assert_eq!(tids.len(), 3, "{forwarded:?}");
+
+    let heads = read_reports(&mut a, Duration::from_secs(3), Duration::from_secs(8));
+    let reports: Vec<&(Bytes, u16)> = heads.iter().filter(|(_, c)| *c != 200).collect();
+    assert_eq!(
+        reports,
+        [
+            &(Bytes::from_static(b"m0000"), 408),
+            &(Bytes::from_static(b"m0001"), 408),
+            &(Bytes::from_static(b"m0002"), 408),
+        ],
+        "{heads:?}"
+    );
+
+    // b answers now: too late, dropped (nothing reaches a).
+    for tid in &tids {
+        b.write_all(
+            format!(
+                "MSRP {tid} 200 OK\r\nTo-Path: msrp://127.0.0.1:{port}/bbb;tcp\r\n\
+                 From-Path: msrp://b.test:9/pb;tcp\r\n-------{tid}$\r\n"
+            )
+            .as_bytes(),
+        )
+        .unwrap();
+    }
+    // The session goes on: the next message reaches b, its 200 reaches nobody but the relay.
+    send_from_a(&mut a, port, "tx0003", "m0003", "again");
+    let next = read_until(&mut b, "again");
+    assert!(next.contains("Message-ID: m0003"), "{next:?}");
+    let rest = read_reports(&mut a, Duration::from_millis(500), Duration::from_secs(2));
+    assert!(
+        rest.iter().all(|(k, c)| *c == 200 && &k[..] == b"tx0003"),
+        "{rest:?}"
+    );
 }

@@ -170,9 +170,10 @@ impl Pending {
 /// deadlines (time is an input).
 #[derive(Debug)]
 pub struct Transactions {
-    /// By transaction id: the request and its deadline.
-    pending: HashMap<Bytes, (Pending, Instant)>,
+    /// By transaction id: the request, its deadline and its place in sending order.
+    pending: HashMap<Bytes, (Pending, Instant, u64)>,
     timeout: Duration,
+    next_seq: u64,
 }
 
 /// How a tracked transaction ended.
@@ -191,6 +192,7 @@ impl Transactions {
         Transactions {
             pending: HashMap::new(),
             timeout,
+            next_seq: 0,
         }
     }
 
@@ -201,9 +203,10 @@ impl Transactions {
         if failure_report == FailureReport::No || !sent.is_request() {
             return;
         }
+        self.next_seq += 1;
         self.pending.insert(
             sent.tid.clone(),
-            (Pending::of(sent, tag), now + self.timeout),
+            (Pending::of(sent, tag), now + self.timeout, self.next_seq),
         );
     }
 
@@ -211,7 +214,7 @@ impl Transactions {
     /// not ours: ignore it).
     pub fn on_response(&mut self, resp: &Head) -> Option<Outcome> {
         let code = resp.code()?;
-        let (p, _) = self.pending.remove(&resp.tid)?;
+        let (p, ..) = self.pending.remove(&resp.tid)?;
         Some(if code < 300 {
             Outcome::Delivered(p)
         } else {
@@ -221,33 +224,37 @@ impl Transactions {
 
     /// The earliest deadline, for the driver's timer.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.pending.values().map(|(_, d)| *d).min()
+        self.pending.values().map(|(_, d, _)| *d).min()
     }
 
-    /// Ends the transactions whose deadline passed: `Failed(_, 408)` for Failure-Report yes;
-    /// with `partial` silence means success (§7.1.1), so they end as `Delivered`.
+    /// Ends the transactions whose deadline passed, in the order they were sent:
+    /// `Failed(_, 408)` for Failure-Report yes; with `partial` silence means success (§7.1.1),
+    /// so they end as `Delivered`.
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Outcome> {
-        let expired: Vec<Bytes> = self
+        let mut expired: Vec<(u64, Bytes)> = self
             .pending
             .iter()
-            .filter(|(_, (_, d))| *d <= now)
-            .map(|(t, _)| t.clone())
+            .filter(|(_, (_, d, _))| *d <= now)
+            .map(|(t, (_, _, seq))| (*seq, t.clone()))
             .collect();
+        expired.sort_unstable_by_key(|(seq, _)| *seq);
         expired
             .into_iter()
-            .filter_map(|t| self.pending.remove(&t))
-            .map(|(p, _)| match p.failure_report {
+            .filter_map(|(_, t)| self.pending.remove(&t))
+            .map(|(p, ..)| match p.failure_report {
                 FailureReport::Yes => Outcome::Failed(p, 408),
                 _ => Outcome::Delivered(p),
             })
             .collect()
     }
 
-    /// Ends every transaction with `code` (the next hop's connection was lost: 408 or 481).
+    /// Ends every transaction with `code` (the next hop's connection was lost: 408 or 481), in
+    /// the order they were sent.
     pub fn fail_all(&mut self, code: u16) -> Vec<Outcome> {
-        self.pending
-            .drain()
-            .map(|(_, (p, _))| Outcome::Failed(p, code))
+        let mut all: Vec<(Pending, Instant, u64)> = self.pending.drain().map(|(_, v)| v).collect();
+        all.sort_unstable_by_key(|(_, _, seq)| *seq);
+        all.into_iter()
+            .map(|(p, ..)| Outcome::Failed(p, code))
             .collect()
     }
 
@@ -527,6 +534,34 @@ mod tests {
         let out = tx.handle_timeout(t0 + TRANSACTION_TIMEOUT + Duration::from_secs(1));
         assert!(matches!(&out[..], [Outcome::Failed(p, 408)] if p.tag == 8));
         assert!(tx.is_empty());
+    }
+
+    /// Failures come out in the order the requests were sent (the sender gets its REPORTs
+    /// in its messages' order), for a timeout of many at once and for a lost next hop.
+    #[test]
+    fn failures_come_in_sending_order() {
+        let (_, b) = sides();
+        let t0 = Instant::now();
+        let mut ids = IdGen::new(3);
+        let h = first_head(CHUNK1);
+        for fail in [false, true] {
+            let mut tx = Transactions::new(TRANSACTION_TIMEOUT);
+            for tag in 0..50 {
+                tx.on_sent(&forward(&h, &b, ids.next_id()), tag, t0);
+            }
+            let out = if fail {
+                tx.fail_all(481)
+            } else {
+                tx.handle_timeout(t0 + TRANSACTION_TIMEOUT)
+            };
+            let tags: Vec<u64> = out
+                .iter()
+                .map(|o| match o {
+                    Outcome::Failed(p, _) | Outcome::Delivered(p) => p.tag,
+                })
+                .collect();
+            assert_eq!(tags, (0..50).collect::<Vec<_>>());
+        }
     }
 
     #[test]

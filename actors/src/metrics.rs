@@ -465,7 +465,14 @@ fn render_messages(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) 
 
 fn render_media(out: &mut String, workers: &[std::sync::Arc<WorkerMetrics>]) {
     let sum = |f: &dyn Fn(&MediaMetrics) -> u64| workers.iter().map(|w| f(&w.media)).sum::<u64>();
-    let series: [(&str, &str, &str, u64); 5] = [
+    let series: [(&str, &str, &str, u64); 6] = [
+        (
+            "cpm_media_relay_sockets",
+            "gauge",
+            "Media relay descriptors open in the process (legs' and conference participants' \
+             ports, and the connected fast path's catch-alls): what the catch-all budget counts.",
+            crate::media::relay_sockets() as u64,
+        ),
         (
             "cpm_media_legs",
             "gauge",

@@ -136,6 +136,7 @@ fn assert_released(cpmd: &Cpmd) {
     cpmd.wait_metric("cpm_conference_participants", WAIT, |v| v == 0.0);
     cpmd.wait_metric("cpm_media_pool_ports_in_use", WAIT, |v| v == 0.0);
     cpmd.wait_metric("cpm_media_ports_in_use", WAIT, |v| v == 0.0);
+    cpmd.wait_metric("cpm_media_relay_sockets", WAIT, |v| v == 0.0);
 }
 
 /// Answers a NOTIFY 200 and returns its body.
@@ -211,6 +212,9 @@ fn adhoc_conference_of_three_mixes_minus_own_with_events_and_mute() {
     assert!(!doc.contains("sip:bob@"), "{doc}");
     assert_eq!(users(&info).len(), 3);
     assert_eq!(info.user_count, Some(3));
+    // The participants' sockets count in the relay's descriptor budget (no relay leg here).
+    let ports = cpmd.wait_metric("cpm_media_ports_in_use", WAIT, |v| v >= 3.0);
+    cpmd.wait_metric("cpm_media_relay_sockets", WAIT, |v| v == ports);
 
     // Each hears the other two tones and not its own.
     let (fa, fb, fc) = (500.0, 800.0, 1300.0);

@@ -206,7 +206,7 @@ fn assert_no_request(ua: &mut Ua, what: &str) {
     }
 }
 
-/// Every session, relay leg, bound relay port and pool port is gone.
+/// Every session, relay leg, bound relay port (catch-alls included) and pool port is gone.
 #[track_caller]
 fn assert_released(cpmd: &Cpmd) {
     for series in [
@@ -214,6 +214,7 @@ fn assert_released(cpmd: &Cpmd) {
         "cpm_media_legs",
         "cpm_media_ports_in_use",
         "cpm_media_pool_ports_in_use",
+        "cpm_media_relay_sockets",
     ] {
         cpmd.wait_metric(series, WAIT, |v| v == 0.0);
     }

@@ -63,11 +63,12 @@ const CONFERENCE_HOLD: f64 = 8.0;
 /// A call's hold time.
 const CALL_HOLD: f64 = 4.0;
 /// Gauges of cpmd that must be 0 once the load has stopped.
-const ZERO_AFTER: [&str; 8] = [
+const ZERO_AFTER: [&str; 9] = [
     "cpm_sessions",
     "cpm_media_legs",
     "cpm_media_ports_in_use",
     "cpm_media_pool_ports_in_use",
+    "cpm_media_relay_sockets",
     "cpm_msrp_legs",
     "cpm_conferences",
     "cpm_conference_participants",

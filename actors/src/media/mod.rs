@@ -85,7 +85,7 @@ pub use plane::{
     BoundLeg, LegControl, LegHandle, LegStatsReader, MediaConfig, MediaPlane, OpenError, Reply,
     RoomHandle, Stopped,
 };
-pub use relay_loop::MAX_BATCHES_PER_TURN;
+pub use relay_loop::{relay_sockets, MAX_BATCHES_PER_TURN};
 pub use room::{Mix, RoomEvent, TickStats};
 pub use stats::{DirStats, DropReason, LegStats, RtpStats};
 

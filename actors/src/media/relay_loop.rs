@@ -726,9 +726,25 @@ impl RelayLoop {
     }
 }
 
-/// Relay sockets open in this process, in every loop (legs' ports and catch-alls): what the
-/// connected fast path's budget is checked against ([`catch_all_budget`]).
+/// Relay sockets open in this process, in every loop (legs' ports and catch-alls, conference
+/// participants' ports): what the connected fast path's budget is checked against
+/// ([`catch_all_budget`]).
 static RELAY_SOCKETS: AtomicUsize = AtomicUsize::new(0);
+
+/// Relay sockets open in this process now (`cpm_media_relay_sockets`).
+pub fn relay_sockets() -> usize {
+    RELAY_SOCKETS.load(Relaxed)
+}
+
+/// Counts `n` relay sockets opened (or, with `opened` false, closed) outside the legs: the
+/// conference rooms' ([`super::room`]).
+pub(super) fn count_relay_sockets(n: usize, opened: bool) {
+    if opened {
+        RELAY_SOCKETS.fetch_add(n, Relaxed);
+    } else {
+        RELAY_SOCKETS.fetch_sub(n, Relaxed);
+    }
+}
 
 /// How many relay sockets may be open for a latched RTP socket to get a catch-all (and be
 /// connected), for an open-file limit of `limit`: three quarters of it. The last quarter is

@@ -219,6 +219,58 @@ fn a_message_a_silent_device_never_answers_is_held_after_the_delivery_timeout() 
     bob.reply(&got, 200, "OK");
 }
 
+/// bob's device answers only after the delivery timeout: alice already has her 202 and the
+/// message is held, so bob gets it a second time at his next REGISTER (decision 0016: a
+/// duplicate rather than a loss), after which the queue is empty.
+#[test]
+fn a_device_answering_after_the_delivery_timeout_gets_the_held_copy_too() {
+    let cpmd = Cpmd::spawn(&["--message-delivery-timeout", "1"]);
+    let mut bob = Ua::udp(cpmd.sip_addr()).user("bob");
+    assert_status(&bob.register(300), 200);
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
+    let req = alice
+        .req("MESSAGE", "sip:bob@localhost")
+        .body("text/plain", "slow device");
+    alice.send_req(&req);
+    let got = next_message(&mut bob, "the MESSAGE, answered late");
+    let final_ = alice
+        .await_final(&req, Duration::from_secs(4))
+        .expect("alice's final response");
+    assert_status(&final_, 202);
+    bob.reply(&got, 200, "OK");
+    assert_status(&bob.register(300), 200);
+    // Retransmissions of the first request (UDP, Timer E) may come first: the held copy is
+    // a new request of cpmd's, with a Call-ID of its own.
+    let first_call = header(&got.msg, "Call-ID");
+    let again = loop {
+        let r = next_message(&mut bob, "the held copy");
+        if header(&r.msg, "Call-ID") != first_call {
+            break r;
+        }
+        bob.reply(&r, 200, "OK");
+    };
+    assert_eq!(body_text(&again), "slow device");
+    bob.reply(&again, 200, "OK");
+    cpmd.wait_metric(
+        "cpm_messages_held_done_total{outcome=\"delivered\"}",
+        WAIT,
+        |v| v == 1.0,
+    );
+    assert_status(&bob.register(300), 200);
+    let quiet_until = std::time::Instant::now() + Duration::from_millis(500);
+    while let Some(r) =
+        bob.recv_request(quiet_until.saturating_duration_since(std::time::Instant::now()))
+    {
+        assert_eq!(
+            header(&r.msg, "Call-ID"),
+            first_call,
+            "a third copy:\n{}",
+            r.msg
+        );
+        bob.reply(&r, 200, "OK");
+    }
+}
+
 /// bob's device refuses the held message for good (415): it fails, leaves the queue, and
 /// alice, who asked for negative delivery notifications, gets an IMDN `<failed/>` about it.
 #[test]

@@ -1009,14 +1009,14 @@ impl MessageController {
                 branches = fork.pending,
                 "no device answered a MESSAGE in time"
             );
-            match std::mem::replace(&mut fork.origin, Origin::Own) {
-                Origin::Relay { tx, req, aor } => {
-                    let timeout = builder::local_response(&req, 408, "Request Timeout");
-                    let origin = Origin::Relay { tx, req, aor };
+            let origin = std::mem::replace(&mut fork.origin, Origin::Own);
+            match &origin {
+                Origin::Relay { req, .. } => {
+                    let timeout = builder::local_response(req, 408, "Request Timeout");
                     self.on_outcome(shared, origin, timeout, now, txn, out);
                 }
                 // What on_outcome does for a held message's 408.
-                Origin::Held { aor, .. } => self.end_run(shared, &aor),
+                Origin::Held { aor, .. } => self.end_run(shared, aor),
                 Origin::Own => {}
             }
         }

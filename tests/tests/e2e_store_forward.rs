@@ -165,20 +165,29 @@ fn a_message_no_device_takes_is_held() {
         .unwrap()
         .local_addr()
         .unwrap();
-    {
-        let mut gone = Ua::tcp(cpmd.sip_addr()).user("bob");
-        let reg = gone
-            .register_req(Some(300))
-            .set("Contact", format!("<sip:bob@{dead};transport=tcp>"));
-        assert_status(&gone.request(&reg), 200);
-    }
+    register_bob_at(
+        Ua::tcp(cpmd.sip_addr()),
+        format!("<sip:bob@{dead};transport=tcp>"),
+    );
     std::thread::sleep(Duration::from_millis(200));
     let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
     assert_eq!(send_text(&mut alice, "bob", "anyone?"), 202);
+    bob_comes_back_and_gets(&cpmd, "anyone?");
+}
+
+/// Registers `contact` for bob from `ua` (a device that will not take what is sent to it).
+fn register_bob_at(ua: Ua, contact: String) {
+    let mut ua = ua.user("bob");
+    let reg = ua.register_req(Some(300)).set("Contact", contact);
+    assert_status(&ua.request(&reg), 200);
+}
+
+/// bob registers a device that answers: the held message `text` arrives there.
+fn bob_comes_back_and_gets(cpmd: &Cpmd, text: &str) {
     let mut bob = Ua::udp(cpmd.sip_addr()).user("bob");
     assert_status(&bob.register(300), 200);
-    let got = next_message(&mut bob, "held after every device failed");
-    assert_eq!(body_text(&got), "anyone?");
+    let got = next_message(&mut bob, "the held message");
+    assert_eq!(body_text(&got), text);
     bob.reply(&got, 200, "OK");
 }
 
@@ -192,11 +201,7 @@ fn a_message_a_silent_device_never_answers_is_held_after_the_delivery_timeout() 
     let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
     silent.set_read_timeout(Some(WAIT)).unwrap();
     let dead = silent.local_addr().unwrap();
-    let mut gone = Ua::udp(cpmd.sip_addr()).user("bob");
-    let reg = gone
-        .register_req(Some(300))
-        .set("Contact", format!("<sip:bob@{dead}>"));
-    assert_status(&gone.request(&reg), 200);
+    register_bob_at(Ua::udp(cpmd.sip_addr()), format!("<sip:bob@{dead}>"));
     let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
     let t = std::time::Instant::now();
     assert_eq!(send_text(&mut alice, "bob", "still there?"), 202);
@@ -211,12 +216,7 @@ fn a_message_a_silent_device_never_answers_is_held_after_the_delivery_timeout() 
         .recv_from(&mut buf)
         .expect("the MESSAGE at the silent device");
     assert!(buf[..n].starts_with(b"MESSAGE "), "{:?}", &buf[..n]);
-    // bob is back on a device that answers: the held message arrives.
-    let mut bob = Ua::udp(cpmd.sip_addr()).user("bob");
-    assert_status(&bob.register(300), 200);
-    let got = next_message(&mut bob, "held after the delivery timeout");
-    assert_eq!(body_text(&got), "still there?");
-    bob.reply(&got, 200, "OK");
+    bob_comes_back_and_gets(&cpmd, "still there?");
 }
 
 /// bob's device answers only after the delivery timeout: alice already has her 202 and the

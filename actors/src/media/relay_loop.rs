@@ -463,7 +463,7 @@ impl RelayLoop {
         let Some(Some(leg)) = self.legs.get_mut(slot) else {
             return;
         };
-        if RELAY_SOCKETS.load(Relaxed) >= self.catch_all_budget {
+        if relay_sockets() >= self.catch_all_budget {
             // The last quarter of the open-file limit is for new calls' sockets.
             tracing::debug!(leg = %leg.id, "descriptors running low: no catch-all, not connected");
             return;
@@ -483,7 +483,7 @@ impl RelayLoop {
         };
         match opened {
             Ok(true) => {
-                RELAY_SOCKETS.fetch_add(1, Relaxed);
+                relay_sockets_opened(1);
                 let rtp = socket_index(side, false);
                 if !self.relay_from(slot, rtp, now) {
                     self.pending.push(token(slot, rtp));
@@ -641,7 +641,7 @@ impl RelayLoop {
         let m = &self.metrics.media;
         bump(&m.legs, 1);
         bump(&m.ports, leg.port_count() as u64);
-        RELAY_SOCKETS.fetch_add(leg.port_count(), Relaxed);
+        relay_sockets_opened(leg.port_count());
         self.index.insert(o.id, slot);
         self.legs[slot] = Some(leg);
     }
@@ -685,7 +685,7 @@ impl RelayLoop {
         );
         leg.shared.publish(leg.published());
         let shared = leg.shared.clone();
-        RELAY_SOCKETS.fetch_sub(leg.receivers().count(), Relaxed);
+        relay_sockets_closed(leg.receivers().count());
         // Closes the sockets: the ports can be bound again once the reply is received.
         drop(leg);
         if let Some(reply) = reply {
@@ -736,14 +736,14 @@ pub fn relay_sockets() -> usize {
     RELAY_SOCKETS.load(Relaxed)
 }
 
-/// Counts `n` relay sockets opened (or, with `opened` false, closed) outside the legs: the
-/// conference rooms' ([`super::room`]).
-pub(super) fn count_relay_sockets(n: usize, opened: bool) {
-    if opened {
-        RELAY_SOCKETS.fetch_add(n, Relaxed);
-    } else {
-        RELAY_SOCKETS.fetch_sub(n, Relaxed);
-    }
+/// Counts `n` relay sockets opened (legs', catch-alls, conference rooms' in [`super::room`]).
+pub(super) fn relay_sockets_opened(n: usize) {
+    RELAY_SOCKETS.fetch_add(n, Relaxed);
+}
+
+/// Counts `n` relay sockets closed.
+pub(super) fn relay_sockets_closed(n: usize) {
+    RELAY_SOCKETS.fetch_sub(n, Relaxed);
 }
 
 /// How many relay sockets may be open for a latched RTP socket to get a catch-all (and be

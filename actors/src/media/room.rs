@@ -524,7 +524,7 @@ impl Rooms {
             self.sockets.len() - 1
         });
         self.sockets[slot] = Some(entry);
-        super::relay_loop::count_relay_sockets(1, true);
+        super::relay_loop::relay_sockets_opened(1);
         let fd = sock.socket().as_raw_fd();
         let ok = match poll.registry().register(
             &mut SourceFd(&fd),
@@ -547,7 +547,7 @@ impl Rooms {
         if let Some(s) = self.sockets.get_mut(slot) {
             *s = None;
         }
-        super::relay_loop::count_relay_sockets(1, false);
+        super::relay_loop::relay_sockets_closed(1);
         self.free.push(slot);
         self.pending.retain(|p| *p != slot);
     }

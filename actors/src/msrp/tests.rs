@@ -435,14 +435,7 @@ fn send_until_unanswered(a: &mut TcpStream, port: u16) -> (usize, usize) {
     let body = vec![b'~'; LEN];
     let (mut written, mut answered) = (0, 0);
     for i in 0..200 {
-        let mut msg = format!(
-            "MSRP tx{i:04} SEND\r\nTo-Path: msrp://127.0.0.1:{port}/aaa;tcp\r\n\
-             From-Path: msrp://a.test:9/pa;tcp\r\nMessage-ID: m{i:04}\r\nByte-Range: 1-{LEN}/{LEN}\r\n\
-             Content-Type: text/plain\r\n\r\n"
-        )
-        .into_bytes();
-        msg.extend_from_slice(&body);
-        msg.extend_from_slice(format!("\r\n-------tx{i:04}$\r\n").as_bytes());
+        let msg = send_of_a(port, &format!("tx{i:04}"), &format!("m{i:04}"), &body);
         if a.write_all(&msg).is_err() {
             break;
         }
@@ -700,31 +693,29 @@ fn a_receiver_reset_while_its_queue_is_full_fails_every_unanswered_message() {
     );
 
     // a's connection is still bound: its next SEND is refused 481 at once (b is gone).
-    a.write_all(
-        format!(
-            "MSRP late SEND\r\nTo-Path: msrp://127.0.0.1:{port}/aaa;tcp\r\n\
-             From-Path: msrp://a.test:9/pa;tcp\r\nMessage-ID: late\r\nByte-Range: 1-2/2\r\n\
-             Content-Type: text/plain\r\n\r\nhi\r\n-------late$\r\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    send_from_a(&mut a, port, "late", "late", "hi");
     let late = read_until(&mut a, "-------late$");
     assert!(late.contains("MSRP late 481 "), "{late:?}");
 }
 
-/// A SEND of `body` from side A (transaction `tid`, Message-ID `mid`).
-fn send_from_a(a: &mut TcpStream, port: u16, tid: &str, mid: &str, body: &str) {
+/// A whole SEND of `body` as side A writes it (transaction `tid`, Message-ID `mid`).
+fn send_of_a(port: u16, tid: &str, mid: &str, body: &[u8]) -> Vec<u8> {
     let len = body.len();
-    a.write_all(
-        format!(
-            "MSRP {tid} SEND\r\nTo-Path: msrp://127.0.0.1:{port}/aaa;tcp\r\n\
-             From-Path: msrp://a.test:9/pa;tcp\r\nMessage-ID: {mid}\r\nByte-Range: 1-{len}/{len}\r\n\
-             Content-Type: text/plain\r\n\r\n{body}\r\n-------{tid}$\r\n"
-        )
-        .as_bytes(),
+    let mut msg = format!(
+        "MSRP {tid} SEND\r\nTo-Path: msrp://127.0.0.1:{port}/aaa;tcp\r\n\
+         From-Path: msrp://a.test:9/pa;tcp\r\nMessage-ID: {mid}\r\nByte-Range: 1-{len}/{len}\r\n\
+         Content-Type: text/plain\r\n\r\n"
     )
-    .unwrap();
+    .into_bytes();
+    msg.extend_from_slice(body);
+    msg.extend_from_slice(format!("\r\n-------{tid}$\r\n").as_bytes());
+    msg
+}
+
+/// Writes [`send_of_a`] of a text `body` on `a`.
+fn send_from_a(a: &mut TcpStream, port: u16, tid: &str, mid: &str, body: &str) {
+    a.write_all(&send_of_a(port, tid, mid, body.as_bytes()))
+        .unwrap();
 }
 
 /// The receiver reads what is forwarded to it and answers none of it: once the transaction

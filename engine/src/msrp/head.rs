@@ -5,7 +5,7 @@ use std::fmt;
 
 use bytes::Bytes;
 
-use crate::sip::message::{memchr, trim};
+use crate::sip::message::{memchr, trim, trim_bounds};
 
 /// Why input was not accepted, with the status to answer (RFC 4975 §7.4, §10) and whether the
 /// stream can go on.
@@ -427,34 +427,34 @@ pub(crate) fn parse_headers(
         if name.is_empty() || !name.iter().all(|&c| c.is_ascii_alphanumeric() || c == b'-') {
             return Err(ParseError::BadHeaderLine);
         }
-        let value = trim(&head.slice(i + colon + 1..e));
-        match name.to_ascii_lowercase().as_slice() {
-            b"to-path" => {
+        let value = trim_slice(head, i + colon + 1, e);
+        match Field::of(name) {
+            Some(Field::ToPath) => {
                 h.to_path = value;
                 to_seen = true;
             }
-            b"from-path" => {
+            Some(Field::FromPath) => {
                 h.from_path = value;
                 from_seen = true;
             }
-            b"message-id" => {
+            Some(Field::MessageId) => {
                 if !is_ident(&value) {
                     return Err(ParseError::BadHeader("Message-ID"));
                 }
                 h.message_id = Some(value);
             }
-            b"byte-range" => {
+            Some(Field::ByteRange) => {
                 let r = ByteRange::parse(&value).ok_or(ParseError::BadHeader("Byte-Range"))?;
                 h.byte_range = Some(r);
             }
-            b"success-report" => {
+            Some(Field::SuccessReport) => {
                 h.success_report = Some(match &value[..] {
                     b"yes" => true,
                     b"no" => false,
                     _ => return Err(ParseError::BadHeader("Success-Report")),
                 });
             }
-            b"failure-report" => {
+            Some(Field::FailureReport) => {
                 h.failure_report = Some(match &value[..] {
                     b"yes" => FailureReport::Yes,
                     b"partial" => FailureReport::Partial,
@@ -462,12 +462,12 @@ pub(crate) fn parse_headers(
                     _ => return Err(ParseError::BadHeader("Failure-Report")),
                 });
             }
-            b"status" => {
+            Some(Field::Status) => {
                 h.status = Some(Status::parse(&value).ok_or(ParseError::BadHeader("Status"))?);
             }
-            b"content-type" => h.content_type = Some(value),
-            b"use-path" => h.use_path = Some(value),
-            _ => h.other.push((head.slice(i..i + colon), value)),
+            Some(Field::ContentType) => h.content_type = Some(value),
+            Some(Field::UsePath) => h.use_path = Some(value),
+            None => h.other.push((head.slice(i..i + colon), value)),
         }
         i = nl + 1;
     }
@@ -490,6 +490,49 @@ pub(crate) fn parse_headers(
         _ => {}
     }
     Ok(h)
+}
+
+/// The header fields [`Head`] has a place for (RFC 4975 §9, RFC 4976 §6 Use-Path).
+#[derive(Clone, Copy)]
+enum Field {
+    ToPath,
+    FromPath,
+    MessageId,
+    ByteRange,
+    SuccessReport,
+    FailureReport,
+    Status,
+    ContentType,
+    UsePath,
+}
+
+impl Field {
+    const NAMES: [(&'static [u8], Field); 9] = [
+        (b"to-path", Field::ToPath),
+        (b"from-path", Field::FromPath),
+        (b"message-id", Field::MessageId),
+        (b"byte-range", Field::ByteRange),
+        (b"success-report", Field::SuccessReport),
+        (b"failure-report", Field::FailureReport),
+        (b"status", Field::Status),
+        (b"content-type", Field::ContentType),
+        (b"use-path", Field::UsePath),
+    ];
+
+    /// The field named `name`, in any case (header names are case-insensitive), without
+    /// building a lower-case copy: this runs for every header line of every chunk.
+    fn of(name: &[u8]) -> Option<Field> {
+        Field::NAMES
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|&(_, f)| f)
+    }
+}
+
+/// `head[from..to]` without leading and trailing SP/HTAB, as one slice of `head`.
+fn trim_slice(head: &Bytes, from: usize, to: usize) -> Bytes {
+    let (s, e) = trim_bounds(&head[from..to]);
+    head.slice(from + s..from + e)
 }
 
 fn three_digits(v: &[u8]) -> Option<u16> {
@@ -553,6 +596,41 @@ mod tests {
         }
         assert_eq!(r("1-25/300").unwrap().to_string(), "1-25/300");
         assert_eq!(r("26-*/*").unwrap().to_string(), "26-*/*");
+    }
+
+    #[test]
+    fn header_names_in_any_case_and_values_trimmed() {
+        let head = Bytes::from_static(
+            b"MSRP abcd SEND\r\nTO-PATH:  msrp://a:1/x;tcp \r\nfrom-path:msrp://b:2/y;tcp\r\n\
+              Message-id: \tm123\r\nBYTE-range: 1-3/3\r\nx-Other: v \r\n",
+        );
+        let h = parse_headers(
+            Bytes::from_static(b"abcd"),
+            Kind::Request(Method::Send),
+            &head,
+            16,
+            true,
+        )
+        .unwrap();
+        assert_eq!(&h.to_path[..], b"msrp://a:1/x;tcp");
+        assert_eq!(&h.from_path[..], b"msrp://b:2/y;tcp");
+        assert_eq!(h.message_id.as_deref(), Some(&b"m123"[..]));
+        assert_eq!(h.byte_range, Some(ByteRange::whole(3)));
+        assert_eq!(
+            h.other,
+            vec![(Bytes::from_static(b"x-Other"), Bytes::from_static(b"v"))]
+        );
+        // A name that only starts like a known one is another field.
+        let odd =
+            Bytes::from_static(b"MSRP abcd SEND\r\nTo-Path:a\r\nFrom-Path:b\r\nTo-Paths: c\r\n");
+        let h = parse_headers(
+            Bytes::from_static(b"abcd"),
+            Kind::Request(Method::Send),
+            &odd,
+            16,
+            false,
+        );
+        assert_eq!(h.unwrap_err(), ParseError::MissingHeader("Message-ID"));
     }
 
     #[test]

@@ -101,10 +101,9 @@ struct HeadScan {
     buf: BytesMut,
     /// The offset, from the head's start, of the first byte not yet split into lines.
     pos: usize,
-    /// The transaction id, once the start line is read.
-    tid: Option<Bytes>,
-    /// True if the start line is a request's.
-    request: bool,
+    /// The start line's transaction id and request or response, once it is read (parsed once:
+    /// the head's fields are parsed from the lines after it).
+    start: Option<(Bytes, Kind)>,
 }
 
 enum LineEnd {
@@ -219,7 +218,7 @@ impl Parser {
                 line = rest;
             }
             hs.pos = nl + 1;
-            let Some(tid) = &hs.tid else {
+            let Some((tid, _)) = &hs.start else {
                 if line.is_empty() {
                     // Lenient: blank lines between transactions are skipped.
                     if direct {
@@ -235,9 +234,7 @@ impl Parser {
                 } else {
                     Bytes::copy_from_slice(line)
                 };
-                let (tid, kind) = parse_start_line(&line)?;
-                hs.tid = Some(tid);
-                hs.request = matches!(kind, Kind::Request(_));
+                hs.start = Some(parse_start_line(&line)?);
                 continue;
             };
             let end = if line.is_empty() {
@@ -256,25 +253,29 @@ impl Parser {
             } else {
                 std::mem::take(&mut hs.buf).freeze()
             };
-            self.finish_head(head, line_start, end);
+            let Some((tid, kind)) = hs.start.take() else {
+                return Ok(());
+            };
+            self.finish_head(tid, kind, head, line_start, end);
             return Ok(());
         }
     }
 
-    /// The header section `head` is complete; `lines_end` is where its terminating line starts.
-    fn finish_head(&mut self, head: Bytes, lines_end: usize, end: LineEnd) {
+    /// The header section `head` (its start line parsed into `tid` and `kind`) is complete;
+    /// `lines_end` is where its terminating line starts.
+    fn finish_head(&mut self, tid: Bytes, kind: Kind, head: Bytes, lines_end: usize, end: LineEnd) {
         let first_nl = memchr(b'\n', &head).unwrap_or(0);
-        let mut start_line = head.slice(..first_nl);
-        if start_line.last() == Some(&b'\r') {
-            start_line.truncate(start_line.len() - 1);
-        }
         let has_body = matches!(end, LineEnd::Body);
-        let parsed = parse_start_line(&start_line).and_then(|(tid, kind)| {
-            parse_headers(tid, kind, &head.slice(..lines_end), first_nl + 1, has_body)
-        });
+        let request = matches!(kind, Kind::Request(_));
+        let parsed = parse_headers(
+            tid.clone(),
+            kind,
+            &head.slice(..lines_end),
+            first_nl + 1,
+            has_body,
+        );
         match parsed {
             Ok(h) => {
-                let tid = h.tid.clone();
                 self.out.push_back(Event::Head(h));
                 self.state = match end {
                     LineEnd::End(f) => {
@@ -289,15 +290,11 @@ impl Parser {
             }
             Err(error) => {
                 // The start line was accepted while scanning, so this is a header error.
-                let (tid, kind) = match parse_start_line(&start_line) {
-                    Ok(x) => x,
-                    Err(_) => (Bytes::new(), Kind::Request(super::Method::Send)),
-                };
                 let lines = head.slice(first_nl + 1..lines_end);
                 self.out.push_back(Event::Reject(Reject {
                     error,
                     tid: tid.clone(),
-                    request: matches!(kind, Kind::Request(_)),
+                    request,
                     to_path: raw_header(&lines, b"to-path"),
                     from_path: raw_header(&lines, b"from-path"),
                     after_head: false,
@@ -316,7 +313,7 @@ impl Parser {
         let State::Head(hs) = &mut self.state else {
             return Ok(());
         };
-        let Some(tid) = hs.tid.clone() else {
+        let Some((tid, kind)) = hs.start.clone() else {
             return Err(ParseError::StartLineTooLong);
         };
         // Resume the end-line search at the start of the line being read.
@@ -331,7 +328,7 @@ impl Parser {
         self.out.push_back(Event::Reject(Reject {
             error: ParseError::HeadTooLarge,
             tid,
-            request: hs.request,
+            request: matches!(kind, Kind::Request(_)),
             to_path: None,
             from_path: None,
             after_head: false,

@@ -822,7 +822,7 @@ pub(crate) fn trim(v: &Bytes) -> Bytes {
 }
 
 /// The bounds of `v` without leading and trailing SP/HTAB.
-fn trim_bounds(v: &[u8]) -> (usize, usize) {
+pub(crate) fn trim_bounds(v: &[u8]) -> (usize, usize) {
     let mut s = 0;
     let mut e = v.len();
     while s < e && is_ws(v[s]) {

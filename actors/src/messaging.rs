@@ -84,6 +84,9 @@ pub enum StoreEvent {
         aor: String,
         /// The request (the response is built from it).
         req: Box<Message>,
+        /// The fork whose delivery timeout held it, if that is why (its devices may still
+        /// answer: see [`HeldCopy`]).
+        fork: Option<u64>,
         /// Its key, or the failure.
         result: Result<WriteResult, StoreError>,
     },
@@ -99,6 +102,16 @@ pub enum StoreEvent {
         /// The recipient.
         aor: String,
         /// The message.
+        id: DeferredId,
+        /// Whether the delete committed.
+        result: Result<WriteResult, StoreError>,
+    },
+    /// The held copy of a message a device took after the delivery timeout left the queue
+    /// (see [`HeldCopy`]).
+    CopyRemoved {
+        /// The recipient.
+        aor: String,
+        /// The held message.
         id: DeferredId,
         /// Whether the delete committed.
         result: Result<WriteResult, StoreError>,
@@ -173,6 +186,24 @@ struct Fork {
     best: Option<Message>,
 }
 
+/// The held copy of a message whose fork the delivery timeout ended while its devices could
+/// still answer (decision 0016): a 2xx that comes later means the message was delivered, and
+/// its held copy goes, so that the device does not get it twice. Kept until the fork's last
+/// branch ends (then no device can answer any more) or the copy is gone.
+enum HeldCopy {
+    /// The hold's write is out (a sender's MESSAGE, held at the timeout).
+    Writing,
+    /// A device took the message while the hold was being written: the row goes when it is
+    /// known.
+    Taken,
+    /// The held row, ready to go if a device answers 2xx.
+    Row {
+        aor: String,
+        id: DeferredId,
+        record: Box<DeferredMessage>,
+    },
+}
+
 /// A user's held messages being looked for (a probe) or delivered by this worker.
 #[derive(Default)]
 struct Run {
@@ -197,6 +228,8 @@ pub struct MessageController {
     /// When forks give up on their devices (`--message-delivery-timeout`), in time order (one
     /// timeout for all).
     deadlines: VecDeque<(Instant, u64)>,
+    /// The held copies of timed-out forks, by fork.
+    held_copies: HashMap<u64, HeldCopy>,
     runs: HashMap<String, Run>,
     /// Where storage answers go (the worker; set when it starts).
     store_done: Option<Recipient<StoreDone>>,
@@ -222,6 +255,7 @@ impl MessageController {
             branches: HashMap::new(),
             next_fork: 0,
             deadlines: VecDeque::new(),
+            held_copies: HashMap::new(),
             runs: HashMap::new(),
             store_done: None,
             next_expiry_sweep: None,
@@ -248,6 +282,7 @@ impl MessageController {
         self.forks.clear();
         self.branches.clear();
         self.deadlines.clear();
+        self.held_copies.clear();
         self.large.clear();
         // Unanswered: their senders retransmit, or time out and send again.
         self.parked.clear();
@@ -309,7 +344,7 @@ impl MessageController {
         }
         // Behind the held messages being delivered now: keeps the order.
         if hold && shared.delivering.lock().contains_key(&aor) {
-            return self.hold(shared, Some(id), req.clone(), aor);
+            return self.hold(shared, Some(id), req.clone(), aor, None);
         }
         let origin = Origin::Relay {
             tx: id,
@@ -320,7 +355,7 @@ impl MessageController {
             return Ok(());
         }
         if hold {
-            return self.hold(shared, Some(id), req.clone(), aor);
+            return self.hold(shared, Some(id), req.clone(), aor, None);
         }
         Err(Box::new(builder::local_response(
             req,
@@ -422,12 +457,7 @@ impl MessageController {
         }
         let mut out = Vec::new();
         let mut outcome = None;
-        if fork.timed_out && (200..300).contains(&code) {
-            tracing::info!(
-                code,
-                "a device took a message after it was held: it is delivered again at the next run"
-            );
-        }
+        let late_2xx = fork.timed_out && (200..300).contains(&code);
         if !fork.answered {
             if (200..300).contains(&code) {
                 fork.answered = true;
@@ -437,6 +467,13 @@ impl MessageController {
             }
         }
         let done = fork.pending == 0;
+        if late_2xx {
+            self.take_held_copy(shared, fork_id, code);
+        }
+        if done && matches!(self.held_copies.get(&fork_id), Some(HeldCopy::Row { .. })) {
+            // No device of this fork can answer any more: the held copy stays held.
+            self.held_copies.remove(&fork_id);
+        }
         if outcome.is_some() {
             // A 2xx: acted on at once; the fork stays until its other branches end.
             let origin = if done {
@@ -447,13 +484,13 @@ impl MessageController {
                     .map(|f| std::mem::replace(&mut f.origin, Origin::Own))
             };
             if let (Some(origin), Some(r)) = (origin, outcome) {
-                self.on_outcome(shared, origin, r, now, txn, &mut out);
+                self.on_outcome(shared, origin, r, now, txn, &mut out, None);
             }
         } else if done {
             if let Some(f) = self.forks.remove(&fork_id) {
                 if !f.answered {
                     if let Some(best) = f.best {
-                        self.on_outcome(shared, f.origin, best, now, txn, &mut out);
+                        self.on_outcome(shared, f.origin, best, now, txn, &mut out, None);
                     }
                 }
             }
@@ -462,6 +499,8 @@ impl MessageController {
     }
 
     /// What a fork's final outcome (`resp`: the 2xx, or the best failure) means for its origin.
+    /// `timed_out` is the fork the delivery timeout ended, when that is the outcome.
+    #[allow(clippy::too_many_arguments)]
     fn on_outcome(
         &mut self,
         shared: &Shared,
@@ -470,13 +509,14 @@ impl MessageController {
         now: Instant,
         txn: &mut TransactionLayer,
         out: &mut Responses,
+        timed_out: Option<u64>,
     ) {
         let code = resp.status().unwrap_or(500);
         let ok = (200..300).contains(&code);
         match origin {
             Origin::Relay { tx, req, aor } => {
                 if !ok && shared.config.store_and_forward && unreachable(code) {
-                    if let Err(r) = self.hold(shared, Some(tx), *req, aor) {
+                    if let Err(r) = self.hold(shared, Some(tx), *req, aor, timed_out) {
                         out.push((tx, *r));
                     }
                 } else {
@@ -516,13 +556,15 @@ impl MessageController {
 
     /// Holds `req` for `aor`: one write that counts what is held for the user and, under the
     /// per-user cap, adds it, in one transaction; the 202 (or the 480 of a full queue) follows
-    /// in [`MessageController::on_store`]. `Err` is the response to send now.
+    /// in [`MessageController::on_store`]. `Err` is the response to send now. `fork`: the fork
+    /// whose delivery timeout holds it (see [`HeldCopy`]).
     fn hold(
         &mut self,
         shared: &Shared,
         tx: Option<ServerTxId>,
         req: Message,
         aor: String,
+        fork: Option<u64>,
     ) -> Result<(), Box<Message>> {
         let Some(done) = self.store_done.clone() else {
             return Err(Box::new(unavailable(&req)));
@@ -541,13 +583,18 @@ impl MessageController {
                     tx,
                     aor,
                     req: copy,
+                    fork,
                     result,
                 }))
             })
             .map_err(|e| {
                 tracing::warn!(error = %e, "message not held: storage busy");
                 Box::new(unavailable(&held))
-            })
+            })?;
+        if let Some(fork) = fork {
+            self.held_copies.insert(fork, HeldCopy::Writing);
+        }
+        Ok(())
     }
 
     /// A storage answer (see [`StoreEvent`]): the responses to send.
@@ -564,6 +611,7 @@ impl MessageController {
                 tx,
                 aor,
                 req,
+                fork,
                 result,
             } => match result {
                 Ok(WriteResult::Deferred(id)) => {
@@ -575,13 +623,19 @@ impl MessageController {
                         charge(shared, &req, &aor, "held", Some(202));
                         out.push((tx, builder::local_response(&req, 202, "Accepted")));
                     }
-                    let online = !routing::contacts(shared, &Aor::new(aor.clone()), now).is_empty();
-                    if online {
+                    if let Some(fork) = fork {
+                        // Held at the delivery timeout: its devices did not answer in time,
+                        // so it waits for the user's next REGISTER (not tried again at once);
+                        // a 2xx they send meanwhile takes the held copy away.
+                        let record = deferred_record(&req, &aor, Duration::ZERO, SystemTime::now());
+                        self.on_held_copy(shared, fork, aor, id, record);
+                    } else if !routing::contacts(shared, &Aor::new(aor.clone()), now).is_empty() {
                         self.start_run(shared, &aor);
                     }
                 }
                 Ok(WriteResult::CapReached { queued }) => {
                     tracing::info!(to = %aor, queued, "message refused: the recipient's queue is full");
+                    fork.map(|f| self.held_copies.remove(&f));
                     if let Some(tx) = tx {
                         let cap = shared.config.message_user_cap;
                         charge(shared, &req, &aor, "failed", Some(480));
@@ -590,6 +644,7 @@ impl MessageController {
                 }
                 other => {
                     tracing::warn!(to = %aor, result = ?other, "message could not be held");
+                    fork.map(|f| self.held_copies.remove(&f));
                     if let Some(tx) = tx {
                         let r = builder::local_response(&req, 500, "Message Could Not Be Stored");
                         out.push((tx, r));
@@ -610,6 +665,12 @@ impl MessageController {
                     // rather than a loss).
                     tracing::warn!(id = %id, error = %e, "held message not removed");
                     self.end_run(shared, &aor);
+                }
+            },
+            StoreEvent::CopyRemoved { aor, id, result } => match result {
+                Ok(_) => shared.metrics[self.worker].held_delivered(),
+                Err(e) => {
+                    tracing::warn!(to = %aor, id = %id, error = %e, "held copy not removed: sent again at the next REGISTER");
                 }
             },
             StoreEvent::Expired(result) => match result {
@@ -682,7 +743,7 @@ impl MessageController {
             aor: f.aor,
             row: f.row,
         };
-        self.on_outcome(shared, origin, f.outcome, now, txn, out);
+        self.on_outcome(shared, origin, f.outcome, now, txn, out, None);
     }
 
     // ---- large message mode ---------------------------------------------------------------
@@ -866,26 +927,40 @@ impl MessageController {
         row: &Row<DeferredId, DeferredMessage>,
         state: DeliveryState,
     ) {
-        if let Ok(held) = cpm_engine::sip::parse(row.record.request.clone()) {
+        let removed = |aor, id, result| StoreEvent::Removed { aor, id, result };
+        if !self.remove_held(shared, aor, row.id, &row.record, state, removed) {
+            self.end_run(shared, aor);
+        }
+    }
+
+    /// Moves the stored copies of held message `id` of `aor` to `state` and deletes it from
+    /// the queue; `event` is the storage answer that follows. False if it could not be asked
+    /// (storage busy or not started; logged).
+    fn remove_held(
+        &self,
+        shared: &Shared,
+        aor: &str,
+        id: DeferredId,
+        record: &DeferredMessage,
+        state: DeliveryState,
+        event: fn(String, DeferredId, Result<WriteResult, StoreError>) -> StoreEvent,
+    ) -> bool {
+        if let Ok(held) = cpm_engine::sip::parse(record.request.clone()) {
             set_state(shared, &message_id(&held), state);
         }
         let Some(done) = self.store_done.clone() else {
-            return self.end_run(shared, aor);
+            return false;
         };
-        let (id, who) = (row.id, aor.to_owned());
+        let who = aor.to_owned();
         let queued = shared
             .storage
             .write(WriteOp::DeleteDeferred { id }, move |result| {
-                done.do_send(StoreDone(StoreEvent::Removed {
-                    aor: who,
-                    id,
-                    result,
-                }))
+                done.do_send(StoreDone(event(who, id, result)))
             });
-        if let Err(e) = queued {
+        if let Err(e) = &queued {
             tracing::warn!(id = %id, error = %e, "held message not removed: storage busy");
-            self.end_run(shared, aor);
         }
+        queued.is_ok()
     }
 
     /// The held request as this server sends it now: a new transaction of a new Call-ID this
@@ -951,7 +1026,7 @@ impl MessageController {
                 || (p.until > now && shared.msrp.receiving(p.aor.as_bytes()));
             if blocked {
                 waiting.push_back(p);
-            } else if let Err(r) = self.hold(shared, Some(p.tx), *p.req, p.aor) {
+            } else if let Err(r) = self.hold(shared, Some(p.tx), *p.req, p.aor, None) {
                 out.push((p.tx, *r));
             }
         }
@@ -1009,17 +1084,86 @@ impl MessageController {
                 branches = fork.pending,
                 "no device answered a MESSAGE in time"
             );
-            let origin = std::mem::replace(&mut fork.origin, Origin::Own);
-            match &origin {
-                Origin::Relay { req, .. } => {
-                    let timeout = builder::local_response(req, 408, "Request Timeout");
-                    self.on_outcome(shared, origin, timeout, now, txn, out);
+            match std::mem::replace(&mut fork.origin, Origin::Own) {
+                Origin::Relay { tx, req, aor } => {
+                    let timeout = builder::local_response(&req, 408, "Request Timeout");
+                    let origin = Origin::Relay { tx, req, aor };
+                    self.on_outcome(shared, origin, timeout, now, txn, out, Some(id));
                 }
-                // What on_outcome does for a held message's 408.
-                Origin::Held { aor, .. } => self.end_run(shared, aor),
+                Origin::Held { aor, row } => {
+                    // What on_outcome does for a held message's 408; the row is kept in
+                    // mind for a 2xx that comes later.
+                    self.end_run(shared, &aor);
+                    let copy = HeldCopy::Row {
+                        aor,
+                        id: row.id,
+                        record: Box::new(row.record),
+                    };
+                    self.held_copies.insert(id, copy);
+                }
                 Origin::Own => {}
             }
         }
+    }
+
+    /// The hold of timed-out fork `fork` committed as row `id` of `aor`'s queue.
+    fn on_held_copy(
+        &mut self,
+        shared: &Shared,
+        fork: u64,
+        aor: String,
+        id: DeferredId,
+        record: DeferredMessage,
+    ) {
+        match self.held_copies.remove(&fork) {
+            Some(HeldCopy::Taken) => self.drop_held_copy(shared, &aor, id, &record, 200),
+            Some(HeldCopy::Writing) if self.forks.contains_key(&fork) => {
+                let copy = HeldCopy::Row {
+                    aor,
+                    id,
+                    record: Box::new(record),
+                };
+                self.held_copies.insert(fork, copy);
+            }
+            // Every branch ended without a 2xx: it stays held.
+            _ => {}
+        }
+    }
+
+    /// A device of timed-out fork `fork` answered `code` (2xx) after all.
+    fn take_held_copy(&mut self, shared: &Shared, fork: u64, code: u16) {
+        match self.held_copies.remove(&fork) {
+            Some(HeldCopy::Row { aor, id, record }) => {
+                self.drop_held_copy(shared, &aor, id, &record, code)
+            }
+            Some(HeldCopy::Writing | HeldCopy::Taken) => {
+                self.held_copies.insert(fork, HeldCopy::Taken);
+            }
+            None => {}
+        }
+    }
+
+    /// Held row `id` of `aor` was delivered by a device's late 2xx (`code`): out of the
+    /// queue (counted as a held message delivered once that committed,
+    /// [`StoreEvent::CopyRemoved`]), charged so, its stored copies delivered.
+    /// A delivery run that already sent it sends it twice (decision 0016); one of this worker
+    /// that has it queued skips it.
+    fn drop_held_copy(
+        &mut self,
+        shared: &Shared,
+        aor: &str,
+        id: DeferredId,
+        record: &DeferredMessage,
+        code: u16,
+    ) {
+        tracing::info!(to = %aor, id = %id, "a device took a message after its delivery timeout: its held copy goes");
+        if let Some(run) = self.runs.get_mut(aor) {
+            run.queue.retain(|r| r.id != id);
+        }
+        charge_held(shared, record, "delivered-held", Some(code));
+        let removed = |aor, id, result| StoreEvent::CopyRemoved { aor, id, result };
+        // Not asked: it stays held and is sent again at the next REGISTER (logged).
+        let _ = self.remove_held(shared, aor, id, record, DeliveryState::Delivered, removed);
     }
 
     fn sweep_expired(&mut self, shared: &Shared, now: Instant) {
@@ -1118,7 +1262,7 @@ impl MessageController {
         if self.fork(shared, Origin::Own, &req, &aor, now, txn) == 0
             && shared.config.store_and_forward
         {
-            let _ = self.hold(shared, None, req, aor);
+            let _ = self.hold(shared, None, req, aor, None);
         }
     }
 }

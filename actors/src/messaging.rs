@@ -193,9 +193,9 @@ struct Fork {
 enum HeldCopy {
     /// The hold's write is out (a sender's MESSAGE, held at the timeout).
     Writing,
-    /// A device took the message while the hold was being written: the row goes when it is
-    /// known.
-    Taken,
+    /// A device took the message (with this 2xx) while the hold was being written: the row
+    /// goes when it is known.
+    Taken(u16),
     /// The held row, ready to go if a device answers 2xx.
     Row {
         aor: String,
@@ -1116,7 +1116,7 @@ impl MessageController {
         record: DeferredMessage,
     ) {
         match self.held_copies.remove(&fork) {
-            Some(HeldCopy::Taken) => self.drop_held_copy(shared, &aor, id, &record, 200),
+            Some(HeldCopy::Taken(code)) => self.drop_held_copy(shared, &aor, id, &record, code),
             Some(HeldCopy::Writing) if self.forks.contains_key(&fork) => {
                 let copy = HeldCopy::Row {
                     aor,
@@ -1136,8 +1136,11 @@ impl MessageController {
             Some(HeldCopy::Row { aor, id, record }) => {
                 self.drop_held_copy(shared, &aor, id, &record, code)
             }
-            Some(HeldCopy::Writing | HeldCopy::Taken) => {
-                self.held_copies.insert(fork, HeldCopy::Taken);
+            Some(HeldCopy::Writing) => {
+                self.held_copies.insert(fork, HeldCopy::Taken(code));
+            }
+            Some(taken @ HeldCopy::Taken(_)) => {
+                self.held_copies.insert(fork, taken);
             }
             None => {}
         }

@@ -11,6 +11,8 @@
 #   REF_DIR [${TMPDIR:-/tmp}/cpm-ref-kamailio-msrp]  pid file, log, runtime files
 #   MSRP_PORT [2855]         Kamailio's TCP port on 127.0.0.1 (MSRP only; SIP is refused)
 #   KAMAILIO_WORKERS [2]     Kamailio TCP worker processes
+#   KAMAILIO_SHM [256]       Kamailio's shared memory in MB (-m): each MSRP connection takes
+#                            some until it is closed and reclaimed
 #   LOG_LEVEL [0]            Kamailio debug level (-3..3, 0 = warnings)
 set -euo pipefail
 
@@ -18,6 +20,7 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 REF_DIR="${REF_DIR:-${TMPDIR:-/tmp}/cpm-ref-kamailio-msrp}"
 MSRP_PORT="${MSRP_PORT:-2855}"
 KAMAILIO_WORKERS="${KAMAILIO_WORKERS:-2}"
+KAMAILIO_SHM="${KAMAILIO_SHM:-256}"
 LOG_LEVEL="${LOG_LEVEL:-0}"
 
 KAM_PID="$REF_DIR/kamailio.pid"
@@ -65,7 +68,7 @@ start)
     mkdir -p "$REF_DIR/run"
     # -DD: the main process stays in the foreground (its workers are its children); -E: log
     # to stderr; -l: the only socket.
-    kamailio -f "$HERE/kamailio.cfg" -DD -E -Y "$REF_DIR/run" -m 256 -M 16 \
+    kamailio -f "$HERE/kamailio.cfg" -DD -E -Y "$REF_DIR/run" -m "$KAMAILIO_SHM" -M 16 \
         -l "tcp:127.0.0.1:$MSRP_PORT" \
         -A "MSRP_USE_PATH=\"127.0.0.1:$MSRP_PORT\"" \
         -A "WORKERS=$KAMAILIO_WORKERS" -A "LOG_LEVEL=$LOG_LEVEL" \

@@ -1271,22 +1271,32 @@ impl MessageController {
 }
 
 /// Test-only fault injection (`--test-hooks`): a MESSAGE carrying
-/// `X-Cpm-Test: fail-storage-read=K` makes the storage read after the next `K` fail once.
+/// `X-Cpm-Test: fail-storage-read=K` makes the storage read after the next `K` fail once;
+/// `X-Cpm-Test: delay-storage-writes=MS` holds every write back for MS milliseconds (a slow
+/// disk).
 fn fault_hook(shared: &Shared, req: &Message) {
-    let hook = req.headers.iter().find_map(|h| match &h.name {
+    let hooks = req.headers.iter().filter_map(|h| match &h.name {
         HeaderName::Other(n) if n.eq_ignore_ascii_case(b"X-Cpm-Test") => {
-            std::str::from_utf8(&h.value)
-                .ok()?
-                .strip_prefix("fail-storage-read=")?
-                .trim()
-                .parse()
-                .ok()
+            std::str::from_utf8(&h.value).ok()
         }
         _ => None,
     });
-    if let Some(after) = hook {
-        tracing::warn!(after, "test hook: a storage read will fail");
-        shared.storage.fail_reads(after, 1);
+    for hook in hooks {
+        let (name, value) = hook.split_once('=').unwrap_or((hook, ""));
+        let Ok(n) = value.trim().parse::<u64>() else {
+            continue;
+        };
+        match name.trim() {
+            "fail-storage-read" => {
+                tracing::warn!(after = n, "test hook: a storage read will fail");
+                shared.storage.fail_reads(n, 1);
+            }
+            "delay-storage-writes" => {
+                tracing::warn!(ms = n, "test hook: storage writes held back");
+                shared.storage.hold_writes(Duration::from_millis(n));
+            }
+            _ => {}
+        }
     }
 }
 

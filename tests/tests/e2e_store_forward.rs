@@ -248,6 +248,37 @@ fn a_device_answering_after_the_delivery_timeout_takes_the_held_copy_away() {
     expect_no_copy_of(&mut bob, &header(&got.msg, "Call-ID"));
 }
 
+/// The device answers after the delivery timeout but before the hold's write committed (a slow
+/// disk, `delay-storage-writes`): the held copy goes as soon as it is written, and alice still
+/// has her 202.
+#[test]
+fn a_device_answering_while_the_hold_is_written_takes_the_held_copy_away_too() {
+    let cpmd = Cpmd::spawn(&["--message-delivery-timeout", "1", "--test-hooks", "true"]);
+    let mut bob = Ua::udp(cpmd.sip_addr()).user("bob");
+    assert_status(&bob.register(300), 200);
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
+    let req = alice
+        .req("MESSAGE", "sip:bob@localhost")
+        .header("X-Cpm-Test", "delay-storage-writes=2500")
+        .body("text/plain", "slow disk");
+    alice.send_req(&req);
+    let got = next_message(&mut bob, "the MESSAGE, answered late");
+    // Past the delivery timeout (1 s), before the held copy is written (2.5 s).
+    std::thread::sleep(Duration::from_millis(1500));
+    bob.reply(&got, 200, "OK");
+    let final_ = alice
+        .await_final(&req, Duration::from_secs(5))
+        .expect("alice's final response");
+    assert_status(&final_, 202);
+    cpmd.wait_metric(
+        "cpm_messages_held_done_total{outcome=\"delivered\"}",
+        WAIT,
+        |v| v == 1.0,
+    );
+    assert_status(&bob.register(300), 200);
+    expect_no_copy_of(&mut bob, &header(&got.msg, "Call-ID"));
+}
+
 /// The same for a held message's delivery: bob's device takes it only after the delivery
 /// timeout ended the run; the late 200 removes it from the queue, and the next REGISTER
 /// brings nothing.

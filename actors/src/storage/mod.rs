@@ -18,7 +18,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use cpm_engine::store::{ReadQuery, ReadResult, Store, StoreError, WriteOp, WriteResult};
 use crossbeam::channel::{self, Receiver, Sender, TrySendError};
@@ -165,6 +165,8 @@ struct Inner {
     refuse_writes: bool,
     /// Injected read failures (test hooks): `[reads to let through first, reads to fail]`.
     fail_reads: Arc<Mutex<[u64; 2]>>,
+    /// Injected slowness (test hooks): no batch commits before this instant.
+    hold_writes: Arc<Mutex<Option<Instant>>>,
 }
 
 /// The storage handle: cheap to clone, shared by every worker; never blocks its caller.
@@ -202,9 +204,11 @@ impl Storage {
         };
         let m = metrics.clone();
         let batch = options.batch.max(1);
+        let hold_writes = Arc::new(Mutex::new(None));
+        let hold = hold_writes.clone();
         let w = spawn(
             "cpm-store-write",
-            Box::new(move || run_writer(writer, &wrx, batch, &m)),
+            Box::new(move || run_writer(writer, &wrx, batch, &m, &hold)),
         )?;
         let m = metrics.clone();
         let fail_reads = Arc::new(Mutex::new([0u64; 2]));
@@ -223,6 +227,7 @@ impl Storage {
                 metrics,
                 refuse_writes: options.write_queue == 0,
                 fail_reads,
+                hold_writes,
             }),
         })
     }
@@ -287,6 +292,12 @@ impl Storage {
         *self.inner.fail_reads.lock() = [after, count];
     }
 
+    /// Test hook: writes queued from now on commit no sooner than `for_` from now (a slow
+    /// disk), so that what happens while a write is out can be tested.
+    pub fn hold_writes(&self, for_: Duration) {
+        *self.inner.hold_writes.lock() = Some(Instant::now() + for_);
+    }
+
     /// The counters.
     pub fn metrics(&self) -> &Arc<StorageMetrics> {
         &self.inner.metrics
@@ -311,10 +322,15 @@ fn run_writer(
     rx: &Receiver<Job<WriteOp, WriteDone>>,
     batch: usize,
     m: &StorageMetrics,
+    hold: &Mutex<Option<Instant>>,
 ) {
     let mut ops = Vec::with_capacity(batch);
     let mut dones: Vec<WriteDone> = Vec::with_capacity(batch);
     while let Ok(first) = rx.recv() {
+        let until = *hold.lock();
+        if let Some(wait) = until.and_then(|t| t.checked_duration_since(Instant::now())) {
+            std::thread::sleep(wait);
+        }
         for job in std::iter::once(first).chain(rx.try_iter().take(batch - 1)) {
             ops.push(job.q);
             dones.push(job.done);

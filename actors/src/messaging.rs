@@ -178,10 +178,9 @@ struct Fork {
     origin: Origin,
     /// Branches still without a final response.
     pending: usize,
-    /// Whether the outcome was acted on: a 2xx arrived, or the delivery timeout held it.
+    /// Whether the outcome was acted on: a 2xx arrived, or the delivery timeout held it (then
+    /// a [`HeldCopy`] remembers it).
     answered: bool,
-    /// Whether the delivery timeout held it (a later 2xx means it reaches the device twice).
-    timed_out: bool,
     /// The best final response so far.
     best: Option<Message>,
 }
@@ -399,7 +398,6 @@ impl MessageController {
                     origin,
                     pending: started,
                     answered: false,
-                    timed_out: false,
                     best: None,
                 },
             );
@@ -457,7 +455,9 @@ impl MessageController {
         }
         let mut out = Vec::new();
         let mut outcome = None;
-        let late_2xx = fork.timed_out && (200..300).contains(&code);
+        // A 2xx after the outcome: another device's (nothing to do) or one after the delivery
+        // timeout (its held copy goes).
+        let late_2xx = fork.answered && (200..300).contains(&code);
         if !fork.answered {
             if (200..300).contains(&code) {
                 fork.answered = true;
@@ -484,13 +484,13 @@ impl MessageController {
                     .map(|f| std::mem::replace(&mut f.origin, Origin::Own))
             };
             if let (Some(origin), Some(r)) = (origin, outcome) {
-                self.on_outcome(shared, origin, r, now, txn, &mut out, None);
+                self.on_outcome(shared, origin, r, now, txn, &mut out);
             }
         } else if done {
             if let Some(f) = self.forks.remove(&fork_id) {
                 if !f.answered {
                     if let Some(best) = f.best {
-                        self.on_outcome(shared, f.origin, best, now, txn, &mut out, None);
+                        self.on_outcome(shared, f.origin, best, now, txn, &mut out);
                     }
                 }
             }
@@ -499,8 +499,6 @@ impl MessageController {
     }
 
     /// What a fork's final outcome (`resp`: the 2xx, or the best failure) means for its origin.
-    /// `timed_out` is the fork the delivery timeout ended, when that is the outcome.
-    #[allow(clippy::too_many_arguments)]
     fn on_outcome(
         &mut self,
         shared: &Shared,
@@ -509,14 +507,13 @@ impl MessageController {
         now: Instant,
         txn: &mut TransactionLayer,
         out: &mut Responses,
-        timed_out: Option<u64>,
     ) {
         let code = resp.status().unwrap_or(500);
         let ok = (200..300).contains(&code);
         match origin {
             Origin::Relay { tx, req, aor } => {
                 if !ok && shared.config.store_and_forward && unreachable(code) {
-                    if let Err(r) = self.hold(shared, Some(tx), *req, aor, timed_out) {
+                    if let Err(r) = self.hold(shared, Some(tx), *req, aor, None) {
                         out.push((tx, *r));
                     }
                 } else {
@@ -743,7 +740,7 @@ impl MessageController {
             aor: f.aor,
             row: f.row,
         };
-        self.on_outcome(shared, origin, f.outcome, now, txn, out, None);
+        self.on_outcome(shared, origin, f.outcome, now, txn, out);
     }
 
     // ---- large message mode ---------------------------------------------------------------
@@ -1045,7 +1042,7 @@ impl MessageController {
     ) -> Responses {
         let mut out = Vec::new();
         self.large.handle_timeout(shared, now, txn);
-        self.expire_forks(shared, now, txn, &mut out);
+        self.expire_forks(shared, now, &mut out);
         self.release_parked(shared, now, &mut out);
         self.sweep_expired(shared, now);
         out
@@ -1058,15 +1055,9 @@ impl MessageController {
     /// §17.1.2.2) would answer the sender when its own transaction has timed out too
     /// (RFC 4321 §1.1: a non-INVITE answered that late is answered to nobody), and would stop
     /// the user's queue for as long: a device that vanished without unregistering is an
-    /// everyday case for a mobile user. A device that answers 2xx after that gets the message
-    /// again from the held copy: a duplicate rather than a loss.
-    fn expire_forks(
-        &mut self,
-        shared: &Shared,
-        now: Instant,
-        txn: &mut TransactionLayer,
-        out: &mut Responses,
-    ) {
+    /// everyday case for a mobile user. A device that answers 2xx after that takes the held
+    /// copy away ([`HeldCopy`]).
+    fn expire_forks(&mut self, shared: &Shared, now: Instant, out: &mut Responses) {
         while let Some(&(at, id)) = self.deadlines.front() {
             if at > now {
                 break;
@@ -1079,16 +1070,17 @@ impl MessageController {
                 continue;
             }
             fork.answered = true;
-            fork.timed_out = true;
             tracing::debug!(
                 branches = fork.pending,
                 "no device answered a MESSAGE in time"
             );
             match std::mem::replace(&mut fork.origin, Origin::Own) {
+                // What on_outcome does for a sender's MESSAGE every device failed (408),
+                // remembering the fork for a 2xx that comes later.
                 Origin::Relay { tx, req, aor } => {
-                    let timeout = builder::local_response(&req, 408, "Request Timeout");
-                    let origin = Origin::Relay { tx, req, aor };
-                    self.on_outcome(shared, origin, timeout, now, txn, out, Some(id));
+                    if let Err(r) = self.hold(shared, Some(tx), *req, aor, Some(id)) {
+                        out.push((tx, *r));
+                    }
                 }
                 Origin::Held { aor, row } => {
                     // What on_outcome does for a held message's 408; the row is kept in

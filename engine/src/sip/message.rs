@@ -805,24 +805,25 @@ fn finish_header(head: &Bytes, (name, s, e, folded): (HeaderName, usize, usize, 
         }
         trim(&out.freeze())
     } else {
-        // Trim before slicing: one reference-count increment per header value.
-        let (ts, te) = trim_bounds(&head[s..e]);
-        head.slice(s + ts..s + te)
+        trim_slice(head, s, e)
     };
     Header { name, value }
 }
 
 /// Removes leading and trailing SP/HTAB.
 pub(crate) fn trim(v: &Bytes) -> Bytes {
-    let (s, e) = trim_bounds(v);
-    if s == 0 && e == v.len() {
-        return v.clone();
-    }
-    v.slice(s..e)
+    trim_slice(v, 0, v.len())
+}
+
+/// `v[from..to]` without leading and trailing SP/HTAB, as one slice of `v`: trimmed before
+/// slicing, so a header value costs one reference-count increment.
+pub(crate) fn trim_slice(v: &Bytes, from: usize, to: usize) -> Bytes {
+    let (s, e) = trim_bounds(&v[from..to]);
+    v.slice(from + s..from + e)
 }
 
 /// The bounds of `v` without leading and trailing SP/HTAB.
-pub(crate) fn trim_bounds(v: &[u8]) -> (usize, usize) {
+fn trim_bounds(v: &[u8]) -> (usize, usize) {
     let mut s = 0;
     let mut e = v.len();
     while s < e && is_ws(v[s]) {

@@ -263,7 +263,7 @@ fn slow_device_answers_late(slow_disk: bool) {
     if !slow_disk {
         bob.reply(&got, 200, "OK");
     }
-    the_late_200_delivered_it(&cpmd, &mut bob, &got);
+    the_late_200_delivered_it(&cpmd, &mut bob, &[&got]);
 }
 
 /// The same for a held message's delivery: bob's device takes it only after the delivery
@@ -281,29 +281,70 @@ fn a_held_message_answered_after_the_delivery_timeout_is_not_sent_again() {
     // Past the delivery timeout (the run ends), then the 200.
     std::thread::sleep(Duration::from_millis(1500));
     bob.reply(&got, 200, "OK");
-    the_late_200_delivered_it(&cpmd, &mut bob, &got);
+    the_late_200_delivered_it(&cpmd, &mut bob, &[&got]);
 }
 
-/// bob's late 200 to `got` counts as a held message delivered (its held copy deleted), and his
-/// next REGISTER brings no copy of it.
-fn the_late_200_delivered_it(cpmd: &Cpmd, bob: &mut Ua, got: &Received) {
+/// The queue is full when the delivery timeout would hold a message: alice gets 480 for it,
+/// and bob's late 200 to it deletes nothing; his late 200 to the one held before takes that
+/// copy away as usual.
+#[test]
+fn a_full_queue_at_the_delivery_timeout_refuses_and_a_late_200_deletes_nothing() {
+    let cpmd = Cpmd::spawn(&["--message-delivery-timeout", "1", "--message-user-cap", "1"]);
+    let mut bob = Ua::udp(cpmd.sip_addr()).user("bob");
+    assert_status(&bob.register(300), 200);
+    let mut alice = Ua::udp(cpmd.sip_addr()).user("alice");
+    let mut sent = Vec::new();
+    for (text, status) in [("held", 202), ("refused", 480)] {
+        let req = alice
+            .req("MESSAGE", "sip:bob@localhost")
+            .body("text/plain", text);
+        alice.send_req(&req);
+        // Retransmissions of the earlier one (Timer E: bob does not answer) come too.
+        let got = loop {
+            let r = next_message(&mut bob, text);
+            if body_text(&r) == text {
+                break r;
+            }
+        };
+        let final_ = alice
+            .await_final(&req, Duration::from_secs(5))
+            .expect("alice's final response");
+        assert_status(&final_, status);
+        sent.push(got);
+    }
+    // The refused one first: nothing is held for it.
+    bob.reply(&sent[1], 200, "OK");
+    bob.reply(&sent[0], 200, "OK");
+    the_late_200_delivered_it(&cpmd, &mut bob, &[&sent[0], &sent[1]]);
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        cpmd.metric("cpm_messages_held_done_total{outcome=\"delivered\"}"),
+        1.0
+    );
+}
+
+/// bob's late 200 counts as a held message delivered (its held copy deleted), and his next
+/// REGISTER brings no copy of what he `got` (retransmissions of it aside).
+fn the_late_200_delivered_it(cpmd: &Cpmd, bob: &mut Ua, got: &[&Received]) {
     cpmd.wait_metric(
         "cpm_messages_held_done_total{outcome=\"delivered\"}",
         WAIT,
         |v| v == 1.0,
     );
     assert_status(&bob.register(300), 200);
-    expect_no_copy_of(bob, &header(&got.msg, "Call-ID"));
+    let calls: Vec<_> = got.iter().map(|r| header(&r.msg, "Call-ID")).collect();
+    expect_no_copy_of(bob, &calls);
 }
 
-/// For half a second bob gets nothing but retransmissions of the request of `call_id`
-/// (UDP, Timer E; answered): no copy of it as a new request.
-fn expect_no_copy_of(bob: &mut Ua, call_id: &Option<String>) {
+/// For half a second bob gets nothing but retransmissions of the requests of `calls` (UDP,
+/// Timer E; answered): no copy of them as a new request.
+fn expect_no_copy_of(bob: &mut Ua, calls: &[Option<String>]) {
     let quiet_until = std::time::Instant::now() + Duration::from_millis(500);
     while let Some(r) =
         bob.recv_request(quiet_until.saturating_duration_since(std::time::Instant::now()))
     {
-        assert_eq!(&header(&r.msg, "Call-ID"), call_id, "a copy:\n{}", r.msg);
+        let call = header(&r.msg, "Call-ID");
+        assert!(calls.contains(&call), "a copy:\n{}", r.msg);
         bob.reply(&r, 200, "OK");
     }
 }

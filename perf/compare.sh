@@ -40,6 +40,12 @@
 #   UAS_PORT [16000] CPMD_PORT [5075] CPMD_HTTP [18075] FWD_LO [24000] FWD_MAX [30999],
 #   MSRP_PORT [2855] (Kamailio's MSRP relay), CPMD_MSRP [2856] (cpmd's --msrp-listen).
 #
+# call: besides the whole run, the media CPU per packet in the steady window, while all
+# rate x hold calls are up (from hold + 2 s after the load starts to count / rate - 1 s; the
+# bare forwarder's streams all run from the start: 2 s to its end - 1 s), read from the
+# target's own relayed-packet counter at both ends (cpmd's /metrics, rtpengine's statistics,
+# the bare forwarder's report every 0.1 s); none when the window is under 5 s.
+#
 # For each target: start it; start `cpm-loadgen uas --rtp echo` registered there as user0000..
 # (not for register); read the CPU time (/proc/PID/task/*/schedstat) of every server
 # process and their memory (Pss, VmRSS); run `cpm-loadgen SCENARIO`, sampling the memory; read
@@ -215,6 +221,42 @@ udp_errors() {
 }
 secs() { calc "printf \"%.3f\", $1 / 1e9"; }
 
+# The packets $TARGET has relayed so far, from its own counter (empty if it has none).
+relayed_now() {
+    case "$TARGET" in
+    kamailio-rtpengine) ctl stats | awk '$1 == "relayedpackets" { print $2 }' ;;
+    cpmd) cpmd_metrics | awk '$1 == "cpm_media_packets_relayed_total" { print $2 }' ;;
+    bare-forwarder) grep -o 'tx_packets=[0-9]*' "$OUT/bare-forwarder.out" | tail -1 | cut -d= -f2 ;;
+    esac
+}
+# The steady window of a call load started now: FROM and TO seconds from now ("" when it is
+# shorter than 5 s) -> window_sampler writes "window_s S", "window_media_s S" and
+# "window_relayed N" into $1 (the media CPU and the packets relayed between both ends).
+WINDOW_PID=""
+window_sampler() {
+    local file=$1 from=$2 to=$3 t0 t1 c0 c1 r0 r1
+    [[ "$SCENARIO" == call ]] && calc "exit !($to - $from >= 5)" || return 0
+    (
+        sleep "$from"
+        r0=$(relayed_now) c0=$(cpu_ns $MEDIA_PIDS) t0=$(date +%s.%N)
+        sleep "$(calc "print $to - $from")"
+        r1=$(relayed_now) c1=$(cpu_ns $MEDIA_PIDS) t1=$(date +%s.%N)
+        [[ -n "$r0" && -n "$r1" ]] || exit 0
+        echo "window_at $from $to"
+        echo "window_s $(calc "printf \"%.3f\", $t1 - $t0")"
+        echo "window_media_s $(secs $((c1 - c0)))"
+        echo "window_relayed $((r1 - r0))"
+    ) >"$file" &
+    WINDOW_PID=$!
+}
+window_end() {
+    if [[ -n "$WINDOW_PID" ]]; then
+        kill "$WINDOW_PID" 2>/dev/null || true # a load that ended early has no window
+        wait "$WINDOW_PID" 2>/dev/null || true
+        WINDOW_PID=""
+    fi
+}
+
 # ---------------------------------------------------------------- targets
 # start_X sets SIG_PIDS (signaling processes), MEDIA_PIDS (media processes) and TARGET_ADDR
 # (where the load goes) and returns non-zero if X did not start; stop_X sets RTP_RELAYED
@@ -240,7 +282,7 @@ stop_kamailio-rtpengine() {
 
 FWD_PID=""
 start_bare-forwarder() {
-    "$BIN/bare-forwarder" --listen "127.0.0.1:$FWD_LO-$FWD_HI" >"$OUT/bare-forwarder.out" \
+    "$BIN/bare-forwarder" --listen "127.0.0.1:$FWD_LO-$FWD_HI" --report 0.1 >"$OUT/bare-forwarder.out" \
         2>"$OUT/bare-forwarder.log" &
     FWD_PID=$!
     for _ in $(seq 50); do
@@ -406,16 +448,19 @@ load_loadgen() {
     # shellcheck disable=SC2206 # split on purpose
     extra+=($LOAD_ARGS)
     cpu_begin
+    window_sampler "$OUT/$TARGET.window" "$(calc "print $HOLD + 2")" "$(calc "print $COUNT / $RATE - 1")"
     timeout "$(calc "print int($COUNT / $RATE + $HOLD + 120)")" \
         "${PIN[@]}" "$LOADGEN" "$SCENARIO" --target "$TARGET_ADDR" --users "$USERS" \
         --rate "$RATE" --count "$COUNT" "${extra[@]}" --quiet --json "$json" \
         >"$OUT/$TARGET.load.log" 2>&1 || rc=$?
     cpu_end
+    window_end
     if [[ -n "$uas" ]]; then
         kill -INT "$uas" 2>/dev/null || true # it unregisters its users, then reports
         wait "$uas" 2>/dev/null || true
     fi
     json_keys "$json" "$uas_json" >"$res"
+    cat "$OUT/$TARGET.window" >>"$res" 2>/dev/null || true
     return "$rc"
 }
 
@@ -427,6 +472,7 @@ load_rtp_pairs() {
     # shellcheck disable=SC2206 # split on purpose
     local extra=($PAIRS_ARGS)
     cpu_begin
+    window_sampler "$OUT/$TARGET.window" 2 "$(calc "print $duration - 1")"
     # rtp-pairs does not report its CPU time: python's getrusage of its child does.
     python3 -c 'import resource, subprocess, sys
 rc = subprocess.call(sys.argv[2:])
@@ -437,11 +483,13 @@ sys.exit(rc)' "$OUT/$TARGET.gen" timeout "$(calc "print int($duration + 60)")" \
         --duration "$duration" --pps "$(calc "print int(1000 / $PTIME + 0.5)")" "${extra[@]}" \
         --json "$OUT/$TARGET.json" >"$OUT/$TARGET.load.log" 2>&1 || rc=$?
     cpu_end
+    window_end
     # Streams are not calls: no call counts, rate nor setup time.
     {
         json_keys "$OUT/$TARGET.json" |
             sed -E 's/^(attempted|succeeded|failed|rate|lat|p50_us|p99_us) .*/\1 -/'
         cat "$OUT/$TARGET.gen"
+        cat "$OUT/$TARGET.window" 2>/dev/null || true
     } >"$res"
     return "$rc"
 }
@@ -595,6 +643,7 @@ EOF
 TARGET=""
 cleanup() {
     if [[ -n "$MEM_PID" ]]; then kill "$MEM_PID" 2>/dev/null || true; fi
+    window_end
     if [[ -n "$TARGET" ]]; then "stop_$TARGET" >/dev/null 2>&1 || true; fi
 }
 trap cleanup EXIT
@@ -678,6 +727,12 @@ for t in targets:
         "per_k": 1000.0 * (sig + media) / ok if ok else None,
         "per_m": 1e6 * media / relayed if relayed else None,
         "relayed": relayed, "through": num(r.get("through")),
+        # The steady window (all calls up): media CPU per packet and the packet rate in it.
+        "per_m_steady": 1e6 * num(r["window_media_s"]) / num(r["window_relayed"])
+        if num(r.get("window_relayed")) else None,
+        "pps_steady": num(r["window_relayed"]) / num(r["window_s"])
+        if num(r.get("window_relayed")) and num(r.get("window_s")) else None,
+        "window": r.get("window_at"),
         "loss": num(r.get("loss_pct")), "miss": num(r.get("miss_pct")),
         "udp": r.get("udp_drops", "0 0"),
         "p50": num(r.get("p50_us")), "p99": num(r.get("p99_us")),
@@ -700,6 +755,7 @@ cols = [("target", lambda r: r["target"], 18),
         ("cpu s/1k ok", lambda r: f(r["per_k"], "{:.3f}"), 11)]
 if call:
     cols += [("cpu s/M rtp", lambda r: f(r["per_m"]), 11),
+             ("steady s/M", lambda r: f(r["per_m_steady"]), 10),
              ("rtp relayed", lambda r: f(r["relayed"], "{:.0f}"), 11),
              ("load count", lambda r: f(r["through"], "{:.0f}"), 10),
              ("loss %", lambda r: f(r["loss"], "{:.3f}"), 6),
@@ -722,6 +778,10 @@ if call:
              if r["relayed"] is not None and r["through"] is not None]
     if diffs:
         print("rtp relayed minus load count: " + ", ".join(diffs))
+    steady = [f"{r['target']} {r['window'].replace(' ', '-')} s, {r['pps_steady']:.0f} packets/s"
+              for r in rows if r["pps_steady"] is not None and r["window"]]
+    if steady:
+        print("steady window (every call up; seconds of the load): " + ", ".join(steady))
     drops = [f"{r['target']} {r['udp'].replace(' ', '/')}" for r in rows if r["udp"] != "0 0"]
     if drops:
         print("kernel UDP drops during the run, machine-wide (rcvbuf/sndbuf): " + ", ".join(drops))
@@ -735,7 +795,7 @@ if len(rows) > 1:
             return "{:.2f}x".format(r[k] / base[k])
         parts = [f"rate {ratio('rate')}", f"cpu/1k ok {ratio('per_k')}"]
         if call:
-            parts.append(f"cpu/M rtp {ratio('per_m')}")
+            parts.append(f"cpu/M rtp {ratio('per_m')} (steady {ratio('per_m_steady')})")
         parts += [f"{lat} p50 {ratio('p50')}", f"p99 {ratio('p99')}"]
         if call:
             same = r["dkind"] == base["dkind"]

@@ -229,9 +229,11 @@ relayed_now() {
     bare-forwarder) grep -o 'tx_packets=[0-9]*' "$OUT/bare-forwarder.out" | tail -1 | cut -d= -f2 ;;
     esac
 }
-# The steady window of a call load started now: FROM and TO seconds from now ("" when it is
-# shorter than 5 s) -> window_sampler writes "window_s S", "window_media_s S" and
-# "window_relayed N" into $1 (the media CPU and the packets relayed between both ends).
+# window_sampler FILE FROM TO, as a call load starts: in the background, at FROM and at TO
+# seconds from now, reads $TARGET's media CPU and relayed-packet counter, then writes
+# "window_at FROM TO", "window_s S", "window_media_s S" and "window_relayed N" (last) into
+# FILE. Nothing for a window under 5 s or a target without a counter; window_end stops it
+# (a load that ended before TO leaves no window).
 WINDOW_PID=""
 window_sampler() {
     local file=$1 from=$2 to=$3 t0 t1 c0 c1 r0 r1
@@ -251,7 +253,7 @@ window_sampler() {
 }
 window_end() {
     if [[ -n "$WINDOW_PID" ]]; then
-        kill "$WINDOW_PID" 2>/dev/null || true # a load that ended early has no window
+        kill "$WINDOW_PID" 2>/dev/null || true
         wait "$WINDOW_PID" 2>/dev/null || true
         WINDOW_PID=""
     fi

@@ -21,7 +21,7 @@
 //! [`Plane::start`] gives the connection its role.
 
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, Write};
 use std::net::SocketAddr;
 use std::sync::mpsc;
 use std::sync::Arc;
@@ -604,19 +604,12 @@ impl Loop {
         let mut more = false;
         let mut eof = false;
         for i in 0..READS_PER_TURN {
-            if self.read_buf.capacity() < READ_SIZE {
-                self.read_buf = BytesMut::with_capacity(4 * READ_SIZE);
-            }
-            let len = self.read_buf.len();
-            self.read_buf.resize(len + READ_SIZE, 0);
-            match conn.stream.read(&mut self.read_buf[len..]) {
+            match read_spare(&conn.stream, &mut self.read_buf, READ_SIZE) {
                 Ok(0) => {
-                    self.read_buf.truncate(len);
                     eof = true;
                     break;
                 }
-                Ok(n) => {
-                    self.read_buf.truncate(len + n);
+                Ok(_) => {
                     conn.connected = true;
                     conn.parser.feed(self.read_buf.split().freeze());
                     if let Err(e) = conn.handle(&mut self.buf, &self.events) {
@@ -627,15 +620,9 @@ impl Loop {
                         more = true;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    self.read_buf.truncate(len);
-                    break;
-                }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {
-                    self.read_buf.truncate(len);
-                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
-                    self.read_buf.truncate(len);
                     error = Some(format!("read: {e}"));
                     break;
                 }
@@ -1073,6 +1060,27 @@ impl Receiver {
 fn only_padding(b: &[u8]) -> bool {
     b.chunks(64)
         .all(|block| block.iter().fold(0u8, |acc, &c| acc | (c ^ b'.')) == 0)
+}
+
+/// Reads from `stream` into the spare capacity of `buf` (at most `max` bytes) without zeroing
+/// it first. `reserve` takes the buffer back when the parser has let go of what was read into
+/// it, so the same heap block serves read after read; zeroing 64 KiB before each read
+/// (`resize`, then `Read::read`) and a fresh 256 KiB buffer whenever one ran short (beyond
+/// malloc's mmap threshold: page faults on every page) cost more than small reads themselves.
+fn read_spare(stream: &TcpStream, buf: &mut BytesMut, max: usize) -> io::Result<usize> {
+    use std::os::fd::AsRawFd;
+    buf.reserve(max);
+    let spare = buf.spare_capacity_mut();
+    let want = spare.len().min(max);
+    // SAFETY: recv writes at most `want` bytes into the spare capacity, memory `buf` owns.
+    let n = unsafe { libc::recv(stream.as_raw_fd(), spare.as_mut_ptr().cast(), want, 0) };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    // SAFETY: recv initialized the first `n` bytes past the length.
+    unsafe { buf.set_len(buf.len() + n) };
+    Ok(n)
 }
 
 #[cfg(test)]

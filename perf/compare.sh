@@ -278,7 +278,7 @@ start_kamailio-rtpengine() {
     TARGET_ADDR=127.0.0.1:$SIP_PORT
 }
 stop_kamailio-rtpengine() {
-    RTP_RELAYED=$(ctl stats | awk '$1 == "relayedpackets" { print $2 }')
+    RTP_RELAYED=$(relayed_now)
     ctl stop
 }
 
@@ -300,7 +300,7 @@ stop_bare-forwarder() {
     kill -INT "$FWD_PID" 2>/dev/null || true
     wait "$FWD_PID" 2>/dev/null || true
     FWD_PID=""
-    RTP_RELAYED=$(grep -o 'tx_packets=[0-9]*' "$OUT/bare-forwarder.out" | tail -1 | cut -d= -f2)
+    RTP_RELAYED=$(relayed_now) # the last report, written as it stopped
 }
 
 # No server: the load goes straight to the uas (user0000's socket answers every user).

@@ -749,7 +749,7 @@ impl Conn {
 
     fn on_head(
         &mut self,
-        h: Head,
+        h: Box<Head>,
         buf: &mut BytesMut,
         events: &mpsc::Sender<Event>,
     ) -> Result<(), String> {
@@ -997,20 +997,22 @@ impl Receiver {
         let Some(p) = self.messages.get_mut(mid) else {
             return;
         };
-        let mut at = *pos as usize;
+        let at = *pos as usize;
+        // The bytes of the stamp in this slice continue what was kept of it; a slice that
+        // starts elsewhere (a gap or an overlap) is wrong, and what it adds after the kept
+        // part is kept.
         let head = STAMP_BYTES.saturating_sub(at).min(b.len());
-        for &c in &b[..head] {
-            if p.stamp.len() == at {
-                p.stamp.push(c);
-            } else {
-                p.corrupted = true;
+        if head > 0 {
+            let kept = p.stamp.len();
+            p.corrupted |= kept != at;
+            if (at..at + head).contains(&kept) {
+                p.stamp.extend_from_slice(&b[kept - at..head]);
             }
-            at += 1;
         }
         if !only_padding(&b[head..]) {
             p.corrupted = true;
         }
-        at += b.len() - head;
+        let at = at + b.len();
         *pos = at as u64;
         p.next = p.next.max(*pos);
     }

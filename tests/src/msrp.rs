@@ -260,7 +260,7 @@ impl MsrpClient {
             match ev {
                 Ok(Event::Head(head)) => {
                     self.partial = Some(Chunk {
-                        head,
+                        head: *head,
                         body: Vec::new(),
                         flag: None,
                     })

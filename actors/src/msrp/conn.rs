@@ -10,6 +10,7 @@
 //! chunk X is slow to send, Y's writer signals X's reader, which ends the chunk early with `+`
 //! and goes on in a new one (RFC 4975 §7.1.1).
 
+use std::collections::VecDeque;
 use std::io::IoSlice;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Weak};
@@ -17,13 +18,14 @@ use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use cpm_engine::media::Side;
-use cpm_engine::msrp::relay::{self, Pending, Piece, Rechunker};
+use cpm_engine::msrp::relay::{self, Outcome, Pending, Piece, Rechunker};
 use cpm_engine::msrp::uri::first_of_path;
 use cpm_engine::msrp::write::{self, IdGen};
 use cpm_engine::msrp::{ByteRange, Event, Flag, Head, Kind, Method, Parser};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc::error::TrySendError;
 use tokio::sync::{mpsc, watch, Notify};
 
 use super::endpoint::{SinkConn, SinkState};
@@ -162,6 +164,8 @@ async fn wait_closed(rx: &mut Option<watch::Receiver<bool>>) {
 }
 
 /// What a connection is bound to once its first request named one of our sessions.
+// One per connection, held in place in its task: the relay's reader is not boxed.
+#[allow(clippy::large_enum_variant)]
 enum Binding {
     /// A side of a relay leg.
     Relay(Reader),
@@ -233,7 +237,8 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<Prebound>) {
             }
             _ = wait_notified(&interrupt) => {
                 if let Some(Binding::Relay(r)) = reader.as_mut() {
-                    r.interrupt().await;
+                    r.interrupt();
+                    r.drain().await;
                 }
                 continue;
             }
@@ -262,7 +267,10 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<Prebound>) {
             }
             let open = match reader.as_mut() {
                 Some(Binding::Relay(r)) => {
-                    r.on_event(ev).await;
+                    if r.awaits_peer(&ev) {
+                        r.wait_peer().await;
+                    }
+                    r.on_event(ev);
                     true
                 }
                 Some(Binding::Sink(s)) => s.on_event(ev).await,
@@ -273,7 +281,8 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<Prebound>) {
             }
         }
         if let Some(Binding::Relay(r)) = reader.as_mut() {
-            r.flush_read().await;
+            r.flush_read();
+            r.drain().await;
         }
     }
     match reader {
@@ -512,7 +521,7 @@ enum Cur {
 
 /// A request being relayed: what came in and what goes out.
 struct Fwd {
-    head: Head,
+    head: Box<Head>,
     out: Option<Conn>,
     fail: Option<u16>,
     /// The head we forward ([`relay::forward`]); each outgoing chunk gets its own transaction
@@ -537,6 +546,73 @@ impl Fwd {
     }
 }
 
+/// What a reader hands a connection's writer: a frame of a forwarded message, or one of ours.
+enum Out {
+    Data(Frame),
+    Ctrl(Bytes),
+}
+
+/// What a reader queues toward the writers, without waiting: into a writer's queue while it
+/// has room, else kept here in order (everything after a kept one is kept too, so nothing
+/// overtakes), and [`Outbox::drain`]ed, waiting for room, before the reader reads again. So
+/// the reader's work on an event never waits (the events of one read are handled by plain
+/// calls, not by futures moved at each step), and a full queue still stops the reading: a
+/// slow receiver slows its sender, and what is kept is bounded by what one read produces.
+#[derive(Default)]
+struct Outbox {
+    kept: VecDeque<(Conn, Out)>,
+}
+
+impl Outbox {
+    /// Queues `out` toward `to`; `false` when that writer is gone (known at once only when
+    /// nothing is kept; else found by [`Outbox::drain`]).
+    fn put(&mut self, to: &Conn, out: Out) -> bool {
+        if !self.kept.is_empty() {
+            self.kept.push_back((to.clone(), out));
+            return true;
+        }
+        let full = match out {
+            Out::Data(f) => match to.data.try_send(f) {
+                Ok(()) => return true,
+                Err(TrySendError::Full(f)) => Out::Data(f),
+                Err(TrySendError::Closed(_)) => return false,
+            },
+            Out::Ctrl(b) => match to.ctrl.try_send(b) {
+                Ok(()) => return true,
+                Err(TrySendError::Full(b)) => Out::Ctrl(b),
+                Err(TrySendError::Closed(_)) => return false,
+            },
+        };
+        self.kept.push_back((to.clone(), full));
+        true
+    }
+
+    /// Queues what was kept, in order, waiting for room; returns the connections whose
+    /// writer turned out to be gone for a forwarded frame (nothing more is queued to them).
+    async fn drain(&mut self) -> Vec<u64> {
+        let mut lost = Vec::new();
+        while let Some((to, out)) = self.kept.pop_front() {
+            match out {
+                Out::Data(_) if lost.contains(&to.id) => {}
+                Out::Data(f) => {
+                    if to.data.send(f).await.is_err() {
+                        lost.push(to.id);
+                    }
+                }
+                Out::Ctrl(b) => {
+                    if to.ctrl.send(b).await.is_err() {
+                        tracing::debug!(
+                            conn = to.id,
+                            "MSRP response or REPORT not sent: connection gone"
+                        );
+                    }
+                }
+            }
+        }
+        lost
+    }
+}
+
 /// The reader side of a bound connection: side `side` of `leg`.
 struct Reader {
     leg: Arc<LegState>,
@@ -550,6 +626,7 @@ struct Reader {
     /// Toward this connection: our responses and REPORTs not queued yet.
     answers: BytesMut,
     pieces: Vec<Piece>,
+    outbox: Outbox,
 }
 
 /// What a reader writes toward the other side's writer while it works through one read:
@@ -620,6 +697,7 @@ impl Reader {
             staged: Staged::default(),
             answers: BytesMut::new(),
             pieces: Vec::new(),
+            outbox: Outbox::default(),
         }
     }
 
@@ -650,24 +728,50 @@ impl Reader {
             .await;
     }
 
-    async fn on_event(&mut self, ev: Event) {
+    /// `ev` starts a request to relay while the other side has not connected yet: call
+    /// [`Reader::wait_peer`] before [`Reader::on_event`].
+    fn awaits_peer(&self, ev: &Event) -> bool {
+        let Event::Head(h) = ev else { return false };
+        let relayed = match &h.kind {
+            Kind::Request(Method::Send) => h.has_body,
+            Kind::Request(Method::Report) => true,
+            _ => false,
+        };
+        let other = self.side.other().index();
+        relayed
+            && self.leg.conns[other].borrow().is_none()
+            && !self.leg.ever[other].load(Relaxed)
+            && self.leg.sides.lock()[self.side.index()].accept(h).is_ok()
+    }
+
+    /// Waits a while ([`Settings::peer_wait`](super::Settings)) for the other side's first
+    /// connection, what was read before having been queued.
+    async fn wait_peer(&mut self) {
+        self.flush_read();
+        self.drain().await;
+        let mut rx = self.leg.conns[self.side.other().index()].subscribe();
+        let wait = rx.wait_for(|c| c.is_some());
+        let _ = tokio::time::timeout(self.plane.settings.peer_wait, wait).await;
+    }
+
+    fn on_event(&mut self, ev: Event) {
         match ev {
-            Event::Head(h) => self.on_head(h).await,
+            Event::Head(h) => self.on_head(h),
             Event::Body(b) => {
                 if let Cur::Forward(mut f) = std::mem::replace(&mut self.cur, Cur::Idle) {
-                    self.body(&mut f, b).await;
+                    self.body(&mut f, b);
                     self.cur = Cur::Forward(f);
                 }
             }
             Event::End(flag) => {
                 if let Cur::Forward(f) = std::mem::replace(&mut self.cur, Cur::Idle) {
-                    self.end(*f, flag).await;
+                    self.end(*f, flag);
                 }
             }
             Event::Reject(r) => {
                 tracing::debug!(side = ?self.side, error = %r.error, "MSRP request rejected");
                 if let Cur::Forward(mut f) = std::mem::replace(&mut self.cur, Cur::Idle) {
-                    self.abort(&mut f).await;
+                    self.abort(&mut f);
                 }
                 if r.request {
                     let mut h = Head::new(
@@ -677,39 +781,49 @@ impl Reader {
                         r.from_path.unwrap_or_default(),
                     );
                     h.failure_report = None;
-                    self.respond(&h, r.error.status()).await;
+                    self.respond(&h, r.error.status());
                 }
             }
         }
     }
 
-    async fn on_head(&mut self, h: Head) {
+    fn on_head(&mut self, h: Box<Head>) {
         let Kind::Request(method) = &h.kind else {
             // A response to a request we forwarded to this side.
             let ended = self.leg.pending[self.side.index()].lock().on_response(&h);
-            self.leg
-                .report(&self.plane, ended.into_iter().collect(), &mut self.ids)
-                .await;
+            if let Some(ended) = ended {
+                self.report(vec![ended]);
+            }
             return;
         };
         let ours = self.leg.sides.lock()[self.side.index()].accept(&h);
         if let Err(e) = ours {
-            return self.respond(&h, e.status()).await;
+            return self.respond(&h, e.status());
         }
         match method {
-            Method::Send if !h.has_body => self.respond(&h, 200).await,
-            Method::Send | Method::Report => self.start(h).await,
-            _ => self.respond(&h, 501).await,
+            Method::Send if !h.has_body => self.respond(&h, 200),
+            Method::Send | Method::Report => self.start(h),
+            _ => self.respond(&h, 501),
+        }
+    }
+
+    /// Queues the failure REPORTs due for `outcomes` toward their origins.
+    fn report(&mut self, outcomes: Vec<Outcome>) {
+        for (to, r) in self.leg.reports(&self.plane, outcomes, &mut self.ids) {
+            if !self.outbox.put(&to, Out::Ctrl(r)) {
+                tracing::debug!(conn = to.id, "MSRP REPORT not sent: connection gone");
+            }
         }
     }
 
     /// Answers `req` hop by hop with `code` (RFC 4975 §7.2), unless its Failure-Report says
     /// not to.
-    async fn respond(&mut self, req: &Head, code: u16) {
+    fn respond(&mut self, req: &Head, code: u16) {
         if let Some(r) = write::response(req, code, None) {
+            write::make_room(&mut self.answers);
             write::bodyless_into(&r, &mut self.answers);
             if self.answers.len() >= STAGE_MAX {
-                self.flush_read().await;
+                self.flush_read();
             }
         }
     }
@@ -718,36 +832,60 @@ impl Reader {
     /// 200 says its chunk was forwarded). When the other side's writer is gone, what was
     /// forwarded to it and not answered fails (481 REPORTs); its id is returned, for the
     /// request being relayed to fail too ([`Fwd::lost`]).
-    async fn flush(&mut self) -> Option<u64> {
+    fn flush(&mut self) -> Option<u64> {
         let mut lost = None;
         if let Some((to, frames)) = self.staged.take() {
             for frame in frames.into_iter().flatten() {
-                if to.data.send(frame).await.is_err() {
-                    let other = self.side.other().index();
-                    let failed = self.leg.pending[other].lock().fail_all(481);
-                    self.leg.report(&self.plane, failed, &mut self.ids).await;
+                if !self.outbox.put(&to, Out::Data(frame)) {
+                    self.lose(to.id);
                     lost = Some(to.id);
                     break;
                 }
             }
         }
         if !self.answers.is_empty() {
-            let _ = self.me.ctrl.send(self.answers.split().freeze()).await;
+            let answers = Out::Ctrl(self.answers.split().freeze());
+            self.outbox.put(&self.me, answers);
         }
         lost
     }
 
+    /// The other side's writer `id` is gone: what was forwarded to it and not answered fails.
+    fn lose(&mut self, id: u64) {
+        tracing::debug!(
+            conn = id,
+            "MSRP connection gone with requests forwarded to it"
+        );
+        let other = self.side.other().index();
+        let failed = self.leg.pending[other].lock().fail_all(481);
+        self.report(failed);
+    }
+
     /// The end of a read: what it produced is queued.
-    async fn flush_read(&mut self) {
-        let lost = self.flush().await;
+    fn flush_read(&mut self) {
+        let lost = self.flush();
         if let Cur::Forward(f) = &mut self.cur {
             f.lost(lost);
         }
     }
 
+    /// Waits until everything queued while handling events is in the writers' queues. A
+    /// writer found gone on the way fails what was forwarded to it, and the request being
+    /// relayed to it; the REPORTs that makes are queued too.
+    async fn drain(&mut self) {
+        while !self.outbox.kept.is_empty() {
+            for id in self.outbox.drain().await {
+                self.lose(id);
+                if let Cur::Forward(f) = &mut self.cur {
+                    f.lost(Some(id));
+                }
+            }
+        }
+    }
+
     /// Readies the stage for bytes of `f` (toward its connection): `false` when nothing of it
     /// goes out.
-    async fn stage_for(&mut self, f: &mut Fwd) -> bool {
+    fn stage_for(&mut self, f: &mut Fwd) -> bool {
         let Some(id) = f.out.as_ref().map(|c| c.id) else {
             return false;
         };
@@ -756,33 +894,14 @@ impl Reader {
         }
         if !self.staged.bytes.is_empty() {
             // Staged for another connection (the other side reconnected): queued first.
-            f.lost(self.flush().await);
+            f.lost(self.flush());
         }
         self.staged.to.clone_from(&f.out);
         self.staged.to.is_some()
     }
 
-    /// The other side's connection; when it never connected yet, waits for it a while.
-    async fn other_conn(&mut self) -> Option<Conn> {
-        let other = self.side.other();
-        if let Some(c) = self.leg.conn(other) {
-            return Some(c);
-        }
-        if self.leg.ever[other.index()].load(Relaxed) {
-            return None;
-        }
-        self.flush().await;
-        let mut rx = self.leg.conns[other.index()].subscribe();
-        let wait = rx.wait_for(|c| c.is_some());
-        let got = match tokio::time::timeout(self.plane.settings.peer_wait, wait).await {
-            Ok(Ok(c)) => c.clone(),
-            _ => None,
-        };
-        got
-    }
-
-    async fn start(&mut self, head: Head) {
-        let out = self.other_conn().await;
+    fn start(&mut self, head: Box<Head>) {
+        let out = self.leg.conn(self.side.other());
         let to = self.leg.side(self.side.other());
         let tap =
             (head.method() == Some(&Method::Send) && self.leg.tap.lock().is_some()).then(Vec::new);
@@ -811,12 +930,13 @@ impl Reader {
     /// transaction id and, unless it is the whole of a chunk that had none, its Byte-Range; it
     /// is tracked once its end line is staged. Heads, end lines and short bodies are staged;
     /// a long body slice is queued as it was read.
-    async fn emit(&mut self, f: &mut Fwd) {
+    fn emit(&mut self, f: &mut Fwd) {
         let mut pieces = std::mem::take(&mut self.pieces);
         for piece in pieces.drain(..) {
-            if !self.stage_for(f).await {
+            if !self.stage_for(f) {
                 continue;
             }
+            write::make_room(&mut self.staged.bytes);
             match piece {
                 Piece::Open(range) => {
                     f.sub.tid = self.ids.next_id();
@@ -831,8 +951,8 @@ impl Reader {
                     if b.len() <= COPY_MAX {
                         self.staged.bytes.extend_from_slice(&b);
                     } else {
-                        f.lost(self.flush().await);
-                        self.send(f, Frame::Part(b)).await;
+                        f.lost(self.flush());
+                        self.send(f, Frame::Part(b));
                     }
                 }
                 Piece::Close(flag) => {
@@ -843,7 +963,7 @@ impl Reader {
                 }
             }
             if self.staged.bytes.len() >= STAGE_MAX {
-                f.lost(self.flush().await);
+                f.lost(self.flush());
             }
         }
         self.pieces = pieces;
@@ -862,21 +982,22 @@ impl Reader {
 
     /// Ends what goes out of `f` with `flag`: the last chunk of a body, or a bodyless request
     /// whole.
-    async fn close(&mut self, f: &mut Fwd, flag: Flag) {
+    fn close(&mut self, f: &mut Fwd, flag: Flag) {
         if f.out.is_none() {
             return;
         }
         match f.chunks.as_mut() {
             Some(rc) => {
                 rc.end(flag, &mut self.pieces);
-                self.emit(f).await;
+                self.emit(f);
             }
             None => {
-                if !self.stage_for(f).await {
+                if !self.stage_for(f) {
                     return;
                 }
                 f.sub.tid = self.ids.next_id();
                 let staged = &mut self.staged;
+                write::make_room(&mut staged.bytes);
                 write::head(&f.sub, &mut staged.bytes);
                 write::end_line(&f.sub.tid, flag, false, &mut staged.bytes);
                 staged.ended = staged.bytes.len();
@@ -886,9 +1007,9 @@ impl Reader {
     }
 
     /// The request stops half way (its sender's stream failed): what went out of it ends `#`.
-    async fn abort(&mut self, f: &mut Fwd) {
+    fn abort(&mut self, f: &mut Fwd) {
         if f.opened {
-            self.close(f, Flag::Aborted).await;
+            self.close(f, Flag::Aborted);
         }
     }
 
@@ -903,28 +1024,28 @@ impl Reader {
     }
 
     /// A message of ours waits behind the open chunk: end it with `+` now (RFC 4975 §7.1.1);
-    /// the body goes on in a new chunk when more arrives.
-    async fn interrupt(&mut self) {
+    /// the body goes on in a new chunk when more arrives. Call [`Reader::drain`] after.
+    fn interrupt(&mut self) {
         if let Cur::Forward(mut f) = std::mem::replace(&mut self.cur, Cur::Idle) {
             if let Some(rc) = f.chunks.as_mut() {
                 rc.interrupt(&mut self.pieces);
-                self.emit(&mut f).await;
-                f.lost(self.flush().await);
+                self.emit(&mut f);
+                f.lost(self.flush());
             }
             self.cur = Cur::Forward(f);
         }
     }
 
     /// Queues a frame of `f` toward its connection (nothing staged may precede it).
-    async fn send(&mut self, f: &mut Fwd, frame: Frame) {
+    fn send(&mut self, f: &mut Fwd, frame: Frame) {
         let Some(out) = &f.out else { return };
-        if out.data.send(frame).await.is_err() {
+        if !self.outbox.put(out, Out::Data(frame)) {
             f.out = None;
             f.fail = Some(481);
         }
     }
 
-    async fn body(&mut self, f: &mut Fwd, b: Bytes) {
+    fn body(&mut self, f: &mut Fwd, b: Bytes) {
         let n = b.len() as u64;
         self.leg.counters.bytes[self.side.index()].fetch_add(n, Relaxed);
         if let Some(t) = &mut f.tap {
@@ -935,12 +1056,12 @@ impl Reader {
         }
         if let Some(rc) = f.chunks.as_mut() {
             rc.push(b, &mut self.pieces);
-            self.emit(f).await;
+            self.emit(f);
         }
     }
 
-    async fn end(&mut self, mut f: Fwd, flag: Flag) {
-        self.close(&mut f, flag).await;
+    fn end(&mut self, mut f: Fwd, flag: Flag) {
+        self.close(&mut f, flag);
         let from = self.side;
         if f.head.method() == Some(&Method::Send) {
             self.leg.counters.chunks[from.index()].fetch_add(1, Relaxed);
@@ -962,10 +1083,10 @@ impl Reader {
             }
         }
         match f.fail {
-            None => self.respond(&f.head, 200).await,
+            None => self.respond(&f.head, 200),
             Some(code) => {
                 tracing::debug!(side = ?from, code, "MSRP request not relayed");
-                self.respond(&f.head, code).await;
+                self.respond(&f.head, code);
                 if f.head.method() == Some(&Method::Send) {
                     let p = Pending::of(&f.head, tag(from));
                     if let Some((_, r)) =
@@ -983,9 +1104,10 @@ impl Reader {
     /// disconnected, and what was forwarded to it unanswered fails (481 REPORTs).
     async fn finish(mut self) {
         if let Cur::Forward(mut f) = std::mem::replace(&mut self.cur, Cur::Idle) {
-            self.abort(&mut f).await;
+            self.abort(&mut f);
         }
-        self.flush().await;
+        self.flush();
+        self.drain().await;
         let side = self.side.index();
         self.leg.conns[side].send_if_modified(|c| match c {
             Some(conn) if conn.id == self.me.id => {

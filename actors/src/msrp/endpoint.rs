@@ -381,7 +381,7 @@ impl SinkConn {
         }
     }
 
-    async fn on_head(&mut self, h: Head) -> bool {
+    async fn on_head(&mut self, h: Box<Head>) -> bool {
         let Kind::Request(method) = &h.kind else {
             return true; // a response to our REPORT: nothing to do
         };
@@ -391,7 +391,7 @@ impl SinkConn {
         match method {
             Method::Send if h.has_body => {
                 self.asm.on_head(&h);
-                self.cur = Cur::Joining(Box::new(h));
+                self.cur = Cur::Joining(h);
                 true
             }
             Method::Send => self.respond(&h, 200).await,

@@ -120,16 +120,16 @@ impl LegState {
         Some((to, write::bodyless(&h, &mut BytesMut::new())))
     }
 
-    /// Sends the failure REPORTs due for ended transactions `outcomes`, waiting for room in
-    /// the origin's queue (its writer drains it as its peer reads): a failure that ends
-    /// many chunks at once (a connection gone with hundreds forwarded) reports every one of
-    /// them. A REPORT for a side that is not connected has nowhere to go: logged, dropped.
-    pub(super) async fn report(
+    /// The failure REPORTs due for ended transactions `outcomes`, each with the connection of
+    /// the request's origin it goes to. A REPORT for a side that is not connected has nowhere
+    /// to go: logged, dropped.
+    pub(super) fn reports(
         &self,
         plane: &Plane,
         outcomes: Vec<Outcome>,
         ids: &mut write::IdGen,
-    ) {
+    ) -> Vec<(Conn, Bytes)> {
+        let mut out = Vec::new();
         for o in outcomes {
             let Outcome::Failed(p, code) = o else {
                 continue;
@@ -137,12 +137,27 @@ impl LegState {
             let Some((to, r)) = self.failure_report(plane, &p, code, ids.next_id()) else {
                 continue;
             };
-            let sent = match self.conn(to) {
-                Some(c) => c.ctrl.send(r).await.is_ok(),
-                None => false,
-            };
-            if !sent {
-                tracing::debug!(side = ?to, "MSRP REPORT not sent: side not connected");
+            match self.conn(to) {
+                Some(c) => out.push((c, r)),
+                None => tracing::debug!(side = ?to, "MSRP REPORT not sent: side not connected"),
+            }
+        }
+        out
+    }
+
+    /// Sends the failure REPORTs due for ended transactions `outcomes` ([`Self::reports`]),
+    /// waiting for room in the origin's queue (its writer drains it as its peer reads): a
+    /// failure that ends many chunks at once (a connection gone with hundreds forwarded)
+    /// reports every one of them.
+    pub(super) async fn report(
+        &self,
+        plane: &Plane,
+        outcomes: Vec<Outcome>,
+        ids: &mut write::IdGen,
+    ) {
+        for (c, r) in self.reports(plane, outcomes, ids) {
+            if c.ctrl.send(r).await.is_err() {
+                tracing::debug!(conn = c.id, "MSRP REPORT not sent: connection gone");
             }
         }
     }

@@ -373,7 +373,7 @@ fn deliver_sends_chunks_and_waits_for_the_last_200() {
                     cpm_engine::msrp::Event::Body(b) => bytes += b.len(),
                     cpm_engine::msrp::Event::End(flag) => {
                         chunks += 1;
-                        let h: cpm_engine::msrp::Head = last.take().unwrap();
+                        let h: cpm_engine::msrp::Head = *last.take().unwrap();
                         let c = if flag == cpm_engine::msrp::Flag::Complete {
                             code
                         } else {
@@ -783,4 +783,50 @@ fn unanswered_requests_fail_with_a_408_report_after_the_transaction_timeout() {
         rest.iter().all(|(k, c)| *c == 200 && &k[..] == b"tx0003"),
         "{rest:?}"
     );
+}
+
+/// A SEND that arrives before the other side ever connected waits for it (`peer_wait`):
+/// forwarded once B connects, and answered 200 then, not before.
+#[test]
+fn a_send_before_the_other_side_connected_waits_for_it() {
+    let (plane, _leg, _metrics, port) = plane_with_leg();
+    let mut a = connect(&plane, port, "aaa", "msrp://a.test:9/pa;tcp");
+    send_from_a(&mut a, port, "tx0001", "m0001", "early");
+    let before = read_until_for(&mut a, "-------tx0001", Duration::from_millis(300));
+    assert_eq!(before, "", "answered before it could be forwarded");
+    let mut b = connect(&plane, port, "bbb", "msrp://b.test:9/pb;tcp");
+    let at_b = read_until(&mut b, "early");
+    assert!(at_b.contains("Message-ID: m0001\r\n"), "{at_b:?}");
+    let answer = read_until(&mut a, "-------tx0001");
+    assert!(answer.starts_with("MSRP tx0001 200 OK\r\n"), "{answer:?}");
+}
+
+/// When the other side does not connect within `peer_wait`, the SEND fails: 481 to its
+/// sender, and the failure REPORT it asked for (Failure-Report absent means yes); the
+/// connection stays usable.
+#[test]
+fn a_send_fails_with_481_when_the_other_side_never_connects() {
+    let mut settings = MsrpSettings::new("127.0.0.1:0".parse().unwrap());
+    settings.peer_wait = Duration::from_millis(300);
+    let (plane, _leg, metrics, port) = plane_with_leg_in(settings);
+    let mut a = connect(&plane, port, "aaa", "msrp://a.test:9/pa;tcp");
+    send_from_a(&mut a, port, "tx0001", "m0001", "nobody");
+    let heads = read_reports(&mut a, Duration::from_millis(500), Duration::from_secs(5));
+    assert!(
+        heads.contains(&(Bytes::from_static(b"tx0001"), 481)),
+        "{heads:?}"
+    );
+    assert!(
+        heads.contains(&(Bytes::from_static(b"m0001"), 481)),
+        "{heads:?}"
+    );
+    assert_eq!(metrics.reports_generated.load(Relaxed), 1);
+    // A later message waits again (the side never connected) and fails the same way.
+    send_from_a(&mut a, port, "tx0002", "m0002", "still nobody");
+    let heads = read_reports(&mut a, Duration::from_millis(500), Duration::from_secs(5));
+    assert!(
+        heads.contains(&(Bytes::from_static(b"tx0002"), 481)),
+        "{heads:?}"
+    );
+    assert_eq!(metrics.reports_generated.load(Relaxed), 2);
 }

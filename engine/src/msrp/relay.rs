@@ -434,7 +434,7 @@ mod tests {
 
     fn first_head(raw: &[u8]) -> Head {
         match run(Limits::default(), &[raw]).remove(0) {
-            Ok(Event::Head(h)) => h,
+            Ok(Event::Head(h)) => *h,
             other => panic!("{other:?}"),
         }
     }

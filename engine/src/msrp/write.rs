@@ -99,9 +99,25 @@ pub fn end_line(tid: &[u8], flag: Flag, after_body: bool, out: &mut BytesMut) {
     out.put_slice(b"\r\n");
 }
 
+/// The spare capacity [`make_room`] keeps, and the block it takes when short.
+const ROOM_MIN: usize = 1024;
+const ROOM_BLOCK: usize = 8 * 1024;
+
+/// Readies `buf`, a buffer that messages are written into and split off one after another,
+/// for the next one: when less than 1 KiB is spare it takes an 8 KiB block, which the next
+/// messages share (each split-off message holds a count on it). Without this a buffer left
+/// empty by a split grows every message from nothing, a reallocation at each doubling.
+pub fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < ROOM_MIN {
+        buf.reserve(ROOM_BLOCK);
+    }
+}
+
 /// A whole chunk as head, body and end line, for a vectored write; the body is not copied.
-/// `h.has_body` is set from `body` (an empty body gets no Content-Type section).
+/// `h.has_body` is set from `body` (an empty body gets no Content-Type section). `buf` is
+/// split off, and keeps room for the next ([`make_room`]).
 pub fn chunk(h: &mut Head, body: Bytes, flag: Flag, buf: &mut BytesMut) -> [Bytes; 3] {
+    make_room(buf);
     h.has_body = !body.is_empty();
     head(h, buf);
     let head_bytes = buf.split().freeze();
@@ -109,8 +125,10 @@ pub fn chunk(h: &mut Head, body: Bytes, flag: Flag, buf: &mut BytesMut) -> [Byte
     [head_bytes, body, buf.split().freeze()]
 }
 
-/// A head without body and its end line (responses, REPORTs), as one buffer.
+/// A head without body and its end line (responses, REPORTs), as one buffer split off `buf`,
+/// which keeps room for the next ([`make_room`]).
 pub fn bodyless(h: &Head, buf: &mut BytesMut) -> Bytes {
+    make_room(buf);
     bodyless_into(h, buf);
     buf.split().freeze()
 }
@@ -147,23 +165,30 @@ pub fn response(req: &Head, code: u16, comment: Option<&'static str>) -> Option<
 /// Transaction ids and Message-IDs: 16 hex digits (64 random bits, RFC 4975 §7.1) from a
 /// deterministic generator seeded by the caller.
 #[derive(Debug, Clone)]
-pub struct IdGen(BranchGen);
+pub struct IdGen(BranchGen, BytesMut);
+
+/// The block ids are written into (64 ids).
+const ID_BLOCK: usize = 64 * 16;
 
 impl IdGen {
     /// A generator starting from `seed` (take it from the OS RNG in the driver).
     pub fn new(seed: u64) -> IdGen {
-        IdGen(BranchGen::new(seed))
+        IdGen(BranchGen::new(seed), BytesMut::new())
     }
 
     /// A new id: 16 lower-case hex digits, a valid `ident` (§9).
     pub fn next_id(&mut self) -> Bytes {
         const HEX: &[u8; 16] = b"0123456789abcdef";
         let v = self.0.next_u64();
-        let mut out = BytesMut::with_capacity(16);
+        let out = &mut self.1;
+        if out.capacity() < 16 {
+            // Ids share a block (64 at a time), not an allocation each.
+            out.reserve(ID_BLOCK);
+        }
         for shift in (0..16).rev() {
             out.put_u8(HEX[((v >> (shift * 4)) & 0xf) as usize]);
         }
-        out.freeze()
+        out.split().freeze()
     }
 }
 
@@ -188,7 +213,7 @@ mod tests {
         let Event::Head(h) = ev.remove(0) else {
             panic!("no head")
         };
-        (h, ev)
+        (*h, ev)
     }
 
     #[test]

@@ -139,6 +139,9 @@ pub(super) async fn timeouts(leg: Weak<LegState>, plane: Arc<Plane>) {
         let now = Instant::now();
         for side in [Side::A, Side::B] {
             let ended = leg.pending[side.index()].lock().handle_timeout(now);
+            if !ended.is_empty() {
+                leg.made_room(side, plane.settings.max_unanswered);
+            }
             leg.report(&plane, ended, &mut ids).await;
         }
     }
@@ -213,8 +216,19 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<Prebound>) {
             _ => None,
         };
         let unbound = reader.is_none();
+        // A relayed side is read only while the other has room for more unanswered requests.
+        let room = match &reader {
+            Some(Binding::Relay(r)) => Some((r.leg.clone(), r.side.other())),
+            _ => None,
+        };
+        let cap = plane.settings.max_unanswered;
         tokio::select! {
-            r = rd.read_buf(&mut buf) => match r {
+            r = async {
+                if let Some((leg, to)) = &room {
+                    leg.room_toward(*to, cap).await;
+                }
+                rd.read_buf(&mut buf).await
+            } => match r {
                 Ok(0) | Err(_) => break,
                 Ok(_) => {}
             },
@@ -627,6 +641,8 @@ struct Reader {
     answers: BytesMut,
     pieces: Vec<Piece>,
     outbox: Outbox,
+    /// Copies of the Message-IDs of requests forwarded (see [`Reader::start`]).
+    kept_ids: BytesMut,
 }
 
 /// What a reader writes toward the other side's writer while it works through one read:
@@ -698,6 +714,7 @@ impl Reader {
             answers: BytesMut::new(),
             pieces: Vec::new(),
             outbox: Outbox::default(),
+            kept_ids: BytesMut::new(),
         }
     }
 
@@ -792,6 +809,8 @@ impl Reader {
             // A response to a request we forwarded to this side.
             let ended = self.leg.pending[self.side.index()].lock().on_response(&h);
             if let Some(ended) = ended {
+                self.leg
+                    .made_room(self.side, self.plane.settings.max_unanswered);
                 self.report(vec![ended]);
             }
             return;
@@ -858,6 +877,8 @@ impl Reader {
         );
         let other = self.side.other().index();
         let failed = self.leg.pending[other].lock().fail_all(481);
+        self.leg
+            .made_room(self.side.other(), self.plane.settings.max_unanswered);
         self.report(failed);
     }
 
@@ -922,6 +943,13 @@ impl Reader {
         match out {
             Some(out) if to.peer_known() => f.out = Some(out),
             _ => f.fail = Some(481),
+        }
+        // The transactions awaiting responses keep the Message-ID: a copy, not a slice of
+        // the read buffer, which it would hold whole until the response came.
+        if let Some(m) = f.sub.message_id.take() {
+            write::make_room(&mut self.kept_ids);
+            self.kept_ids.extend_from_slice(&m);
+            f.sub.message_id = Some(self.kept_ids.split().freeze());
         }
         self.cur = Cur::Forward(Box::new(f));
     }
@@ -1117,6 +1145,8 @@ impl Reader {
             _ => false,
         });
         let lost = self.leg.pending[side].lock().fail_all(481);
+        self.leg
+            .made_room(self.side, self.plane.settings.max_unanswered);
         if !self.leg.is_closed() {
             self.leg.report(&self.plane, lost, &mut self.ids).await;
         }

@@ -83,9 +83,42 @@ pub(crate) struct LegState {
     pub(super) closed: watch::Sender<bool>,
     /// A connect task runs for the side.
     pub(super) connecting: [AtomicBool; 2],
+    /// Signalled when requests forwarded to a side ended while a reader waited for room
+    /// toward it (`held`): see [`LegState::room_toward`].
+    room: [Notify; 2],
+    held: [AtomicBool; 2],
 }
 
 impl LegState {
+    /// Waits until fewer than `cap` requests forwarded to `side` wait for their response
+    /// ([`MsrpSettings::max_unanswered`](super::MsrpSettings)).
+    pub(super) async fn room_toward(&self, side: Side, cap: usize) {
+        let i = side.index();
+        loop {
+            let room = self.room[i].notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            if self.pending[i].lock().len() < cap {
+                return;
+            }
+            // Set only now: `made_room`, called at every response, checks the count only
+            // while a reader waits. A response between the check and this line (none can
+            // come: the plane is one thread) would leave the wait to the next one.
+            self.held[i].store(true, Relaxed);
+            room.await;
+        }
+    }
+
+    /// Requests forwarded to `side` ended (answered, failed, timed out): a reader waiting in
+    /// [`LegState::room_toward`] reads again once fewer than `cap` are left.
+    pub(super) fn made_room(&self, side: Side, cap: usize) {
+        let i = side.index();
+        if self.held[i].load(Relaxed) && self.pending[i].lock().len() < cap {
+            self.held[i].store(false, Relaxed);
+            self.room[i].notify_waiters();
+        }
+    }
+
     /// The side's connection, if up.
     pub(super) fn conn(&self, side: Side) -> Option<Conn> {
         self.conns[side.index()].borrow().clone()
@@ -184,6 +217,8 @@ pub(super) fn open(plane: &Arc<Plane>, a: &Bytes, b: &Bytes) -> Result<MsrpLeg, 
         tap: Mutex::new(None),
         closed: watch::channel(false).0,
         connecting: Default::default(),
+        room: Default::default(),
+        held: Default::default(),
     });
     {
         let mut routes = plane.routes.lock();

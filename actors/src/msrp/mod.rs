@@ -58,6 +58,11 @@ pub struct MsrpSettings {
     pub peer_wait: Duration,
     /// How long a forwarded request waits for its response before a 408 REPORT (§7.1.2).
     pub tx_timeout: Duration,
+    /// Requests forwarded toward one side and not answered yet, at most: at this many the
+    /// other side's connection is not read until responses, failures or timeouts bring the
+    /// count down, so a peer that reads but never answers cannot grow our memory (RFC 4975
+    /// leaves how many chunks are in flight to the sender).
+    pub max_unanswered: usize,
     /// Frames queued toward one connection (each about 64 KiB at most: a body slice of one
     /// read, or heads, end lines and short bodies staged together): the backpressure
     /// bound.
@@ -69,8 +74,8 @@ pub struct MsrpSettings {
 
 impl MsrpSettings {
     /// The defaults on `listen`: 64 KiB re-chunking, 16 KiB heads, 16 MiB chunks, 10 s wait
-    /// for a peer's connection, 30 s transaction timeout, 16 queued frames per connection, 30 s
-    /// for a new connection to name a session.
+    /// for a peer's connection, 30 s transaction timeout, 1,024 unanswered requests toward a
+    /// side, 16 queued frames per connection, 30 s for a new connection to name a session.
     pub fn new(listen: SocketAddr) -> MsrpSettings {
         MsrpSettings {
             listen,
@@ -81,6 +86,7 @@ impl MsrpSettings {
             },
             peer_wait: Duration::from_secs(10),
             tx_timeout: Duration::from_secs(30),
+            max_unanswered: 1024,
             queue: 16,
             bind_timeout: Duration::from_secs(30),
         }

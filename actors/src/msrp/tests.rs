@@ -830,3 +830,75 @@ fn a_send_fails_with_481_when_the_other_side_never_connects() {
     );
     assert_eq!(metrics.reports_generated.load(Relaxed), 2);
 }
+
+/// The SENDs forwarded to `s` (transaction id, Message-ID) until `quiet` passes without a byte.
+fn read_sends(s: &mut TcpStream, quiet: Duration) -> Vec<(String, String)> {
+    use cpm_engine::msrp::{Event, Method, Parser};
+    s.set_read_timeout(Some(quiet)).unwrap();
+    let mut parser = Parser::new(MsrpSettings::new("127.0.0.1:0".parse().unwrap()).limits);
+    let mut sends = Vec::new();
+    loop {
+        let mut buf = [0u8; 65536];
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(k) => parser.feed(Bytes::copy_from_slice(&buf[..k])),
+        }
+        while let Some(ev) = parser.poll() {
+            let Event::Head(h) = ev.expect("what the relay sends parses") else {
+                continue;
+            };
+            if h.method() == Some(&Method::Send) {
+                let mid = h.message_id.clone().unwrap_or_default();
+                sends.push((
+                    String::from_utf8_lossy(&h.tid).into_owned(),
+                    String::from_utf8_lossy(&mid).into_owned(),
+                ));
+            }
+        }
+    }
+    sends
+}
+
+/// B reads what is forwarded and does not answer: once `max_unanswered` requests toward B
+/// wait for their responses, A's connection is no longer read (what A sends waits in TCP,
+/// not in our memory); each 200 from B lets more through, and every message arrives once,
+/// in order.
+#[test]
+fn unanswered_requests_toward_a_side_are_capped() {
+    const CAP: usize = 8;
+    const SENT: usize = 30;
+    let mut settings = MsrpSettings::new("127.0.0.1:0".parse().unwrap());
+    settings.max_unanswered = CAP;
+    let (plane, _leg, _metrics, port) = plane_with_leg_in(settings);
+    let mut b = connect(&plane, port, "bbb", "msrp://b.test:9/pb;tcp");
+    let mut a = connect(&plane, port, "aaa", "msrp://a.test:9/pa;tcp");
+    // One message per read of the relay's: apart in time.
+    for i in 0..SENT {
+        send_from_a(&mut a, port, &format!("tx{i:04}"), &format!("m{i:04}"), "x");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut got = read_sends(&mut b, Duration::from_millis(500));
+    assert!(
+        (CAP..=CAP + 2).contains(&got.len()),
+        "{} forwarded with none answered: {got:?}",
+        got.len()
+    );
+    let mut answered = 0;
+    while answered < got.len() {
+        for (tid, _) in &got[answered..] {
+            b.write_all(
+                format!(
+                    "MSRP {tid} 200 OK\r\nTo-Path: msrp://127.0.0.1:{port}/bbb;tcp\r\n\
+                     From-Path: msrp://b.test:9/pb;tcp\r\n-------{tid}$\r\n"
+                )
+                .as_bytes(),
+            )
+            .unwrap();
+        }
+        answered = got.len();
+        got.extend(read_sends(&mut b, Duration::from_millis(500)));
+    }
+    let mids: Vec<String> = got.into_iter().map(|(_, m)| m).collect();
+    let want: Vec<String> = (0..SENT).map(|i| format!("m{i:04}")).collect();
+    assert_eq!(mids, want);
+}

@@ -119,6 +119,9 @@ pub struct Config {
     /// An MSRP connection naming none of our sessions within this many seconds is closed
     /// (`--msrp-bind-timeout`).
     pub msrp_bind_timeout: u64,
+    /// Threads of the MSRP relay, each running its share of the MSRP sessions
+    /// (`--msrp-threads`); 0: one per worker.
+    pub msrp_threads: usize,
     /// Storage writes queued at most (`--storage-queue`); beyond, a MESSAGE to hold gets 503.
     /// 0 refuses every write (a test knob).
     pub storage_queue: usize,
@@ -219,6 +222,7 @@ impl Default for Config {
             message_max_size: 1300,
             large_message_max: 10 * 1024 * 1024,
             msrp_bind_timeout: 30,
+            msrp_threads: 0,
             storage_queue: 16_384,
             storage_cache_mib: 64,
             storage_default: StorageDefault(cpm_engine::store::StoragePolicy::All),
@@ -458,6 +462,7 @@ const KEYS: &[&str] = &[
     "message-max-size",
     "large-message-max",
     "msrp-bind-timeout",
+    "msrp-threads",
     "storage-queue",
     "storage-cache-mib",
     "storage-default",
@@ -542,6 +547,8 @@ OPTIONS (every option is also a key of the TOML config file, with - written _):
                             user (large message mode); larger gets MSRP 413 [default: 10485760]
   --msrp-bind-timeout SECS  an MSRP connection naming none of our sessions is closed
                             [default: 30]
+  --msrp-threads N          threads of the MSRP relay, each serving its share of the MSRP
+                            sessions (0: one per worker) [default: 0]
   --storage-queue N         storage writes queued at most; beyond, a MESSAGE to hold gets 503
                             (0: refuse every write, for tests) [default: 16384]
   --storage-cache-mib N     SQLite page cache of each storage connection (writer, reader),
@@ -670,6 +677,7 @@ impl Config {
             "message-max-size" => self.message_max_size = parse(key, value)?,
             "large-message-max" => self.large_message_max = parse(key, value)?,
             "msrp-bind-timeout" => self.msrp_bind_timeout = parse(key, value)?,
+            "msrp-threads" => self.msrp_threads = parse(key, value)?,
             "storage-queue" => self.storage_queue = parse(key, value)?,
             "storage-cache-mib" => self.storage_cache_mib = parse(key, value)?,
             "storage-default" => self.storage_default = parse(key, value)?,
@@ -691,6 +699,14 @@ impl Config {
     /// nothing pinned, in none (decision 0009, perf/reference/README.md).
     pub fn pins_threads(&self) -> bool {
         self.pin_workers && self.media_priority.get() == 0
+    }
+
+    /// The number of MSRP relay threads to start: the configured number, or one per worker.
+    pub fn msrp_thread_count(&self) -> usize {
+        match self.msrp_threads {
+            0 => self.worker_count(),
+            n => n,
+        }
     }
 
     /// The number of workers to start: the configured number, or one per available core.

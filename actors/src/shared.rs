@@ -128,6 +128,7 @@ impl Shared {
         // start rather than pass MSRP through unanchored without saying so.
         let msrp_settings = MsrpSettings {
             bind_timeout: std::time::Duration::from_secs(config.msrp_bind_timeout),
+            threads: config.msrp_thread_count(),
             ..MsrpSettings::new(config.msrp_listen)
         };
         let msrp = MsrpPlane::start(msrp_settings, key, seed ^ 0x6d73_7270, msrp_metrics.clone())

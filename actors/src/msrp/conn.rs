@@ -52,7 +52,7 @@ pub(super) async fn accept_loop(listener: TcpListener, plane: Arc<Plane>) {
         match listener.accept().await {
             Ok((stream, _)) => {
                 let _ = stream.set_nodelay(true);
-                tokio::spawn(serve(stream, plane.clone(), None));
+                tokio::spawn(serve(stream, plane.clone(), None, None));
             }
             Err(e) => {
                 tracing::warn!(error = %e, "MSRP accept");
@@ -85,7 +85,7 @@ pub(super) async fn connect(leg: Arc<LegState>, plane: Arc<Plane>, side: Side) {
     match stream {
         Ok(Ok(stream)) if !leg.is_closed() => {
             let _ = stream.set_nodelay(true);
-            serve(stream, plane, Some(Prebound::Leg(leg, side))).await;
+            serve(stream, plane, Some(Prebound::Leg(leg, side)), None).await;
         }
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::debug!(?side, error = %e, "MSRP connect failed"),
@@ -109,7 +109,7 @@ pub(super) async fn connect_sink(sink: Arc<SinkState>, plane: Arc<Plane>) {
     match tokio::time::timeout(plane.settings.peer_wait, attempt).await {
         Ok(Ok(stream)) if !sink.is_closed() => {
             let _ = stream.set_nodelay(true);
-            serve(stream, plane, Some(Prebound::Sink(sink))).await;
+            serve(stream, plane, Some(Prebound::Sink(sink)), None).await;
         }
         Ok(Ok(_)) => {}
         Ok(Err(e)) => tracing::debug!(error = %e, "MSRP connect to a large-message sender failed"),
@@ -123,6 +123,48 @@ pub(super) enum Prebound {
     Leg(Arc<LegState>, Side),
     /// To a large-message sink.
     Sink(Arc<SinkState>),
+}
+
+/// An accepted connection on its way to the shard of the leg or sink its first request named
+/// (see [`serve`]).
+pub(super) struct Moved {
+    /// The parser that read the first request, with what it holds after it.
+    parser: Parser,
+    /// The event that named the leg or sink, not handled yet.
+    first: Event,
+    /// The bind deadline of the connection (`--msrp-bind-timeout`).
+    deadline: tokio::time::Instant,
+}
+
+/// Moves the accepted connection `rd` + `wr` to shard `home`, where it is served from
+/// `moved` on.
+fn move_to(
+    plane: &Arc<Plane>,
+    home: usize,
+    rd: OwnedReadHalf,
+    wr: Option<OwnedWriteHalf>,
+    moved: Moved,
+) {
+    let stream = wr.map(|w| rd.reunite(w)).and_then(Result::ok);
+    // Taken out of this thread's reactor; non-blocking, as `from_std` needs.
+    match stream.map(TcpStream::into_std) {
+        Some(Ok(std)) => {
+            let p = plane.clone();
+            plane.spawn_on(home, async move {
+                match TcpStream::from_std(std) {
+                    Ok(stream) => serve(stream, p, None, Some(moved)).await,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "MSRP connection not moved");
+                        p.metrics.connections.fetch_sub(1, Relaxed);
+                    }
+                }
+            });
+        }
+        _ => {
+            tracing::debug!("MSRP connection not moved: its socket could not be taken");
+            plane.metrics.connections.fetch_sub(1, Relaxed);
+        }
+    }
 }
 
 /// Every second, the requests forwarded longer than the transaction timeout ago fail with a
@@ -178,12 +220,24 @@ enum Binding {
 
 /// Serves one connection: unbound until its first request names one of our URIs (`bound`
 /// given when we connected), then relayed by a [`Reader`] (or received by a sink) until it
-/// closes or its leg (sink) does.
-async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<Prebound>) {
-    plane.metrics.connections.fetch_add(1, Relaxed);
+/// closes or its leg (sink) does. An accepted connection whose first request names a leg or
+/// sink of another shard is moved there ([`move_to`]) and served on from `moved`.
+async fn serve(
+    stream: TcpStream,
+    plane: Arc<Plane>,
+    bound: Option<Prebound>,
+    moved: Option<Moved>,
+) {
+    let (mut parser, mut first, bind_deadline) = match moved {
+        Some(m) => (m.parser, Some(m.first), m.deadline),
+        None => {
+            plane.metrics.connections.fetch_add(1, Relaxed);
+            let deadline = tokio::time::Instant::now() + plane.settings.bind_timeout;
+            (Parser::new(plane.settings.limits), None, deadline)
+        }
+    };
     let (mut rd, wr) = stream.into_split();
     let mut wr = Some(wr);
-    let mut parser = Parser::new(plane.settings.limits);
     let mut reader = None;
     let mut closed = None;
     match (bound, wr.take()) {
@@ -206,59 +260,60 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<Prebound>) {
         (Some(_), None) => {}
     }
     let mut buf = BytesMut::new();
-    // A connection that names no session of ours in time is closed: an idle or trickling
-    // stranger must not hold a socket and a task for ever (`--msrp-bind-timeout`).
-    let bind_deadline = tokio::time::Instant::now() + plane.settings.bind_timeout;
+    // A connection that names no session of ours in time (`bind_deadline`) is closed: an idle
+    // or trickling stranger must not hold a socket and a task for ever (`--msrp-bind-timeout`).
     'conn: loop {
-        buf.reserve(READ);
-        let interrupt = match &reader {
-            Some(Binding::Relay(r)) => r.interrupt_signal(),
-            _ => None,
-        };
-        let unbound = reader.is_none();
-        // A relayed side is read only while the other has room for more unanswered requests.
-        let room = match &reader {
-            Some(Binding::Relay(r)) => Some((r.leg.clone(), r.side.other())),
-            _ => None,
-        };
-        let cap = plane.settings.max_unanswered;
-        tokio::select! {
-            r = async {
-                if let Some((leg, to)) = &room {
-                    leg.room_toward(*to, cap).await;
+        if first.is_none() {
+            buf.reserve(READ);
+            let interrupt = match &reader {
+                Some(Binding::Relay(r)) => r.interrupt_signal(),
+                _ => None,
+            };
+            let unbound = reader.is_none();
+            // A relayed side is read only while the other has room for more unanswered requests.
+            let room = match &reader {
+                Some(Binding::Relay(r)) => Some((r.leg.clone(), r.side.other())),
+                _ => None,
+            };
+            let cap = plane.settings.max_unanswered;
+            tokio::select! {
+                r = async {
+                    if let Some((leg, to)) = &room {
+                        leg.room_toward(*to, cap).await;
+                    }
+                    rd.read_buf(&mut buf).await
+                } => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                },
+                _ = async move {
+                    if unbound {
+                        tokio::time::sleep_until(bind_deadline).await
+                    } else {
+                        std::future::pending().await
+                    }
+                } => {
+                    tracing::debug!("MSRP connection closed: no request for one of our sessions in time");
+                    break;
                 }
-                rd.read_buf(&mut buf).await
-            } => match r {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {}
-            },
-            _ = async move {
-                if unbound {
-                    tokio::time::sleep_until(bind_deadline).await
-                } else {
-                    std::future::pending().await
+                _ = wait_closed(&mut closed) => {
+                    if let Some(Binding::Sink(s)) = reader.as_mut() {
+                        s.close_write().await;
+                    }
+                    linger(&mut rd).await;
+                    break;
                 }
-            } => {
-                tracing::debug!("MSRP connection closed: no request for one of our sessions in time");
-                break;
+                _ = wait_notified(&interrupt) => {
+                    if let Some(Binding::Relay(r)) = reader.as_mut() {
+                        r.interrupt();
+                        r.drain().await;
+                    }
+                    continue;
+                }
             }
-            _ = wait_closed(&mut closed) => {
-                if let Some(Binding::Sink(s)) = reader.as_mut() {
-                    s.close_write().await;
-                }
-                linger(&mut rd).await;
-                break;
-            }
-            _ = wait_notified(&interrupt) => {
-                if let Some(Binding::Relay(r)) = reader.as_mut() {
-                    r.interrupt();
-                    r.drain().await;
-                }
-                continue;
-            }
+            parser.feed(buf.split().freeze());
         }
-        parser.feed(buf.split().freeze());
-        while let Some(ev) = parser.poll() {
+        while let Some(ev) = first.take().map(Ok).or_else(|| parser.poll()) {
             let ev = match ev {
                 Ok(ev) => ev,
                 Err(e) => {
@@ -268,7 +323,20 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<Prebound>) {
                 }
             };
             if reader.is_none() {
-                match bind_incoming(&plane, &ev, &mut wr).await {
+                let found = named(&plane, &ev);
+                if let Some(home) = found
+                    .as_ref()
+                    .map(Bound::home)
+                    .filter(|&h| h != super::current_shard())
+                {
+                    let moved = Moved {
+                        parser,
+                        first: ev,
+                        deadline: bind_deadline,
+                    };
+                    return move_to(&plane, home, rd, wr, moved);
+                }
+                match bind_incoming(&plane, found, &ev, &mut wr).await {
                     Some(b) => {
                         closed = Some(match &b {
                             Binding::Relay(r) => r.leg.closed.subscribe(),
@@ -307,20 +375,30 @@ async fn serve(stream: TcpStream, plane: Arc<Plane>, bound: Option<Prebound>) {
     plane.metrics.connections.fetch_sub(1, Relaxed);
 }
 
-/// Matches a new connection by the session-id of the first To-Path URI of its first request
-/// (RFC 4976 §6 style), also when that request is malformed (it is then answered on the bound
-/// connection); an unknown one is answered 481 and the connection closed.
+/// The leg or sink named by the session-id of the first To-Path URI of a new connection's
+/// first request (RFC 4976 §6 style), also when that request is malformed.
+fn named(plane: &Plane, ev: &Event) -> Option<Bound> {
+    let to_path = match ev {
+        Event::Head(h) => Some(&h.to_path),
+        Event::Reject(r) => r.to_path.as_ref(),
+        _ => None,
+    };
+    to_path
+        .and_then(|p| first_of_path(p).ok())
+        .and_then(|u| route(plane, u.session_id()))
+}
+
+/// Binds a new connection to `found`, what its first request `ev` named ([`named`]); a
+/// malformed request is then answered on the bound connection. A request naming nothing of
+/// ours is answered 481 and the connection closed.
 async fn bind_incoming(
     plane: &Arc<Plane>,
+    found: Option<Bound>,
     ev: &Event,
     wr: &mut Option<OwnedWriteHalf>,
 ) -> Option<Binding> {
-    let (to_path, request, answer) = match ev {
-        Event::Head(h) => (
-            Some(&h.to_path),
-            h.is_request(),
-            write::response(h, 481, None),
-        ),
+    let (request, answer) = match ev {
+        Event::Head(h) => (h.is_request(), write::response(h, 481, None)),
         Event::Reject(r) => {
             let h = Head::new(
                 r.tid.clone(),
@@ -328,17 +406,10 @@ async fn bind_incoming(
                 r.to_path.clone().unwrap_or_default(),
                 r.from_path.clone().unwrap_or_default(),
             );
-            (
-                r.to_path.as_ref(),
-                r.request,
-                write::response(&h, 481, None),
-            )
+            (r.request, write::response(&h, 481, None))
         }
-        _ => (None, false, None),
+        _ => (false, None),
     };
-    let found = to_path
-        .and_then(|p| first_of_path(p).ok())
-        .and_then(|u| route(plane, u.session_id()));
     match found {
         Some(Bound::Leg(leg, side)) if request && !leg.is_closed() => {
             Some(Binding::Relay(Reader::bind(leg, side, plane, wr.take()?)))

@@ -61,6 +61,8 @@ pub(crate) struct SinkState {
     last_activity: Mutex<Instant>,
     /// What a chat sink sends (`None`: a receive-only large-message sink).
     outbox: Option<Outbox>,
+    /// The plane's shard that runs the sink's connection.
+    pub(super) home: usize,
 }
 
 /// The bounded queue of a chat sink's outgoing messages; the writer of its connection holds
@@ -148,7 +150,9 @@ impl MsrpSink {
     /// bound with an empty SEND (RFC 4975 §5.4) and the messages arrive over it.
     pub fn connect(&self) {
         let (state, plane) = (self.state.clone(), self.plane.clone());
-        self.plane.rt.spawn(super::conn::connect_sink(state, plane));
+        let home = state.home;
+        self.plane
+            .spawn_on(home, super::conn::connect_sink(state, plane));
     }
 }
 
@@ -223,6 +227,7 @@ fn open(
         closed: watch::channel(false).0,
         last_activity: Mutex::new(Instant::now()),
         outbox,
+        home: plane.next_home(),
     });
     plane
         .routes

@@ -87,6 +87,8 @@ pub(crate) struct LegState {
     /// toward it (`held`): see [`LegState::room_toward`].
     room: [Notify; 2],
     held: [AtomicBool; 2],
+    /// The plane's shard that runs the leg: its connections and its timeouts.
+    pub(super) home: usize,
 }
 
 impl LegState {
@@ -103,7 +105,8 @@ impl LegState {
             }
             // Set only now: `made_room`, called at every response, checks the count only
             // while a reader waits. A response between the check and this line (none can
-            // come: the plane is one thread) would leave the wait to the next one.
+            // come: everything of a leg runs on its shard's one thread) would leave the wait
+            // to the next one.
             self.held[i].store(true, Relaxed);
             room.await;
         }
@@ -219,6 +222,7 @@ pub(super) fn open(plane: &Arc<Plane>, a: &Bytes, b: &Bytes) -> Result<MsrpLeg, 
         connecting: Default::default(),
         room: Default::default(),
         held: Default::default(),
+        home: plane.next_home(),
     });
     {
         let mut routes = plane.routes.lock();
@@ -227,9 +231,10 @@ pub(super) fn open(plane: &Arc<Plane>, a: &Bytes, b: &Bytes) -> Result<MsrpLeg, 
         }
     }
     plane.metrics.legs.fetch_add(1, Relaxed);
-    plane
-        .rt
-        .spawn(super::conn::timeouts(Arc::downgrade(&state), plane.clone()));
+    plane.spawn_on(
+        state.home,
+        super::conn::timeouts(Arc::downgrade(&state), plane.clone()),
+    );
     Ok(MsrpLeg {
         state,
         plane: plane.clone(),
@@ -257,11 +262,10 @@ impl MsrpLeg {
             && self.state.conn(side).is_none()
             && !self.state.connecting[side.index()].swap(true, Relaxed)
         {
-            self.plane.rt.spawn(super::conn::connect(
-                self.state.clone(),
-                self.plane.clone(),
-                side,
-            ));
+            self.plane.spawn_on(
+                self.state.home,
+                super::conn::connect(self.state.clone(), self.plane.clone(), side),
+            );
         }
     }
 
@@ -308,6 +312,16 @@ impl Drop for MsrpLeg {
 pub(super) enum Bound {
     Leg(Arc<LegState>, Side),
     Sink(Arc<super::SinkState>),
+}
+
+impl Bound {
+    /// The shard that runs it.
+    pub(super) fn home(&self) -> usize {
+        match self {
+            Bound::Leg(leg, _) => leg.home,
+            Bound::Sink(sink) => sink.home,
+        }
+    }
 }
 
 /// The leg or sink routed to by a session-id.

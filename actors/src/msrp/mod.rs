@@ -3,12 +3,19 @@
 //! RFC 4976 relay. Decision 0012.
 //!
 //! ```text
-//!   session actor ── open_leg / set_peer / drop ──► MsrpPlane (its own thread, tokio
-//!                                                     current-thread runtime)
-//!   A ══TCP══► listener ─ matched by the session-id of the first To-Path URI ─┐
-//!                                                                           leg: A side ⇄ B side
-//!   B ◄══TCP══ we connect to B's path when B's a=setup makes us active ───────┘
+//!   session actor ── open_leg / set_peer / drop ──► MsrpPlane (threads cpm-msrp-K, each a
+//!                                                     tokio current-thread runtime: a shard)
+//!   A ══TCP══► listener (shard 0) ─ matched by the session-id of the first To-Path URI,
+//!              handed to the leg's shard ─┐
+//!                                         leg (on its shard): A side ⇄ B side
+//!   B ◄══TCP══ we connect to B's path when B's a=setup makes us active (from the leg's shard)
 //! ```
+//!
+//! Each leg and sink lives on one shard (its `home`, given round robin when it opens), with
+//! both of its connections, their readers and writers and its timeouts: a leg's work is never
+//! split between threads, and legs spread over `--msrp-threads` cores. A connection accepted
+//! by shard 0 is moved to its leg's shard once its first request has named the leg (the
+//! socket with the parser that read that request); one we open starts there.
 //!
 //! A leg is two connections, one per side. For each SEND or REPORT from one side, a
 //! connection's reader rewrites To-Path (the other side's path) and From-Path (our URI facing
@@ -27,9 +34,10 @@ mod conn;
 mod endpoint;
 mod leg;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
@@ -70,12 +78,16 @@ pub struct MsrpSettings {
     /// A connection that names none of our sessions in this long is closed
     /// (`--msrp-bind-timeout`).
     pub bind_timeout: Duration,
+    /// The plane's threads (`--msrp-threads`, at least one): legs and sinks are spread over
+    /// them.
+    pub threads: usize,
 }
 
 impl MsrpSettings {
     /// The defaults on `listen`: 64 KiB re-chunking, 16 KiB heads, 16 MiB chunks, 10 s wait
     /// for a peer's connection, 30 s transaction timeout, 1,024 unanswered requests toward a
-    /// side, 16 queued frames per connection, 30 s for a new connection to name a session.
+    /// side, 16 queued frames per connection, 30 s for a new connection to name a session, one
+    /// thread.
     pub fn new(listen: SocketAddr) -> MsrpSettings {
         MsrpSettings {
             listen,
@@ -89,6 +101,7 @@ impl MsrpSettings {
             max_unanswered: 1024,
             queue: 16,
             bind_timeout: Duration::from_secs(30),
+            threads: 1,
         }
     }
 }
@@ -117,7 +130,7 @@ pub trait Tap: Send + Sync {
     fn on_send(&self, event: TapEvent);
 }
 
-/// The MSRP plane: its listener thread, the legs by session-id. Cheap to clone.
+/// The MSRP plane: its threads, the legs by session-id. Cheap to clone.
 #[derive(Clone)]
 pub struct MsrpPlane {
     inner: Arc<Plane>,
@@ -126,7 +139,10 @@ pub struct MsrpPlane {
 pub(crate) struct Plane {
     settings: MsrpSettings,
     local: SocketAddr,
-    rt: tokio::runtime::Handle,
+    /// Each thread's runtime, by shard number.
+    shards: Vec<tokio::runtime::Handle>,
+    /// The next leg's or sink's shard (round robin).
+    next_home: AtomicUsize,
     /// Our URIs' session-ids → the leg and the side that URI faces, or a sink.
     routes: Mutex<HashMap<Bytes, Route>>,
     metrics: Arc<MsrpMetrics>,
@@ -137,8 +153,9 @@ pub(crate) struct Plane {
 }
 
 impl MsrpPlane {
-    /// Binds the listener and starts the plane's thread. `key` makes the session-ids
-    /// unguessable, `seed` the transaction ids; both from the OS random source.
+    /// Binds the listener and starts the plane's threads (`settings.threads`, the listener on
+    /// the first). `key` makes the session-ids unguessable, `seed` the transaction ids; both
+    /// from the OS random source.
     pub fn start(
         settings: MsrpSettings,
         key: [u8; 32],
@@ -148,31 +165,45 @@ impl MsrpPlane {
         let listener = std::net::TcpListener::bind(settings.listen)?;
         listener.set_nonblocking(true)?;
         let local = listener.local_addr()?;
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()?;
+        let runtimes = (0..settings.threads.max(1))
+            .map(|_| {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+            })
+            .collect::<std::io::Result<Vec<_>>>()?;
         let inner = Arc::new(Plane {
             sdp: MsrpConfig::new(local.port(), key),
             settings,
             local,
-            rt: rt.handle().clone(),
+            shards: runtimes.iter().map(|rt| rt.handle().clone()).collect(),
+            next_home: AtomicUsize::new(0),
             routes: Mutex::new(HashMap::new()),
             metrics,
             seeds: AtomicU64::new(seed),
             receiving: Mutex::new(HashMap::new()),
         });
-        let plane = inner.clone();
-        std::thread::Builder::new()
-            .name("cpm-msrp".into())
-            .spawn(move || {
-                rt.block_on(async move {
-                    match tokio::net::TcpListener::from_std(listener) {
-                        Ok(l) => conn::accept_loop(l, plane).await,
-                        Err(e) => tracing::error!(error = %e, "MSRP listener"),
-                    }
-                })
-            })?;
-        tracing::info!(%local, "MSRP relay listening");
+        let mut listener = Some(listener);
+        for (k, rt) in runtimes.into_iter().enumerate() {
+            let plane = inner.clone();
+            let listener = listener.take();
+            std::thread::Builder::new()
+                .name(format!("cpm-msrp-{k}"))
+                .spawn(move || {
+                    SHARD.set(k);
+                    rt.block_on(async move {
+                        let Some(l) = listener else {
+                            // The runtime runs the tasks spawned on it while it waits here.
+                            return std::future::pending().await;
+                        };
+                        match tokio::net::TcpListener::from_std(l) {
+                            Ok(l) => conn::accept_loop(l, plane).await,
+                            Err(e) => tracing::error!(error = %e, "MSRP listener"),
+                        }
+                    })
+                })?;
+        }
+        tracing::info!(%local, threads = inner.shards.len(), "MSRP relay listening");
         Ok(MsrpPlane { inner })
     }
 
@@ -267,9 +298,9 @@ impl MsrpPlane {
     /// it (480: unreachable, 408: no answer).
     pub fn deliver(&self, msg: Outgoing, done: impl FnOnce(Result<(), u16>) + Send + 'static) {
         let plane = self.inner.clone();
-        self.inner
-            .rt
-            .spawn(async move { done(endpoint::deliver(plane, msg).await) });
+        self.inner.spawn_on(self.inner.next_home(), async move {
+            done(endpoint::deliver(plane, msg).await)
+        });
     }
 }
 
@@ -281,7 +312,30 @@ pub(crate) enum Route {
     Sink(Weak<SinkState>),
 }
 
+thread_local! {
+    /// The shard of the plane's thread running this code (0 elsewhere).
+    static SHARD: Cell<usize> = const { Cell::new(0) };
+}
+
+/// The shard of the current thread of the plane.
+fn current_shard() -> usize {
+    SHARD.get()
+}
+
 impl Plane {
+    /// The shard of a new leg or sink: the next one round robin.
+    fn next_home(&self) -> usize {
+        self.next_home.fetch_add(1, Relaxed) % self.shards.len()
+    }
+
+    /// Runs `task` on shard `home`.
+    fn spawn_on<F>(&self, home: usize, task: F)
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.shards[home].spawn(task);
+    }
+
     fn next_seed(&self) -> u64 {
         self.seeds
             .fetch_add(0x9e37_79b9_7f4a_7c15, Relaxed)

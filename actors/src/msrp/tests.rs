@@ -73,17 +73,19 @@ fn connect(plane: &MsrpPlane, port: u16, ours: &str, path: &str) -> TcpStream {
     )
 }
 
+/// The empty SEND `tx00` that binds a connection as the side whose URI of ours is `ours`.
+fn bind_request(port: u16, ours: &str, path: &str) -> String {
+    format!(
+        "MSRP tx00 SEND\r\nTo-Path: msrp://127.0.0.1:{port}/{ours};tcp\r\n\
+         From-Path: {path}\r\nMessage-ID: msg00\r\nByte-Range: 1-0/0\r\n\
+         -------tx00$\r\n"
+    )
+}
+
 /// Binds the connected `s` as the side whose URI of ours is `ours` (see [`connect`]).
 fn bind(mut s: TcpStream, port: u16, ours: &str, path: &str) -> TcpStream {
-    s.write_all(
-        format!(
-            "MSRP tx00 SEND\r\nTo-Path: msrp://127.0.0.1:{port}/{ours};tcp\r\n\
-             From-Path: {path}\r\nMessage-ID: msg00\r\nByte-Range: 1-0/0\r\n\
-             -------tx00$\r\n"
-        )
-        .as_bytes(),
-    )
-    .unwrap();
+    s.write_all(bind_request(port, ours, path).as_bytes())
+        .unwrap();
     let ok = read_until(&mut s, "-------tx00$");
     assert!(ok.starts_with("MSRP tx00 200 OK\r\n"), "{ok:?}");
     s
@@ -794,8 +796,12 @@ fn a_send_before_the_other_side_connected_waits_for_it() {
     send_from_a(&mut a, port, "tx0001", "m0001", "early");
     let before = read_until_for(&mut a, "-------tx0001", Duration::from_millis(300));
     assert_eq!(before, "", "answered before it could be forwarded");
-    let mut b = connect(&plane, port, "bbb", "msrp://b.test:9/pb;tcp");
+    // B's 200 and the waiting SEND may come in one read: read both together.
+    let mut b = TcpStream::connect(plane.local_addr()).unwrap();
+    b.write_all(bind_request(port, "bbb", "msrp://b.test:9/pb;tcp").as_bytes())
+        .unwrap();
     let at_b = read_until(&mut b, "early");
+    assert!(at_b.contains("MSRP tx00 200 OK\r\n"), "{at_b:?}");
     assert!(at_b.contains("Message-ID: m0001\r\n"), "{at_b:?}");
     let answer = read_until(&mut a, "-------tx0001");
     assert!(answer.starts_with("MSRP tx0001 200 OK\r\n"), "{answer:?}");
@@ -901,4 +907,140 @@ fn unanswered_requests_toward_a_side_are_capped() {
     let mids: Vec<String> = got.into_iter().map(|(_, m)| m).collect();
     let want: Vec<String> = (0..SENT).map(|i| format!("m{i:04}")).collect();
     assert_eq!(mids, want);
+}
+
+/// Records the thread each relayed SEND was tapped on.
+struct ThreadTap(Mutex<Vec<String>>);
+
+impl Tap for ThreadTap {
+    fn on_send(&self, _event: TapEvent) {
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        self.0.lock().push(name);
+    }
+}
+
+/// `from` (our URI facing it: `ours`, its path: `path`) sends a 5-byte SEND `tid`: it
+/// reaches `to` and `from` gets its 200.
+fn send_and_relay(
+    from: &mut TcpStream,
+    to: &mut TcpStream,
+    port: u16,
+    ours: &str,
+    path: &str,
+    tid: &str,
+) {
+    from.write_all(
+        format!(
+            "MSRP {tid} SEND\r\nTo-Path: msrp://127.0.0.1:{port}/{ours};tcp\r\n\
+             From-Path: {path}\r\nMessage-ID: m{tid}\r\nByte-Range: 1-5/5\r\n\
+             Content-Type: text/plain\r\n\r\nhello\r\n-------{tid}$\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let got = read_until(to, "$\r\n");
+    assert!(
+        got.contains(&format!("Message-ID: m{tid}\r\n")),
+        "{ours}: {got}"
+    );
+    let ok = read_until(from, &format!("-------{tid}$"));
+    assert!(
+        ok.contains(&format!("MSRP {tid} 200 OK\r\n")),
+        "{ours}: {ok}"
+    );
+}
+
+/// With three threads, legs and sinks are spread round robin and each runs on its own
+/// thread: connections accepted by the first thread are moved to their leg's (or sink's)
+/// once their first request named it, and relay both ways from there; everything is
+/// released when the legs close.
+#[test]
+fn legs_and_sinks_run_on_the_thread_they_were_given() {
+    let metrics = Arc::new(MsrpMetrics::default());
+    let settings = MsrpSettings {
+        threads: 3,
+        ..MsrpSettings::new("127.0.0.1:0".parse().unwrap())
+    };
+    let plane = MsrpPlane::start(settings, [5; 32], 1, metrics.clone()).unwrap();
+    let port = plane.local_addr().port();
+    let mut legs = Vec::new();
+    for k in 0..4 {
+        let a_uri = Bytes::from(format!("msrp://127.0.0.1:{port}/a{k};tcp"));
+        let b_uri = Bytes::from(format!("msrp://127.0.0.1:{port}/b{k};tcp"));
+        let leg = plane.open_leg(&a_uri, &b_uri).unwrap();
+        for (side, path) in [
+            (Side::A, format!("msrp://a.test:9/pa{k};tcp")),
+            (Side::B, format!("msrp://b.test:9/pb{k};tcp")),
+        ] {
+            let path = Bytes::from(path);
+            let peer = cpm_engine::media::MsrpPeer {
+                path,
+                we_connect: false,
+            };
+            leg.set_peer(side, peer);
+        }
+        let tap = Arc::new(ThreadTap(Mutex::new(Vec::new())));
+        leg.set_tap(Some(tap.clone()));
+        legs.push((leg, tap));
+    }
+    // The fifth opened: the second thread's.
+    let on_sink = Arc::new(Mutex::new(Vec::new()));
+    let seen = on_sink.clone();
+    let on_message: OnMessage = Box::new(move |_m, reply| {
+        let name = std::thread::current().name().unwrap_or("?").to_string();
+        seen.lock().push(name);
+        let _ = reply.send(200);
+    });
+    let (sink, local) = bobs_sink(&plane, on_message);
+
+    let mut peers = Vec::new();
+    for (k, (_, tap)) in legs.iter().enumerate() {
+        let mut b = connect(
+            &plane,
+            port,
+            &format!("b{k}"),
+            &format!("msrp://b.test:9/pb{k};tcp"),
+        );
+        let mut a = connect(
+            &plane,
+            port,
+            &format!("a{k}"),
+            &format!("msrp://a.test:9/pa{k};tcp"),
+        );
+        let pa = format!("msrp://a.test:9/pa{k};tcp");
+        let pb = format!("msrp://b.test:9/pb{k};tcp");
+        send_and_relay(&mut a, &mut b, port, &format!("a{k}"), &pa, "tx01");
+        send_and_relay(&mut b, &mut a, port, &format!("b{k}"), &pb, "tx02");
+        let want = format!("cpm-msrp-{}", k % 3);
+        assert_eq!(*tap.0.lock(), [want.clone(), want], "leg {k}");
+        peers.extend([a, b]);
+    }
+
+    let mut s = TcpStream::connect(plane.local_addr()).unwrap();
+    let to = String::from_utf8_lossy(&local).into_owned();
+    s.write_all(
+        format!(
+            "MSRP tids SEND\r\nTo-Path: {to}\r\nFrom-Path: msrp://a.test:9/pa;tcp\r\n\
+             Message-ID: msgs\r\nByte-Range: 1-3/3\r\nContent-Type: text/plain\r\n\r\n\
+             abc\r\n-------tids$\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    assert!(read_until(&mut s, "-------tids$").contains("MSRP tids 200 OK\r\n"));
+    assert_eq!(*on_sink.lock(), ["cpm-msrp-1"]);
+
+    assert_eq!(metrics.connections.load(Relaxed), 9);
+    drop(sink);
+    legs.clear();
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while metrics.connections.load(Relaxed) > 0 && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(
+        metrics.connections.load(Relaxed),
+        0,
+        "every connection released"
+    );
+    assert_eq!((plane.leg_count(), plane.sink_count()), (0, 0));
 }

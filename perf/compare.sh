@@ -18,7 +18,7 @@
 # per session in --chunk BYTES chunks) and "chat" (--messages M of --size BYTES each); it prints
 # MB/s and chunks/s (sender: first chunk to last 200), the receiver's delivery p50/p99, server
 # CPU per MB, and the ratios to the first target (cpmd: the whole process, SIP B2BUA included,
-# and its cpm-msrp thread apart).
+# and its cpm-msrp-K relay threads apart, summed).
 # options pings the server itself (cpm-loadgen --to '': OPTIONS sip:target, RFC 3261 §11);
 # message goes to users of a cpm-loadgen uas registered at the target.
 # Options:
@@ -506,7 +506,7 @@ start_kamailio-msrp() {
 stop_kamailio-msrp() { kctl stop; }
 
 # One msrp load ($2: file | chat) against $TARGET, "key value" lines into $1: the sender's and
-# the receiver's figures (JSON), the server's CPU (all, and cpmd's cpm-msrp thread).
+# the receiver's figures (JSON), the server's CPU (all, and cpmd's cpm-msrp-K threads).
 load_msrp() {
     local res=$1 kind=$2 rc=0 uas json="$OUT/$TARGET.$2.json" uas_json="$OUT/$TARGET.$2.uas.json"
     local reg=(--register-to "$TARGET_ADDR") relay=()

@@ -47,12 +47,20 @@ fn plane_with_leg_in(settings: MsrpSettings) -> (MsrpPlane, MsrpLeg, Arc<MsrpMet
     let metrics = Arc::new(MsrpMetrics::default());
     let plane = MsrpPlane::start(settings, [5; 32], 1, metrics.clone()).unwrap();
     let port = plane.local_addr().port();
-    let a_uri = Bytes::from(format!("msrp://127.0.0.1:{port}/aaa;tcp"));
-    let b_uri = Bytes::from(format!("msrp://127.0.0.1:{port}/bbb;tcp"));
+    let leg = open_test_leg(&plane, "");
+    (plane, leg, metrics, port)
+}
+
+/// A leg whose URIs of ours end in `/aaa{k}` (facing A, at `msrp://a.test:9/pa{k};tcp`) and
+/// `/bbb{k}` (facing B, at `msrp://b.test:9/pb{k};tcp`), neither side connected.
+fn open_test_leg(plane: &MsrpPlane, k: &str) -> MsrpLeg {
+    let port = plane.local_addr().port();
+    let a_uri = Bytes::from(format!("msrp://127.0.0.1:{port}/aaa{k};tcp"));
+    let b_uri = Bytes::from(format!("msrp://127.0.0.1:{port}/bbb{k};tcp"));
     let leg = plane.open_leg(&a_uri, &b_uri).unwrap();
     for (side, path) in [
-        (Side::A, "msrp://a.test:9/pa;tcp"),
-        (Side::B, "msrp://b.test:9/pb;tcp"),
+        (Side::A, format!("msrp://a.test:9/pa{k};tcp")),
+        (Side::B, format!("msrp://b.test:9/pb{k};tcp")),
     ] {
         let peer = cpm_engine::media::MsrpPeer {
             path: Bytes::from(path),
@@ -60,7 +68,7 @@ fn plane_with_leg_in(settings: MsrpSettings) -> (MsrpPlane, MsrpLeg, Arc<MsrpMet
         };
         leg.set_peer(side, peer);
     }
-    (plane, leg, metrics, port)
+    leg
 }
 
 /// Connects as `side` (`aaa` or `bbb` is our URI facing it) with an empty SEND, answered 200.
@@ -965,20 +973,7 @@ fn legs_and_sinks_run_on_the_thread_they_were_given() {
     let port = plane.local_addr().port();
     let mut legs = Vec::new();
     for k in 0..4 {
-        let a_uri = Bytes::from(format!("msrp://127.0.0.1:{port}/a{k};tcp"));
-        let b_uri = Bytes::from(format!("msrp://127.0.0.1:{port}/b{k};tcp"));
-        let leg = plane.open_leg(&a_uri, &b_uri).unwrap();
-        for (side, path) in [
-            (Side::A, format!("msrp://a.test:9/pa{k};tcp")),
-            (Side::B, format!("msrp://b.test:9/pb{k};tcp")),
-        ] {
-            let path = Bytes::from(path);
-            let peer = cpm_engine::media::MsrpPeer {
-                path,
-                we_connect: false,
-            };
-            leg.set_peer(side, peer);
-        }
+        let leg = open_test_leg(&plane, &k.to_string());
         let tap = Arc::new(ThreadTap(Mutex::new(Vec::new())));
         leg.set_tap(Some(tap.clone()));
         legs.push((leg, tap));
@@ -995,22 +990,12 @@ fn legs_and_sinks_run_on_the_thread_they_were_given() {
 
     let mut peers = Vec::new();
     for (k, (_, tap)) in legs.iter().enumerate() {
-        let mut b = connect(
-            &plane,
-            port,
-            &format!("b{k}"),
-            &format!("msrp://b.test:9/pb{k};tcp"),
-        );
-        let mut a = connect(
-            &plane,
-            port,
-            &format!("a{k}"),
-            &format!("msrp://a.test:9/pa{k};tcp"),
-        );
         let pa = format!("msrp://a.test:9/pa{k};tcp");
         let pb = format!("msrp://b.test:9/pb{k};tcp");
-        send_and_relay(&mut a, &mut b, port, &format!("a{k}"), &pa, "tx01");
-        send_and_relay(&mut b, &mut a, port, &format!("b{k}"), &pb, "tx02");
+        let mut b = connect(&plane, port, &format!("bbb{k}"), &pb);
+        let mut a = connect(&plane, port, &format!("aaa{k}"), &pa);
+        send_and_relay(&mut a, &mut b, port, &format!("aaa{k}"), &pa, "tx01");
+        send_and_relay(&mut b, &mut a, port, &format!("bbb{k}"), &pb, "tx02");
         let want = format!("cpm-msrp-{}", k % 3);
         assert_eq!(*tap.0.lock(), [want.clone(), want], "leg {k}");
         peers.extend([a, b]);
@@ -1043,4 +1028,80 @@ fn legs_and_sinks_run_on_the_thread_they_were_given() {
         "every connection released"
     );
     assert_eq!((plane.leg_count(), plane.sink_count()), (0, 0));
+}
+
+/// Two threads; the second leg opened runs on `cpm-msrp-1`, so every connection to it is
+/// accepted on `cpm-msrp-0` and moved. Returns the plane, the leg (tapped) and the metrics.
+fn leg_on_the_second_thread() -> (MsrpPlane, MsrpLeg, Arc<ThreadTap>, Arc<MsrpMetrics>, u16) {
+    let settings = MsrpSettings {
+        threads: 2,
+        ..MsrpSettings::new("127.0.0.1:0".parse().unwrap())
+    };
+    let (plane, first, metrics, port) = plane_with_leg_in(settings);
+    let leg = open_test_leg(&plane, "1");
+    drop(first);
+    let tap = Arc::new(ThreadTap(Mutex::new(Vec::new())));
+    leg.set_tap(Some(tap.clone()));
+    (plane, leg, tap, metrics, port)
+}
+
+/// Waits up to 5 s for the connection gauge to read `n`.
+fn wait_connections(metrics: &MsrpMetrics, n: u64) {
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while metrics.connections.load(Relaxed) != n && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(metrics.connections.load(Relaxed), n);
+}
+
+/// A peer that sends its first request and vanishes while its connection is being moved to
+/// the leg's thread: the connection is counted once and released; the leg takes the side's
+/// next connection and relays on its own thread.
+#[test]
+fn a_peer_that_vanishes_while_its_connection_moves_leaves_nothing() {
+    let (plane, _leg, tap, metrics, port) = leg_on_the_second_thread();
+    let (pa, pb) = ("msrp://a.test:9/pa1;tcp", "msrp://b.test:9/pb1;tcp");
+    for _ in 0..3 {
+        let mut gone = TcpStream::connect(plane.local_addr()).unwrap();
+        gone.write_all(bind_request(port, "aaa1", pa).as_bytes())
+            .unwrap();
+        drop(gone);
+    }
+    wait_connections(&metrics, 0);
+
+    let mut b = connect(&plane, port, "bbb1", pb);
+    let mut a = connect(&plane, port, "aaa1", pa);
+    assert_eq!(metrics.connections.load(Relaxed), 2);
+    send_and_relay(&mut a, &mut b, port, "aaa1", pa, "tx01");
+    assert_eq!(*tap.0.lock(), ["cpm-msrp-1"]);
+    drop((a, b));
+    wait_connections(&metrics, 0);
+}
+
+/// A malformed first request (a SEND without Message-ID, RFC 4975 §7.1) naming a leg of
+/// another thread: the connection moves, is bound, gets its 400 there and relays on.
+#[test]
+fn a_malformed_first_request_is_answered_after_the_move() {
+    let (plane, _leg, tap, metrics, port) = leg_on_the_second_thread();
+    let (pa, pb) = ("msrp://a.test:9/pa1;tcp", "msrp://b.test:9/pb1;tcp");
+    let mut b = connect(&plane, port, "bbb1", pb);
+    let mut a = TcpStream::connect(plane.local_addr()).unwrap();
+    a.write_all(
+        format!(
+            "MSRP bad1 SEND\r\nTo-Path: msrp://127.0.0.1:{port}/aaa1;tcp\r\n\
+             From-Path: {pa}\r\nByte-Range: 1-2/2\r\n\
+             Content-Type: text/plain\r\n\r\nhi\r\n-------bad1$\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let got = read_until(&mut a, "-------bad1$");
+    assert!(got.starts_with("MSRP bad1 400 "), "{got}");
+    send_and_relay(&mut a, &mut b, port, "aaa1", pa, "tx02");
+    assert_eq!(
+        *tap.0.lock(),
+        ["cpm-msrp-1"],
+        "nothing of the bad request relayed"
+    );
+    assert_eq!(metrics.connections.load(Relaxed), 2);
 }
